@@ -1,0 +1,95 @@
+"""Kernel backends: name -> module, loaded lazily.
+
+Precedence: an explicit ``backend=`` argument > :func:`set_backend` > the ``FASTNN_BACKEND``
+environment variable > the first importable of numba, cython, numpy.  ``cuda`` is opt-in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+#: Backend name -> module implementing the kernel contract.
+MODULES = {
+    "numba": "fastnn.kernels.numba_cpu",
+    "cython": "fastnn.kernels._cython",
+    "numpy": "fastnn.kernels.reference",
+    "cuda": "fastnn.kernels.cuda",
+}
+#: Backends tried, in order, when none is chosen.
+AUTO_ORDER = ("numba", "cython", "numpy")
+
+_loaded: dict[str, ModuleType] = {}
+_errors: dict[str, str] = {}
+_chosen: str | None = None
+
+
+def load(name: str) -> ModuleType:
+    """Imports backend ``name`` and returns its kernel module.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a backend.
+    RuntimeError
+        If the backend cannot be loaded here (the message says why).
+    """
+    if name not in MODULES:
+        raise ValueError(f"backend must be one of {sorted(MODULES)}, got {name!r}")
+    if name in _loaded:
+        return _loaded[name]
+    if name in _errors:
+        raise RuntimeError(f"backend {name!r} is not available: {_errors[name]}")
+    try:
+        module = importlib.import_module(MODULES[name])
+        check = getattr(module, "check_available", None)
+        if check is not None:
+            check()
+    except Exception as exc:  # noqa: BLE001 - any import failure makes it unavailable
+        _errors[name] = f"{type(exc).__name__}: {exc}"
+        raise RuntimeError(f"backend {name!r} is not available: {_errors[name]}") from exc
+    _loaded[name] = module
+    return module
+
+
+def why_unavailable(name: str) -> str | None:
+    """None if backend ``name`` loads, else the reason it does not."""
+    try:
+        load(name)
+    except RuntimeError:
+        return _errors[name]
+    return None
+
+
+def available() -> list[str]:
+    """Names of the backends that load on this machine (cuda only if it loads)."""
+    return [name for name in MODULES if why_unavailable(name) is None]
+
+
+def set_backend(name: str | None) -> None:
+    """Selects the default backend for new layers and models (None: automatic choice)."""
+    global _chosen
+    if name is not None:
+        load(name)
+    _chosen = name
+
+
+def get_backend() -> str:
+    """Name of the backend used when none is passed explicitly."""
+    if _chosen is not None:
+        return _chosen
+    env = os.environ.get("FASTNN_BACKEND", "").strip()
+    if env:
+        load(env)
+        return env
+    for name in AUTO_ORDER:
+        if why_unavailable(name) is None:
+            return name
+    raise RuntimeError("no backend could be loaded")  # numpy always loads
+
+
+def resolve(backend: str | None = None) -> tuple[str, ModuleType]:
+    """(name, module) of ``backend`` or of the current default."""
+    name = backend if backend is not None else get_backend()
+    return name, load(name)
