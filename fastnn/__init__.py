@@ -1,6 +1,30 @@
-"""fastnn: fast small and medium neural networks on the CPU, with a Keras-style API."""
+"""fastnn: fast small and medium neural networks on the CPU, with a Keras-style API.
 
+>>> import fastnn
+>>> from fastnn.layers import Dense
+>>> model = fastnn.Sequential([Dense(128, activation="relu", input_dim=64),
+...                            Dense(10, activation="softmax")], seed=0)
+>>> model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+...               metrics=["accuracy"])
+"""
+
+from . import callbacks, datasets, layers, losses, optimizers, regularizers
 from .backend import get_backend, set_backend
+from .gradcheck import gradcheck
+from .model import NonFiniteLossError, Sequential
 
 __version__ = "0.1.0"
-__all__ = ["get_backend", "set_backend", "__version__"]
+__all__ = [
+    "Sequential",
+    "NonFiniteLossError",
+    "callbacks",
+    "datasets",
+    "get_backend",
+    "gradcheck",
+    "layers",
+    "losses",
+    "optimizers",
+    "regularizers",
+    "set_backend",
+    "__version__",
+]

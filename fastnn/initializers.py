@@ -1,0 +1,65 @@
+"""Weight initialisers (Keras names and formulas).  Each takes (shape, rng) -> float64 array."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ._names import lookup
+
+
+def _fans(shape):
+    fan_in = shape[0] if len(shape) > 1 else shape[0]
+    fan_out = shape[1] if len(shape) > 1 else shape[0]
+    return fan_in, fan_out
+
+
+def _truncated_normal(rng, shape, std):
+    """Normal(0, std) re-drawn outside 2 std, as Keras' truncated initialisers."""
+    out = rng.normal(0.0, std, size=shape)
+    bad = np.abs(out) > 2 * std
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = np.abs(out) > 2 * std
+    return out
+
+
+def _variance_scaling(scale, mode, distribution):
+    def init(shape, rng):
+        fan_in, fan_out = _fans(shape)
+        n = {"fan_in": fan_in, "fan_avg": (fan_in + fan_out) / 2}[mode]
+        var = scale / max(1.0, n)
+        if distribution == "uniform":
+            limit = np.sqrt(3.0 * var)
+            return rng.uniform(-limit, limit, size=shape)
+        # 0.879... is the std of a unit normal truncated at 2 std (Keras' correction)
+        return _truncated_normal(rng, shape, np.sqrt(var) / 0.87962566103423978)
+
+    return init
+
+
+_INITS: dict[str, Callable] = {
+    "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
+    "glorot_normal": _variance_scaling(1.0, "fan_avg", "normal"),
+    "he_uniform": _variance_scaling(2.0, "fan_in", "uniform"),
+    "he_normal": _variance_scaling(2.0, "fan_in", "normal"),
+    "lecun_uniform": _variance_scaling(1.0, "fan_in", "uniform"),
+    "lecun_normal": _variance_scaling(1.0, "fan_in", "normal"),
+    "zeros": lambda shape, rng: np.zeros(shape),
+    "ones": lambda shape, rng: np.ones(shape),
+    "random_normal": lambda shape, rng: rng.normal(0.0, 0.05, size=shape),
+    "random_uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
+}
+
+
+def get(init: str | Callable, arg: str) -> Callable:
+    """The initialiser for a name, or ``init`` itself if it is callable(shape, rng)."""
+    if callable(init):
+        return init
+    return lookup(_INITS, arg, init)
+
+
+def names() -> list[str]:
+    """The initialiser names fastnn knows."""
+    return sorted(_INITS)

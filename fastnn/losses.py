@@ -1,0 +1,244 @@
+"""Losses (Keras names).  Each loss reduces as Keras' "sum_over_batch_size":
+``sum_i sample_weight_i * loss_i / N``, where loss_i of a multi-output loss is its mean over
+outputs.  Calling a loss computes its value; :meth:`Loss.gradient` its gradient."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend as _backend
+from ._names import lookup
+from .kernels import codes
+
+
+@dataclass(frozen=True)
+class StackLoss:
+    """How a loss runs inside a compiled stack: the kernel loss code, the activation the
+    last layer computes while training, whether outputs stay logits, and the target form."""
+
+    code: int
+    train_act: int
+    logits_out: int
+    target: str  # "sparse" (N, 1) indices, "onehot" (N, C), "dense" (N, C) values
+
+
+class Loss:
+    """Base class.  ``from_logits`` (cross-entropies): predictions are logits."""
+
+    name = "loss"
+    from_logits = False
+
+    def get_config(self) -> dict:
+        return {"from_logits": self.from_logits} if hasattr(self, "_has_logits") else {}
+
+    def plan(self, last_act: int) -> StackLoss:
+        """The compiled-stack form of this loss after a last layer with activation code
+        ``last_act``."""
+        raise NotImplementedError
+
+    def _direct_code(self, y_pred_is_logits: bool) -> tuple[int, str]:
+        raise NotImplementedError
+
+    # -- direct use -----------------------------------------------------------------
+    def _run(self, y_true, y_pred, sample_weight, backend):
+        _, k = _backend.resolve(backend)
+        y_pred = np.ascontiguousarray(y_pred)
+        if y_pred.dtype not in (np.float32, np.float64):
+            y_pred = y_pred.astype(np.float32)
+        if y_pred.ndim == 1:
+            y_pred = y_pred[:, None]
+        n = y_pred.shape[0]
+        code, target = self._direct_code(self.from_logits)
+        y = encode_targets(y_true, target, y_pred.shape[1], y_pred.dtype, "y_true")
+        sw = sample_weights(sample_weight, n, y_pred.dtype)
+        grad = np.empty_like(y_pred)
+        probs = np.empty_like(y_pred)
+        loss = k.loss_grad(y_pred, y, sw, probs, grad, code)
+        return loss, grad
+
+    def __call__(self, y_true, y_pred, sample_weight=None, backend: str | None = None) -> float:
+        """The loss of predictions ``y_pred`` (N, C) against ``y_true``."""
+        return self._run(y_true, y_pred, sample_weight, backend)[0]
+
+    def gradient(self, y_true, y_pred, sample_weight=None, backend: str | None = None):
+        """dL/dy_pred, same shape as ``y_pred`` (as a 2-D array)."""
+        return self._run(y_true, y_pred, sample_weight, backend)[1]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
+
+
+class MeanSquaredError(Loss):
+    """mean((y_pred - y_true)**2) over outputs, averaged over the batch."""
+
+    name = "mean_squared_error"
+
+    def plan(self, last_act):
+        return StackLoss(codes.MSE, last_act, 1, "dense")
+
+    def _direct_code(self, logits):
+        return codes.MSE, "dense"
+
+
+class MeanAbsoluteError(Loss):
+    """mean(|y_pred - y_true|) over outputs, averaged over the batch."""
+
+    name = "mean_absolute_error"
+
+    def plan(self, last_act):
+        return StackLoss(codes.MAE, last_act, 1, "dense")
+
+    def _direct_code(self, logits):
+        return codes.MAE, "dense"
+
+
+class _CrossEntropy(Loss):
+    _has_logits = True
+    _fused_act = codes.SOFTMAX
+    _logit_code = codes.SOFTMAX_CE
+    _prob_code = codes.CATEGORICAL_CE
+    _target = "onehot"
+
+    def __init__(self, from_logits: bool = False):
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
+        self.from_logits = from_logits
+
+    def plan(self, last_act):
+        if self.from_logits:
+            return StackLoss(self._logit_code, last_act, 1, self._target)
+        if last_act == self._fused_act:  # fused: the last layer emits logits
+            return StackLoss(self._logit_code, codes.LINEAR, 0, self._target)
+        return StackLoss(self._prob_code, last_act, 1, self._prob_target)
+
+    _prob_target = "onehot"
+
+    def _direct_code(self, logits):
+        return (self._logit_code, self._target) if logits else (self._prob_code, self._prob_target)
+
+
+class CategoricalCrossentropy(_CrossEntropy):
+    """Cross-entropy with one-hot (or probability) targets (N, C)."""
+
+    name = "categorical_crossentropy"
+
+
+class SparseCategoricalCrossentropy(_CrossEntropy):
+    """Cross-entropy with integer class targets (N,)."""
+
+    name = "sparse_categorical_crossentropy"
+    _logit_code = codes.SPARSE_SOFTMAX_CE
+    _target = "sparse"
+    _prob_target = "sparse_onehot"
+
+
+class BinaryCrossentropy(_CrossEntropy):
+    """Binary cross-entropy per output, targets in [0, 1]."""
+
+    name = "binary_crossentropy"
+    _fused_act = codes.SIGMOID
+    _logit_code = codes.SIGMOID_BCE
+    _prob_code = codes.BINARY_CE
+    _target = "dense"
+    _prob_target = "dense"
+
+
+_LOSSES = {
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "mae": MeanAbsoluteError,
+    "mean_absolute_error": MeanAbsoluteError,
+    "binary_crossentropy": BinaryCrossentropy,
+    "bce": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+}
+CLASSES = {cls.__name__: cls for cls in set(_LOSSES.values())}
+
+
+def get(loss) -> Loss:
+    """A :class:`Loss` from a name or an instance."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        return loss()
+    return lookup(_LOSSES, "loss", loss)()
+
+
+# ---------------------------------------------------------------------------------------
+# Target encoding (done once per fit, never per batch)
+
+
+def _as_labels(y, n_classes, arg):
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"{arg} must be integer class labels of shape (N,) for a sparse loss, got shape "
+            f"{y.shape}; use categorical_crossentropy for one-hot targets"
+        )
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
+        raise ValueError(f"{arg} must hold integer class labels, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"{arg} labels must be in [0, {n_classes - 1}] for a model with {n_classes} "
+            f"outputs, got values in [{y.min()}, {y.max()}]"
+        )
+    return y.astype(np.int64)
+
+
+def encode_targets(y, target: str, n_out: int, dtype, arg: str = "y") -> np.ndarray:
+    """y as the (N, T) contiguous float array a compiled stack consumes.
+
+    target "sparse": labels -> (N, 1) indices; "sparse_onehot": labels -> one-hot (N, C);
+    "onehot": one-hot or probability rows (N, C); "dense": values (N,) or (N, C).
+    """
+    y_arr = np.asarray(y)
+    if y_arr.dtype.kind not in "biuf":
+        raise TypeError(f"{arg} must be numeric, got dtype {y_arr.dtype}")
+    if target == "sparse":
+        return np.ascontiguousarray(_as_labels(y_arr, n_out, arg)[:, None], dtype=dtype)
+    if target == "sparse_onehot":
+        return sparse_to_onehot(y_arr, n_out, dtype, arg)
+    if target == "onehot" and (
+        y_arr.ndim == 1 or (y_arr.ndim == 2 and y_arr.shape[1] == 1 and n_out > 1)
+    ):
+        raise ValueError(
+            f"{arg} must be one-hot of shape (N, {n_out}) for categorical_crossentropy, got "
+            f"shape {y_arr.shape}; use sparse_categorical_crossentropy for integer labels"
+        )
+    if y_arr.ndim == 1:
+        y_arr = y_arr[:, None]
+    if y_arr.ndim != 2 or y_arr.shape[1] != n_out:
+        raise ValueError(
+            f"{arg} must have shape (N, {n_out}) to match the model's outputs, got {y_arr.shape}"
+        )
+    out = np.ascontiguousarray(y_arr, dtype=dtype)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"{arg} contains NaN or infinite values")
+    return out
+
+
+def sparse_to_onehot(y, n_out, dtype, arg="y"):
+    """Integer labels -> one-hot (N, n_out)."""
+    labels = _as_labels(np.asarray(y), n_out, arg)
+    out = np.zeros((labels.shape[0], n_out), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def sample_weights(sample_weight, n, dtype, arg="sample_weight") -> np.ndarray:
+    """(N,) contiguous weights (ones when None), validated."""
+    if sample_weight is None:
+        return np.ones(n, dtype=dtype)
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "biuf":
+        raise TypeError(f"{arg} must be numeric, got dtype {sw.dtype}")
+    if sw.shape != (n,):
+        raise ValueError(f"{arg} must have shape ({n},), got {sw.shape}")
+    if not np.all(np.isfinite(sw)) or (sw.size and sw.min() < 0):
+        raise ValueError(f"{arg} must be finite and >= 0")
+    return np.ascontiguousarray(sw, dtype=dtype)

@@ -1,0 +1,243 @@
+"""Optimizers: Keras names and defaults, PyTorch's update formulas, one fused kernel call.
+
+Inside a model the update runs once over the model's flat parameter buffer.  Directly::
+
+    opt = Adam(learning_rate=1e-3)
+    opt.step([w, b], [dw, db])     # updates w and b in place
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from . import backend as _backend
+from ._names import lookup
+from .kernels import codes
+
+
+def _number(value, arg, low=None, high=None, low_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{arg} must be a number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{arg} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        bound = f"> {low}" if low_open else f">= {low}"
+        raise ValueError(f"{arg} must be {bound}, got {value}")
+    if high is not None and value >= high:
+        raise ValueError(f"{arg} must be < {high}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class.  ``learning_rate`` is a positive number or a schedule: a callable
+    step -> rate (see :mod:`fastnn.schedules`), evaluated once per step."""
+
+    code = -1
+    name = "optimizer"
+
+    def __init__(self, learning_rate: float | Callable = 0.001):
+        if callable(learning_rate):
+            self.learning_rate = learning_rate
+        else:
+            self.learning_rate = _number(learning_rate, "learning_rate", 0.0, low_open=True)
+        self.iterations = 0
+        self._state: dict = {}
+
+    @property
+    def slots(self) -> int:
+        """Number of state arrays per parameter array."""
+        return codes.STATE_SLOTS[self.code]
+
+    def lr_at(self, iteration: int) -> float:
+        """The learning rate used by step number ``iteration`` (0-based)."""
+        if callable(self.learning_rate):
+            lr = float(self.learning_rate(iteration))
+            if not np.isfinite(lr) or lr < 0:
+                raise ValueError(f"learning_rate schedule gave {lr} at step {iteration}")
+            return lr
+        return self.learning_rate
+
+    def lrs(self, start: int, count: int) -> np.ndarray:
+        """Rates of steps start .. start+count-1 as a float64 array."""
+        if not callable(self.learning_rate):
+            return np.full(count, self.learning_rate)
+        return np.array([self.lr_at(start + i) for i in range(count)], dtype=np.float64)
+
+    def hyper(self) -> np.ndarray:
+        """The float64 hyper-parameter vector of the kernel (layout in kernels.codes)."""
+        return np.array([self.lr_at(self.iterations), *self._extra()], dtype=np.float64)
+
+    def _extra(self) -> list[float]:
+        return []
+
+    def init_state(self, shape, dtype) -> np.ndarray:
+        """Fresh optimizer state for parameters of ``shape``: (max(slots, 1), *shape)."""
+        return np.zeros((max(self.slots, 1), *shape), dtype=dtype)
+
+    def get_config(self) -> dict:
+        lr = self.learning_rate
+        cfg = lr.get_config() if hasattr(lr, "get_config") else None
+        lr_entry = {"schedule": type(lr).__name__, "config": cfg} if callable(lr) else lr
+        return {"learning_rate": lr_entry, **self._config()}
+
+    def _config(self) -> dict:
+        return {}
+
+    # -- direct use -----------------------------------------------------------------
+    def step(self, params, grads, backend: str | None = None) -> None:
+        """Updates ``params`` in place from ``grads`` (arrays, or lists of arrays).
+
+        State is kept per position in the list; the step counter advances once per call.
+        """
+        single = isinstance(params, np.ndarray)
+        params = [params] if single else list(params)
+        grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"params and grads must pair up, got {len(params)} and {len(grads)}")
+        _, k = _backend.resolve(backend)
+        hyper = self.hyper()
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if p.shape != g.shape or p.dtype != g.dtype or not p.flags.c_contiguous:
+                raise ValueError(
+                    f"grads[{i}] must match params[{i}] (contiguous, shape {p.shape}, "
+                    f"dtype {p.dtype}), got shape {g.shape}, dtype {g.dtype}"
+                )
+            key = (i, p.shape, p.dtype.str)
+            if key not in self._state:
+                self._state[key] = self.init_state((p.size,), p.dtype)
+            k.optimizer_update(
+                p.reshape(-1),
+                np.ascontiguousarray(g).reshape(-1),
+                self._state[key],
+                self.code,
+                hyper,
+                self.iterations + 1,
+            )
+        self.iterations += 1
+
+    def apply_gradients(self, grads_and_vars) -> None:
+        """Keras-style: ``apply_gradients(zip(grads, variables))``."""
+        pairs = list(grads_and_vars)
+        self.step([v for _, v in pairs], [g for g, _ in pairs])
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.get_config()})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, with optional (Nesterov) momentum (PyTorch's form:
+    buf = momentum*buf + g; p -= lr*buf, or lr*(g + momentum*buf) with nesterov)."""
+
+    name = "sgd"
+
+    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False):
+        super().__init__(learning_rate)
+        self.momentum = _number(momentum, "momentum", 0.0, 1.0)
+        if not isinstance(nesterov, bool):
+            raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True requires momentum > 0")
+        self.nesterov = nesterov
+        self.code = codes.MOMENTUM if self.momentum > 0 else codes.SGD
+
+    def _extra(self):
+        return [self.momentum, float(self.nesterov)] if self.code == codes.MOMENTUM else []
+
+    def _config(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adagrad(Optimizer):
+    """acc += g^2; p -= lr * g / (sqrt(acc) + epsilon); acc starts at
+    ``initial_accumulator_value``."""
+
+    name = "adagrad"
+    code = codes.ADAGRAD
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.initial_accumulator_value = _number(
+            initial_accumulator_value, "initial_accumulator_value", 0.0
+        )
+        self.epsilon = _number(epsilon, "epsilon", 0.0)
+
+    def _extra(self):
+        return [self.epsilon]
+
+    def init_state(self, shape, dtype):
+        return np.full((1, *shape), self.initial_accumulator_value, dtype=dtype)
+
+    def _config(self):
+        return {
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
+        }
+
+
+class RMSprop(Optimizer):
+    """sq = rho*sq + (1-rho)*g^2; p -= lr * g / (sqrt(sq) + epsilon)."""
+
+    name = "rmsprop"
+    code = codes.RMSPROP
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.rho = _number(rho, "rho", 0.0, 1.0)
+        self.epsilon = _number(epsilon, "epsilon", 0.0)
+
+    def _extra(self):
+        return [self.rho, self.epsilon]
+
+    def _config(self):
+        return {"rho": self.rho, "epsilon": self.epsilon}
+
+
+class Adam(Optimizer):
+    """Adam with bias correction (PyTorch's formula, epsilon added to the square root)."""
+
+    name = "adam"
+    code = codes.ADAM
+    weight_decay = 0.0
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
+        self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
+        self.epsilon = _number(epsilon, "epsilon", 0.0)
+
+    def _extra(self):
+        return [self.beta_1, self.beta_2, self.epsilon, self.weight_decay]
+
+    def _config(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: p -= lr * weight_decay * p before the Adam step."""
+
+    name = "adamw"
+
+    def __init__(
+        self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7
+    ):
+        super().__init__(learning_rate, beta_1, beta_2, epsilon)
+        self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
+
+    def _config(self):
+        return {**super()._config(), "weight_decay": self.weight_decay}
+
+
+_OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad, "rmsprop": RMSprop}
+CLASSES = {cls.__name__: cls for cls in _OPTIMIZERS.values()}
+
+
+def get(optimizer) -> Optimizer:
+    """An :class:`Optimizer` from a name (Keras defaults) or an instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, type) and issubclass(optimizer, Optimizer):
+        return optimizer()
+    return lookup(_OPTIMIZERS, "optimizer", optimizer)()
