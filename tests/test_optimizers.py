@@ -1,0 +1,331 @@
+"""Level 4: optimizers == their formulas written out by hand; defaults; convergence; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+
+CPU_BACKENDS = [b for b in fastnn.backend.available() if b != "cuda"]
+DTYPES = [np.float32, np.float64]
+STEPS = 6
+
+
+# ---------------------------------------------------------------------------------------
+# The updates written out by hand (float64 NumPy, one parameter array)
+
+
+def hand_sgd(lr):
+    def step(p, g, state, t):
+        return p - lr * g
+
+    return step
+
+
+def hand_momentum(lr, momentum, nesterov):
+    def step(p, g, state, t):
+        buf = state.get("buf", np.zeros_like(p))
+        buf = momentum * buf + g
+        state["buf"] = buf
+        return p - lr * (g + momentum * buf if nesterov else buf)
+
+    return step
+
+
+def hand_adagrad(lr, initial_accumulator_value, epsilon):
+    def step(p, g, state, t):
+        acc = state.get("acc", np.full_like(p, initial_accumulator_value)) + g * g
+        state["acc"] = acc
+        return p - lr * g / (np.sqrt(acc) + epsilon)
+
+    return step
+
+
+def hand_rmsprop(lr, rho, epsilon):
+    def step(p, g, state, t):
+        sq = rho * state.get("sq", np.zeros_like(p)) + (1 - rho) * g * g
+        state["sq"] = sq
+        return p - lr * g / (np.sqrt(sq) + epsilon)
+
+    return step
+
+
+def hand_adam(lr, beta_1, beta_2, epsilon, weight_decay=0.0):
+    def step(p, g, state, t):
+        p = p * (1 - lr * weight_decay)
+        m = beta_1 * state.get("m", np.zeros_like(p)) + (1 - beta_1) * g
+        v = beta_2 * state.get("v", np.zeros_like(p)) + (1 - beta_2) * g * g
+        state["m"], state["v"] = m, v
+        m_hat = m / (1 - beta_1**t)
+        v_hat = v / (1 - beta_2**t)
+        return p - lr * m_hat / (np.sqrt(v_hat) + epsilon)
+
+    return step
+
+
+CASES = {
+    "sgd": (lambda: SGD(learning_rate=0.1), hand_sgd(0.1)),
+    "momentum": (
+        lambda: SGD(learning_rate=0.05, momentum=0.9),
+        hand_momentum(0.05, 0.9, False),
+    ),
+    "nesterov": (
+        lambda: SGD(learning_rate=0.05, momentum=0.8, nesterov=True),
+        hand_momentum(0.05, 0.8, True),
+    ),
+    "adagrad": (
+        lambda: Adagrad(learning_rate=0.1, initial_accumulator_value=0.3, epsilon=1e-6),
+        hand_adagrad(0.1, 0.3, 1e-6),
+    ),
+    "rmsprop": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, epsilon=1e-6),
+        hand_rmsprop(0.01, 0.8, 1e-6),
+    ),
+    "adam": (
+        lambda: Adam(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-6),
+        hand_adam(0.01, 0.8, 0.99, 1e-6),
+    ),
+    "adamw": (
+        lambda: AdamW(learning_rate=0.01, weight_decay=0.1, beta_1=0.85, beta_2=0.995),
+        hand_adam(0.01, 0.85, 0.995, 1e-7, 0.1),
+    ),
+}
+
+
+def _tolerance(dtype):
+    # float64: the same arithmetic in another order; float32: a few ulps per step on O(1)
+    return dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(CASES))
+def test_step_matches_hand_written_update(name, dtype, backend):
+    make, hand = CASES[name]
+    opt = make()
+    rng = np.random.default_rng(0)
+    shapes = [(7, 5), (3,), (1, 1)]
+    params = [rng.normal(size=s).astype(dtype) for s in shapes]
+    expected = [p.astype(np.float64) for p in params]
+    states = [{} for _ in shapes]
+    for t in range(1, STEPS + 1):
+        grads = [rng.normal(size=s).astype(dtype) for s in shapes]
+        opt.step(params, grads, backend=backend)
+        for i, g in enumerate(grads):
+            expected[i] = hand(expected[i], g.astype(np.float64), states[i], t)
+    assert opt.iterations == STEPS
+    for p, e in zip(params, expected):
+        assert p.dtype == dtype
+        np.testing.assert_allclose(p, e, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_step_on_a_single_array_and_apply_gradients(backend):
+    p = np.ones(4)
+    opt = SGD(learning_rate=0.5)
+    opt.step(p, np.full(4, 2.0), backend=backend)
+    np.testing.assert_array_equal(p, 0.0)
+    w = np.ones(3)
+    Adam(learning_rate=0.1).apply_gradients(zip([np.ones(3)], [w]))
+    np.testing.assert_allclose(w, 0.9, rtol=1e-6)  # Adam's first step is lr * sign(g)
+
+
+def test_state_is_kept_per_parameter_position():
+    opt = SGD(learning_rate=1.0, momentum=0.5)
+    a, b = np.zeros(2), np.zeros(2)
+    opt.step([a, b], [np.ones(2), np.zeros(2)])
+    opt.step([a, b], [np.ones(2), np.zeros(2)])
+    np.testing.assert_allclose(a, -(1 + 1.5))
+    np.testing.assert_array_equal(b, 0.0)  # b's buffer did not pick up a's gradients
+
+
+def test_step_rejects_mismatched_grads():
+    opt = SGD()
+    with pytest.raises(ValueError, match="grads"):
+        opt.step([np.zeros(3)], [np.zeros(4)])
+    with pytest.raises(ValueError, match="grads"):
+        opt.step([np.zeros(3)], [np.zeros(3, np.float32)])
+    with pytest.raises(ValueError, match="pair"):
+        opt.step([np.zeros(3), np.zeros(2)], [np.zeros(3)])
+
+
+# ---------------------------------------------------------------------------------------
+# Learning-rate schedules
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_callable_learning_rate_is_evaluated_per_step(backend):
+    calls = []
+
+    def schedule(step):
+        calls.append(step)
+        return 0.1 * 0.5**step
+
+    opt = SGD(learning_rate=schedule)
+    p = np.zeros(2)
+    for _ in range(4):
+        opt.step(p, np.ones(2), backend=backend)
+    assert calls == [0, 1, 2, 3]
+    np.testing.assert_allclose(p, -(0.1 + 0.05 + 0.025 + 0.0125))
+
+
+def test_callable_learning_rate_with_adam_matches_hand_written():
+    rates = [0.1, 0.05, 0.02, 0.01]
+    opt = Adam(learning_rate=lambda step: rates[step])
+    rng = np.random.default_rng(1)
+    p = rng.normal(size=5)
+    expected, state = p.copy(), {}
+    for t in range(1, 5):
+        g = rng.normal(size=5)
+        opt.step(p, g)
+        expected = hand_adam(rates[t - 1], 0.9, 0.999, 1e-7)(expected, g, state, t)
+    np.testing.assert_allclose(p, expected, rtol=1e-12)
+
+
+def test_schedule_giving_a_bad_rate_raises():
+    opt = SGD(learning_rate=lambda step: -1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        opt.step(np.zeros(2), np.ones(2))
+
+
+# ---------------------------------------------------------------------------------------
+# Keras defaults
+
+
+def test_keras_defaults():
+    sgd = SGD()
+    assert (sgd.learning_rate, sgd.momentum, sgd.nesterov) == (0.01, 0.0, False)
+    adam = Adam()
+    assert (adam.learning_rate, adam.beta_1, adam.beta_2, adam.epsilon) == (
+        0.001,
+        0.9,
+        0.999,
+        1e-7,
+    )
+    assert adam.weight_decay == 0.0
+    adamw = AdamW()
+    assert (adamw.learning_rate, adamw.weight_decay, adamw.beta_1, adamw.beta_2) == (
+        0.001,
+        0.004,
+        0.9,
+        0.999,
+    )
+    assert adamw.epsilon == 1e-7
+    ada = Adagrad()
+    assert (ada.learning_rate, ada.initial_accumulator_value, ada.epsilon) == (0.001, 0.1, 1e-7)
+    rms = RMSprop()
+    assert (rms.learning_rate, rms.rho, rms.epsilon) == (0.001, 0.9, 1e-7)
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [("sgd", SGD), ("adam", Adam), ("adamw", AdamW), ("adagrad", Adagrad), ("RMSprop", RMSprop)],
+)
+def test_get_by_name_uses_defaults(name, cls):
+    opt = fastnn.optimizers.get(name)
+    assert type(opt) is cls
+    assert opt.get_config() == cls().get_config()
+    inst = cls(learning_rate=0.5)
+    assert fastnn.optimizers.get(inst) is inst
+
+
+def test_adagrad_state_starts_at_initial_accumulator_value():
+    state = Adagrad(initial_accumulator_value=0.25).init_state((3,), np.float32)
+    np.testing.assert_array_equal(state, np.full((1, 3), 0.25, np.float32))
+
+
+# ---------------------------------------------------------------------------------------
+# Convergence
+
+
+CENTER = np.array([1.0, -2.0, 0.5])
+CURV = np.array([1.0, 4.0, 10.0])  # condition number 10
+
+
+def _quadratic_grad(p):
+    return CURV * (p - CENTER)
+
+
+CONVERGE = {
+    # name: (optimizer, steps, tolerance on |p - center|_inf)
+    "sgd": (lambda: SGD(learning_rate=0.09), 300, 1e-6),
+    "momentum": (lambda: SGD(learning_rate=0.02, momentum=0.9), 400, 1e-6),
+    "nesterov": (lambda: SGD(learning_rate=0.02, momentum=0.9, nesterov=True), 400, 1e-6),
+    "adagrad": (lambda: Adagrad(learning_rate=0.5), 750, 1e-6),
+    "rmsprop": (lambda: RMSprop(learning_rate=lambda t: 0.05 * 0.995**t), 750, 1e-5),
+    "adam": (lambda: Adam(learning_rate=0.05), 750, 1e-6),
+    # decoupled weight decay pulls the fixed point slightly towards 0
+    "adamw": (lambda: AdamW(learning_rate=0.05, weight_decay=1e-4), 750, 1e-3),
+}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(CONVERGE))
+def test_converges_on_a_quadratic(name, backend):
+    make, steps, tol = CONVERGE[name]
+    opt = make()
+    p = np.array([-3.0, 3.0, 4.0])
+    start = np.abs(p - CENTER).max()
+    for _ in range(steps):
+        opt.step(p, _quadratic_grad(p), backend=backend)
+    assert np.abs(p - CENTER).max() < tol, p
+    assert start > 1000 * tol
+
+
+def _rosenbrock_grad(p):
+    x, y = p
+    return np.array([-2 * (1 - x) - 400 * x * (y - x * x), 200 * (y - x * x)])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_adam_converges_on_rosenbrock(backend):
+    # the classic start in the curved valley; a slowly decaying rate lets Adam settle
+    opt = Adam(learning_rate=lambda t: 0.05 * 0.9995**t)
+    p = np.array([-1.5, 2.0])
+    for _ in range(4000):
+        opt.step(p, _rosenbrock_grad(p), backend=backend)
+    np.testing.assert_allclose(p, [1.0, 1.0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad hyper-parameters
+
+
+BAD = [
+    (SGD, {"learning_rate": -0.1}, ValueError, "learning_rate"),
+    (SGD, {"learning_rate": 0.0}, ValueError, "learning_rate"),
+    (SGD, {"learning_rate": float("nan")}, ValueError, "learning_rate"),
+    (SGD, {"learning_rate": "fast"}, TypeError, "learning_rate"),
+    (SGD, {"momentum": 1.0}, ValueError, "momentum"),
+    (SGD, {"momentum": -0.5}, ValueError, "momentum"),
+    (SGD, {"momentum": "0.9"}, TypeError, "momentum"),
+    (SGD, {"nesterov": "yes", "momentum": 0.9}, TypeError, "nesterov"),
+    (SGD, {"nesterov": True}, ValueError, "nesterov"),
+    (Adam, {"beta_1": 1.0}, ValueError, "beta_1"),
+    (Adam, {"beta_2": -0.1}, ValueError, "beta_2"),
+    (Adam, {"epsilon": -1e-7}, ValueError, "epsilon"),
+    (Adam, {"learning_rate": float("inf")}, ValueError, "learning_rate"),
+    (AdamW, {"weight_decay": -0.01}, ValueError, "weight_decay"),
+    (AdamW, {"weight_decay": None}, TypeError, "weight_decay"),
+    (Adagrad, {"initial_accumulator_value": -1.0}, ValueError, "initial_accumulator_value"),
+    (Adagrad, {"epsilon": True}, TypeError, "epsilon"),
+    (RMSprop, {"rho": 1.5}, ValueError, "rho"),
+    (RMSprop, {"epsilon": -1.0}, ValueError, "epsilon"),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, exc, arg", BAD, ids=[f"{c.__name__}-{a}" for c, _, _, a in BAD]
+)
+def test_bad_hyper_parameters_raise_naming_the_argument(cls, kwargs, exc, arg):
+    with pytest.raises(exc, match=arg):
+        cls(**kwargs)
+
+
+def test_unknown_optimizer_name():
+    with pytest.raises(ValueError, match="optimizer.*adam"):
+        fastnn.optimizers.get("adamm")
+    with pytest.raises(TypeError, match="optimizer"):
+        fastnn.optimizers.get(3)
