@@ -8,10 +8,11 @@
 ...               metrics=["accuracy"])
 """
 
-from . import callbacks, datasets, layers, losses, optimizers, regularizers
+from . import callbacks, datasets, layers, losses, optimizers, regularizers, schedules
 from .backend import get_backend, set_backend
 from .gradcheck import gradcheck
 from .model import NonFiniteLossError, Sequential
+from .saving import load_model
 
 __version__ = "0.1.0"
 __all__ = [
@@ -22,9 +23,11 @@ __all__ = [
     "get_backend",
     "gradcheck",
     "layers",
+    "load_model",
     "losses",
     "optimizers",
     "regularizers",
+    "schedules",
     "set_backend",
     "__version__",
 ]
