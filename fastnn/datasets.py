@@ -1,9 +1,16 @@
 """Datasets that need no network: scikit-learn's bundled copies and synthetic data.
 
 Every loader returns ``(x_train, y_train), (x_test, y_test)`` with a seeded split.
+Files: :func:`load_mnist` / :func:`load_idx` (MNIST's IDX format), :func:`load_npz`, and
+:func:`iterate_batches` for arrays that do not fit in memory.
 """
 
 from __future__ import annotations
+
+import gzip
+import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -115,3 +122,202 @@ LOADERS = {
     "linear": make_linear_regression,
     "spirals": make_spirals,
 }
+
+
+# ---------------------------------------------------------------------------------------
+# Files: IDX (MNIST's format), .npz splits, and batches of arrays too big for memory
+
+#: IDX type code -> big-endian NumPy dtype
+IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_CODES = {dt.newbyteorder("=").str: code for code, dt in IDX_DTYPES.items()}
+
+
+def _read_bytes(path) -> bytes:
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(f"{path!r}: damaged gzip data ({exc})") from None
+    return data
+
+
+def load_idx(path) -> np.ndarray:
+    """Reads an IDX file (the MNIST format), gzip-compressed or raw, into an array of
+    native byte order.
+
+    Raises
+    ------
+    ValueError
+        For a bad magic number, an unknown type code, zero dimensions or a data size
+        that does not match the header.
+    """
+    data = _read_bytes(path)
+    where = os.fspath(path)
+    if len(data) < 4:
+        raise ValueError(f"{where!r} is not an IDX file: {len(data)} bytes, no header")
+    if data[0] != 0 or data[1] != 0:
+        raise ValueError(
+            f"{where!r} is not an IDX file: bad magic number 0x{data[:4].hex()} (it must start "
+            "with two zero bytes)"
+        )
+    code, ndim = data[2], data[3]
+    if code not in IDX_DTYPES:
+        raise ValueError(
+            f"{where!r}: unknown IDX type code 0x{code:02x} (expected one of "
+            f"{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)})"
+        )
+    if ndim == 0:
+        raise ValueError(f"{where!r}: an IDX file needs at least one dimension, got 0")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{where!r}: truncated IDX header ({len(data)} of {header} bytes)")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{where!r}: IDX header says shape {dims} of {dtype.name} ({expected} bytes) but "
+            f"the file holds {len(data) - header} bytes of data"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def save_idx(path, array) -> None:
+    """Writes ``array`` as a raw IDX file (gzip-compressed when ``path`` ends in .gz)."""
+
+    array = np.asarray(array)
+    key = array.dtype.newbyteorder("=").str if array.dtype.byteorder != "|" else array.dtype.str
+    code = _IDX_CODES.get(key)
+    if code is None:
+        raise ValueError(f"IDX cannot store dtype {array.dtype}")
+    if array.ndim == 0 or array.ndim > 255:
+        raise ValueError(f"IDX needs 1 to 255 dimensions, got {array.ndim}")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    body = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(body)
+
+
+MNIST_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def _find_mnist_file(directory, stem):
+
+    dotted = stem.replace("-idx", ".idx", 1)
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"MNIST file {stem}[.gz] not found in {os.fspath(directory)!r} (expected the four "
+        f"files {', '.join(MNIST_FILES.values())}, raw or .gz)"
+    )
+
+
+def load_mnist(directory):
+    """MNIST (or Fashion-MNIST) from the four standard IDX files in ``directory``.
+
+    Returns ``((x_train, y_train), (x_test, y_test))``: images as float32 in [0, 1]
+    flattened to rows*cols (784) features, labels as int64.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"MNIST folder {os.fspath(directory)!r} does not exist")
+    parts = {}
+    for key, stem in MNIST_FILES.items():
+        path = _find_mnist_file(directory, stem)
+        array = load_idx(path)
+        if key.startswith("x"):
+            if array.ndim != 3 or array.dtype != np.uint8:
+                raise ValueError(
+                    f"{path!r}: MNIST images must be uint8 of shape (N, rows, cols), got "
+                    f"{array.dtype} {array.shape}"
+                )
+            array = array.reshape(array.shape[0], -1).astype(np.float32) / np.float32(255)
+        else:
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise ValueError(
+                    f"{path!r}: MNIST labels must be integers of shape (N,), got "
+                    f"{array.dtype} {array.shape}"
+                )
+            array = array.astype(np.int64)
+        parts[key] = array
+    for split in ("train", "test"):
+        nx, ny = len(parts[f"x_{split}"]), len(parts[f"y_{split}"])
+        if nx != ny:
+            raise ValueError(f"MNIST {split} split has {nx} images but {ny} labels")
+    if parts["x_train"].shape[1] != parts["x_test"].shape[1]:
+        raise ValueError("MNIST train and test images have different sizes")
+    return (parts["x_train"], parts["y_train"]), (parts["x_test"], parts["y_test"])
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path):
+    """A dataset saved as .npz with arrays x_train, y_train, x_test, y_test (read without
+    pickle); returns ``((x_train, y_train), (x_test, y_test))``."""
+
+    where = os.fspath(path)
+    try:
+        with np.load(where, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise ValueError(
+                    f"{where!r} must hold arrays {', '.join(NPZ_KEYS)}; "
+                    f"missing {', '.join(missing)}"
+                )
+            arrays = {k: npz[k] for k in NPZ_KEYS}
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{where!r} is not a valid .npz file ({exc})") from None
+    for key, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{where!r}: {key} must be numeric, got dtype {array.dtype}")
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim < 2 or y.ndim < 1 or len(x) != len(y):
+            raise ValueError(
+                f"{where!r}: x_{split} must be (N, features...) with one y_{split} entry per "
+                f"sample, got shapes {x.shape} and {y.shape}"
+            )
+    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
+
+
+def iterate_batches(x, y=None, batch_size: int = 32, shuffle: bool = False, seed=None):
+    """Yields ``(x_batch, y_batch)`` (or ``x_batch`` when ``y`` is None) as contiguous
+    in-memory copies, for arrays that do not fit the fast path (e.g. ``np.load(...,
+    mmap_mode="r")``).  With ``shuffle`` the order is a permutation drawn from ``seed``;
+    the last batch may be smaller."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise TypeError(f"batch_size must be a positive int, got {batch_size!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
+    n = len(x)
+    if y is not None and len(y) != n:
+        raise ValueError(f"x and y must have the same number of samples, got {n} and {len(y)}")
+    order = np.random.default_rng(seed).permutation(n) if shuffle else None
+    for start in range(0, n, batch_size):
+        sl = (
+            slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        )
+        xb = np.ascontiguousarray(x[sl])
+        if y is None:
+            yield xb
+        else:
+            yield xb, np.ascontiguousarray(y[sl])
