@@ -1,13 +1,620 @@
-"""``fastnn bench``: training-speed ratios against NumPy (and PyTorch/JAX when installed)."""
+"""``fastnn bench``: training-speed ratios against NumPy (and PyTorch/JAX when installed).
+
+For each network and thread count, every implementation trains the same MLP (float32, Adam,
+ReLU hidden layers, softmax + sparse cross-entropy) on the same batch.  Timings are taken in
+interleaved rounds (one timing per implementation per round, the order rotating) and the
+median is reported, so a noisy machine disturbs every implementation alike; the ratios
+(fastnn time / baseline time, below 1 when fastnn is faster) are the result to read.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ._baselines import NETWORKS, network_label, network_sizes, synthetic_data
+
+#: fastnn backends benchmarked by default (the compiled CPU ones that load).
+COMPILED_BACKENDS = ("numba", "cython")
+BASELINES = ("numpy", "torch", "jax")
+EPOCH_SAMPLES = 60000
+
+
+def _threads_default() -> list[int]:
+    return sorted({1, os.cpu_count() or 1})
 
 
 def add_parser(sub) -> None:
     """Registers the ``bench`` subcommand."""
-    p = sub.add_parser("bench", help="measure training speed vs NumPy / PyTorch and print ratios")
+    p = sub.add_parser(
+        "bench",
+        help="measure training speed vs NumPy / PyTorch and print ratios",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"thread counts for BLAS, Numba and PyTorch (default {_threads_default()})",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="interleaved rounds, median taken (default 5)"
+    )
+    p.add_argument(
+        "--networks",
+        nargs="+",
+        choices=sorted(NETWORKS),
+        default=None,
+        help="a: 784-128-10 b64, d: 64-64-10 b32, c: 784-1024-1024-10 b256 (default a d c)",
+    )
+    p.add_argument(
+        "--epoch",
+        action="store_true",
+        help=f"also time one epoch ({EPOCH_SAMPLES} synthetic samples, shuffled)",
+    )
+    p.add_argument(
+        "--epoch-repeats", type=int, default=None, help="interleaved epoch rounds (default 3)"
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        help="fastnn backends (default: the compiled CPU backends that load: numba, cython)",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        choices=BASELINES,
+        default=list(BASELINES),
+        help="baselines to compare with (default all that are installed)",
+    )
+    p.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="also time a fresh process: import + build + first fit (numba cold/warm cache, "
+        "cython)",
+    )
+    p.add_argument("--out", default=None, help="write bench.json and bar charts (PNG) here")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny settings (few rounds, short timings, small epoch) to check it runs",
+    )
     p.set_defaults(func=run)
 
 
-def run(args) -> None:
-    raise RuntimeError("fastnn bench is not available in this build")
+# ---------------------------------------------------------------------------------------
+# Environment
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _import_blas() -> None:
+    """Loads SciPy's BLAS (a second OpenBLAS copy) so threadpoolctl sees and limits it."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        pass
+
+
+def blas_pools() -> list[dict]:
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded in this process."""
+    from threadpoolctl import threadpool_info
+
+    _import_blas()
+    keys = ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")
+    return [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+
+
+def numba_threading_layer() -> str:
+    import numba
+
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not initialised"
+
+
+def environment(impls_meta: dict) -> dict:
+    import numba
+
+    env = {
+        k: os.environ.get(k)
+        for k in (
+            "OPENBLAS_CORETYPE",
+            "OPENBLAS_L2_SIZE",
+            "OMP_NUM_THREADS",
+            "OMP_WAIT_POLICY",
+            "NUMBA_NUM_THREADS",
+            "NUMBA_THREADING_LAYER",
+        )
+    }
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threading_layer": numba_threading_layer(),
+        "env": env,
+        "blas": blas_pools(),
+        **impls_meta,
+    }
+
+
+def print_environment(info: dict) -> None:
+    print(f"CPU: {info['cpu']} ({info['cores']} logical cores)")
+    print(
+        f"Python {info['python']}, NumPy {info['numpy']}, Numba {info['numba']} "
+        f"(threading layer: {info['numba_threading_layer']})"
+    )
+    if "torch" in info:
+        print(f"PyTorch {info['torch']} (Adam: {info.get('torch_adam', '?')})")
+    if "jax" in info:
+        print(f"JAX {info['jax']}")
+    print(f"OPENBLAS_CORETYPE={info['env'].get('OPENBLAS_CORETYPE') or '(unset)'}")
+    for key, value in info["env"].items():
+        if value and key != "OPENBLAS_CORETYPE":
+            print(f"{key}={value}")
+    for pool in info["blas"]:
+        print(
+            f"{pool['user_api']}: {pool['internal_api']} {pool['version']} "
+            f"kernel={pool['architecture']} default threads={pool['num_threads']} "
+            f"({os.path.basename(pool['filepath'] or '')})"
+        )
+
+
+@contextlib.contextmanager
+def limit_threads(n: int, torch_module=None):
+    """Holds BLAS (every loaded copy), OpenMP, Numba and PyTorch at ``n`` threads."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    _import_blas()
+    n_numba = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    old_numba = numba.get_num_threads()
+    old_torch = torch_module.get_num_threads() if torch_module is not None else None
+    with threadpool_limits(limits=n):
+        numba.set_num_threads(n_numba)
+        if torch_module is not None:
+            torch_module.set_num_threads(n)
+        try:
+            yield {"blas": n, "numba": n_numba, "torch": n if torch_module else None}
+        finally:
+            numba.set_num_threads(old_numba)
+            if torch_module is not None:
+                torch_module.set_num_threads(old_torch)
+
+
+# ---------------------------------------------------------------------------------------
+# Implementations
+
+
+def fastnn_backends(requested=None) -> tuple[list[str], list[str]]:
+    """(backends to run, notes on the ones skipped)."""
+    from . import backend
+
+    notes = []
+    names = list(requested) if requested else list(COMPILED_BACKENDS)
+    chosen = []
+    for name in names:
+        if name == "cuda":
+            notes.append("fastnn-cuda: skipped (CPU benchmark)")
+            continue
+        if name not in backend.MODULES:
+            raise ValueError(
+                f"--backends: unknown backend {name!r}, expected one of {sorted(backend.MODULES)}"
+            )
+        why = backend.why_unavailable(name)
+        if why is None:
+            chosen.append(name)
+        else:
+            notes.append(f"fastnn-{name}: skipped ({why})")
+    if not chosen and not requested:
+        notes.append("no compiled backend loads: timing fastnn's NumPy reference backend")
+        chosen = ["numpy"]
+    return chosen, notes
+
+
+def baseline_modules(requested) -> tuple[dict, list[str]]:
+    """{name: imported module or None} of the baselines that can run, and skip notes."""
+    mods, notes = {}, []
+    for name in requested:
+        if name == "numpy":
+            mods[name] = None
+            continue
+        try:
+            mods[name] = __import__(name)
+        except ImportError:
+            notes.append(f"{name}: skipped (not installed)")
+    return mods, notes
+
+
+def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
+    """name -> object with train_step/train_epoch, all starting from the same weights."""
+    from . import _baselines as B
+
+    sizes = network_sizes(net)
+    weights = B.glorot_weights(sizes, seed)
+    impls = {}
+    for be in backends:
+        impls[f"fastnn-{be}"] = B.FastnnMLP(sizes, be, seed, weights)
+    if "numpy" in baselines:
+        impls["numpy"] = B.NumpyMLP(sizes, seed)
+        impls["numpy"].set_weights(weights)
+    if "torch" in baselines:
+        impls["torch"] = B.TorchMLP(sizes, seed, weights=weights)
+    if "jax" in baselines:
+        impls["jax"] = B.JaxMLP(sizes, seed, weights=weights)
+    return impls
+
+
+def _batch_for(impl, x, y):
+    """The batch in the form the implementation's users feed it (tensors for torch/jax)."""
+    name = getattr(impl, "name", "")
+    if name == "torch":
+        return impl.tensors(x, y)
+    if name == "jax":
+        return impl.jnp.asarray(x), impl.jnp.asarray(y)
+    return x, y
+
+
+def _time_k(impl, xb, yb, k: int) -> float:
+    """Seconds per step over k consecutive steps."""
+    step = impl.train_step
+    t0 = time.perf_counter()
+    for _ in range(k):
+        step(xb, yb)
+    return (time.perf_counter() - t0) / k
+
+
+def measure_steps(impls: dict, x, y, repeats: int, target_s: float, warmup: int = 2) -> dict:
+    """name -> list of µs per step, one per interleaved round."""
+    batches = {name: _batch_for(impl, x, y) for name, impl in impls.items()}
+    ks = {}
+    for name, impl in impls.items():
+        xb, yb = batches[name]
+        for _ in range(warmup):
+            impl.train_step(xb, yb)
+        t1 = _time_k(impl, xb, yb, 1)
+        ks[name] = int(min(100000, max(1, math.ceil(target_s / max(t1, 1e-7)))))
+    rounds: dict = {name: [] for name in impls}
+    names = list(impls)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            xb, yb = batches[name]
+            rounds[name].append(_time_k(impls[name], xb, yb, ks[name]) * 1e6)
+    return rounds
+
+
+def measure_epochs(impls: dict, X, Y, batch_size: int, repeats: int) -> dict:
+    """name -> list of seconds per shuffled epoch, one per interleaved round."""
+    rng_warm = np.random.default_rng(1)
+    for impl in impls.values():
+        impl.train_epoch(X[: 2 * batch_size], Y[: 2 * batch_size], batch_size, rng_warm)
+    rounds: dict = {name: [] for name in impls}
+    names = list(impls)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rng = np.random.default_rng(r)
+            t0 = time.perf_counter()
+            impls[name].train_epoch(X, Y, batch_size, rng)
+            rounds[name].append(time.perf_counter() - t0)
+    return rounds
+
+
+# ---------------------------------------------------------------------------------------
+# Cold start
+
+_COLD_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import fastnn
+from fastnn._baselines import NETWORKS, fastnn_model, network_sizes, synthetic_data
+t1 = time.perf_counter()
+net, backend = sys.argv[1], sys.argv[2]
+sizes = network_sizes(net)
+batch = NETWORKS[net][3]
+x, y = synthetic_data(batch, sizes[0], sizes[-1])
+model = fastnn_model(sizes, backend)
+t2 = time.perf_counter()
+model.fit(x, y, epochs=1, batch_size=batch, verbose=0)
+t3 = time.perf_counter()
+print("COLD " + json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "first_fit_s": t3 - t2}))
+"""
+
+
+def _cold_run(net: str, backend: str, env: dict, timeout: float = 600) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-c", _COLD_SCRIPT, net, backend],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    wall = time.perf_counter() - t0
+    for line in proc.stdout.splitlines():
+        if line.startswith("COLD "):
+            return {**json.loads(line[5:]), "process_s": wall}
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+    raise RuntimeError(f"cold-start run of backend {backend} failed: {tail[0]}")
+
+
+def cold_start(net: str = "a", backends=("numba", "cython")) -> list[dict]:
+    """Fresh-process timings (import + build + first one-batch fit) in seconds."""
+    from . import backend as _backend
+
+    results = []
+    env = dict(os.environ)
+    if "numba" in backends and _backend.why_unavailable("numba") is None:
+        with tempfile.TemporaryDirectory(prefix="fastnn-numba-cache-") as cache:
+            env_n = {**env, "NUMBA_CACHE_DIR": cache}
+            results.append({"case": "numba, empty cache", **_cold_run(net, "numba", env_n)})
+            results.append({"case": "numba, warm cache", **_cold_run(net, "numba", env_n)})
+    if "cython" in backends and _backend.why_unavailable("cython") is None:
+        results.append({"case": "cython", **_cold_run(net, "cython", env)})
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio_columns(names) -> list[tuple[str, str, str]]:
+    """(header, fastnn impl, baseline) for every fastnn backend vs numpy and torch."""
+    cols = []
+    for name in names:
+        if name.startswith("fastnn-"):
+            for base in ("numpy", "torch"):
+                if base in names:
+                    cols.append((f"{name}/{base}", name, base))
+    return cols
+
+
+def format_table(rows: list[dict], unit: str, title: str) -> str:
+    """rows: {network, threads, medians {impl: value}, spread}; a fixed-width table."""
+    names = []
+    for row in rows:
+        names += [n for n in row["medians"] if n not in names]
+    ratios = ratio_columns(names)
+    header = ["network", "threads", *names, *(h for h, _, _ in ratios), "spread"]
+    lines = []
+    for row in rows:
+        med = row["medians"]
+        cells = [network_label(row["network"]), str(row["threads"])]
+        cells += [_fmt(med[n]) if n in med else "-" for n in names]
+        for _, fast, base in ratios:
+            ok = fast in med and base in med and med[base] > 0
+            cells.append(f"{med[fast] / med[base]:.2f}x" if ok else "-")
+        cells.append(f"{row['spread'] * 100:.0f}%")
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+    out = [
+        title,
+        f"  (times in {unit}; ratio = fastnn time / baseline time, < 1: fastnn faster; "
+        "spread = largest (max-min)/median over the rounds)",
+    ]
+    out.append(
+        "  ".join(
+            h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths))
+        )
+    )
+    for cells in lines:
+        out.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            )
+        )
+    return "\n".join(out)
+
+
+def _summarise(rounds: dict) -> tuple[dict, float]:
+    medians = {n: statistics.median(v) for n, v in rounds.items()}
+    spread = max(((max(v) - min(v)) / statistics.median(v) for v in rounds.values()), default=0)
+    return medians, spread
+
+
+def write_charts(out_dir: str, step_rows: list[dict], epoch_rows: list[dict]) -> list[str]:
+    """Bar charts of time relative to NumPy (absolute times if NumPy was not run)."""
+    try:
+        from .plot import bar_chart
+    except ImportError as exc:
+        raise RuntimeError(
+            f"cannot draw the charts: fastnn.plot.bar_chart is missing ({exc})"
+        ) from exc
+    written = []
+    for rows, fname, what in (
+        (step_rows, "bench.png", "step"),
+        (epoch_rows, "bench_epoch.png", "epoch"),
+    ):
+        if not rows:
+            continue
+        labels = [f"{r['network']} {r['threads']}t" for r in rows]
+        names = [n for n in rows[0]["medians"]]
+        relative = all("numpy" in r["medians"] for r in rows)
+        series = {}
+        for name in names:
+            vals = []
+            for r in rows:
+                v = r["medians"].get(name, float("nan"))
+                vals.append(v / r["medians"]["numpy"] if relative else v)
+            series[name] = vals
+        ylabel = (
+            f"time per {what} relative to NumPy (lower is faster)"
+            if relative
+            else ("µs per step" if what == "step" else "s per epoch")
+        )
+        path = os.path.join(out_dir, fname)
+        bar_chart(labels, series, path, f"fastnn training {what} time", ylabel)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# Command
+
+
+def _settings(args) -> dict:
+    quick = args.quick
+    repeats = args.repeats if args.repeats is not None else (2 if quick else 5)
+    epoch_repeats = args.epoch_repeats if args.epoch_repeats is not None else (1 if quick else 3)
+    if repeats < 1 or epoch_repeats < 1:
+        raise ValueError("--repeats and --epoch-repeats must be >= 1")
+    threads = args.threads or ([1] if quick else _threads_default())
+    if any(t < 1 for t in threads):
+        raise ValueError(f"--threads must be positive, got {threads}")
+    networks = args.networks or (["d"] if quick else ["a", "d", "c"])
+    return {
+        "quick": quick,
+        "repeats": repeats,
+        "epoch_repeats": epoch_repeats,
+        "threads": list(dict.fromkeys(threads)),
+        "networks": list(dict.fromkeys(networks)),
+        "target_s": 0.005 if quick else 0.2,
+        "epoch_batches": 8 if quick else None,
+    }
+
+
+def run(args) -> dict:
+    cfg = _settings(args)
+    backends, notes = fastnn_backends(args.backends)
+    mods, base_notes = baseline_modules(args.baselines)
+    notes += base_notes
+    torch_mod = mods.get("torch")
+    meta: dict = {}
+    if torch_mod is not None:
+        meta["torch"] = torch_mod.__version__
+    if "jax" in mods:
+        meta["jax"] = mods["jax"].__version__
+        notes.append("jax: thread count not limited (XLA decides)")
+    print(
+        f"fastnn bench: networks {' '.join(cfg['networks'])}, threads {cfg['threads']}, "
+        f"{cfg['repeats']} interleaved rounds" + (" (quick)" if cfg["quick"] else "")
+    )
+    for note in notes:
+        print(f"  note: {note}")
+    sys.stdout.flush()
+
+    step_rows, epoch_rows, records = [], [], []
+    data_cache: dict = {}
+    for net in cfg["networks"]:
+        n_in, _, n_out, batch = NETWORKS[net]
+        impls = make_impls(net, backends, mods)
+        if "torch" in impls:
+            meta["torch_adam"] = impls["torch"].adam_impl
+        x, y = synthetic_data(batch, n_in, n_out, seed=1)
+        for threads in cfg["threads"]:
+            with limit_threads(threads, torch_mod) as used:
+                rounds = measure_steps(impls, x, y, cfg["repeats"], cfg["target_s"])
+                medians, spread = _summarise(rounds)
+                step_rows.append(
+                    {"network": net, "threads": threads, "medians": medians, "spread": spread}
+                )
+                for name, vals in rounds.items():
+                    records.append(
+                        {
+                            "kind": "step",
+                            "network": net,
+                            "threads": threads,
+                            "impl": name,
+                            "threads_used": used,
+                            "median_us": medians[name],
+                            "rounds_us": vals,
+                            "samples_per_s": batch / (medians[name] * 1e-6),
+                        }
+                    )
+                if args.epoch:
+                    n = batch * cfg["epoch_batches"] if cfg["epoch_batches"] else EPOCH_SAMPLES
+                    key = (n_in, n)
+                    if key not in data_cache:
+                        data_cache[key] = synthetic_data(n, n_in, n_out, seed=2)
+                    X, Y = data_cache[key]
+                    e_rounds = measure_epochs(impls, X, Y, batch, cfg["epoch_repeats"])
+                    e_med, e_spread = _summarise(e_rounds)
+                    epoch_rows.append(
+                        {"network": net, "threads": threads, "medians": e_med, "spread": e_spread}
+                    )
+                    for name, vals in e_rounds.items():
+                        records.append(
+                            {
+                                "kind": "epoch",
+                                "network": net,
+                                "threads": threads,
+                                "impl": name,
+                                "threads_used": used,
+                                "samples": n,
+                                "median_s": e_med[name],
+                                "rounds_s": vals,
+                                "samples_per_s": n / e_med[name],
+                            }
+                        )
+            print(f"  measured {network_label(net)} at {threads} thread(s)")
+            sys.stdout.flush()
+        del impls
+
+    cold = []
+    if args.cold_start and not cfg["quick"]:
+        print("  cold start: fresh processes (numba empty cache / warm cache, cython) ...")
+        sys.stdout.flush()
+        cold = cold_start("a", backends if args.backends else COMPILED_BACKENDS)
+
+    info = environment(meta)
+    print()
+    print_environment(info)
+    print()
+    reps = cfg["repeats"]
+    print(format_table(step_rows, "µs per step", f"Training step (median of {reps} rounds)"))
+    if epoch_rows:
+        n_ep = cfg["epoch_repeats"]
+        print()
+        print(format_table(epoch_rows, "s per epoch", f"One epoch (median of {n_ep} rounds)"))
+    if cold:
+        print()
+        print("Cold start (fresh process, network a, one-batch fit), seconds:")
+        for c in cold:
+            print(
+                f"  {c['case']:<20} import {c['import_s']:.2f}  build {c['build_s']:.2f}  "
+                f"first fit {c['first_fit_s']:.2f}  whole process {c['process_s']:.2f}"
+            )
+    result = {"settings": cfg, "environment": info, "results": records, "cold_start": cold}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        path = os.path.join(args.out, "bench.json")
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"\nwrote {path}")
+        try:
+            for chart in write_charts(args.out, step_rows, epoch_rows):
+                print(f"wrote {chart}")
+        except (RuntimeError, AttributeError) as exc:
+            print(f"charts not written: {exc}", file=sys.stderr)
+    return result
