@@ -12,16 +12,32 @@ import os
 import numpy as np
 
 
-def _figure(nrows=1, ncols=1, figsize=(6, 4.5)):
-    """A figure drawn by the Agg canvas, never touching pyplot's global state."""
+def require() -> None:
+    """Raises ImportError, saying how to install it, when matplotlib is missing."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ImportError(
             "fastnn.plot needs matplotlib: pip install 'fastnn-cpu[plot]' (or pip install "
             "matplotlib)"
         ) from None
+
+
+def available() -> bool:
+    """Whether matplotlib can be imported."""
+    try:
+        require()
+    except ImportError:
+        return False
+    return True
+
+
+def _figure(nrows=1, ncols=1, figsize=(6, 4.5)):
+    """A figure drawn by the Agg canvas, never touching pyplot's global state."""
+    require()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False)
