@@ -1,0 +1,350 @@
+"""Callbacks (Keras semantics) and the class_weight / sample_weight arguments of fit."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import callbacks as cb
+from fastnn import optimizers
+from fastnn.layers import Dense
+
+BACKEND = "numpy"
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int64)
+    return x, y
+
+
+def _model(lr=0.05, optimizer=None, seed=0):
+    m = fastnn.Sequential(
+        [Dense(8, activation="relu", input_dim=4), Dense(2, activation="softmax")],
+        seed=seed,
+        backend=BACKEND,
+    )
+    m.compile(
+        optimizer=optimizer or optimizers.SGD(learning_rate=lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return m
+
+
+class Scripted(cb.Callback):
+    """Overwrites logs[key] with a scripted value per epoch (put it before the callback
+    under test) and records the weights at the end of every epoch."""
+
+    def __init__(self, key, values):
+        super().__init__()
+        self.key, self.values, self.weights = key, values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.key] = self.values[epoch]
+        self.weights.append(self.model.get_weights())
+
+
+def _same(ws1, ws2):
+    return all(np.array_equal(a, b) for a, b in zip(ws1, ws2))
+
+
+def test_standard_callbacks_keep_the_one_call_per_epoch_path():
+    for c in (
+        cb.EarlyStopping(),
+        cb.ModelCheckpoint("x.fnn"),
+        cb.LearningRateScheduler(lambda e, lr: lr),
+        cb.ReduceLROnPlateau(),
+        cb.TerminateOnNaN(),
+        cb.CSVLogger("x.csv"),
+    ):
+        assert not c.wants_batches(), type(c).__name__
+
+
+# -- EarlyStopping -----------------------------------------------------------------------
+def test_early_stopping_patience():
+    x, y = _data()
+    script = Scripted("val_loss", [1.0, 0.9, 0.95, 0.96, 0.97, 0.5, 0.4])
+    es = cb.EarlyStopping(monitor="val_loss", patience=2)
+    hist = _model().fit(x, y, epochs=7, verbose=0, callbacks=[script, es])
+    assert len(hist.epoch) == 4  # best at epoch 1, two epochs without improvement
+    assert es.stopped_epoch == 3 and es.best == 0.9 and es.best_epoch == 1
+
+
+def test_early_stopping_patience_zero_stops_at_first_non_improvement():
+    x, y = _data()
+    script = Scripted("val_loss", [1.0, 0.9, 0.95, 0.5])
+    hist = _model().fit(x, y, epochs=4, verbose=0, callbacks=[script, cb.EarlyStopping()])
+    assert len(hist.epoch) == 3
+
+
+def test_early_stopping_min_delta_and_mode_max():
+    x, y = _data()
+    script = Scripted("val_accuracy", [0.5, 0.505, 0.509, 0.7])
+    es = cb.EarlyStopping(monitor="val_accuracy", min_delta=0.01, patience=1)
+    assert es.mode == "max"
+    hist = _model().fit(x, y, epochs=4, verbose=0, callbacks=[script, es])
+    assert len(hist.epoch) == 2  # +0.005 is below min_delta
+
+
+def test_early_stopping_baseline():
+    x, y = _data()
+    script = Scripted("loss", [0.9, 0.8, 0.7, 0.6, 0.5])
+    es = cb.EarlyStopping(monitor="loss", patience=2, baseline=0.55)
+    hist = _model().fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
+    assert len(hist.epoch) == 2  # improving, but not past the baseline within 2 epochs
+    script = Scripted("loss", [0.9, 0.5, 0.6, 0.7, 0.8])
+    es = cb.EarlyStopping(monitor="loss", patience=2, baseline=0.55)
+    hist = _model().fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
+    assert len(hist.epoch) == 4
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_early_stopping_restore_best_weights(restore):
+    x, y = _data()
+    script = Scripted("val_loss", [1.0, 0.5, 0.7, 0.8, 0.9])
+    es = cb.EarlyStopping(patience=2, restore_best_weights=restore)
+    model = _model()
+    model.fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
+    assert len(script.weights) == 4
+    assert not _same(script.weights[1], script.weights[3])
+    if restore:
+        assert _same(model.get_weights(), script.weights[1])
+    else:
+        assert _same(model.get_weights(), script.weights[3])
+
+
+def test_early_stopping_missing_metric_warns():
+    x, y = _data()
+    with pytest.warns(RuntimeWarning, match="val_loss"):
+        hist = _model().fit(x, y, epochs=2, verbose=0, callbacks=[cb.EarlyStopping()])
+    assert len(hist.epoch) == 2
+
+
+def test_early_stopping_real_validation_loss():
+    x, y = _data()
+    es = cb.EarlyStopping(patience=1, restore_best_weights=True)
+    model = _model(lr=3.0)  # too large: validation loss goes up and down
+    hist = model.fit(x, y, epochs=30, verbose=0, validation_split=0.25, callbacks=[es])
+    vals = hist.history["val_loss"]
+    assert len(vals) < 30
+    assert es.best == min(vals)
+    vx, vy = x[72:], y[72:]
+    assert model.evaluate(vx, vy)[0] == pytest.approx(min(vals), rel=1e-5)
+
+
+# -- ModelCheckpoint ---------------------------------------------------------------------
+def test_model_checkpoint_save_best_only(tmp_path):
+    x, y = _data()
+    path = tmp_path / "best.fnn"
+    script = Scripted("val_loss", [1.0, 0.5, 0.7, 0.8])
+    ckpt = cb.ModelCheckpoint(path, save_best_only=True)
+    model = _model()
+    model.fit(x, y, epochs=4, verbose=0, callbacks=[script, ckpt])
+    assert not _same(script.weights[1], model.get_weights())
+    saved = fastnn.load_model(path, backend=BACKEND)
+    assert _same(saved.get_weights(), script.weights[1])
+    assert ckpt.best == 0.5
+
+
+def test_model_checkpoint_every_epoch_with_pattern(tmp_path):
+    x, y = _data()
+    script = Scripted("val_loss", [1.0, 0.5, 0.7])
+    pattern = str(tmp_path / "m-{epoch:02d}-{val_loss:.2f}.fnn")
+    model = _model()
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[script, cb.ModelCheckpoint(pattern)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["m-01-1.00.fnn", "m-02-0.50.fnn", "m-03-0.70.fnn"]
+    last = fastnn.load_model(tmp_path / "m-03-0.70.fnn", backend=BACKEND)
+    assert _same(last.get_weights(), model.get_weights())
+
+
+def test_model_checkpoint_weights_only(tmp_path):
+    x, y = _data()
+    path = tmp_path / "w.npz"
+    model = _model()
+    model.fit(
+        x, y, epochs=2, verbose=0, callbacks=[cb.ModelCheckpoint(path, save_weights_only=True)]
+    )
+    other = _model(seed=9)
+    other.load_weights(path)
+    assert _same(other.get_weights(), model.get_weights())
+
+
+# -- learning-rate callbacks -------------------------------------------------------------
+def test_learning_rate_scheduler_sets_rate_each_epoch():
+    x, y = _data()
+    seen = []
+
+    def schedule(epoch, lr):
+        seen.append((epoch, lr))
+        return 0.1 / (epoch + 1)
+
+    model = _model(lr=0.05)
+    hist = model.fit(x, y, epochs=3, verbose=0, callbacks=[cb.LearningRateScheduler(schedule)])
+    assert seen == [(0, 0.05), (1, 0.1), (2, 0.05)]
+    assert model.optimizer.learning_rate == pytest.approx(0.1 / 3)
+    assert len(hist.epoch) == 3
+
+
+def test_learning_rate_scheduler_changes_training_like_setting_the_rate_by_hand():
+    x, y = _data()
+    rates = [0.2, 0.02, 0.002]
+    a = _model()
+    a.fit(x, y, epochs=3, verbose=0, callbacks=[cb.LearningRateScheduler(lambda e: rates[e])])
+    b = _model()
+    for r in rates:
+        b.optimizer.learning_rate = r
+        b.fit(x, y, epochs=1, verbose=0)
+    assert _same(a.get_weights(), b.get_weights())
+    c = _model()
+    c.fit(x, y, epochs=3, verbose=0)
+    assert not _same(a.get_weights(), c.get_weights())
+
+
+def test_learning_rate_scheduler_rejects_bad_rate():
+    x, y = _data()
+    with pytest.raises(ValueError, match="learning rate"):
+        _model().fit(x, y, verbose=0, callbacks=[cb.LearningRateScheduler(lambda e, lr: -1.0)])
+
+
+def test_reduce_lr_on_plateau():
+    x, y = _data()
+    script = Scripted("val_loss", [1.0, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9])
+    rates = []
+
+    class Rate(cb.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            rates.append(self.model.optimizer.learning_rate)
+
+    r = cb.ReduceLROnPlateau(factor=0.5, patience=2, min_lr=0.02, cooldown=1)
+    _model(lr=0.1).fit(x, y, epochs=8, verbose=0, callbacks=[script, r, Rate()])
+    # Keras' order: the cooldown epoch that ends the cooldown already counts as flat
+    assert rates == pytest.approx([0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02])
+    script = Scripted("val_loss", [1.0] * 12)
+    r = cb.ReduceLROnPlateau(factor=0.5, patience=1, min_lr=0.02)
+    model = _model(lr=0.1)
+    model.fit(x, y, epochs=12, verbose=0, callbacks=[script, r])
+    assert model.optimizer.learning_rate == 0.02
+
+
+def test_reduce_lr_on_plateau_rejects_schedules_and_bad_factor():
+    x, y = _data()
+    sched = fastnn.schedules.ExponentialDecay(0.1, 10, 0.5)
+    model = _model(optimizer=optimizers.SGD(learning_rate=sched))
+    with pytest.raises(ValueError, match="schedule"):
+        model.fit(x, y, verbose=0, callbacks=[cb.ReduceLROnPlateau(monitor="loss")])
+    with pytest.raises(ValueError, match="factor"):
+        cb.ReduceLROnPlateau(factor=1.5)
+
+
+# -- TerminateOnNaN ----------------------------------------------------------------------
+def _exploding():
+    x = np.linspace(-1, 1, 64, dtype=np.float32)[:, None] * 1e3
+    y = (3 * x[:, 0]).astype(np.float32)
+    m = fastnn.Sequential([Dense(1, input_dim=1)], seed=0, backend=BACKEND)
+    m.compile(optimizer=optimizers.SGD(learning_rate=10.0), loss="mse")
+    return m, x, y
+
+
+def test_without_terminate_on_nan_fit_raises():
+    m, x, y = _exploding()
+    with pytest.raises(fastnn.NonFiniteLossError):
+        m.fit(x, y, epochs=5, batch_size=8, verbose=0)
+
+
+def test_terminate_on_nan_stops_quietly_with_finite_weights(capsys):
+    m, x, y = _exploding()
+    t = cb.TerminateOnNaN()
+    after = []
+
+    class Later(cb.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            after.append(epoch)
+
+    m.fit(x, y, epochs=5, batch_size=8, verbose=0, callbacks=[t, Later()])
+    assert t.terminated and m.stop_training
+    assert len(after) == 1  # stopped inside the first epoch
+    assert all(np.all(np.isfinite(w)) for w in m.get_weights())
+    assert "terminating training" in capsys.readouterr().out
+
+
+# -- CSVLogger ---------------------------------------------------------------------------
+def test_csv_logger(tmp_path):
+    x, y = _data()
+    path = tmp_path / "log.csv"
+    model = _model()
+    hist = model.fit(x, y, epochs=3, verbose=0, validation_split=0.25,
+                     callbacks=[cb.CSVLogger(path)])  # fmt: skip
+    rows = list(csv.DictReader(open(path)))
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert list(rows[0]) == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    for key in ("loss", "val_accuracy"):
+        assert [float(r[key]) for r in rows] == hist.history[key]
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[cb.CSVLogger(path, separator=";", append=True)])
+    text = open(path).read().splitlines()
+    assert len(text) == 1 + 3 + 2 and text.count(text[0]) == 1
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[cb.CSVLogger(path)])
+    assert len(open(path).read().splitlines()) == 2
+
+
+# -- class_weight and sample_weight --------------------------------------------------------
+def _full_batch(x, y, lr, **kw):
+    m = _model(lr=lr)
+    m.fit(x, y, epochs=5, batch_size=len(x), verbose=0, **kw)
+    return m.get_weights()
+
+
+def test_zero_class_weight_equals_removing_the_class_from_the_loss():
+    """Keras' sum_over_batch_size: a zero weight keeps the sample in the denominator N,
+    so with plain SGD it equals dropping the samples and scaling the rate by N'/N."""
+    x, y = _data()
+    kept = y == 0
+    n, n_kept = len(y), int(kept.sum())
+    weighted = _full_batch(x, y, 0.1, class_weight={1: 0.0})
+    removed = _full_batch(x[kept], y[kept], 0.1 * n_kept / n)
+    for a, b in zip(weighted, removed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    unweighted = _full_batch(x, y, 0.1)
+    assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(weighted, unweighted))
+
+
+def test_sample_weight_scales_the_loss():
+    x, y = _data()
+    doubled = _full_batch(x, y, 0.05, sample_weight=np.full(len(y), 2.0))
+    faster = _full_batch(x, y, 0.1)
+    for a, b in zip(doubled, faster):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    model = _model()
+    w = np.where(y == 1, 3.0, 0.5)
+    base = model.evaluate(x, y)[0]
+    per_sample = [model.evaluate(x[i : i + 1], y[i : i + 1])[0] for i in range(len(y))]
+    assert base == pytest.approx(np.mean(per_sample), rel=1e-5)
+    assert model.evaluate(x, y, sample_weight=w)[0] == pytest.approx(
+        np.sum(w * per_sample) / len(y), rel=1e-5
+    )
+
+
+def test_class_weight_equals_matching_sample_weight():
+    x, y = _data()
+    a = _model()
+    a.fit(x, y, epochs=2, batch_size=16, verbose=0, class_weight={0: 1.0, 1: 3.0})
+    b = _model()
+    b.fit(x, y, epochs=2, batch_size=16, verbose=0, sample_weight=np.where(y == 1, 3.0, 1.0))
+    assert _same(a.get_weights(), b.get_weights())
+    c = _model()
+    c.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert not _same(a.get_weights(), c.get_weights())
+
+
+def test_class_weight_shifts_predictions_towards_the_heavy_class():
+    x, y = _data(400)
+    heavy = _model(optimizer=optimizers.Adam(0.01))
+    heavy.fit(x, y, epochs=20, verbose=0, class_weight={0: 1.0, 1: 20.0})
+    plain = _model(optimizer=optimizers.Adam(0.01))
+    plain.fit(x, y, epochs=20, verbose=0)
+    assert heavy.predict(x).argmax(1).mean() > plain.predict(x).argmax(1).mean()
+    assert math.isfinite(heavy.evaluate(x, y)[0])
