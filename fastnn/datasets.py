@@ -316,8 +316,8 @@ def iterate_batches(x, y=None, batch_size: int = 32, shuffle: bool = False, seed
         sl = (
             slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         )
-        xb = np.ascontiguousarray(x[sl])
+        xb = np.array(x[sl], order="C")
         if y is None:
             yield xb
         else:
-            yield xb, np.ascontiguousarray(y[sl])
+            yield xb, np.array(y[sl], order="C")
