@@ -384,9 +384,7 @@ def cold_start(net: str = "a", backends=("numba", "cython")) -> list[dict]:
 def _fmt(value: float) -> str:
     if value >= 100:
         return f"{value:,.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
 def ratio_columns(names) -> list[tuple[str, str, str]]:

@@ -1,0 +1,149 @@
+"""``fastnn bench`` runs and prints its ratio table; the baselines are correct networks."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fastnn import _baselines as B
+from fastnn import bench
+from fastnn.cli import main
+
+SIZES = [20, 16, 12, 5]
+
+
+def _quick_args(tmp_path, *extra):
+    baselines = ["numpy"] + (["torch"] if B.torch_available() else [])
+    return [
+        "bench",
+        "--quick",
+        "--networks",
+        "d",
+        "--threads",
+        "1",
+        "--backends",
+        "numpy",
+        "--baselines",
+        *baselines,
+        "--out",
+        str(tmp_path),
+        *extra,
+    ]
+
+
+def test_bench_quick_prints_table_and_writes_json(tmp_path, capsys):
+    assert main(_quick_args(tmp_path, "--epoch")) == 0
+    out = capsys.readouterr().out
+    assert "Training step" in out and "One epoch" in out
+    assert "d 64-64-10 b32" in out
+    assert "fastnn-numpy/numpy" in out
+    if B.torch_available():
+        assert "fastnn-numpy/torch" in out
+        assert "PyTorch" in out and "Adam:" in out
+    assert "OPENBLAS_CORETYPE" in out
+    assert "threading layer" in out
+    assert "CPU:" in out
+    row = next(line for line in out.splitlines() if line.startswith("d 64-64-10 b32"))
+    assert row.count("x") >= 1  # ratio cells such as 0.85x
+    data = json.loads((tmp_path / "bench.json").read_text())
+    kinds = {(r["kind"], r["impl"]) for r in data["results"]}
+    assert ("step", "fastnn-numpy") in kinds and ("step", "numpy") in kinds
+    assert ("epoch", "fastnn-numpy") in kinds
+    for r in data["results"]:
+        assert r["samples_per_s"] > 0
+    assert data["environment"]["blas"], "threadpoolctl found no BLAS"
+
+
+def test_bench_writes_chart(tmp_path):
+    pytest.importorskip("matplotlib")
+    assert main(_quick_args(tmp_path)) == 0
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def test_bench_rejects_bad_settings(capsys):
+    assert main(["bench", "--quick", "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--backends", "nope"]) == 2
+
+
+def test_format_table_ratios():
+    rows = [
+        {
+            "network": "a",
+            "threads": 1,
+            "medians": {"fastnn-numba": 100.0, "numpy": 400.0, "torch": 200.0},
+            "spread": 0.1,
+        }
+    ]
+    text = bench.format_table(rows, "µs per step", "title")
+    header, row = text.splitlines()[2:4]
+    assert "fastnn-numba/numpy" in header and "fastnn-numba/torch" in header
+    assert row.split()[-3:] == ["0.25x", "0.50x", "10%"]
+
+
+def test_cold_start_script_runs():
+    env = dict(os.environ)
+    res = bench._cold_run("d", "numpy", env, timeout=120)
+    assert set(res) == {"import_s", "build_s", "first_fit_s", "process_s"}
+    assert res["process_s"] >= res["import_s"] > 0
+
+
+# ---------------------------------------------------------------------------------------
+# The baselines train the same network as fastnn
+
+
+def _pair(dtype):
+    x, y = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=1, dtype=dtype)
+    weights = B.glorot_weights(SIZES, 0, dtype)
+    ref = B.NumpyMLP(SIZES, dtype=dtype)
+    ref.set_weights(weights)
+    model = B.fastnn_model(SIZES, "numpy", weights=weights, dtype=np.dtype(dtype).name)
+    return x, y, ref, model
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numpy_baseline_matches_fastnn_step(dtype):
+    x, y, ref, model = _pair(dtype)
+    tol = 1e-12 if dtype == np.float64 else 2e-6
+    loss_ref, grads = ref.loss_and_grads(x, y)
+    loss = model.train_on_batch(x, y)
+    assert loss == pytest.approx(loss_ref, rel=tol)
+    flat = np.concatenate([g.ravel() for g in grads])
+    scale = np.abs(flat).max()
+    np.testing.assert_allclose(model._engine.host_grads, flat, rtol=0, atol=tol * scale)
+    ref.adam(grads)
+    for w_ref, w in zip(ref.get_weights(), model.get_weights()):
+        assert w.dtype == w_ref.dtype == dtype
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=tol)
+    for seed in range(3):  # a few more steps on other batches
+        xb, yb = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=10 + seed, dtype=dtype)
+        ref.train_step(xb, yb)
+        model.train_on_batch(xb, yb)
+    for w_ref, w in zip(ref.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=10 * tol)
+
+
+def test_numpy_baseline_epoch_learns():
+    x, y = B.synthetic_data(256, SIZES[0], SIZES[-1], seed=3)
+    ref = B.NumpyMLP(SIZES, lr=0.01)
+    rng = np.random.default_rng(0)
+    first = ref.train_epoch(x, y, 32, rng)
+    for _ in range(20):
+        last = ref.train_epoch(x, y, 32, rng)
+    assert last < first
+
+
+def test_torch_baseline_matches_numpy_baseline():
+    pytest.importorskip("torch")
+    x, y = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=1)
+    ref = B.NumpyMLP(SIZES)
+    net = B.TorchMLP(SIZES, weights=ref.get_weights())
+    assert net.adam_impl in ("fused", "foreach")
+    for seed in range(3):
+        xb, yb = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=seed)
+        assert net.train_step(xb, yb) == pytest.approx(ref.train_step(xb, yb), rel=1e-5)
+    for w_ref, w in zip(ref.get_weights(), net.get_weights()):
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
