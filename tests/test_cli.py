@@ -1,0 +1,159 @@
+"""The fastnn command: train/evaluate/predict, in-process through fastnn.cli.main."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import cli, datasets
+
+BACKEND = ["--backend", "numpy"]
+
+
+def _run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _value(out, key):
+    lines = [line for line in out.splitlines() if line.startswith(f"test {key}: ")]
+    assert len(lines) == 1, out
+    return lines[0].split(": ")[1]
+
+
+def test_train_save_plot_then_evaluate_prints_the_same_accuracy(tmp_path, capsys):
+    model_path, plot_path = tmp_path / "m.fnn", tmp_path / "h.png"
+    code, out, err = _run(
+        capsys, "train", "--dataset", "digits", "--epochs", "3", "--save", str(model_path),
+        "--plot", str(plot_path), *BACKEND,
+    )  # fmt: skip
+    assert code == 0, err
+    assert model_path.is_file()
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    accuracy = _value(out, "accuracy")
+    assert float(accuracy) > 0.8
+    code, out2, err = _run(capsys, "evaluate", str(model_path), "--dataset", "digits", *BACKEND)
+    assert code == 0, err
+    assert _value(out2, "accuracy") == accuracy
+    assert _value(out2, "loss") == _value(out, "loss")
+
+
+def test_train_validation_split(capsys):
+    code, out, _ = _run(capsys, "train", "--dataset", "iris", "--epochs", "2",
+                        "--validation-split", "0.2", *BACKEND)  # fmt: skip
+    assert code == 0
+    assert "val_loss" in out and "val_accuracy" in out
+
+
+def test_evaluate_uses_the_models_seed_for_the_split(tmp_path, capsys):
+    path = tmp_path / "m.fnn"
+    code, out, _ = _run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--seed", "5",
+                        "--save", str(path), *BACKEND)  # fmt: skip
+    assert code == 0
+    code, out2, _ = _run(capsys, "evaluate", str(path), "--dataset", "iris", *BACKEND)
+    assert _value(out2, "loss") == _value(out, "loss")
+
+
+def test_predict(tmp_path, capsys):
+    path = tmp_path / "m.fnn"
+    assert cli.main(["train", "--dataset", "iris", "--epochs", "2", "--save", str(path),
+                     *BACKEND]) == 0  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "y.npy"
+    code, _, err = _run(capsys, "predict", str(path), "--input", str(tmp_path / "x.npy"),
+                        "--output", str(out), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    model = fastnn.load_model(path, backend="numpy")
+    np.testing.assert_array_equal(np.load(out), model.predict(x))
+    code, _, _ = _run(capsys, "predict", str(path), "--input", str(tmp_path / "x.npy"),
+                      "--output", str(out), "--classes", *BACKEND)  # fmt: skip
+    np.testing.assert_array_equal(np.load(out), model.predict(x).argmax(1))
+
+
+def test_train_on_npz_and_mnist_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    np.savez(tmp_path / "d.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    code, out, err = _run(capsys, "train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "2",
+                          *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "60 train / 20 test" in out and "test accuracy" in out
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    for key, stem in datasets.MNIST_FILES.items():
+        n = 30 if "train" in key else 10
+        shape = (n, 28, 28) if key.startswith("x") else (n,)
+        high = 256 if key.startswith("x") else 10
+        datasets.save_idx(mnist / (stem + ".gz"), rng.integers(0, high, shape, dtype=np.uint8))
+    code, out, err = _run(capsys, "train", "--dataset", str(mnist), "--epochs", "1",
+                          "--hidden", "8", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "30 train / 10 test" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "nosuch"], "--dataset must be one of"),
+        (["train", "--dataset", "missing.npz"], "no such file"),
+        (["train", "--dataset", "iris", "--optimizer", "adamm"], "Did you mean 'adam'"),
+        (["train", "--dataset", "iris", "--save", "/no/such/dir/m.fnn"], "does not exist"),
+        (["evaluate", "missing.fnn"], "no such model file"),
+        (["predict", "missing.fnn", "--input", "x.npy", "--output", "y.npy"], "no such model"),
+    ],
+)
+def test_errors_are_one_line(capsys, argv, message):
+    code, out, err = _run(capsys, *argv, *BACKEND)
+    assert code != 0
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert err.startswith(f"fastnn {argv[0]}: error: ")
+
+
+def test_library_errors_are_one_line(tmp_path, capsys):
+    garbage = tmp_path / "garbage.fnn"
+    garbage.write_bytes(b"\x00" * 100)
+    code, _, err = _run(capsys, "evaluate", str(garbage), *BACKEND)
+    assert code == 2 and err.count("\n") == 1 and "not a fastnn model file" in err
+    path = tmp_path / "m.fnn"
+    assert cli.main(["train", "--dataset", "iris", "--epochs", "1", "--save", str(path),
+                     *BACKEND]) == 0  # fmt: skip
+    capsys.readouterr()
+    np.save(tmp_path / "wide.npy", np.zeros((3, 5), np.float32))
+    code, _, err = _run(capsys, "predict", str(path), "--input", str(tmp_path / "wide.npy"),
+                        "--output", str(tmp_path / "y.npy"), *BACKEND)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "4 features" in err
+    code, _, err = _run(capsys, "evaluate", str(path), "--dataset", "digits", *BACKEND)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_bad_argument_values_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--epochs", "0"])
+    assert exc.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
+def test_unknown_dataset_in_a_subprocess_prints_one_line_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastnn.cli", "train", "--dataset", "nosuch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "--dataset must be one of" in lines[0]
+
+
+def test_commands_are_registered():
+    parser = cli.make_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"train", "evaluate", "predict", "info", "bench"} <= set(sub.choices)
