@@ -13,14 +13,36 @@ PROGRESS_UPDATES = 20
 
 
 def _split(model, x, y, sample_weight, class_weight, validation_split, validation_data):
-    if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+    if isinstance(validation_split, bool) or not isinstance(
+        validation_split, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"validation_split must be a number in [0, 1), got "
+            f"{type(validation_split).__name__} {validation_split!r}"
+        )
+    if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)):
+            raise TypeError(
+                "validation_data must be a tuple (x_val, y_val[, sample_weight_val]), got "
+                f"{type(validation_data).__name__}"
+            )
+        if len(validation_data) not in (2, 3):
+            raise ValueError(
+                "validation_data must be a tuple (x_val, y_val[, sample_weight_val]), got "
+                f"a {type(validation_data).__name__} of {len(validation_data)} items"
+            )
     X, Y, SW = model._prepare(x, y, sample_weight, class_weight)
     val = None
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-            raise ValueError("validation_data must be a tuple (x_val, y_val[, sample_weight_val])")
-        val = model._prepare(*validation_data[:2], *validation_data[2:], arg="validation_data x")
+        val = model._prepare(
+            validation_data[0],
+            validation_data[1],
+            validation_data[2] if len(validation_data) == 3 else None,
+            arg="validation_data x",
+            y_arg="validation_data y",
+        )
     elif validation_split:
         n_val = int(len(X) * validation_split)
         if n_val == 0 or n_val == len(X):
@@ -43,10 +65,38 @@ def _epoch_chunks(n_batches, verbose, per_batch):
     return [n_batches]
 
 
-def _check_int(value, arg, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{arg} must be an int >= {low}, got {value!r}")
-    return int(value)
+def _check_verbose(verbose):
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    if not isinstance(verbose, (int, np.integer)):
+        raise TypeError(f"verbose must be 0, 1 or 2, got {type(verbose).__name__} {verbose!r}")
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    return int(verbose)
+
+
+def _replay(model, snap, X, Y, SW, rows, bs):
+    """Restores ``snap`` (the start of the epoch) and re-runs the batches of ``rows`` one at a
+    time (bit-identical: same order, rates and dropout seeds) until the first one whose loss
+    or update is not finite; leaves the weights of the step before it.
+
+    Returns (batch index, loss, reason) or None if every batch now succeeds."""
+    model._restore(snap)
+    for b in range(-(-len(rows) // bs)):
+        before = model._snapshot()
+        batch = rows[b * bs : (b + 1) * bs]
+        lrs = model.optimizer.lrs(model.optimizer.iterations, 1)
+        done, stats = model._run(X, Y, SW, batch, bs, True, lrs)
+        loss = float(stats[codes.STAT_LOSS] / len(batch))
+        if not done:
+            model._restore(before)
+            return b, loss, "loss"
+        if not model._weights_finite():
+            model._restore(before)
+            return b, loss, "weights"
+    return None
 
 
 def fit_loop(
@@ -64,17 +114,31 @@ def fit_loop(
     sample_weight,
     initial_epoch,
 ):
-    from .model import NonFiniteLossError, _batch_size
+    from .callbacks import Callback
+    from .model import NonFiniteLossError, _batch_size, _check_bool, check_int
 
-    epochs = _check_int(epochs, "epochs", 0)
-    initial_epoch = _check_int(initial_epoch, "initial_epoch", 0)
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    epochs = check_int(epochs, "epochs", 1)
+    initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
+    if initial_epoch >= epochs:
+        raise ValueError(
+            f"initial_epoch must be < epochs ({epochs}): nothing would be trained, got "
+            f"{initial_epoch}"
+        )
+    verbose = _check_verbose(verbose)
+    shuffle = _check_bool(shuffle, "shuffle")
+    bs = _batch_size(batch_size, 32)
+    if isinstance(callbacks, Callback) or (
+        callbacks is not None and not isinstance(callbacks, (list, tuple))
+    ):
+        raise TypeError(
+            "callbacks must be a list of Callback instances, got "
+            f"{type(callbacks).__name__}; wrap a single callback in a list"
+        )
     (X, Y, SW), val = _split(
         model, x, y, sample_weight, class_weight, validation_split, validation_data
     )
-    bs = _batch_size(batch_size, 32)
     n = len(X)
+    bs = min(bs, n)
     n_batches = -(-n // bs)
     history = _callbacks.History()
     cbs = _callbacks.CallbackList(
@@ -95,6 +159,7 @@ def fit_loop(
         bar = _progress(verbose, n_batches, epoch, epochs)
         start = 0
         nan_stop = False
+        snap = model._snapshot()  # replay point should a step go non-finite
         for size in chunks:
             batch0 = start // bs
             if cbs.wants_batches:
@@ -102,9 +167,9 @@ def fit_loop(
             rows = order[start : start + size * bs]
             lrs = model.optimizer.lrs(model.optimizer.iterations, size)
             done, stats = model._run(X, Y, SW, rows, bs, True, lrs, stats)
-            if done < size:
-                bad = batch0 + done
-                loss = stats[codes.STAT_LOSS]
+            if done < size or not model._weights_finite():
+                found = _replay(model, snap, X, Y, SW, order[: start + size * bs], bs)
+                bad, loss, reason = found or (batch0 + done, float("nan"), "loss")
                 if bar is not None:
                     bar.close()
                 if cbs.handles_nan:
@@ -112,10 +177,18 @@ def fit_loop(
                     logs = {"loss": float(loss)}
                     cbs.call("on_train_batch_end", bad, logs)
                     break
+                what = (
+                    f"loss became {loss}"
+                    if reason == "loss"
+                    else f"the update made the weights non-finite (loss {loss})"
+                )
                 raise NonFiniteLossError(
-                    f"loss became {loss} at epoch {epoch + 1}, batch {bad + 1}: training stopped "
-                    "with the weights of the last good step; lower the learning rate or check "
-                    "the data (or pass callbacks=[TerminateOnNaN()] to stop without an error)"
+                    f"{what} at epoch {epoch + 1}, batch {bad + 1}: training stopped with the "
+                    "weights of the last good step; lower the learning rate or check the data "
+                    "scale (or pass callbacks=[TerminateOnNaN()] to stop without an error)",
+                    epoch=epoch,
+                    batch=bad,
+                    loss=loss,
                 )
             start += size * bs
             if cbs.wants_batches:

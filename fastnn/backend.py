@@ -10,6 +10,8 @@ import importlib
 import os
 from types import ModuleType
 
+from ._names import unknown_name_error
+
 #: Backend name -> module implementing the kernel contract.
 MODULES = {
     "numba": "fastnn.kernels.numba_cpu",
@@ -35,8 +37,12 @@ def load(name: str) -> ModuleType:
     RuntimeError
         If the backend cannot be loaded here (the message says why).
     """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"backend must be a string name or None, got {type(name).__name__} {name!r}"
+        )
     if name not in MODULES:
-        raise ValueError(f"backend must be one of {sorted(MODULES)}, got {name!r}")
+        raise unknown_name_error("backend", name, MODULES)
     if name in _loaded:
         return _loaded[name]
     if name in _errors:
@@ -81,7 +87,10 @@ def get_backend() -> str:
         return _chosen
     env = os.environ.get("FASTNN_BACKEND", "").strip()
     if env:
-        load(env)
+        try:
+            load(env)
+        except ValueError as exc:
+            raise ValueError(f"environment variable FASTNN_BACKEND: {exc}") from None
         return env
     for name in AUTO_ORDER:
         if why_unavailable(name) is None:

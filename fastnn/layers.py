@@ -26,11 +26,27 @@ def _positive_int(value, arg):
     return int(value)
 
 
+def _alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
+        raise TypeError(f"alpha must be a number >= 0, got {type(alpha).__name__} {alpha!r}")
+    if not (np.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
+
+
 def _input_dim(input_dim, input_shape):
     if input_dim is not None and input_shape is not None:
         raise ValueError("give input_dim or input_shape, not both")
     if input_shape is not None:
-        shape = tuple(input_shape) if not isinstance(input_shape, int) else (input_shape,)
+        if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
+            shape = (input_shape,)
+        elif isinstance(input_shape, (tuple, list)):
+            shape = tuple(input_shape)
+        else:
+            raise TypeError(
+                f"input_shape must be a tuple such as (features,), got "
+                f"{type(input_shape).__name__} {input_shape!r}"
+            )
         if len(shape) != 1:
             raise ValueError(
                 f"input_shape of a Dense layer must have one dimension (features,), got "
@@ -59,9 +75,12 @@ class Layer:
     def build(self, input_dim: int, dtype="float32", rng=None, backend: str | None = None):
         """Fixes the input width and dtype, resolves the kernel backend, makes weights."""
         self.input_dim = _positive_int(input_dim, "input_dim")
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = None
         if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.backend_name, self._kernels = _backend.resolve(backend)
         self._build(rng if rng is not None else np.random.default_rng())
         self.built = True
@@ -95,14 +114,33 @@ class Layer:
         }
 
     def _check_input(self, x):
-        if not self.built:
-            self.build(x.shape[1] if getattr(x, "ndim", 0) == 2 else -1, x.dtype)
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
+        from .model import as_array, check_finite
+
+        x = as_array(x, "x")
+        expected = f"(N, {self.input_dim})" if self.built else "(N, features)"
+        if x.ndim != 2 or x.shape[0] == 0 or (self.built and x.shape[1] != self.input_dim):
             raise ValueError(
-                f"x must have shape (N, {self.input_dim}) for layer {self.name!r}, got {x.shape}"
+                f"x must have shape {expected} with N >= 1 for layer {self.name!r}, got {x.shape}"
             )
-        return x
+        if not self.built:
+            self.build(x.shape[1], x.dtype if x.dtype.kind == "f" else "float32")
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(x, dtype=self.dtype)
+        check_finite(out, "x", x)
+        return out
+
+    def _check_dout(self, dout):
+        if not self._cache:
+            raise RuntimeError(f"call forward() on layer {self.name!r} before backward()")
+        from .model import as_array
+
+        out = next(iter(self._cache.values()))["out"]
+        dout = as_array(dout, "dout")
+        if dout.shape != out.shape:
+            raise ValueError(
+                f"dout must have the shape of the last forward output {out.shape}, got {dout.shape}"
+            )
+        return np.ascontiguousarray(dout, dtype=self.dtype)
 
     def forward(self, x, training: bool = False) -> np.ndarray:
         """Output for x (N, input_dim); keeps what backward needs.  The returned array is
@@ -153,16 +191,14 @@ class Dense(Layer):
     ):
         super().__init__(name)
         self.units = _positive_int(units, "units")
-        self.activation = "linear" if activation is None else activation
-        self.act = activations.code_of(self.activation)
+        self.act = activations.code_of(activation)
+        self.activation = "linear" if activation is None else activation.strip().lower()
         self.declared_input_dim = _input_dim(input_dim, input_shape)
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
         self._init_names = (kernel_initializer, bias_initializer)
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        if not isinstance(alpha, (int, float)) or not alpha >= 0:
-            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = _alpha(alpha)
         self.kernel = self.bias = self.dkernel = self.dbias = None
 
     def _build(self, rng):
@@ -172,10 +208,20 @@ class Dense(Layer):
                 f"receives {self.input_dim} features"
             )
         shape = (self.input_dim, self.units)
-        self.kernel = np.asarray(self.kernel_initializer(shape, rng), dtype=self.dtype)
-        self.bias = np.asarray(self.bias_initializer((self.units,), rng), dtype=self.dtype)
+        self.kernel = self._initial(self.kernel_initializer, shape, rng, "kernel_initializer")
+        self.bias = self._initial(self.bias_initializer, (self.units,), rng, "bias_initializer")
         self.dkernel = np.zeros_like(self.kernel)
         self.dbias = np.zeros_like(self.bias)
+
+    def _initial(self, init, shape, rng, arg):
+        from .model import as_array, check_finite
+
+        value = as_array(init(shape, rng), f"{arg} result")
+        if value.shape != shape:
+            raise ValueError(f"{arg} must return an array of shape {shape}, got {value.shape}")
+        value = np.ascontiguousarray(value, dtype=self.dtype)
+        check_finite(value, f"{arg} result")
+        return value
 
     def param_shapes(self):
         return [(self.input_dim, self.units), (self.units,)]
@@ -235,10 +281,8 @@ class Dense(Layer):
         return buf
 
     def backward(self, dout):
+        dout = self._check_dout(dout)
         buf = self._cache[self._x.shape[0]]
-        dout = np.ascontiguousarray(dout, dtype=self.dtype)
-        if dout.shape != buf["out"].shape:
-            raise ValueError(f"dout must have shape {buf['out'].shape}, got {dout.shape}")
         self._kernels.dense_backward(
             self._x,
             self.kernel,
@@ -276,9 +320,15 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, seed: int | None = None, name: str | None = None):
         super().__init__(name)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+            raise TypeError(f"rate must be a number in [0, 1), got {type(rate).__name__} {rate!r}")
+        if not 0 <= rate < 1:
             raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+        ):
+            raise TypeError(f"seed must be an int >= 0 or None, got {type(seed).__name__} {seed!r}")
         self.seed = seed
         self._calls = 0
 
@@ -301,8 +351,8 @@ class Dropout(Layer):
         return buf["out"]
 
     def backward(self, dout):
+        dout = self._check_dout(dout)
         buf = self._cache[buf_n(self)]
-        dout = np.ascontiguousarray(dout, dtype=self.dtype)
         if self._active:
             self._kernels.dropout_backward(dout, buf["dx"], self.rate, self._step_seed)
         else:
@@ -322,11 +372,9 @@ class Activation(Layer):
 
     def __init__(self, activation: str, alpha: float = activations.LEAKY_RELU_SLOPE, name=None):
         super().__init__(name)
-        self.activation = activation
         self.act = activations.code_of(activation)
-        if not isinstance(alpha, (int, float)) or not alpha >= 0:
-            raise ValueError(f"alpha must be a number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.activation = "linear" if activation is None else activation.strip().lower()
+        self.alpha = _alpha(alpha)
 
     def table_row(self, param_off):
         return [self.kind, self.units, self.act, 0], [self.alpha, 0.0, 0.0]
@@ -341,8 +389,8 @@ class Activation(Layer):
         return buf["out"]
 
     def backward(self, dout):
+        dout = self._check_dout(dout)
         buf = self._cache[buf_n(self)]
-        dout = np.ascontiguousarray(dout, dtype=self.dtype)
         self._kernels.activation_backward(buf["out"], dout, buf["dx"], self.act, self.alpha)
         return buf["dx"]
 
@@ -353,7 +401,16 @@ class Flatten:
 
     def __init__(self, input_shape=None, name: str | None = None):
         self.name = name
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        if input_shape is not None:
+            if not isinstance(input_shape, (tuple, list)) or not input_shape:
+                raise TypeError(
+                    f"input_shape must be a non-empty tuple of ints, got "
+                    f"{type(input_shape).__name__} {input_shape!r}"
+                )
+            input_shape = tuple(
+                _positive_int(d, f"input_shape[{i}]") for i, d in enumerate(input_shape)
+            )
+        self.input_shape = input_shape
 
     def get_config(self):
         return {"name": self.name, "input_shape": self.input_shape}

@@ -43,15 +43,34 @@ class Loss:
 
     # -- direct use -----------------------------------------------------------------
     def _run(self, y_true, y_pred, sample_weight, backend):
+        from .model import as_array, check_finite
+
         _, k = _backend.resolve(backend)
-        y_pred = np.ascontiguousarray(y_pred)
-        if y_pred.dtype not in (np.float32, np.float64):
-            y_pred = y_pred.astype(np.float32)
+        y_pred = as_array(y_pred, "y_pred")
+        src = y_pred
+        dtype = src.dtype if src.dtype in (np.float32, np.float64) else np.float32
         if y_pred.ndim == 1:
             y_pred = y_pred[:, None]
+        if y_pred.ndim != 2 or 0 in y_pred.shape:
+            raise ValueError(
+                f"y_pred must have shape (N,) or (N, C) with N, C >= 1, got {y_pred.shape}"
+            )
+        with np.errstate(over="ignore"):
+            y_pred = np.ascontiguousarray(y_pred, dtype=dtype)
+        check_finite(y_pred, "y_pred", src)
         n = y_pred.shape[0]
+        y_arr = as_array(y_true, "y_true")
+        if y_arr.ndim == 0 or y_arr.shape[0] != n:
+            raise ValueError(
+                f"y_true and y_pred must have the same number of samples, got "
+                f"{y_arr.shape[0] if y_arr.ndim else 'a scalar'} and {n}"
+            )
         code, target = self._direct_code(self.from_logits)
-        y = encode_targets(y_true, target, y_pred.shape[1], y_pred.dtype, "y_true")
+        y = encode_targets(y_arr, target, y_pred.shape[1], y_pred.dtype, "y_true")
+        if code in (codes.SIGMOID_BCE, codes.BINARY_CE) and (y.min() < 0 or y.max() > 1):
+            raise ValueError(
+                f"y_true must be in [0, 1] for {self.name}, got values in [{y.min()}, {y.max()}]"
+            )
         sw = sample_weights(sample_weight, n, y_pred.dtype)
         grad = np.empty_like(y_pred)
         probs = np.empty_like(y_pred)
@@ -102,9 +121,12 @@ class _CrossEntropy(Loss):
     _target = "onehot"
 
     def __init__(self, from_logits: bool = False):
-        if not isinstance(from_logits, bool):
-            raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
-        self.from_logits = from_logits
+        if not isinstance(from_logits, (bool, np.bool_)):
+            raise TypeError(
+                f"from_logits must be True or False, got {type(from_logits).__name__} "
+                f"{from_logits!r}"
+            )
+        self.from_logits = bool(from_logits)
 
     def plan(self, last_act):
         if self.from_logits:
@@ -180,8 +202,16 @@ def _as_labels(y, n_classes, arg):
             f"{arg} must be integer class labels of shape (N,) for a sparse loss, got shape "
             f"{y.shape}; use categorical_crossentropy for one-hot targets"
         )
-    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
-        raise ValueError(f"{arg} must hold integer class labels, got dtype {y.dtype}")
+    if y.dtype.kind not in "iuf":
+        raise TypeError(f"{arg} must hold integer class labels, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y) | (np.mod(np.where(np.isfinite(y), y, 0), 1) != 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{arg} must hold integer class labels, got the non-integer value {y[i]} at "
+                f"index {i} (dtype {y.dtype})"
+            )
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(
             f"{arg} labels must be in [0, {n_classes - 1}] for a model with {n_classes} "
@@ -218,7 +248,9 @@ def encode_targets(y, target: str, n_out: int, dtype, arg: str = "y") -> np.ndar
         )
     out = np.ascontiguousarray(y_arr, dtype=dtype)
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+        from .model import check_finite
+
+        check_finite(out, arg, y_arr)
     return out
 
 
@@ -234,11 +266,15 @@ def sample_weights(sample_weight, n, dtype, arg="sample_weight") -> np.ndarray:
     """(N,) contiguous weights (ones when None), validated."""
     if sample_weight is None:
         return np.ones(n, dtype=dtype)
-    sw = np.asarray(sample_weight)
-    if sw.dtype.kind not in "biuf":
-        raise TypeError(f"{arg} must be numeric, got dtype {sw.dtype}")
+    from .model import as_array
+
+    sw = as_array(sample_weight, arg)
     if sw.shape != (n,):
         raise ValueError(f"{arg} must have shape ({n},), got {sw.shape}")
     if not np.all(np.isfinite(sw)) or (sw.size and sw.min() < 0):
-        raise ValueError(f"{arg} must be finite and >= 0")
+        bad = ~np.isfinite(sw) | (sw < 0)
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{arg} must be finite and >= 0, got {sw[i]} at index {i} ({int(bad.sum())} bad)"
+        )
     return np.ascontiguousarray(sw, dtype=dtype)

@@ -28,16 +28,57 @@ _METRICS = {
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the weights are those of the last good step."""
+    """Training produced a NaN or infinite loss (or an update that made the weights
+    non-finite); the weights and optimizer state are those of the last good step.
+
+    Attributes ``epoch`` and ``batch`` (0-based, None in ``train_on_batch``) locate the step
+    that failed; ``loss`` is its loss.
+    """
+
+    def __init__(self, message: str, epoch: int | None = None, batch: int | None = None,
+                 loss: float | None = None):  # fmt: skip
+        super().__init__(message)
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+def as_array(x, arg: str) -> np.ndarray:
+    """``x`` as a NumPy array of numbers, or a TypeError/ValueError naming ``arg``."""
+    if not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
+        raise TypeError(f"{arg} must be an array (NumPy array or list), got {type(x).__name__}")
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{arg} must be a rectangular array of numbers, got a ragged or mixed sequence ({exc})"
+        ) from None
+    if x.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{arg} must be numeric (bool, int or float), got an array of dtype {x.dtype}"
+        )
+    return x
+
+
+def check_finite(a: np.ndarray, arg: str, source=None) -> None:
+    """ValueError naming ``arg`` if ``a`` has NaN or infinite entries; ``source`` is the array
+    ``a`` was converted from (the message then says whether the conversion overflowed)."""
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))
+        where = tuple(int(i) for i in bad[0])
+        note = ""
+        if source is not None and source.size == a.size and source.dtype != a.dtype:
+            if source.dtype.kind != "f" or np.isfinite(source.reshape(a.shape)[where]):
+                value = source.reshape(a.shape)[where]
+                note = f" (overflow converting {value} from {source.dtype} to {a.dtype})"
+        raise ValueError(
+            f"{arg} must be finite, got {len(bad)} NaN or infinite value(s){note}, the first "
+            f"at index {where}: {a[where]}"
+        )
 
 
 def _to_features(x, arg, dtype, flatten):
-    if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-        x = np.asarray(x)
-    else:
-        raise TypeError(f"{arg} must be an array, got {type(x).__name__}")
-    if x.dtype.kind not in "biuf":
-        raise TypeError(f"{arg} must be numeric, got dtype {x.dtype}")
+    x = as_array(x, arg)
+    if x.ndim >= 1 and x.shape[0] == 0:
+        raise ValueError(f"{arg} must have at least one sample, got shape {x.shape} (empty)")
     if flatten is not None and x.ndim >= 2:
         x = x.reshape(x.shape[0], -1)
     if x.ndim == 1:
@@ -50,22 +91,35 @@ def _to_features(x, arg, dtype, flatten):
             f"{arg} must be 2-D (samples, features), got shape {x.shape}; "
             "add a Flatten() first layer for multi-dimensional samples"
         )
-    if x.shape[0] == 0:
-        raise ValueError(f"{arg} is empty (0 samples)")
-    out = np.ascontiguousarray(x, dtype=dtype)
-    if not np.all(np.isfinite(out)):
-        raise ValueError(f"{arg} contains NaN or infinite values")
+    if x.shape[1] == 0:
+        raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")
+    # one conversion per call (never per batch): any float/int dtype or memory layout in,
+    # C-contiguous model dtype out, so the kernels see one signature per dtype
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(x, dtype=dtype)
+    check_finite(out, arg, x)
     return out
 
 
-def _batch_size(batch_size, default):
-    if batch_size is None:
-        return default
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise TypeError(f"batch_size must be a positive int, got {batch_size!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    return int(batch_size)
+def check_int(value, arg: str, low: int = 1) -> int:
+    """``value`` as an int >= ``low``: TypeError for a non-integer, ValueError below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{arg} must be an int >= {low}, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{arg} must be an int >= {low}, got {value}")
+    return int(value)
+
+
+def _batch_size(batch_size, default, n=None):
+    """The batch size to use (at most ``n`` rows, so workspaces never exceed the data)."""
+    bs = default if batch_size is None else check_int(batch_size, "batch_size", 1)
+    return bs if n is None else min(bs, n)
+
+
+def _check_bool(value, arg):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{arg} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 class Sequential:
@@ -92,12 +146,24 @@ class Sequential:
         backend: str | None = None,
         name: str | None = None,
     ):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None:
+            seed = check_int(seed, "seed", 0)
         self.seed = seed
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            self.dtype = None
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
+        if layers is not None and (
+            isinstance(layers, (Layer, Flatten, str)) or not hasattr(layers, "__iter__")
+        ):
+            raise TypeError(
+                f"layers must be a list of layers, got {type(layers).__name__}; "
+                "wrap a single layer in a list: Sequential([layer])"
+            )
         self.backend_name, self._kernels = _backend.resolve(backend)
         self.name = name or "sequential"
         self.layers: list[Layer] = []
@@ -123,8 +189,18 @@ class Sequential:
                 raise ValueError("Flatten is supported only as the first layer")
             self._flatten = layer
             return
+        if isinstance(layer, type) and issubclass(layer, (Layer, Flatten)):
+            raise TypeError(
+                f"layers must be layer instances, got the class {layer.__name__}; "
+                f"call it, e.g. {layer.__name__}(...)"
+            )
         if not isinstance(layer, Layer):
             raise TypeError(f"layers must be fastnn layers, got {type(layer).__name__}")
+        if any(layer is other for other in self.layers):
+            raise ValueError(
+                f"layers must be distinct objects, got layer {layer.name!r} twice; "
+                "create a new layer instead"
+            )
         if layer.name is None:
             layer.name = f"{type(layer).__name__.lower()}_{len(self.layers)}"
         self.layers.append(layer)
@@ -143,7 +219,15 @@ class Sequential:
     def build(self, input_dim: int) -> None:
         """Creates the weights for inputs of ``input_dim`` features."""
         if not self.layers:
-            raise ValueError("the model has no layers")
+            raise ValueError("the model has no layers: pass layers=[...] or call add() first")
+        input_dim = check_int(input_dim, "input_dim", 1)
+        if self._engine is not None:
+            if input_dim != self._engine.input_dim:
+                raise ValueError(
+                    f"input_dim must be {self._engine.input_dim} (the model is already built), "
+                    f"got {input_dim}"
+                )
+            return
         dim = input_dim
         for layer in self.layers:
             layer.build(dim, self.dtype, self._init_rng, self.backend_name)
@@ -162,13 +246,13 @@ class Sequential:
     def output_dim(self) -> int:
         return self.layers[-1].units
 
-    def _ensure_built(self, x: np.ndarray) -> None:
+    def _ensure_built(self, x: np.ndarray, arg: str = "x") -> None:
         if not self._maybe_build():
             self.build(x.shape[1])
         elif x.shape[1] != self._engine.input_dim:
             raise ValueError(
-                f"x must have {self._engine.input_dim} features per sample to match the model's "
-                f"input, got {x.shape[1]} (x shape {x.shape})"
+                f"{arg} must have {self._engine.input_dim} features per sample to match the "
+                f"model's input, got {x.shape[1]} ({arg} shape {x.shape})"
             )
 
     def count_params(self) -> int:
@@ -183,15 +267,24 @@ class Sequential:
         """
         if loss is None:
             raise ValueError("loss must be given, e.g. loss='sparse_categorical_crossentropy'")
-        self.optimizer = _optimizers.get(optimizer)
-        self.loss = _losses.get(loss)
+        optimizer = _optimizers.get(optimizer)
+        loss = _losses.get(loss)
+        if isinstance(metrics, str):
+            metrics = [metrics]
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            raise TypeError(
+                f"metrics must be a list of names such as ['accuracy'], got "
+                f"{type(metrics).__name__} {metrics!r}"
+            )
         names = []
         for m in metrics or []:
             names.append(lookup(_METRICS, "metrics", m))
         if "accuracy" in names and isinstance(
-            self.loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
+            loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
         ):
-            raise ValueError(f"metric 'accuracy' needs a classification loss, got {self.loss.name}")
+            raise ValueError(f"metric 'accuracy' needs a classification loss, got {loss.name}")
+        self.optimizer = optimizer
+        self.loss = loss
         self.metrics = names
         self._plan = None
         if self._engine is not None:
@@ -222,30 +315,42 @@ class Sequential:
 
     # -- data -------------------------------------------------------------------------
     def _features(self, x, arg="x"):
+        if self._flatten is not None and self._flatten.input_shape:
+            xa = as_array(x, arg)
+            if xa.ndim >= 1 and tuple(xa.shape[1:]) not in (
+                self._flatten.input_shape,
+                (int(np.prod(self._flatten.input_shape)),),
+            ):
+                raise ValueError(
+                    f"{arg} must have samples of shape {self._flatten.input_shape} (Flatten "
+                    f"input_shape), got shape {xa.shape}"
+                )
+            x = xa
         x = _to_features(x, arg, self.dtype, self._flatten)
-        self._ensure_built(x)
+        self._ensure_built(x, arg)
         return x
 
-    def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x"):
+    def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x", y_arg="y"):
         """Validates and converts (x, y, weights) once, before any kernel runs."""
         x = self._features(x, arg)
         plan, _ = self._stack_plan()
         if y is None:
-            raise ValueError("y must be given for training and evaluation")
-        y_arr = np.asarray(y)
+            raise ValueError(f"{y_arg} must be given for training and evaluation, got None")
+        y_arr = as_array(y, y_arg)
         if y_arr.ndim == 0 or y_arr.shape[0] != x.shape[0]:
             raise ValueError(
-                f"x and y must have the same number of samples, got {x.shape[0]} and "
+                f"{arg} and {y_arg} must have the same number of samples, got {x.shape[0]} and "
                 f"{y_arr.shape[0] if y_arr.ndim else 'a scalar'}"
             )
-        y_enc = _losses.encode_targets(y_arr, plan.target, self.output_dim, self.dtype, "y")
+        y_enc = _losses.encode_targets(y_arr, plan.target, self.output_dim, self.dtype, y_arg)
         if plan.target in ("dense",) and plan.code in (codes.SIGMOID_BCE, codes.BINARY_CE):
             if y_enc.size and (y_enc.min() < 0 or y_enc.max() > 1):
                 raise ValueError(
-                    "y must be in [0, 1] for binary_crossentropy, got values in "
+                    f"{y_arg} must be in [0, 1] for binary_crossentropy, got values in "
                     f"[{y_enc.min()}, {y_enc.max()}]"
                 )
-        sw = _losses.sample_weights(sample_weight, x.shape[0], self.dtype)
+        sw_arg = "sample_weight" if y_arg == "y" else f"{y_arg[:-1]}sample_weight"
+        sw = _losses.sample_weights(sample_weight, x.shape[0], self.dtype, sw_arg)
         if class_weight is not None:
             sw = sw * self._class_weights(class_weight, y_arr, plan)
         return x, y_enc, np.ascontiguousarray(sw, dtype=self.dtype)
@@ -255,6 +360,15 @@ class Sequential:
             raise TypeError(
                 f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}"
             )
+        for cls, w in class_weight.items():
+            if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
+                raise TypeError(
+                    f"class_weight keys must be int class indices, got {type(cls).__name__} {cls!r}"
+                )
+            if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
+                raise TypeError(
+                    f"class_weight[{cls}] must be a number, got {type(w).__name__} {w!r}"
+                )
         if plan.target == "sparse" or plan.target == "sparse_onehot":
             labels = np.asarray(y).reshape(len(y), -1)[:, 0].astype(np.int64)
         elif self.output_dim == 1:
@@ -264,7 +378,10 @@ class Sequential:
         table = np.ones(max(int(labels.max()) + 1, self.output_dim, 2), dtype=np.float64)
         for cls, w in class_weight.items():
             if not 0 <= int(cls) < table.size or not np.isfinite(w) or w < 0:
-                raise ValueError(f"class_weight has an invalid entry {cls!r}: {w!r}")
+                raise ValueError(
+                    f"class_weight must map classes in [0, {table.size - 1}] to finite weights "
+                    f">= 0, got {{{cls!r}: {w!r}}}"
+                )
             table[int(cls)] = w
         return table[labels]
 
@@ -320,34 +437,36 @@ class Sequential:
         if lrs is None:
             lrs = np.zeros(n_batches)
         hyper = self.optimizer.hyper()
-        done = self._kernels.run_epoch(
-            x,
-            y,
-            sw,
-            order,
-            batch_size,
-            ws.xb,
-            ws.yb,
-            ws.swb,
-            eng.params,
-            eng.grads,
-            eng.state,
-            ws.acts,
-            ws.gbuf,
-            table,
-            eng.table_f,
-            plan.code,
-            plan.logits_out,
-            self.optimizer.code,
-            hyper,
-            lrs,
-            self.optimizer.iterations + 1,
-            self._dropout_seed,
-            int(train),
-            acc_mode,
-            threshold,
-            stats,
-        )
+        # overflow is detected from the returned loss and the weights, not from warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            done = self._kernels.run_epoch(
+                x,
+                y,
+                sw,
+                order,
+                batch_size,
+                ws.xb,
+                ws.yb,
+                ws.swb,
+                eng.params,
+                eng.grads,
+                eng.state,
+                ws.acts,
+                ws.gbuf,
+                table,
+                eng.table_f,
+                plan.code,
+                plan.logits_out,
+                self.optimizer.code,
+                hyper,
+                lrs,
+                self.optimizer.iterations + 1,
+                self._dropout_seed,
+                int(train),
+                acc_mode,
+                threshold,
+                stats,
+            )
         if train:
             self.optimizer.iterations += int(done)
         return int(done), stats
@@ -368,13 +487,37 @@ class Sequential:
         x, y, sw = self._prepare(x, y, sample_weight, class_weight)
         order = np.arange(x.shape[0], dtype=np.int64)
         lrs = self.optimizer.lrs(self.optimizer.iterations, 1)
+        snap = self._snapshot()
         done, stats = self._run(x, y, sw, order, x.shape[0], True, lrs)
         loss = float(stats[codes.STAT_LOSS] / x.shape[0])
-        if not done:
+        if not done or not self._weights_finite():
+            self._restore(snap)
+            what = f"loss is {loss}" if not done else "the update made weights non-finite"
             raise NonFiniteLossError(
-                f"loss is {loss} in train_on_batch; the weights were not updated"
+                f"{what} in train_on_batch (step {snap[2] + 1}); the weights were not "
+                "updated: lower the learning rate or check the data scale",
+                loss=loss,
             )
         return loss
+
+    # -- recovery from non-finite training ----------------------------------------------
+    def _snapshot(self):
+        """(params, optimizer state, iterations) copies, for :meth:`_restore`."""
+        eng = self._engine
+        return eng.pull().copy(), np.array(eng.host_state(), copy=True), self.optimizer.iterations
+
+    def _restore(self, snap) -> None:
+        eng = self._engine
+        params, state, iterations = snap
+        eng.host_params[...] = params
+        eng.push()
+        eng.set_state(state.copy())
+        self.optimizer.iterations = iterations
+
+    def _weights_finite(self) -> bool:
+        """Whether every weight and optimizer state entry is finite."""
+        eng = self._engine
+        return bool(np.isfinite(eng.pull()).all() and np.isfinite(eng.host_state()).all())
 
     def evaluate(
         self,
@@ -388,7 +531,7 @@ class Sequential:
         """Loss (then metrics, in compile order) on (x, y): a float without metrics, else a
         list — or a dict with ``return_dict``."""
         x, y, sw = self._prepare(x, y, sample_weight)
-        bs = _batch_size(batch_size, min(len(x), 1024))
+        bs = _batch_size(batch_size, 1024, len(x))
         _, stats = self._run(x, y, sw, np.arange(len(x), dtype=np.int64), bs, False)
         logs = self._logs(stats)
         if verbose:
@@ -402,7 +545,7 @@ class Sequential:
         """Outputs for x, shape (N, units of the last layer)."""
         x = self._features(x)
         eng = self._engine
-        bs = _batch_size(batch_size, min(len(x), 1024))
+        bs = _batch_size(batch_size, 1024, len(x))
         ws = eng.workspace(bs, 1)
         out = np.empty((len(x), self.output_dim), self.dtype)
         for start in range(0, len(x), bs):
@@ -431,19 +574,26 @@ class Sequential:
         if not self._maybe_build():
             raise RuntimeError("the model is not built yet: give input_dim or call build()")
         expected = [s for layer in self.layers for s in layer.param_shapes()]
+        if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+            raise TypeError(
+                f"weights must be a list of {len(expected)} arrays [W0, b0, W1, b1, ...], got "
+                f"{type(weights).__name__}"
+            )
         weights = list(weights)
         if len(weights) != len(expected):
             raise ValueError(
-                f"weights must be a list of {len(expected)} arrays, got {len(weights)}"
+                f"weights must be a list of {len(expected)} arrays with shapes {expected}, got "
+                f"{len(weights)} arrays"
             )
         arrays = []
         for i, (w, shape) in enumerate(zip(weights, expected)):
-            w = np.asarray(w)
+            w = as_array(w, f"weights[{i}]")
             if w.shape != shape:
                 raise ValueError(f"weights[{i}] must have shape {shape}, got {w.shape}")
-            if w.dtype.kind not in "biuf" or not np.all(np.isfinite(w)):
-                raise ValueError(f"weights[{i}] must be finite numbers")
-            arrays.append(w)
+            with np.errstate(over="ignore"):
+                cast = w.astype(self.dtype)
+            check_finite(cast, f"weights[{i}]", w)
+            arrays.append(cast)
         self._engine.pull()
         targets = [t for layer in self.layers if layer.has_weights for t in layer.weights]
         for t, w in zip(targets, arrays):

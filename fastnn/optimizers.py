@@ -39,6 +39,11 @@ class Optimizer:
     name = "optimizer"
 
     def __init__(self, learning_rate: float | Callable = 0.001):
+        if isinstance(learning_rate, type):
+            raise TypeError(
+                f"learning_rate must be a positive number or a schedule instance, got the "
+                f"class {learning_rate.__name__}"
+            )
         if callable(learning_rate):
             self.learning_rate = learning_rate
         else:
@@ -54,9 +59,18 @@ class Optimizer:
     def lr_at(self, iteration: int) -> float:
         """The learning rate used by step number ``iteration`` (0-based)."""
         if callable(self.learning_rate):
-            lr = float(self.learning_rate(iteration))
+            lr = self.learning_rate(iteration)
+            if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
+                raise TypeError(
+                    f"learning_rate schedule must return a number, got {type(lr).__name__} "
+                    f"{lr!r} at step {iteration}"
+                )
+            lr = float(lr)
             if not np.isfinite(lr) or lr < 0:
-                raise ValueError(f"learning_rate schedule gave {lr} at step {iteration}")
+                raise ValueError(
+                    f"learning_rate schedule must return a finite rate >= 0, got {lr} at step "
+                    f"{iteration}"
+                )
             return lr
         return self.learning_rate
 
@@ -92,6 +106,8 @@ class Optimizer:
 
         State is kept per position in the list; the step counter advances once per call.
         """
+        from .model import check_finite
+
         single = isinstance(params, np.ndarray)
         params = [params] if single else list(params)
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)
@@ -100,11 +116,19 @@ class Optimizer:
         _, k = _backend.resolve(backend)
         hyper = self.hyper()
         for i, (p, g) in enumerate(zip(params, grads)):
-            if p.shape != g.shape or p.dtype != g.dtype or not p.flags.c_contiguous:
-                raise ValueError(
-                    f"grads[{i}] must match params[{i}] (contiguous, shape {p.shape}, "
-                    f"dtype {p.dtype}), got shape {g.shape}, dtype {g.dtype}"
+            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+                raise TypeError(
+                    f"params[{i}] must be a float32 or float64 NumPy array (updated in place), "
+                    f"got {type(p).__name__} {getattr(p, 'dtype', '')}"
                 )
+            if not p.flags.c_contiguous or not p.flags.writeable:
+                raise ValueError(f"params[{i}] must be C-contiguous and writeable")
+            if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+                raise ValueError(
+                    f"grads[{i}] must match params[{i}] (shape {p.shape}, dtype {p.dtype}), got "
+                    f"shape {getattr(g, 'shape', None)}, dtype {getattr(g, 'dtype', None)}"
+                )
+            check_finite(g, f"grads[{i}]")
             key = (i, p.shape, p.dtype.str)
             if key not in self._state:
                 self._state[key] = self.init_state((p.size,), p.dtype)
@@ -162,7 +186,7 @@ class Adagrad(Optimizer):
         self.initial_accumulator_value = _number(
             initial_accumulator_value, "initial_accumulator_value", 0.0
         )
-        self.epsilon = _number(epsilon, "epsilon", 0.0)
+        self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
 
     def _extra(self):
         return [self.epsilon]
@@ -186,7 +210,7 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
         super().__init__(learning_rate)
         self.rho = _number(rho, "rho", 0.0, 1.0)
-        self.epsilon = _number(epsilon, "epsilon", 0.0)
+        self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
 
     def _extra(self):
         return [self.rho, self.epsilon]
@@ -206,7 +230,8 @@ class Adam(Optimizer):
         super().__init__(learning_rate)
         self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
         self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
-        self.epsilon = _number(epsilon, "epsilon", 0.0)
+        # epsilon > 0: with 0, a parameter whose gradient is 0 would get 0/0 = NaN
+        self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
 
     def _extra(self):
         return [self.beta_1, self.beta_2, self.epsilon, self.weight_decay]
