@@ -66,6 +66,8 @@ def history(history, path, title: str = ""):
     names += [k[4:] for k in logs if k.startswith("val_") and k[4:] not in names]
     epochs_of = getattr(history, "epoch", None)
     fig, axes = _figure(1, len(names), figsize=(5 * len(names), 4))
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in zip(axes[0], names):
         for key, label in ((name, "train"), ("val_" + name, "validation")):
             values = logs.get(key)
@@ -77,6 +79,7 @@ def history(history, path, title: str = ""):
                 )
                 ax.plot(list(xs), values, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(True, alpha=0.3)

@@ -157,3 +157,38 @@ def test_commands_are_registered():
     parser = cli.make_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert {"train", "evaluate", "predict", "info", "bench"} <= set(sub.choices)
+
+
+# -- plots (fastnn.plot, used by train --plot and the benchmarks) -------------------------
+def test_plots_write_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastnn import plot
+
+    png = b"\x89PNG\r\n\x1a\n"
+    hist = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "mae": [0.9, 0.4]}
+    assert plot.history(hist, tmp_path / "h.png") == str(tmp_path / "h.png")
+    x = np.linspace(-1, 1, 20)[:, None]
+    plot.predictions(x, 2 * x[:, 0] + 1, 2 * x[:, 0] + 0.9, tmp_path / "p.png", true_line=(2, 1))
+    series = {"numpy": [1.0, 1.0, 1.0], "numba": [5.0, None, 9.5]}
+    plot.bar_chart(["a", "b", "c"], series, tmp_path / "b.png", title="t", ylabel="x")
+    for name in ("h.png", "p.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == png
+    with pytest.raises(ValueError, match="3 labels"):
+        plot.bar_chart(["a", "b", "c"], {"numpy": [1.0]}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no epochs"):
+        plot.history({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="one input feature"):
+        plot.predictions(np.zeros((3, 2)), [1, 2, 3], [1, 2, 3], tmp_path / "x.png")
+
+
+def test_missing_matplotlib_is_a_clear_one_line_error(monkeypatch, capsys, tmp_path):
+    from fastnn import plot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="pip install"):
+        plot.require()
+    assert not plot.available()
+    code, out, err = _run(capsys, "train", "--dataset", "iris", "--plot", str(tmp_path / "h.png"),
+                          *BACKEND)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "matplotlib" in err
+    assert "Training" not in out  # refused before training
