@@ -446,3 +446,43 @@ def test_gradcheck_fails_when_a_penalty_gradient_is_missing(monkeypatch):
 def test_gradcheck_module_is_importable():
     mod = importlib.import_module("fastnn.gradcheck")
     assert mod.gradcheck is fastnn.gradcheck
+
+
+# ---------------------------------------------------------------------------------------
+# The public loss objects: Loss.gradient == finite differences of Loss.__call__
+
+
+LOSS_OBJECTS = [
+    (fastnn.losses.SparseCategoricalCrossentropy(), "labels"),
+    (fastnn.losses.SparseCategoricalCrossentropy(from_logits=True), "labels"),
+    (fastnn.losses.CategoricalCrossentropy(), "onehot"),
+    (fastnn.losses.CategoricalCrossentropy(from_logits=True), "onehot"),
+    (fastnn.losses.BinaryCrossentropy(), "binary"),
+    (fastnn.losses.BinaryCrossentropy(from_logits=True), "binary"),
+    (fastnn.losses.MeanSquaredError(), "values"),
+    (fastnn.losses.MeanAbsoluteError(), "values"),
+]
+
+
+@pytest.mark.parametrize("loss, kind", LOSS_OBJECTS, ids=[repr(lo) for lo, _ in LOSS_OBJECTS])
+def test_loss_object_gradient_matches_finite_differences(loss, kind):
+    rng = np.random.default_rng(20)
+    n, c = 5, 4
+    if getattr(loss, "from_logits", False) or kind == "values":
+        pred = rng.normal(size=(n, c))
+    elif kind == "binary":
+        pred = rng.uniform(0.1, 0.9, size=(n, c))
+    else:
+        pred = rng.dirichlet(np.ones(c) * 5, size=n)
+    labels = rng.integers(0, c, size=n)
+    y = {
+        "labels": labels,
+        "onehot": np.eye(c)[labels],
+        "binary": (rng.uniform(size=(n, c)) > 0.5).astype(float),
+        "values": pred + away_from_zero(rng, (n, c)),
+    }[kind]
+    sw = rng.uniform(0.5, 2.0, size=n)
+    grad = loss.gradient(y, pred, sample_weight=sw, backend="numpy")
+    assert grad.shape == pred.shape
+    numeric = numeric_grad(lambda: loss(y, pred, sample_weight=sw, backend="numpy"), pred)
+    assert_grad(grad, numeric)
