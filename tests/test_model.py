@@ -120,6 +120,22 @@ def test_predict_matches_a_manual_numpy_forward():
     np.testing.assert_allclose(m32.predict(x), want, rtol=1e-4, atol=1e-6)
 
 
+def test_leaky_relu_alpha_reaches_the_compiled_stack():
+    x = np.random.default_rng(4).normal(size=(9, 4))
+    for backend in CPU_BACKENDS:
+        model = fastnn.Sequential(
+            [Dense(5, activation="leaky_relu", alpha=0.05, input_dim=4), Dense(2)],
+            seed=0,
+            dtype="float64",
+            backend=backend,
+        )
+        w0, b0, w1, b1 = model.get_weights()
+        z = x @ w0 + b0
+        assert (z < 0).any()
+        want = np.where(z > 0, z, 0.05 * z) @ w1 + b1
+        np.testing.assert_allclose(model.predict(x), want, rtol=1e-12, atol=1e-14)
+
+
 def test_dropout_is_the_identity_at_inference_and_flatten_reshapes():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(10, 2, 3))
@@ -338,6 +354,42 @@ def test_shuffle_false_keeps_the_order():
         m.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_array_equal(wa, wb)  # seeds differ, but nothing random is used
+
+
+class _CountBatches(Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_progress_chunks_and_batch_hooks_do_not_change_training(capsys):
+    """One compiled call per epoch, per progress update or per batch: same result."""
+    x, y = _blobs(n=150)
+    results = []
+    for verbose, hook in ((0, False), (1, False), (0, True)):
+        model = fastnn.Sequential(
+            [Dense(12, activation="relu", input_dim=6), Dropout(0.3), Dense(3, "softmax")],
+            seed=3,
+            dtype="float64",
+        )
+        model.compile(
+            optimizer=Adam(learning_rate=lambda step: 0.01 / (1 + step)),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        cb = _CountBatches()
+        hist = model.fit(x, y, epochs=3, batch_size=8, verbose=verbose, callbacks=[cb] * hook)
+        assert cb.batches == (3 * 19 if hook else 0)
+        assert model.optimizer.iterations == 3 * 19
+        results.append((hist.history, model.get_weights()))
+    capsys.readouterr()
+    for hist, weights in results[1:]:
+        assert hist == results[0][0]
+        for a, b in zip(weights, results[0][1]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_train_on_batch_returns_the_loss_and_updates_weights():
