@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from fastnn.kernels import codes as C
 from fastnn.kernels import reference as ref
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import fastnn
 from fastnn.layers import Activation, Dense, Dropout
@@ -195,6 +197,33 @@ def test_dense_backward_matches_finite_differences(name):
     assert_grad(dw, numeric_grad(loss, w))
     assert_grad(db, numeric_grad(loss, b))
     assert_grad(dx, numeric_grad(loss, x))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    i=st.integers(1, 6),
+    o=st.integers(1, 6),
+    name=st.sampled_from(list(ACTIVATIONS)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_dense_backward_any_shape(n, i, o, name, seed):
+    act, alpha = ACTIVATIONS[name]
+    rng = np.random.default_rng(seed)
+    x, w, b = rng.normal(size=(n, i)), rng.normal(size=(i, o)), rng.normal(size=o)
+    r = rng.normal(size=(n, o))
+    assume(np.abs(x @ w + b).min() > 1e-4)  # no relu kink within the difference step
+    out = np.empty((n, o))
+
+    def loss():
+        ref.dense_forward(x, w, b, out, act, alpha)
+        return float(np.sum(out * r))
+
+    loss()
+    dz, dx, dw, db = np.empty((n, o)), np.empty((n, i)), np.empty((i, o)), np.empty(o)
+    ref.dense_backward(x, w, out.copy(), r.copy(), dz, dx, dw, db, act, alpha, 1)
+    for analytic, theta in ((dw, w), (db, b), (dx, x)):
+        assert_grad(analytic, numeric_grad(loss, theta), rtol=1e-5, atol=1e-7)
 
 
 def test_dense_backward_leaves_dx_alone_without_need_dx():
