@@ -394,7 +394,8 @@ def ratio_columns(names) -> list[tuple[str, str, str]]:
         if name.startswith("fastnn-"):
             for base in ("numpy", "torch"):
                 if base in names:
-                    cols.append((f"{name}/{base}", name, base))
+                    label = "NumPy" if base == "numpy" else base
+                    cols.append((f"{name[len('fastnn-') :]}/{label}", name, base))
     return cols
 
 
@@ -418,7 +419,8 @@ def format_table(rows: list[dict], unit: str, title: str) -> str:
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
     out = [
         title,
-        f"  (times in {unit}; ratio = fastnn time / baseline time, < 1: fastnn faster; "
+        f"  (times in {unit}; ratio backend/baseline = fastnn-backend time / baseline time, "
+        "< 1: fastnn faster; "
         "spread = largest (max-min)/median over the rounds)",
     ]
     out.append(
@@ -580,7 +582,7 @@ def run(args) -> dict:
         del impls
 
     cold = []
-    if args.cold_start and not cfg["quick"]:
+    if args.cold_start:
         print("  cold start: fresh processes (numba empty cache / warm cache, cython) ...")
         sys.stdout.flush()
         cold = cold_start("a", backends if args.backends else COMPILED_BACKENDS)
