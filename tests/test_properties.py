@@ -1,0 +1,535 @@
+"""Property tests (hypothesis) on every kernel of every CPU backend.
+
+Random shapes (1, primes, odd sizes) and random values including large magnitudes; every
+backend must match the NumPy reference within a tolerance that follows the dtype and the
+reduction length, never modify its inputs, and stay finite: softmax rows sum to 1 for
+logits up to |1e4|, losses are finite for finite inputs (logits up to 1e4 for the
+from-logits losses), optimizer updates are finite for finite inputs.
+
+Values are drawn as (seed, scale) and generated with NumPy, so every drawn case is cheap;
+only float32/float64 arrays and Python int/float scalars are passed (one compiled
+signature per dtype).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastnn.kernels import codes as C
+from fastnn.kernels import reference as R
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastnn
+from fastnn import losses, optimizers
+from fastnn.layers import Activation, Dense, Dropout
+from fastnn.regularizers import L1L2
+
+BACKENDS = [b for b in fastnn.backend.available() if b != "cuda"]
+KERNELS = {b: fastnn.backend.load(b) for b in BACKENDS}
+
+FAST = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+STACK = settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+dims = st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 33]) | st.integers(1, 40)
+dtypes = st.sampled_from([np.float32, np.float64])
+scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3, 1e4])
+seeds = st.integers(0, 2**31 - 1)
+ACTS = [C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX]
+acts = st.sampled_from(ACTS)
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _rtol(dtype):
+    return 2e-4 if np.dtype(dtype) == np.float32 else 1e-9
+
+
+def close(got, ref, dtype, mag=None, factor=1.0, what=""):
+    """|got - ref| <= rtol * (|ref| + mag), mag defaulting to max |ref| (the size of the
+    values the result is made of, for reductions)."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if mag is None:
+        mag = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
+    rtol = _rtol(dtype) * factor
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * mag + 1e-300, err_msg=what)
+
+
+def run(backend, name, arrays, scalars, n_in):
+    """Runs kernel ``name`` on copies of ``arrays`` for the reference and ``backend``.
+
+    Returns (ref result, ref arrays, backend result, backend arrays); checks the first
+    ``n_in`` arrays (inputs) are left unchanged by the backend."""
+    ref_arrays = [a.copy() for a in arrays]
+    got_arrays = [a.copy() for a in arrays]
+    with np.errstate(all="ignore"):
+        ref = getattr(R, name)(*ref_arrays, *scalars)
+    got = getattr(KERNELS[backend], name)(*got_arrays, *scalars)
+    for i in range(n_in):
+        np.testing.assert_array_equal(got_arrays[i], arrays[i], err_msg=f"{name} input {i}")
+    return ref, ref_arrays, got, got_arrays
+
+
+def rand(seed, shape, dtype, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def empty(shape, dtype):
+    """An output buffer pre-filled with NaN, so unwritten elements show up."""
+    return np.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def backend(request):
+    return request.param
+
+
+# ---------------------------------------------------------------------------------------
+# Activations and the dense layer
+
+
+@FAST
+@given(n=dims, o=dims, dtype=dtypes, scale=scales, seed=seeds, act=acts)
+def test_activation_forward_backward(backend, n, o, dtype, scale, seed, act):
+    x = rand(seed, (n, o), dtype, scale)
+    _, (_, ref), _, (_, got) = run(backend, "activation_forward", [x, empty((n, o), dtype)],
+                                   [act, 0.2], 1)  # fmt: skip
+    assert np.isfinite(got).all()
+    # float32 rounds |x| ~ 1e4 to 1e-3: bounded activations of such inputs inherit it
+    close(got, ref, dtype, mag=float(np.abs(ref).max()) + 1e-2 * scale, factor=4)
+    if act == C.SOFTMAX:
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=0, atol=10 * _rtol(dtype))
+    dout = rand(seed + 1, (n, o), dtype)
+    _, (_, _, ref_dx), _, (_, _, got_dx) = run(
+        backend, "activation_backward", [ref, dout, empty((n, o), dtype)], [act, 0.2], 2
+    )
+    assert np.isfinite(got_dx).all()
+    close(got_dx, ref_dx, dtype, mag=float(np.abs(dout).max()), factor=4)
+
+
+@FAST
+@given(n=dims, c=dims, dtype=dtypes, seed=seeds, big=st.sampled_from([1.0, 100.0, 1e4]))
+def test_softmax_rows_sum_to_one_for_logits_up_to_1e4(backend, n, c, dtype, seed, big):
+    z = rand(seed, (n, c), dtype, big)
+    z[0, 0] = big  # the extremes themselves
+    if z.size > 1:
+        z.flat[-1] = -big
+    out = empty((n, c), dtype)
+    KERNELS[backend].activation_forward(z, out, C.SOFTMAX, 0.0)
+    assert not np.isnan(out).any() and np.isfinite(out).all()
+    assert (out >= 0).all() and (out <= 1).all()
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=0, atol=10 * _rtol(dtype))
+
+
+@FAST
+@given(n=dims, i=dims, o=dims, dtype=dtypes, scale=scales, seed=seeds, act=acts,
+       need_dx=st.sampled_from([0, 1]))  # fmt: skip
+def test_dense_forward_backward(backend, n, i, o, dtype, scale, seed, act, need_dx):
+    x = rand(seed, (n, i), dtype, scale)
+    w = rand(seed + 1, (i, o), dtype, 1 / np.sqrt(i))
+    b = rand(seed + 2, (o,), dtype)
+    mag = i * float(np.abs(x).max()) * float(np.abs(w).max()) + float(np.abs(b).max())
+    _, r_arr, _, g_arr = run(backend, "dense_forward", [x, w, b, empty((n, o), dtype)],
+                             [act, 0.2], 3)  # fmt: skip
+    y = r_arr[3]
+    assert np.isfinite(g_arr[3]).all()
+    # bounded activations pass on the pre-activation's rounding (slope <= 1)
+    close(g_arr[3], y, dtype, mag=mag, factor=4, what="dense_forward")
+    dout = rand(seed + 3, (n, o), dtype)
+    arrays = [x, w, y, dout] + [empty(s, dtype) for s in ((n, o), (n, i), (i, o), (o,))]
+    _, r_arr, _, g_arr = run(backend, "dense_backward", arrays, [act, 0.2, need_dx], 4)
+    dz_mag = float(np.abs(r_arr[4]).max()) if r_arr[4].size else 0.0
+    checks = [
+        (4, "dz", dz_mag),
+        (6, "dw", n * dz_mag * float(np.abs(x).max())),
+        (7, "db", n * dz_mag),
+    ]
+    if need_dx:
+        checks.append((5, "dx", o * dz_mag * float(np.abs(w).max())))
+    for k, what, m in checks:
+        assert np.isfinite(g_arr[k]).all(), what
+        close(g_arr[k], r_arr[k], dtype, mag=m, factor=4, what=what)
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout
+
+
+@FAST
+@given(n=dims, o=dims, dtype=dtypes, seed=seeds, rate=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+       mask_seed=st.integers(0, 2**40))  # fmt: skip
+def test_dropout_masks_match_reference(backend, n, o, dtype, seed, rate, mask_seed):
+    x = rand(seed, (n, o), dtype, 1e3)
+    for name in ("dropout_forward", "dropout_backward"):
+        _, (_, ref), _, (_, got) = run(backend, name, [x, empty((n, o), dtype)],
+                                       [rate, mask_seed], 1)  # fmt: skip
+        np.testing.assert_array_equal(got == 0, ref == 0)  # the same mask everywhere
+        close(got, ref, dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+
+
+def _targets(kind, seed, n, c, dtype):
+    rng = np.random.default_rng(seed)
+    if kind == "onehot":
+        return np.eye(c, dtype=dtype)[rng.integers(0, c, n)]
+    if kind == "labels":
+        return rng.integers(0, c, n).astype(dtype)
+    if kind == "binary":
+        return rng.integers(0, 2, (n, c)).astype(dtype)
+    return rng.uniform(-1, 1, (n, c)).astype(dtype)
+
+
+LOSS_KERNELS = {
+    # name: (target kind, logits?, has p output)
+    "softmax_cross_entropy": ("onehot", True, True),
+    "sparse_softmax_cross_entropy": ("labels", True, True),
+    "sigmoid_binary_cross_entropy": ("binary", True, True),
+    "categorical_crossentropy": ("onehot", False, False),
+    "binary_crossentropy": ("binary", False, False),
+    "mean_squared_error": ("values", None, False),
+    "mean_absolute_error": ("values", None, False),
+}
+
+
+@FAST
+@given(name=st.sampled_from(sorted(LOSS_KERNELS)), n=dims, c=dims, dtype=dtypes, seed=seeds,
+       scale=scales)  # fmt: skip
+def test_loss_kernels_finite_and_match_reference(backend, name, n, c, dtype, seed, scale):
+    kind, logits, has_p = LOSS_KERNELS[name]
+    y = _targets(kind, seed + 1, n, c, dtype)
+    sw = np.random.default_rng(seed + 2).uniform(0, 2, n).astype(dtype)
+    z = rand(seed, (n, c), dtype, scale)
+    if logits is False:  # probabilities, including exact 0 and 1 (clipped)
+        z = (1 / (1 + np.exp(-z.astype(np.float64)))).astype(dtype)
+        z[0, 0] = 1.0
+        z.flat[-1] = 0.0
+    arrays = [z, y, sw] + ([empty((n, c), dtype)] if has_p else []) + [empty((n, c), dtype)]
+    ref, r_arr, got, g_arr = run(backend, name, arrays, [], 3)
+    assert np.isfinite(got), f"{name} gave {got}"
+    assert np.isfinite(g_arr[-1]).all()
+    # the loss sums N*C terms of size up to |z| (+ log terms)
+    mag = float(np.abs(ref)) + (scale if logits is not False else 20.0)
+    close(got, ref, dtype, mag=mag, factor=4, what=f"{name} loss")
+    grad_mag = float(np.abs(r_arr[-1]).max())
+    close(g_arr[-1], r_arr[-1], dtype, mag=grad_mag, factor=10, what=f"{name} grad")
+    if has_p:
+        p = g_arr[3]
+        assert np.isfinite(p).all()
+        close(p, r_arr[3], dtype, mag=1.0, factor=10, what=f"{name} p")
+        if name != "sigmoid_binary_cross_entropy":
+            np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=10 * _rtol(dtype))
+
+
+@FAST
+@given(code=st.sampled_from(range(7)), n=dims, c=dims, dtype=dtypes, seed=seeds,
+       scale=st.sampled_from([1.0, 1e4]))  # fmt: skip
+def test_loss_grad_dispatch_matches_reference(backend, code, n, c, dtype, seed, scale):
+    kind = {0: "onehot", 1: "labels", 2: "binary", 3: "onehot", 4: "binary"}.get(code, "values")
+    y = _targets(kind, seed + 1, n, c, dtype)
+    if kind == "labels":
+        y = np.ascontiguousarray(y[:, None])
+    sw = np.random.default_rng(seed + 2).uniform(0, 2, n).astype(dtype)
+    out = rand(seed, (n, c), dtype, scale)
+    if code in (C.CATEGORICAL_CE, C.BINARY_CE):
+        out = (1 / (1 + np.exp(-out.astype(np.float64)))).astype(dtype)
+    arrays = [out, y, sw, empty((n, c), dtype), empty((n, c), dtype)]
+    ref, r_arr, got, g_arr = run(backend, "loss_grad", arrays, [code], 3)
+    assert np.isfinite(got)
+    close(got, ref, dtype, mag=float(np.abs(ref)) + scale, factor=4)
+    close(g_arr[4], r_arr[4], dtype, mag=float(np.abs(r_arr[4]).max()), factor=10)
+
+
+# ---------------------------------------------------------------------------------------
+# Regularisation and optimizers
+
+
+@FAST
+@given(i=dims, o=dims, dtype=dtypes, seed=seeds, scale=scales,
+       l1=st.sampled_from([0.0, 0.01, 1.0]), l2=st.sampled_from([0.0, 0.01, 1.0]))  # fmt: skip
+def test_l1l2_penalty(backend, i, o, dtype, seed, scale, l1, l2):
+    w = rand(seed, (i, o), dtype, scale)
+    dw = rand(seed + 1, (i, o), dtype)
+    ref, r_arr, got, g_arr = run(backend, "l1l2_penalty", [w, dw], [l1, l2], 1)
+    assert np.isfinite(got) and np.isfinite(g_arr[1]).all()
+    close(got, ref, dtype, factor=4 * i * o)
+    close(g_arr[1], r_arr[1], dtype, mag=float(np.abs(r_arr[1]).max()), factor=4)
+
+
+def _opt_case(name, seed, p_size, dtype, scale, lr):
+    p = rand(seed, (p_size,), dtype, scale)
+    g = rand(seed + 1, (p_size,), dtype, scale)
+    s1 = np.abs(rand(seed + 2, (p_size,), dtype, scale))
+    s2 = np.abs(rand(seed + 3, (p_size,), dtype, scale)) ** 2
+    step = 1 + seed % 50
+    if name == "sgd_update":
+        return [p, g], [lr]
+    if name == "momentum_update":
+        return [p, g, s1], [lr, 0.9, seed % 2]
+    if name == "adagrad_update":
+        return [p, g, s2], [lr, 1e-7]
+    if name == "rmsprop_update":
+        return [p, g, s2], [lr, 0.9, 1e-7]
+    return [p, g, s1, s2], [lr, 0.9, 0.999, 1e-7, (seed % 3) * 0.01, step]
+
+
+@FAST
+@given(name=st.sampled_from(["sgd_update", "momentum_update", "adagrad_update",
+                             "rmsprop_update", "adam_update"]),
+       size=dims, dtype=dtypes, seed=seeds, scale=scales,
+       lr=st.sampled_from([1e-4, 1e-2, 0.5]))  # fmt: skip
+def test_optimizer_updates_finite_and_match_reference(backend, name, size, dtype, seed, scale,
+                                                      lr):  # fmt: skip
+    arrays, scalars = _opt_case(name, seed, size, dtype, scale, lr)
+    _, r_arr, _, g_arr = run(backend, name, arrays, scalars, 0)
+    np.testing.assert_array_equal(g_arr[1], arrays[1])  # the gradient is an input
+    for k, (got, ref) in enumerate(zip(g_arr, r_arr)):
+        assert np.isfinite(got).all(), f"{name} array {k}"
+        close(got, ref, dtype, mag=float(np.abs(ref).max()), factor=8, what=f"{name} {k}")
+
+
+@FAST
+@given(opt=st.sampled_from([C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM]), size=dims,
+       dtype=dtypes, seed=seeds, scale=scales)  # fmt: skip
+def test_optimizer_update_dispatch(backend, opt, size, dtype, seed, scale):
+    p = rand(seed, (size,), dtype, scale)
+    g = rand(seed + 1, (size,), dtype, scale)
+    state = np.abs(rand(seed + 2, (max(C.STATE_SLOTS[opt], 1), size), dtype, scale))
+    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.01][: {0: 1, 1: 3, 2: 2, 3: 3, 4: 5}[opt]])
+    if opt == C.MOMENTUM:
+        hyper[2] = seed % 2
+    if opt == C.ADAGRAD:
+        hyper[1] = 1e-7
+    if opt == C.RMSPROP:
+        hyper[2] = 1e-7
+    hyper = np.ascontiguousarray(hyper, dtype=np.float64)
+    _, r_arr, _, g_arr = run(backend, "optimizer_update", [p, g, state], [opt, hyper, 3], 0)
+    for k in (0, 2):
+        assert np.isfinite(g_arr[k]).all()
+        close(g_arr[k], r_arr[k], dtype, mag=float(np.abs(r_arr[k]).max()), factor=8)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole stacks: forward, backward, training step, evaluation, epochs, statistics
+
+LOSS_SETUPS = [
+    # (loss, last activation, target kind)
+    ("sparse_categorical_crossentropy", "softmax", "labels"),
+    (losses.SparseCategoricalCrossentropy(from_logits=True), "linear", "labels"),
+    ("categorical_crossentropy", "softmax", "onehot"),
+    ("categorical_crossentropy", "sigmoid", "onehot"),
+    (losses.CategoricalCrossentropy(from_logits=True), "linear", "onehot"),
+    ("binary_crossentropy", "sigmoid", "binary"),
+    (losses.BinaryCrossentropy(from_logits=True), "linear", "binary"),
+    ("binary_crossentropy", "softmax", "binary"),
+    ("mse", "linear", "values"),
+    ("mae", "tanh", "values"),
+]
+OPTIMIZERS = [
+    lambda: optimizers.SGD(0.05),
+    lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    lambda: optimizers.Adagrad(0.05),
+    lambda: optimizers.RMSprop(0.01),
+    lambda: optimizers.Adam(0.01),
+    lambda: optimizers.AdamW(0.01, weight_decay=0.1),
+]
+ACT_NAMES = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"]
+
+
+@st.composite
+def stacks(draw):
+    """A small random model (numpy backend, only for its tables and buffers) and data."""
+    dtype = draw(dtypes)
+    n = draw(st.sampled_from([1, 2, 3, 5, 7, 13, 17]))
+    d = draw(st.sampled_from([1, 2, 3, 5, 7, 11]))
+    loss, last, kind = draw(st.sampled_from(LOSS_SETUPS))
+    n_out = draw(st.sampled_from([1, 2, 3, 5]))
+    if "sparse" in str(loss) or "Sparse" in type(loss).__name__:
+        n_out = max(n_out, 2)
+    layers = []
+    for _ in range(draw(st.integers(0, 2))):
+        reg = draw(st.sampled_from([None, L1L2(0.01, 0.02)]))
+        layers.append(
+            Dense(
+                draw(st.sampled_from([1, 2, 3, 7])),
+                activation=draw(st.sampled_from(ACT_NAMES)),
+                kernel_regularizer=reg,
+            )  # fmt: skip
+        )
+        extra = draw(st.sampled_from(["none", "dropout", "activation"]))
+        if extra == "dropout":
+            layers.append(Dropout(draw(st.sampled_from([0.0, 0.25, 0.5]))))
+        elif extra == "activation":
+            layers.append(Activation(draw(st.sampled_from(ACT_NAMES))))
+    layers.append(Dense(n_out, activation=last))
+    seed = draw(seeds)
+    model = fastnn.Sequential(layers, seed=seed % 1000, dtype=dtype, backend="numpy")
+    model.compile(draw(st.sampled_from(OPTIMIZERS))(), loss)
+    scale = draw(st.sampled_from([1e-2, 1.0, 100.0]))
+    rng = np.random.default_rng(seed)
+    total = n * draw(st.sampled_from([1, 2, 3])) + draw(st.integers(0, n - 1))
+    x = rng.standard_normal((total, d)) * scale
+    y = _targets(kind, seed + 1, total, n_out, np.float64)
+    if kind == "labels":
+        y = y.astype(np.int64)
+    sw = rng.uniform(0, 2, total)
+    X, Y, SW = model._prepare(x, y, sw)
+    return model, X, Y, SW, n, seed
+
+
+def _stack_args(model, n, y_cols):
+    eng = model._engine
+    plan, table = model._stack_plan()
+    ws = eng.workspace(n, y_cols)
+    return eng, plan, table, ws
+
+
+def _stack_tol(model):
+    return 50.0 * (1 + len(model.layers))
+
+
+@STACK
+@given(case=stacks())
+def test_forward_backward_stack(backend, case):
+    model, X, Y, SW, n, seed = case
+    eng, plan, table, ws = _stack_args(model, n, Y.shape[1])
+    x = np.ascontiguousarray(X[:n])
+    dtype = model.dtype
+    acts = empty(ws.acts.shape, dtype)
+    _, r_arr, _, g_arr = run(backend, "forward_stack", [x, eng.params, acts],
+                             [table, eng.table_f, 1, seed, 3], 2)  # fmt: skip
+    assert np.isfinite(g_arr[2]).all()
+    tol = _stack_tol(model)
+    close(g_arr[2], r_arr[2], dtype, factor=tol, what="acts")
+    # backward from dL/dout in gbuf[:N*C]; the rest of gbuf starts as NaN (scratch)
+    gbuf = empty(ws.gbuf.shape, dtype)
+    c = model.output_dim
+    gbuf[: n * c] = rand(seed + 5, (n * c,), dtype)
+    grads = empty(eng.grads.shape, dtype)
+    args = [x, eng.params, grads, r_arr[2], gbuf]
+    ref, r2, got, g2 = run(backend, "backward_stack", args, [table, eng.table_f, seed, 3], 2)
+    assert np.isfinite(got) and np.isfinite(g2[2]).all()
+    close(got, ref, dtype, factor=tol, what="penalty")
+    close(g2[2], r2[2], dtype, factor=tol * n, what="grads")
+
+
+@STACK
+@given(case=stacks())
+def test_train_and_eval_step(backend, case):
+    model, X, Y, SW, n, seed = case
+    eng, plan, table, ws = _stack_args(model, n, Y.shape[1])
+    x, y, sw = (np.ascontiguousarray(a[:n]) for a in (X, Y, SW))
+    dtype = model.dtype
+    opt = model.optimizer
+    hyper = opt.hyper()
+    arrays = [x, y, sw, eng.params, empty(eng.grads.shape, dtype), eng.state,
+              empty(ws.acts.shape, dtype), empty(ws.gbuf.shape, dtype)]  # fmt: skip
+    scalars = [table, eng.table_f, plan.code, plan.logits_out, opt.code, hyper, 1, seed]
+    ref, r_arr, got, g_arr = run(backend, "train_step", arrays, scalars, 3)
+    tol = _stack_tol(model)
+    assert np.isfinite(got), f"train_step loss {got}"
+    close(got, ref, dtype, factor=tol, what="train_step loss")
+    close(g_arr[4], r_arr[4], dtype, factor=tol * n, what="grads")
+    # SGD/momentum steps inherit the gradient's rounding times lr; adaptive steps are about
+    # lr * sign(g), so a gradient within rounding of 0 may move a weight by up to 2 lr
+    lr = hyper[0]
+    gmax = float(np.abs(r_arr[4]).max())
+    g_atol = _rtol(dtype) * tol * n * gmax
+    adaptive = opt.code in (C.ADAGRAD, C.RMSPROP, C.ADAM)
+    p_atol = 3 * lr if adaptive else 2 * lr * g_atol
+    assert np.isfinite(g_arr[3]).all() and np.isfinite(g_arr[5]).all()
+    np.testing.assert_allclose(g_arr[3], r_arr[3], rtol=4 * _rtol(dtype), atol=p_atol + 1e-30,
+                               err_msg="params")  # fmt: skip
+    # state is linear (momentum buffer, Adam m) or quadratic (squares) in the gradient
+    np.testing.assert_allclose(g_arr[5], r_arr[5], rtol=4 * _rtol(dtype),
+                               atol=g_atol * (1 + 2 * gmax) + 1e-30, err_msg="state")  # fmt: skip
+    arrays = [x, y, sw, eng.params, empty(ws.acts.shape, dtype), empty(ws.gbuf.shape, dtype)]
+    scalars = [table, eng.table_f, plan.code, plan.logits_out]
+    ref, _, got, _ = run(backend, "eval_step", arrays, scalars, 4)
+    assert np.isfinite(got)
+    close(got, ref, dtype, factor=tol, what="eval_step loss")
+
+
+@STACK
+@given(case=stacks(), train=st.sampled_from([0, 1]), acc=st.sampled_from(range(4)))
+def test_run_epoch(backend, case, train, acc):
+    model, X, Y, SW, n, seed = case
+    eng, plan, table, ws = _stack_args(model, n, Y.shape[1])
+    if acc == C.ACC_SPARSE and plan.target != "sparse":
+        acc = C.ACC_NONE
+    if acc == C.ACC_CATEGORICAL and Y.shape[1] != model.output_dim:
+        acc = C.ACC_NONE
+    dtype = model.dtype
+    order = np.random.default_rng(seed).permutation(len(X)).astype(np.int64)
+    n_batches = -(-len(X) // n)
+    lrs = np.full(n_batches, model.optimizer.hyper()[0])
+    stats = np.zeros(C.STAT_LEN)
+    arrays = [X, Y, SW, order, empty(ws.xb.shape, dtype), empty(ws.yb.shape, dtype),
+              empty(ws.swb.shape, dtype), eng.params, empty(eng.grads.shape, dtype), eng.state,
+              empty(ws.acts.shape, dtype), empty(ws.gbuf.shape, dtype)]  # fmt: skip
+    hyper = model.optimizer.hyper()
+    scalars = [table, eng.table_f, plan.code, plan.logits_out, model.optimizer.code, hyper,
+               lrs, 1, seed, train, acc, 0.5, stats]  # fmt: skip
+    arrays.insert(4, n)  # batch_size sits between order and xb
+    ref_arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in arrays]
+    got_arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in arrays]
+    ref_stats, got_stats = stats.copy(), stats.copy()
+    name = "run_epoch"
+    with np.errstate(all="ignore"):
+        ref = getattr(R, name)(*ref_arrays, *scalars[:-1], ref_stats)
+    got = getattr(KERNELS[backend], name)(*got_arrays, *scalars[:-1], got_stats)
+    for i in range(4):
+        np.testing.assert_array_equal(got_arrays[i], arrays[i])
+    assert got == ref == n_batches
+    tol = _stack_tol(model) * n_batches
+    close(got_stats[C.STAT_LOSS], ref_stats[C.STAT_LOSS], dtype, factor=tol, what="loss")
+    assert got_stats[C.STAT_ROWS] == ref_stats[C.STAT_ROWS] == len(X)
+    if acc == C.ACC_NONE:
+        assert got_stats[C.STAT_CORRECT] == 0
+    lr = hyper[0]
+    np.testing.assert_allclose(got_arrays[8], ref_arrays[8], rtol=_rtol(dtype) * tol,
+                               atol=3 * lr * n_batches + 1e-6)  # fmt: skip
+    assert np.isfinite(got_arrays[8]).all()
+
+
+@FAST
+@given(n=dims, c=dims, dtype=dtypes, seed=seeds, acc=st.sampled_from(range(4)),
+       threshold=st.sampled_from([0.0, 0.5]))  # fmt: skip
+def test_batch_stats(backend, n, c, dtype, seed, acc, threshold):
+    out = rand(seed, (n, c), dtype)
+    if acc == C.ACC_SPARSE:
+        y = np.random.default_rng(seed + 1).integers(0, c, (n, 1)).astype(dtype)
+    elif acc == C.ACC_BINARY:
+        y = _targets("binary", seed + 1, n, c, dtype)
+    else:
+        y = _targets("onehot", seed + 1, n, c, dtype)
+    ref, got = np.zeros(C.STAT_LEN), np.zeros(C.STAT_LEN)
+    name = "batch_stats"
+    getattr(R, name)(out, y, acc, threshold, ref)
+    out_copy, y_copy = out.copy(), y.copy()
+    getattr(KERNELS[backend], name)(out_copy, y_copy, acc, threshold, got)
+    np.testing.assert_array_equal(out_copy, out)
+    np.testing.assert_array_equal(got[[C.STAT_CORRECT, C.STAT_ROWS]],
+                                  ref[[C.STAT_CORRECT, C.STAT_ROWS]])  # fmt: skip
+    close(got, ref, np.float64, factor=1e3, what="stats")
+
+
+def test_every_kernel_is_covered():
+    """Each op of the contract is exercised by one of the tests above."""
+    import inspect
+    import sys
+
+    source = inspect.getsource(sys.modules[__name__])
+    missing = [op for op in R.OPS if f'"{op}"' not in source]
+    assert not missing, missing
