@@ -663,9 +663,9 @@ def test_memory_probe_detects_a_per_step_leak(monkeypatch):
         return right(*args)
 
     monkeypatch.setattr(ref, "train_step", leaky)
-    model, x, y = _memory_model("numpy", n=400)
+    model, x, y = _memory_model("numpy", n=200)
     retained, _ = _memory_growth(model, x, y)
-    assert retained > 2 * 8192  # 600 extra steps, each keeping a small array
+    assert retained > 2 * 8192  # 300 extra steps, each keeping a small array
 
 
 @pytest.mark.skipif("numba" not in CPU_BACKENDS, reason="numba backend not available")
