@@ -174,7 +174,8 @@ def fit_loop(
                     bar.close()
                 if cbs.handles_nan:
                     model.stop_training = nan_stop = True
-                    logs = {"loss": float(loss)}
+                    # a finite loss whose update broke the weights still reports non-finite
+                    logs = {"loss": float(loss) if reason == "loss" else float("nan")}
                     cbs.call("on_train_batch_end", bad, logs)
                     break
                 what = (
