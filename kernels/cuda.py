@@ -17,8 +17,9 @@ Kernels are built per float dtype on first use and compiled lazily per signature
 compiles at import).  ``kernel_signatures(dtype)`` lists every kernel with the signature the
 host functions launch it with, for ahead-of-time checks with ``cuda.compile_ptx``.
 
-Importing this module never fails: without a usable ``numba.cuda`` it imports and
-``check_available()`` (and every op) raises ``RuntimeError`` saying why.  Under the CUDA
+Importing this module never fails and does not import ``numba.cuda`` (that happens on first
+use); without a usable one, ``check_available()`` and every op raise ``RuntimeError`` saying
+why.  Under the CUDA
 simulator (``NUMBA_ENABLE_CUDASIM=1`` set before Numba is imported) every op runs on the
 CPU, slowly, with smaller launch configurations.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import numba
 import numpy as np
@@ -172,29 +174,49 @@ class _Stage:
                 a[...] = d.copy_to_host()
 
 
+# id(device array) -> (weak reference to it, {what: view}).  Device-array slicing costs
+# microseconds of Python per call and a step takes the same views every time.  The views
+# hold the memory, not the array object: when the array is collected its entry goes too.
 _VIEWS: dict = {}
-_VIEWS_MAX = 512
+_VIEWS_PER_ARRAY = 256
+
+
+def _cached(buf, what, make):
+    key = id(buf)
+    entry = _VIEWS.get(key)
+    if entry is None or entry[0]() is not buf:
+        try:
+            ref = weakref.ref(buf, lambda r, k=key: _forget(k, r))
+        except TypeError:  # not weak-referenceable: no caching
+            return make()
+        entry = (ref, {})
+        _VIEWS[key] = entry
+    views = entry[1]
+    v = views.get(what)
+    if v is None:
+        if len(views) >= _VIEWS_PER_ARRAY:
+            views.clear()
+        v = views[what] = make()
+    return v
+
+
+def _forget(key, ref):
+    entry = _VIEWS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _VIEWS[key]
 
 
 def _view(buf, off, shape):
-    """Cached contiguous view buf[off : off+prod(shape)].reshape(shape) of a device array.
+    """Cached contiguous view buf[off : off+prod(shape)].reshape(shape) of a flat array."""
+    return _cached(buf, (off, shape), lambda: _make_view(buf, off, shape))
 
-    Device-array slicing costs microseconds of Python per call; a step takes the same views
-    every time.  The cache is bounded and cleared wholesale (it keeps buffers alive)."""
-    key = (id(buf), off, shape)
-    hit = _VIEWS.get(key)
-    if hit is not None and hit[0] is buf:
-        return hit[1]
+
+def _make_view(buf, off, shape):
     size = 1
     for s in shape:
         size *= s
     v = buf[off : off + size]
-    if len(shape) != 1:
-        v = v.reshape(shape)
-    if len(_VIEWS) >= _VIEWS_MAX:
-        _VIEWS.clear()
-    _VIEWS[key] = (buf, v)
-    return v
+    return v if len(shape) == 1 else v.reshape(shape)
 
 
 def _row(buf, r):
@@ -205,18 +227,6 @@ def _row(buf, r):
 def _head(buf, n):
     """Cached view buf[:n] (the first n rows)."""
     return _cached(buf, ("head", n), lambda: buf[:n])
-
-
-def _cached(buf, what, make):
-    key = (id(buf), what)
-    hit = _VIEWS.get(key)
-    if hit is not None and hit[0] is buf:
-        return hit[1]
-    v = make()
-    if len(_VIEWS) >= _VIEWS_MAX:
-        _VIEWS.clear()
-    _VIEWS[key] = (buf, v)
-    return v
 
 
 class _Scratch:
@@ -898,6 +908,20 @@ def _tiles(rows, cols):
     return ((cols + TILE - 1) // TILE, (rows + TILE - 1) // TILE), (TILE, TILE)
 
 
+_LAUNCHERS: dict = {}
+
+
+def _launch(k, name, grid, block):
+    """kernel[grid, block], cached: a launch configuration is built (and checked) once."""
+    key = (name, id(k), grid, block)
+    cfg = _LAUNCHERS.get(key)
+    if cfg is None:
+        if len(_LAUNCHERS) >= 4096:
+            _LAUNCHERS.clear()
+        cfg = _LAUNCHERS[key] = k[name][grid, block]
+    return cfg
+
+
 def _ft(a):
     return a.dtype.type
 
@@ -911,10 +935,10 @@ def _act_fwd_d(x, out, act, alpha):
     n, o = x.shape
     if act == C.SOFTMAX:
         grid, block = _rows(n, o)
-        k["softmax_rows"][grid, block](x, out)
+        _launch(k, "softmax_rows", grid, block)(x, out)
     elif act in (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH):
         grid, block = _ew(n * o)
-        k["act_forward"][grid, block](x, out, int(act), _ft(x)(alpha))
+        _launch(k, "act_forward", grid, block)(x, out, int(act), _ft(x)(alpha))
     else:
         raise ValueError(f"unknown activation code {act}")
 
@@ -924,10 +948,10 @@ def _act_bwd_d(y, dout, dx, act, alpha):
     n, o = y.shape
     if act == C.SOFTMAX:
         grid, block = _rows(n, o)
-        k["softmax_back_rows"][grid, block](y, dout, dx)
+        _launch(k, "softmax_back_rows", grid, block)(y, dout, dx)
     elif act in (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH):
         grid, block = _ew(n * o)
-        k["act_backward"][grid, block](y, dout, dx, int(act), _ft(y)(alpha))
+        _launch(k, "act_backward", grid, block)(y, dout, dx, int(act), _ft(y)(alpha))
     else:
         raise ValueError(f"unknown activation code {act}")
 
@@ -936,7 +960,7 @@ def _dense_fwd_d(x, w, b, out, act, alpha):
     k = _k(x.dtype)
     grid, block = _tiles(x.shape[0], w.shape[1])
     fused = act != C.SOFTMAX
-    k["gemm_bias_act"][grid, block](x, w, b, out, int(act) if fused else C.LINEAR,
+    _launch(k, "gemm_bias_act", grid, block)(x, w, b, out, int(act) if fused else C.LINEAR,
                                     _ft(x)(alpha))  # fmt: skip
     if not fused:
         _act_fwd_d(out, out, act, alpha)
@@ -951,16 +975,16 @@ def _dense_bwd_d(x, w, y, dout, dz, dx, dw, db, act, alpha, need_dx):
     t = _ft(x)
     if act == C.SOFTMAX:
         _act_bwd_d(y, dout, dz, act, alpha)
-        k["act_grad_bias"][col_grid, (bx, by)](dz, dz, dz, db, C.LINEAR, t(alpha))
+        _launch(k, "act_grad_bias", col_grid, (bx, by))(dz, dz, dz, db, C.LINEAR, t(alpha))
     elif act in (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH):
-        k["act_grad_bias"][col_grid, (bx, by)](y, dout, dz, db, int(act), t(alpha))
+        _launch(k, "act_grad_bias", col_grid, (bx, by))(y, dout, dz, db, int(act), t(alpha))
     else:
         raise ValueError(f"unknown activation code {act}")
     grid, block = _tiles(ni, o)
-    k["gemm_tn"][grid, block](x, dz, dw)
+    _launch(k, "gemm_tn", grid, block)(x, dz, dw)
     if need_dx:
         grid, block = _tiles(n, ni)
-        k["gemm_nt"][grid, block](dz, w, dx)
+        _launch(k, "gemm_nt", grid, block)(dz, w, dx)
 
 
 def _splitmix64(z):
@@ -976,11 +1000,11 @@ def _dropout_d(x, out, rate, seed):
     threshold = np.uint64(int(rate * 16777216.0))
     n, o = x.shape
     grid, block = _ew(n * o)
-    _k(x.dtype)["dropout"][grid, block](x, out, scale, base, threshold)
+    _launch(_k(x.dtype), "dropout", grid, block)(x, out, scale, base, threshold)
 
 
 def _reduce(partials, count, acc, slot, div, accumulate):
-    _k(np.float32)["reduce_to"][1, _RED_BLOCK](
+    _launch(_k(np.float32), "reduce_to", 1, _RED_BLOCK)(
         partials, int(count), acc, int(slot), float(div), int(accumulate)
     )
 
@@ -994,12 +1018,12 @@ def _loss_d(out, y, sw, p, dz, loss_code, acc, slot=0, accumulate=False):
         rowloss = sc.partials_for(n)
         grid, block = _rows(n, c)
         name = "softmax_xent_rows" if loss_code == C.SOFTMAX_CE else "sparse_xent_rows"
-        k[name][grid, block](out, y, sw, p, dz, rowloss)
+        _launch(k, name, grid, block)(out, y, sw, p, dz, rowloss)
         _reduce(rowloss, n, acc, slot, n, accumulate)
     elif loss_code in (C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE):
         grid, block = _ew(n * c, _MAX_PARTIALS)
         partials = sc.partials_for(grid)
-        k["pointwise_loss"][grid, block](out, y, sw, p, dz, partials, int(loss_code))
+        _launch(k, "pointwise_loss", grid, block)(out, y, sw, p, dz, partials, int(loss_code))
         div = n if loss_code == C.CATEGORICAL_CE else n * c
         _reduce(partials, grid, acc, slot, div, accumulate)
     else:
@@ -1012,39 +1036,47 @@ def _l1l2_d(w, dw, l1, l2, acc, slot, accumulate, write_grad=True):
     t = _ft(w)
     grid, block = _ew(w.shape[0], _MAX_PARTIALS)
     partials = _scratch().partials_for(grid)
-    k["l1l2"][grid, block](w, dw, partials, t(l1), t(2 * l2), float(l1), float(l2),
+    _launch(k, "l1l2", grid, block)(w, dw, partials, t(l1), t(2 * l2), float(l1), float(l2),
                            int(write_grad))  # fmt: skip
     _reduce(partials, grid, acc, slot, 1.0, accumulate)
 
 
-def _optimizer_d(params, grads, state, opt_code, hyper, step, guard):
-    """One optimizer step over flat device buffers; skipped on the device when
-    guard[0] is not finite.  ``hyper`` is a host sequence of floats."""
+_OPT_KERNELS = {C.SGD: "sgd", C.MOMENTUM: "momentum", C.ADAGRAD: "adagrad",
+                C.RMSPROP: "rmsprop", C.ADAM: "adam"}  # fmt: skip
+
+
+def _optimizer_d(params, grads, rows, opt_code, hyper, step, guard):
+    """One optimizer step over flat device buffers; ``rows`` are the (P,) state slots.
+
+    Skipped on the device when guard[0] is not finite.  ``hyper``: host floats."""
     k = _k(params.dtype)
     t = _ft(params)
     grid, block = _ew(params.shape[0])
+    if opt_code not in _OPT_KERNELS:
+        raise ValueError(f"unknown optimizer code {opt_code}")
+    go = _launch(k, _OPT_KERNELS[opt_code], grid, block)
     if opt_code == C.SGD:
-        k["sgd"][grid, block](params, grads, t(hyper[0]), guard)
+        go(params, grads, t(hyper[0]), guard)
     elif opt_code == C.MOMENTUM:
-        k["momentum"][grid, block](params, grads, _row(state, 0), t(hyper[0]), t(hyper[1]),
-                                   int(hyper[2]), guard)  # fmt: skip
+        go(params, grads, rows[0], t(hyper[0]), t(hyper[1]), int(hyper[2]), guard)
     elif opt_code == C.ADAGRAD:
-        k["adagrad"][grid, block](params, grads, _row(state, 0), t(hyper[0]), t(hyper[1]),
-                                  guard)  # fmt: skip
+        go(params, grads, rows[0], t(hyper[0]), t(hyper[1]), guard)
     elif opt_code == C.RMSPROP:
         lr, rho, eps = (float(v) for v in hyper[:3])
-        k["rmsprop"][grid, block](params, grads, _row(state, 0), t(lr), t(rho), t(1 - rho),
-                                  t(eps), guard)  # fmt: skip
-    elif opt_code == C.ADAM:
+        go(params, grads, rows[0], t(lr), t(rho), t(1 - rho), t(eps), guard)
+    else:
         lr, b1, b2, eps, wd = (float(v) for v in hyper[:5])
-        decay = 1 - lr * wd if wd else 1.0
+        decay = 1 - lr * wd if wd else 1.0  # multiplying by exactly 1 changes nothing
         step_size = lr / (1 - b1**step)
         bc2 = math.sqrt(1 - b2**step)
-        k["adam"][grid, block](params, grads, _row(state, 0), _row(state, 1), t(decay), t(b1),
-                               t(1 - b1), t(b2), t(1 - b2), t(step_size), t(bc2), t(eps),
-                               guard)  # fmt: skip
-    else:
-        raise ValueError(f"unknown optimizer code {opt_code}")
+        go(params, grads, rows[0], rows[1], t(decay), t(b1), t(1 - b1), t(b2), t(1 - b2),
+           t(step_size), t(bc2), t(eps), guard)  # fmt: skip
+
+
+def _state_rows(state, opt_code):
+    """The (P,) views of the optimizer's state slots (none for SGD or an unknown code)."""
+    slots = C.STATE_SLOTS[opt_code] if opt_code in _OPT_KERNELS else 0
+    return [_row(state, i) for i in range(slots)]
 
 
 # -- the layer stack ----------------------------------------------------------------------
@@ -1149,7 +1181,7 @@ def _train_d(x, y, sw, params, grads, state, acts, gbuf, plan, loss_code, logits
     _forward_d(x, params, acts, plan, 1, seed, step)
     _stack_loss_d(x, y, sw, acts, gbuf, plan, loss_code, logits_out, acc)
     _backward_d(x, params, grads, acts, gbuf, plan, seed, step, acc, True)
-    _optimizer_d(params, grads, state, opt_code, hyper, step, acc)
+    _optimizer_d(params, grads, _state_rows(state, opt_code), opt_code, hyper, step, acc)
     return _scratch().read(0)
 
 
@@ -1275,30 +1307,7 @@ def l1l2_penalty(w, dw, l1, l2):
 def _opt_call(opt_code, params, grads, rows, hyper, step):
     st = _Stage()
     p, g = st(params, True), st(grads)
-    state = [st(r, True) for r in rows]
-    guard = _scratch().guard
-    k = _k(p.dtype)
-    t = _ft(p)
-    grid, block = _ew(p.shape[0])
-    if opt_code == C.MOMENTUM:
-        k["momentum"][grid, block](p, g, state[0], t(hyper[0]), t(hyper[1]), int(hyper[2]),
-                                   guard)  # fmt: skip
-    elif opt_code in (C.SGD, C.ADAGRAD, C.RMSPROP, C.ADAM):
-        # the 1-row / 2-row state layout of optimizer_update, without copying rows together
-        if opt_code == C.ADAM:
-            m, v = state
-            lr, b1, b2, eps, wd = (float(x) for x in hyper)
-            decay = 1 - lr * wd if wd else 1.0
-            k["adam"][grid, block](p, g, m, v, t(decay), t(b1), t(1 - b1), t(b2), t(1 - b2),
-                                   t(lr / (1 - b1**step)), t(math.sqrt(1 - b2**step)), t(eps),
-                                   guard)  # fmt: skip
-        elif opt_code == C.SGD:
-            k["sgd"][grid, block](p, g, t(hyper[0]), guard)
-        elif opt_code == C.ADAGRAD:
-            k["adagrad"][grid, block](p, g, state[0], t(hyper[0]), t(hyper[1]), guard)
-        else:
-            lr, rho, eps = (float(x) for x in hyper)
-            k["rmsprop"][grid, block](p, g, state[0], t(lr), t(rho), t(1 - rho), t(eps), guard)
+    _optimizer_d(p, g, [st(r, True) for r in rows], opt_code, hyper, step, _scratch().guard)
     st.finish()
 
 
@@ -1331,8 +1340,8 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
     """One fused optimizer kernel over the flat buffers; state (S, P)."""
     st = _Stage()
     p, g, s = st(params, True), st(grads), st(state, True)
-    _optimizer_d(p, g, s, opt_code, [float(v) for v in to_host(hyper)], step,
-                 _scratch().guard)  # fmt: skip
+    hyper = [float(v) for v in to_host(hyper)]
+    _optimizer_d(p, g, _state_rows(s, opt_code), opt_code, hyper, step, _scratch().guard)
     st.finish()
 
 
@@ -1392,7 +1401,7 @@ def batch_stats(out, y, acc_mode, threshold, stats):
 def _batch_stats_d(out, y, acc_mode, threshold, stats):
     k = _k(out.dtype)
     with_diff = int(y.shape[1] == out.shape[1])
-    k["batch_stats"][1, _RED_BLOCK](out, y, stats, int(acc_mode), _ft(out)(threshold),
+    _launch(k, "batch_stats", 1, _RED_BLOCK)(out, y, stats, int(acc_mode), _ft(out)(threshold),
                                     with_diff)  # fmt: skip
 
 
