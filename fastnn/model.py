@@ -236,11 +236,13 @@ class Sequential:
 
     @property
     def built(self) -> bool:
-        return self._engine is not None
+        """Whether the weights exist (True from construction when the input width is
+        declared, as in Keras)."""
+        return self._maybe_build()
 
     @property
     def input_dim(self) -> int | None:
-        return self._engine.input_dim if self._engine else None
+        return self._engine.input_dim if self._maybe_build() else None
 
     @property
     def output_dim(self) -> int:
