@@ -169,7 +169,12 @@ def fit_loop(
             done, stats = model._run(X, Y, SW, rows, bs, True, lrs, stats)
             if done < size or not model._weights_finite():
                 found = _replay(model, snap, X, Y, SW, order[: start + size * bs], bs)
+                if found is None and done == size:
+                    found = (0, 0.0, "ok")  # the replay ended finite: keep its weights
                 bad, loss, reason = found or (batch0 + done, float("nan"), "loss")
+            else:
+                reason = "ok"
+            if reason != "ok":
                 if bar is not None:
                     bar.close()
                 if cbs.handles_nan:

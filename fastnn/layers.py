@@ -325,10 +325,13 @@ class Dropout(Layer):
         if not 0 <= rate < 1:
             raise ValueError(f"rate must be a number in [0, 1), got {rate!r}")
         self.rate = float(rate)
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
-        ):
-            raise TypeError(f"seed must be an int >= 0 or None, got {type(seed).__name__} {seed!r}")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(
+                    f"seed must be an int >= 0 or None, got {type(seed).__name__} {seed!r}"
+                )
+            if seed < 0:
+                raise ValueError(f"seed must be an int >= 0 or None, got {seed}")
         self.seed = seed
         self._calls = 0
 

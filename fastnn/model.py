@@ -101,6 +101,16 @@ def _to_features(x, arg, dtype, flatten):
     return out
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every entry of ``a`` is finite: a BLAS dot product (NaN and inf propagate;
+    several times faster than np.isfinite), confirmed exactly when it is not finite."""
+    flat = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat).all())
+
+
 def check_int(value, arg: str, low: int = 1) -> int:
     """``value`` as an int >= ``low``: TypeError for a non-integer, ValueError below ``low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -519,7 +529,7 @@ class Sequential:
     def _weights_finite(self) -> bool:
         """Whether every weight and optimizer state entry is finite."""
         eng = self._engine
-        return bool(np.isfinite(eng.pull()).all() and np.isfinite(eng.host_state()).all())
+        return _all_finite(eng.pull()) and _all_finite(eng.host_state())
 
     def evaluate(
         self,

@@ -402,6 +402,33 @@ def test_extreme_input_scale_fails_on_first_step(backend):
     assert m.optimizer.iterations == 0
 
 
+@pytest.mark.parametrize("backend", _backends())
+def test_update_that_overflows_the_weights_is_rolled_back(backend):
+    """A finite loss (1e38 in float32) whose update overflows the weights: still an error,
+    and the weights and step counter are those before that update."""
+    m, x, y = _regression(backend, 1e20)
+    y = np.full_like(y, 1e19)
+    initial = m.get_weights()
+    with pytest.raises(fastnn.NonFiniteLossError, match="epoch 1, batch 1"):
+        m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    for a, b in zip(initial, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert m.optimizer.iterations == 0
+
+
+def test_terminate_on_nan_keeps_last_good_weights():
+    m, x, y = _regression("numpy", 1e3)
+    stopper = fastnn.callbacks.TerminateOnNaN()
+    m.fit(x, y, epochs=3, batch_size=8, shuffle=False, verbose=0, callbacks=[stopper])
+    assert stopper.terminated
+    assert all(np.isfinite(w).all() for w in m.get_weights())
+    ref, _, _ = _regression("numpy", 1e3)
+    for b in range(m.optimizer.iterations):
+        ref.train_on_batch(x[b * 8 : (b + 1) * 8], y[b * 8 : (b + 1) * 8])
+    for a, b in zip(m.get_weights(), ref.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_nonfinite_with_momentum_state_restored():
     m, x, y = _regression("numpy", 1e30, optimizer=optimizers.SGD(1e30, momentum=0.9))
     with pytest.raises(fastnn.NonFiniteLossError):
