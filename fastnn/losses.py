@@ -230,6 +230,12 @@ def encode_targets(y, target: str, n_out: int, dtype, arg: str = "y") -> np.ndar
     if y_arr.dtype.kind not in "biuf":
         raise TypeError(f"{arg} must be numeric, got dtype {y_arr.dtype}")
     if target == "sparse":
+        if np.dtype(dtype) == np.float32 and n_out > 2**24:
+            # labels travel as float32: above 2**24 they would round to a wrong class
+            raise ValueError(
+                f"{arg} labels for {n_out} classes cannot be stored exactly in float32; "
+                "use Sequential(dtype='float64')"
+            )
         return np.ascontiguousarray(_as_labels(y_arr, n_out, arg)[:, None], dtype=dtype)
     if target == "sparse_onehot":
         return sparse_to_onehot(y_arr, n_out, dtype, arg)

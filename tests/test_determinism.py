@@ -84,14 +84,15 @@ def _odd_inputs(x):
     }
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kind", list(_odd_inputs(np.zeros((2, 2)))))
-def test_inputs_are_converted_once_per_fit(kind, monkeypatch):
+def test_inputs_are_converted_once_per_fit(kind, backend, monkeypatch):
     x, y = _data(n=40)
     xin = _odd_inputs(x)[kind]
     model = fastnn.Sequential(
         [Dense(4, activation="relu", input_dim=x.shape[1]), Dense(3, activation="softmax")],
         seed=0,
-        backend="numpy",
+        backend=backend,
     )
     model.compile("sgd", "sparse_categorical_crossentropy")
     seen = []
