@@ -499,7 +499,7 @@ class Sequential:
         x, y, sw = self._prepare(x, y, sample_weight, class_weight)
         order = np.arange(x.shape[0], dtype=np.int64)
         lrs = self.optimizer.lrs(self.optimizer.iterations, 1)
-        snap = self._snapshot()
+        snap = self._snapshot(reuse=True)
         done, stats = self._run(x, y, sw, order, x.shape[0], True, lrs)
         loss = float(stats[codes.STAT_LOSS] / x.shape[0])
         if not done or not self._weights_finite():
@@ -513,10 +513,20 @@ class Sequential:
         return loss
 
     # -- recovery from non-finite training ----------------------------------------------
-    def _snapshot(self):
-        """(params, optimizer state, iterations) copies, for :meth:`_restore`."""
+    def _snapshot(self, reuse: bool = False):
+        """(params, optimizer state, iterations) copies, for :meth:`_restore`.  With
+        ``reuse`` the copies go into buffers kept by the model (valid until the next reusing
+        snapshot): no allocation, no page faults, in the per-call path."""
         eng = self._engine
-        return eng.pull().copy(), np.array(eng.host_state(), copy=True), self.optimizer.iterations
+        params, state = eng.pull(), eng.host_state()
+        if not reuse:
+            return params.copy(), np.array(state, copy=True), self.optimizer.iterations
+        buf = getattr(self, "_snap_buf", None)
+        if buf is None or buf[0].shape != params.shape or buf[1].shape != state.shape:
+            buf = self._snap_buf = (np.empty_like(params), np.empty_like(state))
+        np.copyto(buf[0], params)
+        np.copyto(buf[1], state)
+        return buf[0], buf[1], self.optimizer.iterations
 
     def _restore(self, snap) -> None:
         eng = self._engine
