@@ -1,8 +1,13 @@
 """Build steps pyproject.toml cannot express: the Cython kernels extension.
 
-``kernels/`` is installed as ``fastnn.kernels`` (see pyproject.toml).  The extension is
-optional: if it fails to build, the package still installs and ``fastnn info`` says why the
-cython backend is unavailable.  Set FASTNN_NO_OPENMP=1 to build it without OpenMP.
+``kernels/`` is installed as ``fastnn.kernels`` (see pyproject.toml), so the extension is
+named ``fastnn.kernels._cython``; an editable install (``pip install -e .``) builds it in
+place, next to its source, as ``kernels/_cython.<abi>.so``.
+
+The extension is optional: if Cython cannot translate it or the C compiler fails, the
+package still installs and ``fastnn info`` (``fastnn.backend.why_unavailable("cython")``)
+says why the cython backend is unavailable.  Set FASTNN_NO_OPENMP=1 to build it without
+OpenMP (the kernels never call omp_* functions, so both builds import).
 """
 
 import os
@@ -10,6 +15,8 @@ import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+
+PYX = os.path.join("kernels", "_cython.pyx")
 
 
 class OptionalBuildExt(build_ext):
@@ -29,12 +36,19 @@ class OptionalBuildExt(build_ext):
 
     @staticmethod
     def _warn(exc):
-        print(f"WARNING: fastnn's Cython extension was not built ({exc}); "
-              "the numba and numpy backends still work.", file=sys.stderr)
+        print(
+            f"WARNING: fastnn's Cython extension was not built ({exc}); "
+            "the numba and numpy backends still work.",
+            file=sys.stderr,
+        )
+
+
+def _openmp():
+    return os.environ.get("FASTNN_NO_OPENMP", "").strip() in ("", "0")
 
 
 def _extensions():
-    if not os.path.exists(os.path.join("kernels", "_cython.pyx")):
+    if not os.path.exists(PYX):
         return []
     try:
         import numpy
@@ -44,17 +58,26 @@ def _extensions():
         return []
     from setuptools import Extension
 
-    openmp = os.environ.get("FASTNN_NO_OPENMP", "") in ("", "0")
+    openmp = _openmp()
+    # -fno-math-errno: sqrt() may become one instruction, so the optimizer loops vectorise
     flags = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if openmp else [])
     ext = Extension(
         "fastnn.kernels._cython",
-        ["kernels/_cython.pyx"],
+        [PYX],
         include_dirs=[numpy.get_include()],
         extra_compile_args=flags,
         extra_link_args=["-fopenmp"] if openmp else [],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
-    return cythonize([ext], language_level=3, compile_time_env={"OPENMP": openmp})
+    try:
+        return cythonize([ext], language_level=3, compile_time_env={"OPENMP": openmp}, quiet=True)
+    except Exception as exc:  # noqa: BLE001 - a Cython compile error must not block install
+        print(
+            f"WARNING: fastnn's Cython extension was not translated ({exc}); "
+            "the numba and numpy backends still work.",
+            file=sys.stderr,
+        )
+        return []
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

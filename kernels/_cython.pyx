@@ -1,0 +1,1440 @@
+# cython: language_level=3, binding=True
+# cython: boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Cython kernels, compiled ahead of time: the contract of ``reference`` (same names, same
+parameters, same results) with no warm-up.
+
+Every def function validates shapes and then runs C code without the GIL.  The layer-stack
+functions (``forward_stack`` ... ``run_epoch``) are C all the way down: one call runs a
+whole step or a whole epoch.  GEMMs go through SciPy's BLAS (row-major arrays are handed
+to the column-major routine as their transposes, so nothing is copied).
+"""
+
+from libc.math cimport (
+    NAN, exp, expf, isfinite, log, log1p, log1pf, logf, pow, sqrt, sqrtf, tanh, tanhf,
+)
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy, memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from cython cimport floating
+
+import numpy as np
+
+from . import codes as _codes
+
+# ---------------------------------------------------------------------------------------
+# Codes (checked against codes.py at import)
+
+cdef enum:
+    LINEAR = 0
+    RELU = 1
+    LEAKY_RELU = 2
+    SIGMOID = 3
+    TANH = 4
+    SOFTMAX = 5
+    N_ACTS = 6
+
+    DENSE = 0
+    DROPOUT = 1
+
+    SOFTMAX_CE = 0
+    SPARSE_SOFTMAX_CE = 1
+    SIGMOID_BCE = 2
+    CATEGORICAL_CE = 3
+    BINARY_CE = 4
+    MSE = 5
+    MAE = 6
+    N_LOSSES = 7
+
+    SGD = 0
+    MOMENTUM = 1
+    ADAGRAD = 2
+    RMSPROP = 3
+    ADAM = 4
+    N_OPTS = 5
+
+    ACC_NONE = 0
+    ACC_SPARSE = 1
+    ACC_CATEGORICAL = 2
+    ACC_BINARY = 3
+
+    STAT_LOSS = 0
+    STAT_CORRECT = 1
+    STAT_ABS = 2
+    STAT_SQ = 3
+    STAT_ROWS = 4
+    STAT_LEN = 5
+
+    # label storage kinds (sparse cross-entropy)
+    LB_I64 = 0
+    LB_I32 = 1
+    LB_F32 = 2
+    LB_F64 = 3
+
+cdef double PROB_EPS = 1e-7
+cdef int[5] HYPER_LEN = [1, 3, 2, 3, 5]
+
+
+def _check_codes():
+    expected = dict(
+        LINEAR=LINEAR, RELU=RELU, LEAKY_RELU=LEAKY_RELU, SIGMOID=SIGMOID, TANH=TANH,
+        SOFTMAX=SOFTMAX, DENSE=DENSE, DROPOUT=DROPOUT, SOFTMAX_CE=SOFTMAX_CE,
+        SPARSE_SOFTMAX_CE=SPARSE_SOFTMAX_CE, SIGMOID_BCE=SIGMOID_BCE,
+        CATEGORICAL_CE=CATEGORICAL_CE, BINARY_CE=BINARY_CE, MSE=MSE, MAE=MAE, SGD=SGD,
+        MOMENTUM=MOMENTUM, ADAGRAD=ADAGRAD, RMSPROP=RMSPROP, ADAM=ADAM, ACC_NONE=ACC_NONE,
+        ACC_SPARSE=ACC_SPARSE, ACC_CATEGORICAL=ACC_CATEGORICAL, ACC_BINARY=ACC_BINARY,
+        STAT_LOSS=STAT_LOSS, STAT_CORRECT=STAT_CORRECT, STAT_ABS=STAT_ABS, STAT_SQ=STAT_SQ,
+        STAT_ROWS=STAT_ROWS, STAT_LEN=STAT_LEN, PROB_EPS=PROB_EPS,
+        STATE_SLOTS=(0, 1, 1, 1, 2),
+    )
+    for name, value in expected.items():
+        if getattr(_codes, name) != value:
+            raise ImportError(
+                f"fastnn.kernels._cython was compiled with {name}={value!r} but codes.py "
+                f"says {getattr(_codes, name)!r}: rebuild the extension"
+            )
+
+
+_check_codes()
+
+# ---------------------------------------------------------------------------------------
+# Scalar helpers (float / double)
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return expf(x)
+    else:
+        return exp(x)
+
+
+cdef inline floating _log(floating x) noexcept nogil:
+    if floating is float:
+        return logf(x)
+    else:
+        return log(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return tanhf(x)
+    else:
+        return tanh(x)
+
+
+cdef inline floating _sign(floating x) noexcept nogil:
+    # np.sign: -1, 0, 1, NaN for NaN
+    return 1 if x > 0 else (-1 if x < 0 else x)
+
+
+cdef inline Py_ssize_t _argmax(const floating* row, Py_ssize_t c) noexcept nogil:
+    # np.argmax: first maximum; the first NaN wins
+    cdef Py_ssize_t j, best = 0
+    cdef floating m = row[0]
+    if m != m:
+        return 0
+    for j in range(1, c):
+        if row[j] > m:
+            m = row[j]
+            best = j
+        elif row[j] != row[j]:
+            return j
+    return best
+
+
+cdef inline floating _rowmax(const floating* row, Py_ssize_t c) noexcept nogil:
+    # max that propagates NaN like np.max
+    cdef Py_ssize_t j
+    cdef floating m = row[0], v
+    for j in range(1, c):
+        v = row[j]
+        if v > m or v != v:
+            m = v
+    return m
+
+
+cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                       const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                       floating* c, Py_ssize_t ldc) noexcept nogil:
+    """Column-major C (m, n) = op(A) op(B), beta = 0."""
+    cdef int im = <int>m, jn = <int>n, ik = <int>k
+    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
+    cdef floating one = 1, zero = 0
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        memset(c, 0, m * n * sizeof(floating))
+        return
+    if floating is float:
+        sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &zero, c,
+              &ildc)
+    else:
+        dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &zero,
+              c, &ildc)
+
+
+# ---------------------------------------------------------------------------------------
+# Activations (rows of width o)
+
+cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize_t n,
+                   Py_ssize_t o, int act, floating alpha) noexcept nogil:
+    """out = act(x + b) row by row (b may be NULL; out may alias x)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef floating* orow
+    cdef floating v, e, mx, sf
+    cdef double s
+    for i in range(n):
+        xr = x + i * o
+        orow = out + i * o
+        if b != NULL:
+            for j in range(o):
+                orow[j] = xr[j] + b[j]
+            xr = orow
+        if act == RELU:
+            for j in range(o):
+                v = xr[j]
+                orow[j] = 0 if v < 0 else v
+        elif act == LEAKY_RELU:
+            for j in range(o):
+                v = xr[j]
+                orow[j] = v if v > 0 else v * alpha
+        elif act == SIGMOID:
+            for j in range(o):
+                v = xr[j]
+                e = _exp(-v if v >= 0 else v)
+                orow[j] = (1 / (1 + e)) if v >= 0 else (e / (1 + e))
+        elif act == TANH:
+            for j in range(o):
+                orow[j] = _tanh(xr[j])
+        elif act == SOFTMAX:
+            if o > 0:
+                mx = _rowmax(xr, o)
+                s = 0.0
+                for j in range(o):
+                    e = _exp(xr[j] - mx)
+                    orow[j] = e
+                    s += e
+                sf = <floating>s
+                for j in range(o):
+                    orow[j] = orow[j] / sf
+        elif xr != orow:
+            memcpy(orow, xr, o * sizeof(floating))
+
+
+cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floating* db,
+                   Py_ssize_t n, Py_ssize_t o, int act, floating alpha) noexcept nogil:
+    """dx = dout * act'(y) from the output y; also db = sum over rows when db != NULL.
+    dx may alias dout."""
+    cdef Py_ssize_t i, j
+    cdef const floating* yr
+    cdef const floating* dr
+    cdef floating* xr
+    cdef floating v, sf
+    cdef double s
+    if db != NULL:
+        memset(db, 0, o * sizeof(floating))
+    for i in range(n):
+        yr = y + i * o
+        dr = dout + i * o
+        xr = dx + i * o
+        if act == RELU:
+            for j in range(o):
+                xr[j] = dr[j] if yr[j] > 0 else 0
+        elif act == LEAKY_RELU:
+            for j in range(o):
+                xr[j] = dr[j] if yr[j] > 0 else dr[j] * alpha
+        elif act == SIGMOID:
+            for j in range(o):
+                v = yr[j]
+                xr[j] = dr[j] * v * (1 - v)
+        elif act == TANH:
+            for j in range(o):
+                v = yr[j]
+                xr[j] = dr[j] * (1 - v * v)
+        elif act == SOFTMAX:
+            s = 0.0
+            for j in range(o):
+                s += dr[j] * yr[j]
+            sf = <floating>s
+            for j in range(o):
+                xr[j] = yr[j] * (dr[j] - sf)
+        elif xr != dr:
+            memcpy(xr, dr, o * sizeof(floating))
+        if db != NULL:
+            for j in range(o):
+                db[j] += xr[j]
+
+
+# ---------------------------------------------------------------------------------------
+# Dense layer
+
+cdef void _dense_fwd(const floating* x, const floating* w, const floating* b, floating* out,
+                     Py_ssize_t n, Py_ssize_t ni, Py_ssize_t no, int act,
+                     floating alpha) noexcept nogil:
+    # out^T (no, n) = w^T (no, ni) x^T (ni, n) in column-major terms
+    _gemm(c'N', c'N', no, n, ni, w, no, x, ni, out, no)
+    _act_fwd(out, b, out, n, no, act, alpha)
+
+
+cdef void _dense_bwd(const floating* x, const floating* w, const floating* y,
+                     const floating* dout, floating* dz, floating* dx, floating* dw,
+                     floating* db, Py_ssize_t n, Py_ssize_t ni, Py_ssize_t no, int act,
+                     floating alpha, bint need_dx) noexcept nogil:
+    _act_bwd(y, dout, dz, db, n, no, act, alpha)
+    # dw^T (no, ni) = dz^T (no, n) x (n, ni)
+    _gemm(c'N', c'T', no, ni, n, dz, no, x, ni, dw, no)
+    if need_dx:
+        # dx^T (ni, n) = w (ni, no) dz^T (no, n)
+        _gemm(c'T', c'N', ni, n, no, w, no, dz, no, dx, ni)
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout: counter-based splitmix64 (identical masks on every backend)
+
+cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
+    z = z + 0x9E3779B97F4A7C15ULL
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+    return z ^ (z >> 31)
+
+
+cdef void _dropout(const floating* x, floating* out, Py_ssize_t count, double rate,
+                   uint64_t seed) noexcept nogil:
+    cdef uint64_t base = _splitmix64(seed), thr, k
+    cdef floating scale = <floating>(1.0 / (1.0 - rate))
+    if rate <= 0:
+        thr = 0
+    elif rate >= 1:
+        thr = 16777216  # nothing is kept (the hash has 24 bits)
+    else:
+        thr = <uint64_t>(rate * 16777216.0)
+    for k in range(<uint64_t>count):
+        out[k] = x[k] * scale if (_splitmix64(base + k) >> 40) >= thr else 0
+
+
+cdef inline uint64_t _dropout_seed(uint64_t seed, uint64_t step, Py_ssize_t layer) noexcept nogil:
+    return seed + step * 65536ULL + <uint64_t>layer
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: return sum_i sw_i * loss_i / N, write the gradient; one pass per row.
+
+cdef struct Labels:
+    const char* data
+    Py_ssize_t stride
+    int kind
+
+
+cdef inline Py_ssize_t _label(const Labels* lb, Py_ssize_t i, Py_ssize_t c) noexcept nogil:
+    """Class index of row i (truncated like astype(int64)), or -1 when not in [0, c)."""
+    cdef const char* q = lb.data + i * lb.stride
+    cdef int64_t k
+    cdef double v
+    if lb.kind == LB_I64:
+        k = (<const int64_t*>q)[0]
+        return <Py_ssize_t>k if 0 <= k < c else -1
+    if lb.kind == LB_I32:
+        k = (<const int32_t*>q)[0]
+        return <Py_ssize_t>k if 0 <= k < c else -1
+    if lb.kind == LB_F32:
+        v = (<const float*>q)[0]
+    else:
+        v = (<const double*>q)[0]
+    if v > -1.0 and v < <double>c:  # False for NaN
+        return <Py_ssize_t>v
+    return -1
+
+
+cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw, floating* p,
+                        floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef const floating* zr
+    cdef const floating* yr
+    cdef floating mx, lse, lp, pr, ysum, scale
+    cdef double s, ys, acc, total = 0.0
+    for i in range(n):
+        zr = z + i * c
+        yr = y + i * c
+        scale = sw[i] / <floating>n
+        mx = _rowmax(zr, c)
+        s = 0.0
+        ys = 0.0
+        for j in range(c):
+            s += _exp(zr[j] - mx)
+            ys += yr[j]
+        lse = _log(<floating>s)
+        ysum = <floating>ys
+        acc = 0.0
+        for j in range(c):
+            lp = (zr[j] - mx) - lse
+            acc += yr[j] * lp
+            pr = _exp(lp)
+            p[i * c + j] = pr
+            dz[i * c + j] = (pr * ysum - yr[j]) * scale
+        total += sw[i] * -acc
+    return total / n
+
+
+cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, floating* p,
+                       floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j, k
+    cdef const floating* zr
+    cdef floating mx, lse, lpk, pr, scale
+    cdef double s, total = 0.0
+    for i in range(n):
+        zr = z + i * c
+        k = _label(lb, i, c)
+        scale = sw[i] / <floating>n
+        mx = _rowmax(zr, c)
+        s = 0.0
+        for j in range(c):
+            s += _exp(zr[j] - mx)
+        lse = _log(<floating>s)
+        # read z[k] before p (which may alias z) is written
+        lpk = ((zr[k] - mx) - lse) if k >= 0 else <floating>NAN
+        for j in range(c):
+            pr = _exp((zr[j] - mx) - lse)
+            p[i * c + j] = pr
+            dz[i * c + j] = pr * scale
+        if k >= 0:
+            dz[i * c + k] = (_exp(lpk) - 1) * scale
+        else:  # label out of range: the loss and the row's gradient are NaN
+            for j in range(c):
+                dz[i * c + j] = <floating>NAN
+        total += sw[i] * -lpk
+    return total / n
+
+
+cdef double _sigmoid_bce(const floating* z, const floating* y, const floating* sw, floating* p,
+                         floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating v, t, e, pr, scale
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            v = z[i * c + j]
+            t = y[i * c + j]
+            e = _exp(-v if v >= 0 else v)
+            acc += ((v if v > 0 else 0) - v * t) + _log1p(e)
+            pr = (1 / (1 + e)) if v >= 0 else (e / (1 + e))
+            p[i * c + j] = pr
+            dz[i * c + j] = (pr - t) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
+cdef double _categorical_ce(const floating* pp, const floating* y, const floating* sw,
+                            floating* dp, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating lo = <floating>PROB_EPS, hi = <floating>(1 - PROB_EPS)
+    cdef floating v, pc, t, scale
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>n
+        acc = 0.0
+        for j in range(c):
+            v = pp[i * c + j]
+            t = y[i * c + j]
+            pc = lo if v < lo else (hi if v > hi else v)
+            acc += t * _log(pc)
+            dp[i * c + j] = ((-t / pc) if (v >= lo and v <= hi) else 0) * scale
+        total += sw[i] * -acc
+    return total / n
+
+
+cdef double _binary_ce(const floating* pp, const floating* y, const floating* sw, floating* dp,
+                       Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating lo = <floating>PROB_EPS, hi = <floating>(1 - PROB_EPS)
+    cdef floating v, pc, t, scale
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            v = pp[i * c + j]
+            t = y[i * c + j]
+            pc = lo if v < lo else (hi if v > hi else v)
+            acc += -(t * _log(pc) + (1 - t) * _log(1 - pc))
+            dp[i * c + j] = (((pc - t) / (pc * (1 - pc))) if (v >= lo and v <= hi) else 0) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
+cdef double _mse(const floating* pred, const floating* y, const floating* sw, floating* dpred,
+                 Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating d, scale
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            d = pred[i * c + j] - y[i * c + j]
+            acc += d * d
+            dpred[i * c + j] = (2 * d) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
+cdef double _mae(const floating* pred, const floating* y, const floating* sw, floating* dpred,
+                 Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating d, scale
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            d = pred[i * c + j] - y[i * c + j]
+            acc += d if d >= 0 else -d
+            dpred[i * c + j] = _sign(d) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
+cdef double _loss(const floating* out, const floating* y, Py_ssize_t ty, const floating* sw,
+                  floating* p, floating* dz, Py_ssize_t n, Py_ssize_t c,
+                  int code) noexcept nogil:
+    """loss_grad on pointers; y is (n, ty) (ty == c except for the sparse loss)."""
+    cdef Labels lb
+    if code == SOFTMAX_CE:
+        return _softmax_ce(out, y, sw, p, dz, n, c)
+    if code == SPARSE_SOFTMAX_CE:
+        lb.data = <const char*>y
+        lb.stride = ty * sizeof(floating)
+        lb.kind = LB_F32 if floating is float else LB_F64
+        return _sparse_ce(out, &lb, sw, p, dz, n, c)
+    if code == SIGMOID_BCE:
+        return _sigmoid_bce(out, y, sw, p, dz, n, c)
+    if code == CATEGORICAL_CE:
+        return _categorical_ce(out, y, sw, dz, n, c)
+    if code == BINARY_CE:
+        return _binary_ce(out, y, sw, dz, n, c)
+    if code == MSE:
+        return _mse(out, y, sw, dz, n, c)
+    return _mae(out, y, sw, dz, n, c)
+
+
+# ---------------------------------------------------------------------------------------
+# Regularisation and optimizers: one branch-free fused loop each
+
+cdef double _l1l2(const floating* w, floating* dw, Py_ssize_t count, double l1,
+                  double l2) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating a = <floating>l1, b = <floating>(2 * l2), v
+    cdef double s1 = 0.0, s2 = 0.0
+    for k in range(count):
+        v = w[k]
+        dw[k] = dw[k] + (a * _sign(v) + b * v)
+        s1 += (v if v >= 0 else -v)
+        s2 += <double>v * <double>v
+    return l1 * s1 + l2 * s2
+
+
+cdef double _l1l2_sum(const floating* w, Py_ssize_t count, double l1, double l2) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating v
+    cdef double s1 = 0.0, s2 = 0.0
+    for k in range(count):
+        v = w[k]
+        s1 += (v if v >= 0 else -v)
+        s2 += <double>v * <double>v
+    return l1 * s1 + l2 * s2
+
+
+cdef void _sgd(floating* p, const floating* g, Py_ssize_t count, double lr) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating a = <floating>lr
+    for k in range(count):
+        p[k] = p[k] - a * g[k]
+
+
+cdef void _momentum(floating* p, const floating* g, floating* buf, Py_ssize_t count, double lr,
+                    double momentum, bint nesterov) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef floating a = <floating>lr, mu = <floating>momentum, bk
+    if nesterov:
+        for k in range(count):
+            bk = buf[k] * mu + g[k]
+            buf[k] = bk
+            p[k] = p[k] - a * (g[k] + mu * bk)
+    else:
+        for k in range(count):
+            bk = buf[k] * mu + g[k]
+            buf[k] = bk
+            p[k] = p[k] - a * bk
+
+
+# The sqrt/divide-bound updates are plain C loops so that GCC can clone them for AVX2 (picked
+# at load time); every clone performs the same IEEE operations in the same order (no FMA), so
+# the results do not depend on the machine.
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define FASTNN_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define FASTNN_CLONES
+    #endif
+
+    #define FASTNN_UPDATES(T, SUFFIX, SQRT)                                               \
+    static FASTNN_CLONES void fastnn_adagrad_##SUFFIX(                                   \
+            T *p, const T *g, T *acc, Py_ssize_t count, T lr, T eps) {                   \
+        for (Py_ssize_t k = 0; k < count; k++) {                                         \
+            T a = acc[k] + g[k] * g[k];                                                  \
+            acc[k] = a;                                                                  \
+            p[k] = p[k] - lr * g[k] / (SQRT(a) + eps);                                   \
+        }                                                                                \
+    }                                                                                    \
+    static FASTNN_CLONES void fastnn_rmsprop_##SUFFIX(                                   \
+            T *p, const T *g, T *sq, Py_ssize_t count, T lr, T rho, T rho1, T eps) {     \
+        for (Py_ssize_t k = 0; k < count; k++) {                                         \
+            T s = sq[k] * rho + rho1 * g[k] * g[k];                                      \
+            sq[k] = s;                                                                   \
+            p[k] = p[k] - lr * g[k] / (SQRT(s) + eps);                                   \
+        }                                                                                \
+    }                                                                                    \
+    static FASTNN_CLONES void fastnn_adam_##SUFFIX(                                      \
+            T *p, const T *g, T *m, T *v, Py_ssize_t count, T decay, T b1, T c1, T b2,   \
+            T c2, T step_size, T bc2, T eps) {                                           \
+        for (Py_ssize_t k = 0; k < count; k++) {                                         \
+            T gk = g[k];                                                                 \
+            T mk = m[k] * b1 + c1 * gk;                                                  \
+            T vk = v[k] * b2 + c2 * gk * gk;                                             \
+            m[k] = mk;                                                                   \
+            v[k] = vk;                                                                   \
+            p[k] = p[k] * decay - step_size * mk / (SQRT(vk) / bc2 + eps);               \
+        }                                                                                \
+    }
+
+    FASTNN_UPDATES(float, f, sqrtf)
+    FASTNN_UPDATES(double, d, sqrt)
+    """
+    void fastnn_adagrad_f(float*, const float*, float*, Py_ssize_t, float, float) noexcept nogil
+    void fastnn_adagrad_d(double*, const double*, double*, Py_ssize_t, double,
+                          double) noexcept nogil
+    void fastnn_rmsprop_f(float*, const float*, float*, Py_ssize_t, float, float, float,
+                          float) noexcept nogil
+    void fastnn_rmsprop_d(double*, const double*, double*, Py_ssize_t, double, double, double,
+                          double) noexcept nogil
+    void fastnn_adam_f(float*, const float*, float*, float*, Py_ssize_t, float, float, float,
+                       float, float, float, float, float) noexcept nogil
+    void fastnn_adam_d(double*, const double*, double*, double*, Py_ssize_t, double, double,
+                       double, double, double, double, double, double) noexcept nogil
+
+
+cdef void _adagrad(floating* p, const floating* g, floating* acc, Py_ssize_t count, double lr,
+                   double epsilon) noexcept nogil:
+    """acc += g^2; p -= lr * g / (sqrt(acc) + epsilon)."""
+    if floating is float:
+        fastnn_adagrad_f(p, g, acc, count, <float>lr, <float>epsilon)
+    else:
+        fastnn_adagrad_d(p, g, acc, count, lr, epsilon)
+
+
+cdef void _rmsprop(floating* p, const floating* g, floating* sq, Py_ssize_t count, double lr,
+                   double rho, double epsilon) noexcept nogil:
+    """sq = rho*sq + (1-rho)*g^2; p -= lr * g / (sqrt(sq) + epsilon)."""
+    if floating is float:
+        fastnn_rmsprop_f(p, g, sq, count, <float>lr, <float>rho, <float>(1 - rho),
+                         <float>epsilon)
+    else:
+        fastnn_rmsprop_d(p, g, sq, count, lr, rho, 1 - rho, epsilon)
+
+
+cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t count,
+                double lr, double beta_1, double beta_2, double epsilon, double weight_decay,
+                int64_t step) noexcept nogil:
+    """Adam / AdamW; with weight_decay == 0 the decay factor is exactly 1 (p * 1 == p), so
+    the loop needs no branch."""
+    cdef double decay = 1 - lr * weight_decay
+    cdef double step_size = lr / (1 - pow(beta_1, <double>step))
+    cdef double bc2 = sqrt(1 - pow(beta_2, <double>step))
+    if floating is float:
+        fastnn_adam_f(p, g, m, v, count, <float>decay, <float>beta_1, <float>(1 - beta_1),
+                      <float>beta_2, <float>(1 - beta_2), <float>step_size, <float>bc2,
+                      <float>epsilon)
+    else:
+        fastnn_adam_d(p, g, m, v, count, decay, beta_1, 1 - beta_1, beta_2, 1 - beta_2,
+                      step_size, bc2, epsilon)
+
+
+cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssize_t count,
+               int code, const double* hyper, int64_t step) noexcept nogil:
+    if code == SGD:
+        _sgd(params, grads, count, hyper[0])
+    elif code == MOMENTUM:
+        _momentum(params, grads, state, count, hyper[0], hyper[1],
+                  hyper[2] >= 1 or hyper[2] <= -1)  # int(hyper[2]) != 0
+    elif code == ADAGRAD:
+        _adagrad(params, grads, state, count, hyper[0], hyper[1])
+    elif code == RMSPROP:
+        _rmsprop(params, grads, state, count, hyper[0], hyper[1], hyper[2])
+    else:
+        _adam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
+              hyper[3], hyper[4], step)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer stack (layers (L, 4) [kind, width, act, param_off]; layer_f (L, 3))
+
+cdef struct Stack:
+    const int64_t* layers
+    const double* layer_f
+    Py_ssize_t n_layers
+    Py_ssize_t n_in0
+    Py_ssize_t width_sum  # sum of the widths
+    Py_ssize_t first      # first Dense layer (n_layers if none)
+    Py_ssize_t half       # gbuf.size // 2
+
+
+cdef void _forward(const Stack* st, const floating* x, const floating* params,
+                   floating* acts, Py_ssize_t n, bint training, uint64_t seed,
+                   uint64_t step) noexcept nogil:
+    cdef Py_ssize_t l, kind, width, act, poff, n_in = st.n_in0, off = 0
+    cdef const floating* inp = x
+    cdef floating* out
+    cdef double a
+    for l in range(st.n_layers):
+        kind = st.layers[4 * l]
+        width = st.layers[4 * l + 1]
+        act = st.layers[4 * l + 2]
+        poff = st.layers[4 * l + 3]
+        a = st.layer_f[3 * l]
+        out = acts + off
+        if kind == DENSE:
+            _dense_fwd(inp, params + poff, params + poff + n_in * width, out, n, n_in, width,
+                       <int>act, <floating>a)
+        elif kind == DROPOUT:
+            if training and a > 0:
+                _dropout(inp, out, n * width, a, _dropout_seed(seed, step, l))
+            else:
+                memcpy(out, inp, n * width * sizeof(floating))
+        else:
+            _act_fwd(inp, <const floating*>NULL, out, n, width, <int>act, <floating>a)
+        inp = out
+        n_in = width
+        off += n * width
+
+
+cdef double _backward(const Stack* st, const floating* x, const floating* params,
+                      floating* grads, const floating* acts, floating* gbuf, Py_ssize_t n,
+                      uint64_t seed, uint64_t step) noexcept nogil:
+    cdef Py_ssize_t l, kind, width, act, poff, n_in, cur = 0
+    cdef Py_ssize_t end = n * st.width_sum, off
+    cdef const floating* inp
+    cdef const floating* out
+    cdef floating* g
+    cdef floating* dx
+    cdef double a, l1, l2, penalty = 0.0
+    l = st.n_layers - 1
+    while l >= st.first:
+        kind = st.layers[4 * l]
+        width = st.layers[4 * l + 1]
+        act = st.layers[4 * l + 2]
+        poff = st.layers[4 * l + 3]
+        a = st.layer_f[3 * l]
+        l1 = st.layer_f[3 * l + 1]
+        l2 = st.layer_f[3 * l + 2]
+        n_in = st.n_in0 if l == 0 else st.layers[4 * (l - 1) + 1]
+        off = end - n * width
+        out = acts + off
+        inp = x if l == 0 else acts + off - n * n_in
+        g = gbuf + cur
+        dx = gbuf + (st.half - cur)
+        if kind == DENSE:
+            _dense_bwd(inp, params + poff, out, g, g, dx, grads + poff,
+                       grads + poff + n_in * width, n, n_in, width, <int>act, <floating>a,
+                       l > st.first)
+            if l1 != 0 or l2 != 0:
+                penalty += _l1l2(params + poff, grads + poff, n_in * width, l1, l2)
+        elif kind == DROPOUT:
+            if a > 0:
+                _dropout(g, dx, n * width, a, _dropout_seed(seed, step, l))
+            else:
+                memcpy(dx, g, n * width * sizeof(floating))
+        else:
+            _act_bwd(out, g, dx, <floating*>NULL, n, width, <int>act, <floating>a)
+        cur = st.half - cur
+        end = off
+        l -= 1
+    return penalty
+
+
+cdef double _penalty(const Stack* st, const floating* params) noexcept nogil:
+    cdef Py_ssize_t l, width, n_in = st.n_in0
+    cdef double l1, l2, total = 0.0
+    for l in range(st.n_layers):
+        width = st.layers[4 * l + 1]
+        l1 = st.layer_f[3 * l + 1]
+        l2 = st.layer_f[3 * l + 2]
+        if st.layers[4 * l] == DENSE and (l1 != 0 or l2 != 0):
+            total += _l1l2_sum(params + st.layers[4 * l + 3], n_in * width, l1, l2)
+        n_in = width
+    return total
+
+
+cdef inline bint _fused_loss(int code) noexcept nogil:
+    return code == SOFTMAX_CE or code == SPARSE_SOFTMAX_CE or code == SIGMOID_BCE
+
+
+cdef double _stack_loss(const Stack* st, const floating* y, Py_ssize_t ty, const floating* sw,
+                        floating* acts, floating* gbuf, Py_ssize_t n, int loss_code,
+                        bint logits_out) noexcept nogil:
+    cdef Py_ssize_t c = st.layers[4 * (st.n_layers - 1) + 1]
+    cdef floating* out = acts + n * (st.width_sum - c)
+    cdef floating* p = out if (_fused_loss(loss_code) and not logits_out) else gbuf
+    return _loss(out, y, ty, sw, p, gbuf, n, c, loss_code)
+
+
+cdef double _train(const Stack* st, const floating* x, const floating* y, Py_ssize_t ty,
+                   const floating* sw, floating* params, floating* grads, floating* state,
+                   Py_ssize_t n_params, floating* acts, floating* gbuf, Py_ssize_t n,
+                   int loss_code, bint logits_out, int opt_code, const double* hyper,
+                   int64_t step, uint64_t seed) noexcept nogil:
+    cdef double loss
+    _forward(st, x, params, acts, n, True, seed, <uint64_t>step)
+    loss = _stack_loss(st, y, ty, sw, acts, gbuf, n, loss_code, logits_out)
+    loss += _backward(st, x, params, grads, acts, gbuf, n, seed, <uint64_t>step)
+    if isfinite(loss):
+        _opt(params, grads, state, n_params, opt_code, hyper, step)
+    return loss
+
+
+cdef double _eval(const Stack* st, const floating* x, const floating* y, Py_ssize_t ty,
+                  const floating* sw, const floating* params, floating* acts, floating* gbuf,
+                  Py_ssize_t n, int loss_code, bint logits_out) noexcept nogil:
+    cdef double loss
+    _forward(st, x, params, acts, n, False, 0, 0)
+    loss = _stack_loss(st, y, ty, sw, acts, gbuf, n, loss_code, logits_out)
+    return loss + _penalty(st, params)
+
+
+cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_ssize_t c,
+                       Py_ssize_t ty, int acc_mode, double threshold,
+                       double* stats) noexcept nogil:
+    cdef Py_ssize_t i, j, k, ycol
+    cdef floating thr = <floating>threshold
+    cdef double d, sa = 0.0, sq = 0.0
+    cdef Py_ssize_t hits = 0
+    cdef Labels lb
+    if acc_mode == ACC_SPARSE:
+        lb.data = <const char*>y
+        lb.stride = ty * sizeof(floating)
+        lb.kind = LB_F32 if floating is float else LB_F64
+        for i in range(n):
+            k = _label(&lb, i, c)
+            hits += k >= 0 and _argmax(out + i * c, c) == k
+        stats[STAT_CORRECT] += <double>hits
+    elif acc_mode == ACC_CATEGORICAL:
+        for i in range(n):
+            hits += _argmax(out + i * c, c) == _argmax(y + i * ty, ty)
+        stats[STAT_CORRECT] += <double>hits
+    elif acc_mode == ACC_BINARY:
+        ycol = 1 if ty == c else 0  # (N, 1) targets broadcast over the outputs
+        for i in range(n):
+            for j in range(c):
+                hits += (out[i * c + j] > thr) == (y[i * ty + j * ycol] > 0.5)
+        stats[STAT_CORRECT] += <double>hits / c
+    if ty == c:
+        for i in range(n * c):
+            d = <double>out[i] - <double>y[i]
+            sa += d if d >= 0 else -d
+            sq += d * d
+        stats[STAT_ABS] += sa
+        stats[STAT_SQ] += sq
+    stats[STAT_ROWS] += n
+
+
+cdef Py_ssize_t _epoch(const Stack* st, const floating* X, const floating* Y, Py_ssize_t ty,
+                       const floating* SW, const int64_t* order, Py_ssize_t total,
+                       Py_ssize_t n_rows, Py_ssize_t batch_size, floating* xb, floating* yb,
+                       floating* swb, floating* params, floating* grads, floating* state,
+                       Py_ssize_t n_params, floating* acts, floating* gbuf, int loss_code,
+                       bint logits_out, int opt_code, double* hyper, const double* lrs,
+                       int64_t step, uint64_t seed, bint train, int acc_mode,
+                       double threshold, double* stats) noexcept nogil:
+    cdef Py_ssize_t b, r, start, n, idx, c, i0 = st.n_in0
+    cdef Py_ssize_t n_batches = (total + batch_size - 1) // batch_size
+    cdef double loss
+    c = st.layers[4 * (st.n_layers - 1) + 1]
+    for b in range(n_batches):
+        start = b * batch_size
+        n = batch_size if batch_size < total - start else total - start
+        for r in range(n):
+            idx = order[start + r]
+            if idx < 0:
+                idx += n_rows
+            memcpy(xb + r * i0, X + idx * i0, i0 * sizeof(floating))
+            memcpy(yb + r * ty, Y + idx * ty, ty * sizeof(floating))
+            swb[r] = SW[idx]
+        if train:
+            hyper[0] = lrs[b]
+            loss = _train(st, xb, yb, ty, swb, params, grads, state, n_params, acts, gbuf, n,
+                          loss_code, logits_out, opt_code, hyper, step + b, seed)
+        else:
+            loss = _eval(st, xb, yb, ty, swb, params, acts, gbuf, n, loss_code, logits_out)
+        stats[STAT_LOSS] += loss * n
+        if not isfinite(loss):
+            return b
+        _batch_stats(acts + n * (st.width_sum - c), yb, n, c, ty, acc_mode, threshold, stats)
+    return n_batches
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks (with the GIL; they keep every C loop inside its buffers)
+
+cdef inline uint64_t _u64(object v):
+    """Python int -> uint64 modulo 2**64 (as the reference's ``& (2**64 - 1)``)."""
+    return <uint64_t>(int(v) & 0xFFFFFFFFFFFFFFFF)
+
+
+cdef inline int _check_act(int act) except -1:
+    if act < 0 or act >= N_ACTS:
+        raise ValueError(f"unknown activation code {act}")
+    return 0
+
+
+cdef inline int _check_loss(int code) except -1:
+    if code < 0 or code >= N_LOSSES:
+        raise ValueError(f"unknown loss code {code}")
+    return 0
+
+
+cdef int _same(str what, tuple got, tuple want) except -1:
+    if got != want:
+        raise ValueError(f"{what} must have shape {want}, got {got}")
+    return 0
+
+
+cdef int _check_opt(int code, Py_ssize_t n_params, Py_ssize_t state_rows,
+                    Py_ssize_t state_cols, Py_ssize_t n_hyper) except -1:
+    if code < 0 or code >= N_OPTS:
+        raise ValueError(f"unknown optimizer code {code}")
+    if state_cols != n_params or state_rows < max(1, (0, 1, 1, 1, 2)[code]):
+        raise ValueError(
+            f"state must have shape ({max(1, (0, 1, 1, 1, 2)[code])}, {n_params}) at least, "
+            f"got ({state_rows}, {state_cols})"
+        )
+    if n_hyper < HYPER_LEN[code]:
+        raise ValueError(f"hyper needs {HYPER_LEN[code]} values for optimizer {code}, "
+                         f"got {n_hyper}")
+    return 0
+
+
+cdef int _make_stack(Stack* st, const int64_t[:, ::1] layers, const double[:, ::1] layer_f,
+                     Py_ssize_t n, Py_ssize_t n_in0, Py_ssize_t n_params,
+                     Py_ssize_t n_acts, Py_ssize_t n_gbuf) except -1:
+    """Fills ``st`` and checks that every layer stays inside params, acts and gbuf for a
+    batch of n rows (n_gbuf < 0: no gbuf)."""
+    cdef Py_ssize_t l, kind, width, act, poff, n_in = n_in0, total = 0, widest = n_in0
+    cdef Py_ssize_t n_layers = layers.shape[0]
+    if n_layers < 1 or layers.shape[1] != 4:
+        raise ValueError(f"layers must have shape (L, 4) with L >= 1, got "
+                         f"({layers.shape[0]}, {layers.shape[1]})")
+    if layer_f.shape[0] != n_layers or layer_f.shape[1] != 3:
+        raise ValueError(f"layer_f must have shape ({n_layers}, 3), got "
+                         f"({layer_f.shape[0]}, {layer_f.shape[1]})")
+    st.first = n_layers
+    for l in range(n_layers):
+        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+        if width < 1:
+            raise ValueError(f"layer {l}: width must be >= 1, got {width}")
+        if kind == DENSE:
+            if st.first == n_layers:
+                st.first = l
+            if poff < 0 or poff + (n_in + 1) * width > n_params:
+                raise ValueError(
+                    f"layer {l}: Dense parameters [{poff}, {poff + (n_in + 1) * width}) do "
+                    f"not fit in params of size {n_params}"
+                )
+        elif width != n_in:
+            raise ValueError(f"layer {l}: width must equal its input width {n_in}, got "
+                             f"{width}")
+        if kind != DROPOUT:
+            _check_act(<int>act)
+        total += width
+        widest = max(widest, width)
+        n_in = width
+    if n_acts < n * total:
+        raise ValueError(f"acts needs at least {n * total} elements, got {n_acts}")
+    if n_gbuf >= 0 and n_gbuf // 2 < n * widest:
+        raise ValueError(f"gbuf needs at least {2 * n * widest} elements, got {n_gbuf}")
+    st.layers = &layers[0, 0]
+    st.layer_f = &layer_f[0, 0]
+    st.n_layers = n_layers
+    st.n_in0 = n_in0
+    st.width_sum = total
+    st.half = n_gbuf // 2
+    return 0
+
+
+cdef int _check_targets(Py_ssize_t ny, Py_ssize_t ty, Py_ssize_t nsw, Py_ssize_t n,
+                        Py_ssize_t c, int loss_code) except -1:
+    _check_loss(loss_code)
+    if ny != n or nsw != n:
+        raise ValueError(f"y and sw must have {n} rows, got {ny} and {nsw}")
+    if loss_code == SPARSE_SOFTMAX_CE:
+        if ty < 1:
+            raise ValueError("y must have at least one column (the class index)")
+    elif ty != c:
+        raise ValueError(f"y must have {c} columns (the outputs), got {ty}")
+    return 0
+
+
+cdef object _labels(object labels, Py_ssize_t n, Labels* lb):
+    """Describes ``labels`` (N,) of any numeric dtype and stride; returns the array that
+    must stay alive while ``lb`` is used."""
+    cdef object a = np.asarray(labels)
+    cdef object dt = a.dtype
+    cdef Py_ssize_t itemsize
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},), got {a.shape}")
+    if not dt.isnative or dt.kind not in "if" or dt.itemsize not in (4, 8):
+        a = a.astype(np.int64)  # other dtypes: converted (truncated) as the reference does
+        dt = a.dtype
+    itemsize = dt.itemsize
+    if dt.kind == "i":
+        lb.kind = LB_I64 if itemsize == 8 else LB_I32
+    else:
+        lb.kind = LB_F64 if itemsize == 8 else LB_F32
+    lb.data = <const char*><size_t>a.__array_interface__["data"][0]
+    lb.stride = a.strides[0]
+    return a
+
+
+# ---------------------------------------------------------------------------------------
+# The contract (see reference.py for every docstring)
+
+def activation_forward(const floating[:, ::1] x, floating[:, ::1] out, int act, double alpha):
+    """out = act(x) elementwise (softmax: row-wise).  x, out (N, O); out may alias x."""
+    _check_act(act)
+    _same("out", (out.shape[0], out.shape[1]), (x.shape[0], x.shape[1]))
+    with nogil:
+        _act_fwd(&x[0, 0], <const floating*>NULL, &out[0, 0], x.shape[0], x.shape[1], act,
+                 <floating>alpha)
+
+
+def activation_backward(const floating[:, ::1] y, const floating[:, ::1] dout,
+                        floating[:, ::1] dx, int act, double alpha):
+    """dx = dL/dx from the output y and dout = dL/dy.  (N, O); dx may alias dout."""
+    _check_act(act)
+    _same("dout", (dout.shape[0], dout.shape[1]), (y.shape[0], y.shape[1]))
+    _same("dx", (dx.shape[0], dx.shape[1]), (y.shape[0], y.shape[1]))
+    with nogil:
+        _act_bwd(&y[0, 0], &dout[0, 0], &dx[0, 0], <floating*>NULL, y.shape[0], y.shape[1],
+                 act, <floating>alpha)
+
+
+def dense_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
+                  floating[:, ::1] out, int act, double alpha):
+    """out = act(x @ w + b).  x (N, I), w (I, O), b (O,), out (N, O)."""
+    cdef Py_ssize_t n = x.shape[0], ni = x.shape[1], no = w.shape[1]
+    _check_act(act)
+    _same("w", (w.shape[0], w.shape[1]), (ni, no))
+    _same("b", (b.shape[0],), (no,))
+    _same("out", (out.shape[0], out.shape[1]), (n, no))
+    with nogil:
+        _dense_fwd(&x[0, 0], &w[0, 0], &b[0], &out[0, 0], n, ni, no, act, <floating>alpha)
+
+
+def dense_backward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[:, ::1] y,
+                   const floating[:, ::1] dout, floating[:, ::1] dz, floating[:, ::1] dx,
+                   floating[:, ::1] dw, floating[::1] db, int act, double alpha, int need_dx):
+    """Gradients of out = act(x @ w + b): dz (may alias dout), db, dw, and dx if need_dx."""
+    cdef Py_ssize_t n = x.shape[0], ni = x.shape[1], no = w.shape[1]
+    _check_act(act)
+    _same("w", (w.shape[0], w.shape[1]), (ni, no))
+    _same("y", (y.shape[0], y.shape[1]), (n, no))
+    _same("dout", (dout.shape[0], dout.shape[1]), (n, no))
+    _same("dz", (dz.shape[0], dz.shape[1]), (n, no))
+    _same("dw", (dw.shape[0], dw.shape[1]), (ni, no))
+    _same("db", (db.shape[0],), (no,))
+    if need_dx:
+        _same("dx", (dx.shape[0], dx.shape[1]), (n, ni))
+    with nogil:
+        _dense_bwd(&x[0, 0], &w[0, 0], &y[0, 0], &dout[0, 0], &dz[0, 0], &dx[0, 0],
+                   &dw[0, 0], &db[0], n, ni, no, act, <floating>alpha, need_dx != 0)
+
+
+def _flat(a, str name):
+    """A 1-D view of a C-contiguous array of any shape (never a copy)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return a.reshape(-1)
+
+
+def dropout_forward(x, out, double rate, seed):
+    """out = x * keep / (1 - rate) with the splitmix64 keep-mask.  x, out (N, O); may alias."""
+    if x.shape != out.shape:
+        raise ValueError(f"out must have shape {x.shape}, got {out.shape}")
+    _dropout_flat(_flat(x, "x"), _flat(out, "out"), rate, _u64(seed))
+
+
+def _dropout_flat(const floating[::1] x, floating[::1] out, double rate, uint64_t seed):
+    with nogil:
+        _dropout(&x[0], &out[0], x.shape[0], rate, seed)
+
+
+def dropout_backward(dout, dx, double rate, seed):
+    """dx = dout * keep / (1 - rate), the forward's mask.  (N, O); may alias."""
+    if dout.shape != dx.shape:
+        raise ValueError(f"dx must have shape {dout.shape}, got {dx.shape}")
+    _dropout_flat(_flat(dout, "dout"), _flat(dx, "dx"), rate, _u64(seed))
+
+
+def softmax_cross_entropy(const floating[:, ::1] z, const floating[:, ::1] y,
+                          const floating[::1] sw, floating[:, ::1] p, floating[:, ::1] dz):
+    """Softmax + categorical cross-entropy from logits; p = softmax(z), dz = dL/dz."""
+    cdef double loss
+    _check_loss_args(z.shape[0], z.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     p.shape[0], p.shape[1], dz.shape[0], dz.shape[1])
+    with nogil:
+        loss = _softmax_ce(&z[0, 0], &y[0, 0], &sw[0], &p[0, 0], &dz[0, 0], z.shape[0],
+                           z.shape[1])
+    return loss
+
+
+def sparse_softmax_cross_entropy(const floating[:, ::1] z, labels, const floating[::1] sw,
+                                 floating[:, ::1] p, floating[:, ::1] dz):
+    """Softmax + cross-entropy with class indices ``labels`` (N,).  A label outside [0, C)
+    makes that row's loss and gradient NaN (nothing outside the arrays is touched)."""
+    cdef Labels lb
+    cdef double loss
+    cdef Py_ssize_t n = z.shape[0], c = z.shape[1]
+    keep = _labels(labels, n, &lb)
+    _check_loss_args(n, c, n, c, sw.shape[0], p.shape[0], p.shape[1], dz.shape[0],
+                     dz.shape[1])
+    with nogil:
+        loss = _sparse_ce(&z[0, 0], &lb, &sw[0], &p[0, 0], &dz[0, 0], n, c)
+    del keep
+    return loss
+
+
+cdef int _check_loss_args(Py_ssize_t n, Py_ssize_t c, Py_ssize_t yn, Py_ssize_t yc,
+                          Py_ssize_t swn, Py_ssize_t pn, Py_ssize_t pc, Py_ssize_t dn,
+                          Py_ssize_t dc) except -1:
+    _same("y", (yn, yc), (n, c))
+    _same("sw", (swn,), (n,))
+    if c < 1 and n > 0:
+        raise ValueError("the loss needs at least one column")
+    _same("p", (pn, pc), (n, c))
+    _same("dz", (dn, dc), (n, c))
+    return 0
+
+
+def sigmoid_binary_cross_entropy(const floating[:, ::1] z, const floating[:, ::1] y,
+                                 const floating[::1] sw, floating[:, ::1] p,
+                                 floating[:, ::1] dz):
+    """Sigmoid + binary cross-entropy from logits, stable for any |z|.  (N, C); sw (N,)."""
+    cdef double loss
+    _check_loss_args(z.shape[0], z.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     p.shape[0], p.shape[1], dz.shape[0], dz.shape[1])
+    with nogil:
+        loss = _sigmoid_bce(&z[0, 0], &y[0, 0], &sw[0], &p[0, 0], &dz[0, 0], z.shape[0],
+                            z.shape[1])
+    return loss
+
+
+def categorical_crossentropy(const floating[:, ::1] p, const floating[:, ::1] y,
+                             const floating[::1] sw, floating[:, ::1] dp):
+    """Cross-entropy on probabilities p (clipped to [eps, 1-eps]).  (N, C); sw (N,)."""
+    cdef double loss
+    _check_loss_args(p.shape[0], p.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dp.shape[0], dp.shape[1], dp.shape[0], dp.shape[1])
+    with nogil:
+        loss = _categorical_ce(&p[0, 0], &y[0, 0], &sw[0], &dp[0, 0], p.shape[0], p.shape[1])
+    return loss
+
+
+def binary_crossentropy(const floating[:, ::1] p, const floating[:, ::1] y,
+                        const floating[::1] sw, floating[:, ::1] dp):
+    """Binary cross-entropy on probabilities p (clipped to [eps, 1-eps]).  (N, C)."""
+    cdef double loss
+    _check_loss_args(p.shape[0], p.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dp.shape[0], dp.shape[1], dp.shape[0], dp.shape[1])
+    with nogil:
+        loss = _binary_ce(&p[0, 0], &y[0, 0], &sw[0], &dp[0, 0], p.shape[0], p.shape[1])
+    return loss
+
+
+def mean_squared_error(const floating[:, ::1] pred, const floating[:, ::1] y,
+                       const floating[::1] sw, floating[:, ::1] dpred):
+    """Mean squared error.  (N, C); sw (N,).  dpred = 2 sw (pred - y) / (N*C)."""
+    cdef double loss
+    _check_loss_args(pred.shape[0], pred.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dpred.shape[0], dpred.shape[1], dpred.shape[0], dpred.shape[1])
+    with nogil:
+        loss = _mse(&pred[0, 0], &y[0, 0], &sw[0], &dpred[0, 0], pred.shape[0],
+                    pred.shape[1])
+    return loss
+
+
+def mean_absolute_error(const floating[:, ::1] pred, const floating[:, ::1] y,
+                        const floating[::1] sw, floating[:, ::1] dpred):
+    """Mean absolute error.  (N, C); sw (N,).  dpred = sw sign(pred - y) / (N*C)."""
+    cdef double loss
+    _check_loss_args(pred.shape[0], pred.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dpred.shape[0], dpred.shape[1], dpred.shape[0], dpred.shape[1])
+    with nogil:
+        loss = _mae(&pred[0, 0], &y[0, 0], &sw[0], &dpred[0, 0], pred.shape[0],
+                    pred.shape[1])
+    return loss
+
+
+def loss_grad(const floating[:, ::1] out, const floating[:, ::1] y, const floating[::1] sw,
+              floating[:, ::1] p, floating[:, ::1] dz, int loss_code):
+    """Dispatch to the loss ``loss_code``; returns the loss and writes dz = dL/dout (and the
+    probabilities into p for the logit losses).  y is (N, 1) class indices when sparse."""
+    cdef double loss
+    cdef Py_ssize_t n = out.shape[0], c = out.shape[1]
+    _check_targets(y.shape[0], y.shape[1], sw.shape[0], n, c, loss_code)
+    _same("dz", (dz.shape[0], dz.shape[1]), (n, c))
+    if _fused_loss(loss_code):
+        _same("p", (p.shape[0], p.shape[1]), (n, c))
+    if c < 1 and n > 0:
+        raise ValueError("out must have at least one column")
+    with nogil:
+        loss = _loss(&out[0, 0], &y[0, 0], y.shape[1], &sw[0], &p[0, 0], &dz[0, 0], n, c,
+                     loss_code)
+    return loss
+
+
+def l1l2_penalty(w, dw, double l1, double l2):
+    """Adds l1*sign(w) + 2*l2*w to dw and returns l1*sum|w| + l2*sum w^2.  Any shape."""
+    if w.shape != dw.shape:
+        raise ValueError(f"dw must have shape {w.shape}, got {dw.shape}")
+    return _l1l2_flat(_flat(w, "w"), _flat(dw, "dw"), l1, l2)
+
+
+def _l1l2_flat(const floating[::1] w, floating[::1] dw, double l1, double l2):
+    cdef double r
+    with nogil:
+        r = _l1l2(&w[0], &dw[0], w.shape[0], l1, l2)
+    return r
+
+
+cdef int _same_len(str name, Py_ssize_t got, Py_ssize_t want) except -1:
+    if got != want:
+        raise ValueError(f"{name} must have {want} elements, got {got}")
+    return 0
+
+
+def sgd_update(floating[::1] p, const floating[::1] g, double lr):
+    """p -= lr * g."""
+    _same_len("g", g.shape[0], p.shape[0])
+    with nogil:
+        _sgd(&p[0], &g[0], p.shape[0], lr)
+
+
+def momentum_update(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr,
+                    double momentum, nesterov):
+    """PyTorch SGD with momentum (and Nesterov when ``nesterov`` is true)."""
+    _same_len("g", g.shape[0], p.shape[0])
+    _same_len("buf", buf.shape[0], p.shape[0])
+    cdef bint nest = bool(nesterov)
+    with nogil:
+        _momentum(&p[0], &g[0], &buf[0], p.shape[0], lr, momentum, nest)
+
+
+def adagrad_update(floating[::1] p, const floating[::1] g, floating[::1] acc, double lr,
+                   double epsilon):
+    """acc += g^2; p -= lr * g / (sqrt(acc) + epsilon)."""
+    _same_len("g", g.shape[0], p.shape[0])
+    _same_len("acc", acc.shape[0], p.shape[0])
+    with nogil:
+        _adagrad(&p[0], &g[0], &acc[0], p.shape[0], lr, epsilon)
+
+
+def rmsprop_update(floating[::1] p, const floating[::1] g, floating[::1] sq, double lr,
+                   double rho, double epsilon):
+    """sq = rho*sq + (1-rho)*g^2; p -= lr * g / (sqrt(sq) + epsilon)."""
+    _same_len("g", g.shape[0], p.shape[0])
+    _same_len("sq", sq.shape[0], p.shape[0])
+    with nogil:
+        _rmsprop(&p[0], &g[0], &sq[0], p.shape[0], lr, rho, epsilon)
+
+
+def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+                double lr, double beta_1, double beta_2, double epsilon, double weight_decay,
+                int64_t step):
+    """Adam / AdamW (PyTorch's formulas), ``step`` = t >= 1."""
+    _same_len("g", g.shape[0], p.shape[0])
+    _same_len("m", m.shape[0], p.shape[0])
+    _same_len("v", v.shape[0], p.shape[0])
+    with nogil:
+        _adam(&p[0], &g[0], &m[0], &v[0], p.shape[0], lr, beta_1, beta_2, epsilon,
+              weight_decay, step)
+
+
+def optimizer_update(floating[::1] params, const floating[::1] grads, floating[:, ::1] state,
+                     int opt_code, const double[::1] hyper, int64_t step):
+    """One optimizer step over the flat buffers; state (S, P); hyper as in ``codes``."""
+    cdef Py_ssize_t n = params.shape[0]
+    _same_len("grads", grads.shape[0], n)
+    _check_opt(opt_code, n, state.shape[0], state.shape[1], hyper.shape[0])
+    with nogil:
+        _opt(&params[0], &grads[0], &state[0, 0], n, opt_code, &hyper[0], step)
+
+
+def forward_stack(const floating[:, ::1] x, const floating[::1] params, floating[::1] acts,
+                  const int64_t[:, ::1] layers, const double[:, ::1] layer_f, int training,
+                  seed, step):
+    """Runs the stack on x (N, I0), writing every layer's output into ``acts``."""
+    cdef Stack st
+    cdef uint64_t s = _u64(seed), t = _u64(step)
+    cdef Py_ssize_t n = x.shape[0]
+    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0], -1)
+    with nogil:
+        _forward(&st, &x[0, 0], &params[0], &acts[0], n, training != 0, s, t)
+
+
+def backward_stack(const floating[:, ::1] x, const floating[::1] params, floating[::1] grads,
+                   const floating[::1] acts, floating[::1] gbuf, const int64_t[:, ::1] layers,
+                   const double[:, ::1] layer_f, seed, step):
+    """Back-propagates dL/dout (in gbuf[:N*C]) through the stack; writes dw, db into
+    ``grads``; returns the regularisation penalty (its gradient is added to dw)."""
+    cdef Stack st
+    cdef uint64_t s = _u64(seed), t = _u64(step)
+    cdef Py_ssize_t n = x.shape[0]
+    cdef double penalty
+    _same_len("grads", grads.shape[0], params.shape[0])
+    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0],
+                gbuf.shape[0])
+    with nogil:
+        penalty = _backward(&st, &x[0, 0], &params[0], &grads[0], &acts[0], &gbuf[0], n, s, t)
+    return penalty
+
+
+def train_step(const floating[:, ::1] x, const floating[:, ::1] y, const floating[::1] sw,
+               floating[::1] params, floating[::1] grads, floating[:, ::1] state,
+               floating[::1] acts, floating[::1] gbuf, const int64_t[:, ::1] layers,
+               const double[:, ::1] layer_f, int loss_code, int logits_out, int opt_code,
+               const double[::1] hyper, int64_t step, seed):
+    """One training step of a layer stack: forward, loss, backward, optimizer update.
+    Returns the loss with the regularisation penalty; nothing is updated when it is not
+    finite."""
+    cdef Stack st
+    cdef uint64_t s = _u64(seed)
+    cdef Py_ssize_t n = x.shape[0], p = params.shape[0]
+    cdef double loss
+    _same_len("grads", grads.shape[0], p)
+    _check_opt(opt_code, p, state.shape[0], state.shape[1], hyper.shape[0])
+    _make_stack(&st, layers, layer_f, n, x.shape[1], p, acts.shape[0], gbuf.shape[0])
+    _check_targets(y.shape[0], y.shape[1], sw.shape[0], n, layers[layers.shape[0] - 1, 1],
+                   loss_code)
+    with nogil:
+        loss = _train(&st, &x[0, 0], &y[0, 0], y.shape[1], &sw[0], &params[0], &grads[0],
+                      &state[0, 0], p, &acts[0], &gbuf[0], n, loss_code, logits_out != 0,
+                      opt_code, &hyper[0], step, s)
+    return loss
+
+
+def eval_step(const floating[:, ::1] x, const floating[:, ::1] y, const floating[::1] sw,
+              const floating[::1] params, floating[::1] acts, floating[::1] gbuf,
+              const int64_t[:, ::1] layers, const double[:, ::1] layer_f, int loss_code,
+              int logits_out):
+    """Forward (no dropout) and loss with the regularisation penalty; nothing is updated."""
+    cdef Stack st
+    cdef Py_ssize_t n = x.shape[0]
+    cdef double loss
+    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0],
+                gbuf.shape[0])
+    _check_targets(y.shape[0], y.shape[1], sw.shape[0], n, layers[layers.shape[0] - 1, 1],
+                   loss_code)
+    with nogil:
+        loss = _eval(&st, &x[0, 0], &y[0, 0], y.shape[1], &sw[0], &params[0], &acts[0],
+                     &gbuf[0], n, loss_code, logits_out != 0)
+    return loss
+
+
+def batch_stats(const floating[:, ::1] out, const floating[:, ::1] y, int acc_mode,
+                double threshold, double[::1] stats):
+    """Adds a batch's metric sums to ``stats`` (see codes.STAT_*).  out (N, C); y (N, T)."""
+    cdef Py_ssize_t n = out.shape[0], c = out.shape[1], ty = y.shape[1]
+    if y.shape[0] != n:
+        raise ValueError(f"y must have {n} rows, got {y.shape[0]}")
+    if stats.shape[0] < STAT_LEN:
+        raise ValueError(f"stats needs {STAT_LEN} elements, got {stats.shape[0]}")
+    if n > 0 and (c < 1 or ty < 1):
+        raise ValueError("out and y need at least one column")
+    if acc_mode == ACC_BINARY and ty != c and ty != 1:
+        raise ValueError(f"y must have 1 or {c} columns for binary accuracy, got {ty}")
+    with nogil:
+        _batch_stats(&out[0, 0], &y[0, 0], n, c, ty, acc_mode, threshold, &stats[0])
+
+
+def run_epoch(const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] SW,
+              const int64_t[::1] order, Py_ssize_t batch_size, floating[:, ::1] xb,
+              floating[:, ::1] yb, floating[::1] swb, floating[::1] params,
+              floating[::1] grads, floating[:, ::1] state, floating[::1] acts,
+              floating[::1] gbuf, const int64_t[:, ::1] layers, const double[:, ::1] layer_f,
+              int loss_code, int logits_out, int opt_code, double[::1] hyper,
+              const double[::1] lrs, int64_t step, seed, int train, int acc_mode,
+              double threshold, double[::1] stats):
+    """Runs the batches of X[order] (last batch may be smaller) through train_step or
+    eval_step; accumulates stats; stops after a batch whose loss is not finite and returns
+    the number of batches completed."""
+    cdef Stack st
+    cdef uint64_t s = _u64(seed)
+    cdef Py_ssize_t total = order.shape[0], m = X.shape[0], i0 = X.shape[1], ty = Y.shape[1]
+    cdef Py_ssize_t p = params.shape[0], c, k, idx, n_batches, bad = -1
+    cdef Py_ssize_t rows
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rows = min(batch_size, total)
+    n_batches = (total + batch_size - 1) // batch_size
+    _same_len("grads", grads.shape[0], p)
+    if train:
+        _check_opt(opt_code, p, state.shape[0], state.shape[1], hyper.shape[0])
+        if lrs.shape[0] < n_batches:
+            raise ValueError(f"lrs needs {n_batches} values, got {lrs.shape[0]}")
+    _make_stack(&st, layers, layer_f, rows, i0, p, acts.shape[0], gbuf.shape[0])
+    c = layers[layers.shape[0] - 1, 1]
+    _check_targets(Y.shape[0], ty, SW.shape[0], m, c, loss_code)
+    if xb.shape[0] < rows or xb.shape[1] != i0:
+        raise ValueError(f"xb must have shape ({rows}, {i0}) at least, got "
+                         f"({xb.shape[0]}, {xb.shape[1]})")
+    if yb.shape[0] < rows or yb.shape[1] != ty:
+        raise ValueError(f"yb must have shape ({rows}, {ty}) at least, got "
+                         f"({yb.shape[0]}, {yb.shape[1]})")
+    if swb.shape[0] < rows:
+        raise ValueError(f"swb needs {rows} elements, got {swb.shape[0]}")
+    if stats.shape[0] < STAT_LEN:
+        raise ValueError(f"stats needs {STAT_LEN} elements, got {stats.shape[0]}")
+    if acc_mode == ACC_BINARY and ty != c and ty != 1:
+        raise ValueError(f"Y must have 1 or {c} columns for binary accuracy, got {ty}")
+    with nogil:
+        for k in range(total):
+            idx = order[k]
+            if idx < -m or idx >= m:
+                bad = k
+                break
+    if bad >= 0:
+        raise IndexError(f"order[{bad}] = {order[bad]} is out of bounds for {m} rows")
+    if total == 0:
+        return 0
+    with nogil:
+        n_batches = _epoch(&st, &X[0, 0], &Y[0, 0], ty, &SW[0], &order[0], total, m,
+                           batch_size, &xb[0, 0], &yb[0, 0], &swb[0], &params[0],
+                           &grads[0], &state[0, 0], p, &acts[0], &gbuf[0], loss_code,
+                           logits_out != 0, opt_code, &hyper[0], &lrs[0], step, s,
+                           train != 0, acc_mode, threshold, &stats[0])
+    return n_batches
