@@ -56,6 +56,35 @@ def test_same_seed_gives_bit_identical_weights(backend):
     assert any(a.tobytes() != b.tobytes() for a, b in zip(w1, w3))
 
 
+_HASH_SCRIPT = r"""
+import hashlib, sys
+sys.path.insert(0, sys.argv[1])
+from test_determinism import CPU_BACKENDS, _data, _train
+
+x, y = _data()
+for backend in CPU_BACKENDS:
+    weights, _ = _train(backend, 7, x, y)
+    print(backend, hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest())
+"""
+
+
+def test_same_seed_same_weights_in_a_fresh_process():
+    """No hidden state (global RNG, caches, first-call effects) changes the result."""
+    import hashlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", _HASH_SCRIPT, here], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = dict(line.split() for line in proc.stdout.strip().splitlines())
+    x, y = _data()
+    for backend in CPU_BACKENDS:
+        weights, _ = _train(backend, 7, x, y)
+        mine = hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest()
+        assert theirs[backend] == mine, backend
+
+
 def test_backends_agree_closely():
     """Different backends are not bit-identical (reduction order), but close."""
     if len(CPU_BACKENDS) < 2:
