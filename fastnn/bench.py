@@ -85,6 +85,12 @@ def add_parser(sub) -> None:
         help="also time a fresh process: import + build + first fit (numba cold/warm cache, "
         "cython)",
     )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="time each implementation in its own process (still interleaved): no thread "
+        "pools of another runtime in the process; recommended for threads > 1",
+    )
     p.add_argument("--out", default=None, help="write bench.json and bar charts (PNG) here")
     p.add_argument(
         "--quick",
@@ -279,47 +285,154 @@ def _batch_for(impl, x, y):
     return x, y
 
 
-def _time_k(impl, xb, yb, k: int) -> float:
-    """Seconds per step over k consecutive steps."""
-    step = impl.train_step
-    t0 = time.perf_counter()
-    for _ in range(k):
-        step(xb, yb)
-    return (time.perf_counter() - t0) / k
+class LocalRunner:
+    """Times one implementation in this process."""
+
+    def __init__(self, name: str, impl, net: str, data_cache: dict | None = None):
+        n_in, _, n_out, batch = NETWORKS[net]
+        self.name, self.impl, self.net, self.batch = name, impl, net, batch
+        self.adam_impl = getattr(impl, "adam_impl", None)
+        self.xb, self.yb = _batch_for(impl, *synthetic_data(batch, n_in, n_out, seed=1))
+        self.data_cache = {} if data_cache is None else data_cache
+
+    def warm(self, steps: int) -> None:
+        for _ in range(steps):
+            self.impl.train_step(self.xb, self.yb)
+
+    def steps(self, k: int) -> float:
+        """Seconds per step over k consecutive steps on the same batch."""
+        step, xb, yb = self.impl.train_step, self.xb, self.yb
+        t0 = time.perf_counter()
+        for _ in range(k):
+            step(xb, yb)
+        return (time.perf_counter() - t0) / k
+
+    def epoch(self, n: int, seed: int) -> float:
+        """Seconds for one shuffled epoch over n synthetic samples (data made beforehand)."""
+        n_in, _, n_out, _ = NETWORKS[self.net]
+        key = (n_in, n)
+        if key not in self.data_cache:
+            self.data_cache[key] = synthetic_data(n, n_in, n_out, seed=2)
+        X, Y = self.data_cache[key]
+        rng = np.random.default_rng(seed)
+        t0 = time.perf_counter()
+        self.impl.train_epoch(X, Y, self.batch, rng)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        pass
 
 
-def measure_steps(impls: dict, x, y, repeats: int, target_s: float, warmup: int = 2) -> dict:
-    """name -> list of µs per step, one per interleaved round."""
-    batches = {name: _batch_for(impl, x, y) for name, impl in impls.items()}
-    ks = {}
-    for name, impl in impls.items():
-        xb, yb = batches[name]
-        for _ in range(warmup):
-            impl.train_step(xb, yb)
-        t1 = _time_k(impl, xb, yb, 1)
-        ks[name] = int(min(100000, max(1, math.ceil(target_s / max(t1, 1e-7)))))
-    rounds: dict = {name: [] for name in impls}
-    names = list(impls)
+def _worker_main(conn, net: str, name: str, threads: int) -> None:
+    """Body of an isolated worker process: builds one implementation, then serves timings."""
+    try:
+        if name.startswith("fastnn-"):
+            impls = make_impls(net, [name[len("fastnn-") :]], {})
+        else:
+            impls = make_impls(net, [], {name: None})
+        torch_mod = impls[name].torch if name == "torch" else None
+        with limit_threads(threads, torch_mod):
+            runner = LocalRunner(name, impls[name], net)
+            conn.send(("ok", getattr(impls[name], "adam_impl", None)))
+            while True:
+                op, *args = conn.recv()
+                if op == "stop":
+                    break
+                conn.send(("ok", getattr(runner, op)(*args)))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+class WorkerRunner:
+    """Times one implementation in its own process (no other runtime's threads around)."""
+
+    def __init__(self, ctx, name: str, net: str, threads: int):
+        self.name, self.net, self.batch = name, net, NETWORKS[net][3]
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, net, name, threads), daemon=True)
+        self.proc.start()
+        child.close()
+        self.adam_impl = self._reply()
+
+    def _reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"{self.name} worker process died") from None
+        if status != "ok":
+            raise RuntimeError(f"{self.name} worker: {value}")
+        return value
+
+    def _call(self, op, *args):
+        self.conn.send((op, *args))
+        return self._reply()
+
+    def warm(self, steps: int) -> None:
+        self._call("warm", steps)
+
+    def steps(self, k: int) -> float:
+        return self._call("steps", k)
+
+    def epoch(self, n: int, seed: int) -> float:
+        return self._call("epoch", n, seed)
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except OSError:
+            pass
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def start_workers(names, net: str, threads: int) -> dict:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    runners: dict = {}
+    try:
+        for name in names:
+            runners[name] = WorkerRunner(ctx, name, net, threads)
+    except BaseException:
+        for r in runners.values():
+            r.close()
+        raise
+    return runners
+
+
+def _interleaved(names, repeats):
+    """(round, name) pairs: every round times every implementation, the order rotating."""
     for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            xb, yb = batches[name]
-            rounds[name].append(_time_k(impls[name], xb, yb, ks[name]) * 1e6)
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            yield r, name
+
+
+def measure_steps(runners: dict, repeats: int, target_s: float, warmup: int = 2) -> dict:
+    """name -> list of µs per step, one per interleaved round."""
+    ks = {}
+    for name, runner in runners.items():
+        runner.warm(warmup)
+        t1 = runner.steps(1)
+        ks[name] = int(min(100000, max(1, math.ceil(target_s / max(t1, 1e-7)))))
+    rounds: dict = {name: [] for name in runners}
+    for _, name in _interleaved(list(runners), repeats):
+        rounds[name].append(runners[name].steps(ks[name]) * 1e6)
     return rounds
 
 
-def measure_epochs(impls: dict, X, Y, batch_size: int, repeats: int) -> dict:
-    """name -> list of seconds per shuffled epoch, one per interleaved round."""
-    rng_warm = np.random.default_rng(1)
-    for impl in impls.values():
-        impl.train_epoch(X[: 2 * batch_size], Y[: 2 * batch_size], batch_size, rng_warm)
-    rounds: dict = {name: [] for name in impls}
-    names = list(impls)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            rng = np.random.default_rng(r)
-            t0 = time.perf_counter()
-            impls[name].train_epoch(X, Y, batch_size, rng)
-            rounds[name].append(time.perf_counter() - t0)
+def measure_epochs(runners: dict, n: int, repeats: int) -> dict:
+    """name -> list of seconds per shuffled epoch of n samples, one per interleaved round."""
+    for runner in runners.values():
+        runner.epoch(2 * runner.batch, 1)  # warm-up: compile, workspaces
+    rounds: dict = {name: [] for name in runners}
+    for r, name in _interleaved(list(runners), repeats):
+        rounds[name].append(runners[name].epoch(n, r))
     return rounds
 
 
@@ -504,6 +617,32 @@ def _settings(args) -> dict:
     }
 
 
+def _row(net, threads, rounds) -> dict:
+    medians, spread = _summarise(rounds)
+    return {"network": net, "threads": threads, "medians": medians, "spread": spread}
+
+
+def _records(kind, net, threads, used, rounds, samples, unit) -> list[dict]:
+    """JSON records; ``samples`` per timed unit (a step's batch or an epoch's rows)."""
+    seconds = 1e-6 if unit == "us" else 1.0
+    out = []
+    for name, vals in rounds.items():
+        med = statistics.median(vals)
+        out.append(
+            {
+                "kind": kind,
+                "network": net,
+                "threads": threads,
+                "impl": name,
+                "threads_used": used,
+                f"median_{unit}": med,
+                f"rounds_{unit}": vals,
+                "samples_per_s": samples / (med * seconds),
+            }
+        )
+    return out
+
+
 def run(args) -> dict:
     cfg = _settings(args)
     backends, notes = fastnn_backends(args.backends)
@@ -527,56 +666,31 @@ def run(args) -> dict:
     step_rows, epoch_rows, records = [], [], []
     data_cache: dict = {}
     for net in cfg["networks"]:
-        n_in, _, n_out, batch = NETWORKS[net]
-        impls = make_impls(net, backends, mods)
-        if "torch" in impls:
-            meta["torch_adam"] = impls["torch"].adam_impl
-        x, y = synthetic_data(batch, n_in, n_out, seed=1)
+        batch = NETWORKS[net][3]
+        impls = {} if args.isolate else make_impls(net, backends, mods)
+        names = [f"fastnn-{be}" for be in backends] + list(mods)
         for threads in cfg["threads"]:
-            with limit_threads(threads, torch_mod) as used:
-                rounds = measure_steps(impls, x, y, cfg["repeats"], cfg["target_s"])
-                medians, spread = _summarise(rounds)
-                step_rows.append(
-                    {"network": net, "threads": threads, "medians": medians, "spread": spread}
-                )
-                for name, vals in rounds.items():
-                    records.append(
-                        {
-                            "kind": "step",
-                            "network": net,
-                            "threads": threads,
-                            "impl": name,
-                            "threads_used": used,
-                            "median_us": medians[name],
-                            "rounds_us": vals,
-                            "samples_per_s": batch / (medians[name] * 1e-6),
-                        }
-                    )
-                if args.epoch:
-                    n = batch * cfg["epoch_batches"] if cfg["epoch_batches"] else EPOCH_SAMPLES
-                    key = (n_in, n)
-                    if key not in data_cache:
-                        data_cache[key] = synthetic_data(n, n_in, n_out, seed=2)
-                    X, Y = data_cache[key]
-                    e_rounds = measure_epochs(impls, X, Y, batch, cfg["epoch_repeats"])
-                    e_med, e_spread = _summarise(e_rounds)
-                    epoch_rows.append(
-                        {"network": net, "threads": threads, "medians": e_med, "spread": e_spread}
-                    )
-                    for name, vals in e_rounds.items():
-                        records.append(
-                            {
-                                "kind": "epoch",
-                                "network": net,
-                                "threads": threads,
-                                "impl": name,
-                                "threads_used": used,
-                                "samples": n,
-                                "median_s": e_med[name],
-                                "rounds_s": vals,
-                                "samples_per_s": n / e_med[name],
-                            }
-                        )
+            if args.isolate:
+                runners = start_workers(names, net, threads)
+                ctx = contextlib.nullcontext({"blas": threads, "numba": threads, "torch": threads})
+            else:
+                runners = {n: LocalRunner(n, impls[n], net, data_cache) for n in names}
+                ctx = limit_threads(threads, torch_mod)
+            if "torch" in runners:
+                meta["torch_adam"] = runners["torch"].adam_impl
+            try:
+                with ctx as used:
+                    rounds = measure_steps(runners, cfg["repeats"], cfg["target_s"])
+                    step_rows.append(_row(net, threads, rounds))
+                    records += _records("step", net, threads, used, rounds, batch, "us")
+                    if args.epoch:
+                        n = batch * cfg["epoch_batches"] if cfg["epoch_batches"] else EPOCH_SAMPLES
+                        e_rounds = measure_epochs(runners, n, cfg["epoch_repeats"])
+                        epoch_rows.append(_row(net, threads, e_rounds))
+                        records += _records("epoch", net, threads, used, e_rounds, n, "s")
+            finally:
+                for runner in runners.values():
+                    runner.close()
             print(f"  measured {network_label(net)} at {threads} thread(s)")
             sys.stdout.flush()
         del impls

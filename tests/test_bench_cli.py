@@ -63,6 +63,14 @@ def test_bench_writes_chart(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
 
 
+def test_bench_isolated_workers(tmp_path, capsys):
+    args = ["bench", "--quick", "--networks", "d", "--threads", "1", "--isolate"]
+    assert main([*args, "--backends", "numpy", "--baselines", "numpy", "--epoch"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("d 64-64-10 b32"))
+    assert row.split()[-2].endswith("x")  # numpy/NumPy ratio
+
+
 def test_bench_rejects_bad_settings(capsys):
     assert main(["bench", "--quick", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
