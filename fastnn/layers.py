@@ -298,7 +298,7 @@ class Dense(Layer):
         )
         if self.kernel_regularizer is not None:
             reg = self.kernel_regularizer
-            self._kernels.l1l2_penalty(self.kernel, self.dkernel, reg.l1, reg.l2)
+            self._kernels.l1l2_penalty(self.kernel, self.dkernel, float(reg.l1), float(reg.l2))
         return buf["dx"]
 
     def penalty(self) -> float:

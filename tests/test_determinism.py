@@ -170,6 +170,25 @@ for dtype in ("float32", "float64"):
             m.predict(xin, batch_size=9)
             m.train_on_batch(xin, target)
 
+# the low-level API with the same odd inputs
+from fastnn import losses, optimizers
+from fastnn.layers import Activation
+from fastnn.regularizers import L1L2
+for dtype in ("float32", "float64"):
+    dense = Dense(4, activation="tanh", kernel_regularizer=L1L2(l1=1, l2=0)).build(
+        x.shape[1], dtype, backend="numba")
+    act = Activation("relu").build(4, dtype, backend="numba")
+    drop = Dropout(0.5, seed=3).build(4, dtype, backend="numba")
+    opt = optimizers.Adam()
+    for xin in _odd_inputs(x).values():
+        out = drop.forward(act.forward(dense.forward(xin, training=True)), training=True)
+        dx = dense.backward(act.backward(drop.backward(np.asfortranarray(out))))
+        opt.step(dense.weights, [np.asfortranarray(g) for g in dense.grads])
+        for loss in (losses.MeanSquaredError(), losses.CategoricalCrossentropy(from_logits=True)):
+            loss(np.eye(4)[y % 4].astype(np.int8), np.asfortranarray(out).astype(dtype),
+                 backend="numba")
+        losses.SparseCategoricalCrossentropy()(y % 4, out[::-1], backend="numba")
+
 import fastnn.kernels.numba_cpu as k
 report = {}
 for attr in dir(k):
