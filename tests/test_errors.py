@@ -178,7 +178,12 @@ CASES = [
     ("dense-units-negative", lambda: Dense(-3), ValueError, "units must be a positive int"),
     ("dense-units-float", lambda: Dense(2.5), TypeError, "units must be a positive int"),
     ("dense-units-string", lambda: Dense("8"), TypeError, "units must be a positive int"),
-    ("dense-activation-typo", lambda: Dense(4, activation="rleu"), ValueError, "'relu'"),
+    (
+        "dense-activation-typo",
+        lambda: Dense(4, activation="rleu"),
+        ValueError,
+        ("activation must be one of", "Did you mean 'relu'"),
+    ),
     ("dense-activation-type", lambda: Dense(4, activation=3), TypeError, "activation"),
     ("dense-input-dim-zero", lambda: Dense(4, input_dim=0), ValueError, "input_dim"),
     ("dense-input-shape-2d", lambda: Dense(4, input_shape=(2, 3)), ValueError, "input_shape"),
@@ -191,7 +196,12 @@ CASES = [
     ),
     ("dropout-rate-one", lambda: Dropout(1.0), ValueError, "rate must be a number in [0, 1)"),
     ("dropout-rate-string", lambda: Dropout("0.5"), TypeError, "rate must be a number"),
-    ("activation-typo", lambda: Activation("softmx"), ValueError, "'softmax'"),
+    (
+        "activation-typo",
+        lambda: Activation("softmx"),
+        ValueError,
+        ("activation must", "Did you mean 'softmax'"),
+    ),
     ("flatten-shape", lambda: Flatten(input_shape=(28, 0)), ValueError, "input_shape[1]"),
     # -- optimizers and losses ----------------------------------------------------------
     ("sgd-lr-zero", lambda: optimizers.SGD(learning_rate=0), ValueError, "learning_rate must"),
@@ -239,15 +249,25 @@ CASES = [
         "y_true labels must be in [0, 2]",
     ),
     # -- compile ------------------------------------------------------------------------
-    ("compile-optimizer-typo", lambda: model().compile("adma", "mse"), ValueError, "'adam'"),
+    (
+        "compile-optimizer-typo",
+        lambda: model().compile("adma", "mse"),
+        ValueError,
+        ("optimizer must", "Did you mean 'adam'"),
+    ),
     ("compile-optimizer-type", lambda: model().compile(3, "mse"), TypeError, "optimizer"),
-    ("compile-loss-typo", lambda: model().compile("sgd", "mse2"), ValueError, "Did you mean 'mse'"),
+    (
+        "compile-loss-typo",
+        lambda: model().compile("sgd", "mse2"),
+        ValueError,
+        ("loss must", "Did you mean 'mse'"),
+    ),
     ("compile-loss-missing", lambda: model().compile("sgd"), ValueError, "loss must be given"),
     (
         "compile-metric-typo",
         lambda: model().compile("sgd", "mse", metrics=["acuracy"]),
         ValueError,
-        "Did you mean 'accuracy'",
+        ("metrics must be one of", "Did you mean 'accuracy'"),
     ),
     (
         "compile-metrics-type",
@@ -275,7 +295,12 @@ CASES = [
     ("sequential-dtype-junk", lambda: fastnn.Sequential(dtype="foo"), ValueError, "dtype"),
     ("sequential-seed-negative", lambda: fastnn.Sequential(seed=-1), ValueError, "seed must"),
     ("sequential-seed-string", lambda: fastnn.Sequential(seed="0"), TypeError, "seed must"),
-    ("sequential-backend-typo", lambda: fastnn.Sequential(backend="nunpy"), ValueError, "'numpy'"),
+    (
+        "sequential-backend-typo",
+        lambda: fastnn.Sequential(backend="nunpy"),
+        ValueError,
+        ("backend must", "Did you mean 'numpy'"),
+    ),
     ("sequential-backend-type", lambda: fastnn.Sequential(backend=1), TypeError, "backend must"),
     (
         "sequential-flatten-shape",
@@ -304,7 +329,8 @@ def test_bad_input_raises_clear_error(call, exc, text):
     with pytest.raises(exc) as info:
         call()
     message = str(info.value)
-    assert text in message
+    for part in (text,) if isinstance(text, str) else text:
+        assert part in message
     assert "got" in message or "Did you mean" in message or "must be given" in message
 
 
