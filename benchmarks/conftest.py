@@ -54,12 +54,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def bench_threads(request):
     """Thread counts in force: limited with --bench-threads, else the environment's."""
     n = request.config.getoption("--bench-threads")
-    torch = None
-    if B.torch_available():
-        import torch
     if n is None:
         yield None
         return
+    torch = None
+    if B.torch_available():
+        import torch  # before the limits, so that its OpenMP runtime is covered too
     with bench.limit_threads(n, torch) as used:
         yield used
 
