@@ -167,6 +167,58 @@ cdef inline floating _rowmax(const floating* row, Py_ssize_t c) noexcept nogil:
     return m
 
 
+cdef inline floating _term(const floating* a, const floating* b, floating shift, Py_ssize_t i,
+                          int mode) noexcept nogil:
+    if mode == 0:
+        return a[i]
+    if mode == 1:
+        return a[i] * b[i]
+    return _exp(a[i] - shift)
+
+
+cdef floating _pwsum(const floating* a, const floating* b, floating shift, Py_ssize_t n,
+                     int mode) noexcept nogil:
+    """Sum over a row of a[i] (mode 0), a[i]*b[i] (1) or exp(a[i] - shift) (2), each term
+    rounded to the dtype, added in the order of NumPy's pairwise sum (np.add.reduce on a
+    contiguous row), so a row sum equals the reference's bit for bit."""
+    cdef floating r0, r1, r2, r3, r4, r5, r6, r7, res
+    cdef Py_ssize_t i, n2
+    if n < 8:
+        res = 0
+        for i in range(n):
+            res = res + _term(a, b, shift, i, mode)
+        return res
+    if n <= 128:
+        r0 = _term(a, b, shift, 0, mode)
+        r1 = _term(a, b, shift, 1, mode)
+        r2 = _term(a, b, shift, 2, mode)
+        r3 = _term(a, b, shift, 3, mode)
+        r4 = _term(a, b, shift, 4, mode)
+        r5 = _term(a, b, shift, 5, mode)
+        r6 = _term(a, b, shift, 6, mode)
+        r7 = _term(a, b, shift, 7, mode)
+        i = 8
+        while i < n - n % 8:
+            r0 = r0 + _term(a, b, shift, i, mode)
+            r1 = r1 + _term(a, b, shift, i + 1, mode)
+            r2 = r2 + _term(a, b, shift, i + 2, mode)
+            r3 = r3 + _term(a, b, shift, i + 3, mode)
+            r4 = r4 + _term(a, b, shift, i + 4, mode)
+            r5 = r5 + _term(a, b, shift, i + 5, mode)
+            r6 = r6 + _term(a, b, shift, i + 6, mode)
+            r7 = r7 + _term(a, b, shift, i + 7, mode)
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res = res + _term(a, b, shift, i, mode)
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return (_pwsum(a, b, shift, n2, mode)
+            + _pwsum(a + n2, (b + n2) if b != NULL else b, shift, n - n2, mode))
+
+
 cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                        const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                        floating* c, Py_ssize_t ldc) noexcept nogil:
@@ -196,8 +248,7 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
     cdef Py_ssize_t i, j
     cdef const floating* xr
     cdef floating* orow
-    cdef floating v, e, mx, sf
-    cdef double s
+    cdef floating v, e, mx, sf, one = 1  # typed 1: a bare literal would compute in double
     for i in range(n):
         xr = x + i * o
         orow = out + i * o
@@ -217,19 +268,16 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
             for j in range(o):
                 v = xr[j]
                 e = _exp(-v if v >= 0 else v)
-                orow[j] = (1 / (1 + e)) if v >= 0 else (e / (1 + e))
+                orow[j] = (one / (one + e)) if v >= 0 else (e / (one + e))
         elif act == TANH:
             for j in range(o):
                 orow[j] = _tanh(xr[j])
         elif act == SOFTMAX:
             if o > 0:
                 mx = _rowmax(xr, o)
-                s = 0.0
                 for j in range(o):
-                    e = _exp(xr[j] - mx)
-                    orow[j] = e
-                    s += e
-                sf = <floating>s
+                    orow[j] = _exp(xr[j] - mx)
+                sf = _pwsum(orow, <const floating*>NULL, <floating>0, o, 0)
                 for j in range(o):
                     orow[j] = orow[j] / sf
         elif xr != orow:
@@ -244,8 +292,7 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
     cdef const floating* yr
     cdef const floating* dr
     cdef floating* xr
-    cdef floating v, sf
-    cdef double s
+    cdef floating v, sf, one = 1
     if db != NULL:
         memset(db, 0, o * sizeof(floating))
     for i in range(n):
@@ -261,16 +308,13 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
         elif act == SIGMOID:
             for j in range(o):
                 v = yr[j]
-                xr[j] = dr[j] * v * (1 - v)
+                xr[j] = dr[j] * v * (one - v)
         elif act == TANH:
             for j in range(o):
                 v = yr[j]
-                xr[j] = dr[j] * (1 - v * v)
+                xr[j] = dr[j] * (one - v * v)
         elif act == SOFTMAX:
-            s = 0.0
-            for j in range(o):
-                s += dr[j] * yr[j]
-            sf = <floating>s
+            sf = _pwsum(dr, yr, <floating>0, o, 1)
             for j in range(o):
                 xr[j] = yr[j] * (dr[j] - sf)
         elif xr != dr:
@@ -366,19 +410,14 @@ cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw
     cdef const floating* zr
     cdef const floating* yr
     cdef floating mx, lse, lp, pr, ysum, scale
-    cdef double s, ys, acc, total = 0.0
+    cdef double acc, total = 0.0
     for i in range(n):
         zr = z + i * c
         yr = y + i * c
         scale = sw[i] / <floating>n
         mx = _rowmax(zr, c)
-        s = 0.0
-        ys = 0.0
-        for j in range(c):
-            s += _exp(zr[j] - mx)
-            ys += yr[j]
-        lse = _log(<floating>s)
-        ysum = <floating>ys
+        lse = _log(_pwsum(zr, <const floating*>NULL, mx, c, 2))
+        ysum = _pwsum(yr, <const floating*>NULL, <floating>0, c, 0)
         acc = 0.0
         for j in range(c):
             lp = (zr[j] - mx) - lse
@@ -394,17 +433,14 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
                        floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     cdef Py_ssize_t i, j, k
     cdef const floating* zr
-    cdef floating mx, lse, lpk, pr, scale
-    cdef double s, total = 0.0
+    cdef floating mx, lse, lpk, pr, scale, one = 1
+    cdef double total = 0.0
     for i in range(n):
         zr = z + i * c
         k = _label(lb, i, c)
         scale = sw[i] / <floating>n
         mx = _rowmax(zr, c)
-        s = 0.0
-        for j in range(c):
-            s += _exp(zr[j] - mx)
-        lse = _log(<floating>s)
+        lse = _log(_pwsum(zr, <const floating*>NULL, mx, c, 2))
         # read z[k] before p (which may alias z) is written
         lpk = ((zr[k] - mx) - lse) if k >= 0 else <floating>NAN
         for j in range(c):
@@ -412,7 +448,7 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
             p[i * c + j] = pr
             dz[i * c + j] = pr * scale
         if k >= 0:
-            dz[i * c + k] = (_exp(lpk) - 1) * scale
+            dz[i * c + k] = (_exp(lpk) - one) * scale
         else:  # label out of range: the loss and the row's gradient are NaN
             for j in range(c):
                 dz[i * c + j] = <floating>NAN
@@ -423,7 +459,7 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
 cdef double _sigmoid_bce(const floating* z, const floating* y, const floating* sw, floating* p,
                          floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     cdef Py_ssize_t i, j
-    cdef floating v, t, e, pr, scale
+    cdef floating v, t, e, pr, scale, one = 1
     cdef double acc, total = 0.0
     for i in range(n):
         scale = sw[i] / <floating>(n * c)
@@ -433,7 +469,7 @@ cdef double _sigmoid_bce(const floating* z, const floating* y, const floating* s
             t = y[i * c + j]
             e = _exp(-v if v >= 0 else v)
             acc += ((v if v > 0 else 0) - v * t) + _log1p(e)
-            pr = (1 / (1 + e)) if v >= 0 else (e / (1 + e))
+            pr = (one / (one + e)) if v >= 0 else (e / (one + e))
             p[i * c + j] = pr
             dz[i * c + j] = (pr - t) * scale
         total += sw[i] * (acc / c)
@@ -463,7 +499,7 @@ cdef double _binary_ce(const floating* pp, const floating* y, const floating* sw
                        Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef floating lo = <floating>PROB_EPS, hi = <floating>(1 - PROB_EPS)
-    cdef floating v, pc, t, scale
+    cdef floating v, pc, t, scale, one = 1
     cdef double acc, total = 0.0
     for i in range(n):
         scale = sw[i] / <floating>(n * c)
@@ -472,8 +508,8 @@ cdef double _binary_ce(const floating* pp, const floating* y, const floating* sw
             v = pp[i * c + j]
             t = y[i * c + j]
             pc = lo if v < lo else (hi if v > hi else v)
-            acc += -(t * _log(pc) + (1 - t) * _log(1 - pc))
-            dp[i * c + j] = (((pc - t) / (pc * (1 - pc))) if (v >= lo and v <= hi) else 0) * scale
+            acc += -(t * _log(pc) + (one - t) * _log(one - pc))
+            dp[i * c + j] = (((pc - t) / (pc * (one - pc))) if (v >= lo and v <= hi) else 0) * scale
         total += sw[i] * (acc / c)
     return total / n
 
@@ -489,7 +525,7 @@ cdef double _mse(const floating* pred, const floating* y, const floating* sw, fl
         for j in range(c):
             d = pred[i * c + j] - y[i * c + j]
             acc += d * d
-            dpred[i * c + j] = (2 * d) * scale
+            dpred[i * c + j] = (d + d) * scale  # 2*d, exactly, in the dtype
         total += sw[i] * (acc / c)
     return total / n
 
