@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastnn.kernels import codes as C
-from fastnn.kernels import reference as R
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import fastnn
 from fastnn import losses, optimizers
+from fastnn.kernels import codes as C
+from fastnn.kernels import reference as R
 from fastnn.layers import Activation, Dense, Dropout
 from fastnn.regularizers import L1L2
 
@@ -53,15 +53,31 @@ def _rtol(dtype):
     return 2e-4 if np.dtype(dtype) == np.float32 else 1e-9
 
 
-def close(got, ref, dtype, mag=None, factor=1.0, what=""):
-    """|got - ref| <= rtol * (|ref| + mag), mag defaulting to max |ref| (the size of the
-    values the result is made of, for reductions)."""
+def close(got, ref, dtype, mag=None, factor=1.0, what="", slack=0.0):
+    """|got - ref| <= rtol * (|ref| + mag) + slack, mag defaulting to max |ref| (the size
+    of the values the result is made of, for reductions)."""
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if mag is None:
         mag = float(np.nanmax(np.abs(ref))) if ref.size else 0.0
     rtol = _rtol(dtype) * factor
-    np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * mag + 1e-300, err_msg=what)
+    atol = rtol * mag + slack + 1e-300
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol, err_msg=what)
+
+
+def ref64(name, args):
+    """The reference kernel run in float64 on float32 inputs: (result, arrays)."""
+    args = [a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == np.float32
+            else (a.copy() if isinstance(a, np.ndarray) else a) for a in args]  # fmt: skip
+    with np.errstate(all="ignore"):
+        return getattr(R, name)(*args), args
+
+
+def slack(ref32, ref64_value):
+    """Allowance for ill-conditioned float32 results (e.g. tanh' = 1 - y^2 of a saturated
+    unit): ten times the float32 reference's own distance from float64."""
+    diff = np.abs(np.asarray(ref32, np.float64) - np.asarray(ref64_value, np.float64))
+    return 10.0 * float(np.nanmax(diff)) if diff.size else 0.0
 
 
 def run(backend, name, arrays, scalars, n_in):
@@ -385,6 +401,7 @@ def stacks(draw):
         y = y.astype(np.int64)
     sw = rng.uniform(0, 2, total)
     X, Y, SW = model._prepare(x, y, sw)
+    note(f"model {model.get_config()}, loss {model.loss}, optimizer {model.optimizer}")
     return model, X, Y, SW, n, seed
 
 
@@ -421,7 +438,8 @@ def test_forward_backward_stack(backend, case):
     ref, r2, got, g2 = run(backend, "backward_stack", args, [table, eng.table_f, seed, 3], 2)
     assert np.isfinite(got) and np.isfinite(g2[2]).all()
     close(got, ref, dtype, factor=tol, what="penalty")
-    close(g2[2], r2[2], dtype, factor=tol * n, what="grads")
+    _, r64 = ref64("backward_stack", args + [table, eng.table_f, seed, 3])
+    close(g2[2], r2[2], dtype, factor=tol * n, what="grads", slack=slack(r2[2], r64[2]))
 
 
 @STACK
@@ -437,17 +455,18 @@ def test_train_and_eval_step(backend, case):
               empty(ws.acts.shape, dtype), empty(ws.gbuf.shape, dtype)]  # fmt: skip
     scalars = [table, eng.table_f, plan.code, plan.logits_out, opt.code, hyper, 1, seed]
     ref, r_arr, got, g_arr = run(backend, "train_step", arrays, scalars, 3)
+    _, r64 = ref64("train_step", arrays + scalars)
     tol = _stack_tol(model)
     assert np.isfinite(got), f"train_step loss {got}"
     close(got, ref, dtype, factor=tol, what="train_step loss")
-    close(g_arr[4], r_arr[4], dtype, factor=tol * n, what="grads")
+    close(g_arr[4], r_arr[4], dtype, factor=tol * n, what="grads", slack=slack(r_arr[4], r64[4]))
     # SGD/momentum steps inherit the gradient's rounding times lr; adaptive steps are about
     # lr * sign(g), so a gradient within rounding of 0 may move a weight by up to 2 lr
     lr = hyper[0]
     gmax = float(np.abs(r_arr[4]).max())
-    g_atol = _rtol(dtype) * tol * n * gmax
+    g_atol = _rtol(dtype) * tol * n * gmax + slack(r_arr[4], r64[4])
     adaptive = opt.code in (C.ADAGRAD, C.RMSPROP, C.ADAM)
-    p_atol = 3 * lr if adaptive else 2 * lr * g_atol
+    p_atol = (3 * lr if adaptive else 2 * lr * g_atol) + slack(r_arr[3], r64[3])
     assert np.isfinite(g_arr[3]).all() and np.isfinite(g_arr[5]).all()
     np.testing.assert_allclose(g_arr[3], r_arr[3], rtol=4 * _rtol(dtype), atol=p_atol + 1e-30,
                                err_msg="params")  # fmt: skip
@@ -488,6 +507,7 @@ def test_run_epoch(backend, case, train, acc):
     name = "run_epoch"
     with np.errstate(all="ignore"):
         ref = getattr(R, name)(*ref_arrays, *scalars[:-1], ref_stats)
+    _, r64 = ref64(name, arrays + scalars[:5] + [hyper.copy()] + scalars[6:-1] + [stats.copy()])
     got = getattr(KERNELS[backend], name)(*got_arrays, *scalars[:-1], got_stats)
     for i in range(4):
         np.testing.assert_array_equal(got_arrays[i], arrays[i])
@@ -498,8 +518,8 @@ def test_run_epoch(backend, case, train, acc):
     if acc == C.ACC_NONE:
         assert got_stats[C.STAT_CORRECT] == 0
     lr = hyper[0]
-    np.testing.assert_allclose(got_arrays[8], ref_arrays[8], rtol=_rtol(dtype) * tol,
-                               atol=3 * lr * n_batches + 1e-6)  # fmt: skip
+    p_atol = 3 * lr * n_batches + 1e-6 + slack(ref_arrays[8], r64[8])
+    np.testing.assert_allclose(got_arrays[8], ref_arrays[8], rtol=_rtol(dtype) * tol, atol=p_atol)
     assert np.isfinite(got_arrays[8]).all()
 
 
