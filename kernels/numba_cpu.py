@@ -1,0 +1,992 @@
+"""Numba CPU kernels: the contract of ``reference`` compiled with ``@njit``.
+
+Every operation of ``reference.OPS`` is defined here with the same name, parameters and
+semantics (shapes, aliasing, return values); see ``reference`` for the specification.
+
+- Nothing is compiled at import: each function compiles on first use, once per float
+  dtype, and is cached on disk (``cache=True``).  ``error_model="numpy"`` lets LLVM
+  vectorise the loops; fastmath stays off, so NaN checks survive and the rounding stays
+  close to NumPy's (the optimizers use the reference's operation order, Adam up to one
+  reassociation).
+- Scalars are cast to the arrays' dtype (``x.dtype.type(v)``): float32 loops stay float32.
+- GEMMs call BLAS directly with transpose flags (``_gemm``: NumPy's bundled OpenBLAS when
+  its CBLAS symbols are found, else SciPy's BLAS, which ``np.dot`` in njit uses).  The
+  bias + activation epilogue, the derivative + bias-gradient pass, softmax + cross-entropy
+  and each optimizer are single fused passes without temporaries.
+- ``train_step``, ``eval_step``, ``forward_stack``, ``backward_stack`` and ``run_epoch`` are
+  single compiled calls: no Python runs between the operations of a step or an epoch.
+- Scalar types select compiled signatures: pass integer scalars (codes, flags such as
+  ``training``/``logits_out``/``train``/``need_dx``/``nesterov``, steps, seeds, sizes) as
+  Python ints and real ones as Python floats.  A bool or a NumPy scalar compiles another
+  signature.  Kernels call each other with int64/float64 scalars, never literals, so a
+  training run compiles each function once per dtype.
+- The call graph is kept shallow on purpose: Numba re-optimises and re-generates the code
+  of every callee inside each caller, so each extra level of wrappers costs cold-compile
+  time, not run time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import llvmlite.binding as llvm_binding
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import codes as C
+
+_jit = njit(cache=True, error_model="numpy", nogil=True)
+
+# Constants passed to other kernels must not be literals: Numba compiles a separate
+# specialisation for each literal value (e.g. forward_stack(..., 1, ...) vs an int64).
+_TRUE, _FALSE = np.bool_(True), np.bool_(False)
+
+_LINEAR, _RELU, _LEAKY_RELU, _SIGMOID, _TANH, _SOFTMAX = (
+    C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX,
+)  # fmt: skip
+_DENSE, _DROPOUT = C.DENSE, C.DROPOUT
+_SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE
+_CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
+_SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
+_ACC_SPARSE, _ACC_CATEGORICAL, _ACC_BINARY = C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY
+_STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS = (
+    C.STAT_LOSS, C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS,
+)  # fmt: skip
+_PROB_EPS = C.PROB_EPS
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S27, _S30, _S31, _S40 = np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(40)
+
+
+def check_available():
+    """Raises if the kernels cannot run here (the BLAS fallback needs SciPy)."""
+    import scipy.linalg.cython_blas  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------
+# GEMM.  NumPy's bundled OpenBLAS (newer) measured 5-12% faster than SciPy's copy, which
+# np.dot inside njit uses, on this project's GEMM shapes.  Compiled code calls BLAS through
+# a table filled at import: [sgemm, dgemm, abi], abi 1 = NumPy's ILP64 CBLAS, abi 0 =
+# SciPy's LP64 Fortran BLAS (scipy.linalg.cython_blas, always there).  Cached machine code
+# only refers to the table's symbol, so a cache stays valid when the BLAS found changes.
+
+_BLAS_SYMBOL = "fastnn_numba_cpu_blas_table_v1"
+_BLAS_TABLE = (ctypes.c_void_p * 3)()
+#: Which BLAS the kernels' GEMMs call: "numpy-cblas64" or "scipy-f77".
+BLAS = "scipy-f77"
+
+
+def _fill_blas_table(prefer_numpy=True):
+    """Points the table at NumPy's ILP64 CBLAS if its symbols are found (and preferred),
+    else at SciPy's BLAS.  Takes effect at once, also in compiled and cached kernels."""
+    global BLAS
+    BLAS = "scipy-f77"
+    try:
+        if not prefer_numpy:
+            raise OSError("SciPy's BLAS requested")
+        try:
+            from numpy._core import _multiarray_umath as umath
+        except ImportError:  # NumPy 1.x
+            from numpy.core import _multiarray_umath as umath
+        lib = ctypes.CDLL(umath.__file__)  # dlsym also searches the libraries it links
+        for prefix in ("scipy_cblas_", "cblas_"):
+            try:
+                s_addr = ctypes.cast(getattr(lib, f"{prefix}sgemm64_"), ctypes.c_void_p).value
+                d_addr = ctypes.cast(getattr(lib, f"{prefix}dgemm64_"), ctypes.c_void_p).value
+            except AttributeError:
+                continue
+            _BLAS_TABLE[0], _BLAS_TABLE[1], _BLAS_TABLE[2] = s_addr, d_addr, 1
+            BLAS = "numpy-cblas64"
+            break
+    except (AttributeError, ImportError, OSError):
+        pass
+    if BLAS != "numpy-cblas64":
+        from numba.core.extending import get_cython_function_address
+
+        _BLAS_TABLE[0] = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+        _BLAS_TABLE[1] = get_cython_function_address("scipy.linalg.cython_blas", "dgemm")
+        _BLAS_TABLE[2] = 0
+    llvm_binding.add_symbol(_BLAS_SYMBOL, ctypes.addressof(_BLAS_TABLE))
+
+
+_fill_blas_table()
+
+
+@intrinsic
+def _gemm(typingctx, a, b, c, trans_a, trans_b):
+    """c = op(a) @ op(b), op = transpose where trans_* is non-zero; a, b, c C-contiguous
+    2-D arrays of one float dtype (transposes are BLAS flags, never copies)."""
+    if not (isinstance(c, types.Array) and c.dtype in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fl = context.get_value_type(c.dtype)
+        i32, i64, i8 = ir.IntType(32), ir.IntType(64), ir.IntType(8)
+        fp = fl.as_pointer()
+        arr_a, arr_b, arr_c = (
+            context.make_array(t)(context, builder, v) for t, v in zip((a, b, c), args[:3])
+        )
+        ta = builder.icmp_unsigned("!=", args[3], ir.Constant(args[3].type, 0))
+        tb = builder.icmp_unsigned("!=", args[4], ir.Constant(args[4].type, 0))
+        a_rows, a_cols = cgutils.unpack_tuple(builder, arr_a.shape, 2)
+        b_cols = cgutils.unpack_tuple(builder, arr_b.shape, 2)[1]
+        m, n = cgutils.unpack_tuple(builder, arr_c.shape, 2)
+        k = builder.select(ta, a_rows, a_cols)
+        one = ir.Constant(i64, 1)
+
+        def ld(v):  # BLAS wants leading dimensions >= 1 even for empty matrices
+            return builder.select(builder.icmp_signed(">", v, one), v, one)
+
+        lda, ldb, ldc = ld(a_cols), ld(b_cols), ld(n)
+        pa, pb, pc = (builder.bitcast(x.data, fp) for x in (arr_a, arr_b, arr_c))
+        alpha, beta = ir.Constant(fl, 1.0), ir.Constant(fl, 0.0)
+
+        table_ty = ir.ArrayType(i8.as_pointer(), 3)
+        table = builder.module.globals.get(_BLAS_SYMBOL)
+        if table is None:
+            table = ir.GlobalVariable(builder.module, table_ty, _BLAS_SYMBOL)
+            table.linkage = "external"
+        idx = 0 if c.dtype == types.float32 else 1
+        zero32 = ir.Constant(i32, 0)
+        fn = builder.load(builder.gep(table, [zero32, ir.Constant(i32, idx)]))
+        abi = builder.ptrtoint(builder.load(builder.gep(table, [zero32, ir.Constant(i32, 2)])), i64)
+        with builder.if_else(builder.icmp_signed("==", abi, one)) as (cblas64, f77):
+            with cblas64:  # cblas_?gemm(RowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, ...)
+                fnty = ir.FunctionType(
+                    ir.VoidType(), [i32, i32, i32, i64, i64, i64, fl, fp, i64, fp, i64, fl, fp, i64]
+                )
+                trans = [builder.select(t, ir.Constant(i32, 112), ir.Constant(i32, 111))
+                         for t in (ta, tb)]  # fmt: skip
+                builder.call(
+                    builder.bitcast(fn, fnty.as_pointer()),
+                    [ir.Constant(i32, 101), trans[0], trans[1], m, n, k, alpha, pa, lda, pb, ldb,
+                     beta, pc, ldc],
+                )  # fmt: skip
+            with f77:  # column-major: C^T = op(B)^T op(A)^T, everything by reference, int32
+                i8p, i32p, flp = i8.as_pointer(), i32.as_pointer(), fl.as_pointer()
+                fnty = ir.FunctionType(
+                    ir.VoidType(),
+                    [i8p, i8p, i32p, i32p, i32p, flp, fp, i32p, fp, i32p, flp, fp, i32p],
+                )
+
+                def byref(v):
+                    return cgutils.alloca_once_value(builder, v)
+
+                def char(t):
+                    return byref(
+                        builder.select(t, ir.Constant(i8, ord("T")), ir.Constant(i8, ord("N")))
+                    )
+
+                def int32(v):
+                    return byref(builder.trunc(v, i32))
+
+                builder.call(
+                    builder.bitcast(fn, fnty.as_pointer()),
+                    [char(tb), char(ta), int32(n), int32(m), int32(k), byref(alpha), pb,
+                     int32(ldb), pa, int32(lda), byref(beta), pc, int32(ldc)],
+                )  # fmt: skip
+        return context.get_dummy_value()
+
+    return types.void(a, b, c, trans_a, trans_b), codegen
+
+
+# ---------------------------------------------------------------------------------------
+# Activations
+#
+# Explicit loops everywhere, never slice assignment: Numba's slice assignment compiles its
+# string-formatting error path (seconds of cold-compile time).
+
+
+@_jit
+def _copy(src, dst):
+    """dst[...] = src for (N, O) arrays."""
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+@_jit
+def activation_forward(x, out, act, alpha):
+    """See reference.activation_forward (out may alias x)."""
+    n, o = x.shape
+    t = x.dtype.type
+    zero, one, a = t(0), t(1), t(alpha)
+    if act == _RELU:
+        for i in range(n):
+            for j in range(o):
+                v = x[i, j]
+                out[i, j] = zero if v < zero else v  # NaN passes, as np.maximum
+    elif act == _LINEAR:
+        _copy(x, out)
+    elif act == _LEAKY_RELU:
+        for i in range(n):
+            for j in range(o):
+                v = x[i, j]
+                out[i, j] = v if v > zero else v * a
+    elif act == _SIGMOID:
+        for i in range(n):
+            for j in range(o):
+                v = x[i, j]
+                e = np.exp(-np.abs(v))
+                out[i, j] = one / (one + e) if v >= zero else e / (one + e)
+    elif act == _TANH:
+        for i in range(n):
+            for j in range(o):
+                out[i, j] = np.tanh(x[i, j])
+    elif act == _SOFTMAX:
+        for i in range(n):
+            m = x[i, 0]
+            for j in range(1, o):
+                if x[i, j] > m:
+                    m = x[i, j]
+            s = zero
+            for j in range(o):
+                e = np.exp(x[i, j] - m)
+                out[i, j] = e
+                s += e
+            for j in range(o):
+                out[i, j] = out[i, j] / s
+    else:
+        raise ValueError("unknown activation code")
+
+
+@_jit
+def _bias_act(out, b, act, alpha):
+    """out = act(out + b) in one pass: the epilogue of reference.dense_forward."""
+    n, o = out.shape
+    t = out.dtype.type
+    zero, one, a = t(0), t(1), t(alpha)
+    if act == _RELU:
+        for i in range(n):
+            for j in range(o):
+                v = out[i, j] + b[j]
+                out[i, j] = zero if v < zero else v
+    elif act == _LINEAR:
+        for i in range(n):
+            for j in range(o):
+                out[i, j] += b[j]
+    elif act == _LEAKY_RELU:
+        for i in range(n):
+            for j in range(o):
+                v = out[i, j] + b[j]
+                out[i, j] = v if v > zero else v * a
+    elif act == _SIGMOID:
+        for i in range(n):
+            for j in range(o):
+                v = out[i, j] + b[j]
+                e = np.exp(-np.abs(v))
+                out[i, j] = one / (one + e) if v >= zero else e / (one + e)
+    elif act == _TANH:
+        for i in range(n):
+            for j in range(o):
+                out[i, j] = np.tanh(out[i, j] + b[j])
+    elif act == _SOFTMAX:
+        for i in range(n):
+            for j in range(o):
+                out[i, j] += b[j]
+            m = out[i, 0]
+            for j in range(1, o):
+                if out[i, j] > m:
+                    m = out[i, j]
+            s = zero
+            for j in range(o):
+                e = np.exp(out[i, j] - m)
+                out[i, j] = e
+                s += e
+            for j in range(o):
+                out[i, j] = out[i, j] / s
+    else:
+        raise ValueError("unknown activation code")
+
+
+@_jit
+def _act_backward(y, dout, dx, db, act, alpha, with_db):
+    """reference.activation_backward; with ``with_db`` also db = sum_N dx, row by row."""
+    n, o = y.shape
+    t = y.dtype.type
+    zero, one, a = t(0), t(1), t(alpha)
+    # dx is computed in place from a copy of dout: when dx aliases dout (the stack's case)
+    # a loop reading dout and writing dx fails LLVM's runtime overlap check and runs
+    # scalar (5x slower); reading and writing dx alone vectorises either way.
+    copy = dx.ctypes.data != dout.ctypes.data
+    if with_db:
+        for j in range(o):
+            db[j] = zero
+    for i in range(n):
+        if copy:
+            for j in range(o):
+                dx[i, j] = dout[i, j]
+        if act == _RELU:
+            for j in range(o):
+                dx[i, j] = dx[i, j] if y[i, j] > zero else zero
+        elif act == _LEAKY_RELU:
+            for j in range(o):
+                d = dx[i, j]
+                dx[i, j] = d if y[i, j] > zero else d * a
+        elif act == _SIGMOID:
+            for j in range(o):
+                yv = y[i, j]
+                dx[i, j] = dx[i, j] * yv * (one - yv)
+        elif act == _TANH:
+            for j in range(o):
+                yv = y[i, j]
+                dx[i, j] = dx[i, j] * (one - yv * yv)
+        elif act == _SOFTMAX:
+            s = zero
+            for j in range(o):
+                s += dx[i, j] * y[i, j]
+            for j in range(o):
+                dx[i, j] = y[i, j] * (dx[i, j] - s)
+        elif act != _LINEAR:
+            raise ValueError("unknown activation code")
+        if with_db:  # the row is still in L1: no second pass over dz
+            for j in range(o):
+                db[j] += dx[i, j]
+
+
+@_jit
+def activation_backward(y, dout, dx, act, alpha):
+    """See reference.activation_backward (dx may alias dout)."""
+    _act_backward(y, dout, dx, dout[0], act, alpha, _FALSE)
+
+
+# ---------------------------------------------------------------------------------------
+# Dense layer
+
+
+@_jit
+def dense_forward(x, w, b, out, act, alpha):
+    """See reference.dense_forward: the GEMM, then one bias + activation pass."""
+    _gemm(x, w, out, 0, 0)
+    _bias_act(out, b, act, alpha)
+
+
+@_jit
+def dense_backward(x, w, y, dout, dz, dx, dw, db, act, alpha, need_dx):
+    """See reference.dense_backward: one derivative + db pass, then the two GEMMs."""
+    _act_backward(y, dout, dz, db, act, alpha, _TRUE)
+    _gemm(x, dz, dw, 1, 0)
+    if need_dx:
+        _gemm(dz, w, dx, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout (the counter-based splitmix64 hash of reference.dropout_keep, in uint64)
+
+
+@_jit
+def _splitmix64(z):
+    """The splitmix64 finaliser on a uint64 (wrapping arithmetic)."""
+    z = z + _GOLDEN
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@_jit
+def dropout_seed(seed, step, layer):
+    """See reference.dropout_seed (int64 arithmetic; its 64 bits are the hash's seed)."""
+    return seed + step * 65536 + layer
+
+
+@_jit
+def dropout_forward(x, out, rate, seed):
+    """See reference.dropout_forward (out may alias x)."""
+    n, o = x.shape
+    t = x.dtype.type
+    scale, zero = t(1.0 / (1.0 - rate)), t(0)
+    base = _splitmix64(np.uint64(seed))
+    thr = np.uint64(np.int64(rate * 16777216.0))
+    for i in range(n):
+        k0 = np.uint64(i) * np.uint64(o) + base
+        for j in range(o):
+            h = _splitmix64(k0 + np.uint64(j)) >> _S40
+            out[i, j] = x[i, j] * scale if h >= thr else zero
+
+
+@_jit
+def dropout_backward(dout, dx, rate, seed):
+    """See reference.dropout_backward (the forward's mask; dx may alias dout)."""
+    dropout_forward(dout, dx, rate, seed)
+
+
+@_jit
+def _dropout_keep_flat(keep, rate, seed):
+    """Writes reference.dropout_keep's mask into the flat bool array ``keep``."""
+    base = _splitmix64(np.uint64(seed))
+    thr = np.uint64(np.int64(rate * 16777216.0))
+    for k in range(keep.shape[0]):
+        keep[k] = (_splitmix64(np.uint64(k) + base) >> _S40) >= thr
+
+
+def dropout_keep(shape, rate, seed):
+    """See reference.dropout_keep (the same mask, computed by the compiled hash)."""
+    seed = int(seed) & ((1 << 64) - 1)
+    if seed >= 1 << 63:  # the same 64 bits as an int64
+        seed -= 1 << 64
+    keep = np.empty(int(np.prod(shape)), dtype=np.bool_)
+    _dropout_keep_flat(keep, float(rate), seed)
+    return keep.reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses: sum_i sw_i * loss_i / N (accumulated in float64) and the gradient, one row pass.
+
+
+@_jit
+def softmax_cross_entropy(z, y, sw, p, dz):
+    """See reference.softmax_cross_entropy (p may alias z or dz; dz may alias p)."""
+    n, c = z.shape
+    t = z.dtype.type
+    zero, tn = t(0), t(n)
+    total = 0.0
+    for i in range(n):
+        m = z[i, 0]
+        for j in range(1, c):
+            if z[i, j] > m:
+                m = z[i, j]
+        s, sy, syz = zero, zero, zero
+        for j in range(c):
+            zm = z[i, j] - m
+            yv = y[i, j]
+            sy += yv
+            syz += yv * zm
+            e = np.exp(zm)
+            s += e
+            p[i, j] = e  # after the last read of z[i, j]
+        # -sum_j y_j (zm_j - lse) = sy * lse - sum_j y_j zm_j
+        total += np.float64(sw[i]) * (np.float64(sy) * np.float64(np.log(s)) - syz)
+        coef = sw[i] / tn
+        for j in range(c):
+            pj = p[i, j] / s
+            p[i, j] = pj
+            dz[i, j] = (pj * sy - y[i, j]) * coef  # written last: dz may alias p
+    return total / n
+
+
+@_jit
+def _sparse_softmax_ce(z, labels, sw, p, dz):
+    """reference.sparse_softmax_cross_entropy with the labels in labels[:, 0]."""
+    n, c = z.shape
+    t = z.dtype.type
+    zero, one, tn = t(0), t(1), t(n)
+    total = 0.0
+    for i in range(n):
+        k = np.int64(labels[i, 0])
+        if k < 0 or k >= c:
+            raise IndexError("class label out of range [0, C)")
+        m = z[i, 0]
+        for j in range(1, c):
+            if z[i, j] > m:
+                m = z[i, j]
+        zk = z[i, k] - m
+        s = zero
+        for j in range(c):
+            e = np.exp(z[i, j] - m)
+            s += e
+            p[i, j] = e
+        total += np.float64(sw[i]) * (np.float64(np.log(s)) - np.float64(zk))
+        coef = sw[i] / tn
+        pk = p[i, k] / s  # read before the row is overwritten: dz may alias p
+        for j in range(c):
+            pj = p[i, j] / s
+            p[i, j] = pj
+            dz[i, j] = pj * coef
+        dz[i, k] = (pk - one) * coef
+    return total / n
+
+
+@_jit
+def sparse_softmax_cross_entropy(z, labels, sw, p, dz):
+    """See reference.sparse_softmax_cross_entropy (labels (N,) of any numeric dtype)."""
+    return _sparse_softmax_ce(z, labels.reshape((labels.shape[0], 1)), sw, p, dz)
+
+
+@_jit
+def sigmoid_binary_cross_entropy(z, y, sw, p, dz):
+    """See reference.sigmoid_binary_cross_entropy (p may alias z or dz)."""
+    n, c = z.shape
+    t = z.dtype.type
+    zero, one, tnc = t(0), t(1), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            v = z[i, j]
+            yv = y[i, j]
+            e = np.exp(-np.abs(v))
+            row += (v if v > zero else zero) - v * yv + np.log1p(e)
+            s = one / (one + e) if v >= zero else e / (one + e)
+            p[i, j] = s
+            dz[i, j] = (s - yv) * coef
+        total += np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
+def categorical_crossentropy(p, y, sw, dp):
+    """See reference.categorical_crossentropy (dp may alias p)."""
+    n, c = p.shape
+    t = p.dtype.type
+    zero, lo, hi, tn = t(0), t(_PROB_EPS), t(1 - _PROB_EPS), t(n)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tn
+        for j in range(c):
+            v = p[i, j]
+            yv = y[i, j]
+            pc = lo if v < lo else (hi if v > hi else v)  # NaN passes, as np.clip
+            row += yv * np.log(pc)
+            dp[i, j] = (-yv / pc if (v >= lo and v <= hi) else zero) * coef
+        total -= np.float64(sw[i]) * np.float64(row)
+    return total / n
+
+
+@_jit
+def binary_crossentropy(p, y, sw, dp):
+    """See reference.binary_crossentropy (dp may alias p)."""
+    n, c = p.shape
+    t = p.dtype.type
+    zero, one, lo, hi, tnc = t(0), t(1), t(_PROB_EPS), t(1 - _PROB_EPS), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            v = p[i, j]
+            yv = y[i, j]
+            pc = lo if v < lo else (hi if v > hi else v)
+            row += yv * np.log(pc) + (one - yv) * np.log(one - pc)
+            inside = v >= lo and v <= hi
+            dp[i, j] = ((pc - yv) / (pc * (one - pc)) if inside else zero) * coef
+        total -= np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
+def mean_squared_error(pred, y, sw, dpred):
+    """See reference.mean_squared_error (dpred may alias pred)."""
+    n, c = pred.shape
+    t = pred.dtype.type
+    zero, two, tnc = t(0), t(2), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            d = pred[i, j] - y[i, j]
+            row += d * d
+            dpred[i, j] = two * d * coef
+        total += np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
+def mean_absolute_error(pred, y, sw, dpred):
+    """See reference.mean_absolute_error (dpred may alias pred)."""
+    n, c = pred.shape
+    t = pred.dtype.type
+    zero, tnc = t(0), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            d = pred[i, j] - y[i, j]
+            row += np.abs(d)
+            dpred[i, j] = np.sign(d) * coef
+        total += np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
+def loss_grad(out, y, sw, p, dz, loss_code):
+    """See reference.loss_grad (the sparse loss reads its labels from y[:, 0])."""
+    if loss_code == _SOFTMAX_CE:
+        return softmax_cross_entropy(out, y, sw, p, dz)
+    if loss_code == _SPARSE_SOFTMAX_CE:
+        return _sparse_softmax_ce(out, y, sw, p, dz)
+    if loss_code == _SIGMOID_BCE:
+        return sigmoid_binary_cross_entropy(out, y, sw, p, dz)
+    if loss_code == _CATEGORICAL_CE:
+        return categorical_crossentropy(out, y, sw, dz)
+    if loss_code == _BINARY_CE:
+        return binary_crossentropy(out, y, sw, dz)
+    if loss_code == _MSE:
+        return mean_squared_error(out, y, sw, dz)
+    if loss_code == _MAE:
+        return mean_absolute_error(out, y, sw, dz)
+    raise ValueError("unknown loss code")
+
+
+# ---------------------------------------------------------------------------------------
+# Regularisation and optimizers: one fused loop each over the flat buffers, in the
+# reference's operation order (so float32 results match NumPy's rounding; Adam differs
+# by one reassociation, see there).
+
+
+@_jit
+def _l1l2(w, dw, l1, l2):
+    """reference.l1l2_penalty on flat (P,) views."""
+    t = w.dtype.type
+    a, b = t(l1), t(2 * l2)
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(w.shape[0]):
+        v = w[k]
+        dw[k] += a * np.sign(v) + b * v
+        v64 = np.float64(v)
+        s1 += np.abs(v64)
+        s2 += v64 * v64
+    return l1 * s1 + l2 * s2
+
+
+@_jit
+def l1l2_penalty(w, dw, l1, l2):
+    """See reference.l1l2_penalty (w, dw C-contiguous, any shape)."""
+    return _l1l2(w.reshape(w.size), dw.reshape(dw.size), l1, l2)
+
+
+@_jit
+def sgd_update(p, g, lr):
+    """See reference.sgd_update."""
+    a = p.dtype.type(lr)
+    for k in range(p.shape[0]):
+        p[k] -= a * g[k]
+
+
+@_jit
+def momentum_update(p, g, buf, lr, momentum, nesterov):
+    """See reference.momentum_update."""
+    t = p.dtype.type
+    a, mu = t(lr), t(momentum)
+    if nesterov:
+        for k in range(p.shape[0]):
+            gk = g[k]
+            bk = buf[k] * mu + gk
+            buf[k] = bk
+            p[k] -= a * (gk + mu * bk)
+    else:
+        for k in range(p.shape[0]):
+            bk = buf[k] * mu + g[k]
+            buf[k] = bk
+            p[k] -= a * bk
+
+
+@_jit
+def adagrad_update(p, g, acc, lr, epsilon):
+    """See reference.adagrad_update."""
+    t = p.dtype.type
+    a, eps = t(lr), t(epsilon)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        ak = acc[k] + gk * gk
+        acc[k] = ak
+        p[k] -= a * gk / (np.sqrt(ak) + eps)
+
+
+@_jit
+def rmsprop_update(p, g, sq, lr, rho, epsilon):
+    """See reference.rmsprop_update."""
+    t = p.dtype.type
+    a, r, r1, eps = t(lr), t(rho), t(1 - rho), t(epsilon)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        sk = sq[k] * r + r1 * gk * gk
+        sq[k] = sk
+        p[k] -= a * gk / (np.sqrt(sk) + eps)
+
+
+@_jit
+def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
+    """See reference.adam_update."""
+    t = p.dtype.type
+    # x * 1 is exact: without weight decay the factor 1 leaves p as it is, branch-free.
+    decay = t(1 - lr * weight_decay) if weight_decay else t(1)
+    b1, c1, b2, c2 = t(beta_1), t(1 - beta_1), t(beta_2), t(1 - beta_2)
+    # math.pow, not **: Numba's float ** int multiplies by squaring, Python calls pow().
+    # lr_t * m / (sqrt(v) / bc2 + eps) == (lr_t * bc2) * m / (sqrt(v) + eps * bc2): one
+    # division instead of two (the loop is bound by division and sqrt throughput while
+    # the buffers fit in cache); the result differs from the reference by rounding only.
+    bc2 = math.sqrt(1 - math.pow(beta_2, np.float64(step)))
+    step_size = t(lr / (1 - math.pow(beta_1, np.float64(step))) * bc2)
+    eps = t(epsilon * bc2)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = m[k] * b1 + c1 * gk
+        vk = v[k] * b2 + c2 * gk * gk
+        m[k] = mk
+        v[k] = vk
+        p[k] = p[k] * decay - step_size * mk / (np.sqrt(vk) + eps)
+
+
+@_jit
+def optimizer_update(params, grads, state, opt_code, hyper, step):
+    """See reference.optimizer_update."""
+    if opt_code == _SGD:
+        sgd_update(params, grads, hyper[0])
+    elif opt_code == _MOMENTUM:
+        momentum_update(params, grads, state[0], hyper[0], hyper[1], np.int64(hyper[2]))
+    elif opt_code == _ADAGRAD:
+        adagrad_update(params, grads, state[0], hyper[0], hyper[1])
+    elif opt_code == _RMSPROP:
+        rmsprop_update(params, grads, state[0], hyper[0], hyper[1], hyper[2])
+    elif opt_code == _ADAM:
+        adam_update(params, grads, state[0], state[1], hyper[0], hyper[1], hyper[2],
+                    hyper[3], hyper[4], np.int64(step))  # fmt: skip
+    else:
+        raise ValueError("unknown optimizer code")
+
+
+# ---------------------------------------------------------------------------------------
+# A stack of layers over flat buffers (layout: see reference).
+
+
+@_jit
+def output_offset(layers, n):
+    """See reference.output_offset."""
+    off = 0
+    for l in range(layers.shape[0] - 1):
+        off += layers[l, 1]
+    return n * off
+
+
+@_jit
+def forward_stack(x, params, acts, layers, layer_f, training, seed, step):
+    """See reference.forward_stack."""
+    n = x.shape[0]
+    seed, step = np.int64(seed), np.int64(step)
+    inp = x
+    n_in = x.shape[1]
+    off = 0
+    for l in range(layers.shape[0]):
+        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+        alpha = layer_f[l, 0]
+        out = acts[off : off + n * width].reshape((n, width))
+        if kind == _DENSE:
+            nw = n_in * width
+            w = params[poff : poff + nw].reshape((n_in, width))
+            dense_forward(inp, w, params[poff + nw : poff + nw + width], out, act, alpha)
+        elif kind == _DROPOUT:
+            if training and alpha > 0:
+                dropout_forward(inp, out, alpha, dropout_seed(seed, step, l))
+            else:
+                _copy(inp, out)
+        else:
+            activation_forward(inp, out, act, alpha)
+        inp = out
+        n_in = width
+        off += n * width
+
+
+@_jit
+def backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step):
+    """See reference.backward_stack."""
+    n = x.shape[0]
+    seed, step = np.int64(seed), np.int64(step)
+    n_layers = layers.shape[0]
+    half = gbuf.shape[0] // 2
+    first = n_layers
+    for l in range(n_layers):
+        if layers[l, 0] == _DENSE:
+            first = l
+            break
+    penalty = 0.0
+    cur = 0
+    out_off = output_offset(layers, n)
+    for l in range(n_layers - 1, first - 1, -1):
+        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+        alpha = layer_f[l, 0]
+        n_in = x.shape[1] if l == 0 else layers[l - 1, 1]
+        in_off = out_off - n * n_in
+        inp = x if l == 0 else acts[in_off : in_off + n * n_in].reshape((n, n_in))
+        out = acts[out_off : out_off + n * width].reshape((n, width))
+        g = gbuf[cur : cur + n * width].reshape((n, width))
+        dx = gbuf[half - cur : half - cur + n * n_in].reshape((n, n_in))
+        if kind == _DENSE:
+            nw = n_in * width
+            w = params[poff : poff + nw].reshape((n_in, width))
+            dw = grads[poff : poff + nw].reshape((n_in, width))
+            db = grads[poff + nw : poff + nw + width]
+            dense_backward(inp, w, out, g, g, dx, dw, db, act, alpha, np.int64(l > first))
+            l1, l2 = layer_f[l, 1], layer_f[l, 2]
+            if l1 != 0 or l2 != 0:
+                penalty += _l1l2(params[poff : poff + nw], grads[poff : poff + nw], l1, l2)
+        elif kind == _DROPOUT:
+            if alpha > 0:
+                dropout_forward(g, dx, alpha, dropout_seed(seed, step, l))
+            else:
+                _copy(g, dx)
+        else:
+            _act_backward(out, g, dx, g[0], act, alpha, _FALSE)
+        cur = half - cur
+        out_off = in_off
+    return penalty
+
+
+@_jit
+def _penalty_stack(params, layers, layer_f, n_in0):
+    """reference.penalty_stack: the regularisation penalty, without gradient."""
+    total = 0.0
+    n_in = n_in0
+    for l in range(layers.shape[0]):
+        width, poff = layers[l, 1], layers[l, 3]
+        l1, l2 = layer_f[l, 1], layer_f[l, 2]
+        if layers[l, 0] == _DENSE and (l1 != 0 or l2 != 0):
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(poff, poff + n_in * width):
+                v = np.float64(params[k])
+                s1 += np.abs(v)
+                s2 += v * v
+            total += l1 * s1 + l2 * s2
+        n_in = width
+    return total
+
+
+@_jit
+def _loss_views(n, acts, gbuf, layers, loss_code, logits_out):
+    """(out, p, dz) of reference._stack_loss: the stack's output, where the probabilities
+    go (over the logits unless ``logits_out``; only the logit losses write p) and dL/dout."""
+    width = layers[layers.shape[0] - 1, 1]
+    off = output_offset(layers, n)
+    out = acts[off : off + n * width].reshape((n, width))
+    dz = gbuf[0 : n * width].reshape((n, width))
+    logit_loss = loss_code == _SOFTMAX_CE or loss_code == _SPARSE_SOFTMAX_CE
+    logit_loss = logit_loss or loss_code == _SIGMOID_BCE
+    p = out if (logit_loss and not logits_out) else dz
+    return out, p, dz
+
+
+@_jit
+def train_step(
+    x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
+    loss_code, logits_out, opt_code, hyper, step, seed,
+):  # fmt: skip
+    """See reference.train_step (no update when the loss is not finite)."""
+    # scalars passed on as int64 (never literals or bools): one signature per callee
+    loss_code, opt_code = np.int64(loss_code), np.int64(opt_code)
+    step, seed = np.int64(step), np.int64(seed)
+    forward_stack(x, params, acts, layers, layer_f, np.int64(1), seed, step)
+    out, p, dz = _loss_views(x.shape[0], acts, gbuf, layers, loss_code, np.int64(logits_out))
+    loss = loss_grad(out, y, sw, p, dz, loss_code)
+    loss += backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step)
+    if np.isfinite(loss):
+        optimizer_update(params, grads, state, opt_code, hyper, step)
+    return loss
+
+
+@_jit
+def eval_step(x, y, sw, params, acts, gbuf, layers, layer_f, loss_code, logits_out):
+    """See reference.eval_step."""
+    zero, loss_code = np.int64(0), np.int64(loss_code)
+    forward_stack(x, params, acts, layers, layer_f, zero, zero, zero)
+    out, p, dz = _loss_views(x.shape[0], acts, gbuf, layers, loss_code, np.int64(logits_out))
+    loss = loss_grad(out, y, sw, p, dz, loss_code)
+    return loss + _penalty_stack(params, layers, layer_f, x.shape[1])
+
+
+@_jit
+def _argmax_row(a, i):
+    """np.argmax(a[i]): the first maximum, or the first NaN."""
+    best = a[i, 0]
+    if np.isnan(best):
+        return 0
+    k = 0
+    for j in range(1, a.shape[1]):
+        v = a[i, j]
+        if np.isnan(v):
+            return j
+        if v > best:
+            best = v
+            k = j
+    return k
+
+
+@_jit
+def batch_stats(out, y, acc_mode, threshold, stats):
+    """See reference.batch_stats."""
+    n, c = out.shape
+    if acc_mode == _ACC_SPARSE:
+        hits = 0
+        for i in range(n):
+            if _argmax_row(out, i) == np.int64(y[i, 0]):
+                hits += 1
+        stats[_STAT_CORRECT] += hits
+    elif acc_mode == _ACC_CATEGORICAL:
+        hits = 0
+        for i in range(n):
+            if _argmax_row(out, i) == _argmax_row(y, i):
+                hits += 1
+        stats[_STAT_CORRECT] += hits
+    elif acc_mode == _ACC_BINARY:
+        # compared in the arrays' dtype, as NumPy compares an array with a Python float
+        thr, half = out.dtype.type(threshold), y.dtype.type(0.5)
+        hits = 0
+        for i in range(n):
+            for j in range(c):
+                if (out[i, j] > thr) == (y[i, j] > half):
+                    hits += 1
+        stats[_STAT_CORRECT] += hits / c
+    if y.shape[1] == c:
+        s_abs = 0.0
+        s_sq = 0.0
+        for i in range(n):
+            for j in range(c):
+                d = np.float64(out[i, j]) - np.float64(y[i, j])
+                s_abs += np.abs(d)
+                s_sq += d * d
+        stats[_STAT_ABS] += s_abs
+        stats[_STAT_SQ] += s_sq
+    stats[_STAT_ROWS] += n
+
+
+@_jit
+def run_epoch(
+    X, Y, SW, order, batch_size, xb, yb, swb,
+    params, grads, state, acts, gbuf, layers, layer_f,
+    loss_code, logits_out, opt_code, hyper, lrs, step, seed,
+    train, acc_mode, threshold, stats,
+):  # fmt: skip
+    """See reference.run_epoch (the whole epoch is one compiled call)."""
+    total = order.shape[0]
+    n_batches = (total + batch_size - 1) // batch_size
+    width = layers[layers.shape[0] - 1, 1]
+    for b in range(n_batches):
+        start = b * batch_size
+        n = min(batch_size, total - start)
+        for r in range(n):
+            src = order[start + r]
+            for j in range(X.shape[1]):
+                xb[r, j] = X[src, j]
+            for j in range(Y.shape[1]):
+                yb[r, j] = Y[src, j]
+            swb[r] = SW[src]
+        x, y, sw = xb[:n], yb[:n], swb[:n]
+        if train:
+            hyper[0] = lrs[b]
+            loss = train_step(
+                x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
+                np.int64(loss_code), np.int64(logits_out), np.int64(opt_code), hyper,
+                np.int64(step + b), np.int64(seed),
+            )  # fmt: skip
+        else:
+            loss = eval_step(
+                x, y, sw, params, acts, gbuf, layers, layer_f, np.int64(loss_code),
+                np.int64(logits_out),
+            )  # fmt: skip
+        stats[_STAT_LOSS] += loss * n
+        if not np.isfinite(loss):
+            return b
+        off = output_offset(layers, n)
+        batch_stats(acts[off : off + n * width].reshape((n, width)), y, np.int64(acc_mode),
+                    np.float64(threshold), stats)  # fmt: skip
+    return n_batches

@@ -1,0 +1,239 @@
+"""Shared helpers of the kernel tests: backends under test, tolerances, layer stacks.
+
+Importable from any test module as ``from tests.kernel_cases import ...``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from fastnn import backend
+from fastnn.kernels import codes as C
+from fastnn.kernels import reference as ref
+
+DTYPES = (np.float32, np.float64)
+ACTS = (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX)
+LOSSES = (C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE,
+          C.MSE, C.MAE)  # fmt: skip
+OPTIMIZERS = (C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM)
+#: (N, I, O) shapes that catch tail and edge bugs.
+SHAPES = ((1, 1, 1), (7, 5, 3), (33, 17, 65))
+
+#: Hyper-parameter vectors per optimizer code (layout in codes.py); AdamW via weight_decay.
+HYPER = {
+    C.SGD: [0.05],
+    C.MOMENTUM: [0.05, 0.9, 1.0],
+    C.ADAGRAD: [0.05, 1e-7],
+    C.RMSPROP: [0.01, 0.9, 1e-7],
+    C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.01],
+}
+
+
+def compiled_backends() -> list[str]:
+    """Every CPU backend that loads here except the NumPy reference itself.
+
+    Like ``backend.available()`` minus numpy and cuda, but without importing the CUDA
+    backend (it is opt-in, and its tests configure Numba's simulator before importing).
+    """
+    return [
+        name
+        for name in backend.MODULES
+        if name not in ("numpy", "cuda") and backend.why_unavailable(name) is None
+    ]
+
+
+def tolerance(dtype, ref_value, k=1, scale=1.0, factor=8.0):
+    """Elementwise tolerance atol + rtol*|ref| for ``dtype``.
+
+    Both terms are ``factor`` units of roundoff; ``k`` is the reduction length (a GEMM's
+    inner dimension, a row sum), ``scale`` the typical magnitude of the summed terms.
+    """
+    eps = float(np.finfo(dtype).eps)
+    return factor * eps * k * (scale + np.abs(np.asarray(ref_value, dtype=np.float64)))
+
+
+def assert_close(actual, expected, dtype, k=1, scale=1.0, factor=8.0, extra=0.0, what=""):
+    """Asserts |actual - expected| <= tolerance(...) + extra elementwise (``extra`` scalar or
+    broadcastable); NaNs must be in the same places."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(actual), nan), f"{what}: NaN positions differ"
+    tol = tolerance(dtype, np.where(nan, 0.0, expected), k, scale, factor) + extra
+    tol = np.broadcast_to(tol, expected.shape)[~nan]
+    err = np.abs(actual - expected)[~nan]
+    err[np.isnan(err)] = 0.0  # equal infinities
+    bad = err > tol
+    if np.any(bad):
+        i = int(np.argmax(err - tol))
+        a, e = actual[~nan][i], expected[~nan][i]
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{err.size} elements off; worst actual={a!r} "
+            f"expected={e!r} err={err[i]:.3g} tol={tol[i]:.3g}"
+        )
+
+
+def rng_for(*key) -> np.random.Generator:
+    """A generator seeded by a test's parameters (reproducible, distinct per case)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+# ---------------------------------------------------------------------------------------
+# Layer stacks over flat buffers (the layout documented in reference.py)
+
+
+class Stack:
+    """A layer stack and every buffer ``train_step``/``run_epoch`` need, for one dtype.
+
+    ``spec`` is a list of (kind, width, act, alpha_or_rate, l1, l2).
+    """
+
+    def __init__(self, spec, n_in, n, dtype, rng, n_targets=None, loss=C.MSE):
+        self.dtype = np.dtype(dtype)
+        self.n, self.n_in, self.loss = n, n_in, loss
+        rows, frows, off, width_in = [], [], 0, n_in
+        for kind, width, act, a, l1, l2 in spec:
+            poff = off if kind == C.DENSE else 0
+            rows.append([kind, width, act, poff])
+            frows.append([a, l1, l2])
+            if kind == C.DENSE:
+                off += width_in * width + width
+            width_in = width
+        self.layers = np.array(rows, dtype=np.int64)
+        self.layer_f = np.array(frows, dtype=np.float64)
+        self.n_params = off
+        self.widths = [int(w) for w in self.layers[:, 1]]
+        self.n_out = self.widths[-1]
+        # Glorot-ish weights, small biases
+        params = np.empty(off)
+        width_in = n_in
+        for kind, width, _, poff in rows:
+            if kind == C.DENSE:
+                nw = width_in * width
+                params[poff : poff + nw] = rng.standard_normal(nw) * np.sqrt(
+                    2.0 / (width_in + width)
+                )
+                params[poff + nw : poff + nw + width] = rng.standard_normal(width) * 0.1
+            width_in = width
+        self.params = params.astype(dtype)
+        self.x = rng.standard_normal((n, n_in)).astype(dtype)
+        self.y = make_targets(loss, n, self.n_out, rng, dtype, n_targets)
+        self.sw = rng.uniform(0.5, 1.5, n).astype(dtype)
+        self.sw[0] = 0.0  # a zero-weight sample
+
+    def buffers(self, n=None, n_state=2):
+        """Fresh zeroed (grads, state, acts, gbuf) for a batch of ``n`` rows."""
+        n = self.n if n is None else n
+        z = lambda size: np.zeros(size, dtype=self.dtype)  # noqa: E731
+        gsize = 2 * n * max([self.n_in] + self.widths)
+        return (z(self.n_params), np.zeros((n_state, self.n_params), self.dtype),
+                z(n * sum(self.widths)), z(gsize))  # fmt: skip
+
+    def astype(self, dtype):
+        """A copy of this stack's data in ``dtype`` (same layers, weights, inputs)."""
+        other = object.__new__(Stack)
+        other.__dict__.update(self.__dict__)
+        other.dtype = np.dtype(dtype)
+        for name in ("params", "x", "y", "sw"):
+            setattr(other, name, getattr(self, name).astype(dtype))
+        return other
+
+
+def make_targets(loss, n, c, rng, dtype, n_targets=None):
+    """Targets suited to ``loss`` for an (n, c) output."""
+    if loss == C.SPARSE_SOFTMAX_CE:
+        return rng.integers(0, c, (n, 1)).astype(dtype)
+    if loss in (C.SOFTMAX_CE, C.CATEGORICAL_CE):
+        y = np.eye(c)[rng.integers(0, c, n)]
+        y[0] = 0.5 / c + 0.5 * y[0]  # one soft row: sum(y) is used by the gradient
+        return y.astype(dtype)
+    if loss in (C.SIGMOID_BCE, C.BINARY_CE):
+        return (rng.random((n, c)) > 0.5).astype(dtype)
+    return rng.standard_normal((n, c if n_targets is None else n_targets)).astype(dtype)
+
+
+#: The output activation each loss expects, and whether the stack keeps logits.
+OUTPUT_ACT = {
+    C.SOFTMAX_CE: C.LINEAR,
+    C.SPARSE_SOFTMAX_CE: C.LINEAR,
+    C.SIGMOID_BCE: C.LINEAR,
+    C.CATEGORICAL_CE: C.SOFTMAX,
+    C.BINARY_CE: C.SIGMOID,
+    C.MSE: C.LINEAR,
+    C.MAE: C.TANH,
+}
+
+
+def mlp3(loss, dtype, rng, n=24, n_in=9, hidden=16, n_out=5, rate=0.3, l2=1e-3):
+    """Dense(hidden, relu, l2) -> Dropout(rate) -> Dense(n_out, loss's output activation)."""
+    spec = [
+        (C.DENSE, hidden, C.RELU, 0.0, 0.0, l2),
+        (C.DROPOUT, hidden, C.LINEAR, rate, 0.0, 0.0),
+        (C.DENSE, n_out, OUTPUT_ACT[loss], 0.0, 1e-4, 0.0),
+    ]
+    return Stack(spec, n_in, n, dtype, rng, loss=loss)
+
+
+def mixed_stack(dtype, rng, n=13, n_in=6):
+    """Input dropout (before the first Dense), Dense tanh with l1+l2, a standalone
+    leaky-relu Activation layer, Dense sigmoid: exercises every layer kind and the
+    'first parameter layer' rule of backward_stack."""
+    spec = [
+        (C.DROPOUT, n_in, C.LINEAR, 0.2, 0.0, 0.0),
+        (C.DENSE, 11, C.TANH, 0.0, 1e-3, 1e-3),
+        (C.ACTIVATION, 11, C.LEAKY_RELU, 0.1, 0.0, 0.0),
+        (C.DENSE, 4, C.SIGMOID, 0.0, 0.0, 0.0),
+    ]
+    return Stack(spec, n_in, n, dtype, rng, loss=C.BINARY_CE)
+
+
+def train_steps(module, stack, loss, opt, steps, logits_out=0, seed=11):
+    """Runs ``steps`` train_step calls of ``module`` on ``stack``; returns the final
+    (params, grads, state, acts, gbuf, losses)."""
+    params = stack.params.copy()
+    grads, state, acts, gbuf = stack.buffers(n_state=max(1, C.STATE_SLOTS[opt]))
+    hyper = np.array(HYPER[opt], dtype=np.float64)
+    losses = []
+    for step in range(1, steps + 1):
+        losses.append(
+            module.train_step(
+                stack.x,
+                stack.y,
+                stack.sw,
+                params,
+                grads,
+                state,
+                acts,
+                gbuf,
+                stack.layers,
+                stack.layer_f,
+                loss,
+                logits_out,
+                opt,
+                hyper,
+                step,
+                seed,
+            )  # fmt: skip
+        )
+    return params, grads, state, acts, gbuf, np.array(losses)
+
+
+def acc_mode_for(loss):
+    """The accuracy mode a model would use with ``loss``."""
+    return {
+        C.SPARSE_SOFTMAX_CE: C.ACC_SPARSE,
+        C.SOFTMAX_CE: C.ACC_CATEGORICAL,
+        C.CATEGORICAL_CE: C.ACC_CATEGORICAL,
+        C.SIGMOID_BCE: C.ACC_BINARY,
+        C.BINARY_CE: C.ACC_BINARY,
+    }.get(loss, C.ACC_NONE)
+
+
+__all__ = [
+    "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
+    "acc_mode_for", "assert_close", "compiled_backends", "make_targets", "mixed_stack",
+    "mlp3", "ref", "rng_for", "tolerance", "train_steps",
+]  # fmt: skip

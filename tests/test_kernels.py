@@ -1,0 +1,723 @@
+"""Kernel correctness ladder: every compiled CPU backend == the NumPy reference.
+
+Backends under test: every loadable CPU backend except the reference (numba, and cython
+when its extension is built).  Per operation: float32 and float64, odd shapes (1x1, 7x5x3,
+33x17x65), every activation / loss / optimizer code, the aliasing the contract allows,
+inputs left unmodified.  Then whole layer stacks (forward, train/eval step, epochs), the
+NaN rule, and one compiled signature per dtype after a training run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastnn import backend
+from fastnn.kernels import codes as C
+from fastnn.kernels import reference as ref
+from tests.kernel_cases import (
+    ACTS,
+    DTYPES,
+    HYPER,
+    LOSSES,
+    OPTIMIZERS,
+    SHAPES,
+    acc_mode_for,
+    assert_close,
+    compiled_backends,
+    make_targets,
+    mixed_stack,
+    mlp3,
+    rng_for,
+    train_steps,
+)
+
+BACKENDS = compiled_backends()
+ALPHA = 0.1  # leaky_relu slope used throughout
+
+pytestmark = pytest.mark.skipif(not BACKENDS, reason="no compiled CPU backend loads here")
+
+
+@pytest.fixture(params=BACKENDS)
+def mod(request):
+    """The kernel module of one compiled backend."""
+    return backend.load(request.param)
+
+
+dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+acts = pytest.mark.parametrize("act", ACTS)
+
+
+def _copies(*arrays):
+    return [a.copy() for a in arrays]
+
+
+def _assert_unchanged(arrays, copies):
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c, err_msg="an input was modified")
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Contract
+
+
+def _params(f):
+    try:
+        return list(inspect.signature(getattr(f, "py_func", f)).parameters)
+    except (TypeError, ValueError):  # a compiled function without a readable signature
+        return None
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_contract_every_op_with_the_reference_signature(name):
+    module = backend.load(name)
+    missing = [op for op in ref.OPS if not callable(getattr(module, op, None))]
+    assert not missing, f"{name} lacks {missing}"
+    for op in ref.OPS:
+        params = _params(getattr(module, op))
+        if params is not None:
+            assert params == _params(getattr(ref, op)), f"{name}.{op} parameters differ"
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Every op == reference
+
+
+@dtypes
+@shapes
+@acts
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_activation_forward(mod, dtype, shape, act, inplace):
+    n, _, o = shape
+    x = (rng_for("af", shape, act).standard_normal((n, o)) * 3).astype(dtype)
+    x.flat[0] = 0.0
+    expected = np.empty_like(x)
+    ref.activation_forward(x.copy(), expected, act, ALPHA)
+    if inplace:
+        got = x.copy()
+        mod.activation_forward(got, got, act, ALPHA)
+    else:
+        got = np.full_like(x, np.nan)
+        (x0,) = _copies(x)
+        mod.activation_forward(x, got, act, ALPHA)
+        _assert_unchanged([x], [x0])
+    assert got.dtype == dtype
+    assert_close(got, expected, dtype, k=o if act == C.SOFTMAX else 1, what="out")
+
+
+@dtypes
+@shapes
+@acts
+@pytest.mark.parametrize("inplace", [False, True], ids=["dx", "dx_is_dout"])
+def test_activation_backward(mod, dtype, shape, act, inplace):
+    n, _, o = shape
+    rng = rng_for("ab", shape, act)
+    y = np.empty((n, o), dtype)
+    ref.activation_forward(rng.standard_normal((n, o)).astype(dtype), y, act, ALPHA)
+    dout = rng.standard_normal((n, o)).astype(dtype)
+    expected = np.empty_like(y)
+    ref.activation_backward(y, dout.copy(), expected, act, ALPHA)
+    y0, dout0 = _copies(y, dout)
+    if inplace:
+        got = dout.copy()
+        mod.activation_backward(y, got, got, act, ALPHA)
+        _assert_unchanged([y], [y0])
+    else:
+        got = np.full_like(y, np.nan)
+        mod.activation_backward(y, dout, got, act, ALPHA)
+        _assert_unchanged([y, dout], [y0, dout0])
+    assert_close(got, expected, dtype, k=o if act == C.SOFTMAX else 1, what="dx")
+
+
+def _dense_inputs(shape, dtype, key):
+    n, i, o = shape
+    rng = rng_for("dense", shape, key)
+    x = rng.standard_normal((n, i)).astype(dtype)
+    w = (rng.standard_normal((i, o)) / np.sqrt(i)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    return rng, x, w, b
+
+
+@dtypes
+@shapes
+@acts
+def test_dense_forward(mod, dtype, shape, act):
+    _, x, w, b = _dense_inputs(shape, dtype, act)
+    expected = np.empty((shape[0], shape[2]), dtype)
+    ref.dense_forward(x, w, b, expected, act, ALPHA)
+    inputs = [x, w, b]
+    copies = _copies(*inputs)
+    got = np.full_like(expected, np.nan)
+    mod.dense_forward(x, w, b, got, act, ALPHA)
+    _assert_unchanged(inputs, copies)
+    assert_close(got, expected, dtype, k=shape[1] + shape[2], what="out")
+
+
+@dtypes
+@shapes
+@acts
+@pytest.mark.parametrize("alias", [False, True], ids=["dz", "dz_is_dout"])
+@pytest.mark.parametrize("need_dx", [1, 0])
+def test_dense_backward(mod, dtype, shape, act, alias, need_dx):
+    n, i, o = shape
+    rng, x, w, b = _dense_inputs(shape, dtype, act)
+    y = np.empty((n, o), dtype)
+    ref.dense_forward(x, w, b, y, act, ALPHA)
+    dout = rng.standard_normal((n, o)).astype(dtype)
+    outs_ref = [np.empty((n, o), dtype), np.zeros((n, i), dtype), np.empty((i, o), dtype),
+                np.empty(o, dtype)]  # fmt: skip
+    ref.dense_backward(x, w, y, dout.copy(), *outs_ref, act, ALPHA, need_dx)
+    sentinel = np.full((n, i), 7.0, dtype)  # dx must stay untouched without need_dx
+    dz = dout.copy() if alias else np.full((n, o), np.nan, dtype)
+    dx, dw, db = sentinel.copy(), np.full((i, o), np.nan, dtype), np.full(o, np.nan, dtype)
+    inputs = [x, w, y] + ([] if alias else [dout])
+    copies = _copies(*inputs)
+    mod.dense_backward(x, w, y, dz if alias else dout, dz, dx, dw, db, act, ALPHA, need_dx)
+    _assert_unchanged(inputs, copies)
+    k_act = o if act == C.SOFTMAX else 1
+    assert_close(dz, outs_ref[0], dtype, k=k_act, what="dz")
+    assert_close(db, outs_ref[3], dtype, k=n + k_act, what="db")
+    assert_close(dw, outs_ref[2], dtype, k=n + k_act, scale=2.0, what="dw")
+    if need_dx:
+        assert_close(dx, outs_ref[1], dtype, k=o + k_act, scale=2.0, what="dx")
+    else:
+        np.testing.assert_array_equal(dx, sentinel)
+
+
+@dtypes
+@shapes
+@pytest.mark.parametrize("blas", ["scipy", "numpy"])
+def test_numba_gemm_through_either_blas(dtype, shape, blas):
+    """numba_cpu calls NumPy's CBLAS when found, else SciPy's Fortran BLAS: both work."""
+    if "numba" not in BACKENDS:
+        pytest.skip("numba backend not available")
+    from fastnn.kernels import numba_cpu
+
+    n, i, o = shape
+    rng, x, w, b = _dense_inputs(shape, dtype, blas)
+    dz = rng.standard_normal((n, o)).astype(dtype)
+    expected = [np.empty((n, o), dtype), np.empty((i, o), dtype), np.empty((n, i), dtype)]
+    np.dot(x, w, out=expected[0])
+    expected[0] += b
+    np.dot(x.T, dz, out=expected[1])
+    np.dot(dz, w.T, out=expected[2])
+    got = [np.full_like(e, np.nan) for e in expected]
+    numba_cpu._fill_blas_table(prefer_numpy=blas == "numpy")
+    try:
+        numba_cpu.dense_forward(x, w, b, got[0], C.LINEAR, 0.0)
+        numba_cpu.dense_backward(x, w, got[0], dz.copy(), dz.copy(), got[2], got[1],
+                                 np.empty(o, dtype), C.LINEAR, 0.0, 1)  # fmt: skip
+    finally:
+        numba_cpu._fill_blas_table()
+    for name, g, e, k in zip(("out", "dw", "dx"), got, expected, (i, n, o)):
+        assert_close(g, e, dtype, k=k, scale=2.0, what=name)
+
+
+@dtypes
+@shapes
+@pytest.mark.parametrize("rate", [0.0, 0.3, 0.9])
+@pytest.mark.parametrize("seed", [0, 12345, 2**40 + 7])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_dropout_forward_backward(mod, dtype, shape, rate, seed, inplace):
+    n, _, o = shape
+    x = rng_for("drop", shape, rate, seed).standard_normal((n, o)).astype(dtype)
+    for op in ("dropout_forward", "dropout_backward"):
+        expected = np.empty_like(x)
+        getattr(ref, op)(x.copy(), expected, rate, seed)
+        if inplace:
+            got = x.copy()
+            getattr(mod, op)(got, got, rate, seed)
+        else:
+            got = np.full_like(x, np.nan)
+            x0 = x.copy()
+            getattr(mod, op)(x, got, rate, seed)
+            _assert_unchanged([x], [x0])
+        # the same hash and the same single multiply: bit-identical
+        np.testing.assert_array_equal(got, expected, err_msg=op)
+
+
+def test_dropout_seed_and_mask_helpers():
+    from fastnn.kernels import numba_cpu
+
+    if "numba" not in BACKENDS:
+        pytest.skip("numba backend not available")
+    for seed, step, layer in [(0, 0, 0), (7, 3, 2), (2**40, 123456, 5)]:
+        assert numba_cpu.dropout_seed(seed, step, layer) == ref.dropout_seed(seed, step, layer)
+    for seed in (0, 99, 2**63 + 5, -3):
+        np.testing.assert_array_equal(
+            numba_cpu.dropout_keep((5, 7), 0.4, seed), ref.dropout_keep((5, 7), 0.4, seed)
+        )
+
+
+# Losses -------------------------------------------------------------------------------
+
+LOGIT_LOSSES = {
+    "softmax_cross_entropy": C.SOFTMAX_CE,
+    "sparse_softmax_cross_entropy": C.SPARSE_SOFTMAX_CE,
+    "sigmoid_binary_cross_entropy": C.SIGMOID_BCE,
+}
+PROB_LOSSES = {
+    "categorical_crossentropy": C.CATEGORICAL_CE,
+    "binary_crossentropy": C.BINARY_CE,
+    "mean_squared_error": C.MSE,
+    "mean_absolute_error": C.MAE,
+}
+
+
+def _loss_inputs(code, n, c, dtype, rng):
+    """(out, y, sw) for a loss: logits, probabilities (some clipped) or predictions."""
+    y = make_targets(code, n, c, rng, dtype)
+    sw = rng.uniform(0.5, 1.5, n).astype(dtype)
+    sw[n // 2] = 0.0
+    if code in (C.CATEGORICAL_CE, C.BINARY_CE):
+        out = rng.uniform(0.0, 1.0, (n, c))
+        out.flat[0] = 0.0  # outside the clip range: zero gradient
+        out.flat[-1] = 1.0
+        if n * c > 2:
+            out.flat[1] = 1e-9
+    else:
+        out = rng.standard_normal((n, c)) * 3
+    return out.astype(dtype), y, sw
+
+
+def _loss_tol_k(n, c):
+    return n * c
+
+
+@dtypes
+@shapes
+@pytest.mark.parametrize("name", list(LOGIT_LOSSES))
+@pytest.mark.parametrize("alias", ["none", "p_is_z", "p_is_dz"])
+def test_logit_losses(mod, dtype, shape, name, alias):
+    n, _, c = shape
+    code = LOGIT_LOSSES[name]
+    z, y, sw = _loss_inputs(code, n, c, dtype, rng_for("logit", name, shape))
+    y_arg = y[:, 0].copy() if code == C.SPARSE_SOFTMAX_CE else y
+    p_r, dz_r = np.empty_like(z), np.empty_like(z)
+    loss_r = getattr(ref, name)(z.copy(), y_arg, sw, p_r, dz_r)
+    zz, dz = z.copy(), np.full_like(z, np.nan)
+    p = {"none": np.full_like(z, np.nan), "p_is_z": zz, "p_is_dz": dz}[alias]
+    inputs = [y_arg, sw] + ([] if alias == "p_is_z" else [zz])
+    copies = _copies(*inputs)
+    loss = getattr(mod, name)(zz, y_arg, sw, p, dz)
+    _assert_unchanged(inputs, copies)
+    assert isinstance(loss, float)
+    k = _loss_tol_k(n, c)
+    assert_close(loss, loss_r, dtype, k=k, scale=4.0, what="loss")
+    assert_close(dz, dz_r, dtype, k=c, what="dz")
+    if alias != "p_is_dz":
+        assert_close(p, p_r, dtype, k=c, what="p")
+
+
+@dtypes
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
+def test_sparse_labels_of_any_integer_dtype(mod, dtype, label_dtype):
+    n, c = 9, 4
+    z, y, sw = _loss_inputs(C.SPARSE_SOFTMAX_CE, n, c, dtype, rng_for("sparse-int"))
+    labels = y[:, 0].astype(label_dtype)
+    p_r, dz_r, p, dz = (np.empty_like(z) for _ in range(4))
+    loss_r = ref.sparse_softmax_cross_entropy(z, labels, sw, p_r, dz_r)
+    loss = mod.sparse_softmax_cross_entropy(z, labels, sw, p, dz)
+    assert_close(loss, loss_r, dtype, k=n * c, scale=4.0, what="loss")
+    assert_close(dz, dz_r, dtype, k=c, what="dz")
+
+
+@dtypes
+@shapes
+@pytest.mark.parametrize("name", list(PROB_LOSSES))
+def test_output_losses(mod, dtype, shape, name):
+    n, _, c = shape
+    out, y, sw = _loss_inputs(PROB_LOSSES[name], n, c, dtype, rng_for("prob", name, shape))
+    d_r = np.empty_like(out)
+    loss_r = getattr(ref, name)(out, y, sw, d_r)
+    inputs = [out, y, sw]
+    copies = _copies(*inputs)
+    d = np.full_like(out, np.nan)
+    loss = getattr(mod, name)(out, y, sw, d)
+    _assert_unchanged(inputs, copies)
+    assert isinstance(loss, float)
+    assert_close(loss, loss_r, dtype, k=_loss_tol_k(n, c), scale=4.0, what="loss")
+    assert_close(d, d_r, dtype, k=4, scale=1e-3, what="grad")
+
+
+@dtypes
+@pytest.mark.parametrize("code", LOSSES)
+@pytest.mark.parametrize("alias", ["none", "p_is_out", "p_is_dz"])
+def test_loss_grad(mod, dtype, code, alias):
+    n, c = 7, 3
+    out, y, sw = _loss_inputs(code, n, c, dtype, rng_for("loss_grad", code))
+    p_r, dz_r = np.full_like(out, -1.0), np.empty_like(out)
+    loss_r = ref.loss_grad(out.copy(), y, sw, p_r, dz_r, code)
+    o, dz = out.copy(), np.full_like(out, np.nan)
+    p = {"none": np.full_like(out, -1.0), "p_is_out": o, "p_is_dz": dz}[alias]
+    loss = mod.loss_grad(o, y, sw, p, dz, code)
+    assert isinstance(loss, float)
+    assert_close(loss, loss_r, dtype, k=n * c, scale=4.0, what="loss")
+    assert_close(dz, dz_r, dtype, k=c, scale=1e-3, what="dz")
+    if alias == "none":  # untouched (-1) by the output losses, probabilities otherwise
+        assert_close(p, p_r, dtype, k=c, what="p")
+
+
+# Regularisation and optimizers --------------------------------------------------------
+
+
+@dtypes
+@pytest.mark.parametrize("wshape", [(1,), (17,), (5, 3), (33, 65)], ids=str)
+def test_l1l2_penalty(mod, dtype, wshape):
+    rng = rng_for("l1l2", wshape)
+    w = rng.standard_normal(wshape).astype(dtype)
+    w.flat[0] = 0.0  # sign(0) = 0
+    dw = rng.standard_normal(wshape).astype(dtype)
+    dw_r = dw.copy()
+    pen_r = ref.l1l2_penalty(w, dw_r, 1e-2, 3e-3)
+    w0 = w.copy()
+    pen = mod.l1l2_penalty(w, dw, 1e-2, 3e-3)
+    _assert_unchanged([w], [w0])
+    assert isinstance(pen, float)
+    assert_close(pen, pen_r, dtype, k=w.size, what="penalty")
+    assert_close(dw, dw_r, dtype, k=2, what="dw")
+
+
+OPT_CASES = [
+    ("sgd_update", C.SGD, [0.05]),
+    ("momentum_update", C.MOMENTUM, [0.05, 0.9, 0]),
+    ("momentum_update", C.MOMENTUM, [0.05, 0.9, 1]),
+    ("adagrad_update", C.ADAGRAD, [0.05, 1e-7]),
+    ("rmsprop_update", C.RMSPROP, [0.01, 0.9, 1e-7]),
+    ("adam_update", C.ADAM, [0.01, 0.9, 0.999, 1e-7, 0.0]),
+    ("adam_update", C.ADAM, [0.01, 0.9, 0.999, 1e-7, 0.05]),
+]
+
+
+def _opt_call(module, name, code, hyper, p, g, state, step, direct):
+    if not direct:
+        module.optimizer_update(p, g, state, code, np.array(hyper, dtype=np.float64), step)
+    elif name == "sgd_update":
+        module.sgd_update(p, g, hyper[0])
+    elif name == "momentum_update":
+        module.momentum_update(p, g, state[0], hyper[0], hyper[1], int(hyper[2]))
+    elif name == "adam_update":
+        module.adam_update(p, g, state[0], state[1], *hyper, step)
+    else:
+        getattr(module, name)(p, g, state[0], *hyper)
+
+
+@dtypes
+@pytest.mark.parametrize("size", [1, 7, 1000])
+@pytest.mark.parametrize("case", OPT_CASES, ids=lambda c: f"{c[0]}-{c[2][-1]}")
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "optimizer_update"])
+def test_optimizer_updates(mod, dtype, size, case, direct):
+    name, code, hyper = case
+    rng = rng_for("opt", size, name)
+    p0 = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]
+    grads[1][0] = 0.0
+    results = []
+    for module in (ref, mod):
+        p = p0.copy()
+        state = np.zeros((max(1, C.STATE_SLOTS[code]), size), dtype)
+        for step, g in enumerate(grads, start=1):
+            g0 = g.copy()
+            _opt_call(module, name, code, hyper, p, g, state, step, direct)
+            _assert_unchanged([g], [g0])
+        results.append((p, state))
+    (p_r, s_r), (p, s) = results
+    # the reference's operation order: the same rounding up to the last few bits
+    assert_close(p, p_r, dtype, k=3, what="params")
+    assert_close(s, s_r, dtype, k=3, what="state")
+
+
+@dtypes
+@pytest.mark.parametrize("acc_mode", [C.ACC_NONE, C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY])
+def test_batch_stats(mod, dtype, acc_mode):
+    rng = rng_for("stats", acc_mode)
+    n, c = 23, 4
+    out = rng.random((n, c)).astype(dtype)
+    out[3] = out[3, 0]  # a tie: argmax takes the first
+    if acc_mode == C.ACC_SPARSE:
+        y = rng.integers(0, c, (n, 1)).astype(dtype)
+    elif acc_mode == C.ACC_BINARY:
+        y = (rng.random((n, c)) > 0.5).astype(dtype)
+    else:
+        y = np.eye(c, dtype=dtype)[rng.integers(0, c, n)]
+    for threshold in (0.5, 0.3):
+        s_r = np.arange(C.STAT_LEN, dtype=np.float64)
+        s = s_r.copy()
+        ref.batch_stats(out, y, acc_mode, threshold, s_r)
+        inputs = [out, y]
+        copies = _copies(*inputs)
+        mod.batch_stats(out, y, acc_mode, threshold, s)
+        _assert_unchanged(inputs, copies)
+        assert_close(s, s_r, np.float64, k=n * c, scale=10.0, what="stats")
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Layer stacks
+
+
+def _tol32(r32, r64):
+    """float32 stack results are compared with the float32 reference up to roundoff plus
+    4x the reference's own float32-vs-float64 difference: after several steps, weights
+    near a ReLU kink or gradients near Adam's epsilon make any float32 implementation
+    diverge by that much (see PITFALLS: float32 parity is ill-conditioned)."""
+    return 4.0 * np.abs(np.asarray(r32, np.float64) - np.asarray(r64, np.float64))
+
+
+def _compare_runs(got, exp, exp64, dtype, names, k=64):
+    for name, a, e, e64 in zip(names, got, exp, exp64):
+        extra = _tol32(e, e64) if dtype == np.float32 else 0.0
+        assert_close(a, e, dtype, k=k, extra=extra, what=name)
+
+
+STEP_NAMES = ("params", "grads", "state", "acts", "gbuf", "losses")
+
+
+@dtypes
+@pytest.mark.parametrize("stack", ["mlp3", "mixed"])
+@pytest.mark.parametrize("training", [0, 1])
+def test_forward_stack(mod, dtype, stack, training):
+    rng = rng_for("fwd", stack)
+    s = mlp3(C.SOFTMAX_CE, dtype, rng) if stack == "mlp3" else mixed_stack(dtype, rng)
+    _, _, acts_r, _ = s.buffers()
+    ref.forward_stack(s.x, s.params, acts_r, s.layers, s.layer_f, training, 5, 3)
+    _, _, acts, _ = s.buffers()
+    inputs = [s.x, s.params, s.layers, s.layer_f]
+    copies = _copies(*inputs)
+    mod.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, training, 5, 3)
+    _assert_unchanged(inputs, copies)
+    assert_close(acts, acts_r, dtype, k=32, what="acts")
+
+
+@dtypes
+def test_backward_stack_mixed_layers(mod, dtype):
+    s = mixed_stack(dtype, rng_for("bwd"))
+    results = []
+    for module in (ref, mod):
+        grads, _, acts, gbuf = s.buffers()
+        module.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, 1, 9, 2)
+        gbuf[: s.n * s.n_out] = rng_for("dout").standard_normal(s.n * s.n_out)
+        params0 = s.params.copy()
+        pen = module.backward_stack(s.x, s.params, grads, acts, gbuf, s.layers, s.layer_f, 9, 2)
+        _assert_unchanged([s.params], [params0])
+        results.append((grads, gbuf, pen))
+    (g_r, gb_r, pen_r), (g, gb, pen) = results
+    assert isinstance(pen, float)
+    assert_close(pen, pen_r, dtype, k=64, what="penalty")
+    assert_close(g, g_r, dtype, k=32, scale=2.0, what="grads")
+    assert_close(gb, gb_r, dtype, k=32, scale=2.0, what="gbuf")
+
+
+def _stack_case(loss, opt, dtype, logits_out):
+    rng = rng_for("train", loss, opt, logits_out)
+    s64 = mlp3(loss, np.float64, rng)
+    return s64.astype(dtype), s64
+
+
+@dtypes
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_train_step(mod, dtype, loss, opt):
+    s, s64 = _stack_case(loss, opt, dtype, 0)
+    exp = train_steps(ref, s, loss, opt, 3)
+    exp64 = train_steps(ref, s64, loss, opt, 3)
+    inputs = [s.x, s.y, s.sw, s.layers, s.layer_f]
+    copies = _copies(*inputs)
+    got = train_steps(mod, s, loss, opt, 3)
+    _assert_unchanged(inputs, copies)
+    _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
+
+
+@dtypes
+@pytest.mark.parametrize("loss", [C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE])
+def test_train_step_logits_out(mod, dtype, loss):
+    s, s64 = _stack_case(loss, C.ADAM, dtype, 1)
+    exp = train_steps(ref, s, loss, C.ADAM, 2, logits_out=1)
+    exp64 = train_steps(ref, s64, loss, C.ADAM, 2, logits_out=1)
+    got = train_steps(mod, s, loss, C.ADAM, 2, logits_out=1)
+    _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
+
+
+@dtypes
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+def test_train_step_mixed_layers(mod, dtype, opt):
+    s64 = mixed_stack(np.float64, rng_for("mixed-train", opt))
+    s = s64.astype(dtype)
+    exp = train_steps(ref, s, C.BINARY_CE, opt, 3)
+    exp64 = train_steps(ref, s64, C.BINARY_CE, opt, 3)
+    got = train_steps(mod, s, C.BINARY_CE, opt, 3)
+    _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
+
+
+@dtypes
+@pytest.mark.parametrize("loss", LOSSES)
+def test_eval_step(mod, dtype, loss):
+    s = mlp3(loss, dtype, rng_for("eval", loss))
+    results = []
+    for module in (ref, mod):
+        _, _, acts, gbuf = s.buffers()
+        params0 = s.params.copy()
+        args = (s.x, s.y, s.sw, s.params, acts, gbuf, s.layers, s.layer_f, loss, 0)
+        results.append((module.eval_step(*args), acts, gbuf))
+        _assert_unchanged([s.params], [params0])
+    (l_r, a_r, g_r), (l, a, g) = results
+    assert isinstance(l, float)
+    assert_close(l, l_r, dtype, k=64, scale=4.0, what="loss")
+    assert_close(a, a_r, dtype, k=32, what="acts")
+    assert_close(g, g_r, dtype, k=32, what="gbuf")
+
+
+def _epoch_data(s, loss, n_rows=50):
+    """(X, Y, SW, order) of a small epoch for stack ``s``."""
+    rng = rng_for("epoch-data", loss)
+    X = rng.standard_normal((n_rows, s.n_in)).astype(s.dtype)
+    Y = make_targets(loss, n_rows, s.n_out, rng, s.dtype)
+    SW = rng.uniform(0.5, 1.5, n_rows).astype(s.dtype)
+    return X, Y, SW, rng.permutation(n_rows).astype(np.int64)
+
+
+def _epoch(module, s, loss, opt, train, data, batch=16):
+    """One run_epoch of ``module`` (batches of 16, the last one partial, an lr schedule
+    and a start step of 5); returns (batches done, (params, state, stats, hyper, acts))."""
+    X, Y, SW, order = (a.astype(s.dtype) if a.dtype.kind == "f" else a for a in data)
+    xb = np.zeros((batch, s.n_in), s.dtype)
+    yb = np.zeros((batch, Y.shape[1]), s.dtype)
+    swb = np.zeros(batch, s.dtype)
+    params = s.params.copy()
+    grads, state, acts, gbuf = s.buffers(n=batch, n_state=max(1, C.STATE_SLOTS[opt]))
+    hyper = np.array(HYPER[opt], dtype=np.float64)
+    lrs = np.linspace(0.05, 0.01, -(-len(order) // batch))
+    stats = np.arange(C.STAT_LEN, dtype=np.float64)  # run_epoch accumulates
+    inputs = [X, Y, SW, order, lrs, s.layers, s.layer_f]
+    copies = _copies(*inputs)
+    done = module.run_epoch(
+        X, Y, SW, order, batch, xb, yb, swb, params, grads, state, acts, gbuf,
+        s.layers, s.layer_f, loss, 0, opt, hyper, lrs, 5, 77, train,
+        acc_mode_for(loss), 0.5, stats,
+    )  # fmt: skip
+    _assert_unchanged(inputs, copies)
+    return done, (params, state, stats, hyper, acts)
+
+
+EPOCH_NAMES = ("params", "state", "stats", "hyper", "acts")
+
+
+@dtypes
+@pytest.mark.parametrize("loss", [C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.MSE])
+@pytest.mark.parametrize("train", [1, 0])
+def test_run_epoch(mod, dtype, loss, train):
+    s64 = mlp3(loss, np.float64, rng_for("epoch", loss))
+    s = s64.astype(dtype)
+    data = _epoch_data(s64, loss)
+    done_r, exp = _epoch(ref, s, loss, C.ADAM, train, data)
+    _, exp64 = _epoch(ref, s64, loss, C.ADAM, train, data)
+    done, got = _epoch(mod, s, loss, C.ADAM, train, data)
+    assert done == done_r == 4 and isinstance(done, int | np.integer)
+    _compare_runs(got, exp, exp64, dtype, EPOCH_NAMES)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. The NaN rule
+
+
+@pytest.mark.parametrize("opt", [C.SGD, C.ADAM])
+def test_nan_loss_leaves_params_untouched(mod, opt):
+    s = mlp3(C.MSE, np.float32, rng_for("nan"))
+    s.x[3, 2] = np.nan
+    params = s.params.copy()
+    grads, state, acts, gbuf = s.buffers(n_state=2)
+    state += 0.5
+    state0 = state.copy()
+    hyper = np.array(HYPER[opt], dtype=np.float64)
+    loss = mod.train_step(s.x, s.y, s.sw, params, grads, state, acts, gbuf, s.layers,
+                          s.layer_f, C.MSE, 0, opt, hyper, 1, 3)  # fmt: skip
+    assert np.isnan(loss)
+    np.testing.assert_array_equal(params, s.params)
+    np.testing.assert_array_equal(state, state0)
+
+
+def test_run_epoch_stops_at_the_nan_batch(mod):
+    s = mlp3(C.MSE, np.float64, rng_for("nan-epoch"))
+    X, Y, SW, order = _epoch_data(s, C.MSE)
+    X[order[40], 1] = np.nan  # position 40 of the order: batch 2 (rows 32..47)
+    done_r, exp = _epoch(ref, s, C.MSE, C.ADAM, 1, (X, Y, SW, order))
+    done, got = _epoch(mod, s, C.MSE, C.ADAM, 1, (X, Y, SW, order))
+    assert done_r == 2 and done == 2
+    _compare_runs(got, exp, exp, np.float64, EPOCH_NAMES)
+    assert np.isnan(got[2][C.STAT_LOSS])
+
+
+# ---------------------------------------------------------------------------------------
+# 5. One compiled signature per dtype after a training run (numba)
+
+_SIGNATURE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numba
+    import numpy as np
+    from fastnn.kernels import codes as C, numba_cpu as nb
+    from tests import kernel_cases as kc
+
+    for dtype in (np.float32, np.float64):
+        for loss in (C.SPARSE_SOFTMAX_CE, C.MSE):
+            s = kc.mlp3(loss, dtype, kc.rng_for("sig", loss))
+            kc.train_steps(nb, s, loss, C.ADAM, 2)
+            grads, state, acts, gbuf = s.buffers()
+            nb.eval_step(s.x, s.y, s.sw, s.params, acts, gbuf, s.layers, s.layer_f, loss, 0)
+            nb.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, 0, 0, 0)
+            stats = np.zeros(C.STAT_LEN)
+            order = np.arange(s.n, dtype=np.int64)
+            for train in (1, 0):
+                nb.run_epoch(s.x, s.y, s.sw, order, 8, s.x[:8].copy(), s.y[:8].copy(),
+                             s.sw[:8].copy(), s.params, grads, state, acts, gbuf, s.layers,
+                             s.layer_f, loss, 0, C.ADAM, np.array(kc.HYPER[C.ADAM]),
+                             np.full(3, 0.01), 3, 5, train, kc.acc_mode_for(loss), 0.5, stats)
+    out = {}
+    for name, f in vars(nb).items():
+        if isinstance(f, numba.core.dispatcher.Dispatcher):
+            out[name] = [str(sig) for sig in f.signatures]
+    json.dump(out, sys.stdout)
+    """
+)
+
+
+def test_one_signature_per_dtype_after_a_training_run():
+    if "numba" not in BACKENDS:
+        pytest.skip("numba backend not available")
+    # a fresh process: other tests compile extra signatures on purpose (e.g. int labels)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNATURE_SCRIPT], cwd=root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sigs = json.loads(proc.stdout)
+    for top in ("train_step", "eval_step", "forward_stack", "run_epoch"):
+        assert len(sigs[top]) == 2, (top, sigs[top])  # float32 and float64 both compiled
+    for name, found in sigs.items():
+        by_dtype = {}
+        for sig in found:  # keyed by the first float type in the signature (its arrays')
+            m = re.search(r"float(32|64)", sig)
+            by_dtype.setdefault(m.group(0) if m else "none", []).append(sig)
+        for key, same in by_dtype.items():
+            assert len(same) == 1, f"{name} compiled {len(same)} {key} signatures: {same}"
+
+
+def test_module_imports_without_compiling():
+    if "numba" not in BACKENDS:
+        pytest.skip("numba backend not available")
+    code = (
+        "import numba, fastnn.kernels.numba_cpu as nb\n"
+        "d = [f for f in vars(nb).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]\n"
+        "assert d and all(not f.signatures for f in d)\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
