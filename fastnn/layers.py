@@ -36,7 +36,10 @@ def _alpha(alpha):
 
 def _input_dim(input_dim, input_shape):
     if input_dim is not None and input_shape is not None:
-        raise ValueError("give input_dim or input_shape, not both")
+        raise ValueError(
+            f"give input_dim or input_shape, not both, got input_dim={input_dim!r} and "
+            f"input_shape={input_shape!r}"
+        )
     if input_shape is not None:
         if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, bool):
             shape = (input_shape,)

@@ -278,7 +278,9 @@ class Sequential:
         Metrics: "accuracy" (classification losses), "mae", "mse".
         """
         if loss is None:
-            raise ValueError("loss must be given, e.g. loss='sparse_categorical_crossentropy'")
+            raise ValueError(
+                "loss must be given, e.g. loss='sparse_categorical_crossentropy', got None"
+            )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
         if isinstance(metrics, str):

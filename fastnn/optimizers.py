@@ -163,7 +163,7 @@ class SGD(Optimizer):
         if not isinstance(nesterov, bool):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
         if nesterov and self.momentum == 0:
-            raise ValueError("nesterov=True requires momentum > 0")
+            raise ValueError(f"nesterov=True requires momentum > 0, got momentum={momentum!r}")
         self.nesterov = nesterov
         self.code = codes.MOMENTUM if self.momentum > 0 else codes.SGD
 

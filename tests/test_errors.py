@@ -331,7 +331,7 @@ def test_bad_input_raises_clear_error(call, exc, text):
     message = str(info.value)
     for part in (text,) if isinstance(text, str) else text:
         assert part in message
-    assert "got" in message or "Did you mean" in message or "must be given" in message
+    assert "got" in message  # the actual value is always reported
 
 
 def test_table_is_large_and_ids_unique():
