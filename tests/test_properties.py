@@ -80,16 +80,42 @@ def slack(ref32, ref64_value):
     return 10.0 * float(np.nanmax(diff)) if diff.size else 0.0
 
 
+GUARD = 7
+SENTINEL = 12345.0
+
+
+def guarded(a):
+    """A C-contiguous copy of ``a`` that sits inside a larger buffer whose extra leading and
+    trailing rows/elements hold SENTINEL: (view, base).  A kernel writing out of bounds
+    changes the sentinels."""
+    shape = (a.shape[0] + 2 * GUARD, *a.shape[1:]) if a.ndim else (2 * GUARD + 1,)
+    base = np.full(shape, SENTINEL, dtype=a.dtype)
+    view = base[GUARD : GUARD + a.shape[0]] if a.ndim else base[GUARD]
+    view[...] = a
+    assert view.flags.c_contiguous
+    return view, base
+
+
+def check_guards(bases, name):
+    for i, (view, base) in enumerate(bases):
+        n = view.shape[0]
+        for part in (base[:GUARD], base[GUARD + n :]):
+            assert (part == SENTINEL).all(), f"{name} wrote out of bounds of array {i}"
+
+
 def run(backend, name, arrays, scalars, n_in):
     """Runs kernel ``name`` on copies of ``arrays`` for the reference and ``backend``.
 
     Returns (ref result, ref arrays, backend result, backend arrays); checks the first
-    ``n_in`` arrays (inputs) are left unchanged by the backend."""
+    ``n_in`` arrays (inputs) are left unchanged by the backend and that it writes nothing
+    outside its arrays."""
     ref_arrays = [a.copy() for a in arrays]
-    got_arrays = [a.copy() for a in arrays]
+    bases = [guarded(a) for a in arrays]
+    got_arrays = [view for view, _ in bases]
     with np.errstate(all="ignore"):
         ref = getattr(R, name)(*ref_arrays, *scalars)
     got = getattr(KERNELS[backend], name)(*got_arrays, *scalars)
+    check_guards(bases, name)
     for i in range(n_in):
         np.testing.assert_array_equal(got_arrays[i], arrays[i], err_msg=f"{name} input {i}")
     return ref, ref_arrays, got, got_arrays
@@ -503,13 +529,15 @@ def test_run_epoch(backend, case, train, acc):
                lrs, 1, seed, train, acc, 0.5, stats]  # fmt: skip
     arrays.insert(4, n)  # batch_size sits between order and xb
     ref_arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in arrays]
-    got_arrays = [a.copy() if isinstance(a, np.ndarray) else a for a in arrays]
+    bases = [guarded(a) if isinstance(a, np.ndarray) else (a, None) for a in arrays]
+    got_arrays = [view for view, _ in bases]
     ref_stats, got_stats = stats.copy(), stats.copy()
     name = "run_epoch"
     with np.errstate(all="ignore"):
         ref = getattr(R, name)(*ref_arrays, *scalars[:-1], ref_stats)
     _, r64 = ref64(name, arrays + scalars[:5] + [hyper.copy()] + scalars[6:-1] + [stats.copy()])
     got = getattr(KERNELS[backend], name)(*got_arrays, *scalars[:-1], got_stats)
+    check_guards([b for b in bases if b[1] is not None], name)
     for i in range(4):
         np.testing.assert_array_equal(got_arrays[i], arrays[i])
     assert got == ref == n_batches
