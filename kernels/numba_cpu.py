@@ -34,7 +34,7 @@ import llvmlite.binding as llvm_binding
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
+from numba.core import cgutils, errors
 from numba.extending import intrinsic
 
 from . import codes as C
@@ -122,8 +122,16 @@ _fill_blas_table()
 def _gemm(typingctx, a, b, c, trans_a, trans_b):
     """c = op(a) @ op(b), op = transpose where trans_* is non-zero; a, b, c C-contiguous
     2-D arrays of one float dtype (transposes are BLAS flags, never copies)."""
-    if not (isinstance(c, types.Array) and c.dtype in (types.float32, types.float64)):
+    arrays = (a, b, c)
+    if not all(isinstance(t, types.Array) and t.ndim == 2 for t in arrays):
         return None
+    if any(t.layout != "C" or t.dtype != c.dtype for t in arrays) or c.dtype not in (
+        types.float32,
+        types.float64,
+    ):
+        raise errors.TypingError(
+            f"fastnn kernels need C-contiguous float32/float64 arrays of one dtype, got {arrays}"
+        )
 
     def codegen(context, builder, signature, args):
         fl = context.get_value_type(c.dtype)
