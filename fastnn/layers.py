@@ -126,7 +126,7 @@ class Layer:
                 f"x must have shape {expected} with N >= 1 for layer {self.name!r}, got {x.shape}"
             )
         if not self.built:
-            self.build(x.shape[1], x.dtype if x.dtype.kind == "f" else "float32")
+            self.build(x.shape[1], x.dtype if x.dtype in (np.float32, np.float64) else "float32")
         with np.errstate(over="ignore"):
             out = np.ascontiguousarray(x, dtype=self.dtype)
         check_finite(out, "x", x)
