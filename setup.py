@@ -59,8 +59,9 @@ def _extensions():
     from setuptools import Extension
 
     openmp = _openmp()
-    # -fno-math-errno: sqrt() may become one instruction, so the optimizer loops vectorise
-    flags = ["-O3", "-fno-math-errno"] + (["-fopenmp"] if openmp else [])
+    # -fno-math-errno: sqrt() may become one instruction, so the optimizer loops vectorise;
+    # -g0 overrides Python's -g: a quarter of the compile time and 3/4 of the .so's size
+    flags = ["-O3", "-g0", "-fno-math-errno"] + (["-fopenmp"] if openmp else [])
     ext = Extension(
         "fastnn.kernels._cython",
         [PYX],
