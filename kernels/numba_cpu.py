@@ -22,7 +22,8 @@ semantics (shapes, aliasing, return values); see ``reference`` for the specifica
   training run compiles each function once per dtype.
 - The call graph is kept shallow on purpose: Numba re-optimises and re-generates the code
   of every callee inside each caller, so each extra level of wrappers costs cold-compile
-  time, not run time.
+  time, not run time.  Measured on 2 cores: the first ``run_epoch`` of a process with an
+  empty cache compiles the whole training path in ~25 s per dtype; from the cache ~0.5 s.
 """
 
 from __future__ import annotations

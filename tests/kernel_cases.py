@@ -18,6 +18,13 @@ ACTS = (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX)
 LOSSES = (C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE,
           C.MSE, C.MAE)  # fmt: skip
 OPTIMIZERS = (C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM)
+ACT_NAMES = dict(zip(ACTS, ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax")))
+LOSS_NAMES = dict(
+    zip(LOSSES, ("softmax_ce", "sparse_ce", "sigmoid_bce", "cce", "bce", "mse", "mae"))
+)
+OPT_NAMES = dict(zip(OPTIMIZERS, ("sgd", "momentum", "adagrad", "rmsprop", "adam")))
+ACC_NAMES = {C.ACC_NONE: "acc_none", C.ACC_SPARSE: "acc_sparse",
+             C.ACC_CATEGORICAL: "acc_categorical", C.ACC_BINARY: "acc_binary"}  # fmt: skip
 #: (N, I, O) shapes that catch tail and edge bugs.
 SHAPES = ((1, 1, 1), (7, 5, 3), (33, 17, 65))
 
@@ -233,6 +240,10 @@ def acc_mode_for(loss):
 
 
 __all__ = [
+    "ACC_NAMES",
+    "ACT_NAMES",
+    "LOSS_NAMES",
+    "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
     "acc_mode_for", "assert_close", "compiled_backends", "make_targets", "mixed_stack",
     "mlp3", "ref", "rng_for", "tolerance", "train_steps",

@@ -24,10 +24,14 @@ from fastnn import backend
 from fastnn.kernels import codes as C
 from fastnn.kernels import reference as ref
 from tests.kernel_cases import (
+    ACC_NAMES,
+    ACT_NAMES,
     ACTS,
     DTYPES,
     HYPER,
+    LOSS_NAMES,
     LOSSES,
+    OPT_NAMES,
     OPTIMIZERS,
     SHAPES,
     acc_mode_for,
@@ -54,7 +58,7 @@ def mod(request):
 
 dtypes = pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 shapes = pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-acts = pytest.mark.parametrize("act", ACTS)
+acts = pytest.mark.parametrize("act", ACTS, ids=ACT_NAMES.get)
 
 
 def _copies(*arrays):
@@ -166,7 +170,7 @@ def test_dense_forward(mod, dtype, shape, act):
 @shapes
 @acts
 @pytest.mark.parametrize("alias", [False, True], ids=["dz", "dz_is_dout"])
-@pytest.mark.parametrize("need_dx", [1, 0])
+@pytest.mark.parametrize("need_dx", [1, 0], ids=["need_dx", "no_dx"])
 def test_dense_backward(mod, dtype, shape, act, alias, need_dx):
     n, i, o = shape
     rng, x, w, b = _dense_inputs(shape, dtype, act)
@@ -245,6 +249,23 @@ def test_dropout_forward_backward(mod, dtype, shape, rate, seed, inplace):
         np.testing.assert_array_equal(got, expected, err_msg=op)
 
 
+@dtypes
+def test_dropout_keeps_an_element_whose_hash_equals_the_threshold(mod, dtype):
+    """keep iff (hash >> 40) >= int(rate * 2**24): pick the rate that puts element 0
+    exactly on the threshold (random data almost never tests the boundary)."""
+    seed = 4242
+    with np.errstate(over="ignore"):
+        base = ref._splitmix64(np.array([seed], dtype=np.uint64))[0]
+        h0 = int(ref._splitmix64(np.array([base], dtype=np.uint64))[0] >> np.uint64(40))
+    rate = h0 / 16777216.0
+    assert ref.dropout_keep((1, 1), rate, seed)[0, 0]
+    x = np.full((2, 3), 2.0, dtype)
+    expected, got = np.empty_like(x), np.empty_like(x)
+    ref.dropout_forward(x, expected, rate, seed)
+    mod.dropout_forward(x, got, rate, seed)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_dropout_seed_and_mask_helpers():
     from fastnn.kernels import numba_cpu
 
@@ -289,10 +310,6 @@ def _loss_inputs(code, n, c, dtype, rng):
     return out.astype(dtype), y, sw
 
 
-def _loss_tol_k(n, c):
-    return n * c
-
-
 @dtypes
 @shapes
 @pytest.mark.parametrize("name", list(LOGIT_LOSSES))
@@ -311,8 +328,7 @@ def test_logit_losses(mod, dtype, shape, name, alias):
     loss = getattr(mod, name)(zz, y_arg, sw, p, dz)
     _assert_unchanged(inputs, copies)
     assert isinstance(loss, float)
-    k = _loss_tol_k(n, c)
-    assert_close(loss, loss_r, dtype, k=k, scale=4.0, what="loss")
+    assert_close(loss, loss_r, dtype, k=n * c, scale=4.0, what="loss")
     assert_close(dz, dz_r, dtype, k=c, what="dz")
     if alias != "p_is_dz":
         assert_close(p, p_r, dtype, k=c, what="p")
@@ -345,12 +361,12 @@ def test_output_losses(mod, dtype, shape, name):
     loss = getattr(mod, name)(out, y, sw, d)
     _assert_unchanged(inputs, copies)
     assert isinstance(loss, float)
-    assert_close(loss, loss_r, dtype, k=_loss_tol_k(n, c), scale=4.0, what="loss")
+    assert_close(loss, loss_r, dtype, k=n * c, scale=4.0, what="loss")
     assert_close(d, d_r, dtype, k=4, scale=1e-3, what="grad")
 
 
 @dtypes
-@pytest.mark.parametrize("code", LOSSES)
+@pytest.mark.parametrize("code", LOSSES, ids=LOSS_NAMES.get)
 @pytest.mark.parametrize("alias", ["none", "p_is_out", "p_is_dz"])
 def test_loss_grad(mod, dtype, code, alias):
     n, c = 7, 3
@@ -437,12 +453,13 @@ def test_optimizer_updates(mod, dtype, size, case, direct):
 
 
 @dtypes
-@pytest.mark.parametrize("acc_mode", [C.ACC_NONE, C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY])
+@pytest.mark.parametrize("acc_mode", list(ACC_NAMES), ids=ACC_NAMES.get)
 def test_batch_stats(mod, dtype, acc_mode):
     rng = rng_for("stats", acc_mode)
     n, c = 23, 4
     out = rng.random((n, c)).astype(dtype)
     out[3] = out[3, 0]  # a tie: argmax takes the first
+    out[5, 1] = 0.3  # on the threshold in out's dtype: NumPy compares with a Python float
     if acc_mode == C.ACC_SPARSE:
         y = rng.integers(0, c, (n, 1)).astype(dtype)
     elif acc_mode == C.ACC_BINARY:
@@ -483,7 +500,7 @@ STEP_NAMES = ("params", "grads", "state", "acts", "gbuf", "losses")
 
 @dtypes
 @pytest.mark.parametrize("stack", ["mlp3", "mixed"])
-@pytest.mark.parametrize("training", [0, 1])
+@pytest.mark.parametrize("training", [0, 1], ids=["eval", "train"])
 def test_forward_stack(mod, dtype, stack, training):
     rng = rng_for("fwd", stack)
     s = mlp3(C.SOFTMAX_CE, dtype, rng) if stack == "mlp3" else mixed_stack(dtype, rng)
@@ -523,8 +540,8 @@ def _stack_case(loss, opt, dtype, logits_out):
 
 
 @dtypes
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_NAMES.get)
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_NAMES.get)
 def test_train_step(mod, dtype, loss, opt):
     s, s64 = _stack_case(loss, opt, dtype, 0)
     exp = train_steps(ref, s, loss, opt, 3)
@@ -537,7 +554,7 @@ def test_train_step(mod, dtype, loss, opt):
 
 
 @dtypes
-@pytest.mark.parametrize("loss", [C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE])
+@pytest.mark.parametrize("loss", LOSSES[:3], ids=LOSS_NAMES.get)  # the logit losses
 def test_train_step_logits_out(mod, dtype, loss):
     s, s64 = _stack_case(loss, C.ADAM, dtype, 1)
     exp = train_steps(ref, s, loss, C.ADAM, 2, logits_out=1)
@@ -547,7 +564,7 @@ def test_train_step_logits_out(mod, dtype, loss):
 
 
 @dtypes
-@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_NAMES.get)
 def test_train_step_mixed_layers(mod, dtype, opt):
     s64 = mixed_stack(np.float64, rng_for("mixed-train", opt))
     s = s64.astype(dtype)
@@ -558,7 +575,7 @@ def test_train_step_mixed_layers(mod, dtype, opt):
 
 
 @dtypes
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_NAMES.get)
 def test_eval_step(mod, dtype, loss):
     s = mlp3(loss, dtype, rng_for("eval", loss))
     results = []
@@ -611,8 +628,8 @@ EPOCH_NAMES = ("params", "state", "stats", "hyper", "acts")
 
 
 @dtypes
-@pytest.mark.parametrize("loss", [C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.MSE])
-@pytest.mark.parametrize("train", [1, 0])
+@pytest.mark.parametrize("loss", [C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.MSE], ids=LOSS_NAMES.get)
+@pytest.mark.parametrize("train", [1, 0], ids=["train", "eval"])
 def test_run_epoch(mod, dtype, loss, train):
     s64 = mlp3(loss, np.float64, rng_for("epoch", loss))
     s = s64.astype(dtype)
@@ -628,7 +645,7 @@ def test_run_epoch(mod, dtype, loss, train):
 # 4. The NaN rule
 
 
-@pytest.mark.parametrize("opt", [C.SGD, C.ADAM])
+@pytest.mark.parametrize("opt", [C.SGD, C.ADAM], ids=OPT_NAMES.get)
 def test_nan_loss_leaves_params_untouched(mod, opt):
     s = mlp3(C.MSE, np.float32, rng_for("nan"))
     s.x[3, 2] = np.nan
