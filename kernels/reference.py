@@ -9,7 +9,13 @@ Contract (shared by every backend module):
   ``layers`` tables are int64, ``layer_f``/``hyper``/``lrs``/``stats`` float64,
   ``order`` int64.
 - Letters: N batch rows, I layer inputs, O layer outputs, C classes / targets, P parameters.
-- In-place use that is allowed is stated per kernel ("may alias").
+- In-place use that is allowed is stated per kernel ("may alias" means the very same
+  array; partially overlapping views are not supported).
+- Scalar sums (losses, penalties, metric statistics) may be accumulated in float64 by any
+  backend; comparisons with constants (clip limits, thresholds) use the array dtype.
+- Kernels never read or write out of bounds.  Inputs the API validates (labels in range,
+  dropout rate in [0, 1), a consistent layer table) are preconditions: a backend may raise
+  or return NaN when they are broken.  Reductions on a device may use internal scratch.
 
 This module is also the NumPy baseline of the benchmarks: it is written the way a careful
 NumPy user would write it, with ``out=`` arguments where NumPy offers them.
@@ -181,8 +187,10 @@ def softmax_cross_entropy(z, y, sw, p, dz):
 def sparse_softmax_cross_entropy(z, labels, sw, p, dz):
     """Softmax + cross-entropy with integer class labels stored in ``labels`` (N,) (any
     numeric dtype; values in [0, C)).  z, p, dz (N, C); sw (N,).  Aliasing as above."""
-    n = z.shape[0]
+    n, c = z.shape
     idx = labels.astype(np.int64)
+    if np.any((idx < 0) | (idx >= c)):
+        raise IndexError(f"class labels must be in [0, {c}), got [{idx.min()}, {idx.max()}]")
     logp = _softmax_rows(z)
     loss = float(np.sum(sw * -logp[np.arange(n), idx]) / n)
     grad = np.exp(logp)
@@ -385,7 +393,8 @@ def output_offset(layers, n):
 def forward_stack(x, params, acts, layers, layer_f, training, seed, step):
     """Runs the stack on x (N, I0), writing every layer's output into ``acts``.
 
-    Dropout is active only when ``training`` is non-zero (seeded by ``dropout_seed``)."""
+    Dropout is active only when ``training`` is non-zero (seeded by ``dropout_seed``);
+    its rate is in [0, 1)."""
     n = x.shape[0]
     inp = x
     off = 0
@@ -456,7 +465,7 @@ def penalty_stack(params, layers, layer_f, n_in0):
         kind, width, _, poff = (int(v) for v in layers[l])
         if kind == C.DENSE and (layer_f[l, 1] or layer_f[l, 2]):
             w, _ = _dense_views(params, poff, n_in, width)
-            total += layer_f[l, 1] * float(np.abs(w).sum()) + layer_f[l, 2] * float(
+            total += layer_f[l, 1] * float(np.abs(w).sum(dtype=np.float64)) + layer_f[l, 2] * float(
                 np.square(w, dtype=np.float64).sum()
             )
         n_in = width
@@ -485,7 +494,8 @@ def train_step(
     x (N, I0); y (N, T) targets (class indices in column 0 for the sparse loss); sw (N,)
     sample weights.  For the logit losses the last layer must be linear; the probabilities
     replace the logits in ``acts`` unless ``logits_out``.  Returns the loss including the
-    regularisation penalty; when it is not finite nothing is updated.
+    regularisation penalty; when it is not finite the parameters and optimizer state are
+    not updated (``grads`` still hold the step's gradients).
     """
     forward_stack(x, params, acts, layers, layer_f, 1, seed, step)
     loss = _stack_loss(x, y, sw, acts, gbuf, layers, loss_code, logits_out)
