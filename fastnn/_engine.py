@@ -12,6 +12,14 @@ import numpy as np
 from .kernels import codes
 
 
+def _touched_zeros(shape, dtype) -> np.ndarray:
+    """Zeros whose pages are already mapped: np.zeros maps them lazily, so the first
+    training step would pay one page fault per 4 KiB of parameters, state and workspace."""
+    out = np.empty(shape, dtype)
+    out.fill(0)
+    return out
+
+
 class Workspace:
     """Per-batch-size buffers of one stack: acts, gbuf and gathered batch xb, yb, swb."""
 
@@ -36,8 +44,8 @@ class Engine:
         self.layers = layers
         self.widths = [layer.units for layer in layers]
         self.n_params = sum(int(np.prod(s)) for layer in layers for s in layer.param_shapes())
-        host = np.zeros(self.n_params, self.dtype)
-        self.host_grads = np.zeros(self.n_params, self.dtype)
+        host = _touched_zeros(self.n_params, self.dtype)
+        self.host_grads = _touched_zeros(self.n_params, self.dtype)
         rows, frows, offset = [], [], 0
         for layer in layers:
             row, frow = layer.table_row(offset)
@@ -58,7 +66,7 @@ class Engine:
     def zeros(self, shape):
         if hasattr(self.kernels, "zeros"):
             return self.kernels.zeros(shape, self.dtype)
-        return np.zeros(shape, self.dtype)
+        return _touched_zeros(shape, self.dtype)
 
     def workspace(self, rows: int, n_targets: int) -> Workspace:
         key = (rows, n_targets)
@@ -81,6 +89,7 @@ class Engine:
 
     def init_state(self, optimizer) -> None:
         state = optimizer.init_state((self.n_params,), self.dtype)
+        state += 0  # touch every page now rather than in the first training step
         self.state = self.kernels.to_device(state) if self.on_device else state
 
     def host_state(self) -> np.ndarray:

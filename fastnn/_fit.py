@@ -159,7 +159,7 @@ def fit_loop(
         bar = _progress(verbose, n_batches, epoch, epochs)
         start = 0
         nan_stop = False
-        snap = model._snapshot()  # replay point should a step go non-finite
+        snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
         for size in chunks:
             batch0 = start // bs
             if cbs.wants_batches:

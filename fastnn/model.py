@@ -13,6 +13,7 @@ from . import backend as _backend
 from . import losses as _losses
 from . import optimizers as _optimizers
 from ._engine import Engine
+from ._fit import fit_loop
 from ._names import lookup
 from .kernels import codes
 from .layers import Flatten, Layer
@@ -303,6 +304,9 @@ class Sequential:
         self._plan = None
         if self._engine is not None:
             self._engine.state = None
+        if self._maybe_build():  # weights, tables and optimizer state before the first fit
+            self._stack_plan()
+            self._snapshot(reuse=True)  # allocates the snapshot buffers fit reuses
 
     def _stack_plan(self):
         if self.optimizer is None:
@@ -420,8 +424,6 @@ class Sequential:
         ``validation_split`` takes the *last* fraction of the samples, before shuffling,
         as Keras does.  ``verbose``: 0 silent, 1 progress bar, 2 one line per epoch.
         """
-        from ._fit import fit_loop
-
         return fit_loop(
             self,
             x,
