@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from fastnn.kernels import codes as C
 
 pytestmark = pytest.mark.cuda

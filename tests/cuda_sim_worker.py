@@ -21,6 +21,7 @@ if __name__ == "__main__" and "--device" not in sys.argv:
 import warnings
 
 import numpy as np
+
 from fastnn.kernels import codes as C
 from fastnn.kernels import reference as ref
 

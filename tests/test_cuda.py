@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fastnn.kernels import reference
 
 pytestmark = pytest.mark.cuda

@@ -11,12 +11,12 @@ import importlib
 
 import numpy as np
 import pytest
-from fastnn.kernels import codes as C
-from fastnn.kernels import reference as ref
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import fastnn
+from fastnn.kernels import codes as C
+from fastnn.kernels import reference as ref
 from fastnn.layers import Activation, Dense, Dropout
 from fastnn.regularizers import L1L2
 
