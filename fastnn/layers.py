@@ -18,6 +18,17 @@ from . import backend as _backend
 from .kernels import codes
 
 
+def float_dtype(dtype) -> np.dtype:
+    """np.dtype of ``dtype`` if it is float32 or float64, else a ValueError."""
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return out
+
+
 def _positive_int(value, arg):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{arg} must be a positive int, got {type(value).__name__} {value!r}")
@@ -78,12 +89,7 @@ class Layer:
     def build(self, input_dim: int, dtype="float32", rng=None, backend: str | None = None):
         """Fixes the input width and dtype, resolves the kernel backend, makes weights."""
         self.input_dim = _positive_int(input_dim, "input_dim")
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            self.dtype = None
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = float_dtype(dtype)
         self.backend_name, self._kernels = _backend.resolve(backend)
         self._build(rng if rng is not None else np.random.default_rng())
         self.built = True

@@ -16,7 +16,7 @@ from ._engine import Engine
 from ._fit import fit_loop
 from ._names import lookup
 from .kernels import codes
-from .layers import Flatten, Layer
+from .layers import Flatten, Layer, float_dtype
 
 _METRICS = {
     "accuracy": "accuracy",
@@ -160,12 +160,7 @@ class Sequential:
         if seed is not None:
             seed = check_int(seed, "seed", 0)
         self.seed = seed
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            self.dtype = None
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = float_dtype(dtype)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
         if layers is not None and (
