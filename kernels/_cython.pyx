@@ -291,6 +291,89 @@ cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
 # ---------------------------------------------------------------------------------------
 # Activations (rows of width o)
 
+# The element-wise epilogues of the Dense layers (bias + linear / relu / leaky relu, and their
+# backward with the bias gradient) work in place on one buffer, so they need no overlap check,
+# and are cloned for AVX-512 and AVX2 like the optimizer updates (selects, adds, multiplies:
+# the same IEEE results on every clone).
+cdef extern from *:
+    """
+    #ifndef FASTNN_CLONES
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define FASTNN_CLONES
+    #endif
+    #endif
+
+    #define FASTNN_EPILOGUES(T, SUFFIX)                                                  \
+    static FASTNN_CLONES void fastnn_act_fwd_##SUFFIX(                                   \
+            T *out, const T *b, Py_ssize_t n, Py_ssize_t o, int act, T alpha) {          \
+        for (Py_ssize_t i = 0; i < n; i++) {                                             \
+            T *r = out + i * o;                                                          \
+            if (b != NULL) {                                                             \
+                if (act == 1) {                                                          \
+                    for (Py_ssize_t j = 0; j < o; j++) {                                 \
+                        T v = r[j] + b[j];                                               \
+                        r[j] = v < (T)0 ? (T)0 : v;                                      \
+                    }                                                                    \
+                } else if (act == 2) {                                                   \
+                    for (Py_ssize_t j = 0; j < o; j++) {                                 \
+                        T v = r[j] + b[j];                                               \
+                        r[j] = v > (T)0 ? v : v * alpha;                                 \
+                    }                                                                    \
+                } else {                                                                 \
+                    for (Py_ssize_t j = 0; j < o; j++)                                   \
+                        r[j] = r[j] + b[j];                                              \
+                }                                                                        \
+            } else if (act == 1) {                                                       \
+                for (Py_ssize_t j = 0; j < o; j++) {                                     \
+                    T v = r[j];                                                          \
+                    r[j] = v < (T)0 ? (T)0 : v;                                          \
+                }                                                                        \
+            } else if (act == 2) {                                                       \
+                for (Py_ssize_t j = 0; j < o; j++) {                                     \
+                    T v = r[j];                                                          \
+                    r[j] = v > (T)0 ? v : v * alpha;                                     \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    static FASTNN_CLONES void fastnn_act_bwd_##SUFFIX(                                   \
+            const T *y, T *dx, T *db, Py_ssize_t n, Py_ssize_t o, int act, T alpha) {    \
+        for (Py_ssize_t i = 0; i < n; i++) {                                             \
+            const T *yr = y + i * o;                                                     \
+            T *r = dx + i * o;                                                           \
+            if (act == 1) {                                                              \
+                for (Py_ssize_t j = 0; j < o; j++) {                                     \
+                    T d = r[j];                                                          \
+                    r[j] = yr[j] > (T)0 ? d : (T)0;                                      \
+                }                                                                        \
+            } else if (act == 2) {                                                       \
+                for (Py_ssize_t j = 0; j < o; j++) {                                     \
+                    T d = r[j];                                                          \
+                    r[j] = yr[j] > (T)0 ? d : d * alpha;                                 \
+                }                                                                        \
+            }                                                                            \
+            if (db != NULL) {                                                            \
+                for (Py_ssize_t j = 0; j < o; j++)                                       \
+                    db[j] = db[j] + r[j];                                                \
+            }                                                                            \
+        }                                                                                \
+    }
+
+    FASTNN_EPILOGUES(float, f)
+    FASTNN_EPILOGUES(double, d)
+    """
+    void fastnn_act_fwd_f(float*, const float*, Py_ssize_t, Py_ssize_t, int,
+                          float) noexcept nogil
+    void fastnn_act_fwd_d(double*, const double*, Py_ssize_t, Py_ssize_t, int,
+                          double) noexcept nogil
+    void fastnn_act_bwd_f(const float*, float*, float*, Py_ssize_t, Py_ssize_t, int,
+                          float) noexcept nogil
+    void fastnn_act_bwd_d(const double*, double*, double*, Py_ssize_t, Py_ssize_t, int,
+                          double) noexcept nogil
+
+
 cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize_t n,
                    Py_ssize_t o, int act, floating alpha) noexcept nogil:
     """out = act(x + b) row by row (b may be NULL; out may alias x)."""
@@ -298,6 +381,14 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
     cdef const floating* xr
     cdef floating* orow
     cdef floating v, e, mx, sf, one = 1  # typed 1: a bare literal would compute in double
+    if act == LINEAR or act == RELU or act == LEAKY_RELU:
+        if out != x:
+            memcpy(out, x, n * o * sizeof(floating))
+        if floating is float:
+            fastnn_act_fwd_f(out, b, n, o, act, alpha)
+        else:
+            fastnn_act_fwd_d(out, b, n, o, act, alpha)
+        return
     for i in range(n):
         xr = x + i * o
         orow = out + i * o
@@ -347,6 +438,12 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
         memset(db, 0, o * sizeof(floating))
     if dx != dout:
         memcpy(dx, dout, n * o * sizeof(floating))
+    if act == LINEAR or act == RELU or act == LEAKY_RELU:
+        if floating is float:
+            fastnn_act_bwd_f(y, dx, db, n, o, act, alpha)
+        else:
+            fastnn_act_bwd_d(y, dx, db, n, o, act, alpha)
+        return
     for i in range(n):
         yr = y + i * o
         xr = dx + i * o
@@ -689,10 +786,12 @@ cdef void _momentum(floating* p, const floating* g, floating* buf, Py_ssize_t co
 # (no FMA: neither target enables it), so the results do not depend on the machine.
 cdef extern from *:
     """
+    #ifndef FASTNN_CLONES
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
     #define FASTNN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
     #else
     #define FASTNN_CLONES
+    #endif
     #endif
 
     #define FASTNN_UPDATES(T, SUFFIX, SQRT)                                               \
