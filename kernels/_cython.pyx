@@ -556,26 +556,41 @@ cdef inline Py_ssize_t _label(const Labels* lb, Py_ssize_t i, Py_ssize_t c) noex
 
 cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw, floating* p,
                         floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    """One exp per element: e = exp(z - max) goes into p (after the last read of z, which p
+    may alias), then p = e / s and dz (which may alias p) last.  The sums are in double;
+    loss_i = -sum_j y_j (zm_j - lse) = sum(y) lse - sum_j y_j zm_j."""
     cdef Py_ssize_t i, j
     cdef const floating* zr
     cdef const floating* yr
-    cdef floating mx, lse, lp, pr, ysum, scale
-    cdef double acc, total = 0.0
+    cdef floating* pr
+    cdef floating* dr
+    cdef floating mx, zm, t, e, s, pj, ysum, scale
+    cdef double acc, sy, syz, total = 0.0
     for i in range(n):
         zr = z + i * c
         yr = y + i * c
+        pr = p + i * c
+        dr = dz + i * c
         scale = sw[i] / <floating>n
         mx = _rowmax(zr, c)
-        lse = _log(_pwsum(zr, <const floating*>NULL, mx, c, 2))
-        ysum = _pwsum(yr, <const floating*>NULL, <floating>0, c, 0)
         acc = 0.0
+        sy = 0.0
+        syz = 0.0
         for j in range(c):
-            lp = (zr[j] - mx) - lse
-            acc += yr[j] * lp
-            pr = _exp(lp)
-            p[i * c + j] = pr
-            dz[i * c + j] = (pr * ysum - yr[j]) * scale
-        total += sw[i] * -acc
+            zm = zr[j] - mx
+            t = yr[j]
+            sy += t
+            syz += <double>t * <double>zm
+            e = _exp(zm)
+            pr[j] = e
+            acc += e
+        s = <floating>acc
+        ysum = <floating>sy
+        for j in range(c):
+            pj = pr[j] / s
+            pr[j] = pj
+            dr[j] = (pj * ysum - yr[j]) * scale
+        total += <double>sw[i] * (sy * log(acc) - syz)
     return total / n
 
 
