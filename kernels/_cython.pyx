@@ -158,14 +158,16 @@ cdef inline Py_ssize_t _argmax(const floating* row, Py_ssize_t c) noexcept nogil
 
 
 cdef inline floating _rowmax(const floating* row, Py_ssize_t c) noexcept nogil:
-    # max that propagates NaN like np.max
+    # max that propagates NaN like np.max; selects and a NaN flag instead of branches (on
+    # logits the branch of "v > m" is mispredicted about half the time)
     cdef Py_ssize_t j
     cdef floating m = row[0], v
+    cdef bint nan = m != m
     for j in range(1, c):
         v = row[j]
-        if v > m or v != v:
-            m = v
-    return m
+        m = v if v > m else m
+        nan = nan | (v != v)
+    return <floating>NAN if nan else m
 
 
 cdef inline floating _term(const floating* a, const floating* b, floating shift, Py_ssize_t i,
