@@ -38,7 +38,7 @@ import numpy as np
 from numba import config as _nb_config
 
 from . import codes as C
-from .reference import dropout_seed, output_offset
+from .reference import OPS, dropout_seed, output_offset
 
 # numba.cuda is imported on first use (_require): importing this module stays cheap and
 # cannot fail.  The simulator is chosen by NUMBA_ENABLE_CUDASIM before numba is imported.
@@ -1479,16 +1479,7 @@ def _out_off(plan, n):
 
 
 __all__ = [
-    *(
-        "activation_forward", "activation_backward", "dense_forward", "dense_backward",
-        "dropout_forward", "dropout_backward",
-        "softmax_cross_entropy", "sparse_softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-        "categorical_crossentropy", "binary_crossentropy", "mean_squared_error",
-        "mean_absolute_error", "loss_grad", "l1l2_penalty",
-        "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
-        "optimizer_update", "forward_stack", "backward_stack", "train_step", "eval_step",
-        "batch_stats", "run_epoch",
-    ),
+    *OPS,
     "check_available", "zeros", "to_device", "to_host", "synchronize", "is_device_array",
     "kernel_signatures", "output_offset",
 ]  # fmt: skip
