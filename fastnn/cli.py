@@ -130,6 +130,11 @@ def _task_of(y):
     import numpy as np
 
     y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 2:  # one row of targets per sample: one-hot classes or several outputs
+        onehot = np.isin(y, (0, 1)).all() and np.all(y.sum(axis=1) == 1)
+        return ("onehot", y.shape[1]) if onehot else ("regression", y.shape[1])
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
         return "regression", 1
     n_classes = int(y.max()) + 1
@@ -143,7 +148,8 @@ def build_for(task, n_out, input_dim, hidden, seed, backend):
 
     layers = [Dense(hidden[0], activation="relu", input_dim=input_dim)]
     layers += [Dense(h, activation="relu") for h in hidden[1:]]
-    out_act = {"regression": None, "binary": "sigmoid", "multiclass": "softmax"}[task]
+    acts = {"regression": None, "binary": "sigmoid", "multiclass": "softmax", "onehot": "softmax"}
+    out_act = acts[task]
     layers.append(Dense(n_out, activation=out_act))
     return fastnn.Sequential(layers, seed=seed, backend=backend)
 
@@ -153,6 +159,7 @@ def loss_for(task):
         "regression": "mse",
         "binary": "binary_crossentropy",
         "multiclass": "sparse_categorical_crossentropy",
+        "onehot": "categorical_crossentropy",
     }[task]
 
 

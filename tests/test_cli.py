@@ -74,6 +74,20 @@ def test_predict(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(out), model.predict(x).argmax(1))
 
 
+@pytest.mark.parametrize("onehot", [True, False])
+def test_train_on_npz_with_two_dimensional_targets(tmp_path, capsys, onehot):
+    """One-hot rows train a softmax classifier; other 2-D targets a multi-output regression."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 4)).astype(np.float32)
+    labels = np.argmax(x[:, :3], axis=1)
+    y = np.eye(3, dtype=np.float32)[labels] if onehot else np.c_[x[:, 0], 2 * x[:, 1]]
+    np.savez(tmp_path / "d.npz", x_train=x[:70], y_train=y[:70], x_test=x[70:], y_test=y[70:])
+    code, out, err = _run(capsys, "train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "2",
+                          "--verbose", "0", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert ("test accuracy" in out) == onehot and ("test mae" in out) != onehot
+
+
 def test_train_on_npz_and_mnist_folder(tmp_path, capsys):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 3)).astype(np.float32)
