@@ -57,54 +57,43 @@ class LearningRateSchedule:
     __hash__ = None
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _DecaySchedule(LearningRateSchedule):
+    """Shared by the decays of ``initial_learning_rate`` over ``step / decay_steps``."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
+        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", 0)
+        self.decay_steps = _number(decay_steps, "decay_steps", 0, low_open=True)
+        self.decay_rate = _number(decay_rate, "decay_rate", 0)
+        self.staircase = bool(staircase)
+
+    def _progress(self, step) -> float:
+        """step / decay_steps, floored with ``staircase``."""
+        p = _step(step) / self.decay_steps
+        return math.floor(p) if self.staircase else p
+
+    def get_config(self):
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+        }
+
+
+class ExponentialDecay(_DecaySchedule):
     """``initial_learning_rate * decay_rate ** (step / decay_steps)``; with ``staircase``
     the exponent is ``floor(step / decay_steps)``."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", 0)
-        self.decay_steps = _number(decay_steps, "decay_steps", 0, low_open=True)
-        self.decay_rate = _number(decay_rate, "decay_rate", 0)
-        self.staircase = bool(staircase)
-
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate * self.decay_rate**p
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-        }
+        return self.initial_learning_rate * self.decay_rate ** self._progress(step)
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_DecaySchedule):
     """``initial_learning_rate / (1 + decay_rate * step / decay_steps)``; with
     ``staircase`` the ratio ``step / decay_steps`` is floored."""
 
-    def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False):
-        self.initial_learning_rate = _number(initial_learning_rate, "initial_learning_rate", 0)
-        self.decay_steps = _number(decay_steps, "decay_steps", 0, low_open=True)
-        self.decay_rate = _number(decay_rate, "decay_rate", 0)
-        self.staircase = bool(staircase)
-
     def __call__(self, step):
-        p = _step(step) / self.decay_steps
-        if self.staircase:
-            p = math.floor(p)
-        return self.initial_learning_rate / (1 + self.decay_rate * p)
-
-    def get_config(self):
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-        }
+        return self.initial_learning_rate / (1 + self.decay_rate * self._progress(step))
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
