@@ -32,6 +32,7 @@ class Workspace:
         self.xb = zeros((rows, engine.input_dim))
         self.yb = zeros((rows, n_targets))
         self.swb = zeros((rows,))
+        self.warmed = False  # set once a zero batch has run through it (Sequential._warm_up)
 
 
 class Engine:

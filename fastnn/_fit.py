@@ -147,6 +147,7 @@ def fit_loop(
         {"epochs": epochs, "steps": n_batches, "verbose": verbose},
     )
     chunks = _epoch_chunks(n_batches, verbose, cbs.wants_batches)
+    model._training_workspace(bs, Y.shape[1])  # allocated and warmed before the first step
     model.stop_training = False
     model.history = history
     cbs.call("on_train_begin", {})

@@ -88,8 +88,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--cold-start",
         action="store_true",
-        help="also time a fresh process: import + build + first fit (numba cold/warm cache, "
-        "cython)",
+        help="also time fresh processes, per network: import, build, and the first fit's step 1 "
+        "vs its later steps (numba with an empty and a warm cache, cython)",
     )
     p.add_argument(
         "--isolate",
@@ -417,11 +417,19 @@ def start_workers(names, net: str, threads: int) -> dict:
     return runners
 
 
+#: idle seconds before each timing: a runtime's worker threads keep spinning for a while
+#: after its last parallel call (OpenBLAS's up to ~0.1 s), and must not steal a core from
+#: the next implementation's timing (another process with --isolate)
+SETTLE_S = float(os.environ.get("FASTNN_BENCH_SETTLE", "0.25"))
+
+
 def _interleaved(names, repeats):
-    """(round, name) pairs: every round times every implementation, the order rotating."""
+    """(round, name) pairs: every round times every implementation, the order rotating;
+    each pair comes after ``SETTLE_S`` idle seconds."""
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            time.sleep(SETTLE_S)
             yield r, name
 
 
@@ -451,28 +459,52 @@ def measure_epochs(runners: dict, n: int, repeats: int) -> dict:
 # ---------------------------------------------------------------------------------------
 # Cold start
 
+#: batches in the fresh process's first fit: step 1 is compared with the median of the rest
+COLD_STEPS = 8
+
 _COLD_SCRIPT = r"""
-import json, sys, time
+import json, statistics, sys, time
 t0 = time.perf_counter()
 import fastnn
 from fastnn._baselines import NETWORKS, fastnn_model, network_sizes, synthetic_data
 t1 = time.perf_counter()
-net, backend = sys.argv[1], sys.argv[2]
+net, backend, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sizes = network_sizes(net)
 batch = NETWORKS[net][3]
-x, y = synthetic_data(batch, sizes[0], sizes[-1])
+x, y = synthetic_data(steps * batch, sizes[0], sizes[-1])
 model = fastnn_model(sizes, backend)
+
+
+class StepTimes(fastnn.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.times, self.start, self.first_begin = [], 0.0, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.start = time.perf_counter()
+        if self.first_begin is None:
+            self.first_begin = self.start
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+timer = StepTimes()
 t2 = time.perf_counter()
-model.fit(x, y, epochs=1, batch_size=batch, verbose=0)
+model.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=False, callbacks=[timer])
 t3 = time.perf_counter()
-print("COLD " + json.dumps({"import_s": t1 - t0, "build_s": t2 - t1, "first_fit_s": t3 - t2}))
+print("COLD " + json.dumps({
+    "import_s": t1 - t0, "build_s": t2 - t1, "first_fit_s": t3 - t2,
+    "setup_s": timer.first_begin - t2, "first_step_s": timer.times[0],
+    "later_step_s": statistics.median(timer.times[1:]),
+}))
 """
 
 
 def _cold_run(net: str, backend: str, env: dict, timeout: float = 600) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", _COLD_SCRIPT, net, backend],
+        [sys.executable, "-c", _COLD_SCRIPT, net, backend, str(COLD_STEPS)],
         env=env,
         capture_output=True,
         text=True,
@@ -487,7 +519,8 @@ def _cold_run(net: str, backend: str, env: dict, timeout: float = 600) -> dict:
 
 
 def cold_start(net: str = "a", backends=("numba", "cython")) -> list[dict]:
-    """Fresh-process timings (import + build + first one-batch fit) in seconds."""
+    """Fresh-process timings in seconds: import, build, the first fit (``COLD_STEPS``
+    batches), its setup before step 1 (checks, workspace), step 1 and the median later step."""
     from . import backend as _backend
 
     results = []
@@ -499,11 +532,31 @@ def cold_start(net: str = "a", backends=("numba", "cython")) -> list[dict]:
             results.append({"case": "numba, warm cache", **_cold_run(net, "numba", env_n)})
     if "cython" in backends and _backend.why_unavailable("cython") is None:
         results.append({"case": "cython", **_cold_run(net, "cython", env)})
+    for r in results:
+        r["network"] = net
     return results
 
 
 # ---------------------------------------------------------------------------------------
 # Report
+
+
+def format_cold(cold: list[dict]) -> str:
+    """The cold-start table: seconds for the process phases, milliseconds for the steps."""
+    lines = [
+        f"Cold start (fresh process; first fit of {COLD_STEPS} batches; step 1 vs the median "
+        "of steps 2+)",
+        f"  {'network':<8}{'case':<20}{'import s':>9}{'build s':>9}{'first fit s':>12}"
+        f"{'setup ms':>10}{'step 1 ms':>11}{'later ms':>10}{'step 1/later':>14}",
+    ]
+    for c in cold:
+        lines.append(
+            f"  {c['network']:<8}{c['case']:<20}{c['import_s']:>9.2f}{c['build_s']:>9.2f}"
+            f"{c['first_fit_s']:>12.2f}{c['setup_s'] * 1e3:>10.2f}"
+            f"{c['first_step_s'] * 1e3:>11.3f}{c['later_step_s'] * 1e3:>10.3f}"
+            f"{c['first_step_s'] / c['later_step_s']:>13.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def _fmt(value: float) -> str:
@@ -713,7 +766,8 @@ def run(args) -> dict:
     if args.cold_start:
         print("  cold start: fresh processes (numba empty cache / warm cache, cython) ...")
         sys.stdout.flush()
-        cold = cold_start("a", backends if args.backends else COMPILED_BACKENDS)
+        for net in cfg["networks"]:
+            cold += cold_start(net, backends if args.backends else COMPILED_BACKENDS)
 
     info = environment(meta)
     print()
@@ -727,12 +781,7 @@ def run(args) -> dict:
         print(format_table(epoch_rows, "s per epoch", f"One epoch (median of {n_ep} rounds)"))
     if cold:
         print()
-        print("Cold start (fresh process, network a, one-batch fit), seconds:")
-        for c in cold:
-            print(
-                f"  {c['case']:<20} import {c['import_s']:.2f}  build {c['build_s']:.2f}  "
-                f"first fit {c['first_fit_s']:.2f}  whole process {c['process_s']:.2f}"
-            )
+        print(format_cold(cold))
     result = {"settings": cfg, "environment": info, "results": records, "cold_start": cold}
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -61,19 +61,21 @@ def as_array(x, arg: str) -> np.ndarray:
 
 def check_finite(a: np.ndarray, arg: str, source=None) -> None:
     """ValueError naming ``arg`` if ``a`` has NaN or infinite entries; ``source`` is the array
-    ``a`` was converted from (the message then says whether the conversion overflowed)."""
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        bad = np.argwhere(~np.isfinite(a))
-        where = tuple(int(i) for i in bad[0])
-        note = ""
-        if source is not None and source.size == a.size and source.dtype != a.dtype:
-            if source.dtype.kind != "f" or np.isfinite(source.reshape(a.shape)[where]):
-                value = source.reshape(a.shape)[where]
-                note = f" (overflow converting {value} from {source.dtype} to {a.dtype})"
-        raise ValueError(
-            f"{arg} must be finite, got {len(bad)} NaN or infinite value(s){note}, the first "
-            f"at index {where}: {a[where]}"
-        )
+    ``a`` was converted from (the message then says whether the conversion overflowed).
+    The check allocates nothing when ``a`` is finite (no boolean array as large as ``a``)."""
+    if a.dtype.kind != "f" or _all_finite(a):
+        return
+    bad = np.argwhere(~np.isfinite(a))
+    where = tuple(int(i) for i in bad[0])
+    note = ""
+    if source is not None and source.size == a.size and source.dtype != a.dtype:
+        if source.dtype.kind != "f" or np.isfinite(source.reshape(a.shape)[where]):
+            value = source.reshape(a.shape)[where]
+            note = f" (overflow converting {value} from {source.dtype} to {a.dtype})"
+    raise ValueError(
+        f"{arg} must be finite, got {len(bad)} NaN or infinite value(s){note}, the first "
+        f"at index {where}: {a[where]}"
+    )
 
 
 def _to_features(x, arg, dtype, flatten):
@@ -441,7 +443,10 @@ class Sequential:
         eng = self._engine
         plan, table = self._stack_plan()
         acc_mode, threshold = self._acc_mode(plan, y)
-        ws = eng.workspace(batch_size, y.shape[1])
+        if train:
+            ws = self._training_workspace(batch_size, y.shape[1])
+        else:
+            ws = eng.workspace(batch_size, y.shape[1])
         n_batches = (len(order) + batch_size - 1) // batch_size
         if stats is None:
             stats = np.zeros(codes.STAT_LEN)
@@ -481,6 +486,32 @@ class Sequential:
         if train:
             self.optimizer.iterations += int(done)
         return int(done), stats
+
+    def _training_workspace(self, rows: int, n_targets: int):
+        """The workspace for training batches of ``rows`` samples, warmed up when new."""
+        ws = self._engine.workspace(rows, n_targets)
+        if not ws.warmed:
+            self._warm_up(ws)
+        return ws
+
+    def _warm_up(self, ws) -> None:
+        """One training step of a zero batch through a new training workspace, on scratch
+        copies of the parameters and optimizer state, so that the first real step does not
+        pay first-call costs: the BLAS library's packing buffers (first pages) and threads,
+        the first touch of each kernel's code.  The model's weights, optimizer state and
+        step count are left exactly as they were."""
+        ws.warmed = True
+        eng = self._engine
+        if eng.on_device:
+            return
+        x, y, sw = ws.xb.copy(), ws.yb.copy(), ws.swb.copy()
+        order = np.arange(ws.rows, dtype=np.int64)
+        params, state, iterations = eng.params, eng.state, self.optimizer.iterations
+        eng.params, eng.state = params.copy(), state.copy()
+        try:
+            self._run(x, y, sw, order, ws.rows, True)
+        finally:
+            eng.params, eng.state, self.optimizer.iterations = params, state, iterations
 
     def _logs(self, stats, prefix=""):
         rows = max(stats[codes.STAT_ROWS], 1)

@@ -95,8 +95,15 @@ def test_format_table_ratios():
 def test_cold_start_script_runs():
     env = dict(os.environ)
     res = bench._cold_run("d", "numpy", env, timeout=120)
-    assert set(res) == {"import_s", "build_s", "first_fit_s", "process_s"}
+    assert set(res) == {
+        "import_s", "build_s", "first_fit_s", "process_s", "setup_s", "first_step_s",
+        "later_step_s",
+    }  # fmt: skip
     assert res["process_s"] >= res["import_s"] > 0
+    assert res["first_fit_s"] >= res["setup_s"] + res["first_step_s"] > 0
+    assert res["first_fit_s"] >= res["later_step_s"] > 0
+    text = bench.format_cold([{**res, "case": "numpy", "network": "d"}])
+    assert text.splitlines()[2].split()[:2] == ["d", "numpy"]
 
 
 # ---------------------------------------------------------------------------------------

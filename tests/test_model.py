@@ -600,6 +600,52 @@ def test_workspace_buffers_are_reused_across_epochs(backend):
     assert id(ws.acts) in ids.seen[0] and id(ws.gbuf) in ids.seen[0]
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("opt", ["adam", "sgd", "adagrad"])
+def test_warm_up_step_leaves_weights_state_and_step_count_alone(backend, opt, monkeypatch):
+    x, y = _blobs(n=40)
+    model = _mlp(backend=backend)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    params = model._engine.params.copy()
+    state = model._engine.host_state().copy()
+    steps = model.optimizer.iterations
+    ws = model._engine.workspace(8, 1)
+    calls = []
+    original = model._kernels.run_epoch
+    real = model._engine.params, model._engine.state
+
+    def spy(*args):
+        calls.append(args[8] is real[0] or args[10] is real[1])  # on the real buffers?
+        return original(*args)
+
+    monkeypatch.setattr(model._kernels, "run_epoch", spy)
+    model._warm_up(ws)
+    assert ws.warmed and calls == [False]
+    np.testing.assert_array_equal(model._engine.params, params)
+    np.testing.assert_array_equal(model._engine.host_state(), state)
+    assert model.optimizer.iterations == steps
+
+
+def test_first_fit_with_a_batch_size_warms_its_workspace_once(monkeypatch):
+    x, y = _blobs(n=40)
+    model = _mlp(backend=CPU_BACKENDS[-1])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    calls = []
+    original = model._kernels.run_epoch
+
+    def spy(*args):
+        calls.append(args[4])  # batch size
+        return original(*args)
+
+    monkeypatch.setattr(model._kernels, "run_epoch", spy)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    model.train_on_batch(x[:5], y[:5])
+    model.evaluate(x, y, batch_size=8, verbose=0)
+    # warm-up + 2 epochs; warm-up + the step; evaluation warms nothing
+    assert calls == [16, 16, 16, 5, 5, 8]
+
+
 def _fit_memory(model, x, y, epochs):
     """(bytes still allocated after, peak bytes above the start) of one fit call."""
     gc.collect()
