@@ -142,7 +142,7 @@ def fit_loop(
     n_batches = -(-n // bs)
     history = _callbacks.History()
     cbs = _callbacks.CallbackList(
-        [history, *(callbacks or [])],
+        [*(callbacks or []), history],  # last, as in Keras: it records what others add
         model,
         {"epochs": epochs, "steps": n_batches, "verbose": verbose},
     )

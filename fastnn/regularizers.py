@@ -42,5 +42,10 @@ def get(reg) -> L1L2 | None:
     if reg is None or isinstance(reg, L1L2):
         return reg
     if isinstance(reg, dict):
+        unknown = sorted(set(map(str, reg)) - {"l1", "l2"})
+        if unknown:
+            raise ValueError(
+                f"kernel_regularizer config must have keys among 'l1', 'l2', got {unknown}"
+            )
         return L1L2(**reg)
     return lookup(_NAMES, "kernel_regularizer", reg)()

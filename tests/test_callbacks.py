@@ -188,6 +188,8 @@ def test_learning_rate_scheduler_sets_rate_each_epoch():
     assert seen == [(0, 0.05), (1, 0.1), (2, 0.05)]
     assert model.optimizer.learning_rate == pytest.approx(0.1 / 3)
     assert len(hist.epoch) == 3
+    # History runs after the other callbacks (as in Keras), so it records the rate too
+    assert hist.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])
 
 
 def test_learning_rate_scheduler_changes_training_like_setting_the_rate_by_hand():

@@ -194,6 +194,12 @@ CASES = [
         ValueError,
         "kernel_initializer must be one of",
     ),
+    (
+        "dense-regularizer-config-keys",
+        lambda: Dense(4, kernel_regularizer={"l1": 0.1, "l3": 0.2}),
+        ValueError,
+        ("kernel_regularizer config", "['l3']"),
+    ),
     ("dropout-rate-one", lambda: Dropout(1.0), ValueError, "rate must be a number in [0, 1)"),
     ("dropout-rate-string", lambda: Dropout("0.5"), TypeError, "rate must be a number"),
     (
