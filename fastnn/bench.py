@@ -420,7 +420,7 @@ def start_workers(names, net: str, threads: int) -> dict:
 #: idle seconds before each timing: a runtime's worker threads keep spinning for a while
 #: after its last parallel call (OpenBLAS's up to ~0.1 s), and must not steal a core from
 #: the next implementation's timing (another process with --isolate)
-SETTLE_S = float(os.environ.get("FASTNN_BENCH_SETTLE", "0.25"))
+SETTLE_S = 0.25
 
 
 def _interleaved(names, repeats):

@@ -59,6 +59,11 @@ def as_array(x, arg: str) -> np.ndarray:
     return x
 
 
+#: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
+#: step takes tens of milliseconds and first-call costs are lost in it
+WARM_UP_MAX_BYTES = 64 << 20
+
+
 def check_finite(a: np.ndarray, arg: str, source=None) -> None:
     """ValueError naming ``arg`` if ``a`` has NaN or infinite entries; ``source`` is the array
     ``a`` was converted from (the message then says whether the conversion overflowed).
@@ -502,8 +507,8 @@ class Sequential:
         step count are left exactly as they were."""
         ws.warmed = True
         eng = self._engine
-        if eng.on_device:
-            return
+        if eng.on_device or eng.params.nbytes + eng.state.nbytes > WARM_UP_MAX_BYTES:
+            return  # no scratch copies of a large model: its steps dwarf first-call costs
         x, y, sw = ws.xb.copy(), ws.yb.copy(), ws.swb.copy()
         order = np.arange(ws.rows, dtype=np.int64)
         params, state, iterations = eng.params, eng.state, self.optimizer.iterations

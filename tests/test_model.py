@@ -644,6 +644,10 @@ def test_first_fit_with_a_batch_size_warms_its_workspace_once(monkeypatch):
     model.evaluate(x, y, batch_size=8, verbose=0)
     # warm-up + 2 epochs; warm-up + the step; evaluation warms nothing
     assert calls == [16, 16, 16, 5, 5, 8]
+    calls.clear()
+    monkeypatch.setattr(fastnn.model, "WARM_UP_MAX_BYTES", 0)  # as for a large model
+    model.fit(x, y, epochs=1, batch_size=10, verbose=0)
+    assert calls == [10]
 
 
 def _fit_memory(model, x, y, epochs):
