@@ -87,15 +87,12 @@ def _replay(model, snap, X, Y, SW, rows, bs):
     for b in range(-(-len(rows) // bs)):
         before = model._snapshot()
         batch = rows[b * bs : (b + 1) * bs]
-        lrs = model.optimizer.lrs(model.optimizer.iterations, 1)
-        done, stats = model._run(X, Y, SW, batch, bs, True, lrs)
+        stats = np.zeros(codes.STAT_LEN)
+        done, finite = model._train_batches(X, Y, SW, batch, bs, stats)
         loss = float(stats[codes.STAT_LOSS] / len(batch))
-        if not done:
+        if not finite:
             model._restore(before)
-            return b, loss, "loss"
-        if not model._weights_finite():
-            model._restore(before)
-            return b, loss, "weights"
+            return b, loss, "loss" if not done else "weights"
     return None
 
 
@@ -146,7 +143,8 @@ def fit_loop(
         model,
         {"epochs": epochs, "steps": n_batches, "verbose": verbose},
     )
-    chunks = _epoch_chunks(n_batches, verbose, cbs.wants_batches)
+    per_batch = cbs.wants_batches
+    chunks = _epoch_chunks(n_batches, verbose, per_batch)
     model._training_workspace(bs, Y.shape[1])  # allocated and warmed before the first step
     model.stop_training = False
     model.history = history
@@ -163,12 +161,11 @@ def fit_loop(
         snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
         for size in chunks:
             batch0 = start // bs
-            if cbs.wants_batches:
+            if per_batch:
                 cbs.call("on_train_batch_begin", batch0, {})
             rows = order[start : start + size * bs]
-            lrs = model.optimizer.lrs(model.optimizer.iterations, size)
-            done, stats = model._run(X, Y, SW, rows, bs, True, lrs, stats)
-            if done < size or not model._weights_finite():
+            done, finite = model._train_batches(X, Y, SW, rows, bs, stats)
+            if not finite:
                 found = _replay(model, snap, X, Y, SW, order[: start + size * bs], bs)
                 if found is None and done == size:
                     found = (0, 0.0, "ok")  # the replay ended finite: keep its weights
@@ -198,7 +195,7 @@ def fit_loop(
                     loss=loss,
                 )
             start += size * bs
-            if cbs.wants_batches:
+            if per_batch:
                 cbs.call("on_train_batch_end", batch0, model._logs(stats))
             if bar is not None:
                 bar.update(size)

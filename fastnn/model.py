@@ -7,6 +7,9 @@ only when a callback asks for batch hooks.
 
 from __future__ import annotations
 
+import contextlib
+import math
+
 import numpy as np
 
 from . import backend as _backend
@@ -62,6 +65,9 @@ def as_array(x, arg: str) -> np.ndarray:
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
 #: step takes tens of milliseconds and first-call costs are lost in it
 WARM_UP_MAX_BYTES = 64 << 20
+
+#: Backends whose kernels are compiled code: no NumPy floating-point warnings to silence.
+_NO_FP_WARNINGS = frozenset({"numba", "cython"})
 
 
 def check_finite(a: np.ndarray, arg: str, source=None) -> None:
@@ -459,7 +465,7 @@ class Sequential:
             lrs = np.zeros(n_batches)
         hyper = self.optimizer.hyper()
         # overflow is detected from the returned loss and the weights, not from warnings
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with self._quiet_fp():
             done = self._kernels.run_epoch(
                 x,
                 y,
@@ -492,6 +498,24 @@ class Sequential:
             self.optimizer.iterations += int(done)
         return int(done), stats
 
+    def _quiet_fp(self):
+        """Silences NumPy's overflow/invalid warnings around a kernel call (NumPy-based
+        backends); compiled backends raise none, so they skip the context's cost."""
+        if self.backend_name in _NO_FP_WARNINGS:
+            return contextlib.nullcontext()
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+    def _train_batches(self, x, y, sw, rows, batch_size, stats):
+        """The training call of ``fit`` and ``train_on_batch``: the learning rates of the
+        steps, one compiled call over the batches of ``x[rows]`` (accumulating ``stats``),
+        then the finite check of the weights.
+
+        Returns (batches done, whether every batch was done and the weights stayed finite)."""
+        count = -(-len(rows) // batch_size)
+        lrs = self.optimizer.lrs(self.optimizer.iterations, count)
+        done, _ = self._run(x, y, sw, rows, batch_size, True, lrs, stats)
+        return done, done == count and self._weights_finite()
+
     def _training_workspace(self, rows: int, n_targets: int):
         """The workspace for training batches of ``rows`` samples, warmed up when new."""
         ws = self._engine.workspace(rows, n_targets)
@@ -500,11 +524,11 @@ class Sequential:
         return ws
 
     def _warm_up(self, ws) -> None:
-        """One training step of a zero batch through a new training workspace, on scratch
-        copies of the parameters and optimizer state, so that the first real step does not
-        pay first-call costs: the BLAS library's packing buffers (first pages) and threads,
-        the first touch of each kernel's code.  The model's weights, optimizer state and
-        step count are left exactly as they were."""
+        """One training step of a zero batch through a new training workspace, as ``fit``
+        runs it, on scratch copies of the parameters and optimizer state, so that the first
+        real step does not pay first-call costs: the BLAS library's packing buffers (first
+        pages) and threads, the first touch of each kernel's code, the per-batch NumPy paths.
+        The model's weights, optimizer state and step count are left exactly as they were."""
         ws.warmed = True
         eng = self._engine
         if eng.on_device or eng.params.nbytes + eng.state.nbytes > WARM_UP_MAX_BYTES:
@@ -512,11 +536,15 @@ class Sequential:
         x, y, sw = ws.xb.copy(), ws.yb.copy(), ws.swb.copy()
         order = np.arange(ws.rows, dtype=np.int64)
         params, state, iterations = eng.params, eng.state, self.optimizer.iterations
-        eng.params, eng.state = params.copy(), state.copy()
+        eng.params = eng.host_params = params.copy()
+        eng.state = state.copy()
         try:
-            self._run(x, y, sw, order, ws.rows, True)
+            stats = np.zeros(codes.STAT_LEN)
+            self._train_batches(x, y, sw, order, ws.rows, stats)
+            self._logs(stats)
         finally:
-            eng.params, eng.state, self.optimizer.iterations = params, state, iterations
+            eng.params = eng.host_params = params
+            eng.state, self.optimizer.iterations = state, iterations
 
     def _logs(self, stats, prefix=""):
         rows = max(stats[codes.STAT_ROWS], 1)
@@ -533,11 +561,11 @@ class Sequential:
         """One optimizer step on the batch (x, y); returns its loss."""
         x, y, sw = self._prepare(x, y, sample_weight, class_weight)
         order = np.arange(x.shape[0], dtype=np.int64)
-        lrs = self.optimizer.lrs(self.optimizer.iterations, 1)
         snap = self._snapshot(reuse=True)
-        done, stats = self._run(x, y, sw, order, x.shape[0], True, lrs)
+        stats = np.zeros(codes.STAT_LEN)
+        done, finite = self._train_batches(x, y, sw, order, x.shape[0], stats)
         loss = float(stats[codes.STAT_LOSS] / x.shape[0])
-        if not done or not self._weights_finite():
+        if not finite:
             self._restore(snap)
             what = f"loss is {loss}" if not done else "the update made weights non-finite"
             raise NonFiniteLossError(
@@ -568,13 +596,22 @@ class Sequential:
         params, state, iterations = snap
         eng.host_params[...] = params
         eng.push()
-        eng.set_state(state.copy())
+        if eng.on_device:
+            eng.set_state(state.copy())
+        else:
+            np.copyto(eng.state, state)  # in place: the kernels keep their buffers
         self.optimizer.iterations = iterations
 
     def _weights_finite(self) -> bool:
-        """Whether every weight and optimizer state entry is finite."""
+        """Whether every weight and optimizer state entry is finite (run after every
+        training call: two BLAS dots, confirmed exactly only when their sum is not finite)."""
         eng = self._engine
-        return _all_finite(eng.pull()) and _all_finite(eng.host_state())
+        params, state = eng.pull(), eng.host_state().reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = float(np.dot(params, params)) + float(np.dot(state, state))
+        if math.isfinite(total):
+            return True
+        return bool(np.isfinite(params).all() and np.isfinite(state).all())
 
     def evaluate(
         self,

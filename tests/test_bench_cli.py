@@ -97,13 +97,17 @@ def test_cold_start_script_runs():
     res = bench._cold_run("d", "numpy", env, timeout=120)
     assert set(res) == {
         "import_s", "build_s", "first_fit_s", "process_s", "setup_s", "first_step_s",
-        "later_step_s",
+        "later_step_s", "second_first_step_s", "second_later_step_s",
     }  # fmt: skip
     assert res["process_s"] >= res["import_s"] > 0
     assert res["first_fit_s"] >= res["setup_s"] + res["first_step_s"] > 0
     assert res["first_fit_s"] >= res["later_step_s"] > 0
+    assert res["second_first_step_s"] > 0 and res["second_later_step_s"] > 0
     text = bench.format_cold([{**res, "case": "numpy", "network": "d"}])
-    assert text.splitlines()[2].split()[:2] == ["d", "numpy"]
+    row = text.splitlines()[2].split()
+    assert row[:2] == ["d", "numpy"]
+    second = res["second_first_step_s"] / res["second_later_step_s"]
+    assert row[-1] == f"{second:.2f}x"
 
 
 # ---------------------------------------------------------------------------------------
