@@ -1,4 +1,5 @@
-"""Kernel speed: each op group x backend x 2 sizes, the NumPy reference as the baseline.
+"""Kernel speed: each op group x backend x one or two sizes, the NumPy reference as the
+baseline.
 
 One benchmark group per op and size ("kernel dense_forward 64x784x128", ...), holding the
 NumPy reference and every compiled CPU backend that loads (numba, cython): read the
@@ -172,4 +173,142 @@ def test_relu_activation(benchmark, name, size):
     benchmark.group = f"kernel relu {size}"
     _run(benchmark, k.activation_forward, x, out, C.RELU, 0.0)
     _info(benchmark, name, shape=size)
+    _rate(benchmark, "gb_per_s", 2.0 * x.nbytes / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# The other activations (forward) and every activation's backward, N x O
+
+ACTIVATIONS = {
+    "leaky_relu": C.LEAKY_RELU,
+    "sigmoid": C.SIGMOID,
+    "tanh": C.TANH,
+    "softmax": C.SOFTMAX,
+}
+ACT_SIZE = (1024, 1024)
+
+
+def _act_data():
+    return np.random.default_rng(5).standard_normal(ACT_SIZE).astype(DTYPE)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_activation_forward(benchmark, name, act):
+    """out = act(x)."""
+    k = _module(name)
+    x = _act_data()
+    out = np.empty_like(x)
+    benchmark.group = f"kernel activation {act} 1024x1024"
+    _run(benchmark, k.activation_forward, x, out, ACTIVATIONS[act], 0.2)
+    _info(benchmark, name, shape="1024x1024")
+    _rate(benchmark, "gb_per_s", 2.0 * x.nbytes / 1e9)
+
+
+@pytest.mark.parametrize("act", ("relu", *ACTIVATIONS))
+@pytest.mark.parametrize("name", BACKENDS)
+def test_activation_backward(benchmark, name, act):
+    """dx = dout * act'(from the output y)."""
+    k = _module(name)
+    code = C.RELU if act == "relu" else ACTIVATIONS[act]
+    y = np.empty(ACT_SIZE, DTYPE)
+    backend.load("numpy").activation_forward(_act_data(), y, code, 0.2)
+    dout = np.random.default_rng(6).standard_normal(ACT_SIZE).astype(DTYPE)
+    dx = np.empty_like(y)
+    benchmark.group = f"kernel activation_backward {act} 1024x1024"
+    _run(benchmark, k.activation_backward, y, dout, dx, code, 0.2)
+    _info(benchmark, name, shape="1024x1024")
+    _rate(benchmark, "gb_per_s", 3.0 * y.nbytes / 1e9)  # reads y, dout; writes dx
+
+
+# ---------------------------------------------------------------------------------------
+# The other losses (loss and gradient), N x C
+
+LOSS_SIZE = (1024, 100)
+
+
+def _loss_args(loss):
+    """Arguments of one loss kernel on LOSS_SIZE: logits or probabilities, targets, sw, outs."""
+    n, c = LOSS_SIZE
+    rng = np.random.default_rng(7)
+    z = (rng.standard_normal((n, c)) * 2).astype(DTYPE)
+    sw = np.ones(n, DTYPE)
+    dz = np.empty_like(z)
+    if loss == "sparse_softmax_cross_entropy":
+        return z, rng.integers(0, c, n).astype(DTYPE), sw, np.empty_like(z), dz
+    bits = (rng.random((n, c)) < 0.5).astype(DTYPE)
+    if loss == "sigmoid_binary_cross_entropy":
+        return z, bits, sw, np.empty_like(z), dz
+    if loss == "categorical_crossentropy":
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        return p.astype(DTYPE), np.eye(c, dtype=DTYPE)[rng.integers(0, c, n)], sw, dz
+    if loss == "binary_crossentropy":
+        return (1 / (1 + np.exp(-z))).astype(DTYPE), bits, sw, dz
+    return z, rng.standard_normal((n, c)).astype(DTYPE), sw, dz  # mse, mae
+
+
+LOSSES = (
+    "sparse_softmax_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+    "mean_squared_error",
+    "mean_absolute_error",
+)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_loss(benchmark, name, loss):
+    """loss value and dL/d(input) of one loss kernel."""
+    k = _module(name)
+    args = _loss_args(loss)
+    benchmark.group = f"kernel {loss} 1024x100"
+    _run(benchmark, getattr(k, loss), *args)
+    _info(benchmark, name, shape="1024x100")
+    _rate(benchmark, "gb_per_s", sum(a.nbytes for a in args) / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# The other optimizers over one flat buffer of P parameters
+
+OPTIMIZERS = {
+    "sgd": lambda k, p, g, s: (k.sgd_update, p, g, 1e-2),
+    "momentum": lambda k, p, g, s: (k.momentum_update, p, g, s, 1e-2, 0.9, False),
+    "nesterov": lambda k, p, g, s: (k.momentum_update, p, g, s, 1e-2, 0.9, True),
+    "adagrad": lambda k, p, g, s: (k.adagrad_update, p, g, s, 1e-2, 1e-7),
+    "rmsprop": lambda k, p, g, s: (k.rmsprop_update, p, g, s, 1e-3, 0.9, 1e-7),
+}
+
+
+@pytest.mark.parametrize("size", ADAM_SIZES)
+@pytest.mark.parametrize("opt", OPTIMIZERS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_optimizer_update(benchmark, name, opt, size):
+    """One update step on P float32 parameters (state: one slot, except plain SGD)."""
+    k = _module(name)
+    n = ADAM_SIZES[size]
+    p, g, state, _ = _adam_data(n)
+    fn, *args = OPTIMIZERS[opt](k, p, g, state)
+    benchmark.group = f"kernel {opt}_update {size}"
+    _run(benchmark, fn, *args)
+    moved = (3 if opt == "sgd" else 5) * n * np.dtype(DTYPE).itemsize
+    _info(benchmark, name, params=n, bytes_moved=moved)
+    _rate(benchmark, "gb_per_s", moved / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout (forward; the backward is the same mask pass), N x O
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_dropout_forward(benchmark, name):
+    """out = x * keep / (1 - rate), keep from a counter-based hash of the seed."""
+    k = _module(name)
+    x = _act_data()
+    out = np.empty_like(x)
+    benchmark.group = "kernel dropout_forward 1024x1024"
+    _run(benchmark, k.dropout_forward, x, out, 0.5, 12345)
+    _info(benchmark, name, shape="1024x1024")
     _rate(benchmark, "gb_per_s", 2.0 * x.nbytes / 1e9)

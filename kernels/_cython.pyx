@@ -12,7 +12,7 @@ to the column-major routine as their transposes, so nothing is copied).
 
 from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport (
-    NAN, exp, expf, isfinite, log, log1p, log1pf, logf, pow, sqrt, sqrtf, tanh, tanhf,
+    NAN, exp, expf, isfinite, log, log1p, log1pf, logf, pow, sqrt, sqrtf, tanh,
 )
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -130,9 +130,38 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+cdef inline float _tanhf_rational(float x) noexcept nogil:
+    # tanh as an odd 13/6-degree rational function on [-9, 9] (+-1 beyond, in float32),
+    # within 3 ulp of tanh: no libm call, so the loops vectorise (libm's tanhf costs
+    # about 17 ns per element here, ~40x NumPy's SIMD tanh).  Comparisons keep NaN.
+    cdef float nine = 9.0, one = 1.0, c = x, c2, num, den, t
+    if c > nine:
+        c = nine
+    if c < -nine:
+        c = -nine
+    c2 = c * c
+    num = <float>-2.76076847742355e-16
+    num = num * c2 + <float>2.00018790482477e-13
+    num = num * c2 + <float>-8.60467152213735e-11
+    num = num * c2 + <float>5.12229709037114e-08
+    num = num * c2 + <float>1.48572235717979e-05
+    num = num * c2 + <float>6.37261928875436e-04
+    num = (num * c2 + <float>4.89352455891786e-03) * c
+    den = <float>1.19825839466702e-06
+    den = den * c2 + <float>1.18534705686654e-04
+    den = den * c2 + <float>2.26843463243900e-03
+    den = den * c2 + <float>4.89352518554385e-03
+    t = num / den
+    if t > one:
+        t = one
+    if t < -one:
+        t = -one
+    return t
+
+
 cdef inline floating _tanh(floating x) noexcept nogil:
     if floating is float:
-        return tanhf(x)
+        return _tanhf_rational(x)
     else:
         return tanh(x)
 

@@ -738,3 +738,23 @@ def test_module_imports_without_compiling():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", compiled_backends())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tanh_over_its_whole_range(name, dtype):
+    """tanh (float32: a rational approximation in the compiled backends) against NumPy's
+    on a dense grid, tiny and huge values, infinities and NaN, standalone and fused."""
+    k = backend.load(name)
+    grid = np.linspace(-12, 12, 200_005)  # with the rest: 7 columns
+    tiny = np.geomspace(1e-30, 1e-2, 2_000)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 8.99, 9.0, 9.01]
+    x = np.concatenate([grid, tiny, -tiny, special]).astype(dtype).reshape(-1, 7)
+    out = np.empty_like(x)
+    k.activation_forward(x, out, C.TANH, 0.0)
+    assert_close(out, np.tanh(x.astype(np.float64)), dtype, what=f"{name} tanh")
+    assert np.nanmax(np.abs(out)) <= 1.0
+    finite = np.where(np.isfinite(x), x, 0).astype(dtype)  # x @ I would turn inf to NaN
+    fused = np.empty_like(x)
+    k.dense_forward(finite, np.eye(7, dtype=dtype), np.zeros(7, dtype), fused, C.TANH, 0.0)
+    assert_close(fused, np.tanh(finite.astype(np.float64)), dtype, what=f"{name} fused tanh")
