@@ -145,7 +145,7 @@ def fit_loop(
     )
     per_batch = cbs.wants_batches
     chunks = _epoch_chunks(n_batches, verbose, per_batch)
-    model._training_workspace(bs, Y.shape[1])  # allocated and warmed before the first step
+    train = model._trainer(X, Y, SW, bs)  # its workspace is allocated and warmed up here
     model.stop_training = False
     model.history = history
     cbs.call("on_train_begin", {})
@@ -164,7 +164,7 @@ def fit_loop(
             if per_batch:
                 cbs.call("on_train_batch_begin", batch0, {})
             rows = order[start : start + size * bs]
-            done, finite = model._train_batches(X, Y, SW, rows, bs, stats)
+            done, finite = train(rows, stats)
             if not finite:
                 found = _replay(model, snap, X, Y, SW, order[: start + size * bs], bs)
                 if found is None and done == size:
@@ -210,7 +210,7 @@ def fit_loop(
         if val is not None:
             vx, vy, vsw = val
             vbs = min(len(vx), 1024)
-            _, vstats = model._run(vx, vy, vsw, np.arange(len(vx), dtype=np.int64), vbs, False)
+            vstats = model._run(vx, vy, vsw, np.arange(len(vx), dtype=np.int64), vbs)
             logs.update(model._logs(vstats, prefix="val_"))
         cbs.call("on_epoch_end", epoch, logs)
         if verbose == 2 or (verbose == 1 and bar is None):

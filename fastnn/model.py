@@ -7,9 +7,6 @@ only when a callback asks for batch hooks.
 
 from __future__ import annotations
 
-import contextlib
-import math
-
 import numpy as np
 
 from . import backend as _backend
@@ -448,73 +445,66 @@ class Sequential:
             initial_epoch,
         )
 
-    def _run(self, x, y, sw, order, batch_size, train, lrs=None, stats=None):
-        """Runs batches of x[order] through the compiled epoch kernel; returns (batches
-        done, stats)."""
+    def _run(self, x, y, sw, order, batch_size):
+        """Evaluates the batches of x[order] in one compiled call; returns their stats."""
         eng = self._engine
         plan, table = self._stack_plan()
         acc_mode, threshold = self._acc_mode(plan, y)
-        if train:
-            ws = self._training_workspace(batch_size, y.shape[1])
-        else:
-            ws = eng.workspace(batch_size, y.shape[1])
-        n_batches = (len(order) + batch_size - 1) // batch_size
-        if stats is None:
-            stats = np.zeros(codes.STAT_LEN)
-        if lrs is None:
-            lrs = np.zeros(n_batches)
-        hyper = self.optimizer.hyper()
-        # overflow is detected from the returned loss and the weights, not from warnings
-        with self._quiet_fp():
-            done = self._kernels.run_epoch(
-                x,
-                y,
-                sw,
-                order,
-                batch_size,
-                ws.xb,
-                ws.yb,
-                ws.swb,
-                eng.params,
-                eng.grads,
-                eng.state,
-                ws.acts,
-                ws.gbuf,
-                table,
-                eng.table_f,
-                plan.code,
-                plan.logits_out,
-                self.optimizer.code,
-                hyper,
-                lrs,
-                self.optimizer.iterations + 1,
-                self._dropout_seed,
-                int(train),
-                acc_mode,
-                threshold,
-                stats,
-            )
-        if train:
-            self.optimizer.iterations += int(done)
-        return int(done), stats
+        ws = eng.workspace(batch_size, y.shape[1])
+        stats = np.zeros(codes.STAT_LEN)
+        self._kernel_call()(
+            x, y, sw, order, batch_size, ws.xb, ws.yb, ws.swb, eng.params, eng.grads,
+            eng.state, ws.acts, ws.gbuf, table, eng.table_f, plan.code, plan.logits_out,
+            self.optimizer.code, self.optimizer._train_hyper(), np.zeros(1), 0, 0, 0,
+            acc_mode, threshold, stats,
+        )  # fmt: skip
+        return stats
 
-    def _quiet_fp(self):
-        """Silences NumPy's overflow/invalid warnings around a kernel call (NumPy-based
-        backends); compiled backends raise none, so they skip the context's cost."""
+    def _kernel_call(self):
+        """The backend's ``run_epoch``; for NumPy-based backends wrapped to silence their
+        floating-point warnings (overflow is detected from the loss and the weights)."""
+        run_epoch = self._kernels.run_epoch
         if self.backend_name in _NO_FP_WARNINGS:
-            return contextlib.nullcontext()
-        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+            return run_epoch
+
+        def quiet(*args):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return run_epoch(*args)
+
+        return quiet
+
+    def _trainer(self, x, y, sw, batch_size):
+        """The training call over batches of ``batch_size`` rows of (x, y, sw), for a fit:
+        ``step(rows, stats)`` runs the batches of ``x[rows]`` in one compiled call
+        (accumulating ``stats``) and returns (batches done, whether every batch was done and
+        every weight and optimizer state entry is still finite).
+
+        What a fit cannot change is looked up once; the rates, the hyper-parameters and the
+        buffers (a callback may set new ones) are read by every call."""
+        eng, opt, run_epoch = self._engine, self.optimizer, self._kernel_call()
+        plan, table = self._stack_plan()
+        loss_code, logits_out = plan.code, plan.logits_out
+        acc_mode, threshold = self._acc_mode(plan, y)
+        ws = self._training_workspace(batch_size, y.shape[1])
+        seed, bad = self._dropout_seed, codes.STAT_NONFINITE
+
+        def step(rows, stats):
+            count = -(-len(rows) // batch_size)
+            done = run_epoch(
+                x, y, sw, rows, batch_size, ws.xb, ws.yb, ws.swb, eng.params, eng.grads,
+                eng.state, ws.acts, ws.gbuf, table, eng.table_f, loss_code, logits_out,
+                opt.code, opt._train_hyper(), opt._train_rates(count), opt.iterations + 1,
+                seed, 1, acc_mode, threshold, stats,
+            )  # fmt: skip
+            done = int(done)
+            opt.iterations += done
+            return done, done == count and stats[bad] == 0.0
+
+        return step
 
     def _train_batches(self, x, y, sw, rows, batch_size, stats):
-        """The training call of ``fit`` and ``train_on_batch``: the learning rates of the
-        steps, one compiled call over the batches of ``x[rows]`` (accumulating ``stats``),
-        then the finite check of the weights.
-
-        Returns (batches done, whether every batch was done and the weights stayed finite)."""
-        count = -(-len(rows) // batch_size)
-        lrs = self.optimizer.lrs(self.optimizer.iterations, count)
-        done, _ = self._run(x, y, sw, rows, batch_size, True, lrs, stats)
-        return done, done == count and self._weights_finite()
+        """One call of :meth:`_trainer` (``train_on_batch``, a replay, the warm-up)."""
+        return self._trainer(x, y, sw, batch_size)(rows, stats)
 
     def _training_workspace(self, rows: int, n_targets: int):
         """The workspace for training batches of ``rows`` samples, warmed up when new."""
@@ -602,17 +592,6 @@ class Sequential:
             np.copyto(eng.state, state)  # in place: the kernels keep their buffers
         self.optimizer.iterations = iterations
 
-    def _weights_finite(self) -> bool:
-        """Whether every weight and optimizer state entry is finite (run after every
-        training call: two BLAS dots, confirmed exactly only when their sum is not finite)."""
-        eng = self._engine
-        params, state = eng.pull(), eng.host_state().reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = float(np.dot(params, params)) + float(np.dot(state, state))
-        if math.isfinite(total):
-            return True
-        return bool(np.isfinite(params).all() and np.isfinite(state).all())
-
     def evaluate(
         self,
         x,
@@ -626,7 +605,7 @@ class Sequential:
         list — or a dict with ``return_dict``."""
         x, y, sw = self._prepare(x, y, sample_weight)
         bs = _batch_size(batch_size, 1024, len(x))
-        _, stats = self._run(x, y, sw, np.arange(len(x), dtype=np.int64), bs, False)
+        stats = self._run(x, y, sw, np.arange(len(x), dtype=np.int64), bs)
         logs = self._logs(stats)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))

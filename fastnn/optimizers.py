@@ -50,6 +50,8 @@ class Optimizer:
             self.learning_rate = _number(learning_rate, "learning_rate", 0.0, low_open=True)
         self.iterations = 0
         self._state: dict = {}
+        self._kept_rates: tuple = (None, np.empty(0))
+        self._kept_hyper: tuple = (None, np.empty(0))
 
     @property
     def slots(self) -> int:
@@ -86,6 +88,30 @@ class Optimizer:
 
     def _extra(self) -> list[float]:
         return []
+
+    # Training calls pass these kept arrays (no NumPy call per batch); kernels only read the
+    # rates and set hyper[0] from them themselves.
+    def _train_rates(self, count: int) -> np.ndarray:
+        """The rates of the next ``count`` steps (a constant rate: a kept array of at least
+        ``count`` entries)."""
+        lr = self.learning_rate
+        if callable(lr):
+            return self.lrs(self.iterations, count)
+        rate, kept = self._kept_rates
+        if rate != lr or kept.shape[0] < count:
+            kept = np.full(max(count, 16), lr)
+            self._kept_rates = (lr, kept)
+        return kept
+
+    def _train_hyper(self) -> np.ndarray:
+        """:meth:`hyper` in a kept array, rebuilt when a hyper-parameter other than the rate
+        changes."""
+        extra, kept = self._kept_hyper
+        now = self._extra()
+        if extra != now:
+            kept = np.array([self.lr_at(self.iterations), *now], dtype=np.float64)
+            self._kept_hyper = (now, kept)
+        return kept
 
     def init_state(self, shape, dtype) -> np.ndarray:
         """Fresh optimizer state for parameters of ``shape``: (max(slots, 1), *shape)."""

@@ -19,6 +19,7 @@ from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cython cimport floating
+cimport numpy as cnp
 
 import numpy as np
 
@@ -65,13 +66,16 @@ cdef enum:
     STAT_ABS = 2
     STAT_SQ = 3
     STAT_ROWS = 4
-    STAT_LEN = 5
+    STAT_NONFINITE = 5
+    STAT_LEN = 6
 
     # label storage kinds (sparse cross-entropy)
     LB_I64 = 0
     LB_I32 = 1
     LB_F32 = 2
     LB_F64 = 3
+
+cnp.import_array()
 
 cdef double PROB_EPS = 1e-7
 cdef int[5] HYPER_LEN = [1, 3, 2, 3, 5]
@@ -86,7 +90,7 @@ def _check_codes():
         MOMENTUM=MOMENTUM, ADAGRAD=ADAGRAD, RMSPROP=RMSPROP, ADAM=ADAM, ACC_NONE=ACC_NONE,
         ACC_SPARSE=ACC_SPARSE, ACC_CATEGORICAL=ACC_CATEGORICAL, ACC_BINARY=ACC_BINARY,
         STAT_LOSS=STAT_LOSS, STAT_CORRECT=STAT_CORRECT, STAT_ABS=STAT_ABS, STAT_SQ=STAT_SQ,
-        STAT_ROWS=STAT_ROWS, STAT_LEN=STAT_LEN, PROB_EPS=PROB_EPS,
+        STAT_ROWS=STAT_ROWS, STAT_NONFINITE=STAT_NONFINITE, STAT_LEN=STAT_LEN, PROB_EPS=PROB_EPS,
         STATE_SLOTS=(0, 1, 1, 1, 2),
     )
     for name, value in expected.items():
@@ -1147,6 +1151,17 @@ cdef Py_ssize_t _epoch(const Stack* st, const floating* X, const floating* Y, Py
     return n_batches
 
 
+cdef Py_ssize_t _count_nonfinite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Entries of a[:n] that are inf or NaN: v - v is NaN exactly for those (branch-free, so
+    the integer count vectorises)."""
+    cdef Py_ssize_t i, bad = 0
+    cdef floating d
+    for i in range(n):
+        d = a[i] - a[i]
+        bad += d != d
+    return bad
+
+
 # ---------------------------------------------------------------------------------------
 # Argument checks (with the GIL; they keep every C loop inside its buffers)
 
@@ -1193,17 +1208,26 @@ cdef int _make_stack(Stack* st, const int64_t[:, ::1] layers, const double[:, ::
                      Py_ssize_t n_acts, Py_ssize_t n_gbuf) except -1:
     """Fills ``st`` and checks that every layer stays inside params, acts and gbuf for a
     batch of n rows (n_gbuf < 0: no gbuf)."""
+    return _make_stack_p(st, &layers[0, 0], layers.shape[0], layers.shape[1], &layer_f[0, 0],
+                         layer_f.shape[0], layer_f.shape[1], n, n_in0, n_params, n_acts, n_gbuf)
+
+
+cdef int _make_stack_p(Stack* st, const int64_t* layers, Py_ssize_t n_layers,
+                       Py_ssize_t layer_cols, const double* layer_f, Py_ssize_t f_rows,
+                       Py_ssize_t f_cols, Py_ssize_t n, Py_ssize_t n_in0, Py_ssize_t n_params,
+                       Py_ssize_t n_acts, Py_ssize_t n_gbuf) except -1:
+    """_make_stack on the tables' data: layers (n_layers, layer_cols), layer_f (f_rows,
+    f_cols), both C-contiguous."""
     cdef Py_ssize_t l, kind, width, act, poff, n_in = n_in0, total = 0, widest = n_in0
-    cdef Py_ssize_t n_layers = layers.shape[0]
-    if n_layers < 1 or layers.shape[1] != 4:
+    if n_layers < 1 or layer_cols != 4:
         raise ValueError(f"layers must have shape (L, 4) with L >= 1, got "
-                         f"({layers.shape[0]}, {layers.shape[1]})")
-    if layer_f.shape[0] != n_layers or layer_f.shape[1] != 3:
-        raise ValueError(f"layer_f must have shape ({n_layers}, 3), got "
-                         f"({layer_f.shape[0]}, {layer_f.shape[1]})")
+                         f"({n_layers}, {layer_cols})")
+    if f_rows != n_layers or f_cols != 3:
+        raise ValueError(f"layer_f must have shape ({n_layers}, 3), got ({f_rows}, {f_cols})")
     st.first = n_layers
     for l in range(n_layers):
-        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
+        kind, width = layers[4 * l], layers[4 * l + 1]
+        act, poff = layers[4 * l + 2], layers[4 * l + 3]
         if width < 1:
             raise ValueError(f"layer {l}: width must be >= 1, got {width}")
         if kind == DENSE:
@@ -1226,8 +1250,8 @@ cdef int _make_stack(Stack* st, const int64_t[:, ::1] layers, const double[:, ::
         raise ValueError(f"acts needs at least {n * total} elements, got {n_acts}")
     if n_gbuf >= 0 and n_gbuf // 2 < n * widest:
         raise ValueError(f"gbuf needs at least {2 * n * widest} elements, got {n_gbuf}")
-    st.layers = &layers[0, 0]
-    st.layer_f = &layer_f[0, 0]
+    st.layers = layers
+    st.layer_f = layer_f
     st.n_layers = n_layers
     st.n_in0 = n_in0
     st.width_sum = total
@@ -1635,60 +1659,141 @@ def batch_stats(const floating[:, ::1] out, const floating[:, ::1] y, int acc_mo
         _batch_stats(&out[0, 0], &y[0, 0], n, c, ty, acc_mode, threshold, &stats[0])
 
 
-def run_epoch(const floating[:, ::1] X, const floating[:, ::1] Y, const floating[::1] SW,
-              const int64_t[::1] order, Py_ssize_t batch_size, floating[:, ::1] xb,
-              floating[:, ::1] yb, floating[::1] swb, floating[::1] params,
-              floating[::1] grads, floating[:, ::1] state, floating[::1] acts,
-              floating[::1] gbuf, const int64_t[:, ::1] layers, const double[:, ::1] layer_f,
-              int loss_code, int logits_out, int opt_code, double[::1] hyper,
-              const double[::1] lrs, int64_t step, seed, int train, int acc_mode,
-              double threshold, double[::1] stats):
+# run_epoch is the per-batch call of fit and train_on_batch: its arrays are read through the
+# NumPy C API (one type and flags check each) rather than typed memoryviews, whose buffer
+# acquisition and view objects cost ~0.25 us per argument, about 4 us per call.
+
+cdef char* _data(object a, str name, char kind, Py_ssize_t itemsize, int ndim,
+                 bint writeable, Py_ssize_t* dims) except? NULL:
+    """The data of ``a``, checked to be a C-contiguous, aligned, native-order NumPy array
+    with ``ndim`` dimensions and elements of ``kind`` and ``itemsize`` (and writeable when
+    asked); its shape goes to ``dims``."""
+    cdef cnp.ndarray arr
+    cdef int k
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_NDIM(arr) != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if ((<cnp.dtype>cnp.PyArray_DESCR(arr)).kind != kind or cnp.PyArray_ITEMSIZE(arr) != itemsize
+            or not cnp.PyArray_ISNOTSWAPPED(arr)):
+        want = ("float" if kind == b"f"[0] else "int") + str(8 * itemsize)
+        raise ValueError(f"{name} must have dtype {want} (native byte order), got {a.dtype}")
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)):
+        raise ValueError(f"{name} must be C-contiguous")
+    if writeable and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name} must be writeable")
+    for k in range(ndim):
+        dims[k] = cnp.PyArray_DIM(arr, k)
+    return cnp.PyArray_BYTES(arr)
+
+
+cdef Py_ssize_t _epoch_checked(const Stack* st, const floating* X, const floating* Y,
+                               Py_ssize_t ty, const floating* SW, const int64_t* order,
+                               Py_ssize_t total, Py_ssize_t m, Py_ssize_t batch_size,
+                               floating* xb, floating* yb, floating* swb, floating* params,
+                               floating* grads, floating* state, Py_ssize_t n_params,
+                               Py_ssize_t n_state, floating* acts, floating* gbuf,
+                               int loss_code, bint logits_out, int opt_code, double* hyper,
+                               const double* lrs, int64_t step, uint64_t seed, bint train,
+                               int acc_mode, double threshold, double* stats) noexcept nogil:
+    """_epoch, then (training) the non-finite flag of params and state in stats."""
+    cdef Py_ssize_t n_batches = 0
+    if total > 0:
+        n_batches = _epoch(st, X, Y, ty, SW, order, total, m, batch_size, xb, yb, swb, params,
+                           grads, state, n_params, acts, gbuf, loss_code, logits_out,
+                           opt_code, hyper, lrs, step, seed, train, acc_mode, threshold,
+                           stats)
+    if train:
+        bad = _count_nonfinite(params, n_params) + _count_nonfinite(state, n_state)
+        stats[STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
+    return n_batches
+
+
+def run_epoch(X, Y, SW, order, Py_ssize_t batch_size, xb, yb, swb, params, grads, state,
+              acts, gbuf, layers, layer_f, int loss_code, int logits_out, int opt_code, hyper,
+              lrs, int64_t step, seed, int train, int acc_mode, double threshold, stats):
     """Runs the batches of X[order] (last batch may be smaller) through train_step or
     eval_step; accumulates stats; stops after a batch whose loss is not finite and returns
-    the number of batches completed."""
+    the number of batches completed; a training call ends by setting stats[STAT_NONFINITE]."""
     cdef Stack st
     cdef uint64_t s = _u64(seed)
-    cdef Py_ssize_t total = order.shape[0], m = X.shape[0], i0 = X.shape[1], ty = Y.shape[1]
-    cdef Py_ssize_t p = params.shape[0], c, k, idx, n_batches, bad = -1
-    cdef Py_ssize_t rows
+    # shapes of the arrays
+    cdef Py_ssize_t[2] dx, dy, dxb, dyb, dst, dl, dlf
+    cdef Py_ssize_t[1] dsw, dord, dswb, dp, dg, da, dgb, dh, dlr, dstats
+    cdef Py_ssize_t isz, m, i0, ty, p, c, k, idx, n_batches, total, rows, bad = -1
+    cdef char f = b"f"[0]
+    if not cnp.PyArray_Check(X):
+        raise TypeError(f"X must be a NumPy array, got {type(X).__name__}")
+    isz = cnp.PyArray_ITEMSIZE(<cnp.ndarray>X)
+    if isz != 4 and isz != 8:
+        raise ValueError(f"X must have dtype float32 or float64, got {X.dtype}")
+    cdef char* X_ = _data(X, "X", f, isz, 2, False, dx)
+    cdef char* Y_ = _data(Y, "Y", f, isz, 2, False, dy)
+    cdef char* SW_ = _data(SW, "SW", f, isz, 1, False, dsw)
+    cdef const int64_t* order_ = <const int64_t*>_data(order, "order", b"i"[0], 8, 1, False,
+                                                       dord)
+    cdef char* xb_ = _data(xb, "xb", f, isz, 2, True, dxb)
+    cdef char* yb_ = _data(yb, "yb", f, isz, 2, True, dyb)
+    cdef char* swb_ = _data(swb, "swb", f, isz, 1, True, dswb)
+    cdef char* params_ = _data(params, "params", f, isz, 1, True, dp)
+    cdef char* grads_ = _data(grads, "grads", f, isz, 1, True, dg)
+    cdef char* state_ = _data(state, "state", f, isz, 2, True, dst)
+    cdef char* acts_ = _data(acts, "acts", f, isz, 1, True, da)
+    cdef char* gbuf_ = _data(gbuf, "gbuf", f, isz, 1, True, dgb)
+    cdef const int64_t* layers_ = <const int64_t*>_data(layers, "layers", b"i"[0], 8, 2,
+                                                        False, dl)
+    cdef const double* layer_f_ = <const double*>_data(layer_f, "layer_f", f, 8, 2, False,
+                                                       dlf)
+    cdef double* hyper_ = <double*>_data(hyper, "hyper", f, 8, 1, True, dh)
+    cdef const double* lrs_ = <const double*>_data(lrs, "lrs", f, 8, 1, False, dlr)
+    cdef double* stats_ = <double*>_data(stats, "stats", f, 8, 1, True, dstats)
+    m, i0, ty, total, p = dx[0], dx[1], dy[1], dord[0], dp[0]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rows = min(batch_size, total)
     n_batches = (total + batch_size - 1) // batch_size
-    _same_len("grads", grads.shape[0], p)
+    _same_len("grads", dg[0], p)
     if train:
-        _check_opt(opt_code, p, state.shape[0], state.shape[1], hyper.shape[0])
-        if lrs.shape[0] < n_batches:
-            raise ValueError(f"lrs needs {n_batches} values, got {lrs.shape[0]}")
-    _make_stack(&st, layers, layer_f, rows, i0, p, acts.shape[0], gbuf.shape[0])
-    c = layers[layers.shape[0] - 1, 1]
-    _check_targets(Y.shape[0], ty, SW.shape[0], m, c, loss_code)
-    if xb.shape[0] < rows or xb.shape[1] != i0:
-        raise ValueError(f"xb must have shape ({rows}, {i0}) at least, got "
-                         f"({xb.shape[0]}, {xb.shape[1]})")
-    if yb.shape[0] < rows or yb.shape[1] != ty:
-        raise ValueError(f"yb must have shape ({rows}, {ty}) at least, got "
-                         f"({yb.shape[0]}, {yb.shape[1]})")
-    if swb.shape[0] < rows:
-        raise ValueError(f"swb needs {rows} elements, got {swb.shape[0]}")
-    if stats.shape[0] < STAT_LEN:
-        raise ValueError(f"stats needs {STAT_LEN} elements, got {stats.shape[0]}")
+        _check_opt(opt_code, p, dst[0], dst[1], dh[0])
+        if dlr[0] < n_batches:
+            raise ValueError(f"lrs needs {n_batches} values, got {dlr[0]}")
+    _make_stack_p(&st, layers_, dl[0], dl[1], layer_f_, dlf[0], dlf[1], rows, i0, p, da[0],
+                  dgb[0])
+    c = layers_[4 * (dl[0] - 1) + 1]
+    _check_targets(dy[0], ty, dsw[0], m, c, loss_code)
+    if dxb[0] < rows or dxb[1] != i0:
+        raise ValueError(f"xb must have shape ({rows}, {i0}) at least, got ({dxb[0]}, {dxb[1]})")
+    if dyb[0] < rows or dyb[1] != ty:
+        raise ValueError(f"yb must have shape ({rows}, {ty}) at least, got ({dyb[0]}, {dyb[1]})")
+    if dswb[0] < rows:
+        raise ValueError(f"swb needs {rows} elements, got {dswb[0]}")
+    if dstats[0] < STAT_LEN:
+        raise ValueError(f"stats needs {STAT_LEN} elements, got {dstats[0]}")
     if acc_mode == ACC_BINARY and ty != c and ty != 1:
         raise ValueError(f"Y must have 1 or {c} columns for binary accuracy, got {ty}")
     with nogil:
         for k in range(total):
-            idx = order[k]
+            idx = order_[k]
             if idx < -m or idx >= m:
                 bad = k
                 break
     if bad >= 0:
-        raise IndexError(f"order[{bad}] = {order[bad]} is out of bounds for {m} rows")
-    if total == 0:
-        return 0
-    with nogil:
-        n_batches = _epoch(&st, &X[0, 0], &Y[0, 0], ty, &SW[0], &order[0], total, m,
-                           batch_size, &xb[0, 0], &yb[0, 0], &swb[0], &params[0],
-                           &grads[0], &state[0, 0], p, &acts[0], &gbuf[0], loss_code,
-                           logits_out != 0, opt_code, &hyper[0], &lrs[0], step, s,
-                           train != 0, acc_mode, threshold, &stats[0])
+        raise IndexError(f"order[{bad}] = {order_[bad]} is out of bounds for {m} rows")
+    if isz == 4:
+        with nogil:
+            n_batches = _epoch_checked(
+                &st, <const float*>X_, <const float*>Y_, ty, <const float*>SW_, order_, total,
+                m, batch_size, <float*>xb_, <float*>yb_, <float*>swb_, <float*>params_,
+                <float*>grads_, <float*>state_, p, dst[0] * dst[1], <float*>acts_,
+                <float*>gbuf_, loss_code, logits_out != 0, opt_code, hyper_, lrs_, step, s,
+                train != 0, acc_mode, threshold, stats_)
+    else:
+        with nogil:
+            n_batches = _epoch_checked(
+                &st, <const double*>X_, <const double*>Y_, ty, <const double*>SW_, order_,
+                total, m, batch_size, <double*>xb_, <double*>yb_, <double*>swb_,
+                <double*>params_, <double*>grads_, <double*>state_, p, dst[0] * dst[1],
+                <double*>acts_, <double*>gbuf_, loss_code, logits_out != 0, opt_code, hyper_,
+                lrs_, step, s, train != 0, acc_mode, threshold, stats_)
     return n_batches

@@ -44,7 +44,10 @@ STAT_CORRECT = 1  # accuracy numerator (rows, or elements / outputs for binary)
 STAT_ABS = 2  # sum |out - y| over elements
 STAT_SQ = 3  # sum (out - y)^2 over elements
 STAT_ROWS = 4  # rows seen
-STAT_LEN = 5
+# set (not accumulated) by a training call: 1.0 when an entry of params or state is not
+# finite at its end, else 0.0 (the caller's overflow check without another pass in Python)
+STAT_NONFINITE = 5
+STAT_LEN = 6
 
 # Probability clipping of the cross-entropies on probabilities (as Keras)
 PROB_EPS = 1e-7

@@ -300,6 +300,7 @@ def _build(F):  # noqa: C901 - one namespace of kernels
     ACC_SPARSE, ACC_CAT, ACC_BIN = C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY
     L_SBCE, L_CCE, L_BCE, L_MSE = C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE, C.MSE
     S_CORRECT, S_ABS, S_SQ, S_ROWS = C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS
+    S_NONFINITE = C.STAT_NONFINITE
 
     dev = cuda.jit(device=True, inline="always")
 
@@ -816,6 +817,19 @@ def _build(F):  # noqa: C901 - one namespace of kernels
             stats[S_SQ] += ssq
             stats[S_ROWS] += n
 
+    @cuda.jit
+    def flag_nonfinite(a, stats):
+        """Sets stats[STAT_NONFINITE] to 1 when a (1-D) holds an inf or NaN (one block)."""
+        sh = cuda.shared.array(RED, dtype=D)
+        tid = cuda.threadIdx.x
+        bad = 0.0
+        for i in range(tid, a.shape[0], cuda.blockDim.x):
+            if not math.isfinite(a[i]):
+                bad += 1.0
+        bad = bsum(sh, bad)
+        if tid == 0 and bad > 0.0:
+            stats[S_NONFINITE] = 1.0
+
     return {
         name: obj
         for name, obj in locals().items()
@@ -827,7 +841,7 @@ _KERNEL_NAMES = (
     "gemm_bias_act", "gemm_tn", "gemm_nt", "act_forward", "act_backward", "dropout",
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
     "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias",
-    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats",
+    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "flag_nonfinite",
 )  # fmt: skip
 
 _KERNELS: dict = {}
@@ -883,6 +897,7 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "rmsprop": (a1, a1, a1, f, f, f, f, d1),
         "adam": (a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
         "batch_stats": (a2, a2, d1, i, f, i),
+        "flag_nonfinite": (a1, d1),
     }
     return {name: (ns[name].py_func, sigs[name]) for name in _KERNEL_NAMES}
 
@@ -1463,8 +1478,14 @@ def run_epoch(
             break
         out = _view(a, _out_off(plan, n), (n, width))
         _batch_stats_d(out, yd, acc_mode, threshold, dstats)
+    if train:
+        flag = _launch(_k(p.dtype), "flag_nonfinite", 1, _RED_BLOCK)
+        flag(p, dstats)
+        flag(s.reshape(s.size), dstats)
     extra = dstats.copy_to_host()
-    host_stats[1:] += extra[1:]
+    host_stats[1 : C.STAT_NONFINITE] += extra[1 : C.STAT_NONFINITE]
+    if train:
+        host_stats[C.STAT_NONFINITE] = extra[C.STAT_NONFINITE]
     if not isinstance(stats, np.ndarray):
         stats.copy_to_device(host_stats)
     if not isinstance(hyper, np.ndarray):

@@ -104,8 +104,8 @@ _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_C
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
 _ACC_SPARSE, _ACC_CATEGORICAL, _ACC_BINARY = C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY
-_STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS = (
-    C.STAT_LOSS, C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS,
+_STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS, _STAT_NONFINITE = (
+    C.STAT_LOSS, C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS, C.STAT_NONFINITE,
 )  # fmt: skip
 _PROB_EPS = C.PROB_EPS
 
@@ -1009,6 +1009,18 @@ def batch_stats(out, y, acc_mode, threshold, stats):
 
 
 @_jit
+def _count_nonfinite(a):
+    """Entries of the contiguous array ``a`` that are inf or NaN (v - v is NaN exactly for
+    those; the integer count vectorises where a float sum could not be reordered)."""
+    flat = a.reshape(-1)
+    bad = 0
+    for i in range(flat.shape[0]):
+        d = flat[i] - flat[i]
+        bad += d != d
+    return bad
+
+
+@_jit
 def run_epoch(
     X, Y, SW, order, batch_size, xb, yb, swb,
     params, grads, state, acts, gbuf, layers, layer_f,
@@ -1019,6 +1031,7 @@ def run_epoch(
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
     width = layers[layers.shape[0] - 1, 1]
+    done = n_batches
     for b in range(n_batches):
         start = b * batch_size
         n = min(batch_size, total - start)
@@ -1044,8 +1057,12 @@ def run_epoch(
             )  # fmt: skip
         stats[_STAT_LOSS] += loss * n
         if not np.isfinite(loss):
-            return b
+            done = b
+            break
         off = output_offset(layers, n)
         batch_stats(acts[off : off + n * width].reshape((n, width)), y, np.int64(acc_mode),
                     np.float64(threshold), stats)  # fmt: skip
-    return n_batches
+    if train:
+        bad = _count_nonfinite(params) + _count_nonfinite(state)
+        stats[_STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
+    return done

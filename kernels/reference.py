@@ -540,11 +540,13 @@ def run_epoch(
     ``train_step`` at steps step, step+1, ... with hyper[0] = lrs[b]; otherwise
     ``eval_step``.  Accumulates loss*rows and metrics into ``stats``.  Stops early at a
     batch whose loss is not finite (after adding it to stats) and returns the number of
-    batches completed before it; otherwise returns the number of batches.
+    batches completed before it; otherwise returns the number of batches.  A training call
+    ends by setting stats[STAT_NONFINITE] to whether params or state hold a non-finite entry.
     """
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
     width = int(layers[-1, 1])
+    done = n_batches
     for b in range(n_batches):
         start = b * batch_size
         n = min(batch_size, total - start)
@@ -565,7 +567,11 @@ def run_epoch(
             )  # fmt: skip
         stats[C.STAT_LOSS] += loss * n
         if not np.isfinite(loss):
-            return b
+            done = b
+            break
         out = _view(acts, output_offset(layers, n), n, width)
         batch_stats(out, yb[:n], acc_mode, threshold, stats)
-    return n_batches
+    if train:
+        finite = np.isfinite(params).all() and np.isfinite(state).all()
+        stats[C.STAT_NONFINITE] = 0.0 if finite else 1.0
+    return done

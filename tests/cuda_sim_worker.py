@@ -440,6 +440,26 @@ def check_run_epoch(cu):
     return f"10 rows, batch 4 (last 2), train + eval: params max abs err {err:.2e}"
 
 
+def check_run_epoch_flags_non_finite(cu):
+    """An infinite optimizer state entry: finite loss, every batch done, the flag set."""
+    flags = []
+    for mod in (cu, ref):
+        rng = _rng(16)
+        layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, 4)
+        X, Y = _randn(rng, 8, 4), rng.integers(0, 3, (8, 1)).astype(F32)
+        grads, state = np.zeros_like(params), np.zeros((2, params.size), F32)
+        state[1, 3] = np.inf
+        stats = np.zeros(C.STAT_LEN)
+        done = mod.run_epoch(X, Y, np.ones(8, F32), np.arange(8, dtype=np.int64), 4,
+                             X[:4].copy(), Y[:4].copy(), np.ones(4, F32), params, grads,
+                             state, acts, gbuf, layers, lf, C.SPARSE_SOFTMAX_CE, 0, C.ADAM,
+                             np.array([0.01, 0.9, 0.999, 1e-7, 0.0]), np.full(2, 0.01), 1, 3,
+                             1, C.ACC_SPARSE, 0.5, stats)  # fmt: skip
+        flags.append((done, stats[C.STAT_NONFINITE], np.isfinite(stats[C.STAT_LOSS])))
+    assert flags[0] == flags[1] == (2, 1.0, True), flags
+    return "inf in Adam's v: 2 batches done, flag 1 (as the reference)"
+
+
 def check_device_resident(cu):
     """The stack on device arrays: same result as with host arrays."""
     l_host, p_host, _, _ = _train(cu, F32, 1)

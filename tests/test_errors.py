@@ -472,27 +472,6 @@ def test_nonfinite_with_momentum_state_restored():
 
 
 @pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_weights_finite_check_finds_nan_and_inf_and_accepts_huge_values(backend, dtype):
-    m = fastnn.Sequential([Dense(3, input_dim=4)], seed=0, backend=backend, dtype=dtype)
-    m.compile("adam", "mse")
-    params, state = m._engine.params, m._engine.host_state()
-    huge = np.finfo(dtype).max / 4  # its square overflows the BLAS dot: still finite
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the check itself warns about nothing
-        params[:] = huge
-        state[...] = huge
-        assert m._weights_finite()
-        params[5] = np.nan
-        assert not m._weights_finite()
-        params[5] = 0.0
-        state[1, 2] = -np.inf
-        assert not m._weights_finite()
-        state[1, 2] = 0.0
-        assert m._weights_finite()
-
-
-@pytest.mark.parametrize("backend", _backends())
 def test_overflowing_training_step_warns_about_nothing(backend):
     m, x, y = _regression(backend, 1e30)
     with warnings.catch_warnings():

@@ -672,6 +672,76 @@ def test_run_epoch_stops_at_the_nan_batch(mod):
     assert np.isnan(got[2][C.STAT_LOSS])
 
 
+def _epoch_args(s, X, Y, SW, order):
+    """run_epoch's arguments as a dict (a valid training call of 4 batches of 16)."""
+    grads, state, acts, gbuf = s.buffers(n=16, n_state=2)
+    return dict(
+        X=X, Y=Y, SW=SW, order=order, batch_size=16, xb=X[:16].copy(), yb=Y[:16].copy(),
+        swb=SW[:16].copy(), params=s.params.copy(), grads=grads, state=state, acts=acts,
+        gbuf=gbuf, layers=s.layers, layer_f=s.layer_f, loss_code=C.MSE, logits_out=0,
+        opt_code=C.ADAM, hyper=np.array(HYPER[C.ADAM]), lrs=np.full(4, 0.01), step=1,
+        seed=3, train=1, acc_mode=C.ACC_NONE, threshold=0.5, stats=np.zeros(C.STAT_LEN),
+    )  # fmt: skip
+
+
+@dtypes
+@pytest.mark.parametrize("where", ["finite", "huge", "state-inf", "param-nan"])
+def test_run_epoch_flags_non_finite_weights(mod, dtype, where):
+    """A training call sets (not adds) stats[STAT_NONFINITE]: 1 when params or state end
+    with an inf or NaN, 0 otherwise, huge finite values included; evaluation leaves it."""
+    s = mlp3(C.MSE, dtype, rng_for("flag", where))
+    data = _epoch_data(s, C.MSE)
+    expect = {"finite": (4, 0.0), "huge": (4, 0.0), "state-inf": (4, 1.0), "param-nan": (0, 1.0)}
+    for module in (ref, mod):
+        for train in (1, 0):
+            args = _epoch_args(s, *data)
+            args["train"], stats = train, args["stats"]
+            if where == "huge":
+                args["state"][1] = np.finfo(dtype).max / 4  # Adam's v: its square overflows
+            elif where == "state-inf":
+                args["state"][1, 3] = np.inf  # the loss stays finite; v stays infinite
+            elif where == "param-nan":
+                args["params"][2] = np.nan
+            stats[C.STAT_NONFINITE] = 7.0
+            done = module.run_epoch(*args.values())
+            want_done, want_flag = expect[where] if train else (expect[where][0], 7.0)
+            assert (done, stats[C.STAT_NONFINITE]) == (want_done, want_flag), (module, train)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize(
+    "name, bad, message",
+    [
+        ("X", lambda a: a.astype(np.float64), "Y must have dtype float64"),
+        ("params", lambda a: a.astype(np.float64), "params must have dtype float32"),
+        ("order", lambda a: a.astype(np.int32), "order must have dtype int64"),
+        ("order", lambda a: np.repeat(a, 2)[::2], "order must be C-contiguous"),
+        ("stats", _read_only, "stats must be writeable"),
+        ("state", lambda a: a[0], "state must be 2-D"),
+        ("gbuf", list, "gbuf must be a NumPy array, got list"),
+        ("X", lambda a: a.astype(">f4"), "X must have dtype float32 (native byte order)"),
+        ("lrs", lambda a: a[:2], "lrs needs 4 values, got 2"),
+        ("xb", lambda a: a[:8], "xb must have shape (16, 9) at least, got (8, 9)"),
+        ("layers", lambda a: a[:, :3].copy(), "layers must have shape (L, 4)"),
+    ],
+)
+def test_cython_run_epoch_rejects_bad_arrays(name, bad, message):
+    """The arrays of the per-batch call are checked through the NumPy C API: a clear error
+    that names the argument, never a read or write outside a buffer."""
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    s = mlp3(C.MSE, np.float32, rng_for("bad-epoch"))
+    args = _epoch_args(s, *_epoch_data(s, C.MSE))
+    args[name] = bad(args[name])
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        backend.load("cython").run_epoch(*args.values())
+
+
 # ---------------------------------------------------------------------------------------
 # 5. One compiled signature per dtype after a training run (numba)
 

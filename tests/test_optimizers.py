@@ -329,3 +329,20 @@ def test_unknown_optimizer_name():
         fastnn.optimizers.get("adamm")
     with pytest.raises(TypeError, match="optimizer"):
         fastnn.optimizers.get(3)
+
+
+def test_training_rates_and_hyper_parameters_follow_changes():
+    """A model's training calls reuse kept rate and hyper-parameter arrays: a new rate, a
+    new hyper-parameter or a schedule is still what the next step gets."""
+    opt = Adam(learning_rate=0.1)
+    np.testing.assert_array_equal(opt._train_rates(3)[:3], 0.1)
+    assert opt._train_rates(3) is opt._train_rates(2)  # kept: no array per batch
+    opt.learning_rate = 0.01
+    np.testing.assert_array_equal(opt._train_rates(40)[:40], 0.01)
+    np.testing.assert_array_equal(opt._train_hyper()[1:], [0.9, 0.999, 1e-7, 0.0])
+    opt.beta_1 = 0.5
+    assert opt._train_hyper()[1] == 0.5
+    schedule = fastnn.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.5)
+    sched = SGD(learning_rate=schedule)
+    sched.iterations = 5
+    np.testing.assert_allclose(sched._train_rates(2), [schedule(5), schedule(6)])
