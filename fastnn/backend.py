@@ -22,6 +22,14 @@ MODULES = {
 #: Backends tried, in order, when none is chosen.
 AUTO_ORDER = ("numba", "cython", "numpy")
 
+#: The SIMD builds of the cython kernels (setup.py), widest first, with the CPU features each
+#: needs as NumPy's runtime detection names them (that detection includes the OS's support).
+#: FASTNN_CYTHON_SIMD=avx2 or =baseline caps the choice.
+CYTHON_SIMD = (
+    ("avx512", ("AVX2", "AVX512F", "AVX512CD", "AVX512BW", "AVX512DQ", "AVX512VL")),
+    ("avx2", ("AVX2",)),
+)
+
 _loaded: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
 _chosen: str | None = None
@@ -48,7 +56,7 @@ def load(name: str) -> ModuleType:
     if name in _errors:
         raise RuntimeError(f"backend {name!r} is not available: {_errors[name]}")
     try:
-        module = importlib.import_module(MODULES[name])
+        module = _import(name)
         check = getattr(module, "check_available", None)
         if check is not None:
             check()
@@ -57,6 +65,49 @@ def load(name: str) -> ModuleType:
         raise RuntimeError(f"backend {name!r} is not available: {_errors[name]}") from exc
     _loaded[name] = module
     return module
+
+
+def _import(name: str) -> ModuleType:
+    """The module of backend ``name``: for cython the widest SIMD build this CPU runs (a
+    build that is missing or fails to import is skipped), else the baseline build."""
+    if name == "cython":
+        for simd in cython_simd_candidates():
+            try:
+                return importlib.import_module(f"{MODULES[name]}_{simd}")
+            except ImportError:
+                continue
+    return importlib.import_module(MODULES[name])
+
+
+def cython_simd_candidates() -> list[str]:
+    """The SIMD builds of the cython kernels this CPU can run, widest first, capped by
+    FASTNN_CYTHON_SIMD (``avx512``, ``avx2`` or ``baseline``; unset: no cap)."""
+    cap = os.environ.get("FASTNN_CYTHON_SIMD", "").strip().lower()
+    names = [simd for simd, _ in CYTHON_SIMD]
+    if cap and cap not in (*names, "baseline"):
+        raise ValueError(
+            f"environment variable FASTNN_CYTHON_SIMD must be one of {', '.join(names)}, "
+            f"baseline, got {cap!r}"
+        )
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # NumPy's detection moved: the baseline build runs everywhere
+        return []
+    start = names.index(cap) if cap in names else (len(names) if cap == "baseline" else 0)
+    return [
+        simd
+        for simd, needs in CYTHON_SIMD[start:]
+        if all(features.get(feature, False) for feature in needs)
+    ]
+
+
+def cython_simd() -> str | None:
+    """Which build of the cython kernels loads here (``avx512``, ``avx2``, ``baseline``), or
+    None when the cython backend is unavailable."""
+    if why_unavailable("cython") is not None:
+        return None
+    module = load("cython").__name__
+    return module.rsplit("_", 1)[1] if module != MODULES["cython"] else "baseline"
 
 
 def why_unavailable(name: str) -> str | None:

@@ -297,7 +297,10 @@ def cmd_info(args):
     print(f"default backend: {backend.get_backend()}")
     for name in backend.MODULES:
         why = backend.why_unavailable(name)
-        print(f"  {name:<7} {'available' if why is None else 'unavailable: ' + why}")
+        state = "available" if why is None else "unavailable: " + why
+        if name == "cython" and why is None:
+            state += f" ({backend.cython_simd()} build)"
+        print(f"  {name:<7} {state}")
     _print_threads()
 
 

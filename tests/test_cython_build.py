@@ -17,10 +17,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastnn import backend
+from fastnn.kernels import codes as C
 from fastnn.kernels import reference as ref
+from tests.kernel_cases import mixed_stack, mlp3, rng_for, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_S = 600
@@ -41,7 +44,7 @@ needs_extension = pytest.mark.skipif(
 def test_cython_backend_loads_with_every_op():
     assert backend.why_unavailable("cython") is None
     mod = backend.load("cython")
-    assert mod.__name__ == "fastnn.kernels._cython"
+    assert mod.__name__.startswith("fastnn.kernels._cython")  # or a SIMD build of it
     missing = [op for op in ref.OPS if not callable(getattr(mod, op, None))]
     assert not missing, f"ops missing from the cython backend: {missing}"
     # the compiled module sits next to the sources of fastnn.kernels (not a stale copy)
@@ -95,9 +98,9 @@ def test_builds_without_openmp(tmp_path):
     shutil.copytree(
         ROOT / "kernels",
         src / "kernels",
-        ignore=shutil.ignore_patterns("*.so", "*.pyd", "_cython.c", "__pycache__"),
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "_cython*.c", "__pycache__"),
     )
-    env = dict(os.environ, FASTNN_NO_OPENMP="1")
+    env = dict(os.environ, FASTNN_NO_OPENMP="1", FASTNN_SIMD_BUILDS="0")  # baseline only
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace"],
         cwd=src, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
@@ -193,3 +196,74 @@ def test_cold_start_needs_no_warm_up():
                 and r["first_step"] <= 1.2 * r["median_step"] + 2e-3):  # fmt: skip
             return
     pytest.fail(f"first calls much slower than later ones in 3 fresh processes: {results}")
+
+
+# ---------------------------------------------------------------------------------------
+# SIMD builds (setup.py compiles the same source for AVX2 and AVX-512 on x86-64)
+
+
+def _simd_modules() -> dict:
+    """{build: module} of every cython build this CPU runs and this install has."""
+    mods = {"baseline": importlib.import_module("fastnn.kernels._cython")}
+    for simd in backend.cython_simd_candidates():
+        name = f"fastnn.kernels._cython_{simd}"
+        if importlib.util.find_spec(name) is not None:
+            mods[simd] = importlib.import_module(name)
+    return mods
+
+
+@needs_extension
+def test_simd_builds_exist_where_the_cpu_runs_them():
+    """pip install builds every SIMD variant on x86-64, and the backend loads the widest."""
+    if os.environ.get("FASTNN_SIMD_BUILDS", "").strip() == "0" or os.environ.get(
+        "FASTNN_CYTHON_SIMD"
+    ):
+        pytest.skip("SIMD builds disabled or capped by the environment")
+    wanted = backend.cython_simd_candidates()
+    assert sorted(_simd_modules()) == sorted(["baseline", *wanted])
+    assert backend.cython_simd() == (wanted[0] if wanted else "baseline")
+
+
+def _simd_outputs(mod, dtype) -> list:
+    """Results of a few training steps and of the elementwise kernels, for comparing builds."""
+    out = []
+    cases = [
+        (mixed_stack(dtype, rng_for("simd-mixed")), C.BINARY_CE, C.ADAM),
+        (mlp3(C.SPARSE_SOFTMAX_CE, dtype, rng_for("simd-ce")), C.SPARSE_SOFTMAX_CE, C.MOMENTUM),
+        (mlp3(C.MAE, dtype, rng_for("simd-mae")), C.MAE, C.RMSPROP),
+    ]
+    for stack, loss, opt in cases:
+        *arrays, losses = train_steps(mod, stack, loss, opt, 3)
+        out += [*arrays, np.array(losses)]
+    x = (rng_for("simd-x").standard_normal((37, 29)) * 6).astype(dtype)
+    for act in (C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX):
+        y, dx = np.empty_like(x), np.empty_like(x)
+        mod.activation_forward(x, y, act, 0.1)
+        mod.activation_backward(y, x, dx, act, 0.1)
+        out += [y, dx]
+    dropped = np.empty_like(x)
+    mod.dropout_forward(x, dropped, 0.3, 12345)
+    return out + [dropped]
+
+
+@needs_extension
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_simd_builds_compute_bit_identical_results(dtype):
+    """No build allows FMA contraction or reassociation, so the wider vectors change the
+    speed and nothing else: every build gives the baseline's bits."""
+    mods = _simd_modules()
+    if len(mods) < 2:
+        pytest.skip("no SIMD build runs on this CPU or none was built")
+    want = _simd_outputs(mods.pop("baseline"), dtype)
+    for simd, mod in mods.items():
+        got = _simd_outputs(mod, dtype)
+        for i, (g, w) in enumerate(zip(got, want)):
+            np.testing.assert_array_equal(g, w, err_msg=f"{simd} build, output {i}")
+
+
+def test_cython_simd_cap_is_checked(monkeypatch):
+    monkeypatch.setenv("FASTNN_CYTHON_SIMD", "baseline")
+    assert backend.cython_simd_candidates() == []
+    monkeypatch.setenv("FASTNN_CYTHON_SIMD", "sse9")
+    with pytest.raises(ValueError, match="FASTNN_CYTHON_SIMD must be one of avx512, avx2"):
+        backend.cython_simd_candidates()
