@@ -1010,12 +1010,11 @@ def batch_stats(out, y, acc_mode, threshold, stats):
 
 @_jit
 def _count_nonfinite(a):
-    """Entries of the contiguous array ``a`` that are inf or NaN (v - v is NaN exactly for
-    those; the integer count vectorises where a float sum could not be reordered)."""
-    flat = a.reshape(-1)
+    """Entries of the 1-D array ``a`` that are inf or NaN (v - v is NaN exactly for those;
+    the integer count vectorises where a float sum could not be reordered)."""
     bad = 0
-    for i in range(flat.shape[0]):
-        d = flat[i] - flat[i]
+    for i in range(a.shape[0]):
+        d = a[i] - a[i]
         bad += d != d
     return bad
 
@@ -1063,6 +1062,6 @@ def run_epoch(
         batch_stats(acts[off : off + n * width].reshape((n, width)), y, np.int64(acc_mode),
                     np.float64(threshold), stats)  # fmt: skip
     if train:
-        bad = _count_nonfinite(params) + _count_nonfinite(state)
+        bad = _count_nonfinite(params) + _count_nonfinite(state.reshape(-1))  # one signature
         stats[_STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
     return done
