@@ -106,9 +106,47 @@ _check_codes()
 # ---------------------------------------------------------------------------------------
 # Scalar helpers (float / double)
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* exp for float32 without a libm call, so that loops of it vectorise (libm's expf is a
+       scalar call, ~10 ns per element in a loop here): x = k ln2 + r with |r| <= ln2/2
+       (k by adding and subtracting 1.5 * 2^23, ln2 in two parts), exp(r) by Cephes' degree-6
+       polynomial, 2^k as two exact powers of two so that k down to -150 (subnormal
+       results) and up to 128 (overflow to inf) need no branch.  Within 2 ulp; NaN stays
+       NaN, -inf gives 0, +inf gives inf. */
+    static inline float fastnn_pow2i(int32_t k) {
+        uint32_t bits = (uint32_t)(k + 127) << 23;
+        float f;
+        memcpy(&f, &bits, sizeof f);
+        return f;
+    }
+    static inline float fastnn_expf(float x) {
+        const float shift = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
+        float c = x < -104.0f ? -104.0f : x;
+        c = c > 89.0f ? 89.0f : c;
+        float kf = (c * 1.44269504088896341f + shift) - shift;
+        float r = c - kf * 0.693359375f;
+        r = r - kf * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        p = p * (r * r) + r + 1.0f;
+        int32_t k = (int32_t)(kf == kf ? kf : 0.0f);  /* NaN: p is NaN already */
+        int32_t k1 = k / 2;
+        return (p * fastnn_pow2i(k1)) * fastnn_pow2i(k - k1);
+    }
+    """
+    float fastnn_expf(float x) noexcept nogil
+
+
 cdef inline floating _exp(floating x) noexcept nogil:
     if floating is float:
-        return expf(x)
+        return fastnn_expf(x)
     else:
         return exp(x)
 

@@ -828,3 +828,42 @@ def test_tanh_over_its_whole_range(name, dtype):
     fused = np.empty_like(x)
     k.dense_forward(finite, np.eye(7, dtype=dtype), np.zeros(7, dtype), fused, C.TANH, 0.0)
     assert_close(fused, np.tanh(finite.astype(np.float64)), dtype, what=f"{name} fused tanh")
+
+
+def _ulps(got, want) -> np.ndarray:
+    """|got - want| in units of the float32 spacing at ``want`` (float64 ``want``)."""
+    spacing = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - want) / spacing
+
+
+@pytest.mark.parametrize("name", compiled_backends())
+def test_float32_exp_over_its_whole_range(name):
+    """float32 exp (in the compiled backends possibly a polynomial with no libm call), as
+    sigmoid and as softmax see it: within 3 ulp from overflow to the subnormal range, exact
+    at the specials, standalone and fused into the dense epilogue."""
+    k = backend.load(name)
+    grid = np.linspace(-110, 95, 400_001)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 88.72, -87.33, -103.97]
+    x = np.concatenate([grid, special]).astype(np.float32)
+    with np.errstate(over="ignore"):
+        want = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    out = np.empty_like(x).reshape(-1, 1)
+    k.activation_forward(x.reshape(-1, 1), out, C.SIGMOID, 0.0)
+    out = out.ravel()
+    assert np.array_equal(np.isnan(out), np.isnan(x))
+    ok = ~np.isnan(x)
+    assert _ulps(out[ok], want[ok]).max() <= 3.0, f"{name} sigmoid"
+    fused = np.empty((x.size - 1, 1), np.float32)
+    finite = np.where(np.isfinite(x[ok]), x[ok], 0).astype(np.float32).reshape(-1, 1)
+    k.dense_forward(finite, np.ones((1, 1), np.float32), np.zeros(1, np.float32), fused,
+                    C.SIGMOID, 0.0)  # fmt: skip
+    with np.errstate(over="ignore"):
+        want_f = 1.0 / (1.0 + np.exp(-finite.astype(np.float64)))
+    assert _ulps(fused, want_f).max() <= 3.0, f"{name} fused sigmoid"
+    # softmax rows of [0, t]: exp(t - max) for t down to the subnormal range
+    t = np.linspace(-104, 0, 50_001).astype(np.float32)
+    rows = np.stack([np.zeros_like(t), t], axis=1)
+    soft = np.empty_like(rows)
+    k.activation_forward(rows, soft, C.SOFTMAX, 0.0)
+    e = np.exp(t.astype(np.float64))
+    assert _ulps(soft[:, 1], e / (1 + e)).max() <= 3.0, f"{name} softmax"
