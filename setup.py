@@ -46,13 +46,17 @@ class OptionalBuildExt(build_ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
-            self._warn(exc)
+            self._warn(exc, ext.name)
 
     @staticmethod
-    def _warn(exc):
+    def _warn(exc, name="fastnn.kernels._cython"):
+        fallback = (
+            "the numba and numpy backends still work"
+            if name == "fastnn.kernels._cython"
+            else "the cython backend uses a build for fewer CPU features"
+        )
         print(
-            f"WARNING: fastnn's Cython extension was not built ({exc}); "
-            "the numba and numpy backends still work.",
+            f"WARNING: fastnn's Cython extension {name} was not built ({exc}); {fallback}.",
             file=sys.stderr,
         )
 
@@ -80,7 +84,11 @@ def _simd_source(suffix: str) -> str:
          'include "_cython.pyx"', ""]
     )  # fmt: skip
     path = os.path.join("kernels", f"_cython_{suffix}.pyx")
-    if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+    old = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = f.read()
+    if old != text:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
     return path
