@@ -12,9 +12,9 @@ to the column-major routine as their transposes, so nothing is copied).
 
 from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport (
-    NAN, exp, expf, fabs, fabsf, isfinite, log, log1p, log1pf, logf, pow, sqrt, sqrtf, tanh,
+    NAN, exp, fabs, fabsf, isfinite, log, log1p, pow, sqrt, sqrtf, tanh,
 )
-from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -140,8 +140,83 @@ cdef extern from *:
         int32_t k1 = k / 2;
         return (p * fastnn_pow2i(k1)) * fastnn_pow2i(k - k1);
     }
+    /* a where the mask is all ones, b where it is zero: bit operations, not a select, which
+       GCC may turn into a branch (and then neither vectorise the loop nor, with trapping
+       math, compute both sides) */
+    static inline float fastnn_blendf(uint32_t mask, float a, float b) {
+        uint32_t ab, bb;
+        memcpy(&ab, &a, sizeof ab);
+        memcpy(&bb, &b, sizeof bb);
+        ab = (ab & mask) | (bb & ~mask);
+        memcpy(&a, &ab, sizeof a);
+        return a;
+    }
+    static inline double fastnn_blendd(uint64_t mask, double a, double b) {
+        uint64_t ab, bb;
+        memcpy(&ab, &a, sizeof ab);
+        memcpy(&bb, &b, sizeof bb);
+        ab = (ab & mask) | (bb & ~mask);
+        memcpy(&a, &ab, sizeof a);
+        return a;
+    }
+    /* log for float32 without a libm call: x = m 2^e with m in [sqrt(1/2), sqrt(2)) read
+       from the bits (subnormals scaled by 2^23 first), log(x) = e ln2 + log(m) by Cephes'
+       polynomial in f = m - 1, ln2 in two parts.  Within 1 ulp; x < 0 and NaN give NaN,
+       +-0 gives -inf, inf gives inf.  Integer arithmetic, not selects, all the way. */
+    static inline float fastnn_logf(float x) {
+        uint32_t bits;
+        memcpy(&bits, &x, sizeof bits);
+        uint32_t sub = bits < 0x00800000u;  /* +0 and the positive subnormals */
+        uint32_t normal = bits - 1u < 0x7f7fffffu;  /* 0 < x < inf */
+        float xs = x * fastnn_pow2i(23 * (int32_t)sub);
+        uint32_t sbits;
+        memcpy(&sbits, &xs, sizeof sbits);
+        uint32_t mbits = (sbits & 0x007fffffu) | 0x3f800000u;  /* m in [1, 2) */
+        uint32_t big = mbits >= 0x3fb504f3u;  /* m >= sqrt(2): halve m */
+        mbits -= big << 23;
+        int32_t e = (int32_t)((sbits >> 23) & 0xffu) - 127 - 23 * (int32_t)sub + (int32_t)big;
+        float m;
+        memcpy(&m, &mbits, sizeof m);
+        float f = m - 1.0f;
+        float fe = (float)e;
+        float z = f * f;
+        float y = 7.0376836292e-2f;
+        y = y * f - 1.1514610310e-1f;
+        y = y * f + 1.1676998740e-1f;
+        y = y * f - 1.2420140846e-1f;
+        y = y * f + 1.4249322787e-1f;
+        y = y * f - 1.6668057665e-1f;
+        y = y * f + 2.0000714765e-1f;
+        y = y * f - 2.4999993993e-1f;
+        y = y * f + 3.3333331174e-1f;
+        y = (y * f) * z;
+        y = y + fe * -2.12194440e-4f;
+        y = y - 0.5f * z;
+        float r = (f + y) + fe * 0.693359375f;
+        uint32_t special = (bits << 1) == 0 ? 0xff800000u      /* -inf */
+                           : (bits == 0x7f800000u ? bits : 0x7fc00000u);  /* inf, NaN */
+        float sp;
+        memcpy(&sp, &special, sizeof sp);
+        return fastnn_blendf(-normal, r, sp);
+    }
+    /* log1p(x) = log(u) x / (u - 1) with u = 1 + x rounded (the quotient corrects u's
+       rounding error); x itself where u == 1 or x == inf.  Within 3 ulp. */
+    static inline float fastnn_log1pf(float x) {
+        float u = 1.0f + x;
+        float d = u - 1.0f;
+        uint32_t xb, db;
+        memcpy(&xb, &x, sizeof xb);
+        memcpy(&db, &d, sizeof db);
+        uint32_t same = -(uint32_t)((db << 1) == 0 || xb == 0x7f800000u);
+        float r = fastnn_logf(u) * (x / fastnn_blendf(same, 1.0f, d));
+        return fastnn_blendf(same, x, r);
+    }
     """
     float fastnn_expf(float x) noexcept nogil
+    float fastnn_blendf(uint32_t mask, float a, float b) noexcept nogil
+    double fastnn_blendd(uint64_t mask, double a, double b) noexcept nogil
+    float fastnn_logf(float x) noexcept nogil
+    float fastnn_log1pf(float x) noexcept nogil
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -151,16 +226,30 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return exp(x)
 
 
+cdef inline floating _where(bint cond, floating a, floating b) noexcept nogil:
+    # a if cond else b, with both computed: bit operations that GCC keeps in vector loops
+    # (a conditional division, say, would stop the loop vectorising)
+    if floating is float:
+        return fastnn_blendf(-<uint32_t>cond, a, b)
+    else:
+        return fastnn_blendd(-<uint64_t>cond, a, b)
+
+
+cdef inline floating _clip(floating v, floating lo, floating hi) noexcept nogil:
+    # np.clip: NaN stays NaN
+    return lo if v < lo else (hi if v > hi else v)
+
+
 cdef inline floating _log(floating x) noexcept nogil:
     if floating is float:
-        return logf(x)
+        return fastnn_logf(x)
     else:
         return log(x)
 
 
 cdef inline floating _log1p(floating x) noexcept nogil:
     if floating is float:
-        return log1pf(x)
+        return fastnn_log1pf(x)
     else:
         return log1p(x)
 
@@ -611,6 +700,10 @@ cdef inline uint64_t _dropout_seed(uint64_t seed, uint64_t step, Py_ssize_t laye
 # ---------------------------------------------------------------------------------------
 # Losses: return sum_i sw_i * loss_i / N, write the gradient; one pass per row.
 
+cdef enum:
+    LOSS_CHUNK = 256  # loss terms per stack buffer: computed vectorised, then summed in order
+
+
 cdef struct Labels:
     const char* data
     Py_ssize_t stride
@@ -718,58 +811,84 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
 
 cdef double _sigmoid_bce(const floating* z, const floating* y, const floating* sw, floating* p,
                          floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef floating v, t, e, pr, scale, one = 1
+    cdef Py_ssize_t i, j, j0, m
+    cdef floating v, t, e, scale, one = 1
+    cdef floating buf[LOSS_CHUNK]
     cdef double acc, total = 0.0
     for i in range(n):
         scale = sw[i] / <floating>(n * c)
         acc = 0.0
-        for j in range(c):
+        j0 = 0
+        while j0 < c:
+            m = min(<Py_ssize_t>LOSS_CHUNK, c - j0)
+            for j in range(j0, j0 + m):  # the terms vectorise; the sum keeps its order
+                v = z[i * c + j]
+                buf[j - j0] = ((v if v > 0 else 0) - v * y[i * c + j]) + _log1p(_exp(-_abs(v)))
+            for j in range(m):
+                acc += buf[j]
+            j0 += m
+        for j in range(c):  # after the sum: p may alias z
             v = z[i * c + j]
             t = y[i * c + j]
-            e = _exp(-v if v >= 0 else v)
-            acc += ((v if v > 0 else 0) - v * t) + _log1p(e)
-            pr = (one / (one + e)) if v >= 0 else (e / (one + e))
-            p[i * c + j] = pr
-            dz[i * c + j] = (pr - t) * scale
+            e = _exp(-_abs(v))
+            v = _where(v >= 0, one / (one + e), e / (one + e))
+            p[i * c + j] = v
+            dz[i * c + j] = (v - t) * scale
         total += sw[i] * (acc / c)
     return total / n
 
 
 cdef double _categorical_ce(const floating* pp, const floating* y, const floating* sw,
                             floating* dp, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, j0, m
     cdef floating lo = <floating>PROB_EPS, hi = <floating>(1 - PROB_EPS)
-    cdef floating v, pc, t, scale
+    cdef floating v, pc, scale
+    cdef floating buf[LOSS_CHUNK]
     cdef double acc, total = 0.0
     for i in range(n):
         scale = sw[i] / <floating>n
         acc = 0.0
-        for j in range(c):
+        j0 = 0
+        while j0 < c:
+            m = min(<Py_ssize_t>LOSS_CHUNK, c - j0)
+            for j in range(j0, j0 + m):  # the terms vectorise; the sum keeps its order
+                buf[j - j0] = y[i * c + j] * _log(_clip(pp[i * c + j], lo, hi))
+            for j in range(m):
+                acc += buf[j]
+            j0 += m
+        for j in range(c):  # after the sum: dp may alias pp
             v = pp[i * c + j]
-            t = y[i * c + j]
-            pc = lo if v < lo else (hi if v > hi else v)
-            acc += t * _log(pc)
-            dp[i * c + j] = ((-t / pc) if (v >= lo and v <= hi) else 0) * scale
+            pc = _clip(v, lo, hi)
+            dp[i * c + j] = _where((v >= lo) & (v <= hi), -y[i * c + j] / pc, 0) * scale
         total += sw[i] * -acc
     return total / n
 
 
 cdef double _binary_ce(const floating* pp, const floating* y, const floating* sw, floating* dp,
                        Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, j0, m
     cdef floating lo = <floating>PROB_EPS, hi = <floating>(1 - PROB_EPS)
     cdef floating v, pc, t, scale, one = 1
+    cdef floating buf[LOSS_CHUNK]
     cdef double acc, total = 0.0
     for i in range(n):
         scale = sw[i] / <floating>(n * c)
         acc = 0.0
-        for j in range(c):
+        j0 = 0
+        while j0 < c:
+            m = min(<Py_ssize_t>LOSS_CHUNK, c - j0)
+            for j in range(j0, j0 + m):  # the terms vectorise; the sum keeps its order
+                pc = _clip(pp[i * c + j], lo, hi)
+                t = y[i * c + j]
+                buf[j - j0] = -(t * _log(pc) + (one - t) * _log(one - pc))
+            for j in range(m):
+                acc += buf[j]
+            j0 += m
+        for j in range(c):  # after the sum: dp may alias pp
             v = pp[i * c + j]
             t = y[i * c + j]
-            pc = lo if v < lo else (hi if v > hi else v)
-            acc += -(t * _log(pc) + (one - t) * _log(one - pc))
-            dp[i * c + j] = (((pc - t) / (pc * (one - pc))) if (v >= lo and v <= hi) else 0) * scale
+            pc = _clip(v, lo, hi)
+            dp[i * c + j] = _where((v >= lo) & (v <= hi), (pc - t) / (pc * (one - pc)), 0) * scale
         total += sw[i] * (acc / c)
     return total / n
 

@@ -156,6 +156,107 @@ def _exp_overload(v):
     return lambda v: np.exp(v)
 
 
+# log of float32 without a libm call, the Cython backend's fastnn_logf: x = m 2^e with m in
+# [sqrt(1/2), sqrt(2)) read from the bits (subnormals scaled by 2^23 first), log(x) =
+# e ln2 + log(m) by Cephes' polynomial in f = m - 1.  Within 1 ulp; x < 0 and NaN give NaN,
+# +-0 gives -inf, inf gives inf.  float64 keeps libm's log.
+_LOG_P = tuple(
+    _F(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
+                    1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
+                    3.3333331174e-1)
+)  # fmt: skip
+_TWO23, _HALF32, _LN2_LO_LOG = _F(8388608.0), _F(0.5), _F(-2.12194440e-4)
+_INF32, _NAN32 = _F(np.inf), _F(np.nan)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The bits of a float32 as an int64 in [0, 2^32)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = builder.bitcast(args[0], ir.IntType(32))
+        return builder.zext(bits, ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, b):
+    """The float32 whose bits are the low 32 bits of an integer."""
+    if not isinstance(b, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        b64 = context.cast(builder, args[0], b, types.int64)
+        return builder.bitcast(builder.trunc(b64, ir.IntType(32)), ir.FloatType())
+
+    return types.float32(b), codegen
+
+
+def _log(v):
+    """log in the precision of ``v`` (float32: the polynomial above)."""
+    return np.log(v)
+
+
+def _log_float32(v):
+    bits = _f32_bits(v)
+    sub = np.int64(bits < 0x00800000)  # +0 and the positive subnormals
+    sbits = _f32_bits(v * _TWO23) if sub else bits
+    mbits = (sbits & 0x007FFFFF) | 0x3F800000  # m in [1, 2)
+    big = np.int64(mbits >= 0x3FB504F3)  # m >= sqrt(2): halve m
+    f = _bits_f32(mbits - (big << 23)) - _ONE32
+    fe = _F(((sbits >> 23) & 0xFF) - 127 - 23 * sub + big)
+    z = f * f
+    y = _LOG_P[0]
+    y = y * f + _LOG_P[1]
+    y = y * f + _LOG_P[2]
+    y = y * f + _LOG_P[3]
+    y = y * f + _LOG_P[4]
+    y = y * f + _LOG_P[5]
+    y = y * f + _LOG_P[6]
+    y = y * f + _LOG_P[7]
+    y = y * f + _LOG_P[8]
+    y = (y * f) * z
+    y = y + fe * _LN2_LO_LOG
+    y = y - _HALF32 * z
+    r = (f + y) + fe * _LN2_HI
+    if (bits - 1) & 0xFFFFFFFF < 0x7F7FFFFF:  # 0 < v < inf
+        return r
+    return -_INF32 if (bits << 1) & 0xFFFFFFFF == 0 else (v if bits == 0x7F800000 else _NAN32)
+
+
+@overload(_log)
+def _log_overload(v):
+    if v == types.float32:
+        return _log_float32
+    return lambda v: np.log(v)
+
+
+def _log1p(v):
+    """log1p in the precision of ``v`` (float32: log(u) v / (u - 1) with u = 1 + v, the
+    quotient correcting u's rounding; v itself where u == 1 or v == inf; within 3 ulp)."""
+    return np.log1p(v)
+
+
+def _log1p_float32(v):
+    u = _ONE32 + v
+    d = u - _ONE32
+    if (d == _ZERO32) | (v == _INF32):  # (an if, not a select: Numba inlines it cleanly)
+        return v
+    return _log(u) * (v / d)
+
+
+# inlined by Numba: LLVM's inliner leaves a call to it (the log inside makes it too big)
+# and the call keeps the loop from vectorising
+@overload(_log1p, inline="always")
+def _log1p_overload(v):
+    if v == types.float32:
+        return _log1p_float32
+    return lambda v: np.log1p(v)
+
+
 _LINEAR, _RELU, _LEAKY_RELU, _SIGMOID, _TANH, _SOFTMAX = (
     C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX,
 )  # fmt: skip
@@ -634,15 +735,25 @@ def sigmoid_binary_cross_entropy(z, y, sw, p, dz):
     n, c = z.shape
     t = z.dtype.type
     zero, one, tnc = t(0), t(1), t(n * c)
+    scratch = dz.ctypes.data != z.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tnc
-        for j in range(c):
+        if scratch:  # the row's terms in dz first, in a loop that vectorises, then summed
+            for j in range(c):
+                v = z[i, j]
+                dz[i, j] = (v if v > zero else zero) - v * y[i, j] + _log1p(_exp(-np.abs(v)))
+            for j in range(c):
+                row += dz[i, j]
+        else:  # the same terms, summed as they come
+            for j in range(c):
+                v = z[i, j]
+                row += (v if v > zero else zero) - v * y[i, j] + _log1p(_exp(-np.abs(v)))
+        for j in range(c):  # after the sum (p may alias z), apart from it so it vectorises
             v = z[i, j]
             yv = y[i, j]
             e = _exp(-np.abs(v))
-            row += (v if v > zero else zero) - v * yv + np.log1p(e)
             s = one / (one + e) if v >= zero else e / (one + e)
             p[i, j] = s
             dz[i, j] = (s - yv) * coef
@@ -656,16 +767,25 @@ def categorical_crossentropy(p, y, sw, dp):
     n, c = p.shape
     t = p.dtype.type
     zero, lo, hi, tn = t(0), t(_PROB_EPS), t(1 - _PROB_EPS), t(n)
+    scratch = dp.ctypes.data != p.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tn
-        for j in range(c):
+        if scratch:  # the row's terms in dp first, in a loop that vectorises, then summed
+            for j in range(c):
+                v = p[i, j]
+                dp[i, j] = y[i, j] * _log(lo if v < lo else (hi if v > hi else v))
+            for j in range(c):
+                row += dp[i, j]
+        else:  # the same terms, summed as they come
+            for j in range(c):
+                v = p[i, j]
+                row += y[i, j] * _log(lo if v < lo else (hi if v > hi else v))  # as np.clip
+        for j in range(c):  # after the sum (dp may alias p), apart from it so it vectorises
             v = p[i, j]
-            yv = y[i, j]
-            pc = lo if v < lo else (hi if v > hi else v)  # NaN passes, as np.clip
-            row += yv * np.log(pc)
-            dp[i, j] = (-yv / pc if (v >= lo and v <= hi) else zero) * coef
+            pc = lo if v < lo else (hi if v > hi else v)
+            dp[i, j] = (-y[i, j] / pc if (v >= lo) & (v <= hi) else zero) * coef
         total -= np.float64(sw[i]) * np.float64(row)
     return total / n
 
@@ -676,16 +796,30 @@ def binary_crossentropy(p, y, sw, dp):
     n, c = p.shape
     t = p.dtype.type
     zero, one, lo, hi, tnc = t(0), t(1), t(_PROB_EPS), t(1 - _PROB_EPS), t(n * c)
+    scratch = dp.ctypes.data != p.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tnc
-        for j in range(c):
+        if scratch:  # the row's terms in dp first, in a loop that vectorises, then summed
+            for j in range(c):
+                v = p[i, j]
+                yv = y[i, j]
+                pc = lo if v < lo else (hi if v > hi else v)
+                dp[i, j] = yv * _log(pc) + (one - yv) * _log(one - pc)
+            for j in range(c):
+                row += dp[i, j]
+        else:  # the same terms, summed as they come
+            for j in range(c):
+                v = p[i, j]
+                yv = y[i, j]
+                pc = lo if v < lo else (hi if v > hi else v)
+                row += yv * _log(pc) + (one - yv) * _log(one - pc)
+        for j in range(c):  # after the sum (dp may alias p), apart from it so it vectorises
             v = p[i, j]
             yv = y[i, j]
             pc = lo if v < lo else (hi if v > hi else v)
-            row += yv * np.log(pc) + (one - yv) * np.log(one - pc)
-            inside = v >= lo and v <= hi
+            inside = (v >= lo) & (v <= hi)
             dp[i, j] = ((pc - yv) / (pc * (one - pc)) if inside else zero) * coef
         total -= np.float64(sw[i]) * (np.float64(row) / c)
     return total / n

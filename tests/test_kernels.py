@@ -310,8 +310,14 @@ def _loss_inputs(code, n, c, dtype, rng):
     return out.astype(dtype), y, sw
 
 
+#: the loss kernels' shapes: SHAPES and rows wider than one buffer of terms (Cython's 256)
+loss_shapes = pytest.mark.parametrize(
+    "shape", (*SHAPES, (3, 1, 600)), ids=lambda s: "x".join(map(str, s))
+)
+
+
 @dtypes
-@shapes
+@loss_shapes
 @pytest.mark.parametrize("name", list(LOGIT_LOSSES))
 @pytest.mark.parametrize("alias", ["none", "p_is_z", "p_is_dz"])
 def test_logit_losses(mod, dtype, shape, name, alias):
@@ -348,16 +354,17 @@ def test_sparse_labels_of_any_integer_dtype(mod, dtype, label_dtype):
 
 
 @dtypes
-@shapes
+@loss_shapes
 @pytest.mark.parametrize("name", list(PROB_LOSSES))
-def test_output_losses(mod, dtype, shape, name):
+@pytest.mark.parametrize("alias", ["none", "grad_is_out"])
+def test_output_losses(mod, dtype, shape, name, alias):
     n, _, c = shape
     out, y, sw = _loss_inputs(PROB_LOSSES[name], n, c, dtype, rng_for("prob", name, shape))
     d_r = np.empty_like(out)
-    loss_r = getattr(ref, name)(out, y, sw, d_r)
-    inputs = [out, y, sw]
+    loss_r = getattr(ref, name)(out.copy(), y, sw, d_r)
+    inputs = [y, sw] + ([] if alias == "grad_is_out" else [out])
     copies = _copies(*inputs)
-    d = np.full_like(out, np.nan)
+    d = out if alias == "grad_is_out" else np.full_like(out, np.nan)
     loss = getattr(mod, name)(out, y, sw, d)
     _assert_unchanged(inputs, copies)
     assert isinstance(loss, float)
@@ -867,3 +874,34 @@ def test_float32_exp_over_its_whole_range(name):
     k.activation_forward(rows, soft, C.SOFTMAX, 0.0)
     e = np.exp(t.astype(np.float64))
     assert _ulps(soft[:, 1], e / (1 + e)).max() <= 3.0, f"{name} softmax"
+
+
+def _one_element_losses(fn, values, target, alias):
+    """fn's loss of each float32 value alone (a 1x1 batch with the given target), with the
+    gradient written to its own array or (alias) over the input."""
+    y, sw = np.full((1, 1), target, np.float32), np.ones(1, np.float32)
+    out = []
+    for v in values:
+        x = np.full((1, 1), v, np.float32)
+        grads = [x] if alias else [np.empty_like(x)]
+        extra = [np.empty_like(x)] if fn.__name__ == "sigmoid_binary_cross_entropy" else []
+        out.append(fn(x, y, sw, *extra, *grads))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("alias", [False, True], ids=["own_grad", "grad_over_input"])
+@pytest.mark.parametrize("name", compiled_backends())
+def test_float32_log_in_the_losses(name, alias):
+    """float32 log and log1p (in the compiled backends possibly polynomials with no libm
+    call) as the losses see them, one element per call: -log(p) over the whole clip range
+    of the cross-entropy, log1p(exp(z)) (sigmoid cross-entropy) down to exp's subnormals."""
+    k = backend.load(name)
+    lo, hi = np.float32(C.PROB_EPS), np.float32(1 - C.PROB_EPS)
+    probs = np.concatenate([np.geomspace(1e-7, 1, 1500), 1 - np.geomspace(1e-7, 0.5, 500)])
+    pc = np.clip(probs.astype(np.float32), lo, hi)
+    got = _one_element_losses(k.categorical_crossentropy, pc, 1.0, alias)
+    assert _ulps(got, -np.log(pc.astype(np.float64))).max() <= 1.0, f"{name} log"
+    z = -np.geomspace(1e-30, 100, 2000).astype(np.float32)
+    got = _one_element_losses(k.sigmoid_binary_cross_entropy, z, 0.0, alias)
+    want = np.log1p(np.exp(z.astype(np.float64)))
+    assert _ulps(got, want).max() <= 3.0, f"{name} log1p(exp)"
