@@ -467,7 +467,7 @@ def activation_forward(x, out, act, alpha):
                     m = x[i, j]
             for j in range(o):  # apart from the sum, so that it vectorises
                 out[i, j] = _exp(x[i, j] - m)
-            s = _row_sum(out, i)
+            s = _row_sum(out, None, i)
             for j in range(o):
                 out[i, j] = out[i, j] / s
     else:
@@ -475,9 +475,10 @@ def activation_forward(x, out, act, alpha):
 
 
 @njit(cache=True, error_model="numpy", nogil=True, inline="always")  # a call per row costs
-def _row_sum(a, i):
-    """sum(a[i]) as 8 partial sums (combined pairwise, then the tail): one vector of sums
-    that LLVM keeps in a register, where a single running sum waits on every addition."""
+def _row_sum(a, b, i):
+    """sum_j a[i, j] * b[i, j] (b None: sum_j a[i, j]) as 8 partial sums combined pairwise,
+    then the tail: one vector of sums that LLVM keeps in a register, where a single running
+    sum waits on every addition."""
     n = a.shape[1]
     t = a.dtype.type
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = t(0)
@@ -485,17 +486,27 @@ def _row_sum(a, i):
     if n < 32:  # short rows (e.g. 10 classes): one running sum is faster
         m = 0
     for j in range(0, m, 8):
-        s0 += a[i, j]
-        s1 += a[i, j + 1]
-        s2 += a[i, j + 2]
-        s3 += a[i, j + 3]
-        s4 += a[i, j + 4]
-        s5 += a[i, j + 5]
-        s6 += a[i, j + 6]
-        s7 += a[i, j + 7]
+        if b is None:
+            s0 += a[i, j]
+            s1 += a[i, j + 1]
+            s2 += a[i, j + 2]
+            s3 += a[i, j + 3]
+            s4 += a[i, j + 4]
+            s5 += a[i, j + 5]
+            s6 += a[i, j + 6]
+            s7 += a[i, j + 7]
+        else:
+            s0 += a[i, j] * b[i, j]
+            s1 += a[i, j + 1] * b[i, j + 1]
+            s2 += a[i, j + 2] * b[i, j + 2]
+            s3 += a[i, j + 3] * b[i, j + 3]
+            s4 += a[i, j + 4] * b[i, j + 4]
+            s5 += a[i, j + 5] * b[i, j + 5]
+            s6 += a[i, j + 6] * b[i, j + 6]
+            s7 += a[i, j + 7] * b[i, j + 7]
     s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
     for j in range(m, n):
-        s += a[i, j]
+        s += a[i, j] if b is None else a[i, j] * b[i, j]
     return s
 
 
@@ -539,7 +550,7 @@ def _bias_act(out, b, act, alpha):
                     m = out[i, j]
             for j in range(o):  # apart from the sum, so that it vectorises
                 out[i, j] = _exp(out[i, j] - m)
-            s = _row_sum(out, i)
+            s = _row_sum(out, None, i)
             for j in range(o):
                 out[i, j] = out[i, j] / s
     else:
@@ -579,9 +590,7 @@ def _act_backward(y, dout, dx, db, act, alpha, with_db):
                 yv = y[i, j]
                 dx[i, j] = dx[i, j] * (one - yv * yv)
         elif act == _SOFTMAX:
-            s = zero
-            for j in range(o):
-                s += dx[i, j] * y[i, j]
+            s = _row_sum(dx, y, i)
             for j in range(o):
                 dx[i, j] = y[i, j] * (dx[i, j] - s)
         elif act != _LINEAR:
@@ -699,7 +708,7 @@ def softmax_cross_entropy(z, y, sw, p, dz):
             syz += yv * (z[i, j] - m)
         for j in range(c):  # apart from the sums, so that it vectorises
             p[i, j] = _exp(z[i, j] - m)  # p may alias z: the last read of z[i, j]
-        s = _row_sum(p, i)
+        s = _row_sum(p, None, i)
         # -sum_j y_j (zm_j - lse) = sy * lse - sum_j y_j zm_j
         total += np.float64(sw[i]) * (np.float64(sy) * np.float64(np.log(s)) - syz)
         coef = sw[i] / tn
@@ -728,7 +737,7 @@ def _sparse_softmax_ce(z, labels, sw, p, dz):
         zk = z[i, k] - m
         for j in range(c):  # apart from the sum, so that it vectorises
             p[i, j] = _exp(z[i, j] - m)
-        s = _row_sum(p, i)
+        s = _row_sum(p, None, i)
         total += np.float64(sw[i]) * (np.float64(np.log(s)) - np.float64(zk))
         coef = sw[i] / tn
         pk = p[i, k] / s  # read before the row is overwritten: dz may alias p
