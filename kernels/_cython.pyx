@@ -479,34 +479,38 @@ cdef extern from *:
 
     #define FASTNN_EPILOGUES(T, SUFFIX)                                                  \
     static FASTNN_CLONES void fastnn_act_fwd_##SUFFIX(                                   \
-            T *out, const T *b, Py_ssize_t n, Py_ssize_t o, int act, T alpha) {          \
+            T *out, const T *x, const T *b, Py_ssize_t n, Py_ssize_t o, int act,         \
+            T alpha) {                                                                   \
         for (Py_ssize_t i = 0; i < n; i++) {                                             \
             T *r = out + i * o;                                                          \
+            const T *xr = x + i * o;                                                     \
             if (b != NULL) {                                                             \
                 if (act == 1) {                                                          \
                     for (Py_ssize_t j = 0; j < o; j++) {                                 \
-                        T v = r[j] + b[j];                                               \
+                        T v = xr[j] + b[j];                                              \
                         r[j] = v < (T)0 ? (T)0 : v;                                      \
                     }                                                                    \
                 } else if (act == 2) {                                                   \
                     for (Py_ssize_t j = 0; j < o; j++) {                                 \
-                        T v = r[j] + b[j];                                               \
+                        T v = xr[j] + b[j];                                              \
                         r[j] = v > (T)0 ? v : v * alpha;                                 \
                     }                                                                    \
                 } else {                                                                 \
                     for (Py_ssize_t j = 0; j < o; j++)                                   \
-                        r[j] = r[j] + b[j];                                              \
+                        r[j] = xr[j] + b[j];                                             \
                 }                                                                        \
             } else if (act == 1) {                                                       \
                 for (Py_ssize_t j = 0; j < o; j++) {                                     \
-                    T v = r[j];                                                          \
+                    T v = xr[j];                                                         \
                     r[j] = v < (T)0 ? (T)0 : v;                                          \
                 }                                                                        \
             } else if (act == 2) {                                                       \
                 for (Py_ssize_t j = 0; j < o; j++) {                                     \
-                    T v = r[j];                                                          \
+                    T v = xr[j];                                                         \
                     r[j] = v > (T)0 ? v : v * alpha;                                     \
                 }                                                                        \
+            } else if (r != xr) {                                                        \
+                memcpy(r, xr, (size_t)o * sizeof(T));                                    \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -536,9 +540,9 @@ cdef extern from *:
     FASTNN_EPILOGUES(float, f)
     FASTNN_EPILOGUES(double, d)
     """
-    void fastnn_act_fwd_f(float*, const float*, Py_ssize_t, Py_ssize_t, int,
+    void fastnn_act_fwd_f(float*, const float*, const float*, Py_ssize_t, Py_ssize_t, int,
                           float) noexcept nogil
-    void fastnn_act_fwd_d(double*, const double*, Py_ssize_t, Py_ssize_t, int,
+    void fastnn_act_fwd_d(double*, const double*, const double*, Py_ssize_t, Py_ssize_t, int,
                           double) noexcept nogil
     void fastnn_act_bwd_f(const float*, float*, float*, Py_ssize_t, Py_ssize_t, int,
                           float) noexcept nogil
@@ -553,13 +557,11 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
     cdef const floating* xr
     cdef floating* orow
     cdef floating v, e, mx, sf, one = 1  # typed 1: a bare literal would compute in double
-    if act == LINEAR or act == RELU or act == LEAKY_RELU:
-        if out != x:
-            memcpy(out, x, n * o * sizeof(floating))
+    if act == LINEAR or act == RELU or act == LEAKY_RELU:  # one pass from x to out
         if floating is float:
-            fastnn_act_fwd_f(out, b, n, o, act, alpha)
+            fastnn_act_fwd_f(out, x, b, n, o, act, alpha)
         else:
-            fastnn_act_fwd_d(out, b, n, o, act, alpha)
+            fastnn_act_fwd_d(out, x, b, n, o, act, alpha)
         return
     for i in range(n):
         xr = x + i * o
