@@ -267,6 +267,9 @@ def test_loss_kernels_finite_and_match_reference(backend, name, n, c, dtype, see
     mag = float(np.abs(ref)) + (scale if logits is not False else 20.0)
     close(got, ref, dtype, mag=mag, factor=4, what=f"{name} loss")
     grad_mag = float(np.abs(r_arr[-1]).max())
+    if logits:  # p * sum(y) - y: a saturated p (1 - 1e-7) leaves a difference of O(1) terms
+        per_row = float(sw.max()) / (n if name != "sigmoid_binary_cross_entropy" else n * c)
+        grad_mag = max(grad_mag, per_row * (1.0 + float(np.abs(y).sum(axis=-1).max())))
     close(g_arr[-1], r_arr[-1], dtype, mag=grad_mag, factor=10, what=f"{name} grad")
     if has_p:
         p = g_arr[3]
