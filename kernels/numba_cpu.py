@@ -156,107 +156,6 @@ def _exp_overload(v):
     return lambda v: np.exp(v)
 
 
-# log of float32 without a libm call, the Cython backend's fastnn_logf: x = m 2^e with m in
-# [sqrt(1/2), sqrt(2)) read from the bits (subnormals scaled by 2^23 first), log(x) =
-# e ln2 + log(m) by Cephes' polynomial in f = m - 1.  Within 1 ulp; x < 0 and NaN give NaN,
-# +-0 gives -inf, inf gives inf.  float64 keeps libm's log.
-_LOG_P = tuple(
-    _F(c) for c in (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1,
-                    1.4249322787e-1, -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1,
-                    3.3333331174e-1)
-)  # fmt: skip
-_TWO23, _HALF32, _LN2_LO_LOG = _F(8388608.0), _F(0.5), _F(-2.12194440e-4)
-_INF32, _NAN32 = _F(np.inf), _F(np.nan)
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The bits of a float32 as an int64 in [0, 2^32)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        bits = builder.bitcast(args[0], ir.IntType(32))
-        return builder.zext(bits, ir.IntType(64))
-
-    return types.int64(x), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, b):
-    """The float32 whose bits are the low 32 bits of an integer."""
-    if not isinstance(b, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        b64 = context.cast(builder, args[0], b, types.int64)
-        return builder.bitcast(builder.trunc(b64, ir.IntType(32)), ir.FloatType())
-
-    return types.float32(b), codegen
-
-
-def _log(v):
-    """log in the precision of ``v`` (float32: the polynomial above)."""
-    return np.log(v)
-
-
-def _log_float32(v):
-    bits = _f32_bits(v)
-    sub = np.int64(bits < 0x00800000)  # +0 and the positive subnormals
-    sbits = _f32_bits(v * _TWO23) if sub else bits
-    mbits = (sbits & 0x007FFFFF) | 0x3F800000  # m in [1, 2)
-    big = np.int64(mbits >= 0x3FB504F3)  # m >= sqrt(2): halve m
-    f = _bits_f32(mbits - (big << 23)) - _ONE32
-    fe = _F(((sbits >> 23) & 0xFF) - 127 - 23 * sub + big)
-    z = f * f
-    y = _LOG_P[0]
-    y = y * f + _LOG_P[1]
-    y = y * f + _LOG_P[2]
-    y = y * f + _LOG_P[3]
-    y = y * f + _LOG_P[4]
-    y = y * f + _LOG_P[5]
-    y = y * f + _LOG_P[6]
-    y = y * f + _LOG_P[7]
-    y = y * f + _LOG_P[8]
-    y = (y * f) * z
-    y = y + fe * _LN2_LO_LOG
-    y = y - _HALF32 * z
-    r = (f + y) + fe * _LN2_HI
-    if (bits - 1) & 0xFFFFFFFF < 0x7F7FFFFF:  # 0 < v < inf
-        return r
-    return -_INF32 if (bits << 1) & 0xFFFFFFFF == 0 else (v if bits == 0x7F800000 else _NAN32)
-
-
-@overload(_log)
-def _log_overload(v):
-    if v == types.float32:
-        return _log_float32
-    return lambda v: np.log(v)
-
-
-def _log1p(v):
-    """log1p in the precision of ``v`` (float32: log(u) v / (u - 1) with u = 1 + v, the
-    quotient correcting u's rounding; v itself where u == 1 or v == inf; within 3 ulp)."""
-    return np.log1p(v)
-
-
-def _log1p_float32(v):
-    u = _ONE32 + v
-    d = u - _ONE32
-    if (d == _ZERO32) | (v == _INF32):  # (an if, not a select: Numba inlines it cleanly)
-        return v
-    return _log(u) * (v / d)
-
-
-# inlined by Numba: LLVM's inliner leaves a call to it (the log inside makes it too big)
-# and the call keeps the loop from vectorising
-@overload(_log1p, inline="always")
-def _log1p_overload(v):
-    if v == types.float32:
-        return _log1p_float32
-    return lambda v: np.log1p(v)
-
-
 _LINEAR, _RELU, _LEAKY_RELU, _SIGMOID, _TANH, _SOFTMAX = (
     C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX,
 )  # fmt: skip
@@ -467,47 +366,13 @@ def activation_forward(x, out, act, alpha):
                     m = x[i, j]
             for j in range(o):  # apart from the sum, so that it vectorises
                 out[i, j] = _exp(x[i, j] - m)
-            s = _row_sum(out, None, i)
+            s = zero
+            for j in range(o):
+                s += out[i, j]
             for j in range(o):
                 out[i, j] = out[i, j] / s
     else:
         raise ValueError("unknown activation code")
-
-
-@njit(cache=True, error_model="numpy", nogil=True, inline="always")  # a call per row costs
-def _row_sum(a, b, i):
-    """sum_j a[i, j] * b[i, j] (b None: sum_j a[i, j]) as 8 partial sums combined pairwise,
-    then the tail: one vector of sums that LLVM keeps in a register, where a single running
-    sum waits on every addition."""
-    n = a.shape[1]
-    t = a.dtype.type
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = t(0)
-    m = n - n % 8
-    if n < 32:  # short rows (e.g. 10 classes): one running sum is faster
-        m = 0
-    for j in range(0, m, 8):
-        if b is None:
-            s0 += a[i, j]
-            s1 += a[i, j + 1]
-            s2 += a[i, j + 2]
-            s3 += a[i, j + 3]
-            s4 += a[i, j + 4]
-            s5 += a[i, j + 5]
-            s6 += a[i, j + 6]
-            s7 += a[i, j + 7]
-        else:
-            s0 += a[i, j] * b[i, j]
-            s1 += a[i, j + 1] * b[i, j + 1]
-            s2 += a[i, j + 2] * b[i, j + 2]
-            s3 += a[i, j + 3] * b[i, j + 3]
-            s4 += a[i, j + 4] * b[i, j + 4]
-            s5 += a[i, j + 5] * b[i, j + 5]
-            s6 += a[i, j + 6] * b[i, j + 6]
-            s7 += a[i, j + 7] * b[i, j + 7]
-    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-    for j in range(m, n):
-        s += a[i, j] if b is None else a[i, j] * b[i, j]
-    return s
 
 
 @_jit
@@ -550,7 +415,9 @@ def _bias_act(out, b, act, alpha):
                     m = out[i, j]
             for j in range(o):  # apart from the sum, so that it vectorises
                 out[i, j] = _exp(out[i, j] - m)
-            s = _row_sum(out, None, i)
+            s = zero
+            for j in range(o):
+                s += out[i, j]
             for j in range(o):
                 out[i, j] = out[i, j] / s
     else:
@@ -590,7 +457,9 @@ def _act_backward(y, dout, dx, db, act, alpha, with_db):
                 yv = y[i, j]
                 dx[i, j] = dx[i, j] * (one - yv * yv)
         elif act == _SOFTMAX:
-            s = _row_sum(dx, y, i)
+            s = zero
+            for j in range(o):
+                s += dx[i, j] * y[i, j]
             for j in range(o):
                 dx[i, j] = y[i, j] * (dx[i, j] - s)
         elif act != _LINEAR:
@@ -708,7 +577,9 @@ def softmax_cross_entropy(z, y, sw, p, dz):
             syz += yv * (z[i, j] - m)
         for j in range(c):  # apart from the sums, so that it vectorises
             p[i, j] = _exp(z[i, j] - m)  # p may alias z: the last read of z[i, j]
-        s = _row_sum(p, None, i)
+        s = zero
+        for j in range(c):
+            s += p[i, j]
         # -sum_j y_j (zm_j - lse) = sy * lse - sum_j y_j zm_j
         total += np.float64(sw[i]) * (np.float64(sy) * np.float64(np.log(s)) - syz)
         coef = sw[i] / tn
@@ -724,7 +595,7 @@ def _sparse_softmax_ce(z, labels, sw, p, dz):
     """reference.sparse_softmax_cross_entropy with the labels in labels[:, 0]."""
     n, c = z.shape
     t = z.dtype.type
-    one, tn = t(1), t(n)
+    zero, one, tn = t(0), t(1), t(n)
     total = 0.0
     for i in range(n):
         k = np.int64(labels[i, 0])
@@ -737,7 +608,9 @@ def _sparse_softmax_ce(z, labels, sw, p, dz):
         zk = z[i, k] - m
         for j in range(c):  # apart from the sum, so that it vectorises
             p[i, j] = _exp(z[i, j] - m)
-        s = _row_sum(p, None, i)
+        s = zero
+        for j in range(c):
+            s += p[i, j]
         total += np.float64(sw[i]) * (np.float64(np.log(s)) - np.float64(zk))
         coef = sw[i] / tn
         pk = p[i, k] / s  # read before the row is overwritten: dz may alias p
@@ -761,25 +634,15 @@ def sigmoid_binary_cross_entropy(z, y, sw, p, dz):
     n, c = z.shape
     t = z.dtype.type
     zero, one, tnc = t(0), t(1), t(n * c)
-    scratch = dz.ctypes.data != z.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tnc
-        if scratch:  # the row's terms in dz first, in a loop that vectorises, then summed
-            for j in range(c):
-                v = z[i, j]
-                dz[i, j] = (v if v > zero else zero) - v * y[i, j] + _log1p(_exp(-np.abs(v)))
-            for j in range(c):
-                row += dz[i, j]
-        else:  # the same terms, summed as they come
-            for j in range(c):
-                v = z[i, j]
-                row += (v if v > zero else zero) - v * y[i, j] + _log1p(_exp(-np.abs(v)))
-        for j in range(c):  # after the sum (p may alias z), apart from it so it vectorises
+        for j in range(c):
             v = z[i, j]
             yv = y[i, j]
             e = _exp(-np.abs(v))
+            row += (v if v > zero else zero) - v * yv + np.log1p(e)
             s = one / (one + e) if v >= zero else e / (one + e)
             p[i, j] = s
             dz[i, j] = (s - yv) * coef
@@ -793,25 +656,16 @@ def categorical_crossentropy(p, y, sw, dp):
     n, c = p.shape
     t = p.dtype.type
     zero, lo, hi, tn = t(0), t(_PROB_EPS), t(1 - _PROB_EPS), t(n)
-    scratch = dp.ctypes.data != p.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tn
-        if scratch:  # the row's terms in dp first, in a loop that vectorises, then summed
-            for j in range(c):
-                v = p[i, j]
-                dp[i, j] = y[i, j] * _log(lo if v < lo else (hi if v > hi else v))
-            for j in range(c):
-                row += dp[i, j]
-        else:  # the same terms, summed as they come
-            for j in range(c):
-                v = p[i, j]
-                row += y[i, j] * _log(lo if v < lo else (hi if v > hi else v))  # as np.clip
-        for j in range(c):  # after the sum (dp may alias p), apart from it so it vectorises
+        for j in range(c):
             v = p[i, j]
-            pc = lo if v < lo else (hi if v > hi else v)
-            dp[i, j] = (-y[i, j] / pc if (v >= lo) & (v <= hi) else zero) * coef
+            yv = y[i, j]
+            pc = lo if v < lo else (hi if v > hi else v)  # NaN passes, as np.clip
+            row += yv * np.log(pc)
+            dp[i, j] = (-yv / pc if (v >= lo and v <= hi) else zero) * coef
         total -= np.float64(sw[i]) * np.float64(row)
     return total / n
 
@@ -822,30 +676,16 @@ def binary_crossentropy(p, y, sw, dp):
     n, c = p.shape
     t = p.dtype.type
     zero, one, lo, hi, tnc = t(0), t(1), t(_PROB_EPS), t(1 - _PROB_EPS), t(n * c)
-    scratch = dp.ctypes.data != p.ctypes.data
     total = 0.0
     for i in range(n):
         row = zero
         coef = sw[i] / tnc
-        if scratch:  # the row's terms in dp first, in a loop that vectorises, then summed
-            for j in range(c):
-                v = p[i, j]
-                yv = y[i, j]
-                pc = lo if v < lo else (hi if v > hi else v)
-                dp[i, j] = yv * _log(pc) + (one - yv) * _log(one - pc)
-            for j in range(c):
-                row += dp[i, j]
-        else:  # the same terms, summed as they come
-            for j in range(c):
-                v = p[i, j]
-                yv = y[i, j]
-                pc = lo if v < lo else (hi if v > hi else v)
-                row += yv * _log(pc) + (one - yv) * _log(one - pc)
-        for j in range(c):  # after the sum (dp may alias p), apart from it so it vectorises
+        for j in range(c):
             v = p[i, j]
             yv = y[i, j]
             pc = lo if v < lo else (hi if v > hi else v)
-            inside = (v >= lo) & (v <= hi)
+            row += yv * np.log(pc) + (one - yv) * np.log(one - pc)
+            inside = v >= lo and v <= hi
             dp[i, j] = ((pc - yv) / (pc * (one - pc)) if inside else zero) * coef
         total -= np.float64(sw[i]) * (np.float64(row) / c)
     return total / n
