@@ -162,7 +162,7 @@ cdef extern from *:
     /* log for float32 without a libm call: x = m 2^e with m in [sqrt(1/2), sqrt(2)) read
        from the bits (subnormals scaled by 2^23 first), log(x) = e ln2 + log(m) by Cephes'
        polynomial in f = m - 1, ln2 in two parts.  Within 1 ulp; x < 0 and NaN give NaN,
-       +-0 gives -inf, inf gives inf.  Integer arithmetic, not selects, all the way. */
+       +-0 gives -inf, inf gives inf.  Integer tests and bit blends, not float selects. */
     static inline float fastnn_logf(float x) {
         uint32_t bits;
         memcpy(&bits, &x, sizeof bits);

@@ -877,19 +877,20 @@ def test_float32_exp_over_its_whole_range(name):
 
 
 def _one_element_losses(fn, values, target, alias):
-    """fn's loss of each float32 value alone (a 1x1 batch with the given target), with the
-    gradient written to its own array or (alias) over the input."""
+    """fn's loss of each float32 value alone (a 1x1 batch with the given target), with its
+    first output (the probabilities, else the gradient) in its own array or (alias) written
+    over the input, as the kernels allow."""
     y, sw = np.full((1, 1), target, np.float32), np.ones(1, np.float32)
+    two_outputs = fn.__name__ == "sigmoid_binary_cross_entropy"
     out = []
     for v in values:
         x = np.full((1, 1), v, np.float32)
-        grads = [x] if alias else [np.empty_like(x)]
-        extra = [np.empty_like(x)] if fn.__name__ == "sigmoid_binary_cross_entropy" else []
-        out.append(fn(x, y, sw, *extra, *grads))
+        outputs = [x if alias else np.empty_like(x)] + ([np.empty_like(x)] if two_outputs else [])
+        out.append(fn(x, y, sw, *outputs))
     return np.array(out)
 
 
-@pytest.mark.parametrize("alias", [False, True], ids=["own_grad", "grad_over_input"])
+@pytest.mark.parametrize("alias", [False, True], ids=["own_output", "output_over_input"])
 @pytest.mark.parametrize("name", compiled_backends())
 def test_float32_log_in_the_losses(name, alias):
     """float32 log and log1p (in the compiled backends possibly polynomials with no libm
