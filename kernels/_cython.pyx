@@ -732,82 +732,142 @@ cdef inline Py_ssize_t _label(const Labels* lb, Py_ssize_t i, Py_ssize_t c) noex
     return -1
 
 
+cdef enum:
+    CE_ROWS = 64  # rows per block of the softmax cross-entropies
+    CE_BLOCK = 4096  # elements per block at most (a wider row is a block of its own)
+    CE_WIDE = 512  # classes from which a row's exps are a loop of their own
+
+
+cdef inline Py_ssize_t _ce_rows(Py_ssize_t c) noexcept nogil:
+    # blocks of rows so that the exps run as one flat loop over the block (with 10 classes
+    # a row alone is too short for a vector loop) while the block stays in L1
+    return max(<Py_ssize_t>1, min(<Py_ssize_t>CE_ROWS, <Py_ssize_t>CE_BLOCK // c))
+
+
+cdef inline void _exp_inplace(floating* a, Py_ssize_t count) noexcept nogil:
+    cdef Py_ssize_t e
+    for e in range(count):
+        a[e] = _exp(a[e])
+
+
 cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw, floating* p,
                         floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    """One exp per element: e = exp(z - max) goes into p (after the last read of z, which p
-    may alias), then p = e / s and dz (which may alias p) last.  The sums are in double;
-    loss_i = -sum_j y_j (zm_j - lse) = sum(y) lse - sum_j y_j zm_j."""
-    cdef Py_ssize_t i, j
+    """One exp per element: z - max goes into p (each element after its last read of z,
+    which p may alias), then e = exp(p) over a block of rows, then p = e / s and dz (which may
+    alias p) last.  The sums are in double; loss_i = -sum_j y_j (zm_j - lse)
+    = sum(y) lse - sum_j y_j zm_j."""
+    cdef Py_ssize_t i, j, i0, r, rows = _ce_rows(c)
     cdef const floating* zr
     cdef const floating* yr
     cdef floating* pr
     cdef floating* dr
-    cdef floating mx, t, s, pj, ysum, scale
+    cdef floating mx, t, d, s, pj, ysum, scale
     cdef double acc, sy, syz, total = 0.0
-    for i in range(n):
-        zr = z + i * c
-        yr = y + i * c
-        pr = p + i * c
-        dr = dz + i * c
-        scale = sw[i] / <floating>n
-        mx = _rowmax(zr, c)
-        sy = 0.0
-        syz = 0.0
-        for j in range(c):
-            t = yr[j]
-            sy += t
-            syz += <double>t * <double>(zr[j] - mx)
-        for j in range(c):  # apart from the sums, so that it vectorises
-            pr[j] = _exp(zr[j] - mx)  # p may alias z: the last read of z[i, j]
-        acc = 0.0
-        for j in range(c):
-            acc += pr[j]
-        s = <floating>acc
-        ysum = <floating>sy
-        for j in range(c):
-            pj = pr[j] / s
-            pr[j] = pj
-            dr[j] = (pj * ysum - yr[j]) * scale
-        total += <double>sw[i] * (sy * log(acc) - syz)
+    cdef double sys[CE_ROWS]
+    cdef double syzs[CE_ROWS]
+    cdef double accs[CE_ROWS]
+    i0 = 0
+    while i0 < n:
+        r = min(rows, n - i0)
+        for i in range(i0, i0 + r):
+            zr = z + i * c
+            yr = y + i * c
+            pr = p + i * c
+            mx = _rowmax(zr, c)
+            sy = 0.0
+            syz = 0.0
+            for j in range(c):
+                t = yr[j]
+                d = zr[j] - mx
+                sy += t
+                syz += <double>t * <double>d
+                pr[j] = d
+            sys[i - i0] = sy
+            syzs[i - i0] = syz
+        _exp_inplace(p + i0 * c, r * c)
+        for i in range(i0, i0 + r):
+            pr = p + i * c
+            acc = 0.0
+            for j in range(c):
+                acc += pr[j]
+            accs[i - i0] = acc
+        for i in range(i0, i0 + r):
+            yr = y + i * c
+            pr = p + i * c
+            dr = dz + i * c
+            scale = sw[i] / <floating>n
+            acc = accs[i - i0]
+            sy = sys[i - i0]
+            s = <floating>acc
+            ysum = <floating>sy
+            for j in range(c):
+                pj = pr[j] / s
+                pr[j] = pj
+                dr[j] = (pj * ysum - yr[j]) * scale
+            total += <double>sw[i] * (sy * log(acc) - syzs[i - i0])
+        i0 += r
     return total / n
 
 
 cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, floating* p,
                        floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    """One exp per element: e = exp(z - max) goes into p, summed in double, then p = e / s;
-    loss_i = log(s) - (z_k - max), accumulated in double."""
-    cdef Py_ssize_t i, j, k
+    """One exp per element, over blocks of rows as in _softmax_ce: e = exp(z - max) in p,
+    summed in double, then p = e / s; loss_i = log(s) - (z_k - max), accumulated in double."""
+    cdef Py_ssize_t i, j, k, i0, r, rows = _ce_rows(c)
     cdef const floating* zr
     cdef floating* pr
     cdef floating* dr
-    cdef floating mx, zk, s, pk, pj, scale, one = 1
+    cdef floating mx, s, pk, pj, scale, one = 1
     cdef double acc, total = 0.0
-    for i in range(n):
-        zr = z + i * c
-        pr = p + i * c
-        dr = dz + i * c
-        k = _label(lb, i, c)
-        scale = sw[i] / <floating>n
-        mx = _rowmax(zr, c)
-        # read z[k] before p (which may alias z) is written
-        zk = (zr[k] - mx) if k >= 0 else <floating>NAN
-        for j in range(c):  # apart from the sum, so that it vectorises
-            pr[j] = _exp(zr[j] - mx)
-        acc = 0.0
-        for j in range(c):
-            acc += pr[j]
-        s = <floating>acc
-        pk = pr[k] / s if k >= 0 else <floating>NAN  # read before dz (may alias p) is written
-        for j in range(c):
-            pj = pr[j] / s
-            pr[j] = pj
-            dr[j] = pj * scale
-        if k >= 0:
-            dr[k] = (pk - one) * scale
-        else:  # label out of range: the loss and the row's gradient are NaN
+    cdef floating zks[CE_ROWS]
+    cdef floating sums[CE_ROWS]
+    cdef floating logs[CE_ROWS]
+    cdef Py_ssize_t ks[CE_ROWS]
+    i0 = 0
+    while i0 < n:
+        r = min(rows, n - i0)
+        for i in range(i0, i0 + r):
+            zr = z + i * c
+            pr = p + i * c
+            k = _label(lb, i, c)
+            mx = _rowmax(zr, c)
+            ks[i - i0] = k
+            # read z[k] before p (which may alias z) is written
+            zks[i - i0] = (zr[k] - mx) if k >= 0 else <floating>NAN
+            if c < CE_WIDE:
+                for j in range(c):
+                    pr[j] = zr[j] - mx
+            else:  # a row long enough for a vector loop of its own: one pass fewer
+                for j in range(c):
+                    pr[j] = _exp(zr[j] - mx)
+        if c < CE_WIDE:
+            _exp_inplace(p + i0 * c, r * c)
+        for i in range(i0, i0 + r):
+            pr = p + i * c
+            acc = 0.0
             for j in range(c):
-                dr[j] = <floating>NAN
-        total += <double>sw[i] * (<double>_log(s) - <double>zk)
+                acc += pr[j]
+            sums[i - i0] = <floating>acc
+        for i in range(r):
+            logs[i] = _log(sums[i])
+        for i in range(i0, i0 + r):
+            pr = p + i * c
+            dr = dz + i * c
+            k = ks[i - i0]
+            s = sums[i - i0]
+            scale = sw[i] / <floating>n
+            pk = pr[k] / s if k >= 0 else <floating>NAN  # read before dz (may alias p) is written
+            for j in range(c):
+                pj = pr[j] / s
+                pr[j] = pj
+                dr[j] = pj * scale
+            if k >= 0:
+                dr[k] = (pk - one) * scale
+            else:  # label out of range: the loss and the row's gradient are NaN
+                for j in range(c):
+                    dr[j] = <floating>NAN
+            total += <double>sw[i] * (<double>logs[i - i0] - <double>zks[i - i0])
+        i0 += r
     return total / n
 
 
@@ -1325,15 +1385,25 @@ cdef Py_ssize_t _epoch(const Stack* st, const floating* X, const floating* Y, Py
     return n_batches
 
 
-cdef Py_ssize_t _count_nonfinite(const floating* a, Py_ssize_t n) noexcept nogil:
-    """Entries of a[:n] that are inf or NaN: v - v is NaN exactly for those (branch-free, so
-    the integer count vectorises)."""
-    cdef Py_ssize_t i, bad = 0
-    cdef floating d
-    for i in range(n):
-        d = a[i] - a[i]
-        bad += d != d
-    return bad
+cdef bint _any_nonfinite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Whether a[:n] holds an inf or NaN: only an all-ones exponent carries into the sign bit
+    when one exponent unit is added to it, so an integer OR over the entries decides (it
+    vectorises in full and needs no order)."""
+    cdef Py_ssize_t i
+    cdef uint32_t acc32 = 0
+    cdef uint64_t acc64 = 0
+    cdef const uint32_t* b32
+    cdef const uint64_t* b64
+    if floating is float:
+        b32 = <const uint32_t*>a
+        for i in range(n):
+            acc32 |= (b32[i] & 0x7F800000U) + 0x00800000U
+        return (acc32 >> 31) != 0
+    else:
+        b64 = <const uint64_t*>a
+        for i in range(n):
+            acc64 |= (b64[i] & 0x7FF0000000000000ULL) + 0x0010000000000000ULL
+        return (acc64 >> 63) != 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -1873,14 +1943,15 @@ cdef Py_ssize_t _epoch_checked(const Stack* st, const floating* X, const floatin
                                int acc_mode, double threshold, double* stats) noexcept nogil:
     """_epoch, then (training) the non-finite flag of params and state in stats."""
     cdef Py_ssize_t n_batches = 0
+    cdef bint bad
     if total > 0:
         n_batches = _epoch(st, X, Y, ty, SW, order, total, m, batch_size, xb, yb, swb, params,
                            grads, state, n_params, acts, gbuf, loss_code, logits_out,
                            opt_code, hyper, lrs, step, seed, train, acc_mode, threshold,
                            stats)
     if train:
-        bad = _count_nonfinite(params, n_params) + _count_nonfinite(state, n_state)
-        stats[STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
+        bad = _any_nonfinite(params, n_params) or _any_nonfinite(state, n_state)
+        stats[STAT_NONFINITE] = 1.0 if bad else 0.0
     return n_batches
 
 

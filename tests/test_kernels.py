@@ -311,8 +311,12 @@ def _loss_inputs(code, n, c, dtype, rng):
 
 
 #: the loss kernels' shapes: SHAPES and rows wider than one buffer of terms (Cython's 256)
+#: beyond SHAPES: rows wider than one 256-term loss buffer (600) and than one block of the
+#: softmax cross-entropies (4100), and a batch of several row blocks ending in a partial one
 loss_shapes = pytest.mark.parametrize(
-    "shape", (*SHAPES, (3, 1, 600)), ids=lambda s: "x".join(map(str, s))
+    "shape",
+    (*SHAPES, (3, 1, 600), (2, 1, 4100), (130, 1, 10)),
+    ids=lambda s: "x".join(map(str, s)),
 )
 
 
@@ -713,6 +717,34 @@ def test_run_epoch_flags_non_finite_weights(mod, dtype, where):
             done = module.run_epoch(*args.values())
             want_done, want_flag = expect[where] if train else (expect[where][0], 7.0)
             assert (done, stats[C.STAT_NONFINITE]) == (want_done, want_flag), (module, train)
+
+
+@dtypes
+def test_run_epoch_non_finite_flag_on_special_values(mod, dtype):
+    """With no batch to run, a training call only checks params and state: every finite
+    extreme (+-max, +-tiny, subnormals, -0) leaves the flag 0; any inf or NaN (either sign,
+    any payload) anywhere in either array, the vector tails included, sets it."""
+    s = mlp3(C.MSE, dtype, rng_for("flag-values"))
+    info = np.finfo(dtype)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    quiet_nan_payload = (np.array(np.nan, dtype).view(bits) | bits(5)).view(dtype)
+    finite = [info.max, -info.max, info.tiny, -info.tiny, info.smallest_subnormal, -0.0]
+    specials = [np.inf, -np.inf, np.nan, -np.nan, quiet_nan_payload]
+    for module in (ref, mod):
+        args = _epoch_args(s, *_epoch_data(s, C.MSE))
+        args["order"] = np.arange(0, dtype=np.int64)
+        params, state, stats = args["params"], args["state"], args["stats"]
+        params[: len(finite)] = finite
+        state[1, -len(finite) :] = finite
+        assert (module.run_epoch(*args.values()), stats[C.STAT_NONFINITE]) == (0, 0.0)
+        for array in (params, state.reshape(-1)):
+            for where in (0, array.size // 2, array.size - 1):
+                for value in specials:
+                    keep = array[where]
+                    array[where] = value
+                    module.run_epoch(*args.values())
+                    array[where] = keep
+                    assert stats[C.STAT_NONFINITE] == 1.0, (module, where, value)
 
 
 def _read_only(a):
