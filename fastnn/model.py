@@ -106,8 +106,11 @@ def _to_features(x, arg, dtype, flatten):
         raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")
     # one conversion per call (never per batch): any float/int dtype or memory layout in,
     # C-contiguous model dtype out, so the kernels see one signature per dtype
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(x, dtype=dtype)
+    if x.dtype == dtype and x.flags.c_contiguous:
+        out = x  # nothing to convert (np.errstate alone costs about a microsecond)
+    else:
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(x, dtype=dtype)
     check_finite(out, arg, x)
     return out
 
