@@ -750,6 +750,18 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t count) noexcept nogil:
         a[e] = _exp(a[e])
 
 
+cdef inline void _row_sums(const floating* a, Py_ssize_t rows, Py_ssize_t c,
+                           double* out) noexcept nogil:
+    # each row summed in double, in order (the same bits on every build)
+    cdef Py_ssize_t i, j
+    cdef double acc
+    for i in range(rows):
+        acc = 0.0
+        for j in range(c):
+            acc += a[i * c + j]
+        out[i] = acc
+
+
 cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw, floating* p,
                         floating* dz, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     """One exp per element: z - max goes into p (each element after its last read of z,
@@ -785,12 +797,7 @@ cdef double _softmax_ce(const floating* z, const floating* y, const floating* sw
             sys[i - i0] = sy
             syzs[i - i0] = syz
         _exp_inplace(p + i0 * c, r * c)
-        for i in range(i0, i0 + r):
-            pr = p + i * c
-            acc = 0.0
-            for j in range(c):
-                acc += pr[j]
-            accs[i - i0] = acc
+        _row_sums(p + i0 * c, r, c, accs)
         for i in range(i0, i0 + r):
             yr = y + i * c
             pr = p + i * c
@@ -818,7 +825,8 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
     cdef floating* pr
     cdef floating* dr
     cdef floating mx, s, pk, pj, scale, one = 1
-    cdef double acc, total = 0.0
+    cdef double total = 0.0
+    cdef double accs[CE_ROWS]
     cdef floating zks[CE_ROWS]
     cdef floating sums[CE_ROWS]
     cdef floating logs[CE_ROWS]
@@ -842,13 +850,9 @@ cdef double _sparse_ce(const floating* z, const Labels* lb, const floating* sw, 
                     pr[j] = _exp(zr[j] - mx)
         if c < CE_WIDE:
             _exp_inplace(p + i0 * c, r * c)
-        for i in range(i0, i0 + r):
-            pr = p + i * c
-            acc = 0.0
-            for j in range(c):
-                acc += pr[j]
-            sums[i - i0] = <floating>acc
+        _row_sums(p + i0 * c, r, c, accs)
         for i in range(r):
+            sums[i] = <floating>accs[i]
             logs[i] = _log(sums[i])
         for i in range(i0, i0 + r):
             pr = p + i * c
