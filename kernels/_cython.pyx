@@ -700,7 +700,8 @@ cdef inline uint64_t _dropout_seed(uint64_t seed, uint64_t step, Py_ssize_t laye
 
 
 # ---------------------------------------------------------------------------------------
-# Losses: return sum_i sw_i * loss_i / N, write the gradient; one pass per row.
+# Losses: return sum_i sw_i * loss_i / N, write the gradient; one pass per row (the softmax
+# cross-entropies: one pass per block of rows).
 
 cdef enum:
     LOSS_CHUNK = 256  # loss terms per stack buffer: computed vectorised, then summed in order

@@ -555,70 +555,126 @@ def dropout_keep(shape, rate, seed):
 
 
 # ---------------------------------------------------------------------------------------
-# Losses: sum_i sw_i * loss_i / N (accumulated in float64) and the gradient, one row pass.
+# Losses: sum_i sw_i * loss_i / N (accumulated in float64) and the gradient, one row pass
+# (the softmax cross-entropies: one pass per block of rows).
+
+
+#: rows per block of the softmax cross-entropies: their exps run as one loop over the block
+#: (a 10-class row alone is too short for a vector loop) while the block stays in L1
+#: (the sparse one's rows of _CE_WIDE classes or more exponentiate in a loop of their own)
+_CE_ROWS, _CE_BLOCK, _CE_WIDE = 64, 4096, 512
+
+
+@_jit
+def _ce_rows(c):
+    return max(1, min(_CE_ROWS, _CE_BLOCK // max(c, 1)))
+
+
+def _exp_rows(p, i0, i1):
+    """p[i0:i1] = exp(p[i0:i1]) in place (see the overload)."""
+    p[i0:i1] = np.exp(p[i0:i1])
+
+
+@overload(_exp_rows)
+def _exp_rows_overload(p, i0, i1):
+    if p.layout == "C":
+
+        def flat(p, i0, i1):
+            block = p[i0:i1].reshape((i1 - i0) * p.shape[1])
+            for e in range(block.shape[0]):
+                block[e] = _exp(block[e])
+
+        return flat
+
+    def nested(p, i0, i1):
+        for i in range(i0, i1):
+            for j in range(p.shape[1]):
+                p[i, j] = _exp(p[i, j])
+
+    return nested
 
 
 @_jit
 def softmax_cross_entropy(z, y, sw, p, dz):
-    """See reference.softmax_cross_entropy (p may alias z or dz; dz may alias p)."""
+    """See reference.softmax_cross_entropy (p may alias z or dz; dz may alias p).  z - max goes
+    into p row by row, exp runs over blocks of rows, then each row is normalised."""
     n, c = z.shape
     t = z.dtype.type
     zero, tn = t(0), t(n)
     total = 0.0
-    for i in range(n):
-        m = z[i, 0]
-        for j in range(1, c):
-            if z[i, j] > m:
-                m = z[i, j]
-        sy, syz = zero, zero
-        for j in range(c):
-            yv = y[i, j]
-            sy += yv
-            syz += yv * (z[i, j] - m)
-        for j in range(c):  # apart from the sums, so that it vectorises
-            p[i, j] = _exp(z[i, j] - m)  # p may alias z: the last read of z[i, j]
-        s = zero
-        for j in range(c):
-            s += p[i, j]
-        # -sum_j y_j (zm_j - lse) = sy * lse - sum_j y_j zm_j
-        total += np.float64(sw[i]) * (np.float64(sy) * np.float64(np.log(s)) - syz)
-        coef = sw[i] / tn
-        for j in range(c):
-            pj = p[i, j] / s
-            p[i, j] = pj
-            dz[i, j] = (pj * sy - y[i, j]) * coef  # written last: dz may alias p
+    rows = _ce_rows(c)
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        for i in range(i0, i1):
+            m = z[i, 0]
+            for j in range(1, c):
+                if z[i, j] > m:
+                    m = z[i, j]
+            sy, syz = zero, zero
+            for j in range(c):
+                yv = y[i, j]
+                d = z[i, j] - m
+                sy += yv
+                syz += yv * d
+                p[i, j] = d  # p may alias z: the last read of z[i, j]
+            # -sum_j y_j (zm_j - lse) = sy * lse - sum_j y_j zm_j; the lse part below
+            total -= np.float64(sw[i]) * np.float64(syz)
+        _exp_rows(p, i0, i1)
+        for i in range(i0, i1):
+            s, sy = zero, zero
+            for j in range(c):
+                s += p[i, j]
+                sy += y[i, j]
+            total += np.float64(sw[i]) * (np.float64(sy) * np.float64(np.log(s)))
+            coef = sw[i] / tn
+            for j in range(c):
+                pj = p[i, j] / s
+                p[i, j] = pj
+                dz[i, j] = (pj * sy - y[i, j]) * coef  # written last: dz may alias p
     return total / n
 
 
 @_jit
 def _sparse_softmax_ce(z, labels, sw, p, dz):
-    """reference.sparse_softmax_cross_entropy with the labels in labels[:, 0]."""
+    """reference.sparse_softmax_cross_entropy with the labels in labels[:, 0], in blocks of
+    rows as softmax_cross_entropy."""
     n, c = z.shape
     t = z.dtype.type
     zero, one, tn = t(0), t(1), t(n)
     total = 0.0
-    for i in range(n):
-        k = np.int64(labels[i, 0])
-        if k < 0 or k >= c:
-            raise IndexError("class label out of range [0, C)")
-        m = z[i, 0]
-        for j in range(1, c):
-            if z[i, j] > m:
-                m = z[i, j]
-        zk = z[i, k] - m
-        for j in range(c):  # apart from the sum, so that it vectorises
-            p[i, j] = _exp(z[i, j] - m)
-        s = zero
-        for j in range(c):
-            s += p[i, j]
-        total += np.float64(sw[i]) * (np.float64(np.log(s)) - np.float64(zk))
-        coef = sw[i] / tn
-        pk = p[i, k] / s  # read before the row is overwritten: dz may alias p
-        for j in range(c):
-            pj = p[i, j] / s
-            p[i, j] = pj
-            dz[i, j] = pj * coef
-        dz[i, k] = (pk - one) * coef
+    rows = _ce_rows(c)
+    for i0 in range(0, n, rows):
+        i1 = min(n, i0 + rows)
+        for i in range(i0, i1):
+            k = np.int64(labels[i, 0])
+            if k < 0 or k >= c:
+                raise IndexError("class label out of range [0, C)")
+            m = z[i, 0]
+            for j in range(1, c):
+                if z[i, j] > m:
+                    m = z[i, j]
+            total -= np.float64(sw[i]) * np.float64(z[i, k] - m)  # before p (may alias z)
+            if c < _CE_WIDE:
+                for j in range(c):
+                    p[i, j] = z[i, j] - m
+            else:  # a row long enough for a vector loop of its own: one pass fewer
+                for j in range(c):
+                    p[i, j] = _exp(z[i, j] - m)
+        if c < _CE_WIDE:
+            _exp_rows(p, i0, i1)
+        for i in range(i0, i1):
+            k = np.int64(labels[i, 0])
+            s = zero
+            for j in range(c):
+                s += p[i, j]
+            total += np.float64(sw[i]) * np.float64(np.log(s))
+            coef = sw[i] / tn
+            pk = p[i, k] / s  # read before the row is overwritten: dz may alias p
+            for j in range(c):
+                pj = p[i, j] / s
+                p[i, j] = pj
+                dz[i, j] = pj * coef
+            dz[i, k] = (pk - one) * coef
     return total / n
 
 
