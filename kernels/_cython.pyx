@@ -742,7 +742,7 @@ cdef enum:
 cdef inline Py_ssize_t _ce_rows(Py_ssize_t c) noexcept nogil:
     # blocks of rows so that the exps run as one flat loop over the block (with 10 classes
     # a row alone is too short for a vector loop) while the block stays in L1
-    return max(<Py_ssize_t>1, min(<Py_ssize_t>CE_ROWS, <Py_ssize_t>CE_BLOCK // c))
+    return max(<Py_ssize_t>1, min(<Py_ssize_t>CE_ROWS, <Py_ssize_t>CE_BLOCK // max(c, 1)))
 
 
 cdef inline void _exp_inplace(floating* a, Py_ssize_t count) noexcept nogil:

@@ -345,6 +345,18 @@ def test_logit_losses(mod, dtype, shape, name, alias):
 
 
 @dtypes
+@pytest.mark.parametrize("c", [0, 5])
+@pytest.mark.parametrize("name", list(LOGIT_LOSSES))
+def test_logit_losses_of_no_rows(mod, dtype, c, name):
+    """An empty batch (c classes, or none at all) gives the reference's 0/0 NaN: no crash,
+    no write outside the empty outputs."""
+    z = np.zeros((0, c), dtype)
+    y = np.zeros(0, np.int64) if LOGIT_LOSSES[name] == C.SPARSE_SOFTMAX_CE else z.copy()
+    loss = getattr(mod, name)(z, y, np.zeros(0, dtype), z.copy(), z.copy())
+    assert np.isnan(loss)
+
+
+@dtypes
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
 def test_sparse_labels_of_any_integer_dtype(mod, dtype, label_dtype):
     n, c = 9, 4
