@@ -566,7 +566,10 @@ _CE_ROWS, _CE_BLOCK, _CE_WIDE = 64, 4096, 512
 
 
 @_jit
-def _ce_rows(c):
+def _ce_rows(n, c):
+    """Rows per block; a ValueError for rows without classes (whose max is undefined)."""
+    if c < 1 and n > 0:
+        raise ValueError("the loss needs at least one column")
     return max(1, min(_CE_ROWS, _CE_BLOCK // max(c, 1)))
 
 
@@ -602,7 +605,7 @@ def softmax_cross_entropy(z, y, sw, p, dz):
     t = z.dtype.type
     zero, tn = t(0), t(n)
     total = 0.0
-    rows = _ce_rows(c)
+    rows = _ce_rows(n, c)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
         for i in range(i0, i1):
@@ -642,7 +645,7 @@ def _sparse_softmax_ce(z, labels, sw, p, dz):
     t = z.dtype.type
     zero, one, tn = t(0), t(1), t(n)
     total = 0.0
-    rows = _ce_rows(c)
+    rows = _ce_rows(n, c)
     for i0 in range(0, n, rows):
         i1 = min(n, i0 + rows)
         for i in range(i0, i1):

@@ -356,6 +356,17 @@ def test_logit_losses_of_no_rows(mod, dtype, c, name):
     assert np.isnan(loss)
 
 
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "sparse_softmax_cross_entropy"])
+def test_softmax_losses_of_rows_without_classes(mod, name):
+    """Rows of no classes have no max: an error (the reference's sparse loss rejects the labels
+    first, with an IndexError), never a read past the empty rows."""
+    z = np.zeros((3, 0), np.float32)
+    y = np.zeros(3, np.int64) if name.startswith("sparse") else z.copy()
+    for module in (ref, mod):
+        with pytest.raises((ValueError, IndexError)):
+            getattr(module, name)(z, y, np.ones(3, np.float32), z.copy(), z.copy())
+
+
 @dtypes
 @pytest.mark.parametrize("label_dtype", [np.int64, np.int32])
 def test_sparse_labels_of_any_integer_dtype(mod, dtype, label_dtype):
