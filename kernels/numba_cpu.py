@@ -359,7 +359,7 @@ def activation_forward(x, out, act, alpha):
             for j in range(o):
                 out[i, j] = _tanh(x[i, j])
     elif act == _SOFTMAX:
-        for i in range(n):
+        for i in range(n if o > 0 else 0):  # a row of no columns has no max, nothing to do
             m = x[i, 0]
             for j in range(1, o):
                 if x[i, j] > m:
@@ -406,7 +406,7 @@ def _bias_act(out, b, act, alpha):
             for j in range(o):
                 out[i, j] = _tanh(out[i, j] + b[j])
     elif act == _SOFTMAX:
-        for i in range(n):
+        for i in range(n if o > 0 else 0):  # a row of no columns has no max, nothing to do
             for j in range(o):
                 out[i, j] += b[j]
             m = out[i, 0]
