@@ -501,7 +501,7 @@ class Sequential:
             )  # fmt: skip
             done = int(done)
             opt.iterations += done
-            return done, done == count and stats[bad] == 0.0
+            return done, done == count and stats.item(bad) == 0.0
 
         return step
 
@@ -540,14 +540,17 @@ class Sequential:
             eng.state, self.optimizer.iterations = state, iterations
 
     def _logs(self, stats, prefix=""):
-        rows = max(stats[codes.STAT_ROWS], 1)
-        logs = {prefix + "loss": float(stats[codes.STAT_LOSS] / rows)}
+        # Python floats throughout: NumPy scalar arithmetic costs several times more per
+        # batch, and more still the first time it runs after other work
+        v = stats.tolist()
+        rows = max(v[codes.STAT_ROWS], 1.0)
+        logs = {prefix + "loss": v[codes.STAT_LOSS] / rows}
         for m in self.metrics:
             if m == "accuracy":
-                logs[prefix + m] = float(stats[codes.STAT_CORRECT] / rows)
+                logs[prefix + m] = v[codes.STAT_CORRECT] / rows
             else:
                 key = codes.STAT_ABS if m == "mae" else codes.STAT_SQ
-                logs[prefix + m] = float(stats[key] / (rows * self.output_dim))
+                logs[prefix + m] = v[key] / (rows * self.output_dim)
         return logs
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None) -> float:
