@@ -143,7 +143,9 @@ def fit_loop(
         model,
         {"epochs": epochs, "steps": n_batches, "verbose": verbose},
     )
-    per_batch = cbs.wants_batches
+    batch_begin = cbs.overriding("on_train_batch_begin")
+    batch_end = cbs.overriding("on_train_batch_end")
+    per_batch = bool(batch_begin or batch_end)
     chunks = _epoch_chunks(n_batches, verbose, per_batch)
     train = model._trainer(X, Y, SW, bs)  # its workspace is allocated and warmed up here
     model.stop_training = False
@@ -161,8 +163,8 @@ def fit_loop(
         snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
         for size in chunks:
             batch0 = start // bs
-            if per_batch:
-                cbs.call("on_train_batch_begin", batch0, {})
+            for hook in batch_begin:
+                hook(batch0, {})
             rows = order[start : start + size * bs]
             done, finite = train(rows, stats)
             if not finite:
@@ -195,8 +197,10 @@ def fit_loop(
                     loss=loss,
                 )
             start += size * bs
-            if per_batch:
-                cbs.call("on_train_batch_end", batch0, model._logs(stats))
+            if batch_end:
+                batch_logs = model._logs(stats)
+                for hook in batch_end:
+                    hook(batch0, batch_logs)
             if bar is not None:
                 bar.update(size)
                 bar.set_postfix(model._logs(stats), refresh=False)

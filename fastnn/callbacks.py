@@ -81,9 +81,11 @@ class CallbackList:
         for cb in self.callbacks:
             getattr(cb, hook)(*args)
 
-    @property
-    def wants_batches(self) -> bool:
-        return any(cb.wants_batches() for cb in self.callbacks)
+    def overriding(self, hook: str) -> list:
+        """The bound ``hook`` of each callback whose class overrides it, in order: the
+        per-batch loop calls only these (the base class's hooks do nothing)."""
+        base = getattr(Callback, hook)
+        return [getattr(cb, hook) for cb in self.callbacks if getattr(type(cb), hook) is not base]
 
     @property
     def handles_nan(self) -> bool:

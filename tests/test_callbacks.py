@@ -64,6 +64,43 @@ def test_standard_callbacks_keep_the_one_call_per_epoch_path():
         assert not c.wants_batches(), type(c).__name__
 
 
+class _Begins(cb.Callback):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.calls.append(("begin", batch, logs))
+
+
+class _Ends(cb.Callback):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.calls.append(("end", batch, dict(logs)))
+
+
+def test_batch_hooks_reach_the_callbacks_that_override_them_in_order():
+    """A callback overriding only one batch hook gets just that hook, every batch, in the
+    order of the list; the end hook's logs are the running means the epoch ends with."""
+    x, y = _data(n=40)
+    calls: list = []
+    begins, ends = _Begins(calls), _Ends(calls)
+    hist = _model().fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[ends, begins])
+    assert [(kind, batch) for kind, batch, _ in calls] == [
+        ("begin", 0), ("end", 0), ("begin", 1), ("end", 1), ("begin", 2), ("end", 2)
+    ]  # fmt: skip
+    assert all(logs == {} for kind, _, logs in calls if kind == "begin")
+    last = calls[-1][2]
+    assert last == {"loss": hist.history["loss"][0], "accuracy": hist.history["accuracy"][0]}
+    listed = cb.CallbackList([ends, cb.History(), begins], None, {})
+    assert listed.overriding("on_train_batch_end") == [ends.on_train_batch_end]
+    assert listed.overriding("on_train_batch_begin") == [begins.on_train_batch_begin]
+    assert listed.overriding("on_epoch_end")[0].__self__.__class__ is cb.History
+
+
 # -- EarlyStopping -----------------------------------------------------------------------
 def test_early_stopping_patience():
     x, y = _data()
