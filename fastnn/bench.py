@@ -330,9 +330,20 @@ class LocalRunner:
         pass
 
 
+def _pin_cores(threads: int) -> None:
+    """Keeps this process on its first ``threads`` allowed cores: XLA has no thread-count
+    setting (its CPU client sizes its pools from the machine), so an isolated JAX worker is
+    limited this way."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if 0 < threads < len(allowed):
+        os.sched_setaffinity(0, allowed[:threads])
+
+
 def _worker_main(conn, net: str, name: str, threads: int) -> None:
     """Body of an isolated worker process: builds one implementation, then serves timings."""
     try:
+        if name == "jax":
+            _pin_cores(threads)
         if name.startswith("fastnn-"):
             impls = make_impls(net, [name[len("fastnn-") :]], {})
         else:
@@ -574,13 +585,12 @@ def _fmt(value: float) -> str:
 
 
 def ratio_columns(names) -> list[tuple[str, str, str]]:
-    """(header, fastnn impl, baseline) for every fastnn backend vs numpy and torch."""
+    """(header, fastnn impl, baseline) for every fastnn backend vs each baseline that ran."""
     cols = []
     for name in names:
         if name.startswith("fastnn-"):
-            for base in ("numpy", "torch"):
+            for base, label in (("numpy", "NumPy"), ("torch", "torch"), ("jax", "JAX")):
                 if base in names:
-                    label = "NumPy" if base == "numpy" else base
                     cols.append((f"{name[len('fastnn-') :]}/{label}", name, base))
     return cols
 
@@ -727,7 +737,11 @@ def run(args) -> dict:
         meta["torch"] = torch_mod.__version__
     if "jax" in mods:
         meta["jax"] = mods["jax"].__version__
-        notes.append("jax: thread count not limited (XLA decides)")
+        notes.append(
+            "jax: its worker is pinned to as many cores as threads (XLA has no thread setting)"
+            if args.isolate
+            else "jax: thread count not limited (XLA decides; --isolate pins its worker)"
+        )
     print(
         f"fastnn bench: networks {' '.join(cfg['networks'])}, threads {cfg['threads']}, "
         f"{cfg['repeats']} interleaved rounds" + (" (quick)" if cfg["quick"] else "")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -82,14 +84,26 @@ def test_format_table_ratios():
         {
             "network": "a",
             "threads": 1,
-            "medians": {"fastnn-numba": 100.0, "numpy": 400.0, "torch": 200.0},
+            "medians": {"fastnn-numba": 100.0, "numpy": 400.0, "torch": 200.0, "jax": 80.0},
             "spread": 0.1,
         }
     ]
     text = bench.format_table(rows, "µs per step", "title")
     header, row = text.splitlines()[2:4]
-    assert "numba/NumPy" in header and "numba/torch" in header
-    assert row.split()[-3:] == ["0.25x", "0.50x", "10%"]
+    assert header.split()[-4:] == ["numba/NumPy", "numba/torch", "numba/JAX", "spread"]
+    assert row.split()[-4:] == ["0.25x", "0.50x", "1.25x", "10%"]
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+    reason="needs a process allowed on two cores or more",
+)
+def test_isolated_jax_worker_is_pinned_to_its_thread_count():
+    code = "import os; from fastnn.bench import _pin_cores; _pin_cores(1); " + (
+        "print(len(os.sched_getaffinity(0)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
 
 
 def test_cold_start_script_runs():
@@ -153,6 +167,18 @@ def test_numpy_baseline_epoch_learns():
     for _ in range(20):
         last = ref.train_epoch(x, y, 32, rng)
     assert last < first
+
+
+def test_jax_baseline_matches_numpy_baseline():
+    """The JAX step (one jit: gradients and Adam) trains the same network as the others."""
+    pytest.importorskip("jax")
+    ref = B.NumpyMLP(SIZES)
+    net = B.JaxMLP(SIZES, weights=ref.get_weights())
+    for seed in range(3):
+        xb, yb = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=seed)
+        assert net.train_step(xb, yb) == pytest.approx(ref.train_step(xb, yb), rel=1e-5)
+    for w_ref, w in zip(ref.get_weights(), net.get_weights()):
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
 
 
 def test_torch_baseline_matches_numpy_baseline():
