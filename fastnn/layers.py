@@ -15,6 +15,7 @@ import numpy as np
 
 from . import activations, initializers, regularizers
 from . import backend as _backend
+from ._checks import as_array, as_float, check_finite
 from .kernels import codes
 
 
@@ -123,8 +124,6 @@ class Layer:
         }
 
     def _check_input(self, x):
-        from .model import as_array, check_finite
-
         x = as_array(x, "x")
         expected = f"(N, {self.input_dim})" if self.built else "(N, features)"
         if x.ndim != 2 or x.shape[0] == 0 or (self.built and x.shape[1] != self.input_dim):
@@ -133,16 +132,13 @@ class Layer:
             )
         if not self.built:
             self.build(x.shape[1], x.dtype if x.dtype in (np.float32, np.float64) else "float32")
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(x, dtype=self.dtype)
+        out = as_float(x, self.dtype)
         check_finite(out, "x", x)
         return out
 
     def _check_dout(self, dout):
         if not self._cache:
             raise RuntimeError(f"call forward() on layer {self.name!r} before backward()")
-        from .model import as_array
-
         out = next(iter(self._cache.values()))["out"]
         dout = as_array(dout, "dout")
         if dout.shape != out.shape:
@@ -223,8 +219,6 @@ class Dense(Layer):
         self.dbias = np.zeros_like(self.bias)
 
     def _initial(self, init, shape, rng, arg):
-        from .model import as_array, check_finite
-
         value = as_array(init(shape, rng), f"{arg} result")
         if value.shape != shape:
             raise ValueError(f"{arg} must return an array of shape {shape}, got {value.shape}")

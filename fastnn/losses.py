@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend as _backend
+from ._checks import as_array, as_float, check_finite
 from ._names import lookup
 from .kernels import codes
 
@@ -43,8 +44,6 @@ class Loss:
 
     # -- direct use -----------------------------------------------------------------
     def _run(self, y_true, y_pred, sample_weight, backend):
-        from .model import as_array, check_finite
-
         _, k = _backend.resolve(backend)
         y_pred = as_array(y_pred, "y_pred")
         src = y_pred
@@ -55,8 +54,7 @@ class Loss:
             raise ValueError(
                 f"y_pred must have shape (N,) or (N, C) with N, C >= 1, got {y_pred.shape}"
             )
-        with np.errstate(over="ignore"):
-            y_pred = np.ascontiguousarray(y_pred, dtype=dtype)
+        y_pred = as_float(y_pred, dtype)
         check_finite(y_pred, "y_pred", src)
         n = y_pred.shape[0]
         y_arr = as_array(y_true, "y_true")
@@ -253,10 +251,7 @@ def encode_targets(y, target: str, n_out: int, dtype, arg: str = "y") -> np.ndar
             f"{arg} must have shape (N, {n_out}) to match the model's outputs, got {y_arr.shape}"
         )
     out = np.ascontiguousarray(y_arr, dtype=dtype)
-    if not np.all(np.isfinite(out)):
-        from .model import check_finite
-
-        check_finite(out, arg, y_arr)
+    check_finite(out, arg, y_arr)
     return out
 
 
@@ -272,8 +267,6 @@ def sample_weights(sample_weight, n, dtype, arg="sample_weight") -> np.ndarray:
     """(N,) contiguous weights (ones when None), validated."""
     if sample_weight is None:
         return np.ones(n, dtype=dtype)
-    from .model import as_array
-
     sw = as_array(sample_weight, arg)
     if sw.shape != (n,):
         raise ValueError(f"{arg} must have shape ({n},), got {sw.shape}")

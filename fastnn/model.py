@@ -12,6 +12,7 @@ import numpy as np
 from . import backend as _backend
 from . import losses as _losses
 from . import optimizers as _optimizers
+from ._checks import as_array, as_float, check_finite
 from ._engine import Engine
 from ._fit import fit_loop
 from ._names import lookup
@@ -42,48 +43,12 @@ class NonFiniteLossError(FloatingPointError):
         self.epoch, self.batch, self.loss = epoch, batch, loss
 
 
-def as_array(x, arg: str) -> np.ndarray:
-    """``x`` as a NumPy array of numbers, or a TypeError/ValueError naming ``arg``."""
-    if not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
-        raise TypeError(f"{arg} must be an array (NumPy array or list), got {type(x).__name__}")
-    try:
-        x = np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{arg} must be a rectangular array of numbers, got a ragged or mixed sequence ({exc})"
-        ) from None
-    if x.dtype.kind not in "biuf":
-        raise TypeError(
-            f"{arg} must be numeric (bool, int or float), got an array of dtype {x.dtype}"
-        )
-    return x
-
-
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
 #: step takes tens of milliseconds and first-call costs are lost in it
 WARM_UP_MAX_BYTES = 64 << 20
 
 #: Backends whose kernels are compiled code: no NumPy floating-point warnings to silence.
 _NO_FP_WARNINGS = frozenset({"numba", "cython"})
-
-
-def check_finite(a: np.ndarray, arg: str, source=None) -> None:
-    """ValueError naming ``arg`` if ``a`` has NaN or infinite entries; ``source`` is the array
-    ``a`` was converted from (the message then says whether the conversion overflowed).
-    The check allocates nothing when ``a`` is finite (no boolean array as large as ``a``)."""
-    if a.dtype.kind != "f" or _all_finite(a):
-        return
-    bad = np.argwhere(~np.isfinite(a))
-    where = tuple(int(i) for i in bad[0])
-    note = ""
-    if source is not None and source.size == a.size and source.dtype != a.dtype:
-        if source.dtype.kind != "f" or np.isfinite(source.reshape(a.shape)[where]):
-            value = source.reshape(a.shape)[where]
-            note = f" (overflow converting {value} from {source.dtype} to {a.dtype})"
-    raise ValueError(
-        f"{arg} must be finite, got {len(bad)} NaN or infinite value(s){note}, the first "
-        f"at index {where}: {a[where]}"
-    )
 
 
 def _to_features(x, arg, dtype, flatten):
@@ -106,23 +71,9 @@ def _to_features(x, arg, dtype, flatten):
         raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")
     # one conversion per call (never per batch): any float/int dtype or memory layout in,
     # C-contiguous model dtype out, so the kernels see one signature per dtype
-    if x.dtype == dtype and x.flags.c_contiguous:
-        out = x  # nothing to convert (np.errstate alone costs about a microsecond)
-    else:
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(x, dtype=dtype)
+    out = as_float(x, dtype)
     check_finite(out, arg, x)
     return out
-
-
-def _all_finite(a: np.ndarray) -> bool:
-    """Whether every entry of ``a`` is finite: a BLAS dot product (NaN and inf propagate;
-    several times faster than np.isfinite), confirmed exactly when it is not finite."""
-    flat = a.reshape(-1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(np.dot(flat, flat)):
-            return True
-    return bool(np.isfinite(flat).all())
 
 
 def check_int(value, arg: str, low: int = 1) -> int:

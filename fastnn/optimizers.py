@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import backend as _backend
+from ._checks import check_finite
 from ._names import lookup
 from .kernels import codes
 
@@ -132,8 +133,6 @@ class Optimizer:
 
         State is kept per position in the list; the step counter advances once per call.
         """
-        from .model import check_finite
-
         single = isinstance(params, np.ndarray)
         params = [params] if single else list(params)
         grads = [grads] if isinstance(grads, np.ndarray) else list(grads)

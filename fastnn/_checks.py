@@ -1,0 +1,72 @@
+"""Argument checks shared by the model, the layers, the losses and the optimizers: arrays
+of numbers in, a ValueError or TypeError naming the argument out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_array(x, arg: str) -> np.ndarray:
+    """``x`` as a NumPy array of numbers, or a TypeError/ValueError naming ``arg``."""
+    if not (hasattr(x, "__array__") or isinstance(x, (list, tuple))):
+        raise TypeError(f"{arg} must be an array (NumPy array or list), got {type(x).__name__}")
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{arg} must be a rectangular array of numbers, got a ragged or mixed sequence ({exc})"
+        ) from None
+    if x.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{arg} must be numeric (bool, int or float), got an array of dtype {x.dtype}"
+        )
+    return x
+
+
+def as_float(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype``: ``x`` itself when it already is one (no
+    np.errstate, which alone costs about a microsecond), else a converted copy (an overflow
+    to inf is left for :func:`check_finite` to report)."""
+    if x.dtype == dtype and x.flags.c_contiguous:
+        return x
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(x, dtype=dtype)
+
+
+def check_finite(a: np.ndarray, arg: str, source=None) -> None:
+    """ValueError naming ``arg`` if ``a`` has NaN or infinite entries; ``source`` is the array
+    ``a`` was converted from (the message then says whether the conversion overflowed).
+    When ``a`` is finite the check allocates at most 32 KB (never a boolean array as large
+    as a big ``a``)."""
+    if a.dtype.kind != "f" or _all_finite(a):
+        return
+    bad = np.argwhere(~np.isfinite(a))
+    where = tuple(int(i) for i in bad[0])
+    note = ""
+    if source is not None and source.size == a.size and source.dtype != a.dtype:
+        if source.dtype.kind != "f" or np.isfinite(source.reshape(a.shape)[where]):
+            value = source.reshape(a.shape)[where]
+            note = f" (overflow converting {value} from {source.dtype} to {a.dtype})"
+    raise ValueError(
+        f"{arg} must be finite, got {len(bad)} NaN or infinite value(s){note}, the first "
+        f"at index {where}: {a[where]}"
+    )
+
+
+#: largest array checked with np.isfinite (a boolean temporary of its size); larger ones
+#: take a BLAS dot product, which allocates nothing
+_ISFINITE_MAX = 1 << 15
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every entry of ``a`` is finite.  Small arrays: np.isfinite (the np.errstate a
+    dot product needs costs more than the whole check).  Large ones: a BLAS dot product (NaN
+    and inf propagate; several times faster than np.isfinite), confirmed exactly when it is
+    not finite."""
+    if a.size <= _ISFINITE_MAX:
+        return bool(np.isfinite(a).all())
+    flat = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat).all())
