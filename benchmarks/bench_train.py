@@ -20,6 +20,8 @@ from fastnn import _baselines as B
 
 NETS = ("a", "d", "c")
 IMPLS = ("fastnn-numba", "fastnn-cython", "numpy", "torch", "jax")
+#: fastnn's low-level API in a hand-written loop (layers, loss, optimizer step): steps only
+LAYER_IMPLS = ("fastnn-numba-layers", "fastnn-cython-layers")
 #: Timed rounds of a full epoch (pedantic; the (c) epoch is seconds long).
 EPOCH_ROUNDS = {"a": 3, "d": 3, "c": 2}
 
@@ -46,10 +48,11 @@ def _batch(obj, impl, x, y):
     return x, y
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + LAYER_IMPLS)
 @pytest.mark.parametrize("net", NETS)
 def test_step(benchmark, make_impl, thread_info, net, impl):
-    """One optimizer step on one batch (fastnn: ``train_on_batch``)."""
+    """One optimizer step on one batch (fastnn: ``train_on_batch``; ``-layers``: the
+    low-level API's calls)."""
     obj = make_impl(net, impl)
     n_in, _, n_out, batch = B.NETWORKS[net]
     x, y = _batch(obj, impl, *B.synthetic_data(batch, n_in, n_out, seed=1))

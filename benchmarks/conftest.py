@@ -94,12 +94,14 @@ def make_impl():
         sizes = B.network_sizes(net)
         weights = B.glorot_weights(sizes, 0)
         if impl.startswith("fastnn-"):
-            backend = impl[len("fastnn-") :]
+            backend = impl[len("fastnn-") :].removesuffix("-layers")
             from fastnn import backend as _backend
 
             why = _backend.why_unavailable(backend)
             if why is not None:
                 pytest.skip(f"backend {backend} unavailable: {why}")
+            if impl.endswith("-layers"):
+                return B.FastnnLayersMLP(sizes, backend, 0, weights)
             return B.FastnnMLP(sizes, backend, 0, weights)
         if impl == "numpy":
             model = B.NumpyMLP(sizes, 0)

@@ -61,6 +61,16 @@ def synthetic_data(n: int, n_in: int, n_classes: int = 10, seed: int = 0, dtype=
 # NumPy
 
 
+def step_epoch(train_step, X, Y, batch_size: int, rng) -> float:
+    """One shuffled epoch of ``train_step(x, y)`` calls on NumPy batches; the mean loss."""
+    order = rng.permutation(len(X))
+    total = 0.0
+    for start in range(0, len(X), batch_size):
+        idx = order[start : start + batch_size]
+        total += train_step(X[idx], Y[idx]) * len(idx)
+    return total / len(X)
+
+
 class NumpyMLP:
     """An MLP trained with hand-written NumPy: forward, softmax-CE, backward, Adam."""
 
@@ -133,12 +143,7 @@ class NumpyMLP:
         return loss
 
     def train_epoch(self, X, Y, batch_size: int, rng) -> float:
-        order = rng.permutation(len(X))
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            idx = order[start : start + batch_size]
-            total += self.train_step(X[idx], Y[idx]) * len(idx)
-        return total / len(X)
+        return step_epoch(self.train_step, X, Y, batch_size, rng)
 
 
 # ---------------------------------------------------------------------------------------
@@ -294,12 +299,7 @@ class JaxMLP:
         return float(loss)
 
     def train_epoch(self, X, Y, batch_size: int, rng) -> float:
-        order = rng.permutation(len(X))
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            idx = order[start : start + batch_size]
-            total += self.train_step(X[idx], Y[idx]) * len(idx)
-        return total / len(X)
+        return step_epoch(self.train_step, X, Y, batch_size, rng)
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,3 +343,53 @@ class FastnnMLP:
     def train_epoch(self, X, Y, batch_size: int, rng) -> float:
         hist = self.model.fit(X, Y, epochs=1, batch_size=batch_size, verbose=0, shuffle=True)
         return hist.history["loss"][-1]
+
+
+class FastnnLayersMLP:
+    """fastnn's low-level API in a hand-written loop, as a user writing their own loop runs
+    it: each Dense layer's forward, the loss and its gradient, each layer's backward, then
+    Adam's step over the layers' weights (every call checks its arguments)."""
+
+    def __init__(self, sizes, backend: str, seed: int = 0, weights=None):
+        from fastnn.layers import Dense
+        from fastnn.losses import SparseCategoricalCrossentropy
+        from fastnn.optimizers import Adam
+
+        self.backend = backend
+        self.name = f"fastnn-{backend}-layers"
+        acts = ["relu"] * (len(sizes) - 2) + ["softmax"]
+        rng = np.random.default_rng(seed)
+        self.layers = [
+            Dense(width, activation=act).build(fan_in, "float32", rng, backend)
+            for fan_in, width, act in zip(sizes[:-1], sizes[1:], acts)
+        ]
+        self.params = [w for layer in self.layers for w in layer.weights]
+        self.grads = [g for layer in self.layers for g in layer.grads]
+        for dst, w in zip(
+            self.params, weights if weights is not None else glorot_weights(sizes, seed)
+        ):
+            dst[...] = w
+        self.loss = SparseCategoricalCrossentropy()
+        self.opt = Adam(
+            learning_rate=ADAM["lr"],
+            beta_1=ADAM["beta_1"],
+            beta_2=ADAM["beta_2"],
+            epsilon=ADAM["epsilon"],
+        )
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.params]
+
+    def train_step(self, x, y) -> float:
+        out = x
+        for layer in self.layers:
+            out = layer.forward(out, training=True)
+        loss = self.loss(y, out, backend=self.backend)
+        grad = self.loss.gradient(y, out, backend=self.backend)
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        self.opt.step(self.params, self.grads, backend=self.backend)
+        return loss
+
+    def train_epoch(self, X, Y, batch_size: int, rng) -> float:
+        return step_epoch(self.train_step, X, Y, batch_size, rng)

@@ -169,6 +169,29 @@ def test_numpy_baseline_epoch_learns():
     assert last < first
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cython"])
+def test_low_level_loop_matches_numpy_baseline(backend):
+    """The hand-written loop on fastnn's layers, loss and optimizer trains the same network
+    as the NumPy MLP, on every backend."""
+    from fastnn import backend as _backend
+
+    why = _backend.why_unavailable(backend)
+    if why is not None:
+        pytest.skip(f"backend {backend} unavailable: {why}")
+    ref = B.NumpyMLP(SIZES)
+    net = B.FastnnLayersMLP(SIZES, backend, weights=ref.get_weights())
+    assert net.name == f"fastnn-{backend}-layers"
+    for seed in range(3):
+        xb, yb = B.synthetic_data(32, SIZES[0], SIZES[-1], seed=seed)
+        assert net.train_step(xb, yb) == pytest.approx(ref.train_step(xb, yb), rel=1e-5)
+    for w_ref, w in zip(ref.get_weights(), net.get_weights()):
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
+    rng = np.random.default_rng(0)
+    x, y = B.synthetic_data(96, SIZES[0], SIZES[-1], seed=5)
+    first = net.train_epoch(x, y, 32, rng)
+    assert net.train_epoch(x, y, 32, rng) < first
+
+
 def test_jax_baseline_matches_numpy_baseline():
     """The JAX step (one jit: gradients and Adam) trains the same network as the others."""
     pytest.importorskip("jax")
