@@ -32,6 +32,24 @@ def _number(value, arg, low=None, high=None, low_open=False):
     return value
 
 
+def _checked_pair(i, p, g) -> tuple[np.ndarray, np.ndarray]:
+    """params[i] and grads[i] as flat views for an update, or the error naming them."""
+    if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
+        raise TypeError(
+            f"params[{i}] must be a float32 or float64 NumPy array (updated in place), "
+            f"got {type(p).__name__} {getattr(p, 'dtype', '')}"
+        )
+    if not p.flags.c_contiguous or not p.flags.writeable:
+        raise ValueError(f"params[{i}] must be C-contiguous and writeable")
+    if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+        raise ValueError(
+            f"grads[{i}] must match params[{i}] (shape {p.shape}, dtype {p.dtype}), got "
+            f"shape {getattr(g, 'shape', None)}, dtype {getattr(g, 'dtype', None)}"
+        )
+    check_finite(g, f"grads[{i}]")
+    return p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
+
+
 class Optimizer:
     """Base class.  ``learning_rate`` is a positive number or a schedule: a callable
     step -> rate (see :mod:`fastnn.schedules`), evaluated once per step."""
@@ -132,6 +150,7 @@ class Optimizer:
         """Updates ``params`` in place from ``grads`` (arrays, or lists of arrays).
 
         State is kept per position in the list; the step counter advances once per call.
+        Every pair is checked before any is updated: an error leaves everything as it was.
         """
         single = isinstance(params, np.ndarray)
         params = [params] if single else list(params)
@@ -140,31 +159,13 @@ class Optimizer:
             raise ValueError(f"params and grads must pair up, got {len(params)} and {len(grads)}")
         _, k = _backend.resolve(backend)
         hyper = self.hyper()
-        for i, (p, g) in enumerate(zip(params, grads)):
-            if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
-                raise TypeError(
-                    f"params[{i}] must be a float32 or float64 NumPy array (updated in place), "
-                    f"got {type(p).__name__} {getattr(p, 'dtype', '')}"
-                )
-            if not p.flags.c_contiguous or not p.flags.writeable:
-                raise ValueError(f"params[{i}] must be C-contiguous and writeable")
-            if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
-                raise ValueError(
-                    f"grads[{i}] must match params[{i}] (shape {p.shape}, dtype {p.dtype}), got "
-                    f"shape {getattr(g, 'shape', None)}, dtype {getattr(g, 'dtype', None)}"
-                )
-            check_finite(g, f"grads[{i}]")
+        flat = [_checked_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
+        for i, (p, (p_flat, g_flat)) in enumerate(zip(params, flat)):
             key = (i, p.shape, p.dtype.str)
             if key not in self._state:
                 self._state[key] = self.init_state((p.size,), p.dtype)
-            k.optimizer_update(
-                p.reshape(-1),
-                np.ascontiguousarray(g).reshape(-1),
-                self._state[key],
-                self.code,
-                hyper,
-                self.iterations + 1,
-            )
+            state = self._state[key]
+            k.optimizer_update(p_flat, g_flat, state, self.code, hyper, self.iterations + 1)
         self.iterations += 1
 
     def apply_gradients(self, grads_and_vars) -> None:

@@ -141,6 +141,23 @@ def test_state_is_kept_per_parameter_position():
     np.testing.assert_array_equal(b, 0.0)  # b's buffer did not pick up a's gradients
 
 
+def test_step_with_a_bad_pair_updates_nothing():
+    """Every pair is checked before the first update: an error leaves the parameters, the
+    state and the step counter as they were."""
+    opt = Adam(learning_rate=0.1)
+    a, b = np.ones(3), np.ones(2)
+    opt.step([a, b], [np.ones(3), np.ones(2)])
+    before = (a.copy(), b.copy(), {k: v.copy() for k, v in opt._state.items()})
+    for bad in ([np.ones(3), np.array([1.0, np.nan])], [np.ones(3), np.ones(3)]):
+        with pytest.raises(ValueError, match=r"grads\[1\]"):
+            opt.step([a, b], bad)
+        np.testing.assert_array_equal(a, before[0])
+        np.testing.assert_array_equal(b, before[1])
+        for key, value in before[2].items():
+            np.testing.assert_array_equal(opt._state[key], value)
+        assert opt.iterations == 1
+
+
 def test_step_rejects_mismatched_grads():
     opt = SGD()
     with pytest.raises(ValueError, match="grads"):
