@@ -804,6 +804,101 @@ def test_cython_run_epoch_rejects_bad_arrays(name, bad, message):
         backend.load("cython").run_epoch(*args.values())
 
 
+def _per_batch_calls(rng):
+    """name -> (function name, keyword arguments) of valid float32 calls of the entry
+    points the layers, losses and optimizers make on every batch."""
+    f = np.float32
+
+    def arr(*shape):
+        return rng.standard_normal(shape).astype(f)
+
+    x, w, b, out = arr(6, 4), arr(4, 3), arr(3), arr(6, 3)
+    hyper = np.array(HYPER[C.ADAM], dtype=np.float64)
+    probs = np.full((6, 3), 1 / 3, f)
+    onehot = np.eye(3, dtype=f)[np.arange(6) % 3]
+    return {
+        "act_fwd": ("activation_forward", dict(x=x, out=arr(6, 4), act=C.RELU, alpha=0.0)),
+        "act_bwd": ("activation_backward",
+                    dict(y=x, dout=arr(6, 4), dx=arr(6, 4), act=C.RELU, alpha=0.0)),
+        "dense_fwd": ("dense_forward", dict(x=x, w=w, b=b, out=out, act=C.RELU, alpha=0.0)),
+        "dense_bwd": ("dense_backward",
+                      dict(x=x, w=w, y=out, dout=arr(6, 3), dz=arr(6, 3), dx=arr(6, 4),
+                           dw=arr(4, 3), db=arr(3), act=C.RELU, alpha=0.0, need_dx=1)),
+        "loss_grad": ("loss_grad", dict(out=probs, y=onehot, sw=np.ones(6, f), p=arr(6, 3),
+                                        dz=arr(6, 3), loss_code=C.CATEGORICAL_CE)),
+        "opt": ("optimizer_update", dict(params=arr(12), grads=arr(12),
+                                         state=np.abs(arr(2, 12)), opt_code=C.ADAM,
+                                         hyper=hyper, step=1)),
+    }  # fmt: skip
+
+
+_BAD_CALLS = [
+    ("dense_fwd", "w", lambda a: a.astype(np.float64), "w must have dtype float32"),
+    ("dense_fwd", "x", lambda a: a.astype(np.int32), "x must have dtype float32 or float64"),
+    ("dense_fwd", "out", _read_only, "out must be writeable"),
+    ("dense_fwd", "b", lambda a: a[None], "b must be 1-D"),
+    ("dense_fwd", "x", list, "x must be a NumPy array, got list"),
+    ("dense_bwd", "dw", lambda a: np.asfortranarray(a), "dw must be C-contiguous"),
+    ("dense_bwd", "db", lambda a: a[:2], "db must have shape (3,)"),
+    ("dense_bwd", "dx", lambda a: a[:, :3].copy(), "dx must have shape (6, 4)"),
+    ("act_fwd", "out", lambda a: a.astype(">f4"), "out must have dtype float32 (native"),
+    ("act_bwd", "dx", _read_only, "dx must be writeable"),
+    ("loss_grad", "sw", lambda a: a[:4], "y and sw must have 6 rows"),
+    ("loss_grad", "p", lambda a: a.astype(np.float64), "p must have dtype float32"),
+    ("opt", "hyper", lambda a: a.astype(np.float32), "hyper must have dtype float64"),
+    ("opt", "state", lambda a: a[0], "state must be 2-D"),
+    ("opt", "grads", lambda a: a[:5], "grads must have 12 elements"),
+]
+
+
+@pytest.mark.parametrize("case, name, bad, message", _BAD_CALLS)
+def test_cython_per_batch_calls_reject_bad_arrays(case, name, bad, message):
+    """The per-batch entry points check their arrays through the NumPy C API: a clear error
+    naming the argument, never a read or write outside a buffer."""
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    module = backend.load("cython")
+    func, kwargs = _per_batch_calls(rng_for("bad-call", case))[case]
+    getattr(module, func)(**kwargs)  # the valid call runs
+    kwargs[name] = bad(kwargs[name])
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        getattr(module, func)(**kwargs)
+
+
+#: the read-only arguments of each per-batch call
+_CALL_INPUTS = {
+    "act_fwd": ("x",),
+    "act_bwd": ("y", "dout"),
+    "dense_fwd": ("x", "w", "b"),
+    "dense_bwd": ("x", "w", "y", "dout"),
+    "loss_grad": ("out", "y", "sw"),
+    "opt": ("grads", "hyper"),
+}
+
+
+@dtypes
+def test_cython_per_batch_calls_take_read_only_inputs(dtype):
+    """Inputs may be read-only (only outputs must be writeable): the same results as with
+    writeable inputs."""
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    module = backend.load("cython")
+    for case, (func, kwargs) in _per_batch_calls(rng_for("read-only")).items():
+        kwargs = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and k != "hyper" else v)
+                  for k, v in kwargs.items()}  # fmt: skip
+        runs = []
+        for read_only in (False, True):
+            kw = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+            if read_only:
+                kw.update({k: _read_only(kw[k]) for k in _CALL_INPUTS[case]})
+            runs.append((getattr(module, func)(**kw), kw))
+        (r0, kw0), (r1, kw1) = runs
+        assert r0 == r1, case
+        for k in kwargs:
+            if isinstance(kwargs[k], np.ndarray):
+                np.testing.assert_array_equal(kw1[k], kw0[k], err_msg=f"{case} {k}")
+
+
 # ---------------------------------------------------------------------------------------
 # 5. One compiled signature per dtype after a training run (numba)
 
