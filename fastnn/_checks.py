@@ -53,16 +53,38 @@ def check_finite(a: np.ndarray, arg: str, source=None) -> None:
     )
 
 
-#: largest array checked with np.isfinite (a boolean temporary of its size); larger ones
-#: take a BLAS dot product, which allocates nothing
+#: largest array checked with np.isfinite (a boolean temporary of its size) when the cython
+#: extension is not built; larger ones take a BLAS dot product, which allocates nothing
 _ISFINITE_MAX = 1 << 15
+
+#: the cython extension's any_nonfinite once looked up; False when it is not built
+_compiled_check = None
+
+
+def _compiled():
+    """One vectorised pass in C with no temporary (0.15-0.2 us for a few thousand entries,
+    against about 2 us for np.isfinite), when the cython extension is built."""
+    global _compiled_check
+    if _compiled_check is None:
+        from . import backend
+
+        try:
+            _compiled_check = backend.load("cython").any_nonfinite
+        except (RuntimeError, AttributeError):
+            _compiled_check = False
+    return _compiled_check
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    """Whether every entry of ``a`` is finite.  Small arrays: np.isfinite (the np.errstate a
-    dot product needs costs more than the whole check).  Large ones: a BLAS dot product (NaN
-    and inf propagate; several times faster than np.isfinite), confirmed exactly when it is
-    not finite."""
+    """Whether every entry of ``a`` is finite.  A C-contiguous native float32/float64 array
+    goes to the cython extension's single pass when it is built.  Otherwise small arrays
+    take np.isfinite (the np.errstate a dot product needs costs more than the whole check)
+    and large ones a BLAS dot product (NaN and inf propagate; several times faster than
+    np.isfinite), confirmed exactly when it is not finite."""
+    fast = _compiled()
+    native = a.dtype == np.float32 or a.dtype == np.float64
+    if fast and native and a.flags.c_contiguous and a.flags.aligned:
+        return not fast(a)
     if a.size <= _ISFINITE_MAX:
         return bool(np.isfinite(a).all())
     flat = a.reshape(-1)

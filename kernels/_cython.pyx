@@ -1669,6 +1669,26 @@ def _flat(a, str name):
     return a.reshape(-1)
 
 
+def any_nonfinite(a):
+    """Whether ``a``, a C-contiguous, aligned, native float32 or float64 array of any shape,
+    holds an inf or NaN (one vectorised pass; the package's argument checks use it)."""
+    cdef Py_ssize_t isz = _float_size(a, "a")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr)):
+        raise ValueError("a must be C-contiguous, aligned and in native byte order")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
+    cdef char* data = cnp.PyArray_BYTES(arr)
+    cdef bint bad
+    if isz == 4:
+        with nogil:
+            bad = _any_nonfinite(<const float*>data, n)
+    else:
+        with nogil:
+            bad = _any_nonfinite(<const double*>data, n)
+    return bad
+
+
 def dropout_forward(x, out, double rate, seed):
     """out = x * keep / (1 - rate) with the splitmix64 keep-mask.  x, out (N, O); may alias."""
     if x.shape != out.shape:

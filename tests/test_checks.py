@@ -12,9 +12,20 @@ from fastnn._checks import _all_finite, as_float, check_finite
 SIZES = (1, 7, _checks._ISFINITE_MAX, _checks._ISFINITE_MAX + 1, 100_003)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def finite_path(request, monkeypatch):
+    """Runs a test through the cython extension's check (skipped when it is not built) and
+    through NumPy's."""
+    if request.param == "numpy":
+        monkeypatch.setattr(_checks, "_compiled_check", False)
+    elif not _checks._compiled():
+        pytest.skip("the cython extension is not built")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", SIZES)
-def test_all_finite_on_both_sides_of_the_threshold(dtype, n):
+def test_all_finite_on_both_sides_of_the_threshold(finite_path, dtype, n):
     big = np.finfo(dtype).max
     a = np.full(n, big, dtype)  # finite, but a dot product of it overflows
     a[::2] = -big
@@ -29,6 +40,22 @@ def test_all_finite_on_both_sides_of_the_threshold(dtype, n):
             assert not _all_finite(b)
             with pytest.raises(ValueError, match=rf"x must be finite.*index \({where},\)"):
                 check_finite(b, "x")
+
+
+def test_all_finite_of_views_byte_orders_and_other_floats(finite_path):
+    """Arrays the compiled pass does not take (strided, swapped, float16, unaligned) are
+    still checked exactly."""
+    a = np.arange(24, dtype=np.float64).reshape(4, 6)
+    raw = np.zeros(8 * 24 + 1, np.uint8)[1:].view(np.float64)  # an unaligned buffer
+    raw[...] = a.reshape(-1)
+    assert not raw.flags.aligned
+    for view in (a[:, ::2], a.T, a.astype(">f8"), a.astype(np.float16), raw):
+        assert _all_finite(view)
+        bad = view.copy()
+        bad.reshape(-1)[5] = np.inf
+        assert not _all_finite(bad)
+    raw[7] = np.nan
+    assert not _all_finite(raw)
 
 
 def test_as_float_returns_its_input_only_when_nothing_changes():
