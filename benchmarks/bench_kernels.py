@@ -312,3 +312,24 @@ def test_dropout_forward(benchmark, name):
     _run(benchmark, k.dropout_forward, x, out, 0.5, 12345)
     _info(benchmark, name, shape="1024x1024")
     _rate(benchmark, "gb_per_s", 2.0 * x.nbytes / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# The argument checks' finite pass: the cython extension's any_nonfinite against np.isfinite
+
+FINITE_SIZES = {"4096": 4096, "1M": 1 << 20}
+
+
+@pytest.mark.parametrize("size", FINITE_SIZES)
+@pytest.mark.parametrize("name", ("numpy", "cython"))
+def test_any_nonfinite(benchmark, name, size):
+    """Whether an array holds an inf or NaN (every API call checks its float arguments)."""
+    a = np.random.default_rng(0).standard_normal(FINITE_SIZES[size]).astype(DTYPE)
+    if name == "numpy":
+        fn = lambda a: not np.isfinite(a).all()  # noqa: E731
+    else:
+        fn = _module(name).any_nonfinite
+    benchmark.group = f"kernel any_nonfinite {size}"
+    assert _run(benchmark, fn, a) is False
+    _info(benchmark, name, entries=a.size)
+    _rate(benchmark, "gb_per_s", a.nbytes / 1e9)
