@@ -1,7 +1,8 @@
 """Training speed: one step and one MNIST-shaped epoch, fastnn vs NumPy vs PyTorch (vs JAX).
 
 Networks (float32, Adam, ReLU hidden layers, softmax + sparse cross-entropy):
-(a) 784-128-10 batch 64, (d) 64-64-10 batch 32, (c) 784-1024-1024-10 batch 256.
+(a) 784-128-10 batch 64, (d) 64-64-10 batch 32, (c) 784-1024-1024-10 batch 256, (bn)
+784-256-10 batch 64 with BatchNormalization between the hidden Dense and its ReLU.
 
 One benchmark group per network and kind ("a step", "a epoch", ...): read the ratios
 within a group.  ``extra_info`` holds samples/s and the thread counts.  Under
@@ -18,12 +19,12 @@ import pytest
 
 from fastnn import _baselines as B
 
-NETS = ("a", "d", "c")
+NETS = ("a", "d", "c", "bn")
 IMPLS = ("fastnn-numba", "fastnn-cython", "numpy", "torch", "jax")
 #: fastnn's low-level API in a hand-written loop (layers, loss, optimizer step): steps only
 LAYER_IMPLS = ("fastnn-numba-layers", "fastnn-cython-layers")
 #: Timed rounds of a full epoch (pedantic; the (c) epoch is seconds long).
-EPOCH_ROUNDS = {"a": 3, "d": 3, "c": 2}
+EPOCH_ROUNDS = {"a": 3, "d": 3, "c": 2, "bn": 3}
 
 
 def _group(net: str, kind: str) -> str:

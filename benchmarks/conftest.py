@@ -92,7 +92,8 @@ def make_impl():
 
     def make(net: str, impl: str):
         sizes = B.network_sizes(net)
-        weights = B.glorot_weights(sizes, 0)
+        bn = net in B.BATCHNORM
+        weights = B.glorot_weights(sizes, 0, batchnorm=bn)
         if impl.startswith("fastnn-"):
             backend = impl[len("fastnn-") :].removesuffix("-layers")
             from fastnn import backend as _backend
@@ -101,18 +102,20 @@ def make_impl():
             if why is not None:
                 pytest.skip(f"backend {backend} unavailable: {why}")
             if impl.endswith("-layers"):
+                if bn:
+                    pytest.skip("the hand-written loop covers Dense stacks only")
                 return B.FastnnLayersMLP(sizes, backend, 0, weights)
-            return B.FastnnMLP(sizes, backend, 0, weights)
+            return B.FastnnMLP(sizes, backend, 0, weights, batchnorm=bn)
         if impl == "numpy":
-            model = B.NumpyMLP(sizes, 0)
+            model = B.NumpyMLP(sizes, 0, batchnorm=bn)
             model.set_weights(weights)
             return model
         if impl == "torch":
             pytest.importorskip("torch")
-            return B.TorchMLP(sizes, 0, weights=weights)
+            return B.TorchMLP(sizes, 0, weights=weights, batchnorm=bn)
         if impl == "jax":
             pytest.importorskip("jax")
-            return B.JaxMLP(sizes, 0, weights=weights)
+            return B.JaxMLP(sizes, 0, weights=weights, batchnorm=bn)
         raise ValueError(f"unknown implementation {impl!r}")
 
     return make

@@ -11,11 +11,13 @@
 from . import callbacks, datasets, layers, losses, optimizers, regularizers, schedules
 from .backend import get_backend, set_backend
 from .gradcheck import gradcheck
+from .layers import Input
 from .model import NonFiniteLossError, Sequential
 from .saving import load_model
 
 __version__ = "0.1.0"
 __all__ = [
+    "Input",
     "Sequential",
     "NonFiniteLossError",
     "callbacks",

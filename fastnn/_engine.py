@@ -1,15 +1,18 @@
-"""The compiled-stack engine under a model: flat buffers, layer tables, workspaces.
+"""The compiled-stack engine under a model: flat buffers, plans, workspaces.
 
-All parameters of a model are views into one contiguous buffer, all gradients into another
-and the optimizer state into a (slots, P) array, so one kernel call updates everything.
-Workspaces (activations, gradients, gathered batches) are allocated once per batch size.
+All trainable weights of a model are views into one contiguous buffer (``params``), all
+gradients into another, the optimizer state into a (slots, P) array and the non-trainable
+weights into a fourth buffer (``nontrain``) that no optimizer touches, so one kernel call
+updates everything.  Workspaces (the plan for a batch size, activations and saved tensors,
+gradients, float64 accumulators, gathered batches) are allocated once per batch size.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .kernels import codes
+from ._plan import build_plan
+from .layers.base import size_of
 
 
 def _touched_zeros(shape, dtype) -> np.ndarray:
@@ -21,53 +24,91 @@ def _touched_zeros(shape, dtype) -> np.ndarray:
 
 
 class Workspace:
-    """Per-batch-size buffers of one stack: acts, gbuf and gathered batch xb, yb, swb."""
+    """Per-batch-size buffers of one model: the plan for ``rows`` samples, acts, gbuf, acc
+    and the gathered batch xb, yb, swb."""
 
     def __init__(self, engine, rows: int, n_targets: int):
-        widths = engine.widths
-        zeros = engine.zeros
         self.rows = rows
-        self.acts = zeros((rows * int(sum(widths)),))
-        self.gbuf = zeros((2 * rows * max(engine.input_dim, *widths),))
-        self.xb = zeros((rows, engine.input_dim))
+        self.plan = engine.plan_for(rows)
+        zeros = engine.zeros
+        self.acts = zeros((self.plan.acts_size,))
+        self.gbuf = zeros((self.plan.gbuf_size,))
+        self.acc = engine.zeros((self.plan.acc_size,), np.float64)
+        self.xb = zeros((rows, engine.input_size))
         self.yb = zeros((rows, n_targets))
         self.swb = zeros((rows,))
         self.warmed = False  # set once a zero batch has run through it (Sequential._warm_up)
+        self._loss_plans: dict = {}
+
+    @property
+    def work(self) -> tuple:
+        """The ``work`` argument of forward_stack/backward_stack: (acts, gbuf, acc)."""
+        return self.acts, self.gbuf, self.acc
+
+    @property
+    def buffers(self) -> tuple:
+        """The ``ws`` argument of run_epoch: (xb, yb, swb, acts, gbuf, acc)."""
+        return self.xb, self.yb, self.swb, self.acts, self.gbuf, self.acc
+
+    def loss_plan(self, train_act: int):
+        """The plan with the last activation a fused loss replaces."""
+        if train_act not in self._loss_plans:
+            self._loss_plans[train_act] = self.plan.with_last_activation(train_act)
+        return self._loss_plans[train_act]
 
 
 class Engine:
-    """Flat parameter/gradient/state buffers and tables of a built layer stack."""
+    """Flat parameter/gradient/state buffers and the plans of a built layer stack."""
 
-    def __init__(self, layers, input_dim: int, dtype, kernels):
+    def __init__(self, layers, input_shape, dtype, kernels):
         self.kernels = kernels
         self.dtype = np.dtype(dtype)
-        self.input_dim = input_dim
+        self.input_shape = tuple(input_shape)
+        self.input_size = size_of(self.input_shape)
         self.layers = layers
-        self.widths = [layer.units for layer in layers]
-        self.n_params = sum(int(np.prod(s)) for layer in layers for s in layer.param_shapes())
+        self.offsets, self.n_params, self.n_nontrain = self._layout(layers)
         host = _touched_zeros(self.n_params, self.dtype)
         self.host_grads = _touched_zeros(self.n_params, self.dtype)
-        rows, frows, offset = [], [], 0
-        for layer in layers:
-            row, frow = layer.table_row(offset)
-            rows.append(row)
-            frows.append(frow)
-            if layer.has_weights:
-                offset = layer.bind(host, self.host_grads, offset)
-        self.table = np.array(rows, dtype=np.int64).reshape(len(layers), 4)
-        self.table_f = np.array(frows, dtype=np.float64).reshape(len(layers), 3)
+        self.host_nontrain = _touched_zeros(self.n_nontrain, self.dtype)
+        for layer, offs in zip(layers, self.offsets):
+            layer.bind(host, self.host_grads, self.host_nontrain, offs)
         self.host_params = host
         self.on_device = hasattr(kernels, "to_device")
         self.params = kernels.to_device(host) if self.on_device else host
         self.grads = self.zeros((self.n_params,)) if self.on_device else self.host_grads
+        host_nontrain = self.host_nontrain
+        self.nontrain = kernels.to_device(host_nontrain) if self.on_device else host_nontrain
         self.state = None
+        self._plans: dict = {}
         self._workspaces: dict = {}
+        self.plan_for(1)  # every shape and bounds check runs now, at build
+
+    @staticmethod
+    def _layout(layers):
+        """Offsets of every weight: trainable ones in params, the others in nontrain, layer
+        by layer in declaration order (an MLP's params: kernel then bias, layer by layer)."""
+        offsets, n_params, n_nontrain = [], 0, 0
+        for layer in layers:
+            offs = {}
+            for spec in layer.weight_specs():
+                if spec.trainable:
+                    offs[spec.name], n_params = n_params, n_params + size_of(spec.shape)
+                else:
+                    offs[spec.name], n_nontrain = n_nontrain, n_nontrain + size_of(spec.shape)
+            offsets.append(offs)
+        return offsets, n_params, n_nontrain
 
     # -- memory -----------------------------------------------------------------------
-    def zeros(self, shape):
+    def zeros(self, shape, dtype=None):
+        dtype = self.dtype if dtype is None else dtype
         if hasattr(self.kernels, "zeros"):
-            return self.kernels.zeros(shape, self.dtype)
-        return _touched_zeros(shape, self.dtype)
+            return self.kernels.zeros(shape, dtype)
+        return _touched_zeros(shape, dtype)
+
+    def plan_for(self, rows: int):
+        if rows not in self._plans:
+            self._plans[rows] = build_plan(self.layers, self.offsets, self.input_shape, rows)
+        return self._plans[rows]
 
     def workspace(self, rows: int, n_targets: int) -> Workspace:
         key = (rows, n_targets)
@@ -77,16 +118,23 @@ class Engine:
             self._workspaces[key] = Workspace(self, rows, n_targets)
         return self._workspaces[key]
 
+    @property
+    def net(self) -> tuple:
+        """The ``net`` argument of the kernels: (params, grads, state, nontrain)."""
+        return self.params, self.grads, self.state, self.nontrain
+
     def pull(self) -> np.ndarray:
-        """The parameters as a host array (the layers' views see them)."""
+        """The weights as host arrays (the layers' views see them); returns params."""
         if self.on_device:
             self.host_params[...] = self.kernels.to_host(self.params)
+            self.host_nontrain[...] = self.kernels.to_host(self.nontrain)
         return self.host_params
 
     def push(self) -> None:
-        """Sends host parameter edits to the device (no-op on the CPU)."""
+        """Sends host weight edits to the device (no-op on the CPU)."""
         if self.on_device:
             self.params = self.kernels.to_device(self.host_params)
+            self.nontrain = self.kernels.to_device(self.host_nontrain)
 
     def init_state(self, optimizer) -> None:
         state = optimizer.init_state((self.n_params,), self.dtype)
@@ -99,14 +147,3 @@ class Engine:
     def set_state(self, state: np.ndarray) -> None:
         state = np.ascontiguousarray(state, dtype=self.dtype)
         self.state = self.kernels.to_device(state) if self.on_device else state
-
-    # -- tables -----------------------------------------------------------------------
-    def train_table(self, train_act: int) -> np.ndarray:
-        """The layer table with the last layer's activation replaced (fused losses)."""
-        table = self.table.copy()
-        if table[-1, 0] != codes.DROPOUT:
-            table[-1, 2] = train_act
-        return table
-
-    def output_offset(self, rows: int) -> int:
-        return rows * int(sum(self.widths[:-1]))

@@ -62,7 +62,10 @@ def add_parser(sub) -> None:
         nargs="+",
         choices=sorted(NETWORKS),
         default=None,
-        help="a: 784-128-10 b64, d: 64-64-10 b32, c: 784-1024-1024-10 b256 (default a d c)",
+        help=(
+            "a: 784-128-10 b64, d: 64-64-10 b32, c: 784-1024-1024-10 b256, bn: 784-256-10 b64 "
+            "with BatchNormalization before the hidden ReLU (default a d c)"
+        ),
     )
     p.add_argument(
         "--epoch",
@@ -268,17 +271,18 @@ def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
     from . import _baselines as B
 
     sizes = network_sizes(net)
-    weights = B.glorot_weights(sizes, seed)
+    bn = net in B.BATCHNORM
+    weights = B.glorot_weights(sizes, seed, batchnorm=bn)
     impls = {}
     for be in backends:
-        impls[f"fastnn-{be}"] = B.FastnnMLP(sizes, be, seed, weights)
+        impls[f"fastnn-{be}"] = B.FastnnMLP(sizes, be, seed, weights, batchnorm=bn)
     if "numpy" in baselines:
-        impls["numpy"] = B.NumpyMLP(sizes, seed)
+        impls["numpy"] = B.NumpyMLP(sizes, seed, batchnorm=bn)
         impls["numpy"].set_weights(weights)
     if "torch" in baselines:
-        impls["torch"] = B.TorchMLP(sizes, seed, weights=weights)
+        impls["torch"] = B.TorchMLP(sizes, seed, weights=weights, batchnorm=bn)
     if "jax" in baselines:
-        impls["jax"] = B.JaxMLP(sizes, seed, weights=weights)
+        impls["jax"] = B.JaxMLP(sizes, seed, weights=weights, batchnorm=bn)
     return impls
 
 
@@ -477,13 +481,13 @@ _COLD_SCRIPT = r"""
 import json, statistics, sys, time
 t0 = time.perf_counter()
 import fastnn
-from fastnn._baselines import NETWORKS, fastnn_model, network_sizes, synthetic_data
+from fastnn._baselines import BATCHNORM, NETWORKS, fastnn_model, network_sizes, synthetic_data
 t1 = time.perf_counter()
 net, backend, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sizes = network_sizes(net)
 batch = NETWORKS[net][3]
 x, y = synthetic_data(steps * batch, sizes[0], sizes[-1])
-model = fastnn_model(sizes, backend)
+model = fastnn_model(sizes, backend, batchnorm=net in BATCHNORM)
 
 
 class StepTimes(fastnn.callbacks.Callback):

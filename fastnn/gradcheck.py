@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import codes
 from .kernels import reference as ref
 
 
@@ -103,29 +102,30 @@ def gradcheck(
 
 def _check_model(model, x, y, sample_weight, eps, rtol, atol, max_checks, rng):
     X, Y, SW = (np.asarray(a, dtype=np.float64) for a in model._prepare(x, y, sample_weight))
-    plan, table = model._stack_plan()
-    tf = model._engine.table_f
-    params = model._engine.pull().astype(np.float64)
+    loss_plan = model._stack_plan()
+    eng = model._engine
+    params = eng.pull().astype(np.float64)
+    nontrain = eng.host_nontrain.astype(np.float64)
     grads = np.zeros_like(params)
     n = len(X)
-    widths = table[:, 1]
-    acts = np.zeros(n * int(widths.sum()))
-    gbuf = np.zeros(2 * n * max(X.shape[1], int(widths.max())))
-    out_off, width = ref.output_offset(table, n), int(widths[-1])
+    plan = eng.plan_for(n).with_last_activation(loss_plan.train_act)
+    acts, gbuf, acc = (np.zeros(size) for size in (plan.acts_size, plan.gbuf_size,
+                                                     plan.acc_size))  # fmt: skip
+    net = (params, grads, np.zeros((1, params.size)), nontrain)
+    work = (acts, gbuf, acc)
+    loss_args = (loss_plan.code, loss_plan.logits_out, 0, 0.5)
+    kept = nontrain.copy()  # a training forward moves BatchNormalization's statistics
 
-    def loss_and_grad():
-        ref.forward_stack(X, params, acts, table, tf, 1, 7, 1)
-        out = acts[out_off : out_off + n * width].reshape(n, width)
-        dz = gbuf[: n * width].reshape(n, width)
-        fused = plan.code in (codes.SOFTMAX_CE, codes.SPARSE_SOFTMAX_CE, codes.SIGMOID_BCE)
-        p = out if fused and not plan.logits_out else dz
-        return ref.loss_grad(out, Y, SW, p, dz, plan.code)
+    def loss_value():
+        nontrain[...] = kept
+        ref.forward_stack(X, plan.args, net, work, 1, 7, 1)
+        return ref._stack_loss(X, Y, SW, plan.args, work, loss_args)
 
     def loss():
-        return loss_and_grad() + ref.penalty_stack(params, table, tf, X.shape[1])
+        return loss_value() + ref.penalty_stack(params, plan.args)
 
-    loss_and_grad()
-    ref.backward_stack(X, params, grads, acts, gbuf, table, tf, 7, 1)
+    loss_value()
+    ref.backward_stack(X, plan.args, net, work, 7, 1)
     idx = _indices(params.size, max_checks, rng)
     return _compare(grads[idx], _numeric(loss, params, idx, eps), rtol, atol)
 
@@ -133,21 +133,24 @@ def _check_model(model, x, y, sample_weight, eps, rtol, atol, max_checks, rng):
 def _check_layer(layer, x, eps, rtol, atol, max_checks, rng):
     x = np.array(x, dtype=np.float64)
     if not layer.built:
-        layer.build(x.shape[1], np.float64, rng)
+        layer.build(x.shape[1:], np.float64, rng)
     if layer.dtype != np.float64:
         raise ValueError(f"gradcheck needs a float64 layer, got {layer.dtype}")
-    r = rng.normal(size=(x.shape[0], layer.units))
+    r = rng.normal(size=(x.shape[0], *layer.output_shape))
+    kept = [w.copy() for w in layer.non_trainable_weights]  # moving statistics
     # a Dropout layer is checked on its training path with a fixed mask
     seed_state = getattr(layer, "_calls", None)
 
     def loss():
         if seed_state is not None:
             layer._calls = seed_state
+        for w, k in zip(layer.non_trainable_weights, kept):
+            w[...] = k
         value = float(np.sum(layer.forward(x, training=True) * r))
         return value + (layer.penalty() if hasattr(layer, "penalty") else 0.0)
 
     loss()
-    thetas = [x, *(w for w in getattr(layer, "weights", []))]
+    thetas = [x, *layer.trainable_weights]
     grads = [layer.backward(r).copy(), *(g.copy() for g in getattr(layer, "grads", []))]
     analytic, numeric = [], []
     for theta, grad in zip(thetas, grads):

@@ -17,7 +17,8 @@ from ._engine import Engine
 from ._fit import fit_loop
 from ._names import lookup
 from .kernels import codes
-from .layers import Flatten, Layer, float_dtype
+from .layers import Flatten, Input, Layer, float_dtype
+from .layers.base import check_weight_list, sample_shape, size_of
 
 _METRICS = {
     "accuracy": "accuracy",
@@ -51,29 +52,51 @@ WARM_UP_MAX_BYTES = 64 << 20
 _NO_FP_WARNINGS = frozenset({"numba", "cython"})
 
 
-def _to_features(x, arg, dtype, flatten):
+def _to_samples(x, arg, dtype, shape, flat_ok):
+    """x (N, *shape) as a C-contiguous (N, size) array of ``dtype``, checked once per call
+    (never per batch).  With ``flat_ok`` (a model starting with Flatten) samples may also
+    come flattened already; ``shape`` None accepts any 1 to 3 axes per sample."""
     x = as_array(x, arg)
     if x.ndim >= 1 and x.shape[0] == 0:
         raise ValueError(f"{arg} must have at least one sample, got shape {x.shape} (empty)")
-    if flatten is not None and x.ndim >= 2:
-        x = x.reshape(x.shape[0], -1)
     if x.ndim == 1:
         raise ValueError(
             f"{arg} must be 2-D (samples, features), got shape {x.shape}; "
             "reshape a single feature with x.reshape(-1, 1)"
         )
-    if x.ndim != 2:
-        raise ValueError(
-            f"{arg} must be 2-D (samples, features), got shape {x.shape}; "
-            "add a Flatten() first layer for multi-dimensional samples"
-        )
-    if x.shape[1] == 0:
+    got = tuple(x.shape[1:])
+    if 0 in got:
         raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")
+    if shape is None:
+        if len(got) > 3:
+            raise ValueError(
+                f"{arg} must have 1 to 3 axes per sample, got shape {x.shape}; declare the "
+                "input with Input(shape=...) and reshape the data to it"
+            )
+    elif got != tuple(shape) and not (flat_ok and got == (size_of(shape),)):
+        raise ValueError(_shape_mismatch(arg, x.shape, shape))
     # one conversion per call (never per batch): any float/int dtype or memory layout in,
     # C-contiguous model dtype out, so the kernels see one signature per dtype
-    out = as_float(x, dtype)
+    out = as_float(x.reshape(x.shape[0], -1), dtype)
     check_finite(out, arg, x)
-    return out
+    return out, got
+
+
+def _shape_mismatch(arg, got, shape) -> str:
+    if len(shape) == 1 and len(got) == 2:
+        return (
+            f"{arg} must have {shape[0]} features per sample to match the model's input, got "
+            f"{got[1]} ({arg} shape {got})"
+        )
+    msg = (
+        f"{arg} must have samples of shape {tuple(shape)} to match the model's input, got "
+        f"shape {got}"
+    )
+    if tuple(got[1:]) + (1,) == tuple(shape):
+        msg += f"; add the channel axis: {arg}[..., None]"
+    elif len(shape) == 1 and size_of(got[1:]) == shape[0]:
+        msg += f"; flatten the samples: {arg}.reshape(len({arg}), -1)"
+    return msg
 
 
 def check_int(value, arg: str, low: int = 1) -> int:
@@ -102,15 +125,16 @@ class Sequential:
 
     Parameters
     ----------
-    layers : list of Layer, optional
-        Dense, Dropout, Activation layers; a Flatten may come first.
+    layers : list, optional
+        Optionally ``fastnn.Input(shape)`` first, then layers: Dense, Dropout, Activation,
+        BatchNormalization, Normalization, Flatten (anywhere).
     seed : int, optional
         Seeds weight initialisation, batch shuffling and dropout: the same seed gives the
         same initial weights and the same batch order.
     dtype : {"float32", "float64"}
         Floating type of weights and computation.
     backend : str, optional
-        Kernel backend ("numba", "cython", "numpy", "cuda"); default :func:`fastnn.get_backend`.
+        Kernel backend ("cython", "numba", "numpy", "cuda"); default :func:`fastnn.get_backend`.
     """
 
     def __init__(
@@ -128,7 +152,7 @@ class Sequential:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
         if layers is not None and (
-            isinstance(layers, (Layer, Flatten, str)) or not hasattr(layers, "__iter__")
+            isinstance(layers, (Layer, Input, str)) or not hasattr(layers, "__iter__")
         ):
             raise TypeError(
                 f"layers must be a list of layers, got {type(layers).__name__}; "
@@ -137,7 +161,7 @@ class Sequential:
         self.backend_name, self._kernels = _backend.resolve(backend)
         self.name = name or "sequential"
         self.layers: list[Layer] = []
-        self._flatten: Flatten | None = None
+        self._input: Input | None = None
         self._engine: Engine | None = None
         self.optimizer = self.loss = self._plan = None
         self.metrics: list[str] = []
@@ -151,15 +175,15 @@ class Sequential:
 
     # -- structure --------------------------------------------------------------------
     def add(self, layer) -> None:
-        """Appends a layer (a Flatten only as the first layer)."""
+        """Appends a layer (an :class:`fastnn.Input` only first)."""
         if self._engine is not None:
             raise RuntimeError("cannot add layers to a model that is already built")
-        if isinstance(layer, Flatten):
-            if self.layers or self._flatten is not None:
-                raise ValueError("Flatten is supported only as the first layer")
-            self._flatten = layer
+        if isinstance(layer, Input):
+            if self.layers or self._input is not None:
+                raise ValueError("Input must be the first element of the model")
+            self._input = layer
             return
-        if isinstance(layer, type) and issubclass(layer, (Layer, Flatten)):
+        if isinstance(layer, type) and issubclass(layer, (Layer, Input)):
             raise TypeError(
                 f"layers must be layer instances, got the class {layer.__name__}; "
                 f"call it, e.g. {layer.__name__}(...)"
@@ -171,65 +195,121 @@ class Sequential:
                 f"layers must be distinct objects, got layer {layer.name!r} twice; "
                 "create a new layer instead"
             )
+        if self.layers and layer.declared_input_shape is not None:
+            raise ValueError(
+                f"only the first layer may declare an input shape, got input_shape="
+                f"{layer.declared_input_shape} on layer {len(self.layers)}; use "
+                "fastnn.Input(shape=...) first instead"
+            )
         if layer.name is None:
             layer.name = f"{type(layer).__name__.lower()}_{len(self.layers)}"
+        if "/" in layer.name or not layer.name:
+            raise ValueError(f"layer names must be non-empty without '/', got {layer.name!r}")
+        if any(other.name == layer.name for other in self.layers):
+            raise ValueError(
+                f"layer names must be unique in a model, got {layer.name!r} twice (model files "
+                "store weights by layer name); pass name=... to one of them"
+            )
         self.layers.append(layer)
 
-    def _declared_input_dim(self) -> int | None:
-        if self._flatten is not None and self._flatten.input_shape:
-            return int(np.prod(self._flatten.input_shape))
-        return getattr(self.layers[0], "declared_input_dim", None) if self.layers else None
+    def _declared_input_shape(self) -> tuple | None:
+        if self._input is not None:
+            return self._input.shape
+        return self.layers[0].declared_input_shape if self.layers else None
 
     def _maybe_build(self) -> bool:
-        """Builds the model if its input width is declared; returns whether it is built."""
-        if self._engine is None and self._declared_input_dim():
-            self.build(self._declared_input_dim())
+        """Builds the model if its input shape is declared; returns whether it is built."""
+        if self._engine is None and self._declared_input_shape() and self.layers:
+            self.build(self._declared_input_shape())
         return self._engine is not None
 
-    def build(self, input_dim: int) -> None:
-        """Creates the weights for inputs of ``input_dim`` features."""
+    def build(self, input_shape) -> None:
+        """Creates the weights for samples of ``input_shape``: an int (features), a per-sample
+        tuple, or Keras' full shape with a leading None (``(None, 64)``)."""
         if not self.layers:
             raise ValueError("the model has no layers: pass layers=[...] or call add() first")
-        input_dim = check_int(input_dim, "input_dim", 1)
+        if isinstance(input_shape, (tuple, list)) and input_shape and input_shape[0] is None:
+            input_shape = tuple(input_shape[1:])
+        shape = sample_shape(input_shape, "input_shape")
         if self._engine is not None:
-            if input_dim != self._engine.input_dim:
+            if shape != self._engine.input_shape:
                 raise ValueError(
-                    f"input_dim must be {self._engine.input_dim} (the model is already built), "
-                    f"got {input_dim}"
+                    f"input_shape must be {self._engine.input_shape} (the model is already "
+                    f"built), got {shape}"
                 )
             return
-        dim = input_dim
+        declared = self._declared_input_shape()
+        if declared is not None and declared != shape:
+            raise ValueError(
+                f"input_shape must be {declared} (declared by the model's input), got {shape}"
+            )
+        current = shape
         for layer in self.layers:
-            layer.build(dim, self.dtype, self._init_rng, self.backend_name)
-            dim = layer.units
-        self._engine = Engine(self.layers, input_dim, self.dtype, self._kernels)
+            layer.build(current, self.dtype, self._init_rng, self.backend_name)
+            current = layer.output_shape
+        if len(current) != 1:
+            raise ValueError(
+                f"the model's output must be one vector per sample, got shape {current} from "
+                f"layer {self.layers[-1].name!r}; add Flatten() (or end with a Dense on "
+                "flattened features)"
+            )
+        self._check_backend_kinds()
+        self._engine = Engine(self.layers, shape, self.dtype, self._kernels)
+        for layer in self.layers:
+            layer._model = self
+
+    def _check_backend_kinds(self) -> None:
+        supported = getattr(self._kernels, "KINDS", None)
+        if supported is None:
+            return
+        for layer in self.layers:
+            if layer.kind is not None and layer.kind not in supported:
+                others = [
+                    name for name in ("cython", "numba", "numpy")
+                    if name != self.backend_name
+                ]  # fmt: skip
+                raise ValueError(
+                    f"the {self.backend_name} backend cannot run layer {layer.name!r} "
+                    f"({type(layer).__name__}); the {', '.join(others)} backends run it"
+                )
+
+    def _edit_weights(self, edit) -> None:
+        """Runs ``edit`` on the host weights and sends the result to a device backend."""
+        if self._engine is None:
+            edit()
+            return
+        self._engine.pull()
+        edit()
+        self._engine.push()
 
     @property
     def built(self) -> bool:
-        """Whether the weights exist (True from construction when the input width is
+        """Whether the weights exist (True from construction when the input shape is
         declared, as in Keras)."""
         return self._maybe_build()
 
     @property
+    def input_shape(self) -> tuple | None:
+        """The per-sample input shape (None before the model is built)."""
+        return self._engine.input_shape if self._maybe_build() else None
+
+    @property
     def input_dim(self) -> int | None:
-        return self._engine.input_dim if self._maybe_build() else None
+        """Input values per sample (the size of :attr:`input_shape`)."""
+        return self._engine.input_size if self._maybe_build() else None
 
     @property
     def output_dim(self) -> int:
-        return self.layers[-1].units
+        return self.layers[-1].output_shape[-1]
 
-    def _ensure_built(self, x: np.ndarray, arg: str = "x") -> None:
-        if not self._maybe_build():
-            self.build(x.shape[1])
-        elif x.shape[1] != self._engine.input_dim:
-            raise ValueError(
-                f"{arg} must have {self._engine.input_dim} features per sample to match the "
-                f"model's input, got {x.shape[1]} ({arg} shape {x.shape})"
-            )
+    def _flat_inputs_ok(self) -> bool:
+        return bool(self.layers) and isinstance(self.layers[0], Flatten)
 
     def count_params(self) -> int:
-        """Number of weights (0 before the model is built)."""
-        return self._engine.n_params if self._maybe_build() else 0
+        """Number of weights, trainable and not (0 before the model is built)."""
+        if not self._maybe_build():
+            return 0
+        return self._engine.n_params + self._engine.n_nontrain
 
     # -- compile ----------------------------------------------------------------------
     def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
@@ -268,15 +348,22 @@ class Sequential:
             self._snapshot(reuse=True)  # allocates the snapshot buffers fit reuses
 
     def _stack_plan(self):
+        """How the loss runs in the compiled stack (a :class:`fastnn.losses.StackLoss`);
+        creates the optimizer state on first use."""
         if self.optimizer is None:
             raise RuntimeError("call compile() before training or evaluating the model")
         if self._plan is None:
-            last_act = int(self._engine.table[-1, 2])
-            plan = self.loss.plan(last_act)
-            self._plan = plan, self._engine.train_table(plan.train_act)
+            self._plan = self.loss.plan(self._output_activation())
         if self._engine.state is None:
             self._engine.init_state(self.optimizer)
         return self._plan
+
+    def _output_activation(self) -> int:
+        """The activation code of the last compiled layer (LINEAR unless it has one)."""
+        last = self._engine.plan_for(1).layers[-1]
+        if last[codes.P_KIND] in (codes.DENSE, codes.ACTIVATION):
+            return int(last[codes.P_ACT])
+        return codes.LINEAR
 
     def _acc_mode(self, plan, y):
         if "accuracy" not in self.metrics:
@@ -292,25 +379,18 @@ class Sequential:
 
     # -- data -------------------------------------------------------------------------
     def _features(self, x, arg="x"):
-        if self._flatten is not None and self._flatten.input_shape:
-            xa = as_array(x, arg)
-            if xa.ndim >= 1 and tuple(xa.shape[1:]) not in (
-                self._flatten.input_shape,
-                (int(np.prod(self._flatten.input_shape)),),
-            ):
-                raise ValueError(
-                    f"{arg} must have samples of shape {self._flatten.input_shape} (Flatten "
-                    f"input_shape), got shape {xa.shape}"
-                )
-            x = xa
-        x = _to_features(x, arg, self.dtype, self._flatten)
-        self._ensure_built(x, arg)
+        """x as the (N, input size) array the kernels read, checked against the model's
+        input shape (building the model from x's sample shape when none is declared)."""
+        shape = self.input_shape if self._maybe_build() else None
+        x, sample = _to_samples(x, arg, self.dtype, shape, self._flat_inputs_ok())
+        if shape is None:
+            self.build(sample)
         return x
 
     def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x", y_arg="y"):
         """Validates and converts (x, y, weights) once, before any kernel runs."""
         x = self._features(x, arg)
-        plan, _ = self._stack_plan()
+        plan = self._stack_plan()
         if y is None:
             raise ValueError(f"{y_arg} must be given for training and evaluation, got None")
         y_arr = as_array(y, y_arg)
@@ -401,16 +481,14 @@ class Sequential:
 
     def _run(self, x, y, sw, order, batch_size):
         """Evaluates the batches of x[order] in one compiled call; returns their stats."""
-        eng = self._engine
-        plan, table = self._stack_plan()
-        acc_mode, threshold = self._acc_mode(plan, y)
+        eng, opt = self._engine, self.optimizer
+        plan = self._stack_plan()
         ws = eng.workspace(batch_size, y.shape[1])
         stats = np.zeros(codes.STAT_LEN)
         self._kernel_call()(
-            x, y, sw, order, batch_size, ws.xb, ws.yb, ws.swb, eng.params, eng.grads,
-            eng.state, ws.acts, ws.gbuf, table, eng.table_f, plan.code, plan.logits_out,
-            self.optimizer.code, self.optimizer._train_hyper(), np.zeros(1), 0, 0, 0,
-            acc_mode, threshold, stats,
+            (x, y, sw, order, batch_size), ws.loss_plan(plan.train_act).args, eng.net,
+            ws.buffers, (plan.code, plan.logits_out, *self._acc_mode(plan, y)),
+            (opt.code, opt._train_hyper(), np.zeros(1), 0, 0), 0, stats,
         )  # fmt: skip
         return stats
 
@@ -436,19 +514,19 @@ class Sequential:
         What a fit cannot change is looked up once; the rates, the hyper-parameters and the
         buffers (a callback may set new ones) are read by every call."""
         eng, opt, run_epoch = self._engine, self.optimizer, self._kernel_call()
-        plan, table = self._stack_plan()
-        loss_code, logits_out = plan.code, plan.logits_out
-        acc_mode, threshold = self._acc_mode(plan, y)
+        plan = self._stack_plan()
+        loss = (plan.code, plan.logits_out, *self._acc_mode(plan, y))
         ws = self._training_workspace(batch_size, y.shape[1])
+        args, buffers = ws.loss_plan(plan.train_act).args, ws.buffers
         seed, bad = self._dropout_seed, codes.STAT_NONFINITE
 
         def step(rows, stats):
             count = -(-len(rows) // batch_size)
             done = run_epoch(
-                x, y, sw, rows, batch_size, ws.xb, ws.yb, ws.swb, eng.params, eng.grads,
-                eng.state, ws.acts, ws.gbuf, table, eng.table_f, loss_code, logits_out,
-                opt.code, opt._train_hyper(), opt._train_rates(count), opt.iterations + 1,
-                seed, 1, acc_mode, threshold, stats,
+                (x, y, sw, rows, batch_size), args,
+                (eng.params, eng.grads, eng.state, eng.nontrain), buffers, loss,
+                (opt.code, opt._train_hyper(), opt._train_rates(count), opt.iterations + 1,
+                 seed), 1, stats,
             )  # fmt: skip
             done = int(done)
             opt.iterations += done
@@ -469,26 +547,27 @@ class Sequential:
 
     def _warm_up(self, ws) -> None:
         """One training step of a zero batch through a new training workspace, as ``fit``
-        runs it, on scratch copies of the parameters and optimizer state, so that the first
+        runs it, on scratch copies of the weights and optimizer state, so that the first
         real step does not pay first-call costs: the BLAS library's packing buffers (first
         pages) and threads, the first touch of each kernel's code, the per-batch NumPy paths.
         The model's weights, optimizer state and step count are left exactly as they were."""
         ws.warmed = True
         eng = self._engine
-        if eng.on_device or eng.params.nbytes + eng.state.nbytes > WARM_UP_MAX_BYTES:
+        size = eng.params.nbytes + eng.state.nbytes + eng.nontrain.nbytes
+        if eng.on_device or size > WARM_UP_MAX_BYTES:
             return  # no scratch copies of a large model: its steps dwarf first-call costs
         x, y, sw = ws.xb.copy(), ws.yb.copy(), ws.swb.copy()
         order = np.arange(ws.rows, dtype=np.int64)
-        params, state, iterations = eng.params, eng.state, self.optimizer.iterations
-        eng.params = eng.host_params = params.copy()
-        eng.state = state.copy()
+        kept = eng.params, eng.state, eng.nontrain, self.optimizer.iterations
+        eng.params = eng.host_params = kept[0].copy()
+        eng.state, eng.nontrain = kept[1].copy(), kept[2].copy()
         try:
             stats = np.zeros(codes.STAT_LEN)
             self._train_batches(x, y, sw, order, ws.rows, stats)
             self._logs(stats)
         finally:
-            eng.params = eng.host_params = params
-            eng.state, self.optimizer.iterations = state, iterations
+            eng.params = eng.host_params = kept[0]
+            eng.state, eng.nontrain, self.optimizer.iterations = kept[1:]
 
     def _logs(self, stats, prefix=""):
         # Python floats throughout: NumPy scalar arithmetic costs several times more per
@@ -524,24 +603,32 @@ class Sequential:
 
     # -- recovery from non-finite training ----------------------------------------------
     def _snapshot(self, reuse: bool = False):
-        """(params, optimizer state, iterations) copies, for :meth:`_restore`.  With
-        ``reuse`` the copies go into buffers kept by the model (valid until the next reusing
-        snapshot): no allocation, no page faults, in the per-call path."""
+        """(params, optimizer state, iterations, non-trainable weights) copies, for
+        :meth:`_restore`.  With ``reuse`` the copies go into buffers kept by the model (valid
+        until the next reusing snapshot): no allocation, no page faults, in the per-call
+        path."""
         eng = self._engine
         params, state = eng.pull(), eng.host_state()
+        nontrain = eng.host_nontrain
         if not reuse:
-            return params.copy(), np.array(state, copy=True), self.optimizer.iterations
+            return (
+                params.copy(),
+                np.array(state, copy=True),
+                self.optimizer.iterations,
+                (nontrain.copy()),
+            )
         buf = getattr(self, "_snap_buf", None)
-        if buf is None or buf[0].shape != params.shape or buf[1].shape != state.shape:
-            buf = self._snap_buf = (np.empty_like(params), np.empty_like(state))
-        np.copyto(buf[0], params)
-        np.copyto(buf[1], state)
-        return buf[0], buf[1], self.optimizer.iterations
+        if buf is None or [b.shape for b in buf] != [params.shape, state.shape, nontrain.shape]:
+            buf = self._snap_buf = tuple(np.empty_like(a) for a in (params, state, nontrain))
+        for kept, now in zip(buf, (params, state, nontrain)):
+            np.copyto(kept, now)
+        return buf[0], buf[1], self.optimizer.iterations, buf[2]
 
     def _restore(self, snap) -> None:
         eng = self._engine
-        params, state, iterations = snap
+        params, state, iterations, nontrain = snap
         eng.host_params[...] = params
+        eng.host_nontrain[...] = nontrain
         eng.push()
         if eng.on_device:
             eng.set_state(state.copy())
@@ -572,63 +659,64 @@ class Sequential:
         return values[0] if len(values) == 1 else values
 
     def predict(self, x, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
-        """Outputs for x, shape (N, units of the last layer)."""
+        """Outputs for x (N, *input_shape), shape (N, outputs of the last layer)."""
         x = self._features(x)
         eng = self._engine
         bs = _batch_size(batch_size, 1024, len(x))
         ws = eng.workspace(bs, 1)
+        args, off = ws.plan.args, ws.plan.output_offset
         out = np.empty((len(x), self.output_dim), self.dtype)
         for start in range(0, len(x), bs):
             xb = x[start : start + bs]
             n = len(xb)
             if eng.on_device:
                 xb = self._kernels.to_device(xb)
-            self._kernels.forward_stack(xb, eng.params, ws.acts, eng.table, eng.table_f, 0, 0, 0)
-            off = eng.output_offset(n)
+            self._kernels.forward_stack(xb, args, eng.net, ws.work, 0, 0, 0)
             res = ws.acts[off : off + n * self.output_dim]
-            out[start : start + n] = (self._kernels.to_host(res) if eng.on_device else res).reshape(
-                n, -1
-            )
+            res = self._kernels.to_host(res) if eng.on_device else res
+            out[start : start + n] = res.reshape(n, -1)
         return out
 
     # -- weights ----------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
-        """Copies of the weights in the order [W0, b0, W1, b1, ...]."""
+        """Copies of every layer's weights, layer by layer in each layer's order (Dense:
+        kernel, bias; BatchNormalization: gamma, beta, moving_mean, moving_variance)."""
         if not self._maybe_build():
             return []
         self._engine.pull()
-        return [w.copy() for layer in self.layers if layer.has_weights for w in layer.weights]
+        return [w.copy() for layer in self.layers for w in layer.weights]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Every weight (views into the model's buffers, on the CPU backends)."""
+        if not self._maybe_build():
+            return []
+        self._engine.pull()
+        return [w for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self) -> list[np.ndarray]:
+        return [w for layer in self.layers for w in layer.trainable_weights] if self.built else []
+
+    @property
+    def non_trainable_weights(self) -> list[np.ndarray]:
+        if not self.built:
+            return []
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
 
     def set_weights(self, weights) -> None:
         """Sets the weights from a list in :meth:`get_weights` order (shapes must match)."""
         if not self._maybe_build():
             raise RuntimeError("the model is not built yet: give input_dim or call build()")
         expected = [s for layer in self.layers for s in layer.param_shapes()]
-        if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
-            raise TypeError(
-                f"weights must be a list of {len(expected)} arrays [W0, b0, W1, b1, ...], got "
-                f"{type(weights).__name__}"
-            )
-        weights = list(weights)
-        if len(weights) != len(expected):
-            raise ValueError(
-                f"weights must be a list of {len(expected)} arrays with shapes {expected}, got "
-                f"{len(weights)} arrays"
-            )
-        arrays = []
-        for i, (w, shape) in enumerate(zip(weights, expected)):
-            w = as_array(w, f"weights[{i}]")
-            if w.shape != shape:
-                raise ValueError(f"weights[{i}] must have shape {shape}, got {w.shape}")
-            with np.errstate(over="ignore"):
-                cast = w.astype(self.dtype)
-            check_finite(cast, f"weights[{i}]", w)
-            arrays.append(cast)
-        self._engine.pull()
-        targets = [t for layer in self.layers if layer.has_weights for t in layer.weights]
-        for t, w in zip(targets, arrays):
-            t[...] = w
-        self._engine.push()
+        arrays = check_weight_list(weights, expected, self.dtype)
+        targets = [t for layer in self.layers for t in layer.weights]
+
+        def write():
+            for t, w in zip(targets, arrays):
+                t[...] = w
+
+        self._edit_weights(write)
 
     # -- files ------------------------------------------------------------------------
     def save(self, path) -> None:
@@ -652,19 +740,31 @@ class Sequential:
 
     # -- display ----------------------------------------------------------------------
     def summary(self, print_fn=print) -> None:
-        """Prints each layer's type, output shape and parameter count."""
-        self._maybe_build()
-        lines = [
-            f'Model: "{self.name}"',
-            f"{'Layer (type)':<32}{'Output Shape':<20}{'Param #':>10}",
-        ]
+        """Prints each layer's name and type, output shape and weight count, then the total,
+        trainable and non-trainable counts (as Keras does)."""
+        built = self._maybe_build()
+        rows = [("Layer (type)", "Output Shape", "Param #")]
         for layer in self.layers:
-            shape = f"(None, {layer.units})" if layer.units else "(unbuilt)"
-            count = sum(int(np.prod(s)) for s in layer.param_shapes()) if layer.built else 0
-            desc = f"{layer.name} ({type(layer).__name__})"
-            lines.append(f"{desc:<32}{shape:<20}{count:>10,}")
-        lines.append(f"Total params: {self.count_params():,}")
-        lines.append(f"Backend: {self.backend_name}, dtype: {self.dtype}")
+            shape = f"(None, {', '.join(map(str, layer.output_shape))})" if built else "?"
+            if built and len(layer.output_shape) == 1:
+                shape = f"(None, {layer.output_shape[0]})"
+            count = f"{layer.count_params():,}" if built else "?"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape, count))
+        widths = [max(32, *(len(r[0]) + 2 for r in rows)), 24, 12]
+        rule = "-" * sum(widths)
+        lines = [f'Model: "{self.name}"', rule]
+        for i, (desc, shape, count) in enumerate(rows):
+            lines.append(f"{desc:<{widths[0]}}{shape:<{widths[1]}}{count:>{widths[2]}}")
+            if i == 0:
+                lines.append("=" * sum(widths))
+        lines.append(rule)
+        eng = self._engine
+        trainable, fixed = (eng.n_params, eng.n_nontrain) if built else (0, 0)
+        for label, count in (("Total", trainable + fixed), ("Trainable", trainable),
+                             ("Non-trainable", fixed)):  # fmt: skip
+            size = count * self.dtype.itemsize
+            lines.append(f" {label} params: {count:,} ({_bytes(size)})")
+        lines.append(f" Backend: {self.backend_name}, dtype: {self.dtype}")
         print_fn("\n".join(lines))
 
     def get_config(self) -> dict:
@@ -672,12 +772,21 @@ class Sequential:
             {"class_name": type(layer).__name__, "config": layer.get_config()}
             for layer in self.layers
         ]
-        if self._flatten is not None:
-            layers.insert(0, {"class_name": "Flatten", "config": self._flatten.get_config()})
-        return {
+        config = {
             "name": self.name,
             "seed": self.seed,
             "dtype": self.dtype.name,
-            "input_dim": self.input_dim,
+            "input_shape": list(self.input_shape) if self.built else None,
             "layers": layers,
         }
+        if self._input is not None:
+            config["input"] = self._input.get_config()
+        return config
+
+
+def _bytes(size: int) -> str:
+    """A byte count as Keras prints it (B, KB, MB, GB with two decimals)."""
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"

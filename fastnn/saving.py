@@ -5,8 +5,11 @@ Layout of a file written by :func:`save_model` (``model.save(path)``)::
     config.json                 format name/version, model config, compile config,
                                 training state (optimizer iterations, RNG states) and
                                 the name/dtype/shape of every array below
-    weights/000.npy ...         the weights in get_weights() order
-    optimizer/state.npy         the optimizer's state (slots, n_params), once trained
+    weights/<layer>/<weight>.npy  every weight by layer and weight name (trainable or not)
+    optimizer/state.npy         the optimizer's state (slots, trainable parameters), once
+                                trained
+
+Files of format version 1 (``weights/000.npy ...`` in get_weights order) still load.
 
 Loading never unpickles (``allow_pickle=False``), checks every array's name, dtype and
 shape against the model rebuilt from the config, and refuses anything else with a
@@ -26,7 +29,9 @@ import zlib
 import numpy as np
 
 FORMAT = "fastnn.model"
-VERSION = 1
+VERSION = 2
+#: Format versions this fastnn reads.
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "config.json"
 #: Largest config.json accepted (bytes)
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -97,10 +102,18 @@ def _compile_config(model):
     }
 
 
+def _weight_members(model, version=VERSION) -> list[str]:
+    """Member names of the model's weights, in get_weights order."""
+    names = [(layer.name, spec.name) for layer in model.layers for spec in layer.weight_specs()]
+    if version == 1:
+        return [f"weights/{i:03d}.npy" for i in range(len(names))]
+    return [f"weights/{layer}/{weight}.npy" for layer, weight in names]
+
+
 def _model_arrays(model) -> dict[str, np.ndarray]:
     arrays = {}
-    for i, w in enumerate(model.get_weights()):
-        arrays[f"weights/{i:03d}.npy"] = w
+    if model._maybe_build():
+        arrays.update(zip(_weight_members(model), model.get_weights()))
     eng = model._engine
     if eng is not None and eng.state is not None and model.optimizer is not None:
         arrays["optimizer/state.npy"] = np.array(eng.host_state(), copy=True)
@@ -208,8 +221,9 @@ def _read_config(zf):
     _expect(config.get("format") == FORMAT, f"format is {config.get('format')!r}, not {FORMAT!r}")
     version = config.get("version")
     _expect(
-        version == VERSION,
-        f"format version {version!r} is not supported (this fastnn reads version {VERSION})",
+        version in READABLE_VERSIONS,
+        f"format version {version!r} is not supported (this fastnn reads versions "
+        f"{', '.join(map(str, READABLE_VERSIONS))}; a newer file needs a newer fastnn)",
     )
     for key, kind in (("model", dict), ("training", dict), ("arrays", dict)):
         _expect(isinstance(config.get(key), kind), f"{CONFIG_NAME} has no valid {key!r} entry")
@@ -236,6 +250,10 @@ def _rebuild(config, backend):
             "the model config has an invalid layer entry",
         )
         built.append(from_config(entry["class_name"], entry["config"]))
+    if isinstance(mc.get("input"), dict):
+        from .layers import Input
+
+        built.insert(0, Input(**mc["input"]))
     model = Sequential(
         built,
         seed=mc.get("seed"),
@@ -243,13 +261,9 @@ def _rebuild(config, backend):
         backend=backend,
         name=mc.get("name"),
     )
-    input_dim = mc.get("input_dim")
-    if input_dim is not None:
-        _expect(
-            isinstance(input_dim, int) and not isinstance(input_dim, bool) and input_dim > 0,
-            f"input_dim {input_dim!r} is invalid",
-        )
-        model.build(input_dim)
+    shape = mc.get("input_shape", mc.get("input_dim"))  # input_dim: format version 1
+    if shape is not None and not model.built:
+        model.build(tuple(shape) if isinstance(shape, list) else shape)
     return model
 
 
@@ -280,16 +294,16 @@ def _compile(model, cc):
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
-def _expected_arrays(model, has_state) -> dict[str, tuple[np.dtype, tuple]]:
+def _expected_arrays(model, has_state, version) -> dict[str, tuple[np.dtype, tuple]]:
     expected = {}
     if model.built:
         shapes = [s for layer in model.layers for s in layer.param_shapes()]
-        for i, shape in enumerate(shapes):
-            expected[f"weights/{i:03d}.npy"] = (model.dtype, tuple(shape))
+        for name, shape in zip(_weight_members(model, version), shapes):
+            expected[name] = (model.dtype, tuple(shape))
         if has_state:
             opt = model.optimizer
             slots = max(opt.slots, 1)
-            expected["optimizer/state.npy"] = (model.dtype, (slots, model.count_params()))
+            expected["optimizer/state.npy"] = (model.dtype, (slots, model._engine.n_params))
     return expected
 
 
@@ -363,7 +377,7 @@ def _load(zf, backend, compile):
             if isinstance(exc, _Invalid):
                 raise
             raise _Invalid(f"invalid compile config ({exc})") from None
-    expected = _expected_arrays(model, has_state)
+    expected = _expected_arrays(model, has_state, config["version"])
     manifest = config["arrays"]
     _expect(
         set(manifest) == set(expected),
@@ -389,8 +403,7 @@ def _load(zf, backend, compile):
         data = _read_member(zf, members[name], limit, name)
         arrays[name] = _load_npy(data, name, dtype, shape)
     if model.built:
-        weights = [arrays[n] for n in sorted(n for n in arrays if n.startswith("weights/"))]
-        model.set_weights(weights)
+        model.set_weights([arrays[n] for n in _weight_members(model, config["version"])])
     _restore_training(model, config["training"])
     if has_state:
         model._stack_plan()
@@ -408,15 +421,12 @@ def _load(zf, backend, compile):
 
 
 def _weight_names(model) -> list[str]:
-    names = []
-    for layer in model.layers:
-        if layer.has_weights:
-            names += [f"{layer.name}/kernel", f"{layer.name}/bias"]
-    return names
+    return [f"{layer.name}/{spec.name}" for layer in model.layers for spec in layer.weight_specs()]
 
 
 def save_weights(model, path) -> None:
-    """Writes the model's weights to a .npz (names ``<layer>/kernel``, ``<layer>/bias``)."""
+    """Writes the model's weights to a .npz (names ``<layer>/<weight>``: ``dense/kernel``,
+    ``batch_normalization/moving_mean``, ...)."""
     if not model._maybe_build():
         raise RuntimeError("the model is not built yet: there are no weights to save")
     arrays = dict(zip(_weight_names(model), model.get_weights()))

@@ -4,18 +4,21 @@
 """Cython kernels, compiled ahead of time: the contract of ``reference`` (same names, same
 parameters, same results) with no warm-up.
 
-Every def function validates shapes and then runs C code without the GIL.  The layer-stack
-functions (``forward_stack`` ... ``run_epoch``) are C all the way down: one call runs a
-whole step or a whole epoch.  GEMMs go through SciPy's BLAS (row-major arrays are handed
-to the column-major routine as their transposes, so nothing is copied).
+Every def function validates shapes and then runs C code without the GIL.  The whole-network
+functions (``forward_stack`` ... ``run_epoch``) check the whole plan (every kind and code,
+every offset and extent against its buffer) once per call and then interpret it in C: one
+call runs a whole step or a whole epoch.  GEMMs go through SciPy's BLAS (row-major arrays
+are handed to the column-major routine as their transposes, so nothing is copied).
 """
 
 from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
+from cpython.long cimport PyLong_AsUnsignedLongLongMask, PyLong_Check
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport (
     NAN, exp, fabs, fabsf, isfinite, log, log1p, pow, sqrt, sqrtf, tanh,
 )
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cython cimport floating
@@ -39,6 +42,43 @@ cdef enum:
 
     DENSE = 0
     DROPOUT = 1
+    ACTIVATION = 2
+    BATCHNORM = 3
+    NORMALIZATION = 4
+    N_KINDS = 5
+
+    # plan columns (codes.py)
+    P_KIND = 0
+    P_ACT = 1
+    P_IN0 = 2
+    P_IN1 = 3
+    P_IN2 = 4
+    P_OUT0 = 5
+    P_OUT1 = 6
+    P_OUT2 = 7
+    P_IN_OFF = 8
+    P_OUT_OFF = 9
+    P_SAVE_OFF = 10
+    P_ACC_OFF = 11
+    P_W0 = 12
+    P_W1 = 13
+    P_W2 = 14
+    P_S0 = 15
+    P_S1 = 16
+    P_DOUT_OFF = 17
+    P_DX_OFF = 18
+    P_BACKWARD = 19
+    P_ARG0 = 20
+    P_ARG1 = 21
+    P_COLS = 22
+
+    F_ALPHA = 0
+    F_L1 = 1
+    F_L2 = 2
+    F_RATE = 3
+    F_MOMENTUM = 4
+    F_EPSILON = 5
+    F_COLS = 6
 
     SOFTMAX_CE = 0
     SPARSE_SOFTMAX_CE = 1
@@ -78,20 +118,30 @@ cdef enum:
 cnp.import_array()
 
 cdef double PROB_EPS = 1e-7
+cdef double NORM_EPS = 1e-7
 cdef int[5] HYPER_LEN = [1, 3, 2, 3, 5]
+cdef int[5] STATE_SLOTS = [0, 1, 1, 1, 2]
 
 
 def _check_codes():
     expected = dict(
         LINEAR=LINEAR, RELU=RELU, LEAKY_RELU=LEAKY_RELU, SIGMOID=SIGMOID, TANH=TANH,
-        SOFTMAX=SOFTMAX, DENSE=DENSE, DROPOUT=DROPOUT, SOFTMAX_CE=SOFTMAX_CE,
+        SOFTMAX=SOFTMAX, N_ACTS=N_ACTS, DENSE=DENSE, DROPOUT=DROPOUT, ACTIVATION=ACTIVATION,
+        BATCHNORM=BATCHNORM, NORMALIZATION=NORMALIZATION, N_KINDS=N_KINDS,
+        P_KIND=P_KIND, P_ACT=P_ACT, P_IN0=P_IN0, P_IN1=P_IN1, P_IN2=P_IN2, P_OUT0=P_OUT0,
+        P_OUT1=P_OUT1, P_OUT2=P_OUT2, P_IN_OFF=P_IN_OFF, P_OUT_OFF=P_OUT_OFF,
+        P_SAVE_OFF=P_SAVE_OFF, P_ACC_OFF=P_ACC_OFF, P_W0=P_W0, P_W1=P_W1, P_W2=P_W2, P_S0=P_S0,
+        P_S1=P_S1, P_DOUT_OFF=P_DOUT_OFF, P_DX_OFF=P_DX_OFF, P_BACKWARD=P_BACKWARD,
+        P_ARG0=P_ARG0, P_ARG1=P_ARG1, P_COLS=P_COLS, F_ALPHA=F_ALPHA, F_L1=F_L1, F_L2=F_L2,
+        F_RATE=F_RATE, F_MOMENTUM=F_MOMENTUM, F_EPSILON=F_EPSILON, F_COLS=F_COLS,
+        NORM_EPS=NORM_EPS, N_LOSSES=N_LOSSES, N_OPTS=N_OPTS, SOFTMAX_CE=SOFTMAX_CE,
         SPARSE_SOFTMAX_CE=SPARSE_SOFTMAX_CE, SIGMOID_BCE=SIGMOID_BCE,
         CATEGORICAL_CE=CATEGORICAL_CE, BINARY_CE=BINARY_CE, MSE=MSE, MAE=MAE, SGD=SGD,
         MOMENTUM=MOMENTUM, ADAGRAD=ADAGRAD, RMSPROP=RMSPROP, ADAM=ADAM, ACC_NONE=ACC_NONE,
         ACC_SPARSE=ACC_SPARSE, ACC_CATEGORICAL=ACC_CATEGORICAL, ACC_BINARY=ACC_BINARY,
         STAT_LOSS=STAT_LOSS, STAT_CORRECT=STAT_CORRECT, STAT_ABS=STAT_ABS, STAT_SQ=STAT_SQ,
         STAT_ROWS=STAT_ROWS, STAT_NONFINITE=STAT_NONFINITE, STAT_LEN=STAT_LEN, PROB_EPS=PROB_EPS,
-        STATE_SLOTS=(0, 1, 1, 1, 2),
+        STATE_SLOTS=tuple(STATE_SLOTS[k] for k in range(N_OPTS)),
     )
     for name, value in expected.items():
         if getattr(_codes, name) != value:
@@ -510,7 +560,7 @@ cdef extern from *:
                     r[j] = v > (T)0 ? v : v * alpha;                                     \
                 }                                                                        \
             } else if (r != xr) {                                                        \
-                memcpy(r, xr, (size_t)o * sizeof(T));                                    \
+                memmove(r, xr, (size_t)o * sizeof(T));                                   \
             }                                                                            \
         }                                                                                \
     }                                                                                    \
@@ -595,7 +645,7 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
                 for j in range(o):
                     orow[j] = orow[j] / sf
         elif xr != orow:
-            memcpy(orow, xr, o * sizeof(floating))
+            memmove(orow, xr, o * sizeof(floating))
 
 
 cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floating* db,
@@ -611,7 +661,7 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
     if db != NULL:
         memset(db, 0, o * sizeof(floating))
     if dx != dout:
-        memcpy(dx, dout, n * o * sizeof(floating))
+        memmove(dx, dout, n * o * sizeof(floating))
     if act == LINEAR or act == RELU or act == LEAKY_RELU:
         if floating is float:
             fastnn_act_bwd_f(y, dx, db, n, o, act, alpha)
@@ -1185,101 +1235,297 @@ cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssiz
 
 
 # ---------------------------------------------------------------------------------------
-# Layer stack (layers (L, 4) [kind, width, act, param_off]; layer_f (L, 3))
+# Normalisation layers (x (R, C): the rows of the last axis).  Per-channel sums go to the
+# float64 scratch ``acc`` over rows-outer loops (the data is streamed once and the inner
+# loops over channels vectorise); the per-channel factors of the elementwise passes go to
+# stack blocks of NORM_BLOCK channels.
 
-cdef struct Stack:
-    const int64_t* layers
-    const double* layer_f
+cdef enum:
+    NORM_BLOCK = 256
+
+
+cdef void _bn_moments(const floating* x, double* s1, double* s2, Py_ssize_t r,
+                      Py_ssize_t c) noexcept nogil:
+    """s1, s2 = the sums over rows of d and d * d, d = x - x[0] in float64, then the mean
+    and the biased variance (reference._moments; r >= 1)."""
+    cdef Py_ssize_t i, j
+    cdef const floating* xr
+    cdef double d, a, v
+    memset(s1, 0, c * sizeof(double))
+    memset(s2, 0, c * sizeof(double))
+    for i in range(r):
+        xr = x + i * c
+        for j in range(c):
+            d = <double>xr[j] - <double>x[j]
+            s1[j] += d
+            s2[j] += d * d
+    for j in range(c):
+        a = s1[j] / r
+        v = s2[j] / r - a * a
+        s1[j] = <double>x[j] + a
+        s2[j] = 0.0 if v < 0 else v  # np.maximum(v, 0): NaN stays NaN
+
+
+cdef inline void _bn_row(const floating* x, const floating* mean, const floating* inv,
+                         const floating* gamma, const floating* beta, floating* out,
+                         Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t j
+    if gamma != NULL and beta != NULL:
+        for j in range(c):
+            out[j] = (x[j] - mean[j]) * inv[j] * gamma[j] + beta[j]
+    elif gamma != NULL:
+        for j in range(c):
+            out[j] = (x[j] - mean[j]) * inv[j] * gamma[j]
+    elif beta != NULL:
+        for j in range(c):
+            out[j] = (x[j] - mean[j]) * inv[j] + beta[j]
+    else:
+        for j in range(c):
+            out[j] = (x[j] - mean[j]) * inv[j]
+
+
+cdef void _bn_fwd(const floating* x, const floating* gamma, const floating* beta,
+                  floating* mmean, floating* mvar, floating* saved, floating* out,
+                  double* acc, Py_ssize_t r, Py_ssize_t c, bint training, double momentum,
+                  double epsilon) noexcept nogil:
+    """batchnorm_forward (gamma, beta NULL when absent).  A training batch of no rows
+    changes nothing."""
+    cdef Py_ssize_t i, j
+    cdef floating* mean = saved
+    cdef floating* inv = saved + c
+    cdef floating mom = <floating>momentum
+    cdef double keep = 1 - momentum
+    if training:
+        if r == 0:
+            return
+        _bn_moments(x, acc, acc + c, r, c)
+        for j in range(c):
+            mmean[j] = mmean[j] * mom + <floating>(acc[j] * keep)
+            mvar[j] = mvar[j] * mom + <floating>(acc[c + j] * keep)
+            mean[j] = <floating>acc[j]
+            inv[j] = <floating>(1.0 / sqrt(acc[c + j] + epsilon))
+    else:
+        for j in range(c):
+            mean[j] = mmean[j]
+            inv[j] = <floating>(1.0 / sqrt(<double>mvar[j] + epsilon))
+    for i in range(r):
+        _bn_row(x + i * c, mean, inv, gamma, beta, out + i * c, c)
+
+
+cdef void _bn_bwd(const floating* x, const floating* gamma, const floating* saved,
+                  const floating* dout, floating* dx, floating* dgamma, floating* dbeta,
+                  double* acc, Py_ssize_t r, Py_ssize_t c, bint need_dx) noexcept nogil:
+    """batchnorm_backward: the float64 sums of dout and dout * xhat into acc, then (need_dx)
+    dx = coef * (r dout - sum_dy - xhat sum_dyx), a column block at a time.  dx may alias
+    dout; gamma, dgamma, dbeta NULL when absent."""
+    cdef Py_ssize_t i, j, j0, m
+    cdef const floating* mean = saved
+    cdef const floating* inv = saved + c
+    cdef double* sdy = acc
+    cdef double* sdyx = acc + c
+    cdef const floating* xr
+    cdef const floating* dr
+    cdef floating* xo
+    cdef floating xh, one = 1, rt = <floating>r
+    cdef double d
+    cdef floating coef[NORM_BLOCK]
+    cdef floating sy[NORM_BLOCK]
+    cdef floating syx[NORM_BLOCK]
+    memset(acc, 0, 2 * c * sizeof(double))
+    for i in range(r):
+        xr = x + i * c
+        dr = dout + i * c
+        for j in range(c):
+            xh = (xr[j] - mean[j]) * inv[j]
+            d = <double>dr[j]
+            sdy[j] += d
+            sdyx[j] += d * <double>xh
+    if dbeta != NULL:
+        for j in range(c):
+            dbeta[j] = <floating>sdy[j]
+    if dgamma != NULL:
+        for j in range(c):
+            dgamma[j] = <floating>sdyx[j]
+    if not need_dx:
+        return
+    j0 = 0
+    while j0 < c:
+        m = min(<Py_ssize_t>NORM_BLOCK, c - j0)
+        for j in range(m):
+            coef[j] = inv[j0 + j] * (gamma[j0 + j] if gamma != NULL else one) / rt
+            sy[j] = <floating>sdy[j0 + j]
+            syx[j] = <floating>sdyx[j0 + j]
+        for i in range(r):
+            xr = x + i * c + j0
+            dr = dout + i * c + j0
+            xo = dx + i * c + j0
+            for j in range(m):
+                xh = (xr[j] - mean[j0 + j]) * inv[j0 + j]
+                xo[j] = coef[j] * ((rt * dr[j] - sy[j]) - xh * syx[j])
+        j0 += m
+
+
+cdef void _norm(const floating* x, const floating* mean, const floating* var, floating* out,
+                Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """normalization_forward: out = (x - mean) / max(sqrt(var), NORM_EPS); with mean NULL,
+    normalization_backward: out = x / max(sqrt(var), NORM_EPS).  out may alias x."""
+    cdef Py_ssize_t i, j, j0, m
+    cdef floating eps = <floating>NORM_EPS, s
+    cdef const floating* xr
+    cdef floating* orow
+    cdef floating den[NORM_BLOCK]
+    j0 = 0
+    while j0 < c:
+        m = min(<Py_ssize_t>NORM_BLOCK, c - j0)
+        for j in range(m):
+            s = _sqrt(var[j0 + j])
+            den[j] = eps if s < eps else s  # np.maximum: NaN stays NaN
+        for i in range(r):
+            xr = x + i * c + j0
+            orow = out + i * c + j0
+            if mean != NULL:
+                for j in range(m):
+                    orow[j] = (xr[j] - mean[j0 + j]) / den[j]
+            else:
+                for j in range(m):
+                    orow[j] = xr[j] / den[j]
+        j0 += m
+
+
+# ---------------------------------------------------------------------------------------
+# A plan of layers over flat buffers (codes.py: one int64 row of P_* columns and one
+# float64 row of F_* columns per layer).  _make_plan checks every row before any of this
+# runs; the interpreter only follows the offsets.
+
+cdef struct Plan:
+    const int64_t* rows  # (L, P_COLS)
+    const double* f      # (L, F_COLS)
     Py_ssize_t n_layers
-    Py_ssize_t n_in0
-    Py_ssize_t width_sum  # sum of the widths
-    Py_ssize_t first      # first Dense layer (n_layers if none)
-    Py_ssize_t half       # gbuf.size // 2
+    Py_ssize_t n_out     # outputs per sample of the last row (the loss's columns)
+    Py_ssize_t out_off   # the last row's output in acts
+    Py_ssize_t dz_off    # the last row's dL/dout in gbuf (where the loss writes)
 
 
-cdef void _forward(const Stack* st, const floating* x, const floating* params,
-                   floating* acts, Py_ssize_t n, bint training, uint64_t seed,
-                   uint64_t step) noexcept nogil:
-    cdef Py_ssize_t l, kind, width, act, poff, n_in = st.n_in0, off = 0
-    cdef const floating* inp = x
-    cdef floating* out
-    cdef double a
-    for l in range(st.n_layers):
-        kind = st.layers[4 * l]
-        width = st.layers[4 * l + 1]
-        act = st.layers[4 * l + 2]
-        poff = st.layers[4 * l + 3]
-        a = st.layer_f[3 * l]
-        out = acts + off
-        if kind == DENSE:
-            _dense_fwd(inp, params + poff, params + poff + n_in * width, out, n, n_in, width,
-                       <int>act, <floating>a)
-        elif kind == DROPOUT:
-            if training and a > 0:
-                _dropout(inp, out, n * width, a, _dropout_seed(seed, step, l))
-            else:
-                memcpy(out, inp, n * width * sizeof(floating))
-        else:
-            _act_fwd(inp, <const floating*>NULL, out, n, width, <int>act, <floating>a)
-        inp = out
-        n_in = width
-        off += n * width
+cdef struct Net:
+    # the buffers of net and work in the call's dtype (acc: float64); sizes in elements
+    char* params
+    char* grads
+    char* state
+    char* nontrain
+    char* acts
+    char* gbuf
+    double* acc
+    Py_ssize_t n_params
+    Py_ssize_t state_rows
+    Py_ssize_t state_cols
+    Py_ssize_t n_nontrain
+    Py_ssize_t n_acts
+    Py_ssize_t n_gbuf
+    Py_ssize_t n_acc
 
 
-cdef double _backward(const Stack* st, const floating* x, const floating* params,
-                      floating* grads, const floating* acts, floating* gbuf, Py_ssize_t n,
+cdef inline floating* _at(floating* buf, int64_t off) noexcept nogil:
+    # an optional weight: NULL when absent (offset -1)
+    return NULL if off < 0 else buf + off
+
+
+cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating* x,
+                     Py_ssize_t n, bint training, uint64_t seed, uint64_t step) noexcept nogil:
+    cdef const int64_t* row = pl.rows + l * P_COLS
+    cdef const double* f = pl.f + l * F_COLS
+    cdef int kind = <int>row[P_KIND], act = <int>row[P_ACT]
+    cdef Py_ssize_t r = n * row[P_IN0] * row[P_IN1], w = row[P_IN2]
+    cdef floating* acts = <floating*>b.acts
+    cdef floating* params = <floating*>b.params
+    cdef floating* nontrain = <floating*>b.nontrain
+    cdef const floating* inp = x if row[P_IN_OFF] < 0 else <const floating*>(acts + row[P_IN_OFF])
+    cdef floating* out = acts + row[P_OUT_OFF]
+    if kind == DENSE:
+        _dense_fwd(inp, params + row[P_W0], _at(params, row[P_W1]), out, r, w, row[P_OUT2],
+                   act, <floating>f[F_ALPHA])
+    elif kind == DROPOUT:
+        if training and f[F_RATE] > 0:
+            _dropout(inp, out, r * w, f[F_RATE], _dropout_seed(seed, step, l))
+        elif <const floating*>out != inp:
+            memmove(out, inp, r * w * sizeof(floating))
+    elif kind == ACTIVATION:
+        _act_fwd(inp, <const floating*>NULL, out, r, w, act, <floating>f[F_ALPHA])
+    elif kind == BATCHNORM:
+        _bn_fwd(inp, _at(params, row[P_W0]), _at(params, row[P_W1]), nontrain + row[P_S0],
+                nontrain + row[P_S1], acts + row[P_SAVE_OFF], out, b.acc + row[P_ACC_OFF], r, w,
+                training, f[F_MOMENTUM], f[F_EPSILON])
+    else:
+        _norm(inp, nontrain + row[P_S0], nontrain + row[P_S1], out, r, w)
+
+
+cdef void _forward(const Plan* pl, const Net* b, const floating* x, Py_ssize_t n,
+                   bint training, uint64_t seed, uint64_t step) noexcept nogil:
+    cdef Py_ssize_t l
+    for l in range(pl.n_layers):
+        _layer_fwd(pl, b, l, x, n, training, seed, step)
+
+
+cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating* x,
+                       Py_ssize_t n, uint64_t seed, uint64_t step) noexcept nogil:
+    """Back-propagates row l (dL/dout at P_DOUT_OFF, dL/dx to P_DX_OFF unless -1); returns
+    the penalty of its weights."""
+    cdef const int64_t* row = pl.rows + l * P_COLS
+    cdef const double* f = pl.f + l * F_COLS
+    cdef int kind = <int>row[P_KIND], act = <int>row[P_ACT]
+    cdef Py_ssize_t r = n * row[P_IN0] * row[P_IN1], w = row[P_IN2], wo = row[P_OUT2]
+    cdef floating* acts = <floating*>b.acts
+    cdef floating* params = <floating*>b.params
+    cdef floating* grads = <floating*>b.grads
+    cdef floating* gbuf = <floating*>b.gbuf
+    cdef const floating* inp = x if row[P_IN_OFF] < 0 else <const floating*>(acts + row[P_IN_OFF])
+    cdef floating* out = acts + row[P_OUT_OFF]
+    cdef floating* g = gbuf + row[P_DOUT_OFF]
+    cdef bint need_dx = row[P_DX_OFF] >= 0
+    cdef floating* dx = gbuf + row[P_DX_OFF] if need_dx else <floating*>NULL
+    cdef double l1 = f[F_L1], l2 = f[F_L2]
+    if kind == DENSE:
+        _dense_bwd(inp, params + row[P_W0], out, g, g, dx, grads + row[P_W0],
+                   _at(grads, row[P_W1]), r, w, wo, act, <floating>f[F_ALPHA], need_dx)
+        if l1 != 0 or l2 != 0:
+            return _l1l2(params + row[P_W0], grads + row[P_W0], w * wo, l1, l2)
+    elif kind == BATCHNORM:
+        _bn_bwd(inp, _at(params, row[P_W0]), acts + row[P_SAVE_OFF], g, dx,
+                _at(grads, row[P_W0]), _at(grads, row[P_W1]), b.acc + row[P_ACC_OFF], r, w,
+                need_dx)
+    elif not need_dx:  # a layer without weights whose dx nobody reads
+        pass
+    elif kind == DROPOUT:
+        if f[F_RATE] > 0:
+            _dropout(g, dx, r * w, f[F_RATE], _dropout_seed(seed, step, l))
+        elif dx != g:
+            memmove(dx, g, r * w * sizeof(floating))
+    elif kind == ACTIVATION:
+        _act_bwd(out, g, dx, <floating*>NULL, r, w, act, <floating>f[F_ALPHA])
+    else:
+        _norm(g, <const floating*>NULL, <floating*>b.nontrain + row[P_S1], dx, r, w)
+    return 0.0
+
+
+cdef double _backward(const Plan* pl, const Net* b, const floating* x, Py_ssize_t n,
                       uint64_t seed, uint64_t step) noexcept nogil:
-    cdef Py_ssize_t l, kind, width, act, poff, n_in, cur = 0
-    cdef Py_ssize_t end = n * st.width_sum, off
-    cdef const floating* inp
-    cdef const floating* out
-    cdef floating* g
-    cdef floating* dx
-    cdef double a, l1, l2, penalty = 0.0
-    l = st.n_layers - 1
-    while l >= st.first:
-        kind = st.layers[4 * l]
-        width = st.layers[4 * l + 1]
-        act = st.layers[4 * l + 2]
-        poff = st.layers[4 * l + 3]
-        a = st.layer_f[3 * l]
-        l1 = st.layer_f[3 * l + 1]
-        l2 = st.layer_f[3 * l + 2]
-        n_in = st.n_in0 if l == 0 else st.layers[4 * (l - 1) + 1]
-        off = end - n * width
-        out = acts + off
-        inp = x if l == 0 else acts + off - n * n_in
-        g = gbuf + cur
-        dx = gbuf + (st.half - cur)
-        if kind == DENSE:
-            _dense_bwd(inp, params + poff, out, g, g, dx, grads + poff,
-                       grads + poff + n_in * width, n, n_in, width, <int>act, <floating>a,
-                       l > st.first)
-            if l1 != 0 or l2 != 0:
-                penalty += _l1l2(params + poff, grads + poff, n_in * width, l1, l2)
-        elif kind == DROPOUT:
-            if a > 0:
-                _dropout(g, dx, n * width, a, _dropout_seed(seed, step, l))
-            else:
-                memcpy(dx, g, n * width * sizeof(floating))
-        else:
-            _act_bwd(out, g, dx, <floating*>NULL, n, width, <int>act, <floating>a)
-        cur = st.half - cur
-        end = off
-        l -= 1
+    cdef Py_ssize_t l
+    cdef double penalty = 0.0
+    for l in range(pl.n_layers - 1, -1, -1):
+        if pl.rows[l * P_COLS + P_BACKWARD] != 0:
+            penalty += _layer_bwd(pl, b, l, x, n, seed, step)
     return penalty
 
 
-cdef double _penalty(const Stack* st, const floating* params) noexcept nogil:
-    cdef Py_ssize_t l, width, n_in = st.n_in0
+cdef double _penalty(const Plan* pl, const floating* params) noexcept nogil:
+    cdef Py_ssize_t l
+    cdef const int64_t* row
     cdef double l1, l2, total = 0.0
-    for l in range(st.n_layers):
-        width = st.layers[4 * l + 1]
-        l1 = st.layer_f[3 * l + 1]
-        l2 = st.layer_f[3 * l + 2]
-        if st.layers[4 * l] == DENSE and (l1 != 0 or l2 != 0):
-            total += _l1l2_sum(params + st.layers[4 * l + 3], n_in * width, l1, l2)
-        n_in = width
+    for l in range(pl.n_layers):
+        row = pl.rows + l * P_COLS
+        l1 = pl.f[l * F_COLS + F_L1]
+        l2 = pl.f[l * F_COLS + F_L2]
+        if row[P_KIND] == DENSE and (l1 != 0 or l2 != 0):
+            total += _l1l2_sum(params + row[P_W0], row[P_IN2] * row[P_OUT2], l1, l2)
     return total
 
 
@@ -1287,36 +1533,36 @@ cdef inline bint _fused_loss(int code) noexcept nogil:
     return code == SOFTMAX_CE or code == SPARSE_SOFTMAX_CE or code == SIGMOID_BCE
 
 
-cdef double _stack_loss(const Stack* st, const floating* y, Py_ssize_t ty, const floating* sw,
-                        floating* acts, floating* gbuf, Py_ssize_t n, int loss_code,
+cdef double _stack_loss(const Plan* pl, const Net* b, const floating* y, Py_ssize_t ty,
+                        const floating* sw, Py_ssize_t n, int loss_code,
                         bint logits_out) noexcept nogil:
-    cdef Py_ssize_t c = st.layers[4 * (st.n_layers - 1) + 1]
-    cdef floating* out = acts + n * (st.width_sum - c)
-    cdef floating* p = out if (_fused_loss(loss_code) and not logits_out) else gbuf
-    return _loss(out, y, ty, sw, p, gbuf, n, c, loss_code)
+    cdef floating* out = <floating*>b.acts + pl.out_off
+    cdef floating* dz = <floating*>b.gbuf + pl.dz_off
+    cdef floating* p = out if (_fused_loss(loss_code) and not logits_out) else dz
+    return _loss(out, y, ty, sw, p, dz, n, pl.n_out, loss_code)
 
 
-cdef double _train(const Stack* st, const floating* x, const floating* y, Py_ssize_t ty,
-                   const floating* sw, floating* params, floating* grads, floating* state,
-                   Py_ssize_t n_params, floating* acts, floating* gbuf, Py_ssize_t n,
-                   int loss_code, bint logits_out, int opt_code, const double* hyper,
-                   int64_t step, uint64_t seed) noexcept nogil:
+cdef double _train(const Plan* pl, const Net* b, const floating* x, const floating* y,
+                   Py_ssize_t ty, const floating* sw, Py_ssize_t n, int loss_code,
+                   bint logits_out, int opt_code, const double* hyper, int64_t step,
+                   uint64_t seed) noexcept nogil:
     cdef double loss
-    _forward(st, x, params, acts, n, True, seed, <uint64_t>step)
-    loss = _stack_loss(st, y, ty, sw, acts, gbuf, n, loss_code, logits_out)
-    loss += _backward(st, x, params, grads, acts, gbuf, n, seed, <uint64_t>step)
+    _forward(pl, b, x, n, True, seed, <uint64_t>step)
+    loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
+    loss += _backward(pl, b, x, n, seed, <uint64_t>step)
     if isfinite(loss):
-        _opt(params, grads, state, n_params, opt_code, hyper, step)
+        _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.n_params,
+             opt_code, hyper, step)
     return loss
 
 
-cdef double _eval(const Stack* st, const floating* x, const floating* y, Py_ssize_t ty,
-                  const floating* sw, const floating* params, floating* acts, floating* gbuf,
-                  Py_ssize_t n, int loss_code, bint logits_out) noexcept nogil:
+cdef double _eval(const Plan* pl, const Net* b, const floating* x, const floating* y,
+                  Py_ssize_t ty, const floating* sw, Py_ssize_t n, int loss_code,
+                  bint logits_out) noexcept nogil:
     cdef double loss
-    _forward(st, x, params, acts, n, False, 0, 0)
-    loss = _stack_loss(st, y, ty, sw, acts, gbuf, n, loss_code, logits_out)
-    return loss + _penalty(st, params)
+    _forward(pl, b, x, n, False, 0, 0)
+    loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
+    return loss + _penalty(pl, <const floating*>b.params)
 
 
 cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_ssize_t c,
@@ -1355,38 +1601,58 @@ cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_
     stats[STAT_ROWS] += n
 
 
-cdef Py_ssize_t _epoch(const Stack* st, const floating* X, const floating* Y, Py_ssize_t ty,
-                       const floating* SW, const int64_t* order, Py_ssize_t total,
-                       Py_ssize_t n_rows, Py_ssize_t batch_size, floating* xb, floating* yb,
-                       floating* swb, floating* params, floating* grads, floating* state,
-                       Py_ssize_t n_params, floating* acts, floating* gbuf, int loss_code,
-                       bint logits_out, int opt_code, double* hyper, const double* lrs,
-                       int64_t step, uint64_t seed, bint train, int acc_mode,
-                       double threshold, double* stats) noexcept nogil:
-    cdef Py_ssize_t b, r, start, n, idx, c, i0 = st.n_in0
-    cdef Py_ssize_t n_batches = (total + batch_size - 1) // batch_size
+cdef struct Epoch:
+    # run_epoch's data, gathered batch, loss and optimizer arguments
+    const int64_t* order
+    Py_ssize_t total  # len(order)
+    Py_ssize_t m      # rows of X
+    Py_ssize_t n_x    # columns of X
+    Py_ssize_t ty     # columns of Y
+    Py_ssize_t batch_size
+    char* xb
+    char* yb
+    char* swb
+    int loss_code
+    bint logits_out
+    int acc_mode
+    double threshold
+    int opt_code
+    double* hyper
+    const double* lrs
+    int64_t step
+    uint64_t seed
+
+
+cdef Py_ssize_t _epoch(const Plan* pl, const Net* b, const Epoch* e, const floating* X,
+                       const floating* Y, const floating* SW, bint train,
+                       double* stats) noexcept nogil:
+    cdef Py_ssize_t bi, r, start, n, idx, nx = e.n_x, ty = e.ty
+    cdef Py_ssize_t n_batches = (e.total + e.batch_size - 1) // e.batch_size
+    cdef floating* xb = <floating*>e.xb
+    cdef floating* yb = <floating*>e.yb
+    cdef floating* swb = <floating*>e.swb
     cdef double loss
-    c = st.layers[4 * (st.n_layers - 1) + 1]
-    for b in range(n_batches):
-        start = b * batch_size
-        n = batch_size if batch_size < total - start else total - start
+    for bi in range(n_batches):
+        start = bi * e.batch_size
+        n = e.batch_size if e.batch_size < e.total - start else e.total - start
         for r in range(n):
-            idx = order[start + r]
+            idx = e.order[start + r]
             if idx < 0:
-                idx += n_rows
-            memcpy(xb + r * i0, X + idx * i0, i0 * sizeof(floating))
+                idx += e.m
+            memcpy(xb + r * nx, X + idx * nx, nx * sizeof(floating))
             memcpy(yb + r * ty, Y + idx * ty, ty * sizeof(floating))
             swb[r] = SW[idx]
         if train:
-            hyper[0] = lrs[b]
-            loss = _train(st, xb, yb, ty, swb, params, grads, state, n_params, acts, gbuf, n,
-                          loss_code, logits_out, opt_code, hyper, step + b, seed)
+            e.hyper[0] = e.lrs[bi]
+            loss = _train(pl, b, xb, yb, ty, swb, n, e.loss_code, e.logits_out, e.opt_code,
+                          e.hyper, e.step + bi, e.seed)
         else:
-            loss = _eval(st, xb, yb, ty, swb, params, acts, gbuf, n, loss_code, logits_out)
+            loss = _eval(pl, b, xb, yb, ty, swb, n, e.loss_code, e.logits_out)
         stats[STAT_LOSS] += loss * n
         if not isfinite(loss):
-            return b
-        _batch_stats(acts + n * (st.width_sum - c), yb, n, c, ty, acc_mode, threshold, stats)
+            return bi
+        _batch_stats(<const floating*>b.acts + pl.out_off, yb, n, pl.n_out, ty, e.acc_mode,
+                     e.threshold, stats)
     return n_batches
 
 
@@ -1414,8 +1680,10 @@ cdef bint _any_nonfinite(const floating* a, Py_ssize_t n) noexcept nogil:
 # ---------------------------------------------------------------------------------------
 # Argument checks (with the GIL; they keep every C loop inside its buffers)
 
-cdef inline uint64_t _u64(object v):
+cdef inline uint64_t _u64(object v) except? 0xFFFFFFFFFFFFFFFF:
     """Python int -> uint64 modulo 2**64 (as the reference's ``& (2**64 - 1)``)."""
+    if PyLong_Check(v):
+        return PyLong_AsUnsignedLongLongMask(v)
     return <uint64_t>(int(v) & 0xFFFFFFFFFFFFFFFF)
 
 
@@ -1439,72 +1707,203 @@ cdef int _same(str what, tuple got, tuple want) except -1:
 
 cdef int _check_opt(int code, Py_ssize_t n_params, Py_ssize_t state_rows,
                     Py_ssize_t state_cols, Py_ssize_t n_hyper) except -1:
+    cdef Py_ssize_t rows
     if code < 0 or code >= N_OPTS:
         raise ValueError(f"unknown optimizer code {code}")
-    if state_cols != n_params or state_rows < max(1, (0, 1, 1, 1, 2)[code]):
-        raise ValueError(
-            f"state must have shape ({max(1, (0, 1, 1, 1, 2)[code])}, {n_params}) at least, "
-            f"got ({state_rows}, {state_cols})"
-        )
+    rows = max(1, STATE_SLOTS[code])
+    if state_cols != n_params or state_rows < rows:
+        raise ValueError(f"state must have shape ({rows}, {n_params}) at least, got "
+                         f"({state_rows}, {state_cols})")
     if n_hyper < HYPER_LEN[code]:
         raise ValueError(f"hyper needs {HYPER_LEN[code]} values for optimizer {code}, "
                          f"got {n_hyper}")
     return 0
 
 
-cdef int _make_stack(Stack* st, const int64_t[:, ::1] layers, const double[:, ::1] layer_f,
-                     Py_ssize_t n, Py_ssize_t n_in0, Py_ssize_t n_params,
-                     Py_ssize_t n_acts, Py_ssize_t n_gbuf) except -1:
-    """Fills ``st`` and checks that every layer stays inside params, acts and gbuf for a
-    batch of n rows (n_gbuf < 0: no gbuf)."""
-    return _make_stack_p(st, &layers[0, 0], layers.shape[0], layers.shape[1], &layer_f[0, 0],
-                         layer_f.shape[0], layer_f.shape[1], n, n_in0, n_params, n_acts, n_gbuf)
+cdef extern from *:
+    """
+    /* a * b for a, b >= 0; non-zero when it overflows */
+    static inline int fastnn_mul_overflow(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *r) {
+    #if defined(__GNUC__) || defined(__clang__)
+        return __builtin_mul_overflow(a, b, r);
+    #else
+        if (a != 0 && b > PY_SSIZE_T_MAX / a) return 1;
+        *r = a * b;
+        return 0;
+    #endif
+    }
+    """
+    int fastnn_mul_overflow(Py_ssize_t a, Py_ssize_t b, Py_ssize_t* r) noexcept nogil
 
 
-cdef int _make_stack_p(Stack* st, const int64_t* layers, Py_ssize_t n_layers,
-                       Py_ssize_t layer_cols, const double* layer_f, Py_ssize_t f_rows,
-                       Py_ssize_t f_cols, Py_ssize_t n, Py_ssize_t n_in0, Py_ssize_t n_params,
-                       Py_ssize_t n_acts, Py_ssize_t n_gbuf) except -1:
-    """_make_stack on the tables' data: layers (n_layers, layer_cols), layer_f (f_rows,
-    f_cols), both C-contiguous."""
-    cdef Py_ssize_t l, kind, width, act, poff, n_in = n_in0, total = 0, widest = n_in0
-    if n_layers < 1 or layer_cols != 4:
-        raise ValueError(f"layers must have shape (L, 4) with L >= 1, got "
-                         f"({n_layers}, {layer_cols})")
-    if f_rows != n_layers or f_cols != 3:
-        raise ValueError(f"layer_f must have shape ({n_layers}, 3), got ({f_rows}, {f_cols})")
-    st.first = n_layers
-    for l in range(n_layers):
-        kind, width = layers[4 * l], layers[4 * l + 1]
-        act, poff = layers[4 * l + 2], layers[4 * l + 3]
-        if width < 1:
-            raise ValueError(f"layer {l}: width must be >= 1, got {width}")
-        if kind == DENSE:
-            if st.first == n_layers:
-                st.first = l
-            if poff < 0 or poff + (n_in + 1) * width > n_params:
+cdef inline Py_ssize_t _mul(Py_ssize_t a, Py_ssize_t b, Py_ssize_t l) except -1:
+    cdef Py_ssize_t r
+    if fastnn_mul_overflow(a, b, &r):
+        raise ValueError(f"layer {l}: the sizes of the plan overflow ({a} * {b})")
+    return r
+
+
+cdef inline int _fits(Py_ssize_t l, str what, int64_t off, Py_ssize_t count, Py_ssize_t size,
+                      str buf) except -1:
+    """off >= 0 and [off, off + count) inside a buffer of ``size`` elements."""
+    if off < 0 or off > size or count > size - off:
+        raise ValueError(f"layer {l}: {what} [{off}, {off} + {count}) is not inside {buf} "
+                         f"({size} elements)")
+    return 0
+
+
+cdef enum:
+    # what a whole-network call uses beyond the forward (flags of _parse_net, _make_plan)
+    NEED_GRADS = 1      # the backward: grads, gbuf at the backward rows' offsets
+    NEED_STATE = 2      # the optimizer: state, params written
+    NEED_LOSS = 4       # the loss: gbuf at the last row's P_DOUT_OFF
+    WRITES_NONTRAIN = 8  # a training forward (BatchNormalization's moving statistics)
+
+
+cdef inline tuple _group(object g, Py_ssize_t least, Py_ssize_t most, str name):
+    """``g``, a tuple of ``least`` to ``most`` items (another sequence is converted)."""
+    if PyTuple_Check(g) and least <= PyTuple_GET_SIZE(g) <= most:
+        return <tuple>g
+    return _group_slow(g, least, most, name)
+
+
+cdef tuple _group_slow(object g, Py_ssize_t least, Py_ssize_t most, str name):
+    if not PyTuple_Check(g):
+        try:
+            g = tuple(g)
+        except TypeError:
+            raise TypeError(f"{name} must be a tuple, got {type(g).__name__}") from None
+    if PyTuple_GET_SIZE(g) < least or PyTuple_GET_SIZE(g) > most:
+        want = str(least) if least == most else f"{least} to {most}"
+        raise ValueError(f"{name} must be a tuple of {want} items, got {PyTuple_GET_SIZE(g)}")
+    return <tuple>g
+
+
+cdef inline object _item(tuple g, Py_ssize_t i):
+    # g[i] of a tuple _group checked (no bounds check)
+    return <object>PyTuple_GET_ITEM(g, i)
+
+
+cdef int _parse_net(Net* b, tuple net, object acts, object gbuf, object acc, Py_ssize_t isz,
+                    int needs) except -1:
+    """Fills ``b`` from net = (params, grads, state, nontrain) and the work buffers, reading
+    grads, state and gbuf only when ``needs`` says they are used."""
+    cdef Py_ssize_t[2] d2
+    cdef Py_ssize_t[1] d
+    cdef char f = F_KIND
+    b.params = _data(_item(net, 0), "params", f, isz, 1, (needs & NEED_STATE) != 0, d)
+    b.n_params = d[0]
+    b.nontrain = _data(_item(net, 3), "nontrain", f, isz, 1, (needs & WRITES_NONTRAIN) != 0, d)
+    b.n_nontrain = d[0]
+    b.acts = _data(acts, "acts", f, isz, 1, True, d)
+    b.n_acts = d[0]
+    b.acc = <double*>_data(acc, "acc", f, 8, 1, True, d)
+    b.n_acc = d[0]
+    b.grads = NULL
+    b.state = NULL
+    b.gbuf = NULL
+    b.state_rows = b.state_cols = b.n_gbuf = 0
+    if needs & NEED_GRADS:
+        b.grads = _data(_item(net, 1), "grads", f, isz, 1, True, d)
+        if d[0] != b.n_params:
+            raise ValueError(f"grads must have {b.n_params} elements (as params), got {d[0]}")
+    if needs & NEED_STATE:
+        b.state = _data(_item(net, 2), "state", f, isz, 2, True, d2)
+        b.state_rows, b.state_cols = d2[0], d2[1]
+    if needs & (NEED_GRADS | NEED_LOSS):
+        b.gbuf = _data(gbuf, "gbuf", f, isz, 1, True, d)
+        b.n_gbuf = d[0]
+    return 0
+
+
+cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_t n_x,
+                    int needs) except -1:
+    """Fills ``pl`` from plan = (layers, layer_f[, kinds]) for a batch x (n, n_x), after
+    checking every row: kind and activation codes known, shapes positive and consistent
+    (a Dense row keeps the rows per sample, other kinds keep the shape; a row reading the
+    previous row's output reads as many values), and every offset and extent inside its
+    buffer for n samples (gbuf only where ``needs`` uses it).  O(L)."""
+    cdef tuple t = _group(plan, 2, 3, "plan")
+    cdef Py_ssize_t[2] dl, df
+    cdef const int64_t* rows = <const int64_t*>_data(_item(t, 0), "layers", b"i"[0], 8, 2,
+                                                     False, dl)
+    cdef const double* fs = <const double*>_data(_item(t, 1), "layer_f", F_KIND, 8, 2, False,
+                                                 df)
+    cdef Py_ssize_t L = dl[0], l, k, c, wo, in_size = 0, out_size = 0, n_in, n_out = 0
+    cdef int64_t kind, prev_off = -2, prev_size = 0
+    cdef const int64_t* row = rows
+    if L < 1 or dl[1] != P_COLS:
+        raise ValueError(f"layers must have shape (L, {P_COLS}) with L >= 1, got "
+                         f"({dl[0]}, {dl[1]})")
+    if df[0] != L or df[1] != F_COLS:
+        raise ValueError(f"layer_f must have shape ({L}, {F_COLS}), got ({df[0]}, {df[1]})")
+    for l in range(L):
+        row = rows + l * P_COLS
+        kind = row[P_KIND]
+        if kind < 0 or kind >= N_KINDS:
+            raise ValueError(f"unknown layer kind {kind} (layer {l})")
+        if row[P_ACT] < 0 or row[P_ACT] >= N_ACTS:
+            raise ValueError(f"unknown activation code {row[P_ACT]} (layer {l})")
+        for k in range(P_IN0, P_OUT2 + 1):
+            if row[k] < 1:
                 raise ValueError(
-                    f"layer {l}: Dense parameters [{poff}, {poff + (n_in + 1) * width}) do "
-                    f"not fit in params of size {n_params}"
+                    f"layer {l}: shapes must be positive, got input "
+                    f"{(row[P_IN0], row[P_IN1], row[P_IN2])} and output "
+                    f"{(row[P_OUT0], row[P_OUT1], row[P_OUT2])}"
                 )
-        elif width != n_in:
-            raise ValueError(f"layer {l}: width must equal its input width {n_in}, got "
-                             f"{width}")
-        if kind != DROPOUT:
-            _check_act(<int>act)
-        total += width
-        widest = max(widest, width)
-        n_in = width
-    if n_acts < n * total:
-        raise ValueError(f"acts needs at least {n * total} elements, got {n_acts}")
-    if n_gbuf >= 0 and n_gbuf // 2 < n * widest:
-        raise ValueError(f"gbuf needs at least {2 * n * widest} elements, got {n_gbuf}")
-    st.layers = layers
-    st.layer_f = layer_f
-    st.n_layers = n_layers
-    st.n_in0 = n_in0
-    st.width_sum = total
-    st.half = n_gbuf // 2
+        c, wo = row[P_IN2], row[P_OUT2]
+        in_size = _mul(_mul(row[P_IN0], row[P_IN1], l), c, l)
+        out_size = _mul(_mul(row[P_OUT0], row[P_OUT1], l), wo, l)
+        n_in, n_out = _mul(n, in_size, l), _mul(n, out_size, l)
+        if row[P_IN_OFF] == -1:
+            if in_size != n_x:
+                raise ValueError(f"layer {l} reads x as {in_size} values per sample, but x "
+                                 f"has {n_x}")
+        else:
+            _fits(l, "input", row[P_IN_OFF], n_in, b.n_acts, "acts")
+            if row[P_IN_OFF] == prev_off and in_size != prev_size:
+                raise ValueError(f"layer {l} reads the previous layer's output ({prev_size} "
+                                 f"values per sample) as {in_size}")
+        _fits(l, "output", row[P_OUT_OFF], n_out, b.n_acts, "acts")
+        if kind == DENSE:
+            if row[P_IN0] != row[P_OUT0] or row[P_IN1] != row[P_OUT1]:
+                raise ValueError(f"layer {l}: a Dense layer keeps the leading axes of its "
+                                 f"input, got {(row[P_IN0], row[P_IN1])} -> "
+                                 f"{(row[P_OUT0], row[P_OUT1])}")
+            _fits(l, "the Dense kernel (W0)", row[P_W0], _mul(c, wo, l), b.n_params, "params")
+            if row[P_W1] != -1:
+                _fits(l, "the Dense bias (W1)", row[P_W1], wo, b.n_params, "params")
+        else:
+            if in_size != out_size or c != wo or row[P_IN0] != row[P_OUT0]:
+                raise ValueError(f"layer {l}: the output shape must equal the input shape, "
+                                 f"got {(row[P_IN0], row[P_IN1], c)} -> "
+                                 f"{(row[P_OUT0], row[P_OUT1], wo)}")
+            if kind == BATCHNORM:
+                if row[P_W0] != -1:
+                    _fits(l, "gamma (W0)", row[P_W0], c, b.n_params, "params")
+                if row[P_W1] != -1:
+                    _fits(l, "beta (W1)", row[P_W1], c, b.n_params, "params")
+                _fits(l, "the moving mean (S0)", row[P_S0], c, b.n_nontrain, "nontrain")
+                _fits(l, "the moving variance (S1)", row[P_S1], c, b.n_nontrain, "nontrain")
+                _fits(l, "the saved statistics", row[P_SAVE_OFF], _mul(2, c, l), b.n_acts,
+                      "acts")
+                _fits(l, "the accumulators", row[P_ACC_OFF], _mul(2, c, l), b.n_acc, "acc")
+            elif kind == NORMALIZATION:
+                _fits(l, "the mean (S0)", row[P_S0], c, b.n_nontrain, "nontrain")
+                _fits(l, "the variance (S1)", row[P_S1], c, b.n_nontrain, "nontrain")
+        if (needs & NEED_GRADS) and row[P_BACKWARD] != 0:
+            _fits(l, "dL/dout", row[P_DOUT_OFF], n_out, b.n_gbuf, "gbuf")
+            if row[P_DX_OFF] != -1:
+                _fits(l, "dL/dx", row[P_DX_OFF], n_in, b.n_gbuf, "gbuf")
+        prev_off, prev_size = row[P_OUT_OFF], out_size
+    if needs & NEED_LOSS:
+        _fits(L - 1, "the loss gradient (dL/dout)", row[P_DOUT_OFF], n_out, b.n_gbuf, "gbuf")
+    pl.rows = rows
+    pl.f = fs
+    pl.n_layers = L
+    pl.n_out = out_size
+    pl.out_off = row[P_OUT_OFF]
+    pl.dz_off = row[P_DOUT_OFF]
     return 0
 
 
@@ -1923,75 +2322,264 @@ def optimizer_update(params, grads, state, int opt_code, hyper, int64_t step):
             _opt(<double*>p_, <const double*>g_, <double*>s_, sp[0], opt_code, h_, step)
 
 
-def forward_stack(const floating[:, ::1] x, const floating[::1] params, floating[::1] acts,
-                  const int64_t[:, ::1] layers, const double[:, ::1] layer_f, int training,
-                  seed, step):
-    """Runs the stack on x (N, I0), writing every layer's output into ``acts``."""
-    cdef Stack st
-    cdef uint64_t s = _u64(seed), t = _u64(step)
-    cdef Py_ssize_t n = x.shape[0]
-    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0], -1)
-    with nogil:
-        _forward(&st, &x[0, 0], &params[0], &acts[0], n, training != 0, s, t)
+cdef char* _weight(object a, str name, Py_ssize_t isz, Py_ssize_t c,
+                   bint writeable) except? NULL:
+    """The data of an optional weight (C,), or NULL when it is empty (absent)."""
+    cdef Py_ssize_t[1] d
+    cdef char* p = _data(a, name, F_KIND, isz, 1, writeable, d)
+    if d[0] == 0:
+        return NULL
+    if d[0] != c:
+        raise ValueError(f"{name} must have shape ({c},) or (0,), got ({d[0]},)")
+    return p
 
 
-def backward_stack(const floating[:, ::1] x, const floating[::1] params, floating[::1] grads,
-                   const floating[::1] acts, floating[::1] gbuf, const int64_t[:, ::1] layers,
-                   const double[:, ::1] layer_f, seed, step):
-    """Back-propagates dL/dout (in gbuf[:N*C]) through the stack; writes dw, db into
-    ``grads``; returns the regularisation penalty (its gradient is added to dw)."""
-    cdef Stack st
+cdef int _same2(str name, const Py_ssize_t* got, Py_ssize_t r, Py_ssize_t c) except -1:
+    if got[0] != r or got[1] != c:
+        raise ValueError(f"{name} must have shape ({r}, {c}), got ({got[0]}, {got[1]})")
+    return 0
+
+
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, saved, out, acc, int training,
+                      double momentum, double epsilon):
+    """Batch normalisation of each column of x (R, C) (Keras semantics).  gamma, beta (C,)
+    or empty (absent); moving_mean, moving_var (C,) (updated when training); saved (2, C)
+    receives [mean, inv_std]; out (R, C) may alias x; acc (2, C) float64 scratch."""
+    cdef Py_ssize_t[2] sx, ss, so, sa
+    cdef Py_ssize_t[1] smm, smv
+    cdef Py_ssize_t isz = _float_size(x, "x")
+    cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
+    cdef Py_ssize_t r = sx[0], c = sx[1]
+    cdef char* g_ = _weight(gamma, "gamma", isz, c, False)
+    cdef char* b_ = _weight(beta, "beta", isz, c, False)
+    cdef char* mm_ = _data(moving_mean, "moving_mean", F_KIND, isz, 1, training != 0, smm)
+    cdef char* mv_ = _data(moving_var, "moving_var", F_KIND, isz, 1, training != 0, smv)
+    cdef char* s_ = _data(saved, "saved", F_KIND, isz, 2, True, ss)
+    cdef char* o_ = _data(out, "out", F_KIND, isz, 2, True, so)
+    cdef double* a_ = <double*>_data(acc, "acc", F_KIND, 8, 2, True, sa)
+    _same_len("moving_mean", smm[0], c)
+    _same_len("moving_var", smv[0], c)
+    _same2("saved", ss, 2, c)
+    _same2("out", so, r, c)
+    _same2("acc", sa, 2, c)
+    if isz == 4:
+        with nogil:
+            _bn_fwd(<const float*>x_, <const float*>g_, <const float*>b_, <float*>mm_,
+                    <float*>mv_, <float*>s_, <float*>o_, a_, r, c, training != 0, momentum,
+                    epsilon)
+    else:
+        with nogil:
+            _bn_fwd(<const double*>x_, <const double*>g_, <const double*>b_, <double*>mm_,
+                    <double*>mv_, <double*>s_, <double*>o_, a_, r, c, training != 0, momentum,
+                    epsilon)
+
+
+def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, int need_dx):
+    """Gradients of batchnorm_forward in training from saved = [mean, inv_std]: dbeta,
+    dgamma (when not empty) and dx (when ``need_dx``; may alias dout)."""
+    cdef Py_ssize_t[2] sx, ss, sd, sdx, sa
+    cdef Py_ssize_t isz = _float_size(x, "x")
+    cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
+    cdef Py_ssize_t r = sx[0], c = sx[1]
+    cdef char* g_ = _weight(gamma, "gamma", isz, c, False)
+    cdef char* s_ = _data(saved, "saved", F_KIND, isz, 2, False, ss)
+    cdef char* d_ = _data(dout, "dout", F_KIND, isz, 2, False, sd)
+    cdef char* dx_ = _data(dx, "dx", F_KIND, isz, 2, True, sdx)
+    cdef char* dg_ = _weight(dgamma, "dgamma", isz, c, True)
+    cdef char* db_ = _weight(dbeta, "dbeta", isz, c, True)
+    cdef double* a_ = <double*>_data(acc, "acc", F_KIND, 8, 2, True, sa)
+    _same2("saved", ss, 2, c)
+    _same2("dout", sd, r, c)
+    _same2("acc", sa, 2, c)
+    if need_dx:
+        _same2("dx", sdx, r, c)
+    if isz == 4:
+        with nogil:
+            _bn_bwd(<const float*>x_, <const float*>g_, <const float*>s_, <const float*>d_,
+                    <float*>dx_, <float*>dg_, <float*>db_, a_, r, c, need_dx != 0)
+    else:
+        with nogil:
+            _bn_bwd(<const double*>x_, <const double*>g_, <const double*>s_,
+                    <const double*>d_, <double*>dx_, <double*>dg_, <double*>db_, a_, r, c,
+                    need_dx != 0)
+
+
+def normalization_forward(x, mean, variance, out):
+    """out = (x - mean) / max(sqrt(variance), NORM_EPS) per column.  x, out (R, C) (may
+    alias); mean, variance (C,)."""
+    cdef Py_ssize_t[2] sx, so
+    cdef Py_ssize_t[1] sm, sv
+    cdef Py_ssize_t isz = _float_size(x, "x")
+    cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
+    cdef char* m_ = _data(mean, "mean", F_KIND, isz, 1, False, sm)
+    cdef char* v_ = _data(variance, "variance", F_KIND, isz, 1, False, sv)
+    cdef char* o_ = _data(out, "out", F_KIND, isz, 2, True, so)
+    _same_len("mean", sm[0], sx[1])
+    _same_len("variance", sv[0], sx[1])
+    _same2("out", so, sx[0], sx[1])
+    if isz == 4:
+        with nogil:
+            _norm(<const float*>x_, <const float*>m_, <const float*>v_, <float*>o_, sx[0],
+                  sx[1])
+    else:
+        with nogil:
+            _norm(<const double*>x_, <const double*>m_, <const double*>v_, <double*>o_, sx[0],
+                  sx[1])
+
+
+def normalization_backward(variance, dout, dx):
+    """dx = dout / max(sqrt(variance), NORM_EPS).  dout, dx (R, C) (may alias)."""
+    cdef Py_ssize_t[2] sd, sdx
+    cdef Py_ssize_t[1] sv
+    cdef Py_ssize_t isz = _float_size(dout, "dout")
+    cdef char* v_ = _data(variance, "variance", F_KIND, isz, 1, False, sv)
+    cdef char* d_ = _data(dout, "dout", F_KIND, isz, 2, False, sd)
+    cdef char* dx_ = _data(dx, "dx", F_KIND, isz, 2, True, sdx)
+    _same_len("variance", sv[0], sd[1])
+    _same2("dx", sdx, sd[0], sd[1])
+    if isz == 4:
+        with nogil:
+            _norm(<const float*>d_, <const float*>NULL, <const float*>v_, <float*>dx_, sd[0],
+                  sd[1])
+    else:
+        with nogil:
+            _norm(<const double*>d_, <const double*>NULL, <const double*>v_, <double*>dx_,
+                  sd[0], sd[1])
+
+
+# The whole-network entry points take their arguments in groups (tuples, unpacked here
+# through the C API): plan = (layers, layer_f, kinds) (kinds is for Numba: ignored),
+# net = (params, grads, state, nontrain), work = (acts, gbuf, acc), batch = (x, y, sw),
+# loss = (loss_code, logits_out, acc_mode, threshold), opt = (opt_code, hyper, lrs, step,
+# seed); see reference.py.
+
+def forward_stack(x, plan, net, work, int training, seed, step):
+    """Runs every layer of the plan on x (N, I0) (training: dropout, batch statistics and
+    their moving averages)."""
+    cdef Plan pl
+    cdef Net b
+    cdef Py_ssize_t[2] sx
+    cdef Py_ssize_t isz = _float_size(x, "x")
+    cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
+    cdef tuple w = _group(work, 3, 3, "work")
     cdef uint64_t s = _u64(seed), t = _u64(step)
-    cdef Py_ssize_t n = x.shape[0]
+    _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), None, _item(w, 2), isz,
+               WRITES_NONTRAIN if training else 0)
+    _make_plan(&pl, plan, &b, sx[0], sx[1], 0)
+    if isz == 4:
+        with nogil:
+            _forward(&pl, &b, <const float*>x_, sx[0], training != 0, s, t)
+    else:
+        with nogil:
+            _forward(&pl, &b, <const double*>x_, sx[0], training != 0, s, t)
+
+
+def backward_stack(x, plan, net, work, seed, step):
+    """Back-propagates dL/dout (at the last row's P_DOUT_OFF of gbuf) through the rows with
+    P_BACKWARD set; writes the weight gradients into grads; returns the regularisation
+    penalty (its gradient is added)."""
+    cdef Plan pl
+    cdef Net b
+    cdef Py_ssize_t[2] sx
+    cdef Py_ssize_t isz = _float_size(x, "x")
+    cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
+    cdef tuple w = _group(work, 3, 3, "work")
+    cdef uint64_t s = _u64(seed), t = _u64(step)
     cdef double penalty
-    _same_len("grads", grads.shape[0], params.shape[0])
-    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0],
-                gbuf.shape[0])
-    with nogil:
-        penalty = _backward(&st, &x[0, 0], &params[0], &grads[0], &acts[0], &gbuf[0], n, s, t)
+    _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
+               NEED_GRADS)
+    _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_GRADS)
+    if isz == 4:
+        with nogil:
+            penalty = _backward(&pl, &b, <const float*>x_, sx[0], s, t)
+    else:
+        with nogil:
+            penalty = _backward(&pl, &b, <const double*>x_, sx[0], s, t)
     return penalty
 
 
-def train_step(const floating[:, ::1] x, const floating[:, ::1] y, const floating[::1] sw,
-               floating[::1] params, floating[::1] grads, floating[:, ::1] state,
-               floating[::1] acts, floating[::1] gbuf, const int64_t[:, ::1] layers,
-               const double[:, ::1] layer_f, int loss_code, int logits_out, int opt_code,
-               const double[::1] hyper, int64_t step, seed):
-    """One training step of a layer stack: forward, loss, backward, optimizer update.
-    Returns the loss with the regularisation penalty; nothing is updated when it is not
-    finite."""
-    cdef Stack st
-    cdef uint64_t s = _u64(seed)
-    cdef Py_ssize_t n = x.shape[0], p = params.shape[0]
-    cdef double loss
-    _same_len("grads", grads.shape[0], p)
-    _check_opt(opt_code, p, state.shape[0], state.shape[1], hyper.shape[0])
-    _make_stack(&st, layers, layer_f, n, x.shape[1], p, acts.shape[0], gbuf.shape[0])
-    _check_targets(y.shape[0], y.shape[1], sw.shape[0], n, layers[layers.shape[0] - 1, 1],
-                   loss_code)
-    with nogil:
-        loss = _train(&st, &x[0, 0], &y[0, 0], y.shape[1], &sw[0], &params[0], &grads[0],
-                      &state[0, 0], p, &acts[0], &gbuf[0], n, loss_code, logits_out != 0,
-                      opt_code, &hyper[0], step, s)
-    return loss
+cdef int _parse_batch(tuple batch, Py_ssize_t* isz, char** x, char** y, char** sw,
+                      Py_ssize_t* sx, Py_ssize_t* sy) except -1:
+    """batch = (x (N, I0), y (N, T), sw (N,)): data, shapes and the call's itemsize."""
+    cdef Py_ssize_t[1] ssw
+    isz[0] = _float_size(_item(batch, 0), "x")
+    x[0] = _data(_item(batch, 0), "x", F_KIND, isz[0], 2, False, sx)
+    y[0] = _data(_item(batch, 1), "y", F_KIND, isz[0], 2, False, sy)
+    sw[0] = _data(_item(batch, 2), "sw", F_KIND, isz[0], 1, False, ssw)
+    if sy[0] != sx[0] or ssw[0] != sx[0]:
+        raise ValueError(f"y and sw must have {sx[0]} rows, got {sy[0]} and {ssw[0]}")
+    return 0
 
 
-def eval_step(const floating[:, ::1] x, const floating[:, ::1] y, const floating[::1] sw,
-              const floating[::1] params, floating[::1] acts, floating[::1] gbuf,
-              const int64_t[:, ::1] layers, const double[:, ::1] layer_f, int loss_code,
-              int logits_out):
-    """Forward (no dropout) and loss with the regularisation penalty; nothing is updated."""
-    cdef Stack st
-    cdef Py_ssize_t n = x.shape[0]
-    cdef double loss
-    _make_stack(&st, layers, layer_f, n, x.shape[1], params.shape[0], acts.shape[0],
-                gbuf.shape[0])
-    _check_targets(y.shape[0], y.shape[1], sw.shape[0], n, layers[layers.shape[0] - 1, 1],
-                   loss_code)
-    with nogil:
-        loss = _eval(&st, &x[0, 0], &y[0, 0], y.shape[1], &sw[0], &params[0], &acts[0],
-                     &gbuf[0], n, loss_code, logits_out != 0)
-    return loss
+def train_step(batch, plan, net, work, loss, opt):
+    """One training step: forward, loss, backward, optimizer update (hyper[0] is the rate;
+    lrs unused).  Returns the loss with the regularisation penalty; nothing is updated when
+    it is not finite."""
+    cdef Plan pl
+    cdef Net b
+    cdef Py_ssize_t isz
+    cdef Py_ssize_t[2] sx, sy
+    cdef Py_ssize_t[1] sh
+    cdef char* x_
+    cdef char* y_
+    cdef char* sw_
+    cdef tuple w = _group(work, 3, 3, "work")
+    cdef tuple ls = _group(loss, 2, 4, "loss")
+    cdef tuple o = _group(opt, 5, 5, "opt")
+    cdef int loss_code = _item(ls, 0), opt_code = _item(o, 0)
+    cdef bint logits_out = _item(ls, 1)
+    cdef int64_t step = _item(o, 3)
+    cdef uint64_t s = _u64(_item(o, 4))
+    cdef const double* h_ = <const double*>_data(_item(o, 1), "hyper", F_KIND, 8, 1, False, sh)
+    cdef double value
+    _parse_batch(_group(batch, 3, 3, "batch"), &isz, &x_, &y_, &sw_, sx, sy)
+    _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
+               NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
+    _check_opt(opt_code, b.n_params, b.state_rows, b.state_cols, sh[0])
+    _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_GRADS | NEED_LOSS)
+    _check_targets(sy[0], sy[1], sx[0], sx[0], pl.n_out, loss_code)
+    if isz == 4:
+        with nogil:
+            value = _train(&pl, &b, <const float*>x_, <const float*>y_, sy[1],
+                           <const float*>sw_, sx[0], loss_code, logits_out, opt_code, h_, step,
+                           s)
+    else:
+        with nogil:
+            value = _train(&pl, &b, <const double*>x_, <const double*>y_, sy[1],
+                           <const double*>sw_, sx[0], loss_code, logits_out, opt_code, h_, step,
+                           s)
+    return value
+
+
+def eval_step(batch, plan, net, work, loss):
+    """Forward (no dropout, moving statistics) and loss with the regularisation penalty;
+    nothing is updated."""
+    cdef Plan pl
+    cdef Net b
+    cdef Py_ssize_t isz
+    cdef Py_ssize_t[2] sx, sy
+    cdef char* x_
+    cdef char* y_
+    cdef char* sw_
+    cdef tuple w = _group(work, 3, 3, "work")
+    cdef tuple ls = _group(loss, 2, 4, "loss")
+    cdef int loss_code = _item(ls, 0)
+    cdef bint logits_out = _item(ls, 1)
+    cdef double value
+    _parse_batch(_group(batch, 3, 3, "batch"), &isz, &x_, &y_, &sw_, sx, sy)
+    _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
+               NEED_LOSS)
+    _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_LOSS)
+    _check_targets(sy[0], sy[1], sx[0], sx[0], pl.n_out, loss_code)
+    if isz == 4:
+        with nogil:
+            value = _eval(&pl, &b, <const float*>x_, <const float*>y_, sy[1],
+                          <const float*>sw_, sx[0], loss_code, logits_out)
+    else:
+        with nogil:
+            value = _eval(&pl, &b, <const double*>x_, <const double*>y_, sy[1],
+                          <const double*>sw_, sx[0], loss_code, logits_out)
+    return value
 
 
 def batch_stats(const floating[:, ::1] out, const floating[:, ::1] y, int acc_mode,
@@ -2039,109 +2627,104 @@ cdef char* _data(object a, str name, char kind, Py_ssize_t itemsize, int ndim,
     return cnp.PyArray_BYTES(arr)
 
 
-cdef Py_ssize_t _epoch_checked(const Stack* st, const floating* X, const floating* Y,
-                               Py_ssize_t ty, const floating* SW, const int64_t* order,
-                               Py_ssize_t total, Py_ssize_t m, Py_ssize_t batch_size,
-                               floating* xb, floating* yb, floating* swb, floating* params,
-                               floating* grads, floating* state, Py_ssize_t n_params,
-                               Py_ssize_t n_state, floating* acts, floating* gbuf,
-                               int loss_code, bint logits_out, int opt_code, double* hyper,
-                               const double* lrs, int64_t step, uint64_t seed, bint train,
-                               int acc_mode, double threshold, double* stats) noexcept nogil:
-    """_epoch, then (training) the non-finite flag of params and state in stats."""
-    cdef Py_ssize_t n_batches = 0
+cdef Py_ssize_t _epoch_checked(const Plan* pl, const Net* b, const Epoch* e,
+                               const floating* X, const floating* Y, const floating* SW,
+                               bint train, double* stats, Py_ssize_t* bad_row) noexcept nogil:
+    """Checks order (the first entry out of bounds goes to bad_row, and nothing runs), then
+    _epoch, then (training) the non-finite flag of params, state and nontrain.  One block
+    without the GIL: each release and acquisition costs about 30 ns."""
+    cdef Py_ssize_t k, idx, n_batches = 0
     cdef bint bad
-    if total > 0:
-        n_batches = _epoch(st, X, Y, ty, SW, order, total, m, batch_size, xb, yb, swb, params,
-                           grads, state, n_params, acts, gbuf, loss_code, logits_out,
-                           opt_code, hyper, lrs, step, seed, train, acc_mode, threshold,
-                           stats)
+    for k in range(e.total):
+        idx = e.order[k]
+        if idx < -e.m or idx >= e.m:
+            bad_row[0] = k
+            return 0
+    if e.total > 0:
+        n_batches = _epoch(pl, b, e, X, Y, SW, train, stats)
     if train:
-        bad = _any_nonfinite(params, n_params) or _any_nonfinite(state, n_state)
+        bad = (_any_nonfinite(<const floating*>b.params, b.n_params)
+               or _any_nonfinite(<const floating*>b.state, b.state_rows * b.state_cols)
+               or _any_nonfinite(<const floating*>b.nontrain, b.n_nontrain))
         stats[STAT_NONFINITE] = 1.0 if bad else 0.0
     return n_batches
 
 
-def run_epoch(X, Y, SW, order, Py_ssize_t batch_size, xb, yb, swb, params, grads, state,
-              acts, gbuf, layers, layer_f, int loss_code, int logits_out, int opt_code, hyper,
-              lrs, int64_t step, seed, int train, int acc_mode, double threshold, stats):
-    """Runs the batches of X[order] (last batch may be smaller) through train_step or
+def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
+    """Runs the batches of X[order] (the last batch may be smaller) through train_step or
     eval_step; accumulates stats; stops after a batch whose loss is not finite and returns
-    the number of batches completed; a training call ends by setting stats[STAT_NONFINITE]."""
-    cdef Stack st
-    cdef uint64_t s = _u64(seed)
-    # shapes of the arrays
-    cdef Py_ssize_t[2] dx, dy, dxb, dyb, dst, dl, dlf
-    cdef Py_ssize_t[1] dsw, dord, dswb, dp, dg, da, dgb, dh, dlr, dstats
-    cdef Py_ssize_t isz, m, i0, ty, p, c, k, idx, n_batches, total, rows, bad = -1
+    the number of batches completed; a training call ends by setting stats[STAT_NONFINITE]
+    (params, state or nontrain not finite)."""
+    cdef Plan pl
+    cdef Net b
+    cdef Epoch e
+    cdef tuple d = _group(data, 5, 5, "data")
+    cdef tuple w = _group(ws, 6, 6, "ws")
+    cdef tuple ls = _group(loss, 4, 4, "loss")
+    cdef tuple o = _group(opt, 5, 5, "opt")
+    cdef Py_ssize_t[2] dx, dy, dxb, dyb
+    cdef Py_ssize_t[1] dsw, dord, dswb, dh, dlr, dstats
+    cdef Py_ssize_t isz, n_batches, rows, bad = -1
     cdef char f = F_KIND
+    cdef object X = _item(d, 0)
     isz = _float_size(X, "X")
     cdef char* X_ = _data(X, "X", f, isz, 2, False, dx)
-    cdef char* Y_ = _data(Y, "Y", f, isz, 2, False, dy)
-    cdef char* SW_ = _data(SW, "SW", f, isz, 1, False, dsw)
-    cdef const int64_t* order_ = <const int64_t*>_data(order, "order", b"i"[0], 8, 1, False,
-                                                       dord)
-    cdef char* xb_ = _data(xb, "xb", f, isz, 2, True, dxb)
-    cdef char* yb_ = _data(yb, "yb", f, isz, 2, True, dyb)
-    cdef char* swb_ = _data(swb, "swb", f, isz, 1, True, dswb)
-    cdef char* params_ = _data(params, "params", f, isz, 1, True, dp)
-    cdef char* grads_ = _data(grads, "grads", f, isz, 1, True, dg)
-    cdef char* state_ = _data(state, "state", f, isz, 2, True, dst)
-    cdef char* acts_ = _data(acts, "acts", f, isz, 1, True, da)
-    cdef char* gbuf_ = _data(gbuf, "gbuf", f, isz, 1, True, dgb)
-    cdef const int64_t* layers_ = <const int64_t*>_data(layers, "layers", b"i"[0], 8, 2,
-                                                        False, dl)
-    cdef const double* layer_f_ = <const double*>_data(layer_f, "layer_f", f, 8, 2, False,
-                                                       dlf)
-    cdef double* hyper_ = <double*>_data(hyper, "hyper", f, 8, 1, True, dh)
-    cdef const double* lrs_ = <const double*>_data(lrs, "lrs", f, 8, 1, False, dlr)
+    cdef char* Y_ = _data(_item(d, 1), "Y", f, isz, 2, False, dy)
+    cdef char* SW_ = _data(_item(d, 2), "SW", f, isz, 1, False, dsw)
+    e.order = <const int64_t*>_data(_item(d, 3), "order", b"i"[0], 8, 1, False, dord)
+    e.batch_size = _item(d, 4)
+    e.xb = _data(_item(w, 0), "xb", f, isz, 2, True, dxb)
+    e.yb = _data(_item(w, 1), "yb", f, isz, 2, True, dyb)
+    e.swb = _data(_item(w, 2), "swb", f, isz, 1, True, dswb)
     cdef double* stats_ = <double*>_data(stats, "stats", f, 8, 1, True, dstats)
-    m, i0, ty, total, p = dx[0], dx[1], dy[1], dord[0], dp[0]
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rows = min(batch_size, total)
-    n_batches = (total + batch_size - 1) // batch_size
-    _same_len("grads", dg[0], p)
+    e.loss_code = _item(ls, 0)
+    e.logits_out = _item(ls, 1)
+    e.acc_mode = _item(ls, 2)
+    e.threshold = _item(ls, 3)
+    e.m, e.n_x, e.ty, e.total = dx[0], dx[1], dy[1], dord[0]
+    if e.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {e.batch_size}")
+    rows = min(e.batch_size, e.total)
+    n_batches = (e.total + e.batch_size - 1) // e.batch_size
+    e.opt_code, e.hyper, e.lrs, e.step, e.seed = 0, NULL, NULL, 0, 0
     if train:
-        _check_opt(opt_code, p, dst[0], dst[1], dh[0])
+        e.opt_code = _item(o, 0)
+        e.hyper = <double*>_data(_item(o, 1), "hyper", f, 8, 1, True, dh)
+        e.lrs = <const double*>_data(_item(o, 2), "lrs", f, 8, 1, False, dlr)
+        e.step = _item(o, 3)
+        e.seed = _u64(_item(o, 4))
+        _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 3), _item(w, 4), _item(w, 5), isz,
+                   NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
+        _check_opt(e.opt_code, b.n_params, b.state_rows, b.state_cols, dh[0])
         if dlr[0] < n_batches:
             raise ValueError(f"lrs needs {n_batches} values, got {dlr[0]}")
-    _make_stack_p(&st, layers_, dl[0], dl[1], layer_f_, dlf[0], dlf[1], rows, i0, p, da[0],
-                  dgb[0])
-    c = layers_[4 * (dl[0] - 1) + 1]
-    _check_targets(dy[0], ty, dsw[0], m, c, loss_code)
-    if dxb[0] < rows or dxb[1] != i0:
-        raise ValueError(f"xb must have shape ({rows}, {i0}) at least, got ({dxb[0]}, {dxb[1]})")
-    if dyb[0] < rows or dyb[1] != ty:
-        raise ValueError(f"yb must have shape ({rows}, {ty}) at least, got ({dyb[0]}, {dyb[1]})")
+        _make_plan(&pl, plan, &b, rows, e.n_x, NEED_GRADS | NEED_LOSS)
+    else:
+        _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 3), _item(w, 4), _item(w, 5), isz,
+                   NEED_LOSS)
+        _make_plan(&pl, plan, &b, rows, e.n_x, NEED_LOSS)
+    _check_targets(dy[0], e.ty, dsw[0], e.m, pl.n_out, e.loss_code)
+    if dxb[0] < rows or dxb[1] != e.n_x:
+        raise ValueError(f"xb must have shape ({rows}, {e.n_x}) at least, got "
+                         f"({dxb[0]}, {dxb[1]})")
+    if dyb[0] < rows or dyb[1] != e.ty:
+        raise ValueError(f"yb must have shape ({rows}, {e.ty}) at least, got "
+                         f"({dyb[0]}, {dyb[1]})")
     if dswb[0] < rows:
         raise ValueError(f"swb needs {rows} elements, got {dswb[0]}")
     if dstats[0] < STAT_LEN:
         raise ValueError(f"stats needs {STAT_LEN} elements, got {dstats[0]}")
-    if acc_mode == ACC_BINARY and ty != c and ty != 1:
-        raise ValueError(f"Y must have 1 or {c} columns for binary accuracy, got {ty}")
-    with nogil:
-        for k in range(total):
-            idx = order_[k]
-            if idx < -m or idx >= m:
-                bad = k
-                break
-    if bad >= 0:
-        raise IndexError(f"order[{bad}] = {order_[bad]} is out of bounds for {m} rows")
+    if e.acc_mode == ACC_BINARY and e.ty != pl.n_out and e.ty != 1:
+        raise ValueError(f"Y must have 1 or {pl.n_out} columns for binary accuracy, got "
+                         f"{e.ty}")
     if isz == 4:
         with nogil:
-            n_batches = _epoch_checked(
-                &st, <const float*>X_, <const float*>Y_, ty, <const float*>SW_, order_, total,
-                m, batch_size, <float*>xb_, <float*>yb_, <float*>swb_, <float*>params_,
-                <float*>grads_, <float*>state_, p, dst[0] * dst[1], <float*>acts_,
-                <float*>gbuf_, loss_code, logits_out != 0, opt_code, hyper_, lrs_, step, s,
-                train != 0, acc_mode, threshold, stats_)
+            n_batches = _epoch_checked(&pl, &b, &e, <const float*>X_, <const float*>Y_,
+                                       <const float*>SW_, train != 0, stats_, &bad)
     else:
         with nogil:
-            n_batches = _epoch_checked(
-                &st, <const double*>X_, <const double*>Y_, ty, <const double*>SW_, order_,
-                total, m, batch_size, <double*>xb_, <double*>yb_, <double*>swb_,
-                <double*>params_, <double*>grads_, <double*>state_, p, dst[0] * dst[1],
-                <double*>acts_, <double*>gbuf_, loss_code, logits_out != 0, opt_code, hyper_,
-                lrs_, step, s, train != 0, acc_mode, threshold, stats_)
+            n_batches = _epoch_checked(&pl, &b, &e, <const double*>X_, <const double*>Y_,
+                                       <const double*>SW_, train != 0, stats_, &bad)
+    if bad >= 0:
+        raise IndexError(f"order[{bad}] = {e.order[bad]} is out of bounds for {e.m} rows")
     return n_batches

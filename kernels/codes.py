@@ -7,11 +7,66 @@ LEAKY_RELU = 2
 SIGMOID = 3
 TANH = 4
 SOFTMAX = 5
+N_ACTS = 6
 
-# Layer kinds in a compiled stack
+# Layer kinds in a compiled plan (Flatten and Input are views: they have no row)
 DENSE = 0
 DROPOUT = 1
 ACTIVATION = 2
+BATCHNORM = 3
+NORMALIZATION = 4
+N_KINDS = 5
+
+# Families of kinds.  The Numba backend runs every family but the core one in a function
+# that takes the family's slot of the plan's kinds marker (``kinds_marker``): when the slot
+# is None, Numba leaves the family's kernels out of the compiled training path, so a model
+# does not pay compile time for kinds it does not use.
+CORE = 0  # Dense, Dropout, Activation
+NORM = 1  # BatchNormalization, Normalization
+#: Family of each kind, by kind code.
+KIND_FAMILY = (CORE, CORE, CORE, NORM, NORM)
+#: Length of the kinds marker: room for the families to come.
+FAMILY_SLOTS = 8
+
+# The plan: an int64 table with one row per compiled layer (columns below) and a float64
+# table (columns F_*), computed once per model and batch size by fastnn._plan.  Shapes are
+# per sample, padded on the left with 1s to three dimensions; a layer that works on the
+# last axis sees its input as (N * D0 * D1, D2) rows.  Offsets are element offsets into
+# the buffer named in the comment; -1 means "none".
+P_KIND = 0
+P_ACT = 1  # activation applied to the output (Dense, Activation; LINEAR otherwise)
+P_IN0, P_IN1, P_IN2 = 2, 3, 4  # input shape
+P_OUT0, P_OUT1, P_OUT2 = 5, 6, 7  # output shape
+P_IN_OFF = 8  # acts: the input (-1: the batch x itself)
+P_OUT_OFF = 9  # acts: the output
+P_SAVE_OFF = 10  # acts: tensors kept for the backward (BatchNormalization: mean, inv_std)
+P_ACC_OFF = 11  # acc (float64 scratch): accumulators
+P_W0, P_W1, P_W2 = 12, 13, 14  # params/grads: trainable weights (Dense: kernel, bias)
+P_S0, P_S1 = 15, 16  # nontrain: non-trainable weights (moving mean, moving variance)
+P_DOUT_OFF = 17  # gbuf: dL/d(output)
+P_DX_OFF = 18  # gbuf: dL/d(input) (-1: not needed, the first layer with weights)
+P_BACKWARD = 19  # 1 if this layer's backward runs (it or a layer before it has weights)
+P_ARG0, P_ARG1 = 20, 21  # per-kind integer arguments (none yet)
+P_COLS = 22
+
+F_ALPHA = 0  # negative slope of leaky_relu
+F_L1 = 1  # kernel regulariser (penalty on W0)
+F_L2 = 2
+F_RATE = 3  # dropout rate
+F_MOMENTUM = 4  # BatchNormalization
+F_EPSILON = 5  # BatchNormalization (Normalization's floor of sqrt(variance) is NORM_EPS)
+F_COLS = 6
+
+#: Normalization divides by max(sqrt(variance), NORM_EPS) (Keras: backend.epsilon()).
+NORM_EPS = 1e-7
+
+
+def kinds_marker(kinds) -> tuple:
+    """The plan's third entry: one slot per family, True where a kind of that family is in
+    ``kinds``, else None (Numba leaves out the branches of absent families)."""
+    present = {KIND_FAMILY[k] for k in kinds}
+    return tuple(True if f in present else None for f in range(FAMILY_SLOTS))
+
 
 # Losses (the first three take logits)
 SOFTMAX_CE = 0
@@ -21,6 +76,7 @@ CATEGORICAL_CE = 3
 BINARY_CE = 4
 MSE = 5
 MAE = 6
+N_LOSSES = 7
 
 # Optimizers; hyper-parameter vector layout in comments
 SGD = 0  # [lr]
@@ -28,6 +84,7 @@ MOMENTUM = 1  # [lr, momentum, nesterov]
 ADAGRAD = 2  # [lr, epsilon]
 RMSPROP = 3  # [lr, rho, epsilon]
 ADAM = 4  # [lr, beta_1, beta_2, epsilon, weight_decay]  (weight_decay > 0: AdamW)
+N_OPTS = 5
 
 # Number of optimizer state slots, by optimizer code
 STATE_SLOTS = (0, 1, 1, 1, 2)
@@ -44,8 +101,9 @@ STAT_CORRECT = 1  # accuracy numerator (rows, or elements / outputs for binary)
 STAT_ABS = 2  # sum |out - y| over elements
 STAT_SQ = 3  # sum (out - y)^2 over elements
 STAT_ROWS = 4  # rows seen
-# set (not accumulated) by a training call: 1.0 when an entry of params or state is not
-# finite at its end, else 0.0 (the caller's overflow check without another pass in Python)
+# set (not accumulated) by a training call: 1.0 when an entry of params, the optimizer state
+# or the non-trainable weights is not finite at its end, else 0.0 (the caller's overflow
+# check without another pass in Python)
 STAT_NONFINITE = 5
 STAT_LEN = 6
 

@@ -7,8 +7,12 @@ reference).  Full aliasing of two arguments (the same array passed twice, as the
 allows) is kept on the device; partial overlaps of host arrays are not.
 
 Device residency: ``train_step``, ``eval_step``, ``forward_stack``, ``backward_stack`` and
-``run_epoch`` launch kernels over device-resident buffers (params, grads, optimizer state,
-acts, gbuf); losses are reduced on the device and one scalar comes back.  ``run_epoch``
+``run_epoch`` launch kernels over device-resident buffers (``net``: params, grads, optimizer
+state, nontrain; ``work``: acts, gbuf, the float64 acc); losses are reduced on the device and
+one scalar comes back.  The plan tables (``plan[0]``, ``plan[1]``) are read on the host,
+parsed once per table contents; ``KINDS`` are the layer kinds this backend runs (all of
+them today: Dense, Dropout, Activation, BatchNormalization, Normalization); any other kind
+raises ValueError, naming the kind and the plan row, before anything runs.  ``run_epoch``
 gathers each batch on the host (X, Y, SW and order stay host arrays), copies it to the
 device and reads back one loss per batch; the metric sums stay on the device until the end
 of the epoch.
@@ -38,7 +42,7 @@ import numpy as np
 from numba import config as _nb_config
 
 from . import codes as C
-from .reference import OPS, dropout_seed, output_offset
+from .reference import OPS, dropout_seed
 
 # numba.cuda is imported on first use (_require): importing this module stays cheap and
 # cannot fail.  The simulator is chosen by NUMBA_ENABLE_CUDASIM before numba is imported.
@@ -48,19 +52,25 @@ _IMPORT_ERROR: str | None = None
 
 _INSTALL_HINT = "install the CUDA extra: pip install 'fastnn-cpu[cuda]' (numba-cuda[cu12])"
 
-TILE = 16  # GEMM tile edge (16x16 threads per block)
+# Launch shapes: the simulator runs one CPU thread per GPU thread (a few milliseconds each),
+# so it gets small blocks and few of them (grid-stride loops cover the rest, which also
+# tests those loops), and 8x8 GEMM tiles: the same kernel code as the 16x16 tiles of a real
+# GPU (and of the PTX checks, which run without the simulator).
+TILE = 8 if _SIM else 16  # GEMM tile edge (TILE x TILE threads per block)
 _TILE1 = TILE + 1  # padded shared-memory row (no bank conflicts on transposed reads)
 _RED = 256  # largest block of the reduction kernels (power of two)
-# Launch shapes: the simulator runs one CPU thread per GPU thread, so it gets small blocks and
-# few of them (grid-stride loops cover the rest, which also tests those loops).
-_EW_BLOCK = 32 if _SIM else 256
+_EW_BLOCK = 16 if _SIM else 256
 _EW_MAX_BLOCKS = 2 if _SIM else 4096
 _ROW_MIN = 8 if _SIM else 32
 _ROW_CAP = 16 if _SIM else _RED
-_ROW_MAX_BLOCKS = 4 if _SIM else 65535
-_COL_BLOCK = (8, 4) if _SIM else (32, 8)
-_RED_BLOCK = 32 if _SIM else _RED
+_ROW_MAX_BLOCKS = 2 if _SIM else 65535
+_COL_BLOCK = (4, 4) if _SIM else (32, 8)
+_RED_BLOCK = 16 if _SIM else _RED
 _MAX_PARTIALS = 2 if _SIM else 1024
+# Column reductions (BatchNormalization) split the rows into chunks of about this many rows,
+# one block row of the grid each, reduced in order afterwards (deterministic).
+_CHUNK_ROWS = 8 if _SIM else 512
+_MAX_CHUNKS = 2 if _SIM else 64
 
 _M64 = (1 << 64) - 1
 
@@ -289,6 +299,7 @@ def _build(F):  # noqa: C901 - one namespace of kernels
     ZERO, ONE, TWO, HALF = F(0.0), F(1.0), F(2.0), F(0.5)
     NEG_INF = F(-np.inf)
     EPS, ONE_EPS = F(C.PROB_EPS), F(1.0 - C.PROB_EPS)
+    NORM_EPS = F(C.NORM_EPS)
     RELU, LEAKY, SIGMOID, TANH = C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH
     GOLDEN = np.uint64(0x9E3779B97F4A7C15)
     MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -412,7 +423,7 @@ def _build(F):  # noqa: C901 - one namespace of kernels
                 bi = j
         return bi
 
-    # -- GEMMs (16x16 tiles, blocks (16, 16), grid (ceil(cols/16), ceil(rows/16))) -----
+    # -- GEMMs (TxT tiles, blocks (T, T), grid (ceil(cols/T), ceil(rows/T))) ------------
 
     @cuda.jit
     def gemm_bias_act(x, w, b, out, act, alpha):
@@ -727,6 +738,168 @@ def _build(F):  # noqa: C901 - one namespace of kernels
                 s += sh[k, tx]
             db[c] = s
 
+    # -- normalisation layers (columns of x (R, C)) -------------------------------------
+    # Column sums: blocks (BX, BY) over BX columns, grid (column groups, row chunks); each
+    # block writes float64 partials[chunk*2*C + k*C + c] (k = 0, 1), summed in chunk order
+    # by a per-column kernel afterwards (deterministic, whatever the launch).
+
+    @cuda.jit
+    def col_moments(x, partials, rpc):
+        """Chunk sums of d and d*d, d = x[r, c] - x[0, c] in float64 (shifted moments)."""
+        sh = cuda.shared.array((CB, CB1), dtype=D)
+        sh2 = cuda.shared.array((CB, CB1), dtype=D)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        nr, nc = x.shape
+        c = cuda.blockIdx.x * cuda.blockDim.x + tx
+        chunk = cuda.blockIdx.y
+        r0 = chunk * rpc
+        r1 = min(r0 + rpc, nr)
+        s1 = 0.0
+        s2 = 0.0
+        if c < nc:
+            x0 = D(x[0, c])
+            for r in range(r0 + ty, r1, cuda.blockDim.y):
+                d = D(x[r, c]) - x0
+                s1 += d
+                s2 += d * d
+        sh[ty, tx] = s1
+        sh2[ty, tx] = s2
+        cuda.syncthreads()
+        if ty == 0 and c < nc:
+            a = 0.0
+            b = 0.0
+            for k in range(cuda.blockDim.y):
+                a += sh[k, tx]
+                b += sh2[k, tx]
+            base = chunk * 2 * nc
+            partials[base + c] = a
+            partials[base + nc + c] = b
+
+    @cuda.jit
+    def col_grad_sums(x, saved, dout, partials, rpc):
+        """Chunk sums of dout and dout * xhat (float64), xhat = (x - mean) * inv_std."""
+        sh = cuda.shared.array((CB, CB1), dtype=D)
+        sh2 = cuda.shared.array((CB, CB1), dtype=D)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        nr, nc = x.shape
+        c = cuda.blockIdx.x * cuda.blockDim.x + tx
+        chunk = cuda.blockIdx.y
+        r0 = chunk * rpc
+        r1 = min(r0 + rpc, nr)
+        s1 = 0.0
+        s2 = 0.0
+        if c < nc:
+            m = saved[0, c]
+            inv = saved[1, c]
+            for r in range(r0 + ty, r1, cuda.blockDim.y):
+                g = D(dout[r, c])
+                xh = (x[r, c] - m) * inv
+                s1 += g
+                s2 += g * D(xh)
+        sh[ty, tx] = s1
+        sh2[ty, tx] = s2
+        cuda.syncthreads()
+        if ty == 0 and c < nc:
+            a = 0.0
+            b = 0.0
+            for k in range(cuda.blockDim.y):
+                a += sh[k, tx]
+                b += sh2[k, tx]
+            base = chunk * 2 * nc
+            partials[base + c] = a
+            partials[base + nc + c] = b
+
+    @cuda.jit
+    def bn_stats(x, partials, chunks, acc, mmean, mvar, saved, mom, one_m_mom, eps, training):
+        """Per column: training, the batch mean and biased variance from the partials
+        (into acc), the moving statistics' update and saved = [mean, inv_std]; inference,
+        saved from the moving statistics."""
+        nr, nc = x.shape
+        rf = D(nr)
+        for c in range(cuda.grid(1), nc, cuda.gridsize(1)):
+            if training:
+                s1 = 0.0
+                s2 = 0.0
+                for k in range(chunks):
+                    s1 += partials[k * 2 * nc + c]
+                    s2 += partials[k * 2 * nc + nc + c]
+                m1 = s1 / rf
+                mean = D(x[0, c]) + m1
+                var = s2 / rf - m1 * m1
+                if var < 0.0:  # NaN stays NaN, as np.maximum
+                    var = 0.0
+                acc[0, c] = mean
+                acc[1, c] = var
+                mmean[c] = mmean[c] * mom + F(mean * one_m_mom)
+                mvar[c] = mvar[c] * mom + F(var * one_m_mom)
+                saved[0, c] = F(mean)
+                saved[1, c] = F(1.0 / math.sqrt(var + eps))
+            else:
+                saved[0, c] = mmean[c]
+                saved[1, c] = F(1.0 / math.sqrt(D(mvar[c]) + eps))
+
+    @cuda.jit
+    def bn_apply(x, saved, gamma, beta, out, has_gamma, has_beta):
+        """out = (x - mean) * inv_std (* gamma) (+ beta); out may alias x."""
+        n, nc = x.shape
+        for i in range(cuda.grid(1), n * nc, cuda.gridsize(1)):
+            r = i // nc
+            c = i - r * nc
+            y = (x[r, c] - saved[0, c]) * saved[1, c]
+            if has_gamma:
+                y = y * gamma[c]
+            if has_beta:
+                y = y + beta[c]
+            out[r, c] = y
+
+    @cuda.jit
+    def bn_grad_sums(partials, chunks, acc, dgamma, dbeta, has_gamma, has_beta):
+        """Per column: acc = [sum dout, sum dout*xhat] from the partials; dbeta, dgamma."""
+        nc = acc.shape[1]
+        for c in range(cuda.grid(1), nc, cuda.gridsize(1)):
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(chunks):
+                s1 += partials[k * 2 * nc + c]
+                s2 += partials[k * 2 * nc + nc + c]
+            acc[0, c] = s1
+            acc[1, c] = s2
+            if has_beta:
+                dbeta[c] = F(s1)
+            if has_gamma:
+                dgamma[c] = F(s2)
+
+    @cuda.jit
+    def bn_dx(x, saved, gamma, dout, acc, dx, has_gamma):
+        """dx = gamma * inv_std / R * (R * dout - sum_dy - xhat * sum_dyx); may alias dout."""
+        n, nc = x.shape
+        rf = F(n)
+        for i in range(cuda.grid(1), n * nc, cuda.gridsize(1)):
+            r = i // nc
+            c = i - r * nc
+            inv = saved[1, c]
+            g = gamma[c] if has_gamma else ONE
+            coef = inv * g / rf
+            xh = (x[r, c] - saved[0, c]) * inv
+            dx[r, c] = coef * (rf * dout[r, c] - F(acc[0, c]) - xh * F(acc[1, c]))
+
+    @cuda.jit
+    def normalize(x, mean, variance, out, centered):
+        """out = (x - mean (if centered)) / max(sqrt(variance), NORM_EPS); may alias x."""
+        n, nc = x.shape
+        for i in range(cuda.grid(1), n * nc, cuda.gridsize(1)):
+            r = i // nc
+            c = i - r * nc
+            d = math.sqrt(variance[c])
+            if d < NORM_EPS:  # NaN stays NaN, as np.maximum
+                d = NORM_EPS
+            v = x[r, c]
+            if centered:
+                v = v - mean[c]
+            out[r, c] = v / d
+
     # -- optimizers: one fused pass over the flat buffers, skipped when the guard (the
     #    step's loss) is not finite -------------------------------------------------------
 
@@ -840,7 +1013,8 @@ def _build(F):  # noqa: C901 - one namespace of kernels
 _KERNEL_NAMES = (
     "gemm_bias_act", "gemm_tn", "gemm_nt", "act_forward", "act_backward", "dropout",
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
-    "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias",
+    "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias", "col_moments", "col_grad_sums",
+    "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "normalize",
     "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "flag_nonfinite",
 )  # fmt: skip
 
@@ -875,6 +1049,7 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
     lab = numba.from_dtype(np.dtype(label_dtype or dtype))
     a1, a2 = nt.Array(f, 1, "C"), nt.Array(f, 2, "C")
     d1, l2 = nt.Array(nt.float64, 1, "C"), nt.Array(lab, 2, "C")
+    d2 = nt.Array(nt.float64, 2, "C")
     i, d, u = nt.int64, nt.float64, nt.uint64
     sigs = {
         "gemm_bias_act": (a2, a2, a1, a2, i, f),
@@ -891,6 +1066,13 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "l1l2": (a1, a1, d1, f, f, d, d, i),
         "reduce_to": (d1, i, d1, i, d, i),
         "act_grad_bias": (a2, a2, a2, a1, i, f),
+        "col_moments": (a2, d1, i),
+        "col_grad_sums": (a2, a2, a2, d1, i),
+        "bn_stats": (a2, d1, i, d2, a1, a1, a2, f, d, d, i),
+        "bn_apply": (a2, a2, a1, a1, a2, i, i),
+        "bn_grad_sums": (d1, i, d2, a1, a1, i, i),
+        "bn_dx": (a2, a2, a1, a2, d2, a2, i),
+        "normalize": (a2, a1, a1, a2, i),
         "sgd": (a1, a1, f, d1),
         "momentum": (a1, a1, a1, f, f, i, d1),
         "adagrad": (a1, a1, a1, f, f, d1),
@@ -927,7 +1109,12 @@ _LAUNCHERS: dict = {}
 
 
 def _launch(k, name, grid, block):
-    """kernel[grid, block], cached: a launch configuration is built (and checked) once."""
+    """kernel[grid, block], cached: a launch configuration is built (and checked) once.
+
+    Not under the simulator, whose ``kernel[grid, block]`` configures and returns the kernel
+    object itself: a cached configuration would change under the next one."""
+    if _SIM:
+        return k[name][grid, block]
     key = (name, id(k), grid, block)
     cfg = _LAUNCHERS.get(key)
     if cfg is None:
@@ -972,6 +1159,8 @@ def _act_bwd_d(y, dout, dx, act, alpha):
 
 
 def _dense_fwd_d(x, w, b, out, act, alpha):
+    if act not in range(C.N_ACTS):
+        raise ValueError(f"unknown activation code {act}")
     k = _k(x.dtype)
     grid, block = _tiles(x.shape[0], w.shape[1])
     fused = act != C.SOFTMAX
@@ -1094,117 +1283,280 @@ def _state_rows(state, opt_code):
     return [_row(state, i) for i in range(slots)]
 
 
-# -- the layer stack ----------------------------------------------------------------------
+# -- normalisation layers -------------------------------------------------------------------
 
 
-def _plan(layers, layer_f):
-    """Host tuples (kind, width, act, param_off, f0, l1, l2) of the layer tables."""
-    lay = to_host(layers)
-    lf = to_host(layer_f)
-    return tuple(
-        (int(r[0]), int(r[1]), int(r[2]), int(r[3]), float(f[0]), float(f[1]), float(f[2]))
-        for r, f in zip(lay, lf, strict=True)
-    )
+def _col_grid(r, c):
+    """(chunks, rows per chunk, grid, block) of a column reduction over x (r, c)."""
+    bx, by = _COL_BLOCK
+    chunks = max(1, min((r + _CHUNK_ROWS - 1) // _CHUNK_ROWS, _MAX_CHUNKS))
+    rpc = (r + chunks - 1) // chunks
+    return chunks, rpc, ((c + bx - 1) // bx, chunks), (bx, by)
 
 
-def _dense_params(params, poff, n_in, width):
-    return _view(params, poff, (n_in, width)), _view(params, poff + n_in * width, (width,))
+def _bn_fwd_d(x, gamma, beta, mmean, mvar, saved, out, acc, training, momentum, epsilon):
+    """Device BatchNormalization forward; gamma, beta: None when absent."""
+    k = _k(x.dtype)
+    r, c = x.shape
+    sc = _scratch()
+    chunks = 0
+    partials = sc.partials
+    if training:
+        chunks, rpc, grid, block = _col_grid(r, c)
+        partials = sc.partials_for(chunks * 2 * c)
+        _launch(k, "col_moments", grid, block)(x, partials, rpc)
+    grid, block = _ew(c)
+    _launch(k, "bn_stats", grid, block)(
+        x, partials, chunks, acc, mmean, mvar, saved, _ft(x)(momentum), 1.0 - float(momentum),
+        float(epsilon), int(bool(training)),
+    )  # fmt: skip
+    dummy = _row(saved, 0)
+    grid, block = _ew(r * c)
+    _launch(k, "bn_apply", grid, block)(
+        x, saved, dummy if gamma is None else gamma, dummy if beta is None else beta, out,
+        int(gamma is not None), int(beta is not None),
+    )  # fmt: skip
 
 
-def _forward_d(x, params, acts, plan, training, seed, step):
-    n, n_in = x.shape
-    inp = x
-    off = 0
-    for l, (kind, width, act, poff, f0, _, _) in enumerate(plan):
-        out = _view(acts, off, (n, width))
+def _bn_bwd_d(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
+    """Device BatchNormalization backward; gamma, dgamma, dbeta: None when absent."""
+    k = _k(x.dtype)
+    r, c = x.shape
+    chunks, rpc, grid, block = _col_grid(r, c)
+    partials = _scratch().partials_for(chunks * 2 * c)
+    _launch(k, "col_grad_sums", grid, block)(x, saved, dout, partials, rpc)
+    dummy = _row(saved, 0)
+    grid, block = _ew(c)
+    _launch(k, "bn_grad_sums", grid, block)(
+        partials, chunks, acc, dummy if dgamma is None else dgamma,
+        dummy if dbeta is None else dbeta, int(dgamma is not None), int(dbeta is not None),
+    )  # fmt: skip
+    if need_dx:
+        grid, block = _ew(r * c)
+        _launch(k, "bn_dx", grid, block)(x, saved, dummy if gamma is None else gamma, dout, acc,
+                                         dx, int(gamma is not None))  # fmt: skip
+
+
+def _norm_d(x, mean, variance, out, centered):
+    grid, block = _ew(x.shape[0] * x.shape[1])
+    _launch(_k(x.dtype), "normalize", grid, block)(x, mean, variance, out, int(centered))
+
+
+# -- the plan of layers -----------------------------------------------------------------------
+
+#: The layer kinds this backend runs in a plan.
+KINDS = frozenset({C.DENSE, C.DROPOUT, C.ACTIVATION, C.BATCHNORM, C.NORMALIZATION})
+
+_KIND_NAMES = {C.DENSE: "Dense", C.DROPOUT: "Dropout", C.ACTIVATION: "Activation",
+               C.BATCHNORM: "BatchNormalization", C.NORMALIZATION: "Normalization"}  # fmt: skip
+
+
+class _Row:
+    """One plan row as host Python numbers (what the launchers need)."""
+
+    __slots__ = ("index", "kind", "act", "ri", "wi", "ro", "wo", "in_off", "out_off",
+                 "save_off", "acc_off", "w0", "w1", "s0", "s1", "dout_off", "dx_off",
+                 "backward", "alpha", "l1", "l2", "rate", "momentum", "epsilon")  # fmt: skip
+
+    def __init__(self, index, row, f):
+        r = [int(v) for v in row]
+        self.index = index
+        self.kind, self.act = r[C.P_KIND], r[C.P_ACT]
+        self.ri, self.wi = r[C.P_IN0] * r[C.P_IN1], r[C.P_IN2]
+        self.ro, self.wo = r[C.P_OUT0] * r[C.P_OUT1], r[C.P_OUT2]
+        self.in_off, self.out_off = r[C.P_IN_OFF], r[C.P_OUT_OFF]
+        self.save_off, self.acc_off = r[C.P_SAVE_OFF], r[C.P_ACC_OFF]
+        self.w0, self.w1, self.s0, self.s1 = r[C.P_W0], r[C.P_W1], r[C.P_S0], r[C.P_S1]
+        self.dout_off, self.dx_off = r[C.P_DOUT_OFF], r[C.P_DX_OFF]
+        self.backward = bool(r[C.P_BACKWARD])
+        self.alpha, self.l1, self.l2 = float(f[C.F_ALPHA]), float(f[C.F_L1]), float(f[C.F_L2])
+        self.rate = float(f[C.F_RATE])
+        self.momentum, self.epsilon = float(f[C.F_MOMENTUM]), float(f[C.F_EPSILON])
+
+
+_PLANS: dict = {}
+
+
+def _rows_of(plan):
+    """The plan's rows as host :class:`_Row` objects (parsed once per table contents).
+
+    Raises ValueError, before anything runs, on a layer kind that is unknown or that this
+    backend does not run (not in KINDS), naming the kind and the plan row."""
+    layers = np.ascontiguousarray(to_host(plan[0]), dtype=np.int64)
+    layer_f = np.ascontiguousarray(to_host(plan[1]), dtype=np.float64)
+    key = (layers.shape, layer_f.shape, layers.tobytes(), layer_f.tobytes())
+    rows = _PLANS.get(key)
+    if rows is None:
+        if layers.ndim != 2 or layers.shape[0] == 0 or layers.shape[1] < C.P_COLS:
+            raise ValueError(f"the plan's layers table must be (L >= 1, {C.P_COLS}) int64, "
+                             f"got shape {layers.shape}")  # fmt: skip
+        if layer_f.shape != (layers.shape[0], layer_f.shape[-1]) or layer_f.shape[1] < C.F_COLS:
+            raise ValueError(f"the plan's layer_f table must be ({layers.shape[0]}, "
+                             f"{C.F_COLS}) float64, got shape {layer_f.shape}")  # fmt: skip
+        rows = tuple(_Row(l, layers[l], layer_f[l]) for l in range(layers.shape[0]))
+        if len(_PLANS) >= 64:
+            _PLANS.clear()
+        _PLANS[key] = rows
+    for row in rows:
+        if row.kind not in KINDS:
+            if row.kind not in _KIND_NAMES:
+                raise ValueError(f"unknown layer kind {row.kind} (layer {row.index})")
+            raise ValueError(
+                f"the cuda backend cannot run layer kind {row.kind} "
+                f"({_KIND_NAMES[row.kind]}, layer {row.index}); the cython, numba and numpy "
+                "backends run it"
+            )
+        if row.act not in range(C.N_ACTS):
+            raise ValueError(f"unknown activation code {row.act} (layer {row.index})")
+    return rows
+
+
+def _batch_view(x, n, rows, width):
+    """x (N, ...) as (N * rows, width) (a cached reshape when its shape differs)."""
+    shape = (n * rows, width)
+    if tuple(x.shape) == shape:
+        return x
+    return _cached(x, ("as", shape), lambda: x.reshape(shape))
+
+
+def _layer_io(x, acts, row, n):
+    if row.in_off < 0:
+        inp = _batch_view(x, n, row.ri, row.wi)
+    else:
+        inp = _view(acts, row.in_off, (n * row.ri, row.wi))
+    return inp, _view(acts, row.out_off, (n * row.ro, row.wo))
+
+
+def _opt_view(buf, off, size):
+    """buf[off : off + size], or None for an absent weight (off < 0)."""
+    return None if off < 0 else _view(buf, off, (size,))
+
+
+def _forward_d(x, rows, net, work, training, seed, step):
+    params, _, _, nontrain = net
+    acts, _, acc = work
+    n = x.shape[0]
+    for row in rows:
+        inp, out = _layer_io(x, acts, row, n)
+        kind, width = row.kind, row.wi
         if kind == C.DENSE:
-            w, b = _dense_params(params, poff, n_in, width)
-            _dense_fwd_d(inp, w, b, out, act, f0)
+            w = _view(params, row.w0, (width, row.wo))
+            _dense_fwd_d(inp, w, _view(params, row.w1, (row.wo,)), out, row.act, row.alpha)
         elif kind == C.DROPOUT:
-            if training and f0 > 0:
-                _dropout_d(inp, out, f0, dropout_seed(seed, step, l))
+            if training and row.rate > 0:
+                _dropout_d(inp, out, row.rate, dropout_seed(seed, step, row.index))
             else:
                 _act_fwd_d(inp, out, C.LINEAR, 0.0)
-        else:
-            _act_fwd_d(inp, out, act, f0)
-        inp = out
-        off += n * width
-        n_in = width
+        elif kind == C.ACTIVATION:
+            _act_fwd_d(inp, out, row.act, row.alpha)
+        elif kind == C.BATCHNORM:
+            _bn_fwd_d(
+                inp, _opt_view(params, row.w0, width), _opt_view(params, row.w1, width),
+                _view(nontrain, row.s0, (width,)), _view(nontrain, row.s1, (width,)),
+                _view(acts, row.save_off, (2, width)), out,
+                _view(acc, row.acc_off, (2, width)), training, row.momentum, row.epsilon,
+            )  # fmt: skip
+        else:  # NORMALIZATION (_rows_of admits nothing else)
+            _norm_d(inp, _view(nontrain, row.s0, (width,)), _view(nontrain, row.s1, (width,)),
+                    out, True)  # fmt: skip
 
 
-def _backward_d(x, params, grads, acts, gbuf, plan, seed, step, acc, accumulate):
-    """Device back-propagation; penalties go to acc[0].  Returns True if it wrote acc[0]."""
+def _backward_d(x, rows, net, work, seed, step, sacc, accumulate):
+    """Device back-propagation; penalties go to sacc[0].  Returns True if it wrote sacc[0]."""
+    params, grads, _, nontrain = net
+    acts, gbuf, acc = work
     n = x.shape[0]
-    half = gbuf.shape[0] // 2
-    offs = [0]
-    for row in plan:
-        offs.append(offs[-1] + row[1] * n)
-    first = next((l for l, row in enumerate(plan) if row[0] == C.DENSE), len(plan))
-    cur = 0
-    for l in range(len(plan) - 1, first - 1, -1):
-        kind, width, act, poff, f0, l1, l2 = plan[l]
-        n_in = x.shape[1] if l == 0 else plan[l - 1][1]
-        inp = x if l == 0 else _view(acts, offs[l - 1], (n, n_in))
-        out = _view(acts, offs[l], (n, width))
-        g = _view(gbuf, cur, (n, width))
-        dx = _view(gbuf, half - cur, (n, n_in))
+    for row in reversed(rows):
+        if not row.backward:
+            continue
+        inp, out = _layer_io(x, acts, row, n)
+        kind, width = row.kind, row.wi
+        g = _view(gbuf, row.dout_off, (n * row.ro, row.wo))
+        need_dx = row.dx_off >= 0
+        dx = _view(gbuf, max(row.dx_off, 0), (n * row.ri, width))
         if kind == C.DENSE:
-            w, _ = _dense_params(params, poff, n_in, width)
-            dw, db = _dense_params(grads, poff, n_in, width)
-            _dense_bwd_d(inp, w, out, g, g, dx, dw, db, act, f0, l > first)
-            if l1 or l2:
-                size = n_in * width
-                _l1l2_d(_view(params, poff, (size,)), _view(grads, poff, (size,)), l1, l2,
-                        acc, 0, accumulate)  # fmt: skip
+            shape = (width, row.wo)
+            w, dw = _view(params, row.w0, shape), _view(grads, row.w0, shape)
+            _dense_bwd_d(inp, w, out, g, g, dx, dw, _view(grads, row.w1, (row.wo,)), row.act,
+                         row.alpha, need_dx)  # fmt: skip
+            if row.l1 or row.l2:
+                size = width * row.wo
+                _l1l2_d(_view(params, row.w0, (size,)), _view(grads, row.w0, (size,)), row.l1,
+                        row.l2, sacc, 0, accumulate)  # fmt: skip
                 accumulate = True
         elif kind == C.DROPOUT:
-            if f0 > 0:
-                _dropout_d(g, dx, f0, dropout_seed(seed, step, l))
+            if row.rate > 0:
+                _dropout_d(g, dx, row.rate, dropout_seed(seed, step, row.index))
             else:
                 _act_fwd_d(g, dx, C.LINEAR, 0.0)
-        else:
-            _act_bwd_d(out, g, dx, act, f0)
-        cur = half - cur
+        elif kind == C.ACTIVATION:
+            _act_bwd_d(out, g, dx, row.act, row.alpha)
+        elif kind == C.BATCHNORM:
+            _bn_bwd_d(
+                inp, _opt_view(params, row.w0, width), _view(acts, row.save_off, (2, width)), g,
+                dx, _opt_view(grads, row.w0, width), _opt_view(grads, row.w1, width),
+                _view(acc, row.acc_off, (2, width)), need_dx,
+            )  # fmt: skip
+        else:  # NORMALIZATION
+            var = _view(nontrain, row.s1, (width,))
+            _norm_d(g, var, var, dx, False)
     return accumulate
 
 
-def _penalty_d(params, plan, n_in, acc, accumulate):
-    for kind, width, _, poff, _, l1, l2 in plan:
-        if kind == C.DENSE and (l1 or l2):
-            w = _view(params, poff, (n_in * width,))
-            _l1l2_d(w, w, l1, l2, acc, 0, accumulate, write_grad=False)
+def _penalty_d(params, rows, sacc, accumulate):
+    for row in rows:
+        if row.kind == C.DENSE and (row.l1 or row.l2):
+            w = _view(params, row.w0, (row.wi * row.wo,))
+            _l1l2_d(w, w, row.l1, row.l2, sacc, 0, accumulate, write_grad=False)
             accumulate = True
-        n_in = width
 
 
 def _is_fused(loss_code):
     return loss_code in (C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE)
 
 
-def _stack_loss_d(x, y, sw, acts, gbuf, plan, loss_code, logits_out, acc):
+def _output_d(acts, rows, n):
+    last = rows[-1]
+    return _view(acts, last.out_off, (n, last.ro * last.wo))
+
+
+def _stack_loss_d(batch, rows, work, loss_code, logits_out, sacc):
+    x, y, sw = batch
+    acts, gbuf, _ = work
     n = x.shape[0]
-    width = plan[-1][1]
-    out = _view(acts, _out_off(plan, n), (n, width))
-    dz = _view(gbuf, 0, (n, width))
+    out = _output_d(acts, rows, n)
+    dz = _view(gbuf, rows[-1].dout_off, out.shape)
     p = out if (_is_fused(loss_code) and not logits_out) else dz
-    _loss_d(out, y, sw, p, dz, loss_code, acc, 0, False)
+    _loss_d(out, y, sw, p, dz, loss_code, sacc, 0, False)
 
 
-def _train_d(x, y, sw, params, grads, state, acts, gbuf, plan, loss_code, logits_out,
-             opt_code, hyper, step, seed):  # fmt: skip
-    acc = _scratch().acc
-    _forward_d(x, params, acts, plan, 1, seed, step)
-    _stack_loss_d(x, y, sw, acts, gbuf, plan, loss_code, logits_out, acc)
-    _backward_d(x, params, grads, acts, gbuf, plan, seed, step, acc, True)
-    _optimizer_d(params, grads, _state_rows(state, opt_code), opt_code, hyper, step, acc)
+def _check_loss(loss_code):
+    if loss_code not in range(C.SOFTMAX_CE, C.MAE + 1):
+        raise ValueError(f"unknown loss code {loss_code}")
+
+
+def _check_opt(opt_code):
+    if opt_code not in _OPT_KERNELS:
+        raise ValueError(f"unknown optimizer code {opt_code}")
+
+
+def _train_d(batch, rows, net, work, loss_code, logits_out, opt_code, hyper, step, seed):
+    sacc = _scratch().acc
+    x = batch[0]
+    params, grads, state, _ = net
+    _forward_d(x, rows, net, work, 1, seed, step)
+    _stack_loss_d(batch, rows, work, loss_code, logits_out, sacc)
+    _backward_d(x, rows, net, work, seed, step, sacc, True)
+    if params.shape[0]:
+        _optimizer_d(params, grads, _state_rows(state, opt_code), opt_code, hyper, step, sacc)
     return _scratch().read(0)
 
 
-def _eval_d(x, y, sw, params, acts, gbuf, plan, loss_code, logits_out):
-    acc = _scratch().acc
-    _forward_d(x, params, acts, plan, 0, 0, 0)
-    _stack_loss_d(x, y, sw, acts, gbuf, plan, loss_code, logits_out, acc)
-    _penalty_d(params, plan, x.shape[1], acc, True)
+def _eval_d(batch, rows, net, work, loss_code, logits_out):
+    sacc = _scratch().acc
+    _forward_d(batch[0], rows, net, work, 0, 0, 0)
+    _stack_loss_d(batch, rows, work, loss_code, logits_out, sacc)
+    _penalty_d(net[0], rows, sacc, True)
     return _scratch().read(0)
 
 
@@ -1360,49 +1712,117 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
     st.finish()
 
 
-def forward_stack(x, params, acts, layers, layer_f, training, seed, step):
-    """Runs the stack on x (N, I0), writing every layer's output into ``acts``."""
+def _opt_arg(st, a, out=False):
+    """An optional weight argument: None when absent (empty), else staged."""
+    if a is None or a.shape[0] == 0:
+        return None
+    return st(a, out)
+
+
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, saved, out, acc, training,
+                      momentum, epsilon):  # fmt: skip
+    """Batch normalisation of each column of x (R, C): shifted float64 column sums in row
+    chunks, then one pass per column (moments, moving statistics, saved) and one
+    elementwise pass.  gamma, beta may be empty (absent); out may alias x."""
     st = _Stage()
-    _forward_d(st(x), st(params), st(acts, True), _plan(layers, layer_f), training, seed, step)
+    _bn_fwd_d(st(x), _opt_arg(st, gamma), _opt_arg(st, beta), st(moving_mean, True),
+              st(moving_var, True), st(saved, True), st(out, True), st(acc, True), training,
+              momentum, epsilon)  # fmt: skip
     st.finish()
 
 
-def backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step):
-    """Back-propagates dL/dout from gbuf[:N*C]; writes grads; returns the penalty."""
+def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
+    """Gradients of batchnorm_forward in training from saved = [mean, inv_std]; dx may
+    alias dout; dgamma, dbeta empty when the weight is absent."""
+    st = _Stage()
+    _bn_bwd_d(st(x), _opt_arg(st, gamma), st(saved), st(dout), st(dx, True),
+              _opt_arg(st, dgamma, True), _opt_arg(st, dbeta, True), st(acc, True),
+              need_dx)  # fmt: skip
+    st.finish()
+
+
+def normalization_forward(x, mean, variance, out):
+    """out = (x - mean) / max(sqrt(variance), NORM_EPS) per column; out may alias x."""
+    st = _Stage()
+    _norm_d(st(x), st(mean), st(variance), st(out, True), True)
+    st.finish()
+
+
+def normalization_backward(variance, dout, dx):
+    """dx = dout / max(sqrt(variance), NORM_EPS); dx may alias dout."""
+    st = _Stage()
+    var = st(variance)
+    _norm_d(st(dout), var, var, st(dx, True), False)
+    st.finish()
+
+
+def _stage_net(st, net, write_params, write_grads, write_state, write_nontrain):
+    params, grads, state, nontrain = net
+    return (st(params, write_params), st(grads, write_grads), st(state, write_state),
+            st(nontrain, write_nontrain))  # fmt: skip
+
+
+def _stage_work(st, work, write_acts, write_gbuf):
+    acts, gbuf, acc = work
+    return st(acts, write_acts), st(gbuf, write_gbuf), st(acc, True)
+
+
+def forward_stack(x, plan, net, work, training, seed, step):
+    """Runs every layer of the plan on x, writing acts (and, training, the saved tensors and
+    the moving statistics in nontrain)."""
+    rows = _rows_of(plan)
+    st = _Stage()
+    dnet = _stage_net(st, net, False, False, False, bool(training))
+    _forward_d(st(x), rows, dnet, _stage_work(st, work, True, False), training, seed, step)
+    st.finish()
+
+
+def backward_stack(x, plan, net, work, seed, step):
+    """Back-propagates dL/dout from the last row's P_DOUT_OFF of gbuf; writes grads;
+    returns the regularisation penalty."""
+    rows = _rows_of(plan)
     st = _Stage()
     sc = _scratch()
-    wrote = _backward_d(st(x), st(params), st(grads, True), st(acts), st(gbuf, True),
-                        _plan(layers, layer_f), seed, step, sc.acc, False)  # fmt: skip
+    dnet = _stage_net(st, net, False, True, False, False)
+    wrote = _backward_d(st(x), rows, dnet, _stage_work(st, work, False, True), seed, step,
+                        sc.acc, False)  # fmt: skip
     penalty = sc.read(0) if wrote else 0.0
     st.finish()
     return penalty
 
 
-def train_step(
-    x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, step, seed,
-):  # fmt: skip
+def train_step(batch, plan, net, work, loss, opt):
     """Forward, loss, backward, optimizer update; returns the loss with the penalty.
 
     The optimizer kernel reads the loss on the device and skips the update when it is not
     finite, so nothing waits for the host before the update."""
+    rows = _rows_of(plan)
+    loss_code, logits_out = int(loss[0]), int(loss[1])
+    opt_code, hyper, _, step, seed = opt
+    _check_loss(loss_code)
+    _check_opt(opt_code)
     st = _Stage()
-    loss = _train_d(
-        st(x), st(y), st(sw), st(params, True), st(grads, True), st(state, True),
-        st(acts, True), st(gbuf, True), _plan(layers, layer_f), loss_code, logits_out,
-        opt_code, [float(v) for v in to_host(hyper)], step, seed,
+    dbatch = tuple(st(a) for a in batch)
+    value = _train_d(
+        dbatch, rows, _stage_net(st, net, True, True, True, True),
+        _stage_work(st, work, True, True), loss_code, logits_out, opt_code,
+        [float(v) for v in to_host(hyper)], int(step), int(seed),
     )  # fmt: skip
     st.finish()
-    return loss
+    return value
 
 
-def eval_step(x, y, sw, params, acts, gbuf, layers, layer_f, loss_code, logits_out):
-    """Forward (no dropout) and loss with the regularisation penalty."""
+def eval_step(batch, plan, net, work, loss):
+    """Forward (no dropout, moving statistics) and loss with the regularisation penalty."""
+    rows = _rows_of(plan)
+    loss_code, logits_out = int(loss[0]), int(loss[1])
+    _check_loss(loss_code)
     st = _Stage()
-    loss = _eval_d(st(x), st(y), st(sw), st(params), st(acts, True), st(gbuf, True),
-                   _plan(layers, layer_f), loss_code, logits_out)  # fmt: skip
+    dbatch = tuple(st(a) for a in batch)
+    value = _eval_d(dbatch, rows, _stage_net(st, net, False, False, False, False),
+                    _stage_work(st, work, True, True), loss_code, logits_out)  # fmt: skip
     st.finish()
-    return loss
+    return value
 
 
 def batch_stats(out, y, acc_mode, threshold, stats):
@@ -1431,20 +1851,31 @@ def _batch_buffers(sc, xb, yb, swb):
     return pairs
 
 
-def run_epoch(
-    X, Y, SW, order, batch_size, xb, yb, swb,
-    params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, lrs, step, seed,
-    train, acc_mode, threshold, stats,
-):  # fmt: skip
+def _flat(a):
+    """A 1-D view of a (contiguous) device array, or None when it is absent or empty."""
+    if a is None or a.size == 0:
+        return None
+    return a if a.ndim == 1 else _cached(a, ("flat",), lambda: a.reshape(a.size))
+
+
+def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     """The batches of X[order]: gathered on the host, copied to the device, one
     train_step / eval_step each; one loss per batch comes back, metric sums at the end."""
+    X, Y, SW, order, batch_size = data
+    xb, yb, swb, acts, gbuf, acc = ws
+    opt_code, hyper, lrs, step, seed = opt
+    loss_code, logits_out, acc_mode, threshold = loss
+    loss_code, logits_out = int(loss_code), int(logits_out)
+    rows = _rows_of(plan)
+    _check_loss(loss_code)
+    if train:
+        _check_opt(opt_code)
     X, Y, SW, order = to_host(X), to_host(Y), to_host(SW), to_host(order)
+    batch_size = int(batch_size)
     st = _Stage()
     sc = _scratch()
-    p, g, s = st(params, True), st(grads, True), st(state, True)
-    a, gb = st(acts, True), st(gbuf, True)
-    plan = _plan(layers, layer_f)
+    dnet = _stage_net(st, net, bool(train), bool(train), bool(train), True)
+    work = _stage_work(st, (acts, gbuf, acc), True, True)
     host_hyper = hyper if isinstance(hyper, np.ndarray) else to_host(hyper).copy()
     lrs = to_host(lrs)
     (hx, dx), (hy, dy), (hw, dw) = _batch_buffers(sc, xb, yb, swb)
@@ -1453,7 +1884,6 @@ def run_epoch(
     host_stats = stats if isinstance(stats, np.ndarray) else to_host(stats)
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
-    width = plan[-1][1]
     done = n_batches
     for b in range(n_batches):
         start = b * batch_size
@@ -1468,20 +1898,22 @@ def run_epoch(
         wd.copy_to_device(hw[:n])
         if train:
             host_hyper[0] = lrs[b]
-            loss = _train_d(xd, yd, wd, p, g, s, a, gb, plan, loss_code, logits_out, opt_code,
-                            [float(v) for v in host_hyper], step + b, seed)  # fmt: skip
+            value = _train_d((xd, yd, wd), rows, dnet, work, loss_code, logits_out, opt_code,
+                             [float(v) for v in host_hyper], int(step) + b, int(seed))  # fmt: skip
         else:
-            loss = _eval_d(xd, yd, wd, p, a, gb, plan, loss_code, logits_out)
-        host_stats[C.STAT_LOSS] += loss * n
-        if not math.isfinite(loss):
+            value = _eval_d((xd, yd, wd), rows, dnet, work, loss_code, logits_out)
+        host_stats[C.STAT_LOSS] += value * n
+        if not math.isfinite(value):
             done = b
             break
-        out = _view(a, _out_off(plan, n), (n, width))
-        _batch_stats_d(out, yd, acc_mode, threshold, dstats)
+        _batch_stats_d(_output_d(work[0], rows, n), yd, acc_mode, threshold, dstats)
     if train:
-        flag = _launch(_k(p.dtype), "flag_nonfinite", 1, _RED_BLOCK)
-        flag(p, dstats)
-        flag(s.reshape(s.size), dstats)
+        params, _, state, nontrain = dnet
+        flag = _launch(_k(work[0].dtype), "flag_nonfinite", 1, _RED_BLOCK)
+        for a in (params, state, nontrain):
+            a = _flat(a)
+            if a is not None:
+                flag(a, dstats)
     extra = dstats.copy_to_host()
     host_stats[1 : C.STAT_NONFINITE] += extra[1 : C.STAT_NONFINITE]
     if train:
@@ -1494,13 +1926,8 @@ def run_epoch(
     return done
 
 
-def _out_off(plan, n):
-    """Offset in ``acts`` of the last layer's (N, width) output."""
-    return n * sum(row[1] for row in plan[:-1])
-
-
 __all__ = [
     *OPS,
-    "check_available", "zeros", "to_device", "to_host", "synchronize", "is_device_array",
-    "kernel_signatures", "output_offset",
+    "KINDS", "check_available", "zeros", "to_device", "to_host", "synchronize",
+    "is_device_array", "kernel_signatures",
 ]  # fmt: skip

@@ -159,7 +159,16 @@ def _exp_overload(v):
 _LINEAR, _RELU, _LEAKY_RELU, _SIGMOID, _TANH, _SOFTMAX = (
     C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX,
 )  # fmt: skip
-_DENSE, _DROPOUT = C.DENSE, C.DROPOUT
+_DENSE, _DROPOUT, _ACTIVATION = C.DENSE, C.DROPOUT, C.ACTIVATION
+_BATCHNORM, _NORMALIZATION = C.BATCHNORM, C.NORMALIZATION
+_P_KIND, _P_ACT, _P_IN0, _P_IN1, _P_IN2 = C.P_KIND, C.P_ACT, C.P_IN0, C.P_IN1, C.P_IN2
+_P_OUT0, _P_OUT1, _P_OUT2 = C.P_OUT0, C.P_OUT1, C.P_OUT2
+_P_IN_OFF, _P_OUT_OFF, _P_SAVE_OFF, _P_ACC_OFF = C.P_IN_OFF, C.P_OUT_OFF, C.P_SAVE_OFF, C.P_ACC_OFF
+_P_W0, _P_W1, _P_S0, _P_S1 = C.P_W0, C.P_W1, C.P_S0, C.P_S1
+_P_DOUT_OFF, _P_DX_OFF, _P_BACKWARD = C.P_DOUT_OFF, C.P_DX_OFF, C.P_BACKWARD
+_F_ALPHA, _F_L1, _F_L2, _F_RATE = C.F_ALPHA, C.F_L1, C.F_L2, C.F_RATE
+_F_MOMENTUM, _F_EPSILON, _NORM_EPS = C.F_MOMENTUM, C.F_EPSILON, C.NORM_EPS
+_NORM = C.NORM
 _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
@@ -926,119 +935,295 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
 
 
 # ---------------------------------------------------------------------------------------
-# A stack of layers over flat buffers (layout: see reference).
+# Normalisation layers (see reference): float64 per-channel sums in acc, rows outer so the
+# inner loops stream x along its channels and vectorise.
 
 
 @_jit
-def output_offset(layers, n):
-    """See reference.output_offset."""
-    off = 0
-    for l in range(layers.shape[0] - 1):
-        off += layers[l, 1]
-    return n * off
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, saved, out, acc, training,
+                      momentum, epsilon):  # fmt: skip
+    """See reference.batchnorm_forward (out may alias x)."""
+    r, c = x.shape
+    t = x.dtype.type
+    zero, one = t(0), t(1)
+    if training:
+        s1, s2 = acc[0], acc[1]
+        for j in range(c):
+            s1[j] = 0.0
+            s2[j] = 0.0
+        for i in range(r):
+            for j in range(c):
+                d = np.float64(x[i, j]) - np.float64(x[0, j])
+                s1[j] += d
+                s2[j] += d * d
+        keep, mom = 1.0 - momentum, t(momentum)
+        for j in range(c):
+            m1 = s1[j] / r
+            var = max(s2[j] / r - m1 * m1, 0.0)
+            mean = np.float64(x[0, j]) + m1
+            moving_mean[j] = moving_mean[j] * mom + t(mean * keep)
+            moving_var[j] = moving_var[j] * mom + t(var * keep)
+            saved[0, j] = t(mean)
+            saved[1, j] = t(1.0 / np.sqrt(var + epsilon))
+    else:
+        for j in range(c):
+            saved[0, j] = moving_mean[j]
+            saved[1, j] = t(1.0 / np.sqrt(np.float64(moving_var[j]) + epsilon))
+    scale, center = gamma.shape[0] > 0, beta.shape[0] > 0
+    for i in range(r):
+        for j in range(c):
+            v = (x[i, j] - saved[0, j]) * saved[1, j]
+            v = v * gamma[j] if scale else v * one
+            out[i, j] = v + beta[j] if center else v + zero
 
 
 @_jit
-def forward_stack(x, params, acts, layers, layer_f, training, seed, step):
+def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
+    """See reference.batchnorm_backward (dx may alias dout): two float64 reductions, then
+    one elementwise pass."""
+    r, c = x.shape
+    t = x.dtype.type
+    one, tr = t(1), t(r)
+    sdy, sdyx = acc[0], acc[1]
+    for j in range(c):
+        sdy[j] = 0.0
+        sdyx[j] = 0.0
+    for i in range(r):
+        for j in range(c):
+            dy = np.float64(dout[i, j])
+            sdy[j] += dy
+            sdyx[j] += dy * np.float64((x[i, j] - saved[0, j]) * saved[1, j])
+    for j in range(dbeta.shape[0]):
+        dbeta[j] = t(sdy[j])
+    for j in range(dgamma.shape[0]):
+        dgamma[j] = t(sdyx[j])
+    if need_dx:
+        scale = gamma.shape[0] > 0
+        for i in range(r):
+            for j in range(c):
+                xh = (x[i, j] - saved[0, j]) * saved[1, j]
+                coef = saved[1, j] * (gamma[j] if scale else one) / tr
+                dx[i, j] = coef * (tr * dout[i, j] - t(sdy[j]) - xh * t(sdyx[j]))
+
+
+@_jit
+def _norm_divisor(variance, j):
+    """max(sqrt(variance[j]), NORM_EPS) in the array's dtype (NaN stays NaN)."""
+    t = variance.dtype.type
+    s = np.sqrt(variance[j])
+    return t(_NORM_EPS) if s < t(_NORM_EPS) else s
+
+
+@_jit
+def normalization_forward(x, mean, variance, out):
+    """See reference.normalization_forward (out may alias x)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = (x[i, j] - mean[j]) / _norm_divisor(variance, j)
+
+
+@_jit
+def normalization_backward(variance, dout, dx):
+    """See reference.normalization_backward (dx may alias dout)."""
+    for i in range(dout.shape[0]):
+        for j in range(dout.shape[1]):
+            dx[i, j] = dout[i, j] / _norm_divisor(variance, j)
+
+
+# ---------------------------------------------------------------------------------------
+# A plan of layers over flat buffers (layout: kernels/codes.py and the reference).
+#
+# The core kinds (Dense, Dropout, Activation) are branches of forward_stack/backward_stack;
+# every other family of kinds runs in a function of its own that takes the family's slot of
+# the kinds marker (the plan's third entry) as its first argument.  When the slot is None
+# Numba prunes that function's body before typing, so the family's kernels are never
+# compiled into the training path of a model that does not use them.
+
+
+@_jit
+def _in_out(x, acts, row, n):
+    """(input, output) of a plan row for n samples, each seen along its last axis."""
+    ri, wi = row[_P_IN0] * row[_P_IN1], row[_P_IN2]
+    ro, wo = row[_P_OUT0] * row[_P_OUT1], row[_P_OUT2]
+    off = row[_P_IN_OFF]
+    if off < 0:
+        inp = x.reshape((n * ri, wi))
+    else:
+        inp = acts[off : off + n * ri * wi].reshape((n * ri, wi))
+    off = row[_P_OUT_OFF]
+    return inp, acts[off : off + n * ro * wo].reshape((n * ro, wo))
+
+
+@_jit
+def _vec(buf, off, size):
+    """buf[off : off + size], empty when off < 0 (an absent weight)."""
+    if off < 0:
+        return buf[0:0]
+    return buf[off : off + size]
+
+
+@_jit
+def _mat(buf, off, rows, cols):
+    return buf[off : off + rows * cols].reshape((rows, cols))
+
+
+@_jit
+def _norm_forward(present, kind, inp, out, row, f, params, nontrain, acts, acc, training):
+    """A normalisation layer's forward (see reference.layer_forward); False when ``kind``
+    is not one, or when ``present`` (the family's slot of the kinds marker) is None."""
+    if present is None:
+        return False
+    c = inp.shape[1]
+    if kind == _BATCHNORM:
+        batchnorm_forward(
+            inp, _vec(params, row[_P_W0], c), _vec(params, row[_P_W1], c),
+            _vec(nontrain, row[_P_S0], c), _vec(nontrain, row[_P_S1], c),
+            _mat(acts, row[_P_SAVE_OFF], 2, c), out, _mat(acc, row[_P_ACC_OFF], 2, c),
+            training, f[_F_MOMENTUM], f[_F_EPSILON],
+        )  # fmt: skip
+        return True
+    if kind == _NORMALIZATION:
+        normalization_forward(inp, _vec(nontrain, row[_P_S0], c), _vec(nontrain, row[_P_S1], c),
+                              out)  # fmt: skip
+        return True
+    return False
+
+
+@_jit
+def _norm_backward(present, kind, inp, g, dx, need_dx, row, params, grads, nontrain, acts,
+                   acc):  # fmt: skip
+    """A normalisation layer's backward (see reference.layer_backward); False as
+    _norm_forward."""
+    if present is None:
+        return False
+    c = inp.shape[1]
+    if kind == _BATCHNORM:
+        batchnorm_backward(
+            inp, _vec(params, row[_P_W0], c), _mat(acts, row[_P_SAVE_OFF], 2, c), g, dx,
+            _vec(grads, row[_P_W0], c), _vec(grads, row[_P_W1], c),
+            _mat(acc, row[_P_ACC_OFF], 2, c), need_dx,
+        )  # fmt: skip
+        return True
+    if kind == _NORMALIZATION:
+        normalization_backward(_vec(nontrain, row[_P_S1], c), g, dx)
+        return True
+    return False
+
+
+@_jit
+def forward_stack(x, plan, net, work, training, seed, step):
     """See reference.forward_stack."""
-    n = x.shape[0]
+    layers, layer_f, kinds = plan
+    params, nontrain = net[0], net[3]
+    acts, acc = work[0], work[2]
+    n, training = x.shape[0], np.int64(training)
     seed, step = np.int64(seed), np.int64(step)
-    inp = x
-    n_in = x.shape[1]
-    off = 0
     for l in range(layers.shape[0]):
-        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
-        alpha = layer_f[l, 0]
-        out = acts[off : off + n * width].reshape((n, width))
+        row = layers[l]
+        kind, act = row[_P_KIND], row[_P_ACT]
+        inp, out = _in_out(x, acts, row, n)
         if kind == _DENSE:
-            nw = n_in * width
-            w = params[poff : poff + nw].reshape((n_in, width))
-            dense_forward(inp, w, params[poff + nw : poff + nw + width], out, act, alpha)
+            c, o = inp.shape[1], out.shape[1]
+            dense_forward(inp, _mat(params, row[_P_W0], c, o), _vec(params, row[_P_W1], o),
+                          out, act, layer_f[l, _F_ALPHA])  # fmt: skip
         elif kind == _DROPOUT:
-            if training and alpha > 0:
-                dropout_forward(inp, out, alpha, dropout_seed(seed, step, l))
+            rate = layer_f[l, _F_RATE]
+            if training and rate > 0:
+                dropout_forward(inp, out, rate, dropout_seed(seed, step, l))
             else:
                 _copy(inp, out)
-        else:
-            activation_forward(inp, out, act, alpha)
-        inp = out
-        n_in = width
-        off += n * width
+        elif kind == _ACTIVATION:
+            activation_forward(inp, out, act, layer_f[l, _F_ALPHA])
+        elif not _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
+                               acts, acc, training):  # fmt: skip
+            raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
 
 
 @_jit
-def backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step):
+def backward_stack(x, plan, net, work, seed, step):
     """See reference.backward_stack."""
-    n = x.shape[0]
-    seed, step = np.int64(seed), np.int64(step)
-    n_layers = layers.shape[0]
-    half = gbuf.shape[0] // 2
-    first = n_layers
-    for l in range(n_layers):
-        if layers[l, 0] == _DENSE:
-            first = l
-            break
+    layers, layer_f, kinds = plan
+    params, grads, nontrain = net[0], net[1], net[3]
+    acts, gbuf, acc = work
+    n, seed, step = x.shape[0], np.int64(seed), np.int64(step)
     penalty = 0.0
-    cur = 0
-    out_off = output_offset(layers, n)
-    for l in range(n_layers - 1, first - 1, -1):
-        kind, width, act, poff = layers[l, 0], layers[l, 1], layers[l, 2], layers[l, 3]
-        alpha = layer_f[l, 0]
-        n_in = x.shape[1] if l == 0 else layers[l - 1, 1]
-        in_off = out_off - n * n_in
-        inp = x if l == 0 else acts[in_off : in_off + n * n_in].reshape((n, n_in))
-        out = acts[out_off : out_off + n * width].reshape((n, width))
-        g = gbuf[cur : cur + n * width].reshape((n, width))
-        dx = gbuf[half - cur : half - cur + n * n_in].reshape((n, n_in))
+    for l in range(layers.shape[0] - 1, -1, -1):
+        if not layers[l, _P_BACKWARD]:
+            continue
+        row = layers[l]
+        kind, act = row[_P_KIND], row[_P_ACT]
+        inp, out = _in_out(x, acts, row, n)
+        c, o = inp.shape[1], out.shape[1]
+        g = _mat(gbuf, row[_P_DOUT_OFF], out.shape[0], o)
+        dx_off = row[_P_DX_OFF]  # -1 only on a layer with weights: it writes no dx then
+        dx = _mat(gbuf, max(dx_off, 0), inp.shape[0], c)
+        need_dx = np.int64(dx_off >= 0)
         if kind == _DENSE:
-            nw = n_in * width
-            w = params[poff : poff + nw].reshape((n_in, width))
-            dw = grads[poff : poff + nw].reshape((n_in, width))
-            db = grads[poff + nw : poff + nw + width]
-            dense_backward(inp, w, out, g, g, dx, dw, db, act, alpha, np.int64(l > first))
-            l1, l2 = layer_f[l, 1], layer_f[l, 2]
+            w0, nw = row[_P_W0], c * o
+            dense_backward(
+                inp,
+                _mat(params, w0, c, o),
+                out,
+                g,
+                g,
+                dx,
+                _mat(grads, w0, c, o),
+                _vec(grads, row[_P_W1], o),
+                act,
+                layer_f[l, _F_ALPHA],
+                need_dx,
+            )
+            l1, l2 = layer_f[l, _F_L1], layer_f[l, _F_L2]
             if l1 != 0 or l2 != 0:
-                penalty += _l1l2(params[poff : poff + nw], grads[poff : poff + nw], l1, l2)
+                penalty += _l1l2(params[w0 : w0 + nw], grads[w0 : w0 + nw], l1, l2)
         elif kind == _DROPOUT:
-            if alpha > 0:
-                dropout_forward(g, dx, alpha, dropout_seed(seed, step, l))
+            rate = layer_f[l, _F_RATE]
+            if rate > 0:
+                dropout_forward(g, dx, rate, dropout_seed(seed, step, l))
             else:
                 _copy(g, dx)
-        else:
-            _act_backward(out, g, dx, g[0], act, alpha, _FALSE)
-        cur = half - cur
-        out_off = in_off
+        elif kind == _ACTIVATION:
+            _act_backward(out, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
+        elif not _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
+                                nontrain, acts, acc):  # fmt: skip
+            raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
     return penalty
 
 
 @_jit
-def _penalty_stack(params, layers, layer_f, n_in0):
+def _penalty_stack(params, layers, layer_f):
     """reference.penalty_stack: the regularisation penalty, without gradient."""
     total = 0.0
-    n_in = n_in0
     for l in range(layers.shape[0]):
-        width, poff = layers[l, 1], layers[l, 3]
-        l1, l2 = layer_f[l, 1], layer_f[l, 2]
-        if layers[l, 0] == _DENSE and (l1 != 0 or l2 != 0):
+        l1, l2 = layer_f[l, _F_L1], layer_f[l, _F_L2]
+        if layers[l, _P_KIND] == _DENSE and (l1 != 0 or l2 != 0):
+            w0 = layers[l, _P_W0]
             s1 = 0.0
             s2 = 0.0
-            for k in range(poff, poff + n_in * width):
+            for k in range(w0, w0 + layers[l, _P_IN2] * layers[l, _P_OUT2]):
                 v = np.float64(params[k])
                 s1 += np.abs(v)
                 s2 += v * v
             total += l1 * s1 + l2 * s2
-        n_in = width
     return total
 
 
 @_jit
-def _loss_views(n, acts, gbuf, layers, loss_code, logits_out):
+def _output(layers, acts, n):
+    """The last layer's output (N, outputs) in acts (reference.output_view)."""
+    row = layers[layers.shape[0] - 1]
+    width = row[_P_OUT0] * row[_P_OUT1] * row[_P_OUT2]
+    off = row[_P_OUT_OFF]
+    return acts[off : off + n * width].reshape((n, width))
+
+
+@_jit
+def _loss_views(n, layers, acts, gbuf, loss_code, logits_out):
     """(out, p, dz) of reference._stack_loss: the stack's output, where the probabilities
     go (over the logits unless ``logits_out``; only the logit losses write p) and dL/dout."""
-    width = layers[layers.shape[0] - 1, 1]
-    off = output_offset(layers, n)
-    out = acts[off : off + n * width].reshape((n, width))
-    dz = gbuf[0 : n * width].reshape((n, width))
+    out = _output(layers, acts, n)
+    off = layers[layers.shape[0] - 1, _P_DOUT_OFF]
+    dz = gbuf[off : off + out.size].reshape(out.shape)
     logit_loss = loss_code == _SOFTMAX_CE or loss_code == _SPARSE_SOFTMAX_CE
     logit_loss = logit_loss or loss_code == _SIGMOID_BCE
     p = out if (logit_loss and not logits_out) else dz
@@ -1046,31 +1231,32 @@ def _loss_views(n, acts, gbuf, layers, loss_code, logits_out):
 
 
 @_jit
-def train_step(
-    x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, step, seed,
-):  # fmt: skip
+def train_step(batch, plan, net, work, loss, opt):
     """See reference.train_step (no update when the loss is not finite)."""
+    x, y, sw = batch
+    params, grads, state = net[0], net[1], net[2]
     # scalars passed on as int64 (never literals or bools): one signature per callee
-    loss_code, opt_code = np.int64(loss_code), np.int64(opt_code)
-    step, seed = np.int64(step), np.int64(seed)
-    forward_stack(x, params, acts, layers, layer_f, np.int64(1), seed, step)
-    out, p, dz = _loss_views(x.shape[0], acts, gbuf, layers, loss_code, np.int64(logits_out))
-    loss = loss_grad(out, y, sw, p, dz, loss_code)
-    loss += backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step)
-    if np.isfinite(loss):
+    loss_code, logits_out = np.int64(loss[0]), np.int64(loss[1])
+    opt_code, hyper = np.int64(opt[0]), opt[1]
+    step, seed = np.int64(opt[3]), np.int64(opt[4])
+    forward_stack(x, plan, net, work, np.int64(1), seed, step)
+    out, p, dz = _loss_views(x.shape[0], plan[0], work[0], work[1], loss_code, logits_out)
+    value = loss_grad(out, y, sw, p, dz, loss_code)
+    value += backward_stack(x, plan, net, work, seed, step)
+    if np.isfinite(value):
         optimizer_update(params, grads, state, opt_code, hyper, step)
-    return loss
+    return value
 
 
 @_jit
-def eval_step(x, y, sw, params, acts, gbuf, layers, layer_f, loss_code, logits_out):
+def eval_step(batch, plan, net, work, loss):
     """See reference.eval_step."""
-    zero, loss_code = np.int64(0), np.int64(loss_code)
-    forward_stack(x, params, acts, layers, layer_f, zero, zero, zero)
-    out, p, dz = _loss_views(x.shape[0], acts, gbuf, layers, loss_code, np.int64(logits_out))
-    loss = loss_grad(out, y, sw, p, dz, loss_code)
-    return loss + _penalty_stack(params, layers, layer_f, x.shape[1])
+    x, y, sw = batch
+    zero, loss_code, logits_out = np.int64(0), np.int64(loss[0]), np.int64(loss[1])
+    forward_stack(x, plan, net, work, zero, zero, zero)
+    out, p, dz = _loss_views(x.shape[0], plan[0], work[0], work[1], loss_code, logits_out)
+    value = loss_grad(out, y, sw, p, dz, loss_code)
+    return value + _penalty_stack(net[0], plan[0], plan[1])
 
 
 @_jit
@@ -1140,16 +1326,15 @@ def _count_nonfinite(a):
 
 
 @_jit
-def run_epoch(
-    X, Y, SW, order, batch_size, xb, yb, swb,
-    params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, lrs, step, seed,
-    train, acc_mode, threshold, stats,
-):  # fmt: skip
+def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     """See reference.run_epoch (the whole epoch is one compiled call)."""
+    X, Y, SW, order, batch_size = data
+    xb, yb, swb, acts, gbuf, acc = ws
+    opt_code, hyper, lrs, step, seed = opt
+    work = (acts, gbuf, acc)
+    loss4 = (np.int64(loss[0]), np.int64(loss[1]), np.int64(loss[2]), np.float64(loss[3]))
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
-    width = layers[layers.shape[0] - 1, 1]
     done = n_batches
     for b in range(n_batches):
         start = b * batch_size
@@ -1161,27 +1346,20 @@ def run_epoch(
             for j in range(Y.shape[1]):
                 yb[r, j] = Y[src, j]
             swb[r] = SW[src]
-        x, y, sw = xb[:n], yb[:n], swb[:n]
+        batch = (xb[:n], yb[:n], swb[:n])
         if train:
             hyper[0] = lrs[b]
-            loss = train_step(
-                x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
-                np.int64(loss_code), np.int64(logits_out), np.int64(opt_code), hyper,
-                np.int64(step + b), np.int64(seed),
-            )  # fmt: skip
+            value = train_step(batch, plan, net, work, loss4, (np.int64(opt_code), hyper, lrs,
+                               np.int64(step + b), np.int64(seed)))  # fmt: skip
         else:
-            loss = eval_step(
-                x, y, sw, params, acts, gbuf, layers, layer_f, np.int64(loss_code),
-                np.int64(logits_out),
-            )  # fmt: skip
-        stats[_STAT_LOSS] += loss * n
-        if not np.isfinite(loss):
+            value = eval_step(batch, plan, net, work, loss4)
+        stats[_STAT_LOSS] += value * n
+        if not np.isfinite(value):
             done = b
             break
-        off = output_offset(layers, n)
-        batch_stats(acts[off : off + n * width].reshape((n, width)), y, np.int64(acc_mode),
-                    np.float64(threshold), stats)  # fmt: skip
+        batch_stats(_output(plan[0], acts, n), batch[1], loss4[2], loss4[3], stats)
     if train:
-        bad = _count_nonfinite(params) + _count_nonfinite(state.reshape(-1))  # one signature
+        bad = _count_nonfinite(net[0]) + _count_nonfinite(net[2].reshape(-1))  # 1 signature
+        bad += _count_nonfinite(net[3])
         stats[_STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
     return done

@@ -5,17 +5,22 @@ Contract (shared by every backend module):
 - A kernel takes its inputs, then its preallocated outputs, then scalars.  It writes into
   its outputs and returns nothing, except loss kernels and the training step (which return
   the loss as a Python float) and ``run_epoch`` (which returns the batches it completed).
-- Arrays are C-contiguous, float32 or float64; all float arrays of one call share a dtype.
-  ``layers`` tables are int64, ``layer_f``/``hyper``/``lrs``/``stats`` float64,
-  ``order`` int64.
+- Arrays are C-contiguous, float32 or float64; all float arrays of one call share a dtype,
+  except that the plan's ``layers`` table is int64, ``layer_f``/``hyper``/``lrs``/``stats``
+  and the ``acc`` scratch are float64 and ``order`` is int64.
+- The whole-network kernels (``forward_stack`` ... ``run_epoch``) take their arguments in
+  groups, plain tuples: ``plan``, ``net``, ``work``/``ws``, ``batch``/``data``, ``loss``,
+  ``opt`` (layouts below, before ``layer_forward``).
+- Absent optional weights (BatchNormalization without gamma or beta) are empty arrays.
 - Letters: N batch rows, I layer inputs, O layer outputs, C classes / targets, P parameters.
 - In-place use that is allowed is stated per kernel ("may alias" means the very same
   array; partially overlapping views are not supported).
 - Scalar sums (losses, penalties, metric statistics) may be accumulated in float64 by any
   backend; comparisons with constants (clip limits, thresholds) use the array dtype.
 - Kernels never read or write out of bounds.  Inputs the API validates (labels in range,
-  dropout rate in [0, 1), a consistent layer table) are preconditions: a backend may raise
-  or return NaN when they are broken.  Reductions on a device may use internal scratch.
+  dropout rate in [0, 1), a consistent plan) are preconditions: a backend may raise or
+  return NaN when they are broken, but an unknown layer kind, activation, loss or
+  optimizer code always raises.  Reductions on a device may use internal scratch.
 
 This module is also the NumPy baseline of the benchmarks: it is written the way a careful
 NumPy user would write it, with ``out=`` arguments where NumPy offers them.
@@ -35,7 +40,8 @@ OPS = (
     "categorical_crossentropy", "binary_crossentropy", "mean_squared_error",
     "mean_absolute_error", "loss_grad", "l1l2_penalty",
     "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
-    "optimizer_update", "forward_stack", "backward_stack", "train_step", "eval_step",
+    "optimizer_update", "batchnorm_forward", "batchnorm_backward", "normalization_forward",
+    "normalization_backward", "forward_stack", "backward_stack", "train_step", "eval_step",
     "batch_stats", "run_epoch",
 )  # fmt: skip
 
@@ -366,109 +372,252 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
 
 
 # ---------------------------------------------------------------------------------------
-# A stack of layers over flat buffers.
+# Normalisation layers (the last axis: x (R, C) with R = N * D0 * D1 rows)
+
+
+def _moments(x):
+    """(mean, biased variance) of each column of x (R, C) in float64, from one pass of sums
+    shifted by the first row (no cancellation when |mean| >> std)."""
+    x64 = x.astype(np.float64)
+    d = x64 - x64[0]
+    r = x.shape[0]
+    s1 = d.sum(axis=0)
+    s2 = (d * d).sum(axis=0)
+    mean = x64[0] + s1 / r
+    var = np.maximum(s2 / r - (s1 / r) ** 2, 0.0)
+    return mean, var
+
+
+def batchnorm_forward(x, gamma, beta, moving_mean, moving_var, saved, out, acc, training,
+                      momentum, epsilon):  # fmt: skip
+    """Batch normalisation of each column of x (R, C) (Keras semantics).
+
+    gamma, beta (C,) or empty (scale / center off: 1 and 0); moving_mean, moving_var (C,);
+    saved (2, C) receives [mean, inv_std] for the backward; out (R, C) may alias x; acc
+    (2, C) float64 is scratch.  Training: batch mean and biased variance (float64 sums),
+    inv_std = 1 / sqrt(var + epsilon), moving = moving * momentum + batch * (1 - momentum);
+    inference: the moving statistics.  out = (x - mean) * inv_std * gamma + beta.
+    """
+    t = x.dtype.type
+    if training:
+        mean, var = _moments(x)
+        acc[0], acc[1] = mean, var
+        moving_mean *= t(momentum)
+        moving_mean += (mean * (1 - momentum)).astype(x.dtype)
+        moving_var *= t(momentum)
+        moving_var += (var * (1 - momentum)).astype(x.dtype)
+        saved[0] = mean
+        saved[1] = 1.0 / np.sqrt(var + epsilon)
+    else:
+        saved[0] = moving_mean
+        saved[1] = 1.0 / np.sqrt(moving_var.astype(np.float64) + epsilon)
+    y = (x - saved[0]) * saved[1]
+    if gamma.shape[0]:
+        y = y * gamma
+    if beta.shape[0]:
+        y = y + beta
+    np.copyto(out, y, casting="same_kind")
+
+
+def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
+    """Gradients of batchnorm_forward in training, from saved = [mean, inv_std].
+
+    With xhat = (x - mean) * inv_std: dbeta = sum_R dout, dgamma = sum_R dout * xhat
+    (float64 sums; each written only when its weight exists: dgamma, dbeta empty
+    otherwise); dx = gamma * inv_std / R * (R * dout - dbeta - xhat * dgamma), written only
+    when ``need_dx``.  dx may alias dout; acc (2, C) float64 is scratch.
+    """
+    r = x.shape[0]
+    xhat = (x - saved[0]) * saved[1]
+    acc[0] = dout.sum(axis=0, dtype=np.float64)
+    acc[1] = (dout.astype(np.float64) * xhat).sum(axis=0)
+    if dbeta.shape[0]:
+        dbeta[...] = acc[0]
+    if dgamma.shape[0]:
+        dgamma[...] = acc[1]
+    if need_dx:
+        t = x.dtype.type
+        coef = saved[1] * (gamma if gamma.shape[0] else t(1)) / t(r)
+        sum_dy, sum_dyx = acc[0].astype(x.dtype), acc[1].astype(x.dtype)
+        np.copyto(dx, coef * (t(r) * dout - sum_dy - xhat * sum_dyx), casting="same_kind")
+
+
+def normalization_forward(x, mean, variance, out):
+    """out = (x - mean) / max(sqrt(variance), NORM_EPS) per column (Keras' Normalization).
+
+    x, out (R, C) (may alias); mean, variance (C,)."""
+    t = x.dtype.type
+    np.copyto(out, (x - mean) / np.maximum(np.sqrt(variance), t(C.NORM_EPS)))
+
+
+def normalization_backward(variance, dout, dx):
+    """dx = dout / max(sqrt(variance), NORM_EPS).  dout, dx (R, C) (may alias)."""
+    t = dout.dtype.type
+    np.copyto(dx, dout / np.maximum(np.sqrt(variance), t(C.NORM_EPS)))
+
+
+# ---------------------------------------------------------------------------------------
+# A plan of layers over flat buffers (layout: kernels/codes.py, built by fastnn._plan).
 #
-# layers (L, 4) int64 rows: [kind, width, act, param_off]; Dense weights (I, O) start at
-# param_off in ``params`` and its bias (O,) follows.  layer_f (L, 3) float64 rows:
-# [alpha (leaky slope) or dropout rate, l1, l2].  Layer l writes its (N, width) output at
-# acts[N*sum(widths[:l]) :].  gbuf has an even size >= 2*N*max(I0, widths); its halves
-# hold the gradient flowing into and out of a layer (dL/dout starts at gbuf[0]).
+# plan = (layers, layer_f, kinds): layers (L, P_COLS) int64, layer_f (L, F_COLS) float64,
+# kinds the marker of codes.kinds_marker (only the Numba backend reads it).
+# net = (params, grads, state, nontrain): trainable parameters (P,), their gradients (P,),
+# the optimizer state (S, P) and the non-trainable weights (Q,).
+# work = (acts, gbuf, acc): layer outputs, saved tensors and scratch; the two halves of the
+# backward's gradient flow; float64 accumulators.  x is the batch (N, I0) (its samples
+# flattened); a layer's input with P_IN_OFF = -1 is x.
 
 
-def _view(buf, off, n, width):
-    return buf[off : off + n * width].reshape(n, width)
+def _last_axis(row, first):
+    """(rows per sample, width) of the input (first = P_IN0) or output (P_OUT0) shape."""
+    return int(row[first]) * int(row[first + 1]), int(row[first + 2])
 
 
-def _dense_views(params, poff, n_in, width):
-    w = params[poff : poff + n_in * width].reshape(n_in, width)
-    b = params[poff + n_in * width : poff + n_in * width + width]
-    return w, b
+def _acts_view(x, acts, off, n, rows, width):
+    if off < 0:
+        return x.reshape(n * rows, width)
+    return acts[off : off + n * rows * width].reshape(n * rows, width)
 
 
-def output_offset(layers, n):
-    """Offset in ``acts`` of the last layer's (N, width) output."""
-    return n * int(np.sum(layers[:-1, 1]))
+def _vec(buf, off, size):
+    """buf[off : off + size], or an empty array when off < 0 (an absent weight)."""
+    return buf[0:0] if off < 0 else buf[off : off + size]
 
 
-def forward_stack(x, params, acts, layers, layer_f, training, seed, step):
-    """Runs the stack on x (N, I0), writing every layer's output into ``acts``.
+def _mat(buf, off, rows, cols):
+    return buf[off : off + rows * cols].reshape(rows, cols)
 
-    Dropout is active only when ``training`` is non-zero (seeded by ``dropout_seed``);
-    its rate is in [0, 1)."""
-    n = x.shape[0]
-    inp = x
-    off = 0
-    for l in range(layers.shape[0]):
-        kind, width, act, poff = (int(v) for v in layers[l])
-        out = _view(acts, off, n, width)
-        if kind == C.DENSE:
-            w, b = _dense_views(params, poff, inp.shape[1], width)
-            dense_forward(inp, w, b, out, act, layer_f[l, 0])
-        elif kind == C.DROPOUT:
-            if training and layer_f[l, 0] > 0:
-                dropout_forward(inp, out, layer_f[l, 0], dropout_seed(seed, step, l))
-            else:
-                out[...] = inp
+
+def _layer_views(x, acts, row, n):
+    ri, wi = _last_axis(row, C.P_IN0)
+    ro, wo = _last_axis(row, C.P_OUT0)
+    inp = _acts_view(x, acts, int(row[C.P_IN_OFF]), n, ri, wi)
+    out = _acts_view(x, acts, int(row[C.P_OUT_OFF]), n, ro, wo)
+    return inp, out
+
+
+def layer_forward(l, x, plan, net, work, n, training, seed, step):
+    """Runs layer ``l`` of the plan forward on a batch of n rows (dropout active and batch
+    statistics used only when ``training``).  Raises on an unknown layer kind."""
+    layers, layer_f, _ = plan
+    params, _, _, nontrain = net
+    acts, _, acc = work
+    row, f = layers[l], layer_f[l]
+    kind, act = int(row[C.P_KIND]), int(row[C.P_ACT])
+    inp, out = _layer_views(x, acts, row, n)
+    width = inp.shape[1]
+    if kind == C.DENSE:
+        w = _mat(params, int(row[C.P_W0]), width, out.shape[1])
+        dense_forward(inp, w, _vec(params, int(row[C.P_W1]), out.shape[1]), out, act,
+                      f[C.F_ALPHA])  # fmt: skip
+    elif kind == C.DROPOUT:
+        if training and f[C.F_RATE] > 0:
+            dropout_forward(inp, out, f[C.F_RATE], dropout_seed(seed, step, l))
         else:
-            activation_forward(inp, out, act, layer_f[l, 0])
-        inp = out
-        off += n * width
+            out[...] = inp
+    elif kind == C.ACTIVATION:
+        activation_forward(inp, out, act, f[C.F_ALPHA])
+    elif kind == C.BATCHNORM:
+        batchnorm_forward(
+            inp, _vec(params, int(row[C.P_W0]), width), _vec(params, int(row[C.P_W1]), width),
+            _vec(nontrain, int(row[C.P_S0]), width), _vec(nontrain, int(row[C.P_S1]), width),
+            _mat(acts, int(row[C.P_SAVE_OFF]), 2, width), out,
+            _mat(acc, int(row[C.P_ACC_OFF]), 2, width), training, f[C.F_MOMENTUM],
+            f[C.F_EPSILON],
+        )  # fmt: skip
+    elif kind == C.NORMALIZATION:
+        normalization_forward(inp, _vec(nontrain, int(row[C.P_S0]), width),
+                              _vec(nontrain, int(row[C.P_S1]), width), out)  # fmt: skip
+    else:
+        raise ValueError(f"unknown layer kind {kind} (layer {l})")
 
 
-def _first_param_layer(layers):
-    for l in range(layers.shape[0]):
-        if layers[l, 0] == C.DENSE:
-            return l
-    return layers.shape[0]
+def layer_backward(l, x, plan, net, work, n, seed, step):
+    """Back-propagates layer ``l``: reads dL/dout at P_DOUT_OFF of gbuf, writes the layer's
+    weight gradients into grads and dL/dx at P_DX_OFF (when it is not -1); returns the
+    regularisation penalty of its weights (whose gradient it adds)."""
+    layers, layer_f, _ = plan
+    params, grads, _, nontrain = net
+    acts, gbuf, acc = work
+    row, f = layers[l], layer_f[l]
+    kind, act = int(row[C.P_KIND]), int(row[C.P_ACT])
+    inp, out = _layer_views(x, acts, row, n)
+    g = _acts_view(None, gbuf, int(row[C.P_DOUT_OFF]), n, *_last_axis(row, C.P_OUT0))
+    dx_off = int(row[C.P_DX_OFF])  # -1 only on a layer with weights: it writes no dx then
+    dx = _acts_view(None, gbuf, max(dx_off, 0), n, *_last_axis(row, C.P_IN0))
+    width = inp.shape[1]
+    if kind == C.DENSE:
+        w0, w1 = int(row[C.P_W0]), int(row[C.P_W1])
+        o = out.shape[1]
+        w, dw = _mat(params, w0, width, o), _mat(grads, w0, width, o)
+        dense_backward(inp, w, out, g, g, dx, dw, _vec(grads, w1, o), act, f[C.F_ALPHA],
+                       int(dx_off >= 0))  # fmt: skip
+        if f[C.F_L1] or f[C.F_L2]:
+            return l1l2_penalty(w, dw, f[C.F_L1], f[C.F_L2])
+    elif kind == C.DROPOUT:
+        if f[C.F_RATE] > 0:
+            dropout_backward(g, dx, f[C.F_RATE], dropout_seed(seed, step, l))
+        else:
+            dx[...] = g
+    elif kind == C.ACTIVATION:
+        activation_backward(out, g, dx, act, f[C.F_ALPHA])
+    elif kind == C.BATCHNORM:
+        w0, w1 = int(row[C.P_W0]), int(row[C.P_W1])
+        batchnorm_backward(
+            inp, _vec(params, w0, width), _mat(acts, int(row[C.P_SAVE_OFF]), 2, width), g, dx,
+            _vec(grads, w0, width), _vec(grads, w1, width),
+            _mat(acc, int(row[C.P_ACC_OFF]), 2, width), int(dx_off >= 0),
+        )  # fmt: skip
+    elif kind == C.NORMALIZATION:
+        normalization_backward(_vec(nontrain, int(row[C.P_S1]), width), g, dx)
+    else:
+        raise ValueError(f"unknown layer kind {kind} (layer {l})")
+    return 0.0
 
 
-def backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step):
-    """Back-propagates dL/dout, which the caller left in gbuf[:N*C], through the stack;
-    writes every Dense layer's dw, db into ``grads``; returns the regularisation penalty
-    (its gradient is added to dw)."""
-    n = x.shape[0]
-    n_layers = layers.shape[0]
-    half = gbuf.shape[0] // 2
-    offs = np.concatenate([[0], np.cumsum(layers[:, 1]) * n])
-    first = _first_param_layer(layers)
+def output_view(plan, acts, n):
+    """The last layer's output (N, outputs) in ``acts``."""
+    row = plan[0][-1]
+    size = int(row[C.P_OUT0] * row[C.P_OUT1] * row[C.P_OUT2])
+    off = int(row[C.P_OUT_OFF])
+    return acts[off : off + n * size].reshape(n, size)
+
+
+def forward_stack(x, plan, net, work, training, seed, step):
+    """Runs every layer of the plan on x (N, I0), writing outputs (and, training, the saved
+    tensors and BatchNormalization's moving statistics) into acts and nontrain.
+
+    Dropout is active and batch statistics are used only when ``training`` is non-zero
+    (dropout masks seeded by ``dropout_seed(seed, step, layer)``)."""
+    for l in range(plan[0].shape[0]):
+        layer_forward(l, x, plan, net, work, x.shape[0], training, seed, step)
+
+
+def backward_stack(x, plan, net, work, seed, step):
+    """Back-propagates dL/dout, which the caller left at the last layer's P_DOUT_OFF of
+    gbuf, through the layers whose P_BACKWARD is set (last to first); writes the weight
+    gradients into grads; returns the regularisation penalty (its gradient is added)."""
     penalty = 0.0
-    cur = 0
-    for l in range(n_layers - 1, first - 1, -1):
-        kind, width, act, poff = (int(v) for v in layers[l])
-        n_in = x.shape[1] if l == 0 else int(layers[l - 1, 1])
-        inp = x if l == 0 else _view(acts, int(offs[l - 1]), n, n_in)
-        out = _view(acts, int(offs[l]), n, width)
-        g = _view(gbuf, cur, n, width)
-        dx = _view(gbuf, half - cur, n, n_in)
-        if kind == C.DENSE:
-            w, b = _dense_views(params, poff, n_in, width)
-            dw, db = _dense_views(grads, poff, n_in, width)
-            dense_backward(inp, w, out, g, g, dx, dw, db, act, layer_f[l, 0], l > first)
-            if layer_f[l, 1] or layer_f[l, 2]:
-                penalty += l1l2_penalty(w, dw, layer_f[l, 1], layer_f[l, 2])
-        elif kind == C.DROPOUT:
-            if layer_f[l, 0] > 0:
-                dropout_backward(g, dx, layer_f[l, 0], dropout_seed(seed, step, l))
-            else:
-                dx[...] = g
-        else:
-            activation_backward(out, g, dx, act, layer_f[l, 0])
-        cur = half - cur
+    layers = plan[0]
+    for l in range(layers.shape[0] - 1, -1, -1):
+        if layers[l, C.P_BACKWARD]:
+            penalty += layer_backward(l, x, plan, net, work, x.shape[0], seed, step)
     return penalty
 
 
-def penalty_stack(params, layers, layer_f, n_in0):
-    """The regularisation penalty of every Dense layer (no gradient)."""
+def penalty_stack(params, plan):
+    """The regularisation penalty of every layer's W0 (no gradient)."""
+    layers, layer_f, _ = plan
     total = 0.0
-    n_in = n_in0
     for l in range(layers.shape[0]):
-        kind, width, _, poff = (int(v) for v in layers[l])
-        if kind == C.DENSE and (layer_f[l, 1] or layer_f[l, 2]):
-            w, _ = _dense_views(params, poff, n_in, width)
-            total += layer_f[l, 1] * float(np.abs(w).sum(dtype=np.float64)) + layer_f[l, 2] * float(
+        l1, l2 = layer_f[l, C.F_L1], layer_f[l, C.F_L2]
+        if layers[l, C.P_KIND] == C.DENSE and (l1 or l2):
+            row = layers[l]
+            size = int(row[C.P_IN2] * row[C.P_OUT2])
+            w = params[int(row[C.P_W0]) : int(row[C.P_W0]) + size]
+            total += l1 * float(np.abs(w).sum(dtype=np.float64)) + l2 * float(
                 np.square(w, dtype=np.float64).sum()
             )
-        n_in = width
     return total
 
 
@@ -476,40 +625,45 @@ def _fused_loss(loss_code):
     return loss_code in (C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE)
 
 
-def _stack_loss(x, y, sw, acts, gbuf, layers, loss_code, logits_out):
+def _stack_loss(x, y, sw, plan, work, loss):
+    acts, gbuf, _ = work
+    loss_code, logits_out = int(loss[0]), int(loss[1])
     n = x.shape[0]
-    width = int(layers[-1, 1])
-    out = _view(acts, output_offset(layers, n), n, width)
-    dz = _view(gbuf, 0, n, width)
+    out = output_view(plan, acts, n)
+    off = int(plan[0][-1, C.P_DOUT_OFF])
+    dz = gbuf[off : off + out.size].reshape(out.shape)
     p = out if (_fused_loss(loss_code) and not logits_out) else dz
     return loss_grad(out, y, sw, p, dz, loss_code)
 
 
-def train_step(
-    x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, step, seed,
-):  # fmt: skip
-    """One training step of a layer stack: forward, loss, backward, optimizer update.
+def train_step(batch, plan, net, work, loss, opt):
+    """One training step: forward, loss, backward, optimizer update.
 
-    x (N, I0); y (N, T) targets (class indices in column 0 for the sparse loss); sw (N,)
-    sample weights.  For the logit losses the last layer must be linear; the probabilities
-    replace the logits in ``acts`` unless ``logits_out``.  Returns the loss including the
+    batch = (x (N, I0), y (N, T) targets (class indices in column 0 for the sparse loss),
+    sw (N,) sample weights); loss = (loss_code, logits_out, acc_mode, threshold) (the last
+    two unused here); opt = (opt_code, hyper, lrs, step, seed) (lrs unused: hyper[0] is the
+    rate).  For the logit losses the last layer must be linear; the probabilities replace
+    the logits in acts unless ``logits_out``.  Returns the loss including the
     regularisation penalty; when it is not finite the parameters and optimizer state are
-    not updated (``grads`` still hold the step's gradients).
+    not updated (grads still hold the step's gradients).
     """
-    forward_stack(x, params, acts, layers, layer_f, 1, seed, step)
-    loss = _stack_loss(x, y, sw, acts, gbuf, layers, loss_code, logits_out)
-    loss += backward_stack(x, params, grads, acts, gbuf, layers, layer_f, seed, step)
-    if np.isfinite(loss):
+    x, y, sw = batch
+    opt_code, hyper, _, step, seed = opt
+    forward_stack(x, plan, net, work, 1, seed, step)
+    value = _stack_loss(x, y, sw, plan, work, loss)
+    value += backward_stack(x, plan, net, work, seed, step)
+    if np.isfinite(value):
+        params, grads, state, _ = net
         optimizer_update(params, grads, state, opt_code, hyper, step)
-    return loss
+    return value
 
 
-def eval_step(x, y, sw, params, acts, gbuf, layers, layer_f, loss_code, logits_out):
-    """Forward (no dropout) and loss with the regularisation penalty; nothing is updated."""
-    forward_stack(x, params, acts, layers, layer_f, 0, 0, 0)
-    loss = _stack_loss(x, y, sw, acts, gbuf, layers, loss_code, logits_out)
-    return loss + penalty_stack(params, layers, layer_f, x.shape[1])
+def eval_step(batch, plan, net, work, loss):
+    """Forward (no dropout, moving statistics) and loss with the regularisation penalty;
+    nothing is updated.  Arguments as :func:`train_step`."""
+    x, y, sw = batch
+    forward_stack(x, plan, net, work, 0, 0, 0)
+    return _stack_loss(x, y, sw, plan, work, loss) + penalty_stack(net[0], plan)
 
 
 def batch_stats(out, y, acc_mode, threshold, stats):
@@ -528,24 +682,26 @@ def batch_stats(out, y, acc_mode, threshold, stats):
     stats[C.STAT_ROWS] += n
 
 
-def run_epoch(
-    X, Y, SW, order, batch_size, xb, yb, swb,
-    params, grads, state, acts, gbuf, layers, layer_f,
-    loss_code, logits_out, opt_code, hyper, lrs, step, seed,
-    train, acc_mode, threshold, stats,
-):  # fmt: skip
-    """Runs the batches of X[order] in order (last batch may be smaller).
+def run_epoch(data, plan, net, ws, loss, opt, train, stats):
+    """Runs the batches of X[order] in order (the last batch may be smaller).
 
-    Gathers each batch into xb (B, I0), yb (B, T), swb (B,); with ``train`` runs
-    ``train_step`` at steps step, step+1, ... with hyper[0] = lrs[b]; otherwise
-    ``eval_step``.  Accumulates loss*rows and metrics into ``stats``.  Stops early at a
-    batch whose loss is not finite (after adding it to stats) and returns the number of
-    batches completed before it; otherwise returns the number of batches.  A training call
-    ends by setting stats[STAT_NONFINITE] to whether params or state hold a non-finite entry.
+    data = (X (M, I0), Y (M, T), SW (M,), order (K,) int64, batch_size); ws = (xb (B, I0),
+    yb (B, T), swb (B,), acts, gbuf, acc) with B >= batch_size; loss as train_step (with
+    acc_mode, threshold for the metrics); opt = (opt_code, hyper, lrs, step, seed).
+    Gathers each batch into xb, yb, swb; with ``train`` runs ``train_step`` at steps step,
+    step+1, ... with hyper[0] = lrs[b]; otherwise ``eval_step``.  Accumulates loss*rows
+    and metrics into ``stats``.  Stops early at a batch whose loss is not finite (after
+    adding it to stats) and returns the number of batches completed before it; otherwise
+    returns the number of batches.  A training call ends by setting stats[STAT_NONFINITE]
+    to whether params, the optimizer state or the non-trainable weights hold a non-finite
+    entry.
     """
+    X, Y, SW, order, batch_size = data
+    xb, yb, swb, acts, gbuf, acc = ws
+    opt_code, hyper, lrs, step, seed = opt
+    work = (acts, gbuf, acc)
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
-    width = int(layers[-1, 1])
     done = n_batches
     for b in range(n_batches):
         start = b * batch_size
@@ -554,24 +710,20 @@ def run_epoch(
         np.take(X, idx, axis=0, out=xb[:n])
         np.take(Y, idx, axis=0, out=yb[:n])
         np.take(SW, idx, axis=0, out=swb[:n])
+        batch = (xb[:n], yb[:n], swb[:n])
         if train:
             hyper[0] = lrs[b]
-            loss = train_step(
-                xb[:n], yb[:n], swb[:n], params, grads, state, acts, gbuf, layers,
-                layer_f, loss_code, logits_out, opt_code, hyper, step + b, seed,
-            )  # fmt: skip
+            value = train_step(batch, plan, net, work, loss, (opt_code, hyper, lrs, step + b,
+                                                              seed))  # fmt: skip
         else:
-            loss = eval_step(
-                xb[:n], yb[:n], swb[:n], params, acts, gbuf, layers, layer_f,
-                loss_code, logits_out,
-            )  # fmt: skip
-        stats[C.STAT_LOSS] += loss * n
-        if not np.isfinite(loss):
+            value = eval_step(batch, plan, net, work, loss)
+        stats[C.STAT_LOSS] += value * n
+        if not np.isfinite(value):
             done = b
             break
-        out = _view(acts, output_offset(layers, n), n, width)
-        batch_stats(out, yb[:n], acc_mode, threshold, stats)
+        batch_stats(output_view(plan, acts, n), yb[:n], int(loss[2]), loss[3], stats)
     if train:
-        finite = np.isfinite(params).all() and np.isfinite(state).all()
+        params, _, state, nontrain = net
+        finite = all(np.isfinite(a).all() for a in (params, state, nontrain))
         stats[C.STAT_NONFINITE] = 0.0 if finite else 1.0
     return done

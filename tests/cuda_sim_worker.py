@@ -1,4 +1,6 @@
-"""CUDA kernels == NumPy reference, per op, on tiny shapes that cross the 16x16 tiles.
+"""CUDA kernels == NumPy reference, per op, on tiny shapes that cross the GEMM tiles (8x8
+under the simulator, 16x16 on a GPU), the simulator's launch blocks and row chunks; and
+plans of real fastnn layers (``fastnn._plan.build_plan``) through the whole-network ops.
 
 Run as a script it sets ``NUMBA_ENABLE_CUDASIM=1`` before Numba is imported (the CUDA
 simulator: no GPU needed), runs the checks named on the command line (all by default) and
@@ -136,7 +138,15 @@ def check_dense_forward(cu):
         args = [x, w, b, out, ACTS[act], 0.0]
         _, _, a_cu, a_ref = _both("dense_forward", cu, args, [3])
         worst = max(worst, _cmp_outputs(f"dense_fwd {act}", a_cu, a_ref, [3], dtype, 33))
-    return f"17x33 @ 33x5 (relu, softmax f32; tanh f64), max abs err {worst:.2e}"
+    # launch configurations A, B, A of one kernel (the simulator's kernel[grid, block]
+    # reconfigures the kernel object itself: nothing may keep an old configuration)
+    for n, i in ((9, 10), (3, 4), (9, 10)):
+        x, w, b = _dense_case(rng, n, i, 3, F32)
+        args = [x, w, b, np.zeros((n, 3), F32), C.LINEAR, 0.0]
+        _, _, a_cu, a_ref = _both("dense_forward", cu, args, [3])
+        _cmp_outputs(f"dense_fwd {n}x{i}x3 after another launch", a_cu, a_ref, [3], F32, i)
+    return (f"17x33 @ 33x5 (relu, softmax f32; tanh f64), launch shapes A-B-A, max abs err "
+            f"{worst:.2e}")  # fmt: skip
 
 
 def check_dense_backward(cu):
@@ -311,173 +321,390 @@ def check_batch_stats(cu):
 
 
 # ---------------------------------------------------------------------------------------
-# The layer stack on flat buffers
+# Normalisation ops (columns of x (R, C)): 13 rows cross the simulator's 8-row chunks and
+# 9 columns its 8-column blocks
 
 
-def make_stack(rng, n_in, spec, n, dtype=F32):
-    """(layers, layer_f, params) for spec rows (kind, width, act, f0, l1, l2)."""
-    layers, lf = [], []
-    off, fan_in = 0, n_in
-    for kind, width, act, f0, l1, l2 in spec:
-        layers.append([kind, width, act, off if kind == C.DENSE else 0])
-        lf.append([f0, l1, l2])
-        if kind == C.DENSE:
-            off += fan_in * width + width
-        fan_in = width
-    params = (rng.standard_normal(off) * 0.5).astype(dtype)
-    layers = np.array(layers, np.int64)
-    acts = np.zeros(n * int(layers[:, 1].sum()), dtype)
-    gbuf = np.zeros(2 * n * max(n_in, int(layers[:, 1].max())), dtype)
-    return layers, np.array(lf, np.float64), params, acts, gbuf
+def _bn_inputs(rng, r=13, c=9, dtype=F32):
+    x = _randn(rng, r, c, dtype=dtype, scale=2.0) + dtype(5.0)  # |mean| >> std: the shift
+    gamma, beta = _randn(rng, c, dtype=dtype), _randn(rng, c, dtype=dtype)
+    mm, mv = _randn(rng, c, dtype=dtype), np.abs(_randn(rng, c, dtype=dtype)) + dtype(0.5)
+    return x, gamma, beta, mm, mv
 
 
-SPEC = (
-    (C.DENSE, 5, C.RELU, 0.0, 0.0, 0.01),
-    (C.DROPOUT, 5, C.LINEAR, 0.25, 0.0, 0.0),
-    (C.DENSE, 3, C.LINEAR, 0.0, 0.001, 0.0),
-)
+def check_batchnorm_forward(cu):
+    rng = _rng(17)
+    worst = 0.0
+    empty = np.zeros(0, F32)
+    cases = ((1, True, True, F32), (1, False, True, F32), (0, True, False, F32),
+             (1, True, True, np.float64))  # fmt: skip
+    for training, scale, center, dtype in cases:
+        x, gamma, beta, mm, mv = _bn_inputs(rng, dtype=dtype)
+        g = gamma if scale else empty.astype(dtype)
+        b = beta if center else empty.astype(dtype)
+        c = x.shape[1]
+        args = [x, g, b, mm, mv, np.zeros((2, c), dtype), np.zeros_like(x),
+                np.zeros((2, c)), training, 0.9, 1e-3]  # fmt: skip
+        _, _, a_cu, a_ref = _both("batchnorm_forward", cu, args, [3, 4, 5, 6, 7])
+        label = f"bn_fwd train={training} scale={scale} center={center} {np.dtype(dtype)}"
+        worst = max(worst, _cmp_outputs(label, a_cu, a_ref, [3, 4, 5, 6, 7], dtype, 13))
+    x, gamma, beta, mm, mv = _bn_inputs(rng)  # out aliasing x
+    x1, x2, m1, m2, v1, v2 = x.copy(), x.copy(), mm.copy(), mm.copy(), mv.copy(), mv.copy()
+    s1, s2 = np.zeros((2, 9), F32), np.zeros((2, 9), F32)
+    cu.batchnorm_forward(x1, gamma, beta, m1, v1, s1, x1, np.zeros((2, 9)), 1, 0.99, 1e-3)
+    ref.batchnorm_forward(x2, gamma, beta, m2, v2, s2, x2, np.zeros((2, 9)), 1, 0.99, 1e-3)
+    _close("bn_fwd in place", x1, x2, *_tol(F32, 13))
+    _close("bn_fwd in place moving var", v1, v2, *_tol(F32, 13))
+    return f"13x9, train/infer, gamma/beta absent, f32/f64, in place; max abs err {worst:.2e}"
+
+
+def check_batchnorm_backward(cu):
+    rng = _rng(18)
+    worst = 0.0
+    for scale, center, need_dx in ((True, True, 1), (False, True, 1), (True, False, 0)):
+        x, gamma, beta, mm, mv = _bn_inputs(rng)
+        saved = np.zeros((2, 9), F32)
+        ref.batchnorm_forward(x, gamma, beta, mm, mv, saved, np.zeros_like(x),
+                              np.zeros((2, 9)), 1, 0.99, 1e-3)  # fmt: skip
+        dout = _randn(rng, 13, 9)
+        g = gamma if scale else np.zeros(0, F32)
+        dg = np.zeros(9 if scale else 0, F32)
+        db = np.zeros(9 if center else 0, F32)
+        args = [x, g, saved, dout, np.full_like(x, 7.0), dg, db, np.zeros((2, 9)), need_dx]
+        _, _, a_cu, a_ref = _both("batchnorm_backward", cu, args, [4, 5, 6, 7])
+        label = f"bn_bwd scale={scale} center={center} need_dx={need_dx}"
+        worst = max(worst, _cmp_outputs(label, a_cu, a_ref, [4, 5, 6, 7], F32, 13))
+    d1, d2 = dout.copy(), dout.copy()  # dx aliasing dout
+    cu.batchnorm_backward(x, gamma, saved, d1, d1, np.zeros(9, F32), np.zeros(9, F32),
+                          np.zeros((2, 9)), 1)  # fmt: skip
+    ref.batchnorm_backward(x, gamma, saved, d2, d2, np.zeros(9, F32), np.zeros(9, F32),
+                           np.zeros((2, 9)), 1)  # fmt: skip
+    _close("bn_bwd in place", d1, d2, *_tol(F32, 13))
+    return f"13x9, gamma/beta absent, need_dx 0/1, in place; max abs err {worst:.2e}"
+
+
+def check_normalization(cu):
+    rng = _rng(19)
+    x = _randn(rng, 7, 9, scale=3.0)
+    mean = _randn(rng, 9)
+    var = np.abs(_randn(rng, 9))
+    var[0] = 0.0  # the NORM_EPS floor
+    _, _, a_cu, a_ref = _both("normalization_forward", cu, [x, mean, var, np.zeros_like(x)],
+                              [3])  # fmt: skip
+    worst = _cmp_outputs("norm_fwd", a_cu, a_ref, [3], F32)
+    dout = _randn(rng, 7, 9)
+    _, _, a_cu, a_ref = _both("normalization_backward", cu, [var, dout, np.zeros_like(x)], [2])
+    worst = max(worst, _cmp_outputs("norm_bwd", a_cu, a_ref, [2], F32))
+    x1, x2 = x.copy(), x.copy()
+    cu.normalization_forward(x1, mean, var, x1)
+    ref.normalization_forward(x2, mean, var, x2)
+    _close("norm_fwd in place", x1, x2, *_tol(F32))
+    return f"forward, backward, variance 0, in place; max abs err {worst:.2e}"
+
+
+# ---------------------------------------------------------------------------------------
+# Plans of layers over flat buffers, built by fastnn's own plan builder from real layers
+
+
+def mlp_layers():
+    """4 -> Dense(5, relu, l2) -> Dropout(0.25) -> Dense(3, l1)."""
+    from fastnn.layers import Dense, Dropout
+    from fastnn.regularizers import L1, L2
+
+    return (4,), [Dense(5, activation="relu", kernel_regularizer=L2(0.01)), Dropout(0.25),
+                  Dense(3, kernel_regularizer=L1(0.001))]  # fmt: skip
+
+
+def norm_layers():
+    """(2, 4) samples -> Normalization -> Dense(5, tanh) -> BatchNormalization (no beta) ->
+    Normalization -> Activation(leaky_relu) -> Flatten -> Dropout(0.2) -> Dense(3)."""
+    from fastnn.layers import (
+        Activation,
+        BatchNormalization,
+        Dense,
+        Dropout,
+        Flatten,
+        Normalization,
+    )
+
+    return (2, 4), [Normalization(), Dense(5, activation="tanh"),
+                    BatchNormalization(momentum=0.9, center=False), Normalization(),
+                    Activation("leaky_relu"), Flatten(), Dropout(0.2), Dense(3)]  # fmt: skip
+
+
+def bn_layers():
+    """4 -> Dense(5, relu) -> BatchNormalization -> Dense(3)."""
+    from fastnn.layers import BatchNormalization, Dense
+
+    return (4,), [Dense(5, activation="relu"), BatchNormalization(), Dense(3)]
+
+
+class Net:
+    """A plan and fresh buffers (host arrays) for ``rows``-sample batches of ``layers``."""
+
+    def __init__(self, make_layers, rows, dtype=F32, seed=0):
+        from fastnn._engine import Engine
+        from fastnn._plan import build_plan
+
+        rng = _rng(seed)
+        input_shape, layers = make_layers()
+        shape = input_shape
+        for layer in layers:
+            layer.build(shape, dtype, rng, backend="numpy")
+            shape = layer.output_shape
+        offsets, n_params, n_nontrain = Engine._layout(layers)
+        plan = build_plan(layers, offsets, input_shape, rows)
+        self.plan = plan.args
+        self.n_in = int(np.prod(input_shape))
+        self.n_out = plan.output_size
+        self.output_offset = plan.output_offset
+        self.params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
+        self.nontrain = (np.abs(rng.standard_normal(n_nontrain)) + 0.5).astype(dtype)
+        self.grads = np.zeros(n_params, dtype)
+        self.state = np.zeros((2, n_params), dtype)
+        self.acts = np.zeros(plan.acts_size, dtype)
+        self.gbuf = np.zeros(plan.gbuf_size, dtype)
+        self.acc = np.zeros(plan.acc_size)
+        self.dtype = dtype
+
+    def copy(self):
+        other = object.__new__(Net)
+        other.__dict__.update(
+            {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()}
+        )
+        return other
+
+    @property
+    def net(self):
+        return self.params, self.grads, self.state, self.nontrain
+
+    @property
+    def work(self):
+        return self.acts, self.gbuf, self.acc
+
+    def compare(self, label, other, names, k=5, rtol=None, atol=None):
+        tol = _tol(self.dtype, k) if rtol is None else (rtol, atol)
+        return max(_close(f"{label} {name}", getattr(self, name), getattr(other, name), *tol)
+                   for name in names)  # fmt: skip
 
 
 def check_stack_forward_backward(cu):
-    rng = _rng(12)
-    n = 6
-    layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, n)
-    x = _randn(rng, n, 4)
-    a1, a2 = acts.copy(), acts.copy()
-    cu.forward_stack(x, params, a1, layers, lf, 1, 11, 2)
-    ref.forward_stack(x, params, a2, layers, lf, 1, 11, 2)
-    _close("forward_stack acts", a1, a2, *_tol(F32, 5))
-    g1, g2 = gbuf.copy(), gbuf.copy()
-    g1[: n * 3] = g2[: n * 3] = _randn(rng, n * 3)
-    gr1, gr2 = np.zeros_like(params), np.zeros_like(params)
-    p1 = cu.backward_stack(x, params, gr1, a2, g1, layers, lf, 11, 2)
-    p2 = ref.backward_stack(x, params, gr2, a2.copy(), g2, layers, lf, 11, 2)
-    _close("backward_stack penalty", p1, p2, 1e-6, 1e-9)
-    err = _close("backward_stack grads", gr1, gr2, *_tol(F32, 6))
-    return f"dense-relu/dropout/dense (+l1, l2), grads max abs err {err:.2e}"
+    worst = 0.0
+    for make in (mlp_layers, norm_layers):
+        rng = _rng(12)
+        n = 3
+        base = Net(make, n)
+        x = _randn(rng, n, base.n_in)
+        a, b = base.copy(), base.copy()
+        cu.forward_stack(x, a.plan, a.net, a.work, 1, 11, 2)
+        ref.forward_stack(x, b.plan, b.net, b.work, 1, 11, 2)
+        worst = max(worst, a.compare(f"{make.__name__} forward", b, ("acts", "nontrain", "acc")))
+        dz_off = int(b.plan[0][-1, C.P_DOUT_OFF])
+        b.gbuf[dz_off : dz_off + n * b.n_out] = _randn(rng, n * b.n_out)
+        a.gbuf[...] = b.gbuf
+        a.acts[...] = b.acts  # the same saved tensors for both backwards
+        p1 = cu.backward_stack(x, a.plan, a.net, a.work, 11, 2)
+        p2 = ref.backward_stack(x, b.plan, b.net, b.work, 11, 2)
+        _close(f"{make.__name__} penalty", p1, p2, 1e-6, 1e-9)
+        worst = max(worst, a.compare(f"{make.__name__} backward", b, ("grads", "gbuf", "acc"),
+                                     k=6))  # fmt: skip
+        # inference: moving statistics, no dropout
+        a2, b2 = base.copy(), base.copy()
+        cu.forward_stack(x, a2.plan, a2.net, a2.work, 0, 0, 0)
+        ref.forward_stack(x, b2.plan, b2.net, b2.work, 0, 0, 0)
+        worst = max(worst, a2.compare(f"{make.__name__} inference", b2, ("acts", "nontrain")))
+    return (f"mlp (dense/dropout/dense, l1, l2) and norm (normalization, bn, activation, "
+            f"flatten, dropout on (2, 4) samples): max abs err {worst:.2e}")  # fmt: skip
 
 
-def _train(mod, dtype, steps, loss_code=C.SPARSE_SOFTMAX_CE, opt=C.ADAM, x_nan=False):
+def check_stack_refuses_kinds(cu):
+    net = Net(mlp_layers, 2)
+    x = np.ones((2, 4), F32)
+    layers = net.plan[0].copy()
+    layers[1, C.P_KIND] = 99
+    msgs = []
+    before = net.acts.copy()
+    batch = (x, np.zeros((2, 3), F32), np.ones(2, F32))
+    calls = (
+        lambda plan: cu.forward_stack(x, plan, net.net, net.work, 1, 0, 1),
+        lambda plan: cu.backward_stack(x, plan, net.net, net.work, 0, 1),
+        lambda plan: cu.eval_step(batch, plan, net.net, net.work, (C.MSE, 0, C.ACC_NONE, 0.5)),
+    )
+    for call in calls:
+        try:
+            call((layers, net.plan[1], net.plan[2]))
+        except ValueError as exc:
+            msgs.append(str(exc))
+        else:
+            raise AssertionError("an unknown layer kind was accepted")
+    assert all("99" in m and "layer 1" in m for m in msgs), msgs
+    assert np.array_equal(net.acts, before), "acts written before the kind was refused"
+    bad_act = net.plan[0].copy()
+    bad_act[0, C.P_ACT] = 42
+    try:
+        cu.forward_stack(x, (bad_act, net.plan[1], net.plan[2]), net.net, net.work, 1, 0, 1)
+    except ValueError as exc:
+        assert "activation code 42" in str(exc) and "layer 0" in str(exc), exc
+    else:
+        raise AssertionError("an unknown activation code was accepted")
+    assert np.array_equal(net.acts, before), "acts written before the plan was refused"
+    saved = cu.KINDS
+    cu.KINDS = frozenset({C.DENSE, C.ACTIVATION})  # a backend without Dropout
+    try:
+        cu.forward_stack(x, net.plan, net.net, net.work, 1, 0, 1)
+    except ValueError as exc:
+        msgs.append(str(exc))
+        assert "Dropout" in str(exc) and "layer 1" in str(exc), exc
+    else:
+        raise AssertionError("a kind outside KINDS was accepted")
+    finally:
+        cu.KINDS = saved
+    return msgs[0] + " / " + msgs[-1]
+
+
+def _train(mod, dtype, steps, make=mlp_layers, loss_code=C.SPARSE_SOFTMAX_CE, opt=C.ADAM,
+           x_nan=False):  # fmt: skip
     rng = _rng(13)
-    n = 6
-    layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, n, dtype)
-    x = _randn(rng, n, 4, dtype=dtype)
+    n = 6 if make is mlp_layers else 3
+    net = Net(make, n, dtype)
+    x = _randn(rng, n, net.n_in, dtype=dtype)
     if x_nan:
         x[1, 2] = np.nan
-    y = rng.integers(0, 3, (n, 1)).astype(dtype)
+    if loss_code == C.SPARSE_SOFTMAX_CE:
+        y = rng.integers(0, 3, (n, 1)).astype(dtype)
+    else:
+        y = _randn(rng, n, 3, dtype=dtype)
     sw = np.ones(n, dtype)
-    grads = np.zeros_like(params)
-    state = np.zeros((2, params.size), dtype)
-    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
+    hyper = {C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.0], C.MOMENTUM: [0.05, 0.9, 1]}[opt]
+    hyper = np.array(hyper)
     losses = []
     for step in range(1, steps + 1):
-        losses.append(mod.train_step(x, y, sw, params, grads, state, acts, gbuf, layers, lf,
-                                     loss_code, 0, opt, hyper, step, 5))  # fmt: skip
-    return np.array(losses), params, state, acts
+        losses.append(mod.train_step((x, y, sw), net.plan, net.net, net.work,
+                                     (loss_code, 0, C.ACC_NONE, 0.5),
+                                     (opt, hyper, np.zeros(1), step, 5)))  # fmt: skip
+    return np.array(losses), net
 
 
 def check_train_step(cu):
-    l1, p1, s1, a1 = _train(cu, F32, 3)
-    l2, p2, s2, a2 = _train(ref, F32, 3)
+    l1, n1 = _train(cu, F32, 2)
+    l2, n2 = _train(ref, F32, 2)
     _close("train_step losses", l1, l2, 1e-4, 1e-7)
-    err = _close("train_step params", p1, p2, 1e-4, 1e-6)
-    _close("train_step adam state", s1, s2, 1e-4, 1e-7)
-    _close("train_step acts", a1, a2, 1e-4, 1e-6)
-    return f"3 steps 4-5-3 (relu, dropout, softmax CE, Adam): params max abs err {err:.2e}"
+    err = n1.compare("train_step", n2, ("params", "state", "acts"), rtol=1e-4, atol=1e-6)
+    return f"2 steps 4-5-3 (relu, dropout, softmax CE, Adam): max abs err {err:.2e}"
+
+
+def check_train_step_norm(cu):
+    kw = dict(make=norm_layers, loss_code=C.MSE, opt=C.MOMENTUM)
+    l1, n1 = _train(cu, F32, 2, **kw)
+    l2, n2 = _train(ref, F32, 2, **kw)
+    _close("train_step norm losses", l1, l2, 1e-4, 1e-7)
+    err = n1.compare("train_step norm", n2, ("params", "state", "nontrain", "acts", "acc"),
+                     rtol=1e-4, atol=1e-6)  # fmt: skip
+    return f"2 steps of the norm net (MSE, Nesterov momentum): max abs err {err:.2e}"
 
 
 def check_train_step_nan(cu):
-    rng_params = _train(ref, F32, 0)[1]
-    losses, params, state, _ = _train(cu, F32, 1, x_nan=True)
+    _, start = _train(ref, F32, 0)
+    losses, net = _train(cu, F32, 1, x_nan=True)
     assert np.isnan(losses[0]), f"loss {losses[0]} should be NaN"
-    assert np.array_equal(params, rng_params), "parameters changed on a NaN loss"
-    assert not state.any(), "optimizer state changed on a NaN loss"
+    assert np.array_equal(net.params, start.params), "parameters changed on a NaN loss"
+    assert not net.state.any(), "optimizer state changed on a NaN loss"
     return "NaN loss: nothing updated"
 
 
 def check_eval_step(cu):
-    rng = _rng(14)
-    n = 6
-    layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, n)
-    x, y = _randn(rng, n, 4), _randn(rng, n, 3)
-    sw = np.ones(n, F32)
-    args = [x, y, sw, params, acts, gbuf, layers, lf, C.MSE, 0]
-    l_cu, l_ref, a_cu, a_ref = _both("eval_step", cu, args, [4, 5])
-    _close("eval_step loss", l_cu, l_ref, 1e-5, 1e-7)
-    _cmp_outputs("eval_step", a_cu, a_ref, [4, 5], F32, 5)
-    return f"MSE + penalty, loss {l_cu:.6g}"
+    info = []
+    for make in (mlp_layers, norm_layers):
+        rng = _rng(14)
+        n = 3
+        a = Net(make, n)
+        b = a.copy()
+        x, y = _randn(rng, n, a.n_in), _randn(rng, n, 3)
+        sw = rng.uniform(0.5, 2.0, n).astype(F32)
+        loss = (C.MSE, 0, C.ACC_NONE, 0.5)
+        l_cu = cu.eval_step((x, y, sw), a.plan, a.net, a.work, loss)
+        l_ref = ref.eval_step((x, y, sw), b.plan, b.net, b.work, loss)
+        _close(f"eval_step {make.__name__} loss", l_cu, l_ref, 1e-5, 1e-7)
+        a.compare(f"eval_step {make.__name__}", b, ("acts", "gbuf", "params", "nontrain"))
+        info.append(f"{l_cu:.6g}")
+    return f"MSE + penalty, mlp and norm nets, losses {', '.join(info)}"
+
+
+def _epoch(mod, make, n_rows, bs, seed, state_inf=False, nontrain_inf=False, evaluate=True):
+    rng = _rng(seed)
+    net = Net(make, bs)
+    if state_inf:
+        net.state[1, 3] = np.inf
+    if nontrain_inf:
+        net.nontrain[-1] = np.inf  # the last moving variance
+    X = _randn(rng, n_rows, net.n_in)
+    Y = rng.integers(0, 3, (n_rows, 1)).astype(F32)
+    SW = rng.uniform(0.5, 2.0, n_rows).astype(F32)
+    order = rng.permutation(n_rows).astype(np.int64)
+    ws = (np.zeros((bs, net.n_in), F32), np.zeros((bs, 1), F32), np.zeros(bs, F32), *net.work)
+    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
+    lrs = np.array([0.01, 0.005, 0.002])
+    loss = (C.SPARSE_SOFTMAX_CE, 0, C.ACC_SPARSE, 0.5)
+    stats = np.zeros(C.STAT_LEN)
+    done = mod.run_epoch((X, Y, SW, order, bs), net.plan, net.net, ws, loss,
+                         (C.ADAM, hyper, lrs, 1, 3), 1, stats)  # fmt: skip
+    ev = np.zeros(C.STAT_LEN)
+    if evaluate:
+        mod.run_epoch((X, Y, SW, order, bs), net.plan, net.net, ws, loss,
+                      (C.ADAM, hyper, lrs, 4, 3), 0, ev)  # fmt: skip
+    return done, stats, ev, hyper, net
 
 
 def check_run_epoch(cu):
-    results = []
-    for mod in (cu, ref):
-        rng = _rng(15)
-        n_rows, bs = 10, 4
-        layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, bs)
-        X = _randn(rng, n_rows, 4)
-        Y = rng.integers(0, 3, (n_rows, 1)).astype(F32)
-        SW = np.ones(n_rows, F32)
-        order = rng.permutation(n_rows).astype(np.int64)
-        xb, yb, swb = np.zeros((bs, 4), F32), np.zeros((bs, 1), F32), np.zeros(bs, F32)
-        grads, state = np.zeros_like(params), np.zeros((2, params.size), F32)
-        hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
-        lrs = np.array([0.01, 0.005, 0.002])
-        stats = np.zeros(C.STAT_LEN)
-        done = mod.run_epoch(X, Y, SW, order, bs, xb, yb, swb, params, grads, state, acts,
-                             gbuf, layers, lf, C.SPARSE_SOFTMAX_CE, 0, C.ADAM, hyper, lrs,
-                             1, 3, 1, C.ACC_SPARSE, 0.5, stats)  # fmt: skip
-        ev = np.zeros(C.STAT_LEN)
-        mod.run_epoch(X, Y, SW, order, bs, xb, yb, swb, params, grads, state, acts, gbuf,
-                      layers, lf, C.SPARSE_SOFTMAX_CE, 0, C.ADAM, hyper, lrs, 4, 3, 0,
-                      C.ACC_SPARSE, 0.5, ev)  # fmt: skip
-        results.append((done, stats, params, hyper, ev))
-    (d1, s1, p1, h1, e1), (d2, s2, p2, h2, e2) = results
-    assert d1 == d2 == 3, f"batches done {d1} vs {d2}"
-    _close("run_epoch train stats", s1, s2, 1e-4, 1e-6)
-    _close("run_epoch eval stats", e1, e2, 1e-4, 1e-6)
-    _close("run_epoch hyper", h1, h2, 0, 0)
-    err = _close("run_epoch params", p1, p2, 1e-4, 1e-6)
-    return f"10 rows, batch 4 (last 2), train + eval: params max abs err {err:.2e}"
+    worst = 0.0
+    for make, n_rows, evaluate in ((mlp_layers, 6, True), (bn_layers, 5, False)):
+        (d1, s1, e1, h1, n1), (d2, s2, e2, h2, n2) = (_epoch(m, make, n_rows, 4, 15,
+                                                             evaluate=evaluate)
+                                                      for m in (cu, ref))  # fmt: skip
+        name = make.__name__
+        assert d1 == d2 == -(-n_rows // 4), f"{name}: batches done {d1} vs {d2}"
+        _close(f"run_epoch {name} train stats", s1, s2, 1e-4, 1e-6)
+        _close(f"run_epoch {name} eval stats", e1, e2, 1e-4, 1e-6)
+        _close(f"run_epoch {name} hyper", h1, h2, 0, 0)
+        worst = max(worst, n1.compare(f"run_epoch {name}", n2, ("params", "state", "nontrain"),
+                                      rtol=1e-4, atol=1e-6))  # fmt: skip
+    return (f"mlp 6 rows (train + eval) and dense-bn-dense 5 rows (train), batch 4 (last "
+            f"smaller): "
+            f"max abs err {worst:.2e}")  # fmt: skip
 
 
 def check_run_epoch_flags_non_finite(cu):
-    """An infinite optimizer state entry: finite loss, every batch done, the flag set."""
+    """An infinite optimizer state or non-trainable entry: finite losses, every batch done,
+    the flag set."""
     flags = []
-    for mod in (cu, ref):
-        rng = _rng(16)
-        layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, 4)
-        X, Y = _randn(rng, 8, 4), rng.integers(0, 3, (8, 1)).astype(F32)
-        grads, state = np.zeros_like(params), np.zeros((2, params.size), F32)
-        state[1, 3] = np.inf
-        stats = np.zeros(C.STAT_LEN)
-        done = mod.run_epoch(X, Y, np.ones(8, F32), np.arange(8, dtype=np.int64), 4,
-                             X[:4].copy(), Y[:4].copy(), np.ones(4, F32), params, grads,
-                             state, acts, gbuf, layers, lf, C.SPARSE_SOFTMAX_CE, 0, C.ADAM,
-                             np.array([0.01, 0.9, 0.999, 1e-7, 0.0]), np.full(2, 0.01), 1, 3,
-                             1, C.ACC_SPARSE, 0.5, stats)  # fmt: skip
-        flags.append((done, stats[C.STAT_NONFINITE], np.isfinite(stats[C.STAT_LOSS])))
-    assert flags[0] == flags[1] == (2, 1.0, True), flags
-    return "inf in Adam's v: 2 batches done, flag 1 (as the reference)"
+    for kw in (dict(state_inf=True), dict(nontrain_inf=True)):
+        for mod in (cu, ref):
+            done, stats, _, _, _ = _epoch(mod, bn_layers, 3, 4, 16, evaluate=False, **kw)
+            flags.append((done, stats[C.STAT_NONFINITE], bool(np.isfinite(stats[C.STAT_LOSS]))))
+    assert flags == [(1, 1.0, True)] * 4, flags
+    return "inf in Adam's v, inf in a moving variance: the batch done, flag 1 (as the reference)"
 
 
 def check_device_resident(cu):
-    """The stack on device arrays: same result as with host arrays."""
-    l_host, p_host, _, _ = _train(cu, F32, 1)
+    """The plan on device arrays: same result as with host arrays."""
+    l_host, n_host = _train(cu, F32, 1)
     rng = _rng(13)
     n = 6
-    layers, lf, params, acts, gbuf = make_stack(rng, 4, SPEC, n)
+    net = Net(mlp_layers, n)
     x = _randn(rng, n, 4)
     y = rng.integers(0, 3, (n, 1)).astype(F32)
-    dev = {k: cu.to_device(v) for k, v in dict(x=x, y=y, sw=np.ones(n, F32), params=params,
-                                                acts=acts, gbuf=gbuf).items()}  # fmt: skip
-    grads, state = cu.zeros(params.size, F32), cu.zeros((2, params.size), F32)
+    d = {k: cu.to_device(v) for k, v in dict(x=x, y=y, sw=np.ones(n, F32), params=net.params,
+                                              nontrain=net.nontrain, acts=net.acts,
+                                              gbuf=net.gbuf, acc=net.acc).items()}  # fmt: skip
+    grads, state = cu.zeros(net.params.size, F32), cu.zeros((2, net.params.size), F32)
     hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
-    losses = [cu.train_step(dev["x"], dev["y"], dev["sw"], dev["params"], grads, state,
-                            dev["acts"], dev["gbuf"], layers, lf, C.SPARSE_SOFTMAX_CE, 0,
-                            C.ADAM, hyper, step, 5) for step in (1,)]  # fmt: skip
-    assert all(isinstance(v, float) for v in losses)
-    _close("device losses", losses, l_host, 1e-6, 1e-7)
-    _close("device params", cu.to_host(dev["params"]), p_host, 1e-6, 1e-7)
+    value = cu.train_step((d["x"], d["y"], d["sw"]), net.plan,
+                          (d["params"], grads, state, d["nontrain"]),
+                          (d["acts"], d["gbuf"], d["acc"]), (C.SPARSE_SOFTMAX_CE, 0, 0, 0.5),
+                          (C.ADAM, hyper, np.zeros(1), 1, 5))  # fmt: skip
+    assert isinstance(value, float)
+    _close("device loss", value, l_host[0], 1e-6, 1e-7)
+    _close("device params", cu.to_host(d["params"]), n_host.params, 1e-6, 1e-7)
     return "a step on device buffers == the host-staged step"
 
 
@@ -514,29 +741,50 @@ def device_softmax_ce_large(cu):
 
 
 def device_run_epoch_large(cu):
-    spec = ((C.DENSE, 32, C.TANH, 0.0, 0.0, 1e-4), (C.DENSE, 10, C.LINEAR, 0.0, 0.0, 0.0))
+    from fastnn.layers import BatchNormalization, Dense
+    from fastnn.regularizers import L2
+
+    def make():
+        return (64,), [Dense(32, activation="tanh", kernel_regularizer=L2(1e-4)),
+                       BatchNormalization(), Dense(10)]  # fmt: skip
+
     res = []
     for mod in (cu, ref):
         rng = _rng(22)
         bs = 64
-        layers, lf, params, acts, gbuf = make_stack(rng, 64, spec, bs)
-        params *= 0.3
+        net = Net(make, bs)
+        net.params *= 0.3
         X = _randn(rng, 1000, 64)
         Y = rng.integers(0, 10, (1000, 1)).astype(F32)
         SW = np.ones(1000, F32)
         order = rng.permutation(1000).astype(np.int64)
-        bufs = np.zeros((bs, 64), F32), np.zeros((bs, 1), F32), np.zeros(bs, F32)
-        grads, state = np.zeros_like(params), np.zeros((2, params.size), F32)
+        ws = (np.zeros((bs, 64), F32), np.zeros((bs, 1), F32), np.zeros(bs, F32), *net.work)
         hyper = np.array([1e-3, 0.9, 0.999, 1e-7, 0.0])
         stats = np.zeros(C.STAT_LEN)
-        done = mod.run_epoch(X, Y, SW, order, bs, *bufs, params, grads, state, acts, gbuf,
-                             layers, lf, C.SPARSE_SOFTMAX_CE, 0, C.ADAM, hyper,
-                             np.full(16, 1e-3), 1, 0, 1, C.ACC_SPARSE, 0.5, stats)  # fmt: skip
-        res.append((done, stats, params))
+        done = mod.run_epoch((X, Y, SW, order, bs), net.plan, net.net, ws,
+                             (C.SPARSE_SOFTMAX_CE, 0, C.ACC_SPARSE, 0.5),
+                             (C.ADAM, hyper, np.full(16, 1e-3), 1, 0), 1, stats)  # fmt: skip
+        res.append((done, stats, net))
     assert res[0][0] == res[1][0] == 16
     _close("large epoch stats", res[0][1], res[1][1], 1e-3, 1e-4)
-    err = _close("large epoch params", res[0][2], res[1][2], 1e-3, 1e-5)
-    return f"1000 rows 64-32-10 batch 64, Adam: params max abs err {err:.2e}"
+    err = res[0][2].compare("large epoch", res[1][2], ("params", "nontrain"), rtol=1e-3,
+                            atol=1e-5)  # fmt: skip
+    return f"1000 rows 64-32-bn-10 batch 64, Adam: max abs err {err:.2e}"
+
+
+def device_batchnorm_large(cu):
+    rng = _rng(23)
+    x, gamma, beta, mm, mv = _bn_inputs(rng, 20000, 67)
+    args = [x, gamma, beta, mm, mv, np.zeros((2, 67), F32), np.zeros_like(x),
+            np.zeros((2, 67)), 1, 0.99, 1e-3]  # fmt: skip
+    _, _, a_cu, a_ref = _both("batchnorm_forward", cu, args, [3, 4, 5, 6, 7])
+    worst = _cmp_outputs("bn_fwd large", a_cu, a_ref, [3, 4, 5, 6, 7], F32, 20000)
+    dout = _randn(rng, 20000, 67)
+    args = [x, gamma, a_ref[5], dout, np.zeros_like(x), np.zeros(67, F32), np.zeros(67, F32),
+            np.zeros((2, 67)), 1]  # fmt: skip
+    _, _, a_cu, a_ref = _both("batchnorm_backward", cu, args, [4, 5, 6, 7])
+    worst = max(worst, _cmp_outputs("bn_bwd large", a_cu, a_ref, [4, 5, 6, 7], F32, 20000))
+    return f"20000x67 (many row chunks) forward + backward, max abs err {worst:.2e}"
 
 
 def _named(prefix):

@@ -89,64 +89,138 @@ def rng_for(*key) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------------------------------
-# Layer stacks over flat buffers (the layout documented in reference.py)
+# Layer stacks: real layers, the model's plan builder, and every buffer the kernels take
+
+
+def _spec_layer(kind, width, act, a, l1, l2):
+    """A layer for a spec row (kind, width, act, a, l1, l2): ``a`` is the leaky slope of
+    Dense/Activation, the rate of Dropout and the momentum of BatchNormalization (whose
+    ``l1``/``l2`` are its epsilon and ``center and scale`` flags: 1 both, 2 gamma only, 3 beta
+    only, 4 neither)."""
+    from fastnn import layers as L
+    from fastnn.activations import NAMES
+    from fastnn.regularizers import L1L2
+
+    if kind == C.DENSE:
+        reg = L1L2(l1, l2) if (l1 or l2) else None
+        return L.Dense(width, activation=NAMES[act], kernel_regularizer=reg, alpha=a)
+    if kind == C.DROPOUT:
+        return L.Dropout(a)
+    if kind == C.ACTIVATION:
+        return L.Activation(NAMES[act], alpha=a)
+    if kind == C.BATCHNORM:
+        flags = int(l2) or 1
+        return L.BatchNormalization(momentum=a, epsilon=l1, scale=flags in (1, 2),
+                                    center=flags in (1, 3))  # fmt: skip
+    if kind == C.NORMALIZATION:
+        return L.Normalization()
+    raise ValueError(kind)
+
+
+class Buffers:
+    """Fresh buffers of one stack for a batch of ``n`` rows (params and nontrain copied)."""
+
+    def __init__(self, stack, n, n_state):
+        z = lambda size, dtype=stack.dtype: np.zeros(size, dtype=dtype)  # noqa: E731
+        self.plan_obj = stack.plan_for(n)
+        self.plan = self.plan_obj.args
+        self.params = stack.params.copy()
+        self.grads = z(stack.n_params)
+        self.state = np.zeros((n_state, stack.n_params), stack.dtype)
+        self.nontrain = stack.nontrain.copy()
+        self.acts = z(self.plan_obj.acts_size)
+        self.gbuf = z(self.plan_obj.gbuf_size)
+        self.acc = z(self.plan_obj.acc_size, np.float64)
+
+    @property
+    def net(self):
+        return self.params, self.grads, self.state, self.nontrain
+
+    @property
+    def work(self):
+        return self.acts, self.gbuf, self.acc
+
+    def output(self, n):
+        off, size = self.plan_obj.output_offset, self.plan_obj.output_size
+        return self.acts[off : off + n * size].reshape(n, size)
+
+    def dout(self, n):
+        """Where the loss writes dL/d(output) (the last layer's P_DOUT_OFF of gbuf)."""
+        off, size = int(self.plan[0][-1, C.P_DOUT_OFF]), self.plan_obj.output_size
+        return self.gbuf[off : off + n * size].reshape(n, size)
 
 
 class Stack:
-    """A layer stack and every buffer ``train_step``/``run_epoch`` need, for one dtype.
+    """A layer stack built by the model's plan builder, with weights, data and targets for
+    one dtype.
 
-    ``spec`` is a list of (kind, width, act, alpha_or_rate, l1, l2).
+    ``spec`` is a list of (kind, width, act, a, l1, l2) (see ``_spec_layer``).
     """
 
     def __init__(self, spec, n_in, n, dtype, rng, n_targets=None, loss=C.MSE):
+        from fastnn._engine import Engine
+
         self.dtype = np.dtype(dtype)
-        self.n, self.n_in, self.loss = n, n_in, loss
-        rows, frows, off, width_in = [], [], 0, n_in
-        for kind, width, act, a, l1, l2 in spec:
-            poff = off if kind == C.DENSE else 0
-            rows.append([kind, width, act, poff])
-            frows.append([a, l1, l2])
-            if kind == C.DENSE:
-                off += width_in * width + width
-            width_in = width
-        self.layers = np.array(rows, dtype=np.int64)
-        self.layer_f = np.array(frows, dtype=np.float64)
-        self.n_params = off
-        self.widths = [int(w) for w in self.layers[:, 1]]
-        self.n_out = self.widths[-1]
-        # Glorot-ish weights, small biases
-        params = np.empty(off)
-        width_in = n_in
-        for kind, width, _, poff in rows:
-            if kind == C.DENSE:
-                nw = width_in * width
-                params[poff : poff + nw] = rng.standard_normal(nw) * np.sqrt(
-                    2.0 / (width_in + width)
-                )
-                params[poff + nw : poff + nw + width] = rng.standard_normal(width) * 0.1
-            width_in = width
+        self.n, self.n_in, self.loss, self.spec = n, n_in, loss, spec
+        self.model_layers, shape = [], (n_in,)
+        for row in spec:
+            layer = _spec_layer(*row)
+            layer.build(shape, np.float64, rng, "numpy")
+            self.model_layers.append(layer)
+            shape = layer.output_shape
+        self.offsets, self.n_params, self.n_nontrain = Engine._layout(self.model_layers)
+        self._plans = {}
+        self.n_out = int(shape[-1])
+        params, nontrain = np.zeros(self.n_params), np.zeros(self.n_nontrain)
+        for layer, offs in zip(self.model_layers, self.offsets):
+            for ws in layer.weight_specs():
+                size = int(np.prod(ws.shape))
+                buf = params if ws.trainable else nontrain
+                buf[offs[ws.name] : offs[ws.name] + size] = _initial(ws, rng)
         self.params = params.astype(dtype)
+        self.nontrain = nontrain.astype(dtype)
         self.x = rng.standard_normal((n, n_in)).astype(dtype)
         self.y = make_targets(loss, n, self.n_out, rng, dtype, n_targets)
         self.sw = rng.uniform(0.5, 1.5, n).astype(dtype)
         self.sw[0] = 0.0  # a zero-weight sample
 
-    def buffers(self, n=None, n_state=2):
-        """Fresh zeroed (grads, state, acts, gbuf) for a batch of ``n`` rows."""
+    def plan_for(self, n=None):
+        """The plan (fastnn._plan.Plan) for batches of up to ``n`` rows (default self.n)."""
+        from fastnn._plan import build_plan
+
         n = self.n if n is None else n
-        z = lambda size: np.zeros(size, dtype=self.dtype)  # noqa: E731
-        gsize = 2 * n * max([self.n_in] + self.widths)
-        return (z(self.n_params), np.zeros((n_state, self.n_params), self.dtype),
-                z(n * sum(self.widths)), z(gsize))  # fmt: skip
+        if n not in self._plans:
+            self._plans[n] = build_plan(self.model_layers, self.offsets, (self.n_in,), n)
+        return self._plans[n]
+
+    @property
+    def plan(self):
+        """The kernels' plan tuple for self.n rows."""
+        return self.plan_for().args
+
+    def buffers(self, n=None, n_state=2) -> Buffers:
+        """Fresh buffers for a batch of ``n`` rows (params and nontrain copied)."""
+        return Buffers(self, self.n if n is None else n, n_state)
 
     def astype(self, dtype):
         """A copy of this stack's data in ``dtype`` (same layers, weights, inputs)."""
         other = object.__new__(Stack)
         other.__dict__.update(self.__dict__)
         other.dtype = np.dtype(dtype)
-        for name in ("params", "x", "y", "sw"):
+        for name in ("params", "nontrain", "x", "y", "sw"):
             setattr(other, name, getattr(self, name).astype(dtype))
         return other
+
+
+def _initial(spec, rng):
+    """Test weights: Glorot-ish kernels, small biases, gammas and variances near 1."""
+    size = int(np.prod(spec.shape))
+    if spec.name == "kernel":
+        fan_in, fan_out = spec.shape
+        return rng.standard_normal(size) * np.sqrt(2.0 / (fan_in + fan_out))
+    if spec.name in ("gamma", "moving_variance", "variance"):
+        return rng.uniform(0.5, 1.5, size)
+    return rng.standard_normal(size) * 0.1
 
 
 def make_targets(loss, n, c, rng, dtype, n_targets=None):
@@ -186,8 +260,8 @@ def mlp3(loss, dtype, rng, n=24, n_in=9, hidden=16, n_out=5, rate=0.3, l2=1e-3):
 
 def mixed_stack(dtype, rng, n=13, n_in=6):
     """Input dropout (before the first Dense), Dense tanh with l1+l2, a standalone
-    leaky-relu Activation layer, Dense sigmoid: exercises every layer kind and the
-    'first parameter layer' rule of backward_stack."""
+    leaky-relu Activation layer, Dense sigmoid: exercises the core kinds and the
+    'first layer with weights' rule of backward_stack."""
     spec = [
         (C.DROPOUT, n_in, C.LINEAR, 0.2, 0.0, 0.0),
         (C.DENSE, 11, C.TANH, 0.0, 1e-3, 1e-3),
@@ -197,35 +271,43 @@ def mixed_stack(dtype, rng, n=13, n_in=6):
     return Stack(spec, n_in, n, dtype, rng, loss=C.BINARY_CE)
 
 
+def norm_stack(dtype, rng, n=11, n_in=5, loss=C.SOFTMAX_CE):
+    """Normalization, BatchNormalization without beta (the first layer with weights: it
+    writes no dx), Dense relu, BatchNormalization, Dropout, Dense tanh, leaky-relu
+    Activation, Dense with the loss's output activation: every kind of the plan.  (No Dense
+    feeds a BatchNormalization directly: its bias gradient would be zero up to roundoff,
+    and Adam's or Adagrad's step on such noise is arbitrary.)"""
+    spec = [
+        (C.NORMALIZATION, n_in, C.LINEAR, 0.0, 0.0, 0.0),
+        (C.BATCHNORM, n_in, C.LINEAR, 0.99, 1e-2, 2),
+        (C.DENSE, 9, C.RELU, 0.0, 0.0, 1e-3),
+        (C.BATCHNORM, 9, C.LINEAR, 0.9, 1e-3, 1),
+        (C.DROPOUT, 9, C.LINEAR, 0.25, 0.0, 0.0),
+        (C.DENSE, 7, C.TANH, 0.0, 0.0, 0.0),
+        (C.ACTIVATION, 7, C.LEAKY_RELU, 0.1, 0.0, 0.0),
+        (C.DENSE, 4, OUTPUT_ACT[loss], 0.0, 0.0, 0.0),
+    ]
+    return Stack(spec, n_in, n, dtype, rng, loss=loss)
+
+
 def train_steps(module, stack, loss, opt, steps, logits_out=0, seed=11):
     """Runs ``steps`` train_step calls of ``module`` on ``stack``; returns the final
-    (params, grads, state, acts, gbuf, losses)."""
-    params = stack.params.copy()
-    grads, state, acts, gbuf = stack.buffers(n_state=max(1, C.STATE_SLOTS[opt]))
+    (params, grads, state, nontrain, acts, gbuf, losses)."""
+    b = stack.buffers(n_state=max(1, C.STATE_SLOTS[opt]))
     hyper = np.array(HYPER[opt], dtype=np.float64)
     losses = []
     for step in range(1, steps + 1):
         losses.append(
             module.train_step(
-                stack.x,
-                stack.y,
-                stack.sw,
-                params,
-                grads,
-                state,
-                acts,
-                gbuf,
-                stack.layers,
-                stack.layer_f,
-                loss,
-                logits_out,
-                opt,
-                hyper,
-                step,
-                seed,
+                (stack.x, stack.y, stack.sw),
+                b.plan,
+                b.net,
+                b.work,
+                (loss, logits_out, C.ACC_NONE, 0.5),
+                (opt, hyper, np.zeros(1), step, seed),
             )  # fmt: skip
         )
-    return params, grads, state, acts, gbuf, np.array(losses)
+    return b.params, b.grads, b.state, b.nontrain, b.acts, b.gbuf, np.array(losses)
 
 
 def acc_mode_for(loss):
@@ -245,6 +327,6 @@ __all__ = [
     "LOSS_NAMES",
     "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
-    "acc_mode_for", "assert_close", "compiled_backends", "make_targets", "mixed_stack",
-    "mlp3", "ref", "rng_for", "tolerance", "train_steps",
+    "Buffers", "acc_mode_for", "assert_close", "compiled_backends", "make_targets",
+    "mixed_stack", "mlp3", "norm_stack", "ref", "rng_for", "tolerance", "train_steps",
 ]  # fmt: skip

@@ -215,3 +215,40 @@ def test_torch_baseline_matches_numpy_baseline():
         assert net.train_step(xb, yb) == pytest.approx(ref.train_step(xb, yb), rel=1e-5)
     for w_ref, w in zip(ref.get_weights(), net.get_weights()):
         np.testing.assert_allclose(w, w_ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("other", ["fastnn", "torch", "jax"])
+def test_batchnorm_baselines_train_the_same_network(other):
+    """The (bn) network: the NumPy baseline's batch normalisation (forward, backward and
+    moving statistics) == fastnn's, torch's and JAX's, in float64 where they allow it.  The
+    bias before the normalisation has a zero gradient up to roundoff (Adam steps on noise):
+    it is compared within that bound."""
+    sizes = [12, 7, 4]
+    weights = B.glorot_weights(sizes, 0, np.float64, batchnorm=True)
+    ref = B.NumpyMLP(sizes, dtype=np.float64, batchnorm=True)
+    ref.set_weights(weights)
+    if other == "fastnn":
+        net = B.FastnnMLP(sizes, "numpy", weights=weights, batchnorm=True)
+        net.model = B.fastnn_model(sizes, "numpy", weights=weights, dtype="float64",
+                                   batchnorm=True)  # fmt: skip
+        tol = 1e-10
+    elif other == "torch":
+        pytest.importorskip("torch")
+        net = B.TorchMLP(sizes, weights=[w.astype(np.float32) for w in weights],
+                         batchnorm=True)  # fmt: skip
+        tol = 2e-5
+    else:
+        pytest.importorskip("jax")
+        net = B.JaxMLP(sizes, weights=[w.astype(np.float32) for w in weights], batchnorm=True)
+        tol = 2e-5
+    for seed in range(3):
+        xb, yb = B.synthetic_data(16, sizes[0], sizes[-1], seed=seed)
+        want = ref.train_step(xb.astype(np.float64), yb)
+        assert net.train_step(xb, yb) == pytest.approx(want, rel=tol)
+    for i, (w_ref, w) in enumerate(zip(ref.get_weights(), net.get_weights())):
+        atol = 3 * 2e-3 if i == 1 else tol  # the bias before the normalisation
+        np.testing.assert_allclose(w, w_ref, rtol=0, atol=atol, err_msg=f"weight {i}")
+    if other == "fastnn":
+        mm, mv = net.model.layers[1].get_weights()[2:]
+        np.testing.assert_allclose(mm, ref.moving[0][0], rtol=0, atol=tol)
+        np.testing.assert_allclose(mv, ref.moving[0][1], rtol=0, atol=tol)

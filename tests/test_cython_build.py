@@ -136,28 +136,32 @@ _COLD = textwrap.dedent(
     import fastnn.kernels._cython as cy
     t_import = time.perf_counter() - t0
 
+    import fastnn
+    from fastnn.layers import Dense
+
     rng = np.random.default_rng(0)
     n, i, h, o = 64, 256, 128, 10
-    layers = np.array([[0, h, 1, 0], [0, o, 0, (i + 1) * h]], np.int64)
-    layer_f = np.zeros((2, 3))
-    n_params = (i + 1) * h + (h + 1) * o
-    params = (rng.standard_normal(n_params) * 0.05).astype(np.float32)
+    model = fastnn.Sequential([fastnn.Input(shape=(i,)), Dense(h, activation="relu"),
+                               Dense(o)], backend="cython")
+    model.compile("adam", "mse")
+    model._stack_plan()
+    eng = model._engine
+    plan = eng.plan_for(n)
     x = rng.standard_normal((n, i)).astype(np.float32)
     y = rng.integers(0, o, (n, 1)).astype(np.float32)
     sw = np.ones(n, np.float32)
     # every buffer written once, so that page faults are not counted as a first-call cost
-    grads = np.full(n_params, 0.0, np.float32)
-    state = np.full((2, n_params), 0.0, np.float32)
-    acts = np.full(n * (h + o), 0.0, np.float32)
-    gbuf = np.full(2 * n * i, 0.0, np.float32)
+    work = tuple(np.full(size, 0.0, dtype) for size, dtype in (
+        (plan.acts_size, np.float32), (plan.gbuf_size, np.float32), (plan.acc_size, np.float64)))
+    net = (eng.params, eng.grads, eng.state, eng.nontrain)
     hyper = np.array([1e-3, 0.9, 0.999, 1e-7, 0.0])
 
     def fwd():
-        cy.forward_stack(x, params, acts, layers, layer_f, 0, 0, 0)
+        cy.forward_stack(x, plan.args, net, work, 0, 0, 0)
 
     def step(t):
-        cy.train_step(x, y, sw, params, grads, state, acts, gbuf, layers, layer_f,
-                      1, 0, 4, hyper, t, 0)
+        cy.train_step((x, y, sw), plan.args, net, work, (1, 0, 0, 0.5),
+                      (4, hyper, hyper, t, 0))
 
     def timed(f, *a):
         t0 = time.perf_counter()

@@ -130,9 +130,10 @@ def test_inputs_are_converted_once_per_fit(kind, backend, monkeypatch):
     seen = []
     original = model._kernels.run_epoch
 
-    def spy(X, Y, SW, *rest):
+    def spy(data, *rest):
+        X, Y = data[:2]
         seen.append((id(X), X.dtype, X.flags.c_contiguous, id(Y), Y.flags.c_contiguous))
-        return original(X, Y, SW, *rest)
+        return original(data, *rest)
 
     monkeypatch.setattr(model._kernels, "run_epoch", spy)
     model.fit(xin, y_strided, epochs=3, batch_size=8, verbose=0)
@@ -198,9 +199,17 @@ for attr in dir(k):
     if not isinstance(fn, CPUDispatcher):
         continue
     by_dtype = {}
+
+    def arrays(ts):  # the array types of a signature, inside the grouped tuples too
+        for t in ts:
+            if isinstance(t, types.BaseTuple):
+                yield from arrays(t.types)
+            elif isinstance(t, types.Array):
+                yield t
+
     for sig in fn.signatures:
-        key = sorted({str(t.dtype) for t in sig if isinstance(t, types.Array)
-                      and t.dtype in (types.float32, types.float64)})
+        key = sorted({str(t.dtype) for t in arrays(sig)
+                      if t.dtype in (types.float32, types.float64)})
         by_dtype.setdefault(",".join(key), []).append(str(sig))
     report[attr] = by_dtype
 print(json.dumps(report))

@@ -53,7 +53,7 @@ CASES = [
     # -- fit: x -------------------------------------------------------------------------
     ("fit-x-feature-count", fit(x=np.ones((10, 4))), ValueError, "x must have 3 features"),
     ("fit-x-1d", fit(x=np.ones(10)), ValueError, "x must be 2-D"),
-    ("fit-x-3d-no-flatten", fit(x=np.ones((10, 3, 1))), ValueError, "x must be 2-D"),
+    ("fit-x-3d", fit(x=np.ones((10, 3, 1))), ValueError, "x must have samples of shape (3,)"),
     ("fit-x-empty", fit(x=np.ones((0, 3)), y=[]), ValueError, "x must have at least one sample"),
     ("fit-x-no-features", fit(x=np.ones((10, 0))), ValueError, "x must have at least one feature"),
     ("fit-x-object-dtype", fit_object_x, TypeError, "x must be numeric"),
@@ -188,7 +188,12 @@ CASES = [
     ),
     ("dense-activation-type", lambda: Dense(4, activation=3), TypeError, "activation"),
     ("dense-input-dim-zero", lambda: Dense(4, input_dim=0), ValueError, "input_dim"),
-    ("dense-input-shape-2d", lambda: Dense(4, input_shape=(2, 3)), ValueError, "input_shape"),
+    (
+        "dense-input-shape-4d",
+        lambda: Dense(4, input_shape=(2, 3, 4, 5)),
+        ValueError,
+        "input_shape must have 1 to 3 dimensions",
+    ),
     ("dense-alpha-negative", lambda: Dense(4, alpha=-1.0), ValueError, "alpha"),
     (
         "dense-initializer-typo",

@@ -40,6 +40,7 @@ from tests.kernel_cases import (
     make_targets,
     mixed_stack,
     mlp3,
+    norm_stack,
     rng_for,
     train_steps,
 )
@@ -512,7 +513,97 @@ def test_batch_stats(mod, dtype, acc_mode):
 
 
 # ---------------------------------------------------------------------------------------
-# 3. Layer stacks
+# 3. Normalisation kernels
+
+
+def _bn_case(dtype, shape, flags, rng):
+    """x (R, C) with a large mean (the statistics' shift), weights per ``flags`` ("gs": gamma
+    and beta, "g", "s" or "")."""
+    r, _, c = shape
+    x = rng.standard_normal((r, c)) * rng.uniform(0.5, 3, c) + rng.uniform(-20, 20, c)
+    gamma = rng.uniform(0.5, 1.5, c) if "g" in flags else np.zeros(0)
+    beta = rng.standard_normal(c) if "s" in flags else np.zeros(0)
+    moving = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    return [a.astype(dtype) for a in (x, gamma, beta, *moving)]
+
+
+BN_FLAGS = pytest.mark.parametrize("flags", ["gs", "g", "s", ""], ids=lambda f: f or "none")
+
+
+@dtypes
+@shapes
+@BN_FLAGS
+@pytest.mark.parametrize("training", [1, 0], ids=["train", "infer"])
+def test_batchnorm_forward(mod, dtype, shape, flags, training):
+    r, _, c = shape
+    x, gamma, beta, mm, mv = _bn_case(dtype, shape, flags, rng_for("bnf", shape, flags))
+    results = []
+    for module in (ref, mod):
+        moving = [mm.copy(), mv.copy()]
+        saved, out = np.zeros((2, c), dtype), np.zeros((r, c), dtype)
+        acc = np.zeros((2, c))
+        inputs = [x, gamma, beta]
+        copies = _copies(*inputs)
+        module.batchnorm_forward(x, gamma, beta, *moving, saved, out, acc, training, 0.9, 1e-3)
+        _assert_unchanged(inputs, copies)
+        results.append((out, saved, *moving))
+    for name, got, want in zip(("out", "saved", "moving_mean", "moving_var"), *results):
+        assert got.dtype == dtype
+        # the inverse std of a single-row batch (variance 0) is 1/sqrt(eps): scale 30
+        assert_close(got, want, dtype, k=r, scale=32.0, what=name)
+
+
+@dtypes
+@shapes
+@BN_FLAGS
+def test_batchnorm_backward(mod, dtype, shape, flags):
+    r, _, c = shape
+    rng = rng_for("bnb", shape, flags)
+    x, gamma, beta, mm, mv = _bn_case(dtype, shape, flags, rng)
+    saved = np.zeros((2, c), dtype)
+    ref.batchnorm_forward(x, gamma, beta, mm, mv, saved, np.zeros((r, c), dtype),
+                          np.zeros((2, c)), 1, 0.9, 1e-3)  # fmt: skip
+    dout = rng.standard_normal((r, c)).astype(dtype)
+    for need_dx, alias in ((1, False), (1, True), (0, False)):
+        results = []
+        for module in (ref, mod):
+            d = dout.copy()
+            dx = d if alias else np.full((r, c), 7, dtype)
+            dgamma, dbeta = np.zeros_like(gamma), np.zeros_like(beta)
+            module.batchnorm_backward(x, gamma, saved, d, dx, dgamma, dbeta, np.zeros((2, c)),
+                                      need_dx)  # fmt: skip
+            results.append((dx, dgamma, dbeta))
+        for name, got, want in zip(("dx", "dgamma", "dbeta"), *results):
+            assert_close(got, want, dtype, k=r, scale=32.0, what=f"{name} ({need_dx=})")
+        if not need_dx and not alias:
+            assert np.all(results[1][0] == 7), "dx written without need_dx"
+
+
+@dtypes
+@shapes
+@pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
+def test_normalization_forward_backward(mod, dtype, shape, inplace):
+    r, _, c = shape
+    rng = rng_for("norm", shape)
+    x = (rng.standard_normal((r, c)) * 3 + 1).astype(dtype)
+    mean = rng.standard_normal(c).astype(dtype)
+    var = rng.uniform(0, 4, c).astype(dtype)
+    var[0] = 0.0  # the divisor's floor
+    for module_out in ("forward", "backward"):
+        results = []
+        for module in (ref, mod):
+            a = x.copy()
+            out = a if inplace else np.zeros_like(a)
+            if module_out == "forward":
+                module.normalization_forward(a, mean, var, out)
+            else:
+                module.normalization_backward(var, a, out)
+            results.append(out)
+        assert_close(results[1], results[0], dtype, what=module_out)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Layer stacks (plans built by the model's plan builder)
 
 
 def _tol32(r32, r64):
@@ -529,42 +620,50 @@ def _compare_runs(got, exp, exp64, dtype, names, k=64):
         assert_close(a, e, dtype, k=k, extra=extra, what=name)
 
 
-STEP_NAMES = ("params", "grads", "state", "acts", "gbuf", "losses")
+STEP_NAMES = ("params", "grads", "state", "nontrain", "acts", "gbuf", "losses")
+STACKS = {
+    "mlp3": lambda dtype, rng: mlp3(C.SOFTMAX_CE, dtype, rng),
+    "mixed": mixed_stack,
+    "norm": norm_stack,
+}
 
 
 @dtypes
-@pytest.mark.parametrize("stack", ["mlp3", "mixed"])
+@pytest.mark.parametrize("stack", sorted(STACKS))
 @pytest.mark.parametrize("training", [0, 1], ids=["eval", "train"])
 def test_forward_stack(mod, dtype, stack, training):
-    rng = rng_for("fwd", stack)
-    s = mlp3(C.SOFTMAX_CE, dtype, rng) if stack == "mlp3" else mixed_stack(dtype, rng)
-    _, _, acts_r, _ = s.buffers()
-    ref.forward_stack(s.x, s.params, acts_r, s.layers, s.layer_f, training, 5, 3)
-    _, _, acts, _ = s.buffers()
-    inputs = [s.x, s.params, s.layers, s.layer_f]
-    copies = _copies(*inputs)
-    mod.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, training, 5, 3)
-    _assert_unchanged(inputs, copies)
-    assert_close(acts, acts_r, dtype, k=32, what="acts")
+    s = STACKS[stack](dtype, rng_for("fwd", stack))
+    results = []
+    for module in (ref, mod):
+        b = s.buffers()
+        inputs = [s.x, s.params, *b.plan[:2]]
+        copies = _copies(*inputs)
+        module.forward_stack(s.x, b.plan, b.net, b.work, training, 5, 3)
+        _assert_unchanged(inputs, copies)
+        results.append((b.acts, b.nontrain))
+    (acts_r, nt_r), (acts, nt) = results
+    assert_close(acts, acts_r, dtype, k=32, scale=4.0, what="acts")
+    assert_close(nt, nt_r, dtype, k=32, what="nontrain")
 
 
 @dtypes
-def test_backward_stack_mixed_layers(mod, dtype):
-    s = mixed_stack(dtype, rng_for("bwd"))
+@pytest.mark.parametrize("stack", ["mixed", "norm"])
+def test_backward_stack(mod, dtype, stack):
+    s = STACKS[stack](dtype, rng_for("bwd", stack))
     results = []
     for module in (ref, mod):
-        grads, _, acts, gbuf = s.buffers()
-        module.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, 1, 9, 2)
-        gbuf[: s.n * s.n_out] = rng_for("dout").standard_normal(s.n * s.n_out)
-        params0 = s.params.copy()
-        pen = module.backward_stack(s.x, s.params, grads, acts, gbuf, s.layers, s.layer_f, 9, 2)
-        _assert_unchanged([s.params], [params0])
-        results.append((grads, gbuf, pen))
+        b = s.buffers()
+        module.forward_stack(s.x, b.plan, b.net, b.work, 1, 9, 2)
+        b.dout(s.n)[...] = rng_for("dout").standard_normal((s.n, s.n_out))
+        params0 = b.params.copy()
+        pen = module.backward_stack(s.x, b.plan, b.net, b.work, 9, 2)
+        _assert_unchanged([b.params], [params0])
+        results.append((b.grads, b.gbuf, pen))
     (g_r, gb_r, pen_r), (g, gb, pen) = results
     assert isinstance(pen, float)
     assert_close(pen, pen_r, dtype, k=64, what="penalty")
-    assert_close(g, g_r, dtype, k=32, scale=2.0, what="grads")
-    assert_close(gb, gb_r, dtype, k=32, scale=2.0, what="gbuf")
+    assert_close(g, g_r, dtype, k=32, scale=8.0, what="grads")
+    assert_close(gb, gb_r, dtype, k=32, scale=8.0, what="gbuf")
 
 
 def _stack_case(loss, opt, dtype, logits_out):
@@ -580,7 +679,7 @@ def test_train_step(mod, dtype, loss, opt):
     s, s64 = _stack_case(loss, opt, dtype, 0)
     exp = train_steps(ref, s, loss, opt, 3)
     exp64 = train_steps(ref, s64, loss, opt, 3)
-    inputs = [s.x, s.y, s.sw, s.layers, s.layer_f]
+    inputs = [s.x, s.y, s.sw, *s.plan[:2]]
     copies = _copies(*inputs)
     got = train_steps(mod, s, loss, opt, 3)
     _assert_unchanged(inputs, copies)
@@ -598,13 +697,15 @@ def test_train_step_logits_out(mod, dtype, loss):
 
 
 @dtypes
+@pytest.mark.parametrize("stack", ["mixed", "norm"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_NAMES.get)
-def test_train_step_mixed_layers(mod, dtype, opt):
-    s64 = mixed_stack(np.float64, rng_for("mixed-train", opt))
+def test_train_step_every_kind(mod, dtype, stack, opt):
+    s64 = STACKS[stack](np.float64, rng_for("kinds-train", stack, opt))
     s = s64.astype(dtype)
-    exp = train_steps(ref, s, C.BINARY_CE, opt, 3)
-    exp64 = train_steps(ref, s64, C.BINARY_CE, opt, 3)
-    got = train_steps(mod, s, C.BINARY_CE, opt, 3)
+    loss = s.loss
+    exp = train_steps(ref, s, loss, opt, 3)
+    exp64 = train_steps(ref, s64, loss, opt, 3)
+    got = train_steps(mod, s, loss, opt, 3)
     _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
 
 
@@ -614,11 +715,11 @@ def test_eval_step(mod, dtype, loss):
     s = mlp3(loss, dtype, rng_for("eval", loss))
     results = []
     for module in (ref, mod):
-        _, _, acts, gbuf = s.buffers()
-        params0 = s.params.copy()
-        args = (s.x, s.y, s.sw, s.params, acts, gbuf, s.layers, s.layer_f, loss, 0)
-        results.append((module.eval_step(*args), acts, gbuf))
-        _assert_unchanged([s.params], [params0])
+        b = s.buffers()
+        params0 = b.params.copy()
+        value = module.eval_step((s.x, s.y, s.sw), b.plan, b.net, b.work, (loss, 0, 0, 0.5))
+        results.append((value, b.acts, b.gbuf))
+        _assert_unchanged([b.params], [params0])
     (l_r, a_r, g_r), (l, a, g) = results
     assert isinstance(l, float)
     assert_close(l, l_r, dtype, k=64, scale=4.0, what="loss")
@@ -637,28 +738,33 @@ def _epoch_data(s, loss, n_rows=50):
 
 def _epoch(module, s, loss, opt, train, data, batch=16):
     """One run_epoch of ``module`` (batches of 16, the last one partial, an lr schedule
-    and a start step of 5); returns (batches done, (params, state, stats, hyper, acts))."""
+    and a start step of 5); returns (batches done, (params, state, nontrain, stats, hyper,
+    acts))."""
     X, Y, SW, order = (a.astype(s.dtype) if a.dtype.kind == "f" else a for a in data)
-    xb = np.zeros((batch, s.n_in), s.dtype)
-    yb = np.zeros((batch, Y.shape[1]), s.dtype)
-    swb = np.zeros(batch, s.dtype)
-    params = s.params.copy()
-    grads, state, acts, gbuf = s.buffers(n=batch, n_state=max(1, C.STATE_SLOTS[opt]))
+    ws = _workspace(s, batch, Y.shape[1], opt)
     hyper = np.array(HYPER[opt], dtype=np.float64)
     lrs = np.linspace(0.05, 0.01, -(-len(order) // batch))
     stats = np.arange(C.STAT_LEN, dtype=np.float64)  # run_epoch accumulates
-    inputs = [X, Y, SW, order, lrs, s.layers, s.layer_f]
+    inputs = [X, Y, SW, order, lrs, *ws.plan[:2]]
     copies = _copies(*inputs)
     done = module.run_epoch(
-        X, Y, SW, order, batch, xb, yb, swb, params, grads, state, acts, gbuf,
-        s.layers, s.layer_f, loss, 0, opt, hyper, lrs, 5, 77, train,
-        acc_mode_for(loss), 0.5, stats,
+        (X, Y, SW, order, batch), ws.plan, ws.net, ws.ws, (loss, 0, acc_mode_for(loss), 0.5),
+        (opt, hyper, lrs, 5, 77), train, stats,
     )  # fmt: skip
     _assert_unchanged(inputs, copies)
-    return done, (params, state, stats, hyper, acts)
+    return done, (ws.params, ws.state, ws.nontrain, stats, hyper, ws.acts)
 
 
-EPOCH_NAMES = ("params", "state", "stats", "hyper", "acts")
+def _workspace(s, batch, n_targets, opt):
+    b = s.buffers(n=batch, n_state=max(1, C.STATE_SLOTS[opt]))
+    b.xb = np.zeros((batch, s.n_in), s.dtype)
+    b.yb = np.zeros((batch, n_targets), s.dtype)
+    b.swb = np.zeros(batch, s.dtype)
+    b.ws = (b.xb, b.yb, b.swb, b.acts, b.gbuf, b.acc)
+    return b
+
+
+EPOCH_NAMES = ("params", "state", "nontrain", "stats", "hyper", "acts")
 
 
 @dtypes
@@ -675,24 +781,59 @@ def test_run_epoch(mod, dtype, loss, train):
     _compare_runs(got, exp, exp64, dtype, EPOCH_NAMES)
 
 
+@dtypes
+@pytest.mark.parametrize("train", [1, 0], ids=["train", "eval"])
+def test_run_epoch_every_kind(mod, dtype, train):
+    s64 = norm_stack(np.float64, rng_for("epoch-norm"), loss=C.SPARSE_SOFTMAX_CE)
+    s = s64.astype(dtype)
+    data = _epoch_data(s64, C.SPARSE_SOFTMAX_CE)
+    done_r, exp = _epoch(ref, s, C.SPARSE_SOFTMAX_CE, C.ADAM, train, data)
+    _, exp64 = _epoch(ref, s64, C.SPARSE_SOFTMAX_CE, C.ADAM, train, data)
+    done, got = _epoch(mod, s, C.SPARSE_SOFTMAX_CE, C.ADAM, train, data)
+    assert done == done_r == 4
+    _compare_runs(got, exp, exp64, dtype, EPOCH_NAMES)
+
+
+@pytest.mark.parametrize("module", ["numpy", *BACKENDS])
+@pytest.mark.parametrize("where", ["forward", "backward", "epoch"])
+def test_an_unknown_layer_kind_raises(module, where):
+    """A kind no backend knows reaching the interpreter raises (never runs as something
+    else): each backend's forward, backward and epoch."""
+    k = backend.load(module)
+    s = mixed_stack(np.float64, rng_for("unknown-kind"))
+    b = s.buffers()
+    layers = b.plan[0].copy()
+    layers[2, C.P_KIND] = 99
+    plan = (layers, b.plan[1], b.plan[2])
+    with pytest.raises(ValueError, match="kind"):
+        if where == "forward":
+            k.forward_stack(s.x, plan, b.net, b.work, 1, 0, 1)
+        elif where == "backward":
+            k.backward_stack(s.x, plan, b.net, b.work, 0, 1)
+        else:
+            ws = _workspace(s, s.n, s.y.shape[1], C.SGD)
+            k.run_epoch((s.x, s.y, s.sw, np.arange(s.n), s.n), plan, ws.net, ws.ws,
+                        (C.MSE, 0, 0, 0.5), (C.SGD, np.array([0.1]), np.full(1, 0.1), 1, 0),
+                        1, np.zeros(C.STAT_LEN))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------
-# 4. The NaN rule
+# 5. The NaN rule
 
 
 @pytest.mark.parametrize("opt", [C.SGD, C.ADAM], ids=OPT_NAMES.get)
 def test_nan_loss_leaves_params_untouched(mod, opt):
     s = mlp3(C.MSE, np.float32, rng_for("nan"))
     s.x[3, 2] = np.nan
-    params = s.params.copy()
-    grads, state, acts, gbuf = s.buffers(n_state=2)
-    state += 0.5
-    state0 = state.copy()
+    b = s.buffers(n_state=2)
+    b.state += 0.5
+    state0 = b.state.copy()
     hyper = np.array(HYPER[opt], dtype=np.float64)
-    loss = mod.train_step(s.x, s.y, s.sw, params, grads, state, acts, gbuf, s.layers,
-                          s.layer_f, C.MSE, 0, opt, hyper, 1, 3)  # fmt: skip
+    loss = mod.train_step((s.x, s.y, s.sw), b.plan, b.net, b.work, (C.MSE, 0, 0, 0.5),
+                          (opt, hyper, np.zeros(1), 1, 3))  # fmt: skip
     assert np.isnan(loss)
-    np.testing.assert_array_equal(params, s.params)
-    np.testing.assert_array_equal(state, state0)
+    np.testing.assert_array_equal(b.params, s.params)
+    np.testing.assert_array_equal(b.state, state0)
 
 
 def test_run_epoch_stops_at_the_nan_batch(mod):
@@ -703,71 +844,95 @@ def test_run_epoch_stops_at_the_nan_batch(mod):
     done, got = _epoch(mod, s, C.MSE, C.ADAM, 1, (X, Y, SW, order))
     assert done_r == 2 and done == 2
     _compare_runs(got, exp, exp, np.float64, EPOCH_NAMES)
-    assert np.isnan(got[2][C.STAT_LOSS])
+    assert np.isnan(got[3][C.STAT_LOSS])
 
 
-def _epoch_args(s, X, Y, SW, order):
-    """run_epoch's arguments as a dict (a valid training call of 4 batches of 16)."""
-    grads, state, acts, gbuf = s.buffers(n=16, n_state=2)
-    return dict(
-        X=X, Y=Y, SW=SW, order=order, batch_size=16, xb=X[:16].copy(), yb=Y[:16].copy(),
-        swb=SW[:16].copy(), params=s.params.copy(), grads=grads, state=state, acts=acts,
-        gbuf=gbuf, layers=s.layers, layer_f=s.layer_f, loss_code=C.MSE, logits_out=0,
-        opt_code=C.ADAM, hyper=np.array(HYPER[C.ADAM]), lrs=np.full(4, 0.01), step=1,
-        seed=3, train=1, acc_mode=C.ACC_NONE, threshold=0.5, stats=np.zeros(C.STAT_LEN),
-    )  # fmt: skip
+class EpochArgs:
+    """run_epoch's arguments (a valid training call of 4 batches of 16) by name; ``args()``
+    groups them as the contract does."""
+
+    def __init__(self, s, X, Y, SW, order):
+        self.s = s
+        self.b = b = _workspace(s, 16, Y.shape[1], C.ADAM)
+        self.X, self.Y, self.SW, self.order, self.batch_size = X, Y, SW, order, 16
+        self.xb, self.yb, self.swb = X[:16].copy(), Y[:16].copy(), SW[:16].copy()
+        self.params, self.grads, self.state, self.nontrain = (
+            b.params,
+            b.grads,
+            b.state,
+            (b.nontrain),
+        )
+        self.acts, self.gbuf, self.acc = b.acts, b.gbuf, b.acc
+        self.layers, self.layer_f, self.kinds = b.plan
+        self.loss = (C.MSE, 0, C.ACC_NONE, 0.5)
+        self.hyper, self.lrs = np.array(HYPER[C.ADAM]), np.full(4, 0.01)
+        self.opt_code, self.step, self.seed, self.train = C.ADAM, 1, 3, 1
+        self.stats = np.zeros(C.STAT_LEN)
+
+    def args(self):
+        return (
+            (self.X, self.Y, self.SW, self.order, self.batch_size),
+            (self.layers, self.layer_f, self.kinds),
+            (self.params, self.grads, self.state, self.nontrain),
+            (self.xb, self.yb, self.swb, self.acts, self.gbuf, self.acc),
+            self.loss, (self.opt_code, self.hyper, self.lrs, self.step, self.seed), self.train,
+            self.stats,
+        )  # fmt: skip
 
 
 @dtypes
-@pytest.mark.parametrize("where", ["finite", "huge", "state-inf", "param-nan"])
+@pytest.mark.parametrize("where", ["finite", "huge", "state-inf", "param-nan", "nontrain-nan"])
 def test_run_epoch_flags_non_finite_weights(mod, dtype, where):
-    """A training call sets (not adds) stats[STAT_NONFINITE]: 1 when params or state end
-    with an inf or NaN, 0 otherwise, huge finite values included; evaluation leaves it."""
-    s = mlp3(C.MSE, dtype, rng_for("flag", where))
+    """A training call sets (not adds) stats[STAT_NONFINITE]: 1 when params, state or the
+    non-trainable weights end with an inf or NaN, 0 otherwise, huge finite values included;
+    evaluation leaves it."""
+    s = norm_stack(dtype, rng_for("flag", where), loss=C.MSE)
     data = _epoch_data(s, C.MSE)
-    expect = {"finite": (4, 0.0), "huge": (4, 0.0), "state-inf": (4, 1.0), "param-nan": (0, 1.0)}
+    expect = {"finite": (4, 0.0), "huge": (4, 0.0), "state-inf": (4, 1.0),
+              "param-nan": (0, 1.0), "nontrain-nan": (0, 1.0)}  # fmt: skip
     for module in (ref, mod):
         for train in (1, 0):
-            args = _epoch_args(s, *data)
-            args["train"], stats = train, args["stats"]
+            a = EpochArgs(s, *data)
+            a.train = train
             if where == "huge":
-                args["state"][1] = np.finfo(dtype).max / 4  # Adam's v: its square overflows
+                a.state[1] = np.finfo(dtype).max / 4  # Adam's v: its square overflows
             elif where == "state-inf":
-                args["state"][1, 3] = np.inf  # the loss stays finite; v stays infinite
+                a.state[1, 3] = np.inf  # the loss stays finite; v stays infinite
             elif where == "param-nan":
-                args["params"][2] = np.nan
-            stats[C.STAT_NONFINITE] = 7.0
-            done = module.run_epoch(*args.values())
+                a.params[2] = np.nan
+            elif where == "nontrain-nan":
+                a.nontrain[1] = np.nan  # Normalization's mean: every output NaN
+            a.stats[C.STAT_NONFINITE] = 7.0
+            done = module.run_epoch(*a.args())
             want_done, want_flag = expect[where] if train else (expect[where][0], 7.0)
-            assert (done, stats[C.STAT_NONFINITE]) == (want_done, want_flag), (module, train)
+            assert (done, a.stats[C.STAT_NONFINITE]) == (want_done, want_flag), (module, train)
 
 
 @dtypes
 def test_run_epoch_non_finite_flag_on_special_values(mod, dtype):
-    """With no batch to run, a training call only checks params and state: every finite
-    extreme (+-max, +-tiny, subnormals, -0) leaves the flag 0; any inf or NaN (either sign,
-    any payload) anywhere in either array, the vector tails included, sets it."""
-    s = mlp3(C.MSE, dtype, rng_for("flag-values"))
+    """With no batch to run, a training call only checks params, state and nontrain: every
+    finite extreme (+-max, +-tiny, subnormals, -0) leaves the flag 0; any inf or NaN (either
+    sign, any payload) anywhere in any of them, the vector tails included, sets it."""
+    s = norm_stack(dtype, rng_for("flag-values"), loss=C.MSE)
     info = np.finfo(dtype)
     bits = np.uint32 if dtype == np.float32 else np.uint64
     quiet_nan_payload = (np.array(np.nan, dtype).view(bits) | bits(5)).view(dtype)
     finite = [info.max, -info.max, info.tiny, -info.tiny, info.smallest_subnormal, -0.0]
     specials = [np.inf, -np.inf, np.nan, -np.nan, quiet_nan_payload]
     for module in (ref, mod):
-        args = _epoch_args(s, *_epoch_data(s, C.MSE))
-        args["order"] = np.arange(0, dtype=np.int64)
-        params, state, stats = args["params"], args["state"], args["stats"]
-        params[: len(finite)] = finite
-        state[1, -len(finite) :] = finite
-        assert (module.run_epoch(*args.values()), stats[C.STAT_NONFINITE]) == (0, 0.0)
-        for array in (params, state.reshape(-1)):
+        a = EpochArgs(s, *_epoch_data(s, C.MSE))
+        a.order = np.arange(0, dtype=np.int64)
+        a.params[: len(finite)] = finite
+        a.state[1, -len(finite) :] = finite
+        assert (module.run_epoch(*a.args()), a.stats[C.STAT_NONFINITE]) == (0, 0.0)
+        for array in (a.params, a.state.reshape(-1), a.nontrain):
             for where in (0, array.size // 2, array.size - 1):
                 for value in specials:
                     keep = array[where]
                     array[where] = value
-                    module.run_epoch(*args.values())
+                    module.run_epoch(*a.args())
                     array[where] = keep
-                    assert stats[C.STAT_NONFINITE] == 1.0, (module, where, value)
+                    assert a.stats[C.STAT_NONFINITE] == 1.0, (module, where, value)
 
 
 def _read_only(a):
@@ -789,7 +954,11 @@ def _read_only(a):
         ("X", lambda a: a.astype(">f4"), "X must have dtype float32 (native byte order)"),
         ("lrs", lambda a: a[:2], "lrs needs 4 values, got 2"),
         ("xb", lambda a: a[:8], "xb must have shape (16, 9) at least, got (8, 9)"),
-        ("layers", lambda a: a[:, :3].copy(), "layers must have shape (L, 4)"),
+        ("layers", lambda a: a[:, :3].copy(), "layers must have shape (L, 22)"),
+        ("acts", lambda a: a[:10], "acts"),
+        ("gbuf", lambda a: a[:10], "gbuf"),
+        ("acc", lambda a: a.astype(np.float32), "acc must have dtype float64"),
+        ("nontrain", lambda a: a.astype(np.float64), "nontrain must have dtype float32"),
     ],
 )
 def test_cython_run_epoch_rejects_bad_arrays(name, bad, message):
@@ -797,11 +966,43 @@ def test_cython_run_epoch_rejects_bad_arrays(name, bad, message):
     that names the argument, never a read or write outside a buffer."""
     if "cython" not in BACKENDS:
         pytest.skip("cython backend not available")
-    s = mlp3(C.MSE, np.float32, rng_for("bad-epoch"))
-    args = _epoch_args(s, *_epoch_data(s, C.MSE))
-    args[name] = bad(args[name])
+    s = norm_stack(np.float32, rng_for("bad-epoch"), n_in=9, loss=C.MSE)
+    a = EpochArgs(s, *_epoch_data(s, C.MSE))
+    setattr(a, name, bad(getattr(a, name)))
     with pytest.raises((ValueError, TypeError), match=re.escape(message)):
-        backend.load("cython").run_epoch(*args.values())
+        backend.load("cython").run_epoch(*a.args())
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        (C.P_OUT_OFF, 10**9),
+        (C.P_IN_OFF, 10**9),
+        (C.P_W0, 10**9),
+        (C.P_S0, 10**9),
+        (C.P_SAVE_OFF, 10**9),
+        (C.P_ACC_OFF, 10**9),
+        (C.P_DOUT_OFF, 10**9),
+        (C.P_DX_OFF, 10**9),
+        (C.P_OUT2, 10**6),
+        (C.P_IN2, 3),
+        (C.P_ACT, 42),
+        (C.P_OUT_OFF, -5),
+        (C.P_W0, -1),
+    ],
+)
+def test_cython_run_epoch_rejects_a_malformed_plan(column, value):
+    """Every offset and extent of a plan is checked against its buffer before any loop
+    runs: a malformed plan is a ValueError, never a read or write out of bounds."""
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    s = norm_stack(np.float32, rng_for("bad-plan"), n_in=9, loss=C.MSE)
+    a = EpochArgs(s, *_epoch_data(s, C.MSE))
+    a.layers = a.layers.copy()
+    row = 3 if column in (C.P_S0, C.P_SAVE_OFF, C.P_ACC_OFF) else 2  # BatchNorm, Dense
+    a.layers[row, column] = value
+    with pytest.raises(ValueError):
+        backend.load("cython").run_epoch(*a.args())
 
 
 def _per_batch_calls(rng):
@@ -900,7 +1101,7 @@ def test_cython_per_batch_calls_take_read_only_inputs(dtype):
 
 
 # ---------------------------------------------------------------------------------------
-# 5. One compiled signature per dtype after a training run (numba)
+# 6. One compiled signature per dtype after a training run (numba)
 
 _SIGNATURE_SCRIPT = textwrap.dedent(
     """
@@ -914,16 +1115,17 @@ _SIGNATURE_SCRIPT = textwrap.dedent(
         for loss in (C.SPARSE_SOFTMAX_CE, C.MSE):
             s = kc.mlp3(loss, dtype, kc.rng_for("sig", loss))
             kc.train_steps(nb, s, loss, C.ADAM, 2)
-            grads, state, acts, gbuf = s.buffers()
-            nb.eval_step(s.x, s.y, s.sw, s.params, acts, gbuf, s.layers, s.layer_f, loss, 0)
-            nb.forward_stack(s.x, s.params, acts, s.layers, s.layer_f, 0, 0, 0)
+            b = s.buffers()
+            lossg = (loss, 0, kc.acc_mode_for(loss), 0.5)
+            nb.eval_step((s.x, s.y, s.sw), b.plan, b.net, b.work, lossg)
+            nb.forward_stack(s.x, b.plan, b.net, b.work, 0, 0, 0)
             stats = np.zeros(C.STAT_LEN)
             order = np.arange(s.n, dtype=np.int64)
+            ws = (s.x[:8].copy(), s.y[:8].copy(), s.sw[:8].copy(), b.acts, b.gbuf, b.acc)
             for train in (1, 0):
-                nb.run_epoch(s.x, s.y, s.sw, order, 8, s.x[:8].copy(), s.y[:8].copy(),
-                             s.sw[:8].copy(), s.params, grads, state, acts, gbuf, s.layers,
-                             s.layer_f, loss, 0, C.ADAM, np.array(kc.HYPER[C.ADAM]),
-                             np.full(3, 0.01), 3, 5, train, kc.acc_mode_for(loss), 0.5, stats)
+                nb.run_epoch((s.x, s.y, s.sw, order, 8), b.plan, b.net, ws, lossg,
+                             (C.ADAM, np.array(kc.HYPER[C.ADAM]), np.full(3, 0.01), 3, 5),
+                             train, stats)
     out = {}
     for name, f in vars(nb).items():
         if isinstance(f, numba.core.dispatcher.Dispatcher):

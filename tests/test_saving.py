@@ -68,10 +68,10 @@ def test_one_zip_with_config_and_arrays(saved):
     assert names[0] == "config.json"
     assert sorted(names[1:]) == [
         "optimizer/state.npy",
-        "weights/000.npy",
-        "weights/001.npy",
-        "weights/002.npy",
-        "weights/003.npy",
+        "weights/dense_0/bias.npy",
+        "weights/dense_0/kernel.npy",
+        "weights/dense_2/bias.npy",
+        "weights/dense_2/kernel.npy",
     ]
     assert config["format"] == "fastnn.model" and config["version"] == saving.VERSION
     assert config["compile"]["optimizer"]["class_name"] == "Adam"
@@ -79,7 +79,7 @@ def test_one_zip_with_config_and_arrays(saved):
     assert config["compile"]["metrics"] == ["accuracy"]
     assert config["training"]["iterations"] == 16
     assert config["training"]["shuffle_rng"]["bit_generator"] == "PCG64"
-    assert config["arrays"]["weights/000.npy"] == {"dtype": "<f4", "shape": [6, 16]}
+    assert config["arrays"]["weights/dense_0/kernel.npy"] == {"dtype": "<f4", "shape": [6, 16]}
 
 
 def test_load_model_restores_everything(saved):
@@ -284,15 +284,17 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, saved):
     assert probe.exists()
     evil = tmp_path / "evil.fnn"
     payload = _npy(_evil_object_array(marker), allow_pickle=True)
-    _rewrite(path, evil, replace={"weights/001.npy": payload})
+    _rewrite(path, evil, replace={"weights/dense_0/bias.npy": payload})
     with pytest.raises(ValueError, match="not a valid fastnn model file"):
         fastnn.load_model(evil, backend=BACKEND)
     # the manifest may also claim the object dtype and matching shape
     _rewrite(
         path,
         evil,
-        replace={"weights/001.npy": payload},
-        config=lambda c: c["arrays"].update({"weights/001.npy": {"dtype": "|O", "shape": [2]}}),
+        replace={"weights/dense_0/bias.npy": payload},
+        config=lambda c: c["arrays"].update(
+            {"weights/dense_0/bias.npy": {"dtype": "|O", "shape": [2]}}
+        ),
     )
     with pytest.raises(ValueError, match="not a valid fastnn model file"):
         fastnn.load_model(evil, backend=BACKEND)
@@ -325,7 +327,7 @@ def test_corrupted_bytes_inside(tmp_path, saved):
     _, path = saved
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo("weights/002.npy")
+        info = zf.getinfo("weights/dense_2/kernel.npy")
     start = info.header_offset + 30 + len(info.filename) + 5
     data[start : start + 8] = b"\xff" * 8
     bad = tmp_path / "flipped.fnn"
@@ -343,7 +345,7 @@ def test_corrupted_bytes_inside(tmp_path, saved):
         (lambda c: c["model"]["layers"][0].update(class_name="Lambda"), "layer class"),
         (lambda c: c["model"]["layers"][0]["config"].update(units=17), "declared"),
         (lambda c: c["arrays"].pop("optimizer/state.npy"), "unexpected members"),
-        (lambda c: c["arrays"].pop("weights/000.npy"), "do not match"),
+        (lambda c: c["arrays"].pop("weights/dense_0/kernel.npy"), "do not match"),
         (lambda c: c["compile"]["optimizer"].update(class_name="Evil"), "unknown optimizer"),
         (lambda c: c["compile"]["optimizer"]["config"].update(beta_1=5), "beta_1"),
         (lambda c: c["training"].update(iterations=-1), "iterations"),
@@ -377,11 +379,11 @@ def test_config_that_is_not_json(tmp_path, saved):
 def test_tampered_arrays(tmp_path, saved, array, message):
     _, path = saved
     bad = tmp_path / "tampered.fnn"
-    _rewrite(path, bad, replace={"weights/000.npy": _npy(array)})
+    _rewrite(path, bad, replace={"weights/dense_0/kernel.npy": _npy(array)})
     with pytest.raises(ValueError, match=message):
         fastnn.load_model(bad, backend=BACKEND)
-    _rewrite(path, bad, replace={"weights/000.npy": b"\x93NUMPY garbage"})
-    with pytest.raises(ValueError, match="weights/000.npy"):
+    _rewrite(path, bad, replace={"weights/dense_0/kernel.npy": b"\x93NUMPY garbage"})
+    with pytest.raises(ValueError, match="weights/dense_0/kernel.npy"):
         fastnn.load_model(bad, backend=BACKEND)
 
 

@@ -1,0 +1,44 @@
+"""Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, and the views
+Flatten and Input.
+
+Inside a :class:`fastnn.Sequential` the model runs every layer in one compiled call and the
+layers' weights are views into the model's flat buffers.  On their own, layers are the
+low-level API for hand-written training loops::
+
+    layer = Dense(3, activation="relu", input_dim=4)
+    out = layer.forward(x, training=True)
+    dx = layer.backward(dout)          # fills layer.grads = [dkernel, dbias]
+"""
+
+from __future__ import annotations
+
+from .base import Layer, WeightSpec, float_dtype
+from .core import Activation, Dense, Dropout, Flatten, Input
+from .normalization import BatchNormalization, Normalization
+
+LAYER_CLASSES = {
+    cls.__name__: cls
+    for cls in (Dense, Dropout, Activation, Flatten, BatchNormalization, Normalization)
+}
+
+__all__ = [
+    "Activation",
+    "BatchNormalization",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Input",
+    "Layer",
+    "Normalization",
+    "WeightSpec",
+    "float_dtype",
+    "from_config",
+]
+
+
+def from_config(class_name: str, config: dict):
+    """Rebuilds a layer from :meth:`Layer.get_config` output."""
+    from .._names import lookup
+
+    cls = lookup({k.lower(): v for k, v in LAYER_CLASSES.items()}, "layer class", class_name)
+    return cls(**config)
