@@ -232,10 +232,36 @@ class Sequential:
         return self._engine.n_params if self._maybe_build() else 0
 
     # -- compile ----------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
-        """Chooses the optimizer (name or instance), the loss and the metrics.
+    def _output_activation(self) -> tuple[str, Layer] | None:
+        """(activation name, layer) of the model's outputs: the last layer that has an
+        activation (Dense or Activation), looking through Dropout layers; None when no
+        layer has one."""
+        for layer in reversed(self.layers):
+            activation = getattr(layer, "activation", None)
+            if isinstance(activation, str):
+                return activation, layer
+        return None
 
-        Metrics: "accuracy" (classification losses), "mae", "mse".
+    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
+        """Chooses the optimizer, the loss and the metrics.
+
+        Parameters
+        ----------
+        optimizer : str or Optimizer
+            A name (Keras defaults) or an instance.
+        loss : str or Loss
+            A name or an instance; it must fit the output activation: cross-entropies on
+            probabilities need a softmax output (binary_crossentropy: sigmoid or softmax),
+            ``from_logits=True`` needs logits (not a softmax or sigmoid output).
+        metrics : list of str, optional
+            "accuracy" or "acc" (classification losses), "mae" or "mean_absolute_error",
+            "mse" or "mean_squared_error".
+
+        Raises
+        ------
+        ValueError
+            For an unknown name, a loss that does not fit the output activation, or
+            accuracy with a regression loss.  Nothing changes when compile raises.
         """
         if loss is None:
             raise ValueError(
@@ -243,6 +269,10 @@ class Sequential:
             )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
+        output = self._output_activation()
+        if output is not None:
+            activation, layer = output
+            loss.check_output(activation, layer.name, type(layer).__name__)
         if isinstance(metrics, str):
             metrics = [metrics]
         if metrics is not None and not isinstance(metrics, (list, tuple)):
