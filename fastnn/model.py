@@ -141,6 +141,7 @@ class Sequential:
         self._engine: Engine | None = None
         self.optimizer = self.loss = self._plan = None
         self.metrics: list[str] = []
+        self._metric_kinds: list[str] = []  # "accuracy", "mae" or "mse" per entry of metrics
         self.stop_training = False
         self.history = None
         seq = np.random.SeedSequence(seed)
@@ -255,7 +256,8 @@ class Sequential:
             ``from_logits=True`` needs logits (not a softmax or sigmoid output).
         metrics : list of str, optional
             "accuracy" or "acc" (classification losses), "mae" or "mean_absolute_error",
-            "mse" or "mean_squared_error".
+            "mse" or "mean_squared_error".  Each is logged under the name given
+            (``metrics=["acc"]`` gives ``acc`` and ``val_acc``).
 
         Raises
         ------
@@ -280,16 +282,25 @@ class Sequential:
                 f"metrics must be a list of names such as ['accuracy'], got "
                 f"{type(metrics).__name__} {metrics!r}"
             )
-        names = []
+        names, kinds = [], []
         for m in metrics or []:
-            names.append(lookup(_METRICS, "metrics", m))
-        if "accuracy" in names and isinstance(
+            kind = lookup(_METRICS, "metrics", m)
+            name = m.strip()
+            if name in names:
+                raise ValueError(
+                    f"metrics must be distinct names (each is a key of the logs), got {name!r} "
+                    f"twice in {list(metrics)!r}"
+                )
+            names.append(name)
+            kinds.append(kind)
+        if "accuracy" in kinds and isinstance(
             loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
         ):
             raise ValueError(f"metric 'accuracy' needs a classification loss, got {loss.name}")
         self.optimizer = optimizer
         self.loss = loss
-        self.metrics = names
+        self.metrics = names  # logged under these names, as given
+        self._metric_kinds = kinds
         self._plan = None
         if self._engine is not None:
             self._engine.state = None
@@ -309,7 +320,7 @@ class Sequential:
         return self._plan
 
     def _acc_mode(self, plan, y):
-        if "accuracy" not in self.metrics:
+        if "accuracy" not in self._metric_kinds:
             return codes.ACC_NONE, 0.5
         if plan.target == "sparse":
             return codes.ACC_SPARSE, 0.5
@@ -526,12 +537,12 @@ class Sequential:
         v = stats.tolist()
         rows = max(v[codes.STAT_ROWS], 1.0)
         logs = {prefix + "loss": v[codes.STAT_LOSS] / rows}
-        for m in self.metrics:
-            if m == "accuracy":
-                logs[prefix + m] = v[codes.STAT_CORRECT] / rows
+        for name, kind in zip(self.metrics, self._metric_kinds):
+            if kind == "accuracy":
+                logs[prefix + name] = v[codes.STAT_CORRECT] / rows
             else:
-                key = codes.STAT_ABS if m == "mae" else codes.STAT_SQ
-                logs[prefix + m] = v[key] / (rows * self.output_dim)
+                key = codes.STAT_ABS if kind == "mae" else codes.STAT_SQ
+                logs[prefix + name] = v[key] / (rows * self.output_dim)
         return logs
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None) -> float:

@@ -398,6 +398,7 @@ def _load(zf, backend, compile):
     if not compile and model.optimizer is not None:
         model.optimizer = model.loss = model._plan = None
         model.metrics = []
+        model._metric_kinds = []
         if model._engine is not None:
             model._engine.state = None
     return model
