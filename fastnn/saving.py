@@ -11,7 +11,8 @@ Layout of a file written by :func:`save_model` (``model.save(path)``)::
 Loading never unpickles (``allow_pickle=False``), checks every array's name, dtype and
 shape against the model rebuilt from the config, and refuses anything else with a
 ValueError.  Files are written to a temporary file in the same folder and moved into
-place, so an interrupted save leaves the previous file intact.
+place, so an interrupted save leaves the previous file intact; they get the permissions of
+a plain write (0666 & ~umask for a new file, the old file's for an overwritten one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -49,19 +51,45 @@ def _write_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
     zf.writestr(name, buf.getvalue())
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: str) -> int:
+    """The permission bits a plain ``open(path, "wb")`` would leave: those of the file it
+    overwrites, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _atomic_write(path, write) -> None:
     """Calls ``write(fileobj)`` on a temporary file next to ``path``, then moves it into
-    place; on any error the temporary file is removed and ``path`` is untouched."""
+    place; on any error the temporary file is removed and ``path`` is untouched.  The file
+    gets the permissions a plain write would give it (not the 0600 of a temporary file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder {folder!r} does not exist")
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -438,3 +438,33 @@ def test_save_into_missing_folder(tmp_path, saved):
     model, _ = saved
     with pytest.raises(FileNotFoundError):
         model.save(tmp_path / "no" / "such" / "m.fnn")
+
+
+# -- file permissions --------------------------------------------------------------------
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_files_get_the_mode_of_a_normal_file(tmp_path, saved):
+    """0666 & ~umask, as open() gives, not the 0600 of a temporary file; an existing file
+    keeps its mode when it is overwritten."""
+    import stat
+
+    model, _ = saved
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "a.fnn")
+        model.save_weights(tmp_path / "w.npz")
+        with open(tmp_path / "plain", "w"):
+            pass
+        assert mode(tmp_path / "a.fnn") == mode(tmp_path / "w.npz") == 0o644
+        assert mode(tmp_path / "plain") == 0o644
+        os.umask(0o027)
+        model.save(tmp_path / "b.fnn")
+        assert mode(tmp_path / "b.fnn") == 0o640
+        os.chmod(tmp_path / "a.fnn", 0o604)
+        model.save(tmp_path / "a.fnn")  # overwritten: the file keeps its mode
+        assert mode(tmp_path / "a.fnn") == 0o604
+    finally:
+        os.umask(old)
