@@ -111,6 +111,13 @@ class Sequential:
         Floating type of weights and computation.
     backend : str, optional
         Kernel backend ("numba", "cython", "numpy", "cuda"); default :func:`fastnn.get_backend`.
+
+    Attributes
+    ----------
+    metadata : dict
+        JSON-serialisable information about the model (string keys), saved in model files
+        and restored by :func:`fastnn.load_model` (``fastnn train --save`` records the
+        dataset, task, seed and loss under ``"cli"``).  Empty by default.
     """
 
     def __init__(
@@ -144,6 +151,7 @@ class Sequential:
         self._metric_kinds: list[str] = []  # "accuracy", "mae" or "mse" per entry of metrics
         self.stop_training = False
         self.history = None
+        self.metadata: dict = {}
         seq = np.random.SeedSequence(seed)
         self._init_rng, self._shuffle_rng = (np.random.default_rng(s) for s in seq.spawn(2))
         self._dropout_seed = int(seq.generate_state(1, dtype=np.uint32)[0])
@@ -673,8 +681,8 @@ class Sequential:
 
     # -- files ------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Writes the model (config, weights, optimizer state) to one file; see
-        :func:`fastnn.load_model`."""
+        """Writes the model (config, weights, optimizer state, ``metadata``) to one file;
+        see :func:`fastnn.load_model` and :func:`fastnn.saving.save_model`."""
         from .saving import save_model
 
         save_model(self, path)

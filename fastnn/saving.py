@@ -3,8 +3,9 @@
 Layout of a file written by :func:`save_model` (``model.save(path)``)::
 
     config.json                 format name/version, model config, compile config,
-                                training state (optimizer iterations, RNG states) and
-                                the name/dtype/shape of every array below
+                                training state (optimizer iterations, RNG states), the
+                                name/dtype/shape of every array below and, when the
+                                model has any, its ``metadata`` (optional)
     weights/000.npy ...         the weights in get_weights() order
     optimizer/state.npy         the optimizer's state (slots, n_params), once trained
 
@@ -135,10 +136,40 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _metadata(model) -> dict:
+    """``model.metadata``, checked to be a dict that JSON stores and reads back unchanged."""
+    meta = getattr(model, "metadata", None) or {}
+    why = None
+    if not isinstance(meta, dict):
+        why = f"got {type(meta).__name__}"
+    else:
+        try:
+            if json.loads(json.dumps(meta, allow_nan=False)) != meta:
+                why = "it would not read back unchanged (tuples or non-string keys?)"
+        except (TypeError, ValueError) as exc:
+            why = str(exc)
+    if why is not None:
+        raise TypeError(
+            "model.metadata must be a dict with string keys and JSON values (str, finite "
+            f"numbers, bool, None, lists, dicts) to be saved; {why}"
+        )
+    return meta
+
+
 def save_model(model, path) -> None:
-    """Writes ``model`` (config, weights, optimizer state, RNG states) to ``path``."""
+    """Writes ``model`` (config, weights, optimizer state, RNG states and its
+    ``metadata``) to ``path``.
+
+    Raises
+    ------
+    TypeError
+        If ``model.metadata`` is not a JSON-serialisable dict with string keys.
+    FileNotFoundError
+        If the folder of ``path`` does not exist.
+    """
     from . import __version__
 
+    metadata = _metadata(model)
     arrays = _model_arrays(model)
     config = {
         "format": FORMAT,
@@ -154,6 +185,8 @@ def save_model(model, path) -> None:
         "backend": model.backend_name,
         "arrays": {name: _array_spec(a) for name, a in arrays.items()},
     }
+    if metadata:
+        config["metadata"] = metadata
     text = json.dumps(config, indent=1, allow_nan=False)
 
     def write(f):
@@ -244,6 +277,10 @@ def _read_config(zf):
     _expect(
         config.get("compile") is None or isinstance(config["compile"], dict),
         f"{CONFIG_NAME} has an invalid 'compile' entry",
+    )
+    _expect(
+        isinstance(config.get("metadata", {}), dict),
+        f"{CONFIG_NAME} has an invalid 'metadata' entry (not a JSON object)",
     )
     return config
 
@@ -350,9 +387,10 @@ def _restore_training(model, training):
 
 
 def load_model(path, backend: str | None = None, compile: bool = True):
-    """Reads a model written by ``model.save(path)``: architecture, weights and, with
-    ``compile``, optimizer (state and step count), loss, metrics and the shuffle/dropout
-    random state, so ``fit`` continues exactly where the saved model stopped.
+    """Reads a model written by ``model.save(path)``: architecture, weights, ``metadata``
+    (empty for files without it) and, with ``compile``, optimizer (state and step count),
+    loss, metrics and the shuffle/dropout random state, so ``fit`` continues exactly where
+    the saved model stopped.
 
     Raises
     ------
@@ -420,6 +458,7 @@ def _load(zf, backend, compile):
         weights = [arrays[n] for n in sorted(n for n in arrays if n.startswith("weights/"))]
         model.set_weights(weights)
     _restore_training(model, config["training"])
+    model.metadata = config.get("metadata", {})
     if has_state:
         model._stack_plan()
         model._engine.set_state(arrays["optimizer/state.npy"])
