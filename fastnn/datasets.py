@@ -123,6 +123,17 @@ LOADERS = {
     "spirals": make_spirals,
 }
 
+#: The task of each bundled dataset ("classification" or "regression"), so that tools such
+#: as ``fastnn train`` never have to guess it from the targets.
+TASKS = {
+    "digits": "classification",
+    "iris": "classification",
+    "breast_cancer": "classification",
+    "diabetes": "regression",
+    "linear": "regression",
+    "spirals": "classification",
+}
+
 
 # ---------------------------------------------------------------------------------------
 # Files: IDX (MNIST's format), .npz splits, and batches of arrays too big for memory
