@@ -8,6 +8,7 @@ per epoch.
 from __future__ import annotations
 
 import csv
+import difflib
 import inspect
 import math
 import os
@@ -120,6 +121,21 @@ def _count(value, arg):
     return int(value)
 
 
+def _missing_message(who: str, monitor: str, logs) -> str:
+    """Why ``monitor`` is not in ``logs``: no validation data for a val_ name, or else the
+    available names and the closest one."""
+    keys = sorted(logs or {})
+    head = f"{who}: metric {monitor!r} is not in the logs (available: {', '.join(keys) or 'none'})"
+    if monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
+        return (
+            f"{head}; pass validation data to fit (validation_data or validation_split) for "
+            "val_ metrics"
+        )
+    close = difflib.get_close_matches(monitor, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{head}{hint} (metrics are logged under the names given to compile)"
+
+
 class _Monitor(Callback):
     """Shared logic: which log entry to watch and what counts as an improvement."""
 
@@ -142,13 +158,8 @@ class _Monitor(Callback):
     def _current(self, logs):
         value = (logs or {}).get(self.monitor)
         if value is None:
-            available = ", ".join(sorted(logs or {})) or "none"
-            warnings.warn(
-                f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
-                f"(available: {available}); pass validation data for val_ metrics",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            warnings.warn(_missing_message(type(self).__name__, self.monitor, logs),
+                          RuntimeWarning, stacklevel=3)  # fmt: skip
             return None
         return float(value)
 

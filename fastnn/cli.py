@@ -1,7 +1,8 @@
 """The ``fastnn`` command: ``train``, ``evaluate``, ``predict``, ``info`` (and ``bench``).
 
 fastnn train --dataset digits --epochs 20 --save model.fnn --plot history.png
-fastnn evaluate model.fnn --dataset digits
+fastnn train --dataset data.npz --task regression --loss mae
+fastnn evaluate model.fnn                # on the dataset and split train recorded
 fastnn predict model.fnn --input x.npy --output y.npy
 """
 
@@ -11,6 +12,7 @@ import argparse
 import os
 import platform
 import sys
+from dataclasses import dataclass, field
 
 #: Defaults of ``fastnn train`` (Dense(128, relu) -> Dense(out) with Adam on digits).
 TRAIN_DEFAULTS = {
@@ -22,6 +24,21 @@ TRAIN_DEFAULTS = {
     "lr": 0.003,
     "seed": 0,
 }
+
+
+#: The tasks ``fastnn train --task`` accepts.
+TASKS = ("classification", "regression")
+
+#: The most classes ``fastnn train`` accepts from the labels of a .npz file or an MNIST
+#: folder when ``--task`` is not given (more are taken only with ``--task classification``).
+MAX_GUESSED_CLASSES = 100
+
+_REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error")
+_CLASSIFICATION_LOSSES = (
+    "binary_crossentropy",
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+)
 
 
 class CLIError(Exception):
@@ -68,6 +85,22 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train a network on a bundled dataset and print test accuracy")
     d = TRAIN_DEFAULTS
     p.add_argument("--dataset", default=d["dataset"], help=DATASET_HELP)
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default=None,
+        help="default: the bundled dataset's task; for a .npz file or an MNIST folder, "
+        f"classification of integer labels 0..K-1 (K <= {MAX_GUESSED_CLASSES}, every class "
+        "in the training split), otherwise an error asks for --task",
+    )
+    p.add_argument(
+        "--loss",
+        default=None,
+        help="default: mse for regression; binary_crossentropy for 2 classes, "
+        "sparse_categorical_crossentropy for more, categorical_crossentropy for one-hot "
+        "targets; mae, categorical_crossentropy or sparse_categorical_crossentropy can "
+        "replace them",
+    )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"])
     p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
     p.add_argument(
@@ -99,12 +132,18 @@ def _add_train(sub):
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split")
     p.add_argument("model", help="a model file written by fastnn train --save or model.save")
-    p.add_argument("--dataset", default=TRAIN_DEFAULTS["dataset"], help=DATASET_HELP)
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=DATASET_HELP.replace("(default digits)", "(default: the dataset recorded by ")
+        + "fastnn train --save)",
+    )
     p.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="seed of the train/test split (default: the model's seed, as fastnn train used)",
+        help="seed of the train/test split (default: the seed fastnn train recorded, else "
+        "the model's seed)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--backend", default=None, help="numba, cython, numpy or cuda")
@@ -126,41 +165,199 @@ def _add_predict(sub):
     p.set_defaults(func=cmd_predict)
 
 
-def _task_of(y):
+@dataclass
+class TrainPlan:
+    """What ``fastnn train`` builds for a dataset: the task, the loss (its Keras name), the
+    output width and activation, and whether integer labels become one-hot rows."""
+
+    task: str
+    loss: str
+    n_out: int
+    activation: str | None
+    onehot_labels: bool = False
+    metrics: list = field(default_factory=list)
+
+
+def _squeezed(y):
     import numpy as np
 
     y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim == 2:  # one row of targets per sample: one-hot classes or several outputs
-        onehot = np.isin(y, (0, 1)).all() and np.all(y.sum(axis=1) == 1)
-        return ("onehot", y.shape[1]) if onehot else ("regression", y.shape[1])
+    return y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+
+
+def _int_labels(y, arg):
+    """``y`` (N,) as int64 labels, or the CLIError saying why it cannot be."""
+    import numpy as np
+
+    y = _squeezed(y)
+    if y.ndim != 1:
+        raise CLIError(f"{arg} must hold one class label per sample, got shape {y.shape}")
     if y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
-        return "regression", 1
-    n_classes = int(y.max()) + 1
-    return ("binary", 1) if n_classes == 2 else ("multiclass", n_classes)
+        i = int(np.argmax(np.mod(y, 1) != 0))
+        raise CLIError(
+            f"classification needs integer class labels, got the value {y[i]} in {arg} "
+            f"(index {i}): pass --task regression for numeric targets"
+        )
+    return y.astype(np.int64)
 
 
-def build_for(task, n_out, input_dim, hidden, seed, backend):
-    """The CLI's network for a task: Dense(hidden, relu)... -> task-appropriate output."""
+def _class_count(y_train, y_test, guessing: bool) -> int:
+    """The number of classes K of integer labels that are 0..K-1 with training samples for
+    every class, or the CLIError that says what is wrong (naming --task when guessing)."""
+    import numpy as np
+
+    train, test = _int_labels(y_train, "y_train"), _int_labels(y_test, "y_test")
+    both = np.concatenate([train, test])
+    low, k = int(both.min()), int(both.max()) + 1
+    or_task = "; or pass --task regression if these are numbers" if guessing else ""
+    if low < 0:
+        raise CLIError(
+            f"class labels must be 0..K-1, got the negative label {low}: relabel them to "
+            f"0..K-1{or_task}"
+        )
+    if int(train.min()) > 0:
+        raise CLIError(
+            f"class labels must be 0..K-1, but y_train's labels run from {int(train.min())} "
+            f"to {int(train.max())}: class 0 would be an output that is never right; "
+            f"relabel them, e.g. y - {int(train.min())}{or_task}"
+        )
+    missing = np.flatnonzero(np.bincount(train, minlength=k) == 0)
+    if missing.size:
+        shown = ", ".join(str(c) for c in missing[:10]) + (", ..." if missing.size > 10 else "")
+        which = f"class {shown} has" if missing.size == 1 else f"classes {shown} have"
+        raise CLIError(
+            f"class labels must be 0..K-1 with training samples for every class, but {which} "
+            f"no samples in y_train (labels 0..{k - 1}): relabel them to 0..K-1 without "
+            f"gaps{or_task}"
+        )
+    if k < 2:
+        raise CLIError(f"classification needs at least 2 classes, y_train holds only class {k - 1}")
+    if guessing and k > MAX_GUESSED_CLASSES:
+        raise CLIError(
+            f"y_train holds {k} classes (more than {MAX_GUESSED_CLASSES}): pass "
+            "--task classification if they are classes, or --task regression"
+        )
+    return k
+
+
+def task_for(dataset: str, y_train, y_test) -> str:
+    """The task of ``dataset`` when ``--task`` is not given: recorded for the bundled
+    datasets (:data:`fastnn.datasets.TASKS`); for a .npz file or an MNIST folder,
+    classification only when the targets are integer labels 0..K-1 (K at most
+    :data:`MAX_GUESSED_CLASSES`, every class in the training split); otherwise a CLIError
+    asks for ``--task``."""
+    from fastnn import datasets
+
+    if dataset in datasets.TASKS:
+        return datasets.TASKS[dataset]
+    y = _squeezed(y_train)
+    hint = "pass --task classification or --task regression"
+    if y.ndim != 1:
+        raise CLIError(f"cannot tell the task from y_train of shape {y.shape}: {hint}")
+    if y.dtype.kind not in "biu":
+        import numpy as np
+
+        whole = ", all whole numbers" if np.all(np.mod(y, 1) == 0) else ""
+        raise CLIError(
+            f"cannot tell the task from float targets (y_train dtype {y.dtype}{whole}): {hint}"
+        )
+    _class_count(y_train, y_test, guessing=True)
+    return "classification"
+
+
+def _loss_name(name):
+    import fastnn
+
+    try:
+        return fastnn.losses.get(name).name
+    except (TypeError, ValueError) as exc:
+        raise CLIError("--" + str(exc)) from None
+
+
+def plan_training(task: str, loss, y_train, y_test, guessing: bool = False) -> TrainPlan:
+    """The network output, loss and metrics for ``task`` on these targets, with ``loss``
+    (a name) replacing the task's default; a CLIError for a loss that does not fit."""
+    import numpy as np
+
+    loss = None if loss is None else _loss_name(loss)
+    y = _squeezed(y_train)
+    if task == "regression":
+        if loss is not None and loss not in _REGRESSION_LOSSES:
+            raise CLIError(
+                f"--loss {loss} is a classification loss; --task regression needs mse or mae"
+            )
+        if y.ndim > 2:
+            raise CLIError(f"regression targets must be (N,) or (N, outputs), got {y.shape}")
+        n_out = 1 if y.ndim == 1 else y.shape[1]
+        return TrainPlan("regression", loss or "mean_squared_error", n_out, None, False, ["mae"])
+    if loss is not None and loss not in _CLASSIFICATION_LOSSES:
+        raise CLIError(
+            f"--loss {loss} is a regression loss; --task classification needs "
+            + ", ".join(_CLASSIFICATION_LOSSES)
+        )
+    if y.ndim == 2:  # one row of 0/1 targets per sample: one-hot classes or multi-label
+        if not np.isin(y, (0, 1)).all():
+            raise CLIError(
+                f"classification targets of shape {y.shape} must be 0/1 rows (one-hot or "
+                "multi-label): pass --task regression for numeric targets"
+            )
+        onehot = bool(np.all(y.sum(axis=1) == 1))
+        loss = loss or ("categorical_crossentropy" if onehot else "binary_crossentropy")
+        if loss == "sparse_categorical_crossentropy":
+            raise CLIError(
+                f"--loss sparse_categorical_crossentropy needs integer labels of shape (N,), "
+                f"y_train has rows of shape {y.shape}: use categorical_crossentropy"
+            )
+        if loss == "categorical_crossentropy" and not onehot:
+            raise CLIError(
+                "categorical_crossentropy needs one-hot rows (a single 1 per row), y_train has "
+                "rows with several or no 1s: use --loss binary_crossentropy for multi-label "
+                "targets"
+            )
+        if onehot:
+            empty = np.flatnonzero(y.sum(axis=0) == 0)
+            if empty.size:
+                raise CLIError(
+                    f"class {int(empty[0])} (column {int(empty[0])} of y_train) has no training "
+                    "samples: it would be an output that is never right"
+                )
+        act = "softmax" if loss == "categorical_crossentropy" else "sigmoid"
+        return TrainPlan("classification", loss, y.shape[1], act, False, ["accuracy"])
+    k = _class_count(y_train, y_test, guessing)
+    loss = loss or ("binary_crossentropy" if k == 2 else "sparse_categorical_crossentropy")
+    if loss == "binary_crossentropy":
+        if k != 2:
+            raise CLIError(
+                f"--loss binary_crossentropy needs 2 classes (labels 0 and 1), got {k} "
+                "classes: use sparse_categorical_crossentropy"
+            )
+        return TrainPlan("classification", loss, 1, "sigmoid", False, ["accuracy"])
+    onehot = loss == "categorical_crossentropy"
+    return TrainPlan("classification", loss, k, "softmax", onehot, ["accuracy"])
+
+
+def build_for(plan: TrainPlan, input_dim, hidden, seed, backend):
+    """The CLI's network for a plan: Dense(hidden, relu)... -> the plan's output layer."""
     import fastnn
     from fastnn.layers import Dense
 
     layers = [Dense(hidden[0], activation="relu", input_dim=input_dim)]
     layers += [Dense(h, activation="relu") for h in hidden[1:]]
-    acts = {"regression": None, "binary": "sigmoid", "multiclass": "softmax", "onehot": "softmax"}
-    out_act = acts[task]
-    layers.append(Dense(n_out, activation=out_act))
+    layers.append(Dense(plan.n_out, activation=plan.activation))
     return fastnn.Sequential(layers, seed=seed, backend=backend)
 
 
-def loss_for(task):
-    return {
-        "regression": "mse",
-        "binary": "binary_crossentropy",
-        "multiclass": "sparse_categorical_crossentropy",
-        "onehot": "categorical_crossentropy",
-    }[task]
+def targets_for(model, y):
+    """``y`` as the model's loss takes it: integer labels become one-hot rows for
+    categorical_crossentropy (out-of-range labels raise a ValueError)."""
+    import numpy as np
+
+    import fastnn
+
+    labels = _squeezed(y)
+    if isinstance(model.loss, fastnn.losses.CategoricalCrossentropy) and labels.ndim == 1:
+        return fastnn.losses.sparse_to_onehot(labels, model.output_dim, np.float32, "y")
+    return y
 
 
 def load_dataset(name, seed):
@@ -191,16 +388,35 @@ def load_dataset(name, seed):
     return (features(x_tr), y_tr), (features(x_te), y_te)
 
 
+def _recorded_name(dataset: str) -> str:
+    """How train records ``dataset``: a bundled name as is, a file or folder absolute."""
+    from fastnn import datasets
+
+    return dataset if dataset in datasets.LOADERS else os.path.abspath(dataset)
+
+
 def cmd_train(args):
     import fastnn
 
+    if args.loss is not None:
+        _loss_name(args.loss)  # an unknown name fails before the data is loaded
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.seed)
-    task, n_out = _task_of(y_train)
-    model = build_for(task, n_out, x_train.shape[1], args.hidden, args.seed, args.backend)
+    guessing = args.task is None
+    task = args.task or task_for(args.dataset, y_train, y_test)
+    plan = plan_training(task, args.loss, y_train, y_test, guessing=guessing)
+    model = build_for(plan, x_train.shape[1], args.hidden, args.seed, args.backend)
     opt = fastnn.optimizers.get(args.optimizer)
     opt.learning_rate = args.lr
-    metrics = ["mae"] if task == "regression" else ["accuracy"]
-    model.compile(optimizer=opt, loss=loss_for(task), metrics=metrics)
+    model.compile(optimizer=opt, loss=plan.loss, metrics=plan.metrics)
+    y_train, y_test = targets_for(model, y_train), targets_for(model, y_test)
+    model.metadata = {
+        "cli": {
+            "dataset": _recorded_name(args.dataset),
+            "task": plan.task,
+            "seed": args.seed,
+            "loss": plan.loss,
+        }
+    }
     if args.plot:
         from fastnn import plot
 
@@ -209,8 +425,8 @@ def cmd_train(args):
     if args.save:
         _check_folder(args.save)
     print(
-        f"Training on {args.dataset}: {len(x_train)} train / {len(x_test)} test samples, "
-        f"backend {model.backend_name}"
+        f"Training on {args.dataset} ({plan.task}, {plan.loss}): {len(x_train)} train / "
+        f"{len(x_test)} test samples, backend {model.backend_name}"
     )
     history = model.fit(
         x_train,
@@ -252,14 +468,37 @@ def _load_model(path, backend):
     return fastnn.load_model(path, backend=backend)
 
 
+def _train_record(model) -> dict:
+    """What ``fastnn train --save`` recorded in the model file (empty if nothing)."""
+    meta = getattr(model, "metadata", None)
+    record = meta.get("cli") if isinstance(meta, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
 def cmd_evaluate(args):
     model = _load_model(args.model, args.backend)
     if model.optimizer is None:
         raise CLIError(f"{args.model!r} holds an uncompiled model: it has no loss to evaluate")
-    seed = args.seed if args.seed is not None else (model.seed if model.seed is not None else 0)
-    _, (x_test, y_test) = load_dataset(args.dataset, seed)
+    record = _train_record(model)
+    dataset = args.dataset
+    if dataset is None:
+        dataset = record.get("dataset")
+        if not isinstance(dataset, str):
+            raise CLIError(
+                f"{args.model!r} records no dataset (it was not written by fastnn train "
+                "--save): pass --dataset"
+            )
+    seed = args.seed
+    if seed is None:
+        recorded = record.get("seed")
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            seed = recorded
+        else:
+            seed = model.seed if model.seed is not None else 0
+    _, (x_test, y_test) = load_dataset(dataset, seed)
+    y_test = targets_for(model, y_test)
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, return_dict=True)
-    print(f"Evaluating {args.model} on {args.dataset}: {len(x_test)} test samples")
+    print(f"Evaluating {args.model} on {dataset}: {len(x_test)} test samples")
     _print_results(results)
     return results
 

@@ -1,6 +1,9 @@
 """Datasets that need no network: scikit-learn's bundled copies and synthetic data.
 
-Every loader returns ``(x_train, y_train), (x_test, y_test)`` with a seeded split.
+Every loader returns ``(x_train, y_train), (x_test, y_test)`` with a seeded split; its
+docstring says whether the features come raw or scaled, with which statistics, and its
+flag (``standardize`` or ``normalize``) gives the other form.  Standardisation always uses
+the train split's statistics, never the test split's.
 Files: :func:`load_mnist` / :func:`load_idx` (MNIST's IDX format), :func:`load_npz`, and
 :func:`iterate_batches` for arrays that do not fit in memory.
 """
@@ -27,32 +30,68 @@ def _split(x, y, test_size, seed, stratify):
 
 
 def _standardize(x_train, x_test):
+    """Both splits standardised with the train split's statistics: (x - mean) / std per
+    column (std with ddof=0; a constant column is divided by 1)."""
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std == 0] = 1
     return (x_train - mean) / std, (x_test - mean) / std
 
 
-def _sklearn(name):
+def _sklearn(name, **kwargs):
     try:
         from sklearn import datasets
     except ImportError as exc:  # pragma: no cover - scikit-learn is a dependency
         raise ImportError(
             "the bundled datasets need scikit-learn: pip install scikit-learn"
         ) from exc
-    return getattr(datasets, name)(return_X_y=True)
+    return getattr(datasets, name)(return_X_y=True, **kwargs)
 
 
 def load_digits(test_size: float = 0.2, seed: int = 0, normalize: bool = True):
-    """8x8 handwritten digits (1797 samples, 64 features, 10 classes), pixels scaled to
-    [0, 1] when ``normalize``; integer labels."""
+    """8x8 handwritten digits: 1797 samples, 64 pixel features, 10 classes (stratified
+    split).
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the split: the same seed, the same arrays.
+    normalize : bool
+        Divide the pixels by 16, their largest value, to put them in [0, 1]; False keeps
+        the raw pixel values, whole numbers 0..16.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 64): pixels in [0, 1] (``normalize``) or raw 0..16; y int64 labels
+        0..9.
+    """
     x, y = _sklearn("load_digits")
     x = x.astype(np.float32) / (16.0 if normalize else 1.0)
     return _split(x, y.astype(np.int64), test_size, seed, True)
 
 
 def load_iris(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
-    """Iris (150 samples, 4 features, 3 classes); features standardised on the train split."""
+    """Iris: 150 samples, 4 features (sepal and petal length and width, cm), 3 classes
+    (stratified split).
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the split: the same seed, the same arrays.
+    standardize : bool
+        Standardise the features with the train split's mean and standard deviation
+        (ddof=0), applied to both splits; False keeps the raw measurements in cm.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 4): standardised or raw features; y int64 labels 0..2.
+    """
     x, y = _sklearn("load_iris")
     (xtr, ytr), (xte, yte) = _split(x.astype(np.float32), y.astype(np.int64), test_size, seed, True)
     if standardize:
@@ -61,7 +100,24 @@ def load_iris(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
 
 
 def load_breast_cancer(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
-    """Breast cancer Wisconsin (569 samples, 30 features, binary labels 0/1)."""
+    """Breast cancer Wisconsin: 569 samples, 30 features, binary labels (stratified split).
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the split: the same seed, the same arrays.
+    standardize : bool
+        Standardise the features with the train split's mean and standard deviation
+        (ddof=0), applied to both splits; False keeps the raw feature values.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 30): standardised or raw features; y int64 labels 0 (malignant) and
+        1 (benign).
+    """
     x, y = _sklearn("load_breast_cancer")
     (xtr, ytr), (xte, yte) = _split(x.astype(np.float32), y.astype(np.int64), test_size, seed, True)
     if standardize:
@@ -69,15 +125,46 @@ def load_breast_cancer(test_size: float = 0.2, seed: int = 0, standardize: bool 
     return (xtr, ytr), (xte, yte)
 
 
-def load_diabetes(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
-    """Diabetes regression (442 samples, 10 features); the target is standardised too
-    when ``standardize`` (train statistics), so MSE is in units of its variance."""
-    x, y = _sklearn("load_diabetes")
+def load_diabetes(
+    test_size: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+    standardize_target: bool | None = None,
+):
+    """Diabetes regression: 442 samples, 10 features (age, sex, body mass index, blood
+    pressure, six serum measurements), a disease progression target.
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the split: the same seed, the same arrays.
+    standardize : bool
+        Standardise the features with the train split's mean and standard deviation
+        (ddof=0), applied to both splits.  False gives the raw features (age in years,
+        sex 1/2, ...), not scikit-learn's default pre-scaled copy, whose scaling uses
+        every sample, test split included.
+    standardize_target : bool, optional
+        Standardise the target the same way (train mean and standard deviation), so the
+        MSE is in units of its variance; default: as ``standardize``.  False keeps the
+        raw target, whole numbers 25..346.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 10): standardised or raw features; y float32 (N,): standardised or
+        raw target.
+    """
+    if standardize_target is None:
+        standardize_target = standardize
+    x, y = _sklearn("load_diabetes", scaled=False)
     (xtr, ytr), (xte, yte) = _split(
         x.astype(np.float32), y.astype(np.float32), test_size, seed, False
     )
     if standardize:
         xtr, xte = _standardize(xtr, xte)
+    if standardize_target:
         mean, std = ytr.mean(), ytr.std()
         ytr, yte = (ytr - mean) / std, (yte - mean) / std
     return (xtr, ytr), (xte, yte)
@@ -86,7 +173,25 @@ def load_diabetes(test_size: float = 0.2, seed: int = 0, standardize: bool = Tru
 def make_linear_regression(
     n_samples: int = 1000, noise: float = 0.1, seed: int = 0, test_size: float = 0.2
 ):
-    """The tutorial's line: y = 2x + 1 + noise, x uniform in [-1, 1]; x (N, 1), y (N,)."""
+    """The tutorial's line: y = 2x + 1 + noise, x uniform in [-1, 1], noise normal with
+    standard deviation ``noise``.
+
+    Parameters
+    ----------
+    n_samples : int
+        Samples in both splits together.
+    noise : float
+        Standard deviation of the noise added to y.
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the data and the split: the same seed, the same arrays.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 1): raw values in [-1, 1] (no scaling); y float32 (N,): raw targets.
+    """
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n_samples, 1)).astype(np.float32)
     y = (2 * x[:, 0] + 1 + rng.normal(0, noise, size=n_samples)).astype(np.float32)
@@ -100,7 +205,27 @@ def make_spirals(
     seed: int = 0,
     test_size: float = 0.2,
 ):
-    """Interleaved 2-D spirals, one arm per class; x (N, 2), integer labels."""
+    """Interleaved 2-D spirals, one arm per class (stratified split).
+
+    Parameters
+    ----------
+    n_samples : int
+        Samples in both splits together (rounded down to a multiple of ``n_classes``).
+    n_classes : int
+        Number of arms (classes).
+    noise : float
+        Standard deviation of the normal noise on each point's angle (radians).
+    test_size : float
+        Fraction of the samples in the test split, in (0, 1).
+    seed : int
+        Seeds the data and the split: the same seed, the same arrays.
+
+    Returns
+    -------
+    (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
+        x float32 (N, 2): raw coordinates, radius at most 1 (no scaling); y int64 labels
+        0..n_classes-1.
+    """
     rng = np.random.default_rng(seed)
     per = n_samples // n_classes
     xs, ys = [], []
@@ -121,6 +246,17 @@ LOADERS = {
     "diabetes": load_diabetes,
     "linear": make_linear_regression,
     "spirals": make_spirals,
+}
+
+#: The task of each bundled dataset ("classification" or "regression"), so that tools such
+#: as ``fastnn train`` never have to guess it from the targets.
+TASKS = {
+    "digits": "classification",
+    "iris": "classification",
+    "breast_cancer": "classification",
+    "diabetes": "regression",
+    "linear": "regression",
+    "spirals": "classification",
 }
 
 
@@ -272,7 +408,8 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 def load_npz(path):
     """A dataset saved as .npz with arrays x_train, y_train, x_test, y_test (read without
-    pickle); returns ``((x_train, y_train), (x_test, y_test))``."""
+    pickle); returns ``((x_train, y_train), (x_test, y_test))`` as stored: no scaling, no
+    dtype conversion."""
 
     where = os.fspath(path)
     try:

@@ -39,6 +39,25 @@ class Loss:
         ``last_act``."""
         raise NotImplementedError
 
+    def check_output(self, activation: str, layer: str, layer_type: str = "Dense") -> None:
+        """Checks that this loss fits a model whose outputs come from ``activation``.
+
+        Parameters
+        ----------
+        activation : str
+            The output activation (e.g. "softmax", "linear").
+        layer : str
+            Name of the layer that applies it, for the message.
+        layer_type : str
+            Its class name ("Dense" or "Activation"), for the suggested fix.
+
+        Raises
+        ------
+        ValueError
+            If the pairing trains on the wrong quantity (for example probabilities fed to
+            a loss that expects logits).  Regression losses accept any activation.
+        """
+
     def _direct_code(self, y_pred_is_logits: bool) -> tuple[int, str]:
         raise NotImplementedError
 
@@ -113,6 +132,8 @@ class MeanAbsoluteError(Loss):
 
 class _CrossEntropy(Loss):
     _has_logits = True
+    #: output activations whose values this loss accepts as probabilities
+    _prob_acts = ("softmax",)
     _fused_act = codes.SOFTMAX
     _logit_code = codes.SOFTMAX_CE
     _prob_code = codes.CATEGORICAL_CE
@@ -134,6 +155,37 @@ class _CrossEntropy(Loss):
         return StackLoss(self._prob_code, last_act, 1, self._prob_target)
 
     _prob_target = "onehot"
+
+    def check_output(self, activation, layer, layer_type="Dense"):
+        where = f"activation '{activation}' on layer '{layer}'"
+        if self.from_logits:
+            if activation in ("softmax", "sigmoid"):
+                fix = (
+                    "make the last Dense linear"
+                    if layer_type == "Dense"
+                    else f"remove the last {layer_type} layer"
+                )
+                raise ValueError(
+                    f"{self.name}: from_logits=True expects a linear last layer (logits), got "
+                    f"{where}, whose outputs are already probabilities (the loss would apply "
+                    f"{'sigmoid' if self._target == 'dense' else 'softmax'} to them again): "
+                    f"drop from_logits or {fix}"
+                )
+            return
+        if activation in self._prob_acts:
+            return
+        if activation == "sigmoid":
+            raise ValueError(
+                f"{self.name} expects probabilities that sum to 1 over the classes, got "
+                f"{where} (independent probabilities per output): give the last layer "
+                "activation='softmax', or use binary_crossentropy for independent "
+                "(multi-label) outputs"
+            )
+        raise ValueError(
+            f"{self.name} (from_logits=False) expects probabilities, got {where}: give the "
+            "last layer activation='softmax' (or 'sigmoid' for binary_crossentropy), or pass "
+            "from_logits=True for a linear output"
+        )
 
     def _direct_code(self, logits):
         return (self._logit_code, self._target) if logits else (self._prob_code, self._prob_target)
@@ -158,6 +210,7 @@ class BinaryCrossentropy(_CrossEntropy):
     """Binary cross-entropy per output, targets in [0, 1]."""
 
     name = "binary_crossentropy"
+    _prob_acts = ("sigmoid", "softmax")  # softmax outputs are probabilities in [0, 1] too
     _fused_act = codes.SIGMOID
     _logit_code = codes.SIGMOID_BCE
     _prob_code = codes.BINARY_CE

@@ -17,7 +17,7 @@ from ._engine import Engine
 from ._fit import fit_loop
 from ._names import lookup
 from .kernels import codes
-from .layers import Flatten, Input, Layer, float_dtype
+from .layers import Dropout, Flatten, Input, Layer, float_dtype
 from .layers.base import check_weight_list, sample_shape, size_of
 
 _METRICS = {
@@ -135,6 +135,13 @@ class Sequential:
         Floating type of weights and computation.
     backend : str, optional
         Kernel backend ("cython", "numba", "numpy", "cuda"); default :func:`fastnn.get_backend`.
+
+    Attributes
+    ----------
+    metadata : dict
+        JSON-serialisable information about the model (string keys), saved in model files
+        and restored by :func:`fastnn.load_model` (``fastnn train --save`` records the
+        dataset, task, seed and loss under ``"cli"``).  Empty by default.
     """
 
     def __init__(
@@ -165,8 +172,10 @@ class Sequential:
         self._engine: Engine | None = None
         self.optimizer = self.loss = self._plan = None
         self.metrics: list[str] = []
+        self._metric_kinds: list[str] = []  # "accuracy", "mae" or "mse" per entry of metrics
         self.stop_training = False
         self.history = None
+        self.metadata: dict = {}
         seq = np.random.SeedSequence(seed)
         self._init_rng, self._shuffle_rng = (np.random.default_rng(s) for s in seq.spawn(2))
         self._dropout_seed = int(seq.generate_state(1, dtype=np.uint32)[0])
@@ -312,10 +321,39 @@ class Sequential:
         return self._engine.n_params + self._engine.n_nontrain
 
     # -- compile ----------------------------------------------------------------------
-    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
-        """Chooses the optimizer (name or instance), the loss and the metrics.
+    def _output_activation(self) -> tuple[str, Layer] | None:
+        """(activation name, layer) of the model's outputs: that of the last layer that
+        changes its input at inference, looking through Dropout and Flatten (Dense and
+        Activation name theirs; any other kind, e.g. BatchNormalization, gives "linear":
+        unbounded values); None for a model of views only."""
+        for layer in reversed(self.layers):
+            if isinstance(layer, (Dropout, Flatten)):
+                continue
+            activation = getattr(layer, "activation", None)
+            return (activation if isinstance(activation, str) else "linear"), layer
+        return None
 
-        Metrics: "accuracy" (classification losses), "mae", "mse".
+    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
+        """Chooses the optimizer, the loss and the metrics.
+
+        Parameters
+        ----------
+        optimizer : str or Optimizer
+            A name (Keras defaults) or an instance.
+        loss : str or Loss
+            A name or an instance; it must fit the output activation: cross-entropies on
+            probabilities need a softmax output (binary_crossentropy: sigmoid or softmax),
+            ``from_logits=True`` needs logits (not a softmax or sigmoid output).
+        metrics : list of str, optional
+            "accuracy" or "acc" (classification losses), "mae" or "mean_absolute_error",
+            "mse" or "mean_squared_error".  Each is logged under the name given
+            (``metrics=["acc"]`` gives ``acc`` and ``val_acc``).
+
+        Raises
+        ------
+        ValueError
+            For an unknown name, a loss that does not fit the output activation, or
+            accuracy with a regression loss.  Nothing changes when compile raises.
         """
         if loss is None:
             raise ValueError(
@@ -323,6 +361,10 @@ class Sequential:
             )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
+        output = self._output_activation()
+        if output is not None:
+            activation, layer = output
+            loss.check_output(activation, layer.name, type(layer).__name__)
         if isinstance(metrics, str):
             metrics = [metrics]
         if metrics is not None and not isinstance(metrics, (list, tuple)):
@@ -330,16 +372,25 @@ class Sequential:
                 f"metrics must be a list of names such as ['accuracy'], got "
                 f"{type(metrics).__name__} {metrics!r}"
             )
-        names = []
+        names, kinds = [], []
         for m in metrics or []:
-            names.append(lookup(_METRICS, "metrics", m))
-        if "accuracy" in names and isinstance(
+            kind = lookup(_METRICS, "metrics", m)
+            name = m.strip()
+            if name in names:
+                raise ValueError(
+                    f"metrics must be distinct names (each is a key of the logs), got {name!r} "
+                    f"twice in {list(metrics)!r}"
+                )
+            names.append(name)
+            kinds.append(kind)
+        if "accuracy" in kinds and isinstance(
             loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
         ):
             raise ValueError(f"metric 'accuracy' needs a classification loss, got {loss.name}")
         self.optimizer = optimizer
         self.loss = loss
-        self.metrics = names
+        self.metrics = names  # logged under these names, as given
+        self._metric_kinds = kinds
         self._plan = None
         if self._engine is not None:
             self._engine.state = None
@@ -353,12 +404,12 @@ class Sequential:
         if self.optimizer is None:
             raise RuntimeError("call compile() before training or evaluating the model")
         if self._plan is None:
-            self._plan = self.loss.plan(self._output_activation())
+            self._plan = self.loss.plan(self._output_act_code())
         if self._engine.state is None:
             self._engine.init_state(self.optimizer)
         return self._plan
 
-    def _output_activation(self) -> int:
+    def _output_act_code(self) -> int:
         """The activation code of the last compiled layer (LINEAR unless it has one)."""
         last = self._engine.plan_for(1).layers[-1]
         if last[codes.P_KIND] in (codes.DENSE, codes.ACTIVATION):
@@ -366,7 +417,7 @@ class Sequential:
         return codes.LINEAR
 
     def _acc_mode(self, plan, y):
-        if "accuracy" not in self.metrics:
+        if "accuracy" not in self._metric_kinds:
             return codes.ACC_NONE, 0.5
         if plan.target == "sparse":
             return codes.ACC_SPARSE, 0.5
@@ -575,12 +626,12 @@ class Sequential:
         v = stats.tolist()
         rows = max(v[codes.STAT_ROWS], 1.0)
         logs = {prefix + "loss": v[codes.STAT_LOSS] / rows}
-        for m in self.metrics:
-            if m == "accuracy":
-                logs[prefix + m] = v[codes.STAT_CORRECT] / rows
+        for name, kind in zip(self.metrics, self._metric_kinds):
+            if kind == "accuracy":
+                logs[prefix + name] = v[codes.STAT_CORRECT] / rows
             else:
-                key = codes.STAT_ABS if m == "mae" else codes.STAT_SQ
-                logs[prefix + m] = v[key] / (rows * self.output_dim)
+                key = codes.STAT_ABS if kind == "mae" else codes.STAT_SQ
+                logs[prefix + name] = v[key] / (rows * self.output_dim)
         return logs
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None) -> float:
@@ -720,8 +771,8 @@ class Sequential:
 
     # -- files ------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Writes the model (config, weights, optimizer state) to one file; see
-        :func:`fastnn.load_model`."""
+        """Writes the model (config, weights, optimizer state, ``metadata``) to one file;
+        see :func:`fastnn.load_model` and :func:`fastnn.saving.save_model`."""
         from .saving import save_model
 
         save_model(self, path)

@@ -4,10 +4,15 @@ Inside a model the update runs once over the model's flat parameter buffer.  Dir
 
     opt = Adam(learning_rate=1e-3)
     opt.step([w, b], [dw, db])     # updates w and b in place
+
+In direct use the optimizer state belongs to each parameter array, as in PyTorch: every
+array passed to :meth:`Optimizer.step` has its own moments and its own step count, however
+the calls group or order the arrays.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -50,9 +55,44 @@ def _checked_pair(i, p, g) -> tuple[np.ndarray, np.ndarray]:
     return p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
 
 
+class _ParamState:
+    """The state of one parameter array in direct use: a weak reference to the array, its
+    state slots (max(slots, 1), size) and the number of updates it has had."""
+
+    __slots__ = ("ref", "slots", "steps")
+
+    def __init__(self, ref, slots):
+        self.ref, self.slots, self.steps = ref, slots, 0
+
+
+def _forget_on_free(table: dict, key: int):
+    """The weakref callback that drops ``table[key]`` when its array is freed."""
+
+    def forget(ref):
+        entry = table.get(key)
+        if entry is not None and entry.ref is ref:
+            del table[key]
+
+    return forget
+
+
 class Optimizer:
-    """Base class.  ``learning_rate`` is a positive number or a schedule: a callable
-    step -> rate (see :mod:`fastnn.schedules`), evaluated once per step."""
+    """Base class of the optimizers.
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        A positive number, or a schedule: a callable step -> rate (see
+        :mod:`fastnn.schedules`), evaluated once per step.
+
+    Attributes
+    ----------
+    iterations : int
+        Inside a model, the number of training steps taken (batches); schedules and
+        Adam's bias correction use it.  In direct use, the number of :meth:`step` (or
+        :meth:`apply_gradients`) calls; there each parameter also counts its own updates,
+        and those counts drive the bias correction and the schedule.
+    """
 
     code = -1
     name = "optimizer"
@@ -68,7 +108,7 @@ class Optimizer:
         else:
             self.learning_rate = _number(learning_rate, "learning_rate", 0.0, low_open=True)
         self.iterations = 0
-        self._state: dict = {}
+        self._state: dict[int, _ParamState] = {}  # id(array) -> state, in direct use
         self._kept_rates: tuple = (None, np.empty(0))
         self._kept_hyper: tuple = (None, np.empty(0))
 
@@ -146,11 +186,51 @@ class Optimizer:
         return {}
 
     # -- direct use -----------------------------------------------------------------
-    def step(self, params, grads, backend: str | None = None) -> None:
-        """Updates ``params`` in place from ``grads`` (arrays, or lists of arrays).
+    def _entry(self, p: np.ndarray) -> _ParamState | None:
+        """The state of array ``p`` (None if this optimizer has not updated it)."""
+        entry = self._state.get(id(p))
+        return entry if entry is not None and entry.ref() is p else None
 
-        State is kept per position in the list; the step counter advances once per call.
-        Every pair is checked before any is updated: an error leaves everything as it was.
+    def _new_entry(self, p: np.ndarray) -> _ParamState:
+        key = id(p)
+        ref = weakref.ref(p, _forget_on_free(self._state, key))
+        entry = self._state[key] = _ParamState(ref, self.init_state((p.size,), p.dtype))
+        return entry
+
+    def step(self, params, grads, backend: str | None = None) -> None:
+        """Updates ``params`` in place from ``grads``.
+
+        Parameters
+        ----------
+        params : ndarray or list of ndarray
+            Float32 or float64 arrays, C-contiguous and writeable, each at most once.
+        grads : ndarray or list of ndarray
+            One gradient per parameter, of the same shape and dtype, finite.
+        backend : str, optional
+            Kernel backend of the update (default :func:`fastnn.get_backend`).
+
+        Notes
+        -----
+        The state belongs to each parameter array, as in PyTorch: its moments (or momentum
+        buffer, or accumulator) and its step count, which Adam's bias correction and a
+        learning-rate schedule use (a parameter's k-th update gets ``schedule(k - 1)``).
+        Stepping two layers in separate calls, in any order, or all parameters in one call
+        gives the same updates.  An array the optimizer has not updated before starts with
+        fresh state; the state of an array is dropped when the array is freed.  A parameter
+        is the array object passed: a new view of the same memory (``w.reshape(...)``,
+        ``w[:]``) is a new parameter, so pass the same objects every step (a layer's
+        ``weights`` list holds stable objects).  ``iterations`` counts the calls.
+
+        Every pair is checked before any is updated: an error leaves the parameters, the
+        state and ``iterations`` as they were.
+
+        Raises
+        ------
+        TypeError
+            If a parameter is not a float32/float64 array.
+        ValueError
+            If a gradient does not match its parameter or is not finite, if an array
+            appears twice, or if an array's size or dtype changed since its last update.
         """
         single = isinstance(params, np.ndarray)
         params = [params] if single else list(params)
@@ -158,18 +238,49 @@ class Optimizer:
         if len(params) != len(grads):
             raise ValueError(f"params and grads must pair up, got {len(params)} and {len(grads)}")
         _, k = _backend.resolve(backend)
-        hyper = self.hyper()
         flat = [_checked_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
-        for i, (p, (p_flat, g_flat)) in enumerate(zip(params, flat)):
-            key = (i, p.shape, p.dtype.str)
-            if key not in self._state:
-                self._state[key] = self.init_state((p.size,), p.dtype)
-            state = self._state[key]
-            k.optimizer_update(p_flat, g_flat, state, self.code, hyper, self.iterations + 1)
+        first: dict[int, int] = {}
+        entries = []
+        for i, p in enumerate(params):
+            j = first.setdefault(id(p), i)
+            if j != i:
+                raise ValueError(
+                    f"params[{i}] is the same array as params[{j}]: each parameter may appear "
+                    "once per step (add up its gradients instead)"
+                )
+            entry = self._entry(p)
+            if entry is not None and (
+                entry.slots.shape[1] != p.size or entry.slots.dtype != p.dtype
+            ):
+                raise ValueError(
+                    f"params[{i}] must keep its size and dtype between steps (state for "
+                    f"{entry.slots.shape[1]} {entry.slots.dtype} values), got {p.size} "
+                    f"{p.dtype} values"
+                )
+            entries.append(entry)
+        # the rates of every parameter's step count, before any update (a schedule may fail)
+        hypers: dict[int, np.ndarray] = {}
+        for entry in entries:
+            t = 0 if entry is None else entry.steps
+            if t not in hypers:
+                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
+        for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
+            if entry is None:
+                entry = self._new_entry(p)
+            hyper = hypers[entry.steps]
+            k.optimizer_update(p_flat, g_flat, entry.slots, self.code, hyper, entry.steps + 1)
+            entry.steps += 1
         self.iterations += 1
 
     def apply_gradients(self, grads_and_vars) -> None:
-        """Keras-style: ``apply_gradients(zip(grads, variables))``."""
+        """Keras-style: ``apply_gradients(zip(grads, variables))``; the same as
+        ``step(variables, grads)`` (state per variable).
+
+        Parameters
+        ----------
+        grads_and_vars : iterable of (ndarray, ndarray)
+            (gradient, variable) pairs; variables are updated in place.
+        """
         pairs = list(grads_and_vars)
         self.step([v for _, v in pairs], [g for g, _ in pairs])
 

@@ -3,8 +3,9 @@
 Layout of a file written by :func:`save_model` (``model.save(path)``)::
 
     config.json                 format name/version, model config, compile config,
-                                training state (optimizer iterations, RNG states) and
-                                the name/dtype/shape of every array below
+                                training state (optimizer iterations, RNG states), the
+                                name/dtype/shape of every array below and, when the
+                                model has any, its ``metadata`` (optional)
     weights/<layer>/<weight>.npy  every weight by layer and weight name (trainable or not)
     optimizer/state.npy         the optimizer's state (slots, trainable parameters), once
                                 trained
@@ -14,7 +15,8 @@ Files of format version 1 (``weights/000.npy ...`` in get_weights order) still l
 Loading never unpickles (``allow_pickle=False``), checks every array's name, dtype and
 shape against the model rebuilt from the config, and refuses anything else with a
 ValueError.  Files are written to a temporary file in the same folder and moved into
-place, so an interrupted save leaves the previous file intact.
+place, so an interrupted save leaves the previous file intact; they get the permissions of
+a plain write (0666 & ~umask for a new file, the old file's for an overwritten one).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -54,19 +57,45 @@ def _write_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
     zf.writestr(name, buf.getvalue())
 
 
+def _umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: str) -> int:
+    """The permission bits a plain ``open(path, "wb")`` would leave: those of the file it
+    overwrites, else 0o666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _atomic_write(path, write) -> None:
     """Calls ``write(fileobj)`` on a temporary file next to ``path``, then moves it into
-    place; on any error the temporary file is removed and ``path`` is untouched."""
+    place; on any error the temporary file is removed and ``path`` is untouched.  The file
+    gets the permissions a plain write would give it (not the 0600 of a temporary file)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"folder {folder!r} does not exist")
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -120,10 +149,40 @@ def _model_arrays(model) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _metadata(model) -> dict:
+    """``model.metadata``, checked to be a dict that JSON stores and reads back unchanged."""
+    meta = getattr(model, "metadata", None) or {}
+    why = None
+    if not isinstance(meta, dict):
+        why = f"got {type(meta).__name__}"
+    else:
+        try:
+            if json.loads(json.dumps(meta, allow_nan=False)) != meta:
+                why = "it would not read back unchanged (tuples or non-string keys?)"
+        except (TypeError, ValueError) as exc:
+            why = str(exc)
+    if why is not None:
+        raise TypeError(
+            "model.metadata must be a dict with string keys and JSON values (str, finite "
+            f"numbers, bool, None, lists, dicts) to be saved; {why}"
+        )
+    return meta
+
+
 def save_model(model, path) -> None:
-    """Writes ``model`` (config, weights, optimizer state, RNG states) to ``path``."""
+    """Writes ``model`` (config, weights, optimizer state, RNG states and its
+    ``metadata``) to ``path``.
+
+    Raises
+    ------
+    TypeError
+        If ``model.metadata`` is not a JSON-serialisable dict with string keys.
+    FileNotFoundError
+        If the folder of ``path`` does not exist.
+    """
     from . import __version__
 
+    metadata = _metadata(model)
     arrays = _model_arrays(model)
     config = {
         "format": FORMAT,
@@ -139,6 +198,8 @@ def save_model(model, path) -> None:
         "backend": model.backend_name,
         "arrays": {name: _array_spec(a) for name, a in arrays.items()},
     }
+    if metadata:
+        config["metadata"] = metadata
     text = json.dumps(config, indent=1, allow_nan=False)
 
     def write(f):
@@ -230,6 +291,10 @@ def _read_config(zf):
     _expect(
         config.get("compile") is None or isinstance(config["compile"], dict),
         f"{CONFIG_NAME} has an invalid 'compile' entry",
+    )
+    _expect(
+        isinstance(config.get("metadata", {}), dict),
+        f"{CONFIG_NAME} has an invalid 'metadata' entry (not a JSON object)",
     )
     return config
 
@@ -336,9 +401,10 @@ def _restore_training(model, training):
 
 
 def load_model(path, backend: str | None = None, compile: bool = True):
-    """Reads a model written by ``model.save(path)``: architecture, weights and, with
-    ``compile``, optimizer (state and step count), loss, metrics and the shuffle/dropout
-    random state, so ``fit`` continues exactly where the saved model stopped.
+    """Reads a model written by ``model.save(path)``: architecture, weights, ``metadata``
+    (empty for files without it) and, with ``compile``, optimizer (state and step count),
+    loss, metrics and the shuffle/dropout random state, so ``fit`` continues exactly where
+    the saved model stopped.
 
     Raises
     ------
@@ -405,12 +471,14 @@ def _load(zf, backend, compile):
     if model.built:
         model.set_weights([arrays[n] for n in _weight_members(model, config["version"])])
     _restore_training(model, config["training"])
+    model.metadata = config.get("metadata", {})
     if has_state:
         model._stack_plan()
         model._engine.set_state(arrays["optimizer/state.npy"])
     if not compile and model.optimizer is not None:
         model.optimizer = model.loss = model._plan = None
         model.metrics = []
+        model._metric_kinds = []
         if model._engine is not None:
             model._engine.state = None
     return model

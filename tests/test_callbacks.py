@@ -387,3 +387,63 @@ def test_class_weight_shifts_predictions_towards_the_heavy_class():
     plain.fit(x, y, epochs=20, verbose=0)
     assert heavy.predict(x).argmax(1).mean() > plain.predict(x).argmax(1).mean()
     assert math.isfinite(heavy.evaluate(x, y)[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Metric names: logged as given, so callbacks find them
+
+
+def test_metrics_are_logged_under_the_names_given(tmp_path, capsys):
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["acc"])
+    hist = model.fit(x, y, epochs=2, verbose=2, validation_split=0.25)
+    assert list(hist.history) == ["loss", "acc", "val_loss", "val_acc"]
+    assert "acc: " in capsys.readouterr().out
+    assert list(model.evaluate(x, y, return_dict=True)) == ["loss", "acc"]
+    model.save(tmp_path / "m.fnn")
+    loaded = fastnn.load_model(tmp_path / "m.fnn", backend=BACKEND)
+    assert loaded.metrics == ["acc"]
+    assert list(loaded.evaluate(x, y, return_dict=True)) == ["loss", "acc"]
+
+
+def test_regression_metric_aliases_keep_their_names():
+    x, y = _data()
+    model = fastnn.Sequential([Dense(3, input_dim=4)], seed=0, backend=BACKEND)
+    model.compile(loss="mse", metrics=["mean_absolute_error", "mae", "mean_squared_error"])
+    yt = np.eye(3)[y % 3]
+    logs = model.evaluate(x, yt, return_dict=True)
+    assert list(logs) == ["loss", "mean_absolute_error", "mae", "mean_squared_error"]
+    pred = model.predict(x)
+    assert logs["mae"] == logs["mean_absolute_error"] == pytest.approx(np.abs(pred - yt).mean())
+    assert logs["mean_squared_error"] == pytest.approx(logs["loss"])
+    with pytest.raises(ValueError, match="metrics must be distinct.*'mae' twice"):
+        model.compile(loss="mse", metrics=["mae", "mae"])
+
+
+def test_early_stopping_on_val_acc_fires(recwarn):
+    x, y = _data()
+    es = cb.EarlyStopping(monitor="val_acc", patience=1, min_delta=2.0)  # never improves
+    model = _model()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["acc"])
+    hist = model.fit(x, y, epochs=10, verbose=0, validation_split=0.25, callbacks=[es])
+    assert len(hist.epoch) == 2 and es.stopped_epoch == 1
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def test_missing_monitor_warning_names_the_cause():
+    x, y = _data()
+    with pytest.warns(RuntimeWarning, match="pass validation data") as record:
+        _model().fit(x, y, epochs=1, verbose=0, callbacks=[cb.EarlyStopping("val_accuracy")])
+    assert "val_accuracy" in str(record[0].message)
+    with pytest.warns(RuntimeWarning) as record:
+        _model().fit(x, y, epochs=1, verbose=0, validation_split=0.25,
+                     callbacks=[cb.EarlyStopping("val_acc")])  # fmt: skip
+    msg = str(record[0].message)
+    assert "pass validation data" not in msg
+    assert "available: accuracy, loss, val_accuracy, val_loss" in msg
+    assert "did you mean 'val_accuracy'?" in msg.lower()
+    with pytest.warns(RuntimeWarning) as record:
+        _model().fit(x, y, epochs=1, verbose=0, callbacks=[cb.ReduceLROnPlateau("acc")])
+    msg = str(record[0].message)
+    assert "pass validation data" not in msg and "did you mean 'accuracy'?" in msg

@@ -76,14 +76,18 @@ def test_predict(tmp_path, capsys):
 
 @pytest.mark.parametrize("onehot", [True, False])
 def test_train_on_npz_with_two_dimensional_targets(tmp_path, capsys, onehot):
-    """One-hot rows train a softmax classifier; other 2-D targets a multi-output regression."""
+    """With --task, one-hot rows train a softmax classifier and other 2-D targets a
+    multi-output regression; float targets are never guessed."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 4)).astype(np.float32)
     labels = np.argmax(x[:, :3], axis=1)
     y = np.eye(3, dtype=np.float32)[labels] if onehot else np.c_[x[:, 0], 2 * x[:, 1]]
     np.savez(tmp_path / "d.npz", x_train=x[:70], y_train=y[:70], x_test=x[70:], y_test=y[70:])
-    code, out, err = _run(capsys, "train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "2",
-                          "--verbose", "0", *BACKEND)  # fmt: skip
+    argv = ["train", "--dataset", str(tmp_path / "d.npz"), "--epochs", "2", "--verbose", "0"]
+    code, _, err = _run(capsys, *argv, *BACKEND)
+    assert code == 2 and "--task" in err
+    task = "classification" if onehot else "regression"
+    code, out, err = _run(capsys, *argv, "--task", task, *BACKEND)
     assert code == 0, err
     assert ("test accuracy" in out) == onehot and ("test mae" in out) != onehot
 
@@ -206,3 +210,177 @@ def test_missing_matplotlib_is_a_clear_one_line_error(monkeypatch, capsys, tmp_p
                           *BACKEND)  # fmt: skip
     assert code == 2 and err.count("\n") == 1 and "matplotlib" in err
     assert "Training" not in out  # refused before training
+
+
+# -- the task: recorded for bundled datasets, never guessed from doubtful labels --------
+def _npz(tmp_path, y_train, y_test, name="d.npz", d=3):
+    rng = np.random.default_rng(0)
+    x_tr = rng.normal(size=(len(y_train), d)).astype(np.float32)
+    x_te = rng.normal(size=(len(y_test), d)).astype(np.float32)
+    path = tmp_path / name
+    np.savez(path, x_train=x_tr, y_train=y_train, x_test=x_te, y_test=y_test)
+    return str(path)
+
+
+def _refused(capsys, *argv, words=()):
+    code, out, err = _run(capsys, *argv, *BACKEND)
+    assert code == 2, out
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "Training" not in out  # refused before any model was built
+    for word in words:
+        assert word in err, err
+    return err
+
+
+def test_bundled_datasets_record_their_task():
+    assert set(datasets.TASKS) == set(datasets.LOADERS)
+    assert {n for n, t in datasets.TASKS.items() if t == "classification"} == {
+        "digits", "iris", "breast_cancer", "spirals",
+    }  # fmt: skip
+    assert {n for n, t in datasets.TASKS.items() if t == "regression"} == {"diabetes", "linear"}
+
+
+@pytest.mark.parametrize("dataset", ["diabetes", "linear"])
+def test_bundled_regression_datasets_train_a_regression(tmp_path, capsys, dataset):
+    path = tmp_path / "m.fnn"
+    code, out, err = _run(capsys, "train", "--dataset", dataset, "--epochs", "1", "--verbose",
+                          "0", "--save", str(path), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "test mae" in out and "test accuracy" not in out
+    assert fastnn.load_model(path).output_dim == 1
+
+
+def test_whole_number_float_targets_are_not_guessed_to_be_classes(tmp_path, capsys):
+    """The raw diabetes target (whole numbers stored as floats) once trained a 347-class
+    classifier."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(25, 347, size=60).astype(np.float32)
+    data = _npz(tmp_path, y[:45], y[45:])
+    _refused(capsys, "train", "--dataset", data, words=("--task", "float"))
+    frac = _npz(tmp_path, y[:45] + 0.5, y[45:], name="frac.npz")
+    _refused(capsys, "train", "--dataset", frac, words=("--task",))
+    path = tmp_path / "m.fnn"
+    code, out, err = _run(capsys, "train", "--dataset", data, "--task", "regression",
+                          "--epochs", "1", "--save", str(path), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "test mae" in out
+    assert fastnn.load_model(path).output_dim == 1
+
+
+def test_labels_that_do_not_start_at_zero_are_refused(tmp_path, capsys):
+    """Wine's labels 1..3 once built a 4-class output whose class 0 was always empty."""
+    y = np.tile([1, 2, 3], 20)
+    data = _npz(tmp_path, y[:45], y[45:])
+    _refused(capsys, "train", "--dataset", data, words=("--task", "class 0"))
+    _refused(capsys, "train", "--dataset", data, "--task", "classification",
+             words=("class 0", "0..K-1"))  # fmt: skip
+    gaps = _npz(tmp_path, np.tile([0, 1, 3], 20)[:45], np.tile([0, 1, 3], 5), name="g.npz")
+    _refused(capsys, "train", "--dataset", gaps, "--task", "classification", words=("class 2",))
+    # a class only the test split holds has no training samples either
+    unseen = _npz(tmp_path, np.tile([0, 1], 20), np.array([0, 1, 2]), name="u.npz")
+    _refused(capsys, "train", "--dataset", unseen, words=("class 2",))
+
+
+def test_more_than_100_classes_need_an_explicit_task(tmp_path, capsys):
+    y = np.arange(101).repeat(2)
+    data = _npz(tmp_path, y, y[:10])
+    _refused(capsys, "train", "--dataset", data, words=("--task", "101 classes"))
+    code, out, err = _run(capsys, "train", "--dataset", data, "--task", "classification",
+                          "--epochs", "1", "--hidden", "4", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "test accuracy" in out
+
+
+def test_integer_labels_from_zero_are_classified_without_a_task(tmp_path, capsys):
+    y = np.tile([0, 1, 2], 20)
+    code, out, err = _run(capsys, "train", "--dataset", _npz(tmp_path, y[:45], y[45:]),
+                          "--epochs", "1", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert "test accuracy" in out
+
+
+def test_loss_option(tmp_path, capsys):
+    path = tmp_path / "m.fnn"
+    code, out, err = _run(capsys, "train", "--dataset", "iris", "--loss",
+                          "categorical_crossentropy", "--epochs", "2", "--save", str(path),
+                          *BACKEND)  # fmt: skip
+    assert code == 0, err
+    model = fastnn.load_model(path)
+    assert model.loss.name == "categorical_crossentropy" and model.output_dim == 3
+    code, out2, err = _run(capsys, "evaluate", str(path), *BACKEND)  # labels -> one-hot again
+    assert code == 0, err
+    assert _value(out2, "loss") == _value(out, "loss")
+    code, _, err = _run(capsys, "train", "--dataset", "breast_cancer", "--loss",
+                        "sparse_categorical_crossentropy", "--epochs", "1", "--save",
+                        str(path), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert fastnn.load_model(path).output_dim == 2
+    code, out, err = _run(capsys, "train", "--dataset", "linear", "--loss", "mae", "--epochs",
+                          "1", "--save", str(path), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert fastnn.load_model(path).loss.name == "mean_absolute_error"
+    _refused(capsys, "train", "--dataset", "iris", "--loss", "mse",
+             words=("--loss", "regression loss", "classification"))  # fmt: skip
+    _refused(capsys, "train", "--dataset", "diabetes", "--loss", "binary_crossentropy",
+             words=("--loss", "classification loss", "regression"))  # fmt: skip
+    _refused(capsys, "train", "--dataset", "iris", "--loss", "binary_crossentropy",
+             words=("binary_crossentropy", "2 classes", "3"))  # fmt: skip
+    _refused(capsys, "train", "--dataset", "iris", "--loss", "msee", words=("Did you mean",))
+
+
+def test_task_option_values(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--task", "clustering"])
+    assert exc.value.code == 2
+    assert "--task" in capsys.readouterr().err
+
+
+# -- evaluate: the dataset and seed recorded by train ----------------------------------
+def test_evaluate_defaults_to_the_recorded_dataset_and_seed(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "m.fnn"
+    code, out, err = _run(capsys, "train", "--dataset", "iris", "--epochs", "3", "--seed", "5",
+                          "--save", str(path), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    meta = fastnn.load_model(path).metadata["cli"]
+    assert meta == {
+        "dataset": "iris", "task": "classification", "seed": 5,
+        "loss": "sparse_categorical_crossentropy",
+    }  # fmt: skip
+    code, out2, err = _run(capsys, "evaluate", str(path), *BACKEND)
+    assert code == 0, err
+    assert "on iris" in out2
+    assert _value(out2, "loss") == _value(out, "loss")
+    # an explicit --dataset (and --seed) still wins
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1, 2], 10)
+    other = _npz(tmp_path, y, y, name="other.npz", d=4)
+    code, out3, err = _run(capsys, "evaluate", str(path), "--dataset", other, *BACKEND)
+    assert code == 0, err
+    assert "on " + other in out3 and "30 test samples" in out3
+    code, out4, err = _run(capsys, "evaluate", str(path), "--seed", "6", *BACKEND)
+    assert code == 0, err
+    assert _value(out4, "loss") != _value(out, "loss")
+    # a relative .npz path is recorded so that evaluate finds it from another folder
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(capsys, "train", "--dataset", "other.npz", "--epochs", "1",
+                        "--save", "n.fnn", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code, out5, err = _run(capsys, "evaluate", "../n.fnn", *BACKEND)
+    assert code == 0, err
+    assert "30 test samples" in out5
+    del rng
+
+
+def test_evaluate_without_a_record_needs_a_dataset(tmp_path, capsys):
+    model = fastnn.Sequential(
+        [fastnn.layers.Dense(3, activation="softmax", input_dim=4)], seed=0, backend="numpy"
+    )
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "m.fnn")
+    code, _, err = _run(capsys, "evaluate", str(tmp_path / "m.fnn"), *BACKEND)
+    assert code == 2 and err.count("\n") == 1 and "--dataset" in err
+    code, out, err = _run(capsys, "evaluate", str(tmp_path / "m.fnn"), "--dataset", "iris",
+                          *BACKEND)  # fmt: skip
+    assert code == 0, err

@@ -200,3 +200,56 @@ def test_standardized_train_split():
     (x, _), _ = datasets.load_breast_cancer()
     np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(x.std(0), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(datasets.LOADERS))
+def test_every_loader_documents_what_it_returns(name):
+    doc = datasets.LOADERS[name].__doc__
+    assert "Returns\n    -------" in doc
+    assert "x_train" in doc and "y_train" in doc
+
+
+def _rows_of(x, reference):
+    """Whether every row of x is a row of reference (float32 comparison)."""
+    ref = {tuple(r) for r in reference.astype(np.float32)}
+    return all(tuple(r) in ref for r in x.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "name, flag, sk_name, sk_kwargs",
+    [
+        ("iris", "standardize", "load_iris", {}),
+        ("breast_cancer", "standardize", "load_breast_cancer", {}),
+        ("diabetes", "standardize", "load_diabetes", {"scaled": False}),
+        ("digits", "normalize", "load_digits", {}),
+    ],
+)
+def test_raw_features_are_the_original_values(name, flag, sk_name, sk_kwargs):
+    import sklearn.datasets
+
+    raw_x, raw_y = getattr(sklearn.datasets, sk_name)(return_X_y=True, **sk_kwargs)
+    (x, y), (xt, yt) = datasets.LOADERS[name](**{flag: False})
+    assert _rows_of(x, raw_x) and _rows_of(xt, raw_x)
+    assert set(np.unique(np.concatenate([y, yt]))) <= set(np.unique(raw_y))
+
+
+@pytest.mark.parametrize("name", ["iris", "breast_cancer", "diabetes"])
+def test_standardized_features_use_the_train_split_statistics(name):
+    (x, _), (xt, _) = datasets.LOADERS[name]()
+    (rx, _), (rxt, _) = datasets.LOADERS[name](standardize=False)
+    mean, std = rx.mean(axis=0), rx.std(axis=0)
+    np.testing.assert_allclose(x, (rx - mean) / std, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(xt, (rxt - mean) / std, rtol=1e-4, atol=1e-4)
+
+
+def test_diabetes_target_raw_or_standardized():
+    (_, y_raw), (_, yt_raw) = datasets.load_diabetes(standardize=False)
+    assert y_raw.dtype == np.float32 and np.all(np.mod(y_raw, 1) == 0)
+    assert 25 <= y_raw.min() and y_raw.max() <= 346
+    (x, y), (_, yt) = datasets.load_diabetes()
+    mean, std = y_raw.mean(), y_raw.std()
+    np.testing.assert_allclose(y, (y_raw - mean) / std, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(yt, (yt_raw - mean) / std, rtol=1e-5, atol=1e-5)
+    (x2, y2), _ = datasets.load_diabetes(standardize_target=False)
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y_raw)

@@ -17,6 +17,7 @@ RUNS = {
     "binary_classifier": [],
     "mnist_mlp": [],
     "gradcheck_walkthrough": [],
+    "two_layer_loop": [],
     "mnist_mlp_idx": ["--mnist", "{mnist}"],
 }
 
@@ -96,3 +97,9 @@ def test_gradcheck_walkthrough(runs):
     out, _ = _ok(runs, "gradcheck_walkthrough")
     assert "Dense layer gradcheck: passed" in out
     assert "model gradcheck: passed" in out
+
+
+def test_two_layers_stepped_separately_match_one_call(runs):
+    out, _ = _ok(runs, "two_layer_loop")
+    assert _number(out, "max weight difference vs one step call") == 0.0
+    assert float(out.split("train MSE ")[1].split()[0]) <= 0.05

@@ -415,3 +415,15 @@ def test_batchnorm_mlp_steps_match_pytorch(backend, dtype):
             np.testing.assert_allclose(g, w, atol=bound, err_msg=f"weight {i}")
             continue
         np.testing.assert_allclose(g, w, **tol, err_msg=f"weight {i}")
+
+
+def test_a_batchnorm_output_counts_as_logits_for_the_loss_check():
+    """compile's loss/output check sees what the last layer that changes its input emits:
+    after a BatchNormalization, unbounded values, whatever the Dense before it applied."""
+    model = fastnn.Sequential(
+        [Input(shape=(4,)), Dense(3, activation="softmax"), BatchNormalization(), Dropout(0.1)],
+        backend="numpy",
+    )
+    with pytest.raises(ValueError, match="expects probabilities"):
+        model.compile("adam", "categorical_crossentropy")
+    model.compile("adam", fastnn.losses.CategoricalCrossentropy(from_logits=True))

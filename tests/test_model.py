@@ -293,6 +293,92 @@ def test_compile_errors():
 
 
 # ---------------------------------------------------------------------------------------
+# compile: the loss must fit the output layer (probabilities or logits)
+
+CE_LOSSES = [
+    "categorical_crossentropy",
+    "sparse_categorical_crossentropy",
+    "binary_crossentropy",
+]
+_LOSS_CLASSES = {
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "binary_crossentropy": BinaryCrossentropy,
+}
+
+
+def _two_layers(last, *extra, input_dim=None):
+    """Dense(4, relu) -> Dense(3, last) [-> extra layers]; unbuilt without input_dim."""
+    return fastnn.Sequential(
+        [Dense(4, activation="relu", input_dim=input_dim), Dense(3, activation=last), *extra],
+        backend="numpy",
+    )
+
+
+@pytest.mark.parametrize("input_dim", [None, 5])
+@pytest.mark.parametrize("act", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("loss", CE_LOSSES)
+def test_from_logits_on_a_probability_output_is_refused(loss, act, input_dim):
+    model = _two_layers(act, input_dim=input_dim)
+    with pytest.raises(ValueError) as info:
+        model.compile(loss=_LOSS_CLASSES[loss](from_logits=True))
+    msg = str(info.value)
+    assert "from_logits=True expects a linear last layer (logits)" in msg
+    assert f"activation '{act}' on layer 'dense_1'" in msg
+    assert "drop from_logits or make the last Dense linear" in msg
+    assert model.optimizer is None and model.loss is None  # nothing was compiled
+
+
+@pytest.mark.parametrize("act", [None, "relu", "tanh", "leaky_relu"])
+@pytest.mark.parametrize("loss", CE_LOSSES)
+def test_probability_losses_on_a_non_probability_output_are_refused(loss, act):
+    model = _two_layers(act)
+    with pytest.raises(ValueError) as info:
+        model.compile(loss=loss)
+    msg = str(info.value)
+    assert f"{loss} (from_logits=False) expects probabilities" in msg
+    assert f"activation '{act or 'linear'}' on layer 'dense_1'" in msg
+    assert "activation='softmax'" in msg and "from_logits=True for a linear output" in msg
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "sparse_categorical_crossentropy"])
+def test_categorical_losses_on_sigmoid_outputs_are_refused(loss):
+    with pytest.raises(ValueError, match=r"sum to 1.*'sigmoid' on layer 'dense_1'.*softmax"):
+        _two_layers("sigmoid").compile(loss=loss)
+
+
+def test_the_output_activation_looks_through_dropout_and_counts_activation_layers():
+    ok = [
+        (_two_layers("softmax", Dropout(0.2)), "categorical_crossentropy"),
+        (_two_layers(None, Activation("softmax")), "sparse_categorical_crossentropy"),
+        (_two_layers(None, Activation("sigmoid"), Dropout(0.1)), "binary_crossentropy"),
+        (_two_layers("softmax"), "binary_crossentropy"),  # probabilities in [0, 1]
+        (_two_layers(None, Dropout(0.2)), CategoricalCrossentropy(from_logits=True)),
+        (_two_layers("relu"), "mse"),
+        (_two_layers("softmax"), "mae"),
+    ]
+    for model, loss in ok:
+        model.compile(loss=loss)
+    with pytest.raises(ValueError, match="activation 'linear' on layer 'dense_1'"):
+        _two_layers(None, Dropout(0.2)).compile(loss="categorical_crossentropy")
+    with pytest.raises(ValueError, match="activation 'softmax' on layer 'activation_2'"):
+        _two_layers(None, Activation("softmax")).compile(
+            loss=SparseCategoricalCrossentropy(from_logits=True)
+        )
+    with pytest.raises(ValueError, match="activation 'tanh' on layer 'activation_2'"):
+        _two_layers("softmax", Activation("tanh")).compile(loss="categorical_crossentropy")
+
+
+def test_a_refused_loss_keeps_the_previous_compile():
+    model = _two_layers("softmax", input_dim=5)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["acc"])
+    before = (model.optimizer, model.loss, model.metrics)
+    with pytest.raises(ValueError, match="from_logits"):
+        model.compile(optimizer="adam", loss=SparseCategoricalCrossentropy(from_logits=True))
+    assert (model.optimizer, model.loss, model.metrics) == before
+
+
+# ---------------------------------------------------------------------------------------
 # fit, History, validation
 
 
@@ -449,7 +535,8 @@ FAMILIES = {
     "sparse_ce": ("softmax", "sparse_categorical_crossentropy", "sparse"),
     "categorical_ce": ("softmax", "categorical_crossentropy", "onehot"),
     "categorical_ce_logits": (None, CategoricalCrossentropy(from_logits=True), "onehot"),
-    "categorical_ce_on_sigmoid": ("sigmoid", "categorical_crossentropy", "onehot"),
+    # probabilities through a trailing Dropout: the loss on probabilities, not fused
+    "categorical_ce_through_dropout": ("softmax+dropout", "categorical_crossentropy", "onehot"),
     "bce": ("sigmoid", "binary_crossentropy", "onehot"),
     "bce_logits": (None, BinaryCrossentropy(from_logits=True), "onehot"),
     "bce_on_softmax": ("softmax", "binary_crossentropy", "onehot"),
@@ -481,12 +568,14 @@ def _parity_data(kind, n=22, d=5, k=3):
 
 def _parity_model(family, opt, backend, dtype, weights=None):
     last, loss, _ = FAMILIES[family]
+    last, _, tail = (last or "").partition("+")
     model = fastnn.Sequential(
         [
             Dense(7, activation="relu", input_dim=5, kernel_regularizer=L1L2(1e-3, 1e-3)),
             Dropout(0.25),
             Dense(6, activation="tanh"),
-            Dense(3, activation=last),
+            Dense(3, activation=last or None),
+            *([Dropout(0.2)] if tail == "dropout" else []),
         ],
         seed=5,
         backend=backend,

@@ -132,13 +132,146 @@ def test_step_on_a_single_array_and_apply_gradients(backend):
     np.testing.assert_allclose(w, 0.9, rtol=1e-6)  # Adam's first step is lr * sign(g)
 
 
-def test_state_is_kept_per_parameter_position():
+def test_state_is_kept_per_parameter():
+    """Each array has its own momentum buffer, whatever its position in the call."""
     opt = SGD(learning_rate=1.0, momentum=0.5)
     a, b = np.zeros(2), np.zeros(2)
     opt.step([a, b], [np.ones(2), np.zeros(2)])
-    opt.step([a, b], [np.ones(2), np.zeros(2)])
+    opt.step([b, a], [np.zeros(2), np.ones(2)])  # the order changed: the state follows
     np.testing.assert_allclose(a, -(1 + 1.5))
     np.testing.assert_array_equal(b, 0.0)  # b's buffer did not pick up a's gradients
+
+
+def test_adam_state_and_step_count_belong_to_each_parameter():
+    """Two same-shaped arrays stepped in separate calls keep separate moments and step
+    counts: a constant-sign gradient moves each by lr per step (bias correction uses the
+    parameter's own step count)."""
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    opt = Adam(learning_rate=0.1)
+    for _ in range(3):
+        opt.step([a], [np.ones(3, np.float32)])
+        opt.step([b], [-np.ones(3, np.float32)])
+    np.testing.assert_allclose(a, -0.3, rtol=1e-5)
+    np.testing.assert_allclose(b, 0.3, rtol=1e-5)
+    assert opt.iterations == 6  # the number of step calls
+
+
+def _three_ways(make, backend, shapes=((4, 3), (4, 3), (3,))):
+    """The same gradients applied (1) in one call, (2) one call per parameter and (3) one
+    call per parameter in reverse order; returns the three parameter lists."""
+    rng = np.random.default_rng(3)
+    start = [rng.normal(size=s) for s in shapes]
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(STEPS)]
+    results = []
+    for way in range(3):
+        opt = make()
+        params = [p.copy() for p in start]
+        for gs in grads:
+            if way == 0:
+                opt.step(params, gs, backend=backend)
+            else:
+                order = range(len(params)) if way == 1 else reversed(range(len(params)))
+                for i in order:
+                    opt.step([params[i]], [gs[i]], backend=backend)
+        results.append(params)
+    return results
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_updates_do_not_depend_on_how_calls_group_the_parameters(name, backend):
+    together, separate, reversed_ = _three_ways(CASES[name][0], backend)
+    for p, q, r in zip(together, separate, reversed_):
+        np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(p, r)
+
+
+def test_a_schedule_runs_on_each_parameters_own_step_count():
+    """With a schedule, stepping the parameters one call each gives every parameter the
+    rates schedule(0), schedule(1), ... as stepping them together does."""
+
+    def make():
+        return Adam(learning_rate=lambda step: 0.1 * 0.5**step)
+
+    together, separate, reversed_ = _three_ways(make, None)
+    for p, q, r in zip(together, separate, reversed_):
+        np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(p, r)
+
+
+def test_a_new_parameter_starts_with_fresh_state():
+    opt = Adam(learning_rate=0.1)
+    a = np.zeros(3)
+    for _ in range(5):
+        opt.step(a, np.full(3, 7.0))
+    c = np.zeros(3)  # never seen: its first step is Adam's first step, lr * sign(g)
+    opt.step(c, np.full(3, -1.0))
+    np.testing.assert_allclose(c, 0.1, rtol=1e-6)
+
+
+def test_a_freed_parameter_leaves_no_state_behind():
+    """State is dropped with its array; an array that reuses a freed array's id (CPython
+    recycles them) starts fresh rather than inheriting the old moments."""
+    opt = SGD(learning_rate=1.0, momentum=0.9)
+    for _ in range(50):
+        a = np.zeros(4)
+        old = id(a)
+        opt.step(a, np.ones(4))
+        opt.step(a, np.ones(4))
+        del a
+        b = np.zeros(4)
+        opt.step(b, np.ones(4))  # a first step: no momentum from a (or from any old array)
+        np.testing.assert_array_equal(b, -1.0)
+        if id(b) == old:
+            break
+        del b
+    assert len(opt._state) <= 1
+
+
+def test_each_parameter_may_appear_once_per_call():
+    opt = Adam()
+    a = np.zeros(3)
+    with pytest.raises(ValueError, match=r"params\[1\] is the same array as params\[0\]"):
+        opt.step([a, a], [np.ones(3), np.ones(3)])
+    np.testing.assert_array_equal(a, 0.0)
+    assert opt.iterations == 0
+
+
+def test_apply_gradients_keeps_state_per_variable():
+    a, b = np.zeros(3), np.zeros(3)
+    opt = Adam(learning_rate=0.1)
+    for _ in range(3):
+        opt.apply_gradients([(np.ones(3), a)])
+        opt.apply_gradients(zip([-np.ones(3)], [b]))
+    np.testing.assert_allclose(a, -0.3, rtol=1e-6)
+    np.testing.assert_allclose(b, 0.3, rtol=1e-6)
+
+
+def test_two_dense_layers_stepped_separately_match_one_call():
+    """The hand-written loop of the user guide: the layers' weight lists are stable
+    objects, so each layer's kernel and bias keep their own state across calls."""
+    from fastnn.layers import Dense
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    y = rng.normal(size=(16, 4)).astype(np.float32)
+    runs = []
+    for together in (True, False):
+        l1 = Dense(4, activation="tanh").build(4, "float32", np.random.default_rng(1))
+        l2 = Dense(4).build(4, "float32", np.random.default_rng(2))
+        opt = Adam(learning_rate=0.01)
+        loss = fastnn.losses.MeanSquaredError()
+        for _ in range(5):
+            out = l2.forward(l1.forward(x, training=True), training=True)
+            l1.backward(l2.backward(loss.gradient(y, out)))
+            if together:
+                opt.step(l1.weights + l2.weights, l1.grads + l2.grads)
+            else:
+                opt.step(l1.weights, l1.grads)
+                opt.step(l2.weights, l2.grads)
+        runs.append([w.copy() for w in l1.weights + l2.weights])
+    for p, q in zip(*runs):
+        np.testing.assert_array_equal(p, q)
 
 
 def test_step_with_a_bad_pair_updates_nothing():
@@ -147,14 +280,28 @@ def test_step_with_a_bad_pair_updates_nothing():
     opt = Adam(learning_rate=0.1)
     a, b = np.ones(3), np.ones(2)
     opt.step([a, b], [np.ones(3), np.ones(2)])
-    before = (a.copy(), b.copy(), {k: v.copy() for k, v in opt._state.items()})
-    for bad in ([np.ones(3), np.array([1.0, np.nan])], [np.ones(3), np.ones(3)]):
-        with pytest.raises(ValueError, match=r"grads\[1\]"):
-            opt.step([a, b], bad)
+
+    def state():
+        return {k: (e.slots.copy(), e.steps) for k, e in opt._state.items()}
+
+    before = (a.copy(), b.copy(), state())
+    c = np.ones(4)
+    bad_calls = [
+        ([a, b], [np.ones(3), np.array([1.0, np.nan])]),
+        ([a, b], [np.ones(3), np.ones(3)]),
+        ([a, b, c], [np.ones(3), np.ones(2), np.ones(5)]),
+    ]
+    for params, grads in bad_calls:
+        with pytest.raises(ValueError, match=r"grads\[(1|2)\]"):
+            opt.step(params, grads)
         np.testing.assert_array_equal(a, before[0])
         np.testing.assert_array_equal(b, before[1])
-        for key, value in before[2].items():
-            np.testing.assert_array_equal(opt._state[key], value)
+        np.testing.assert_array_equal(c, 1.0)
+        after = state()
+        assert after.keys() == before[2].keys()
+        for key, (slots, steps) in before[2].items():
+            np.testing.assert_array_equal(after[key][0], slots)
+            assert after[key][1] == steps
         assert opt.iterations == 1
 
 

@@ -429,7 +429,7 @@ LOSS_SETUPS = [
     ("sparse_categorical_crossentropy", "softmax", "labels"),
     (losses.SparseCategoricalCrossentropy(from_logits=True), "linear", "labels"),
     ("categorical_crossentropy", "softmax", "onehot"),
-    ("categorical_crossentropy", "sigmoid", "onehot"),
+    ("categorical_crossentropy", "softmax+dropout", "onehot"),  # not fused: probabilities
     (losses.CategoricalCrossentropy(from_logits=True), "linear", "onehot"),
     ("binary_crossentropy", "sigmoid", "binary"),
     (losses.BinaryCrossentropy(from_logits=True), "linear", "binary"),
@@ -486,7 +486,10 @@ def stacks(draw):
                     momentum=0.9, center=draw(st.booleans()), scale=draw(st.booleans())
                 )
             )
+    last, _, tail = last.partition("+")
     layers.append(Dense(n_out, activation=last))
+    if tail == "dropout":
+        layers.append(Dropout(draw(st.sampled_from([0.0, 0.25]))))
     seed = draw(seeds)
     model = fastnn.Sequential(layers, seed=seed % 1000, dtype=dtype, backend="numpy")
     model.compile(draw(st.sampled_from(OPTIMIZERS))(), loss)

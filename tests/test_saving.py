@@ -440,3 +440,65 @@ def test_save_into_missing_folder(tmp_path, saved):
     model, _ = saved
     with pytest.raises(FileNotFoundError):
         model.save(tmp_path / "no" / "such" / "m.fnn")
+
+
+# -- file permissions --------------------------------------------------------------------
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_files_get_the_mode_of_a_normal_file(tmp_path, saved):
+    """0666 & ~umask, as open() gives, not the 0600 of a temporary file; an existing file
+    keeps its mode when it is overwritten."""
+    import stat
+
+    model, _ = saved
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    old = os.umask(0o022)
+    try:
+        model.save(tmp_path / "a.fnn")
+        model.save_weights(tmp_path / "w.npz")
+        with open(tmp_path / "plain", "w"):
+            pass
+        assert mode(tmp_path / "a.fnn") == mode(tmp_path / "w.npz") == 0o644
+        assert mode(tmp_path / "plain") == 0o644
+        os.umask(0o027)
+        model.save(tmp_path / "b.fnn")
+        assert mode(tmp_path / "b.fnn") == 0o640
+        os.chmod(tmp_path / "a.fnn", 0o604)
+        model.save(tmp_path / "a.fnn")  # overwritten: the file keeps its mode
+        assert mode(tmp_path / "a.fnn") == 0o604
+    finally:
+        os.umask(old)
+
+
+# -- metadata ------------------------------------------------------------------------------
+def test_metadata_round_trips_and_is_optional(tmp_path, saved):
+    model, path = saved
+    assert fastnn.load_model(path).metadata == {}  # a file without metadata
+    model.metadata = {"cli": {"dataset": "iris", "seed": 3}, "note": [1, 2.5, None]}
+    model.save(tmp_path / "meta.fnn")
+    loaded = fastnn.load_model(tmp_path / "meta.fnn")
+    assert loaded.metadata == model.metadata
+    assert fastnn.load_model(tmp_path / "meta.fnn", compile=False).metadata == model.metadata
+    with zipfile.ZipFile(tmp_path / "meta.fnn") as zf:
+        config = json.loads(zf.read("config.json"))
+    assert config["metadata"] == model.metadata
+    config["metadata"] = ["not", "a", "dict"]
+    with zipfile.ZipFile(tmp_path / "meta.fnn") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "bad.fnn", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(ValueError, match="not a valid fastnn model file.*metadata"):
+        fastnn.load_model(tmp_path / "bad.fnn")
+
+
+def test_metadata_must_be_a_json_dict(tmp_path, saved):
+    model, _ = saved
+    for bad in ({"x": np.zeros(2)}, {"x": float("nan")}, {1: "a"}, ["a"]):
+        model.metadata = bad
+        with pytest.raises(TypeError, match="metadata must be a dict"):
+            model.save(tmp_path / "m.fnn")
+        assert not (tmp_path / "m.fnn").exists()
