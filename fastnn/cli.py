@@ -336,15 +336,47 @@ def plan_training(task: str, loss, y_train, y_test, guessing: bool = False) -> T
     return TrainPlan("classification", loss, k, "softmax", onehot, ["accuracy"])
 
 
-def build_for(plan: TrainPlan, input_dim, hidden, seed, backend):
-    """The CLI's network for a plan: Dense(hidden, relu)... -> the plan's output layer."""
+def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
+    """The CLI's network for a plan: Normalization (adapted on ``x_train``, so that the
+    model takes raw features) -> Dense(hidden, relu)... -> the plan's output layer."""
     import fastnn
-    from fastnn.layers import Dense
+    from fastnn.layers import Dense, Normalization
 
-    layers = [Dense(hidden[0], activation="relu", input_dim=input_dim)]
-    layers += [Dense(h, activation="relu") for h in hidden[1:]]
+    norm = Normalization(name="normalization")
+    norm.adapt(x_train)
+    mean, variance = norm.get_weights()
+    variance[variance == 0] = 1  # a constant feature passes through centred, not divided by 0
+    norm.set_weights([mean, variance])
+    layers = [fastnn.Input(shape=(x_train.shape[1],)), norm]
+    layers += [Dense(h, activation="relu") for h in hidden]
     layers.append(Dense(plan.n_out, activation=plan.activation))
     return fastnn.Sequential(layers, seed=seed, backend=backend)
+
+
+def _target_scaler(y_train):
+    """{"target_mean", "target_std"} of regression targets (per output, std 1 for a constant
+    one): ``fastnn train`` trains on (y - mean) / std and records both, so that evaluate
+    scores in the same units and predict answers in the data's own."""
+    import numpy as np
+
+    y = np.asarray(y_train, dtype=np.float64).reshape(len(y_train), -1)
+    std = y.std(axis=0)
+    std[std == 0] = 1
+    return {"target_mean": y.mean(axis=0).tolist(), "target_std": std.tolist()}
+
+
+def _scaled_targets(y, record, inverse=False):
+    """Regression targets in the units the model was trained in (or, ``inverse``, model
+    outputs back in the data's units), when ``record`` holds a target scaler."""
+    import numpy as np
+
+    if "target_mean" not in record:
+        return y
+    mean, std = (np.asarray(record[k], dtype=np.float64) for k in ("target_mean", "target_std"))
+    y = np.asarray(y, dtype=np.float64)
+    shaped = y.reshape(len(y), -1)
+    out = shaped * std + mean if inverse else (shaped - mean) / std
+    return out.reshape(y.shape)
 
 
 def targets_for(model, y):
@@ -360,15 +392,18 @@ def targets_for(model, y):
     return y
 
 
-def load_dataset(name, seed):
+def load_dataset(name, seed, raw=True):
     """(train, test) splits of a dataset: a bundled name, a .npz file or an MNIST folder.
-    Samples come back as 2-D float32 (N, features)."""
+    Samples come back as 2-D float32 (N, features): raw (``datasets.RAW``; the models
+    ``fastnn train`` builds start with a Normalization layer), or with ``raw=False`` as the
+    bundled loaders scale them by default (models saved before the layer existed)."""
     import numpy as np
 
     from fastnn import datasets
 
     if name in datasets.LOADERS:
-        (x_tr, y_tr), (x_te, y_te) = datasets.LOADERS[name](seed=seed)
+        kwargs = datasets.RAW[name] if raw else {}
+        (x_tr, y_tr), (x_te, y_te) = datasets.LOADERS[name](seed=seed, **kwargs)
     elif name.endswith(".npz") or os.path.isfile(name):
         if not os.path.isfile(name):
             raise CLIError(f"--dataset: no such file {name!r}")
@@ -404,19 +439,20 @@ def cmd_train(args):
     guessing = args.task is None
     task = args.task or task_for(args.dataset, y_train, y_test)
     plan = plan_training(task, args.loss, y_train, y_test, guessing=guessing)
-    model = build_for(plan, x_train.shape[1], args.hidden, args.seed, args.backend)
+    model = build_for(plan, x_train, args.hidden, args.seed, args.backend)
     opt = fastnn.optimizers.get(args.optimizer)
     opt.learning_rate = args.lr
     model.compile(optimizer=opt, loss=plan.loss, metrics=plan.metrics)
-    y_train, y_test = targets_for(model, y_train), targets_for(model, y_test)
-    model.metadata = {
-        "cli": {
-            "dataset": _recorded_name(args.dataset),
-            "task": plan.task,
-            "seed": args.seed,
-            "loss": plan.loss,
-        }
+    record = {
+        "dataset": _recorded_name(args.dataset),
+        "task": plan.task,
+        "seed": args.seed,
+        "loss": plan.loss,
     }
+    if plan.task == "regression":
+        record.update(_target_scaler(y_train))
+    y_train, y_test = (targets_for(model, _scaled_targets(y, record)) for y in (y_train, y_test))
+    model.metadata = {"cli": record}
     if args.plot:
         from fastnn import plot
 
@@ -475,6 +511,15 @@ def _train_record(model) -> dict:
     return record if isinstance(record, dict) else {}
 
 
+def _takes_raw_features(model) -> bool:
+    """Whether the model standardises its own features (a Normalization first, as every
+    model ``fastnn train`` builds now has); older CLI models were trained on the bundled
+    loaders' scaled features."""
+    from fastnn.layers import Normalization
+
+    return bool(model.layers) and isinstance(model.layers[0], Normalization)
+
+
 def cmd_evaluate(args):
     model = _load_model(args.model, args.backend)
     if model.optimizer is None:
@@ -495,8 +540,8 @@ def cmd_evaluate(args):
             seed = recorded
         else:
             seed = model.seed if model.seed is not None else 0
-    _, (x_test, y_test) = load_dataset(dataset, seed)
-    y_test = targets_for(model, y_test)
+    _, (x_test, y_test) = load_dataset(dataset, seed, raw=_takes_raw_features(model))
+    y_test = targets_for(model, _scaled_targets(y_test, record))
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, return_dict=True)
     print(f"Evaluating {args.model} on {dataset}: {len(x_test)} test samples")
     _print_results(results)
@@ -515,12 +560,15 @@ def cmd_predict(args):
         raise CLIError(f"--input {args.input!r} is not a numeric .npy array ({exc})") from None
     if not isinstance(x, np.ndarray):
         raise CLIError(f"--input {args.input!r} must be a .npy array, not an archive")
-    if x.ndim >= 2:
+    shape = model.input_shape
+    if x.ndim > 2 and shape is not None and len(shape) == 1:
         x = x.reshape(len(x), -1)
     _check_folder(args.output)
     y = model.predict(x, batch_size=args.batch_size)
     if args.classes:
         y = (y[:, 0] > 0.5).astype(np.int64) if y.shape[1] == 1 else np.argmax(y, axis=1)
+    else:  # regression outputs back in the units of the data train saw
+        y = _scaled_targets(y, _train_record(model), inverse=True).astype(y.dtype)
     np.save(args.output, y, allow_pickle=False)
     print(f"wrote predictions of shape {y.shape} to {args.output}")
     return y

@@ -248,6 +248,18 @@ LOADERS = {
     "spirals": make_spirals,
 }
 
+#: The loader arguments that give each bundled dataset's raw features (and raw target):
+#: what tools that put the preprocessing into the model (``fastnn train``: a Normalization
+#: layer first) load.
+RAW = {
+    "digits": {"normalize": False},
+    "iris": {"standardize": False},
+    "breast_cancer": {"standardize": False},
+    "diabetes": {"standardize": False, "standardize_target": False},
+    "linear": {},
+    "spirals": {},
+}
+
 #: The task of each bundled dataset ("classification" or "regression"), so that tools such
 #: as ``fastnn train`` never have to guess it from the targets.
 TASKS = {

@@ -384,3 +384,72 @@ def test_evaluate_without_a_record_needs_a_dataset(tmp_path, capsys):
     code, out, err = _run(capsys, "evaluate", str(tmp_path / "m.fnn"), "--dataset", "iris",
                           *BACKEND)  # fmt: skip
     assert code == 0, err
+
+
+def test_predict_takes_raw_features_the_model_standardises_itself(tmp_path, capsys):
+    """The model train saves starts with a Normalization layer adapted on the training
+    split: predict on raw iris features gives the classes evaluate scored (before the
+    layer, raw features gave one class for everything)."""
+    path = tmp_path / "m.fnn"
+    assert cli.main(["train", "--dataset", "iris", "--epochs", "40", "--save", str(path),
+                     *BACKEND]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    accuracy = float(_value(out, "accuracy"))
+    (x_raw_tr, _), (x_raw, y) = datasets.load_iris(seed=0, standardize=False)
+    (x_std_tr, _), (x_std, _) = datasets.load_iris(seed=0)
+    np.save(tmp_path / "raw.npy", x_raw)
+    code, _, err = _run(capsys, "predict", str(path), "--input", str(tmp_path / "raw.npy"),
+                        "--output", str(tmp_path / "y.npy"), "--classes", *BACKEND)  # fmt: skip
+    assert code == 0, err
+    classes = np.load(tmp_path / "y.npy")
+    assert f"{np.mean(classes == y):.4f}" == f"{accuracy:.4f}" and accuracy > 0.9
+    model = fastnn.load_model(path, backend="numpy")
+    assert type(model.layers[0]).__name__ == "Normalization"
+    mean, var = model.layers[0].get_weights()
+    np.testing.assert_allclose(mean, x_raw_tr.mean(axis=0), rtol=1e-6)
+    # the layer's standardisation is the loaders': the rest of the model on standardised
+    # features gives the same outputs
+    rest = fastnn.Sequential([fastnn.Input(shape=(4,)), *[
+        fastnn.layers.Dense(layer.units, activation=layer.activation) for layer in
+        model.layers[1:]]], backend="numpy")  # fmt: skip
+    rest.set_weights(model.get_weights()[2:])
+    np.testing.assert_allclose(rest.predict(x_std), model.predict(x_raw), rtol=1e-4, atol=1e-5)
+
+
+def test_regression_predicts_in_the_targets_units(tmp_path, capsys):
+    """Regression trains on standardised targets and records their scale: evaluate scores
+    in those units, predict answers in the data's own (raw diabetes: about 25..346)."""
+    path = tmp_path / "d.fnn"
+    assert cli.main(["train", "--dataset", "diabetes", "--epochs", "30", "--save", str(path),
+                     *BACKEND]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    code, out2, _ = _run(capsys, "evaluate", str(path), *BACKEND)
+    assert code == 0 and _value(out2, "loss") == _value(out, "loss")
+    (_, y_tr), (x_raw, y) = datasets.load_diabetes(seed=0, standardize=False,
+                                                   standardize_target=False)  # fmt: skip
+    np.save(tmp_path / "raw.npy", x_raw)
+    code, _, err = _run(capsys, "predict", str(path), "--input", str(tmp_path / "raw.npy"),
+                        "--output", str(tmp_path / "y.npy"), *BACKEND)  # fmt: skip
+    assert code == 0, err
+    pred = np.load(tmp_path / "y.npy")[:, 0]
+    baseline = np.mean(np.abs(y - y_tr.mean()))  # always predicting the mean
+    assert np.mean(np.abs(pred - y)) < 0.85 * baseline
+    assert abs(pred.mean() - y.mean()) < 0.2 * y.std()
+
+
+def test_evaluate_feeds_older_models_the_scaled_features(tmp_path, capsys):
+    """A model saved by train before it added the Normalization layer was trained on the
+    loaders' standardised features: evaluate still gives it those."""
+    (x_tr, y_tr), (x_te, y_te) = datasets.load_iris(seed=0)
+    model = fastnn.Sequential([fastnn.layers.Dense(16, activation="relu", input_dim=4),
+                               fastnn.layers.Dense(3, activation="softmax")], seed=0,
+                              backend="numpy")  # fmt: skip
+    model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])  # fmt: skip
+    model.fit(x_tr, y_tr, epochs=60, verbose=0)
+    model.metadata = {"cli": {"dataset": "iris", "task": "classification", "seed": 0}}
+    path = tmp_path / "old.fnn"
+    model.save(path)
+    code, out, _ = _run(capsys, "evaluate", str(path), *BACKEND)
+    assert code == 0
+    assert _value(out, "accuracy") == f"{model.evaluate(x_te, y_te)[1]:.4f}"
