@@ -39,16 +39,10 @@ class Workspace:
         self.swb = zeros((rows,))
         self.warmed = False  # set once a zero batch has run through it (Sequential._warm_up)
         self._loss_plans: dict = {}
-
-    @property
-    def work(self) -> tuple:
-        """The ``work`` argument of forward_stack/backward_stack: (acts, gbuf, acc)."""
-        return self.acts, self.gbuf, self.acc
-
-    @property
-    def buffers(self) -> tuple:
-        """The ``ws`` argument of run_epoch: (xb, yb, swb, acts, gbuf, acc)."""
-        return self.xb, self.yb, self.swb, self.acts, self.gbuf, self.acc
+        #: The ``work`` argument of forward_stack/backward_stack: (acts, gbuf, acc).
+        self.work = (self.acts, self.gbuf, self.acc)
+        #: The ``ws`` argument of run_epoch: (xb, yb, swb, acts, gbuf, acc).
+        self.buffers = (self.xb, self.yb, self.swb, self.acts, self.gbuf, self.acc)
 
     def loss_plan(self, train_act: int):
         """The plan with the last activation a fused loss replaces."""

@@ -40,10 +40,9 @@ class Plan:
     acc_size: int
     names: tuple
 
-    @property
-    def args(self) -> tuple:
-        """The ``plan`` argument of the kernels: (layers, layer_f, kinds)."""
-        return self.layers, self.layer_f, self.kinds
+    def __post_init__(self):
+        #: The ``plan`` argument of the kernels: (layers, layer_f, kinds).
+        self.args = (self.layers, self.layer_f, self.kinds)
 
     @property
     def output_size(self) -> int:

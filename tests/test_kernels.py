@@ -817,6 +817,26 @@ def test_an_unknown_layer_kind_raises(module, where):
                         1, np.zeros(C.STAT_LEN))  # fmt: skip
 
 
+@pytest.mark.parametrize("module", ["numpy", *BACKENDS])
+def test_unknown_activation_loss_and_optimizer_codes_raise(module):
+    """Codes outside the contract raise in every backend, alone and inside a plan (an
+    activation code on a Dense row), never run as another code."""
+    k = backend.load(module)
+    x = np.ones((3, 2))
+    with pytest.raises(ValueError, match="activation"):
+        k.activation_forward(x, np.empty_like(x), 99, 0.0)
+    with pytest.raises(ValueError, match="loss"):
+        k.loss_grad(x, x, np.ones(3), np.empty_like(x), np.empty_like(x), 99)
+    with pytest.raises(ValueError, match="optimizer"):
+        k.optimizer_update(np.ones(4), np.ones(4), np.zeros((2, 4)), 99, np.ones(5), 1)
+    s = mixed_stack(np.float64, rng_for("unknown-act"))
+    b = s.buffers()
+    layers = b.plan[0].copy()
+    layers[1, C.P_ACT] = 99  # the first Dense
+    with pytest.raises(ValueError, match="activation"):
+        k.forward_stack(s.x, (layers, b.plan[1], b.plan[2]), b.net, b.work, 1, 0, 1)
+
+
 # ---------------------------------------------------------------------------------------
 # 5. The NaN rule
 
