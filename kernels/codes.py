@@ -23,8 +23,10 @@ N_KINDS = 5
 # does not pay compile time for kinds it does not use.
 CORE = 0  # Dense, Dropout, Activation
 NORM = 1  # BatchNormalization, Normalization
+CONV = 2  # convolution and pooling
+RNN = 3  # embedding and recurrent layers
 #: Family of each kind, by kind code.
-KIND_FAMILY = (CORE, CORE, CORE, NORM, NORM)
+KIND_FAMILY = {DENSE: CORE, DROPOUT: CORE, ACTIVATION: CORE, BATCHNORM: NORM, NORMALIZATION: NORM}
 #: Length of the kinds marker: room for the families to come.
 FAMILY_SLOTS = 8
 
@@ -46,8 +48,8 @@ P_S0, P_S1 = 15, 16  # nontrain: non-trainable weights (moving mean, moving vari
 P_DOUT_OFF = 17  # gbuf: dL/d(output)
 P_DX_OFF = 18  # gbuf: dL/d(input) (-1: not needed, the first layer with weights)
 P_BACKWARD = 19  # 1 if this layer's backward runs (it or a layer before it has weights)
-P_ARG0, P_ARG1 = 20, 21  # per-kind integer arguments (none yet)
-P_COLS = 22
+P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5 = 20, 21, 22, 23, 24, 25  # per-kind ints
+P_COLS = 26
 
 F_ALPHA = 0  # negative slope of leaky_relu
 F_L1 = 1  # kernel regulariser (penalty on W0)

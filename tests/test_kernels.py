@@ -974,7 +974,7 @@ def _read_only(a):
         ("X", lambda a: a.astype(">f4"), "X must have dtype float32 (native byte order)"),
         ("lrs", lambda a: a[:2], "lrs needs 4 values, got 2"),
         ("xb", lambda a: a[:8], "xb must have shape (16, 9) at least, got (8, 9)"),
-        ("layers", lambda a: a[:, :3].copy(), "layers must have shape (L, 22)"),
+        ("layers", lambda a: a[:, :3].copy(), "layers must have shape (L, 26)"),
         ("acts", lambda a: a[:10], "acts"),
         ("gbuf", lambda a: a[:10], "gbuf"),
         ("acc", lambda a: a.astype(np.float32), "acc must have dtype float64"),
