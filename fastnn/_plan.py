@@ -84,7 +84,7 @@ def build_plan(layers, offsets, input_shape, rows: int) -> Plan:
         row[codes.P_OUT0 : codes.P_OUT2 + 1] = _padded(out_shape)
         row[codes.P_IN_OFF], row[codes.P_OUT_OFF] = in_off, acts
         acts += rows * _size(out_shape)
-        saved, acc_size = layer.workspace()
+        saved, acc_size = layer.workspace(rows)
         if saved:
             row[codes.P_SAVE_OFF], acts = acts, acts + saved
         if acc_size:

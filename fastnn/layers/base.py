@@ -144,9 +144,9 @@ class Layer:
         """(activation code, {F_* column: value}, {P_ARG* column: value}) of the plan row."""
         return codes.LINEAR, {}, {}
 
-    def workspace(self) -> tuple[int, int]:
-        """Elements of (saved tensors in acts, float64 accumulators) the layer needs
-        besides its output (the same for every batch size)."""
+    def workspace(self, rows: int) -> tuple[int, int]:
+        """Elements of (saved tensors and scratch in acts, float64 accumulators) the layer
+        needs besides its output, for batches of up to ``rows`` samples."""
         return 0, 0
 
     # -- building ---------------------------------------------------------------------

@@ -98,7 +98,7 @@ class BatchNormalization(Layer):
     def plan_fields(self):
         return codes.LINEAR, {codes.F_MOMENTUM: self.momentum, codes.F_EPSILON: self.epsilon}, {}
 
-    def workspace(self):
+    def workspace(self, rows):
         c = self.input_shape[-1]
         return 2 * c, 2 * c  # saved [mean, inv_std]; float64 sums
 
