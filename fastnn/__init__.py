@@ -8,7 +8,17 @@
 ...               metrics=["accuracy"])
 """
 
-from . import callbacks, datasets, layers, losses, optimizers, regularizers, schedules
+from . import (
+    callbacks,
+    datasets,
+    layers,
+    losses,
+    models,
+    optimizers,
+    regularizers,
+    schedules,
+    utils,
+)
 from .backend import get_backend, set_backend
 from .gradcheck import gradcheck
 from .layers import Input
@@ -27,9 +37,11 @@ __all__ = [
     "layers",
     "load_model",
     "losses",
+    "models",
     "optimizers",
     "regularizers",
     "schedules",
     "set_backend",
+    "utils",
     "__version__",
 ]

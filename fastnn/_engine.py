@@ -61,6 +61,19 @@ class Engine:
         self.input_size = size_of(self.input_shape)
         self.layers = layers
         self.offsets, self.n_params, self.n_nontrain = self._layout(layers)
+        #: the trainable prefix of params: what the optimizer updates
+        self.n_train = sum(
+            size_of(spec.shape)
+            for layer in layers
+            if layer.trainable
+            for spec in layer.weight_specs()
+            if spec.trainable
+        )
+        #: the layers' trainable flags the layout follows (compile re-lays a model out
+        #: when they change)
+        self.trainable_flags = tuple(layer.trainable for layer in layers)
+        self._plans: dict = {}
+        self.plan_for(1)  # every shape and bounds check runs now, before the layers are bound
         host = _touched_zeros(self.n_params, self.dtype)
         self.host_grads = _touched_zeros(self.n_params, self.dtype)
         self.host_nontrain = _touched_zeros(self.n_nontrain, self.dtype)
@@ -73,23 +86,27 @@ class Engine:
         host_nontrain = self.host_nontrain
         self.nontrain = kernels.to_device(host_nontrain) if self.on_device else host_nontrain
         self.state = None
-        self._plans: dict = {}
         self._workspaces: dict = {}
-        self.plan_for(1)  # every shape and bounds check runs now, at build
 
     @staticmethod
     def _layout(layers):
-        """Offsets of every weight: trainable ones in params, the others in nontrain, layer
-        by layer in declaration order (an MLP's params: kernel then bias, layer by layer)."""
-        offsets, n_params, n_nontrain = [], 0, 0
-        for layer in layers:
-            offs = {}
+        """Offsets of every weight: those with gradients in params, the others in nontrain,
+        layer by layer in declaration order (an MLP's params: kernel then bias, layer by
+        layer); the weights of frozen layers (``trainable = False``) come after every other
+        one in params, out of the optimizer's reach."""
+        offsets = [{} for _ in layers]
+        n_params = n_nontrain = 0
+        for frozen in (False, True):
+            for layer, offs in zip(layers, offsets):
+                if (not layer.trainable) != frozen:
+                    continue
+                for spec in layer.weight_specs():
+                    if spec.trainable:
+                        offs[spec.name], n_params = n_params, n_params + size_of(spec.shape)
+        for layer, offs in zip(layers, offsets):
             for spec in layer.weight_specs():
-                if spec.trainable:
-                    offs[spec.name], n_params = n_params, n_params + size_of(spec.shape)
-                else:
+                if not spec.trainable:
                     offs[spec.name], n_nontrain = n_nontrain, n_nontrain + size_of(spec.shape)
-            offsets.append(offs)
         return offsets, n_params, n_nontrain
 
     # -- memory -----------------------------------------------------------------------
@@ -131,7 +148,7 @@ class Engine:
             self.nontrain = self.kernels.to_device(self.host_nontrain)
 
     def init_state(self, optimizer) -> None:
-        state = optimizer.init_state((self.n_params,), self.dtype)
+        state = optimizer.init_state((self.n_train,), self.dtype)
         state += 0  # touch every page now rather than in the first training step
         self.state = self.kernels.to_device(state) if self.on_device else state
 

@@ -122,7 +122,11 @@ def _plan_backward(table, computing, rows) -> int:
     ]
     half = rows * max(sizes)
     first = next(
-        (i for i, layer in enumerate(computing) if any(s.trainable for s in layer.weight_specs())),
+        (
+            i
+            for i, layer in enumerate(computing)
+            if layer.trainable and any(s.trainable for s in layer.weight_specs())
+        ),
         n,
     )
     table[:, codes.P_BACKWARD] = 0
@@ -136,4 +140,11 @@ def _plan_backward(table, computing, rows) -> int:
         if l > first:
             table[l, codes.P_DX_OFF] = half - cur
         cur = half - cur
+        frozen_bn = table[l, codes.P_KIND] == codes.BATCHNORM and table[l, codes.P_FROZEN]
+        if frozen_bn and l > first:
+            raise ValueError(
+                f"layer {computing[l].name!r} is a frozen BatchNormalization (inference mode) "
+                "after a trainable layer: back-propagating through it is not supported; freeze "
+                "the layers before it too, or keep it trainable"
+            )
     return 2 * half

@@ -154,6 +154,10 @@ class Sequential:
     ):
         if seed is not None:
             seed = check_int(seed, "seed", 0)
+        else:
+            from .utils import next_seed
+
+            seed = next_seed()
         self.seed = seed
         self.dtype = float_dtype(dtype)
         if name is not None and not isinstance(name, str):
@@ -283,6 +287,17 @@ class Sequential:
                     f"({type(layer).__name__}); the {', '.join(others)} backends run it"
                 )
 
+    def _relayout_if_trainable_changed(self) -> None:
+        """A new engine when a layer's ``trainable`` changed since the model was built (the
+        frozen layers' weights move out of the optimizer's part of the buffer); the weights
+        are kept, the optimizer state starts again (as after any compile)."""
+        eng = self._engine
+        if eng is None or eng.trainable_flags == tuple(lay.trainable for lay in self.layers):
+            return
+        eng.pull()
+        self._engine = Engine(self.layers, eng.input_shape, self.dtype, self._kernels)
+        self._snap_buf = None
+
     def _edit_weights(self, edit) -> None:
         """Runs ``edit`` on the host weights and sends the result to a device backend."""
         if self._engine is None:
@@ -291,6 +306,17 @@ class Sequential:
         self._engine.pull()
         edit()
         self._engine.push()
+
+    @property
+    def trainable(self) -> bool:
+        """Whether any layer is trainable; setting it sets every layer's (compile after)."""
+        return any(layer.trainable for layer in self.layers)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        value = _check_bool(value, "trainable")
+        for layer in self.layers:
+            layer.trainable = value
 
     @property
     def built(self) -> bool:
@@ -334,13 +360,13 @@ class Sequential:
             return (activation if isinstance(activation, str) else "linear"), layer
         return None
 
-    def compile(self, optimizer="adam", loss=None, metrics=None) -> None:
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
         """Chooses the optimizer, the loss and the metrics.
 
         Parameters
         ----------
         optimizer : str or Optimizer
-            A name (Keras defaults) or an instance.
+            A name (Keras defaults) or an instance; default ``"rmsprop"``, as Keras.
         loss : str or Loss
             A name or an instance; it must fit the output activation: cross-entropies on
             probabilities need a softmax output (binary_crossentropy: sigmoid or softmax),
@@ -388,6 +414,7 @@ class Sequential:
             loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
         ):
             raise ValueError(f"metric 'accuracy' needs a classification loss, got {loss.name}")
+        self._relayout_if_trainable_changed()
         self.optimizer = optimizer
         self.loss = loss
         self.metrics = names  # logged under these names, as given
@@ -829,13 +856,87 @@ class Sequential:
                 lines.append("=" * sum(widths))
         lines.append(rule)
         eng = self._engine
-        trainable, fixed = (eng.n_params, eng.n_nontrain) if built else (0, 0)
+        trainable = eng.n_train if built else 0
+        fixed = eng.n_params - eng.n_train + eng.n_nontrain if built else 0
         for label, count in (("Total", trainable + fixed), ("Trainable", trainable),
                              ("Non-trainable", fixed)):  # fmt: skip
             size = count * self.dtype.itemsize
             lines.append(f" {label} params: {count:,} ({_bytes(size)})")
         lines.append(f" Backend: {self.backend_name}, dtype: {self.dtype}")
         print_fn("\n".join(lines))
+
+    def get_layer(self, name: str | None = None, index: int | None = None) -> Layer:
+        """The layer called ``name`` or at position ``index`` of :attr:`layers`."""
+        if (name is None) == (index is None):
+            raise ValueError(
+                f"give exactly one of name and index, got name={name!r}, index={index!r}"
+            )
+        if index is not None:
+            index = check_int(index, "index", -len(self.layers))
+            if index >= len(self.layers):
+                raise ValueError(
+                    f"index must be below the model's {len(self.layers)} layers, got {index}"
+                )
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(
+            f"no layer named {name!r}; the layers are {[lay.name for lay in self.layers]}"
+        )
+
+    def __call__(self, x, training: bool = False) -> np.ndarray:
+        """Outputs for x in one batch (inference: ``training`` must be False)."""
+        if training:
+            raise ValueError(
+                "calling a model with training=True is not supported: use train_on_batch() "
+                "or fit() to train it"
+            )
+        return self.predict_on_batch(x)
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        """:meth:`predict` on x as one batch."""
+        return self.predict(x, batch_size=max(len(x), 1) if hasattr(x, "__len__") else None)
+
+    def test_on_batch(self, x, y, sample_weight=None, return_dict: bool = False):
+        """:meth:`evaluate` on (x, y) as one batch."""
+        n = max(len(x), 1) if hasattr(x, "__len__") else None
+        return self.evaluate(x, y, batch_size=n, sample_weight=sample_weight,
+                             return_dict=return_dict)  # fmt: skip
+
+    def to_json(self, **kwargs) -> str:
+        """The architecture as JSON (``fastnn.models.model_from_json`` rebuilds it)."""
+        import json
+
+        return json.dumps({"class_name": "Sequential", "config": self.get_config()}, **kwargs)
+
+    @classmethod
+    def from_config(cls, config: dict, backend: str | None = None) -> Sequential:
+        """The model :meth:`get_config` describes, with fresh weights."""
+        from .layers import from_config as layer_from_config
+
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict, got {type(config).__name__}")
+        entries = config.get("layers")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("config must hold a non-empty list of layers")
+        layers = []
+        for entry in entries:
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("class_name"), str)
+                and isinstance(entry.get("config"), dict)
+            ):
+                raise ValueError(f"config has an invalid layer entry {entry!r}")
+            layers.append(layer_from_config(entry["class_name"], entry["config"]))
+        if isinstance(config.get("input"), dict):
+            layers.insert(0, Input(**config["input"]))
+        model = cls(layers, seed=config.get("seed"), dtype=config.get("dtype", "float32"),
+                    backend=backend, name=config.get("name"))  # fmt: skip
+        shape = config.get("input_shape", config.get("input_dim"))  # input_dim: older files
+        if shape is not None and not model.built:
+            model.build(tuple(shape) if isinstance(shape, list) else shape)
+        return model
 
     def get_config(self) -> dict:
         layers = [

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import backend as _backend
+from . import schedules  # noqa: F401 - Keras's spelling: fastnn.optimizers.schedules
 from ._checks import check_finite
 from ._names import lookup
 from .kernels import codes

@@ -34,7 +34,15 @@ def L2(l2: float = 0.01) -> L1L2:  # noqa: N802 - Keras name
     return L1L2(l2=l2)
 
 
-_NAMES = {"l1": L1, "l2": L2, "l1_l2": lambda: L1L2(0.01, 0.01)}
+def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
+    """L1 and L2 penalties together (Keras defaults 0.01 each)."""
+    return L1L2(l1=l1, l2=l2)
+
+
+#: Keras's lower-case spellings
+l1, l2 = L1, L2
+
+_NAMES = {"l1": L1, "l2": L2, "l1_l2": l1_l2}
 
 
 def get(reg) -> L1L2 | None:

@@ -300,36 +300,9 @@ def _read_config(zf):
 
 
 def _rebuild(config, backend):
-    from .layers import from_config
     from .model import Sequential
 
-    mc = config["model"]
-    layers = mc.get("layers")
-    _expect(isinstance(layers, list) and layers, "the model config has no layers")
-    built = []
-    for entry in layers:
-        _expect(
-            isinstance(entry, dict)
-            and isinstance(entry.get("class_name"), str)
-            and isinstance(entry.get("config"), dict),
-            "the model config has an invalid layer entry",
-        )
-        built.append(from_config(entry["class_name"], entry["config"]))
-    if isinstance(mc.get("input"), dict):
-        from .layers import Input
-
-        built.insert(0, Input(**mc["input"]))
-    model = Sequential(
-        built,
-        seed=mc.get("seed"),
-        dtype=mc.get("dtype", "float32"),
-        backend=backend,
-        name=mc.get("name"),
-    )
-    shape = mc.get("input_shape", mc.get("input_dim"))  # input_dim: format version 1
-    if shape is not None and not model.built:
-        model.build(tuple(shape) if isinstance(shape, list) else shape)
-    return model
+    return Sequential.from_config(config["model"], backend=backend)
 
 
 def _compile(model, cc):
@@ -368,7 +341,7 @@ def _expected_arrays(model, has_state, version) -> dict[str, tuple[np.dtype, tup
         if has_state:
             opt = model.optimizer
             slots = max(opt.slots, 1)
-            expected["optimizer/state.npy"] = (model.dtype, (slots, model._engine.n_params))
+            expected["optimizer/state.npy"] = (model.dtype, (slots, model._engine.n_train))
     return expected
 
 

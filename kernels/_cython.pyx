@@ -1458,7 +1458,7 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
     elif kind == BATCHNORM:
         _bn_fwd(inp, _at(params, row[P_W0]), _at(params, row[P_W1]), nontrain + row[P_S0],
                 nontrain + row[P_S1], acts + row[P_SAVE_OFF], out, b.acc + row[P_ACC_OFF], r, w,
-                training, f[F_MOMENTUM], f[F_EPSILON])
+                training and row[P_ARG0] == 0, f[F_MOMENTUM], f[F_EPSILON])  # P_ARG0: frozen
     else:
         _norm(inp, nontrain + row[P_S0], nontrain + row[P_S1], out, r, w)
 
@@ -1556,8 +1556,8 @@ cdef double _train(const Plan* pl, const Net* b, const floating* x, const floati
     loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
     loss += _backward(pl, b, x, n, seed, <uint64_t>step)
     if isfinite(loss):
-        _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.n_params,
-             opt_code, hyper, step)
+        _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.state_cols,
+             opt_code, hyper, step)  # the trainable prefix: frozen weights follow
     return loss
 
 
@@ -1711,12 +1711,14 @@ cdef int _same(str what, tuple got, tuple want) except -1:
 
 
 cdef int _check_opt(int code, Py_ssize_t n_params, Py_ssize_t state_rows,
-                    Py_ssize_t state_cols, Py_ssize_t n_hyper) except -1:
+                    Py_ssize_t state_cols, Py_ssize_t n_hyper, bint prefix=False) except -1:
+    """``prefix``: the state may cover only the first state_cols parameters (a plan whose
+    frozen layers' weights follow the trainable ones)."""
     cdef Py_ssize_t rows
     if code < 0 or code >= N_OPTS:
         raise ValueError(f"unknown optimizer code {code}")
     rows = max(1, STATE_SLOTS[code])
-    if state_cols != n_params or state_rows < rows:
+    if (state_cols != n_params and not (prefix and state_cols <= n_params)) or state_rows < rows:
         raise ValueError(f"state must have shape ({rows}, {n_params}) at least, got "
                          f"({state_rows}, {state_cols})")
     if n_hyper < HYPER_LEN[code]:
@@ -2540,7 +2542,7 @@ def train_step(batch, plan, net, work, loss, opt):
     _parse_batch(_group(batch, 3, 3, "batch"), &isz, &x_, &y_, &sw_, sx, sy)
     _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
                NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
-    _check_opt(opt_code, b.n_params, b.state_rows, b.state_cols, sh[0])
+    _check_opt(opt_code, b.n_params, b.state_rows, b.state_cols, sh[0], True)
     _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_GRADS | NEED_LOSS)
     _check_targets(sy[0], sy[1], sx[0], sx[0], pl.n_out, loss_code)
     if isz == 4:
@@ -2700,7 +2702,7 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
         e.seed = _u64(_item(o, 4))
         _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 3), _item(w, 4), _item(w, 5), isz,
                    NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
-        _check_opt(e.opt_code, b.n_params, b.state_rows, b.state_cols, dh[0])
+        _check_opt(e.opt_code, b.n_params, b.state_rows, b.state_cols, dh[0], True)
         if dlr[0] < n_batches:
             raise ValueError(f"lrs needs {n_batches} values, got {dlr[0]}")
         _make_plan(&pl, plan, &b, rows, e.n_x, NEED_GRADS | NEED_LOSS)

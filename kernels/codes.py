@@ -49,6 +49,7 @@ P_DOUT_OFF = 17  # gbuf: dL/d(output)
 P_DX_OFF = 18  # gbuf: dL/d(input) (-1: not needed, the first layer with weights)
 P_BACKWARD = 19  # 1 if this layer's backward runs (it or a layer before it has weights)
 P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5 = 20, 21, 22, 23, 24, 25  # per-kind ints
+P_FROZEN = P_ARG0  # BatchNormalization: 1 when frozen (trainable=False: inference mode)
 P_COLS = 26
 
 F_ALPHA = 0  # negative slope of leaky_relu

@@ -1356,7 +1356,8 @@ class _Row:
 
     __slots__ = ("index", "kind", "act", "ri", "wi", "ro", "wo", "in_off", "out_off",
                  "save_off", "acc_off", "w0", "w1", "s0", "s1", "dout_off", "dx_off",
-                 "backward", "alpha", "l1", "l2", "rate", "momentum", "epsilon")  # fmt: skip
+                 "backward", "alpha", "l1", "l2", "rate", "momentum", "epsilon",
+                 "frozen")  # fmt: skip
 
     def __init__(self, index, row, f):
         r = [int(v) for v in row]
@@ -1369,6 +1370,7 @@ class _Row:
         self.w0, self.w1, self.s0, self.s1 = r[C.P_W0], r[C.P_W1], r[C.P_S0], r[C.P_S1]
         self.dout_off, self.dx_off = r[C.P_DOUT_OFF], r[C.P_DX_OFF]
         self.backward = bool(r[C.P_BACKWARD])
+        self.frozen = bool(r[C.P_FROZEN])
         self.alpha, self.l1, self.l2 = float(f[C.F_ALPHA]), float(f[C.F_L1]), float(f[C.F_L2])
         self.rate = float(f[C.F_RATE])
         self.momentum, self.epsilon = float(f[C.F_MOMENTUM]), float(f[C.F_EPSILON])
@@ -1454,7 +1456,8 @@ def _forward_d(x, rows, net, work, training, seed, step):
                 inp, _opt_view(params, row.w0, width), _opt_view(params, row.w1, width),
                 _view(nontrain, row.s0, (width,)), _view(nontrain, row.s1, (width,)),
                 _view(acts, row.save_off, (2, width)), out,
-                _view(acc, row.acc_off, (2, width)), training, row.momentum, row.epsilon,
+                _view(acc, row.acc_off, (2, width)), training and not row.frozen, row.momentum,
+                row.epsilon,
             )  # fmt: skip
         else:  # NORMALIZATION (_rows_of admits nothing else)
             _norm_d(inp, _view(nontrain, row.s0, (width,)), _view(nontrain, row.s1, (width,)),
@@ -1547,8 +1550,10 @@ def _train_d(batch, rows, net, work, loss_code, logits_out, opt_code, hyper, ste
     _forward_d(x, rows, net, work, 1, seed, step)
     _stack_loss_d(batch, rows, work, loss_code, logits_out, sacc)
     _backward_d(x, rows, net, work, seed, step, sacc, True)
-    if params.shape[0]:
-        _optimizer_d(params, grads, _state_rows(state, opt_code), opt_code, hyper, step, sacc)
+    n_train = state.shape[1]  # the frozen layers' weights follow, never updated
+    if n_train:
+        _optimizer_d(params[:n_train], grads[:n_train], _state_rows(state, opt_code), opt_code,
+                     hyper, step, sacc)  # fmt: skip
     return _scratch().read(0)
 
 

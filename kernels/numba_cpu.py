@@ -168,7 +168,7 @@ _P_W0, _P_W1, _P_S0, _P_S1 = C.P_W0, C.P_W1, C.P_S0, C.P_S1
 _P_DOUT_OFF, _P_DX_OFF, _P_BACKWARD = C.P_DOUT_OFF, C.P_DX_OFF, C.P_BACKWARD
 _F_ALPHA, _F_L1, _F_L2, _F_RATE = C.F_ALPHA, C.F_L1, C.F_L2, C.F_RATE
 _F_MOMENTUM, _F_EPSILON, _NORM_EPS = C.F_MOMENTUM, C.F_EPSILON, C.NORM_EPS
-_NORM = C.NORM
+_NORM, _P_FROZEN = C.NORM, C.P_FROZEN
 _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
@@ -1079,7 +1079,7 @@ def _norm_forward(present, kind, inp, out, row, f, params, nontrain, acts, acc, 
             inp, _vec(params, row[_P_W0], c), _vec(params, row[_P_W1], c),
             _vec(nontrain, row[_P_S0], c), _vec(nontrain, row[_P_S1], c),
             _mat(acts, row[_P_SAVE_OFF], 2, c), out, _mat(acc, row[_P_ACC_OFF], 2, c),
-            training, f[_F_MOMENTUM], f[_F_EPSILON],
+            np.int64(training != 0 and row[_P_FROZEN] == 0), f[_F_MOMENTUM], f[_F_EPSILON],
         )  # fmt: skip
         return True
     if kind == _NORMALIZATION:
@@ -1244,7 +1244,8 @@ def train_step(batch, plan, net, work, loss, opt):
     value = loss_grad(out, y, sw, p, dz, loss_code)
     value += backward_stack(x, plan, net, work, seed, step)
     if np.isfinite(value):
-        optimizer_update(params, grads, state, opt_code, hyper, step)
+        n = state.shape[1]  # the trainable prefix: frozen layers' weights follow
+        optimizer_update(params[:n], grads[:n], state, opt_code, hyper, step)
     return value
 
 

@@ -461,8 +461,10 @@ def normalization_backward(variance, dout, dx):
 #
 # plan = (layers, layer_f, kinds): layers (L, P_COLS) int64, layer_f (L, F_COLS) float64,
 # kinds the marker of codes.kinds_marker (only the Numba backend reads it).
-# net = (params, grads, state, nontrain): trainable parameters (P,), their gradients (P,),
-# the optimizer state (S, P) and the non-trainable weights (Q,).
+# net = (params, grads, state, nontrain): the weights that have gradients (P,) and those
+# gradients (P,), the optimizer state (S, P') and the non-trainable weights (Q,).  The
+# optimizer updates params[:P'] only: the weights of frozen layers (trainable = False) follow
+# the trainable ones.
 # work = (acts, gbuf, acc): layer outputs, saved tensors and scratch; the two halves of the
 # backward's gradient flow; float64 accumulators.  x is the batch (N, I0) (its samples
 # flattened); a layer's input with P_IN_OFF = -1 is x.
@@ -522,8 +524,8 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step):
             inp, _vec(params, int(row[C.P_W0]), width), _vec(params, int(row[C.P_W1]), width),
             _vec(nontrain, int(row[C.P_S0]), width), _vec(nontrain, int(row[C.P_S1]), width),
             _mat(acts, int(row[C.P_SAVE_OFF]), 2, width), out,
-            _mat(acc, int(row[C.P_ACC_OFF]), 2, width), training, f[C.F_MOMENTUM],
-            f[C.F_EPSILON],
+            _mat(acc, int(row[C.P_ACC_OFF]), 2, width), training and not row[C.P_FROZEN],
+            f[C.F_MOMENTUM], f[C.F_EPSILON],
         )  # fmt: skip
     elif kind == C.NORMALIZATION:
         normalization_forward(inp, _vec(nontrain, int(row[C.P_S0]), width),
@@ -654,7 +656,8 @@ def train_step(batch, plan, net, work, loss, opt):
     value += backward_stack(x, plan, net, work, seed, step)
     if np.isfinite(value):
         params, grads, state, _ = net
-        optimizer_update(params, grads, state, opt_code, hyper, step)
+        n = state.shape[1]  # the trainable prefix: the frozen layers' weights follow
+        optimizer_update(params[:n], grads[:n], state, opt_code, hyper, step)
     return value
 
 

@@ -41,4 +41,10 @@ def from_config(class_name: str, config: dict):
     from .._names import lookup
 
     cls = lookup({k.lower(): v for k, v in LAYER_CLASSES.items()}, "layer class", class_name)
-    return cls(**config)
+    config = dict(config)
+    trainable = config.pop("trainable", True)
+    if not isinstance(trainable, bool):
+        raise TypeError(f"trainable must be True or False, got {trainable!r}")
+    layer = cls(**config)
+    layer.trainable = trainable
+    return layer

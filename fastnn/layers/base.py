@@ -125,6 +125,9 @@ class Layer:
         self.output_shape: tuple | None = None
         self.dtype = np.dtype(np.float32)
         self.built = False
+        #: False freezes the layer: its weights get no update (set it before compile; a
+        #: frozen BatchNormalization runs in inference mode, as in Keras)
+        self.trainable = True
         self.backend_name = None
         self._kernels = None
         self._values: dict[str, np.ndarray] = {}
@@ -220,11 +223,18 @@ class Layer:
 
     @property
     def trainable_weights(self) -> list[np.ndarray]:
+        """The weights the optimizer updates (none while the layer is frozen)."""
+        if not (self.built and self.trainable):
+            return []
         return [self._values[s.name] for s in self.weight_specs() if s.trainable]
 
     @property
     def non_trainable_weights(self) -> list[np.ndarray]:
-        return [self._values[s.name] for s in self.weight_specs() if not s.trainable]
+        """The other weights (all of them while the layer is frozen)."""
+        if not self.built:
+            return []
+        specs = self.weight_specs()
+        return [self._values[s.name] for s in specs if not (s.trainable and self.trainable)]
 
     @property
     def grads(self) -> list[np.ndarray]:
@@ -267,6 +277,8 @@ class Layer:
         config = {"name": self.name}
         if self.declared_input_shape is not None:
             config["input_shape"] = list(self.declared_input_shape)
+        if not self.trainable:
+            config["trainable"] = False
         return config
 
     # -- low-level forward/backward --------------------------------------------------

@@ -109,6 +109,7 @@ class Dense(Layer):
         init = [n if isinstance(n, str) else "glorot_uniform" for n in self._init_names]
         reg = self.kernel_regularizer.get_config() if self.kernel_regularizer else None
         config = {
+            **({"trainable": False} if not self.trainable else {}),
             "name": self.name,
             "units": self.units,
             "activation": self.activation,

@@ -96,7 +96,8 @@ class BatchNormalization(Layer):
         return specs
 
     def plan_fields(self):
-        return codes.LINEAR, {codes.F_MOMENTUM: self.momentum, codes.F_EPSILON: self.epsilon}, {}
+        floats = {codes.F_MOMENTUM: self.momentum, codes.F_EPSILON: self.epsilon}
+        return codes.LINEAR, floats, {codes.P_FROZEN: int(not self.trainable)}
 
     def workspace(self, rows):
         c = self.input_shape[-1]

@@ -1,0 +1,190 @@
+"""Keras 3 spellings and semantics: utils, regularizers, models, the model's methods,
+frozen layers (``trainable = False``)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import backend as fastnn_backend
+from fastnn.layers import Activation, BatchNormalization, Dense, Dropout, Input
+
+CPU_BACKENDS = [b for b in fastnn_backend.available() if b != "cuda"]
+
+
+def _data(n=48, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1)
+
+
+# -- spellings -------------------------------------------------------------------------------
+def test_to_categorical_as_keras():
+    out = fastnn.utils.to_categorical([[1], [0], [2]])
+    np.testing.assert_array_equal(out, np.eye(3)[[1, 0, 2]])
+    assert out.dtype == np.float64 and out.shape == (3, 3)
+    assert fastnn.utils.to_categorical(np.array([[0, 1], [1, 0]]), 3).shape == (2, 2, 3)
+    with pytest.raises(ValueError, match="labels in"):
+        fastnn.utils.to_categorical([3], num_classes=3)
+    with pytest.raises(ValueError, match="integer class labels"):
+        fastnn.utils.to_categorical([0.5])
+
+
+def test_set_random_seed_makes_unseeded_models_reproducible():
+    def run():
+        fastnn.utils.set_random_seed(7)
+        draws = (random.random(), float(np.random.rand()))
+        model = fastnn.Sequential([Input(shape=(3,)), Dense(2)], backend="numpy")
+        return draws, model.get_weights()
+
+    (d1, w1), (d2, w2) = run(), run()
+    assert d1 == d2
+    for a, b in zip(w1, w2):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="seed"):
+        fastnn.utils.set_random_seed(-1)
+
+
+@pytest.mark.parametrize(
+    "spelling, want",
+    [
+        (lambda: fastnn.regularizers.l1(0.1), (0.1, 0.0)),
+        (lambda: fastnn.regularizers.l2(0.2), (0.0, 0.2)),
+        (lambda: fastnn.regularizers.l1_l2(0.1, 0.2), (0.1, 0.2)),
+        (lambda: fastnn.regularizers.L1L2(l1=0.3), (0.3, 0.0)),
+    ],
+)
+def test_regularizer_spellings(spelling, want):
+    reg = spelling()
+    assert (reg.l1, reg.l2) == want
+
+
+def test_module_spellings():
+    assert fastnn.optimizers.schedules.ExponentialDecay is fastnn.schedules.ExponentialDecay
+    assert fastnn.models.Sequential is fastnn.Sequential
+    assert fastnn.models.load_model is fastnn.load_model
+
+
+def test_model_methods_as_keras(tmp_path):
+    x, y = _data()
+    model = fastnn.models.Sequential(
+        [Input(shape=(6,)), Dense(8, activation="relu", name="hidden"), Dropout(0.2),
+         Dense(3, activation="softmax", name="out")],
+        seed=0, backend="numpy",
+    )  # fmt: skip
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    assert isinstance(model.optimizer, fastnn.optimizers.RMSprop)  # Keras's default
+    assert model.get_layer("out") is model.layers[2] is model.get_layer(index=2)
+    assert model.get_layer(index=-1) is model.layers[-1]
+    with pytest.raises(ValueError, match="no layer named"):
+        model.get_layer("nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        model.get_layer()
+    np.testing.assert_array_equal(model(x), model.predict(x))
+    np.testing.assert_array_equal(model.predict_on_batch(x[:5]), model.predict(x[:5]))
+    assert model.test_on_batch(x, y) == model.evaluate(x, y, batch_size=len(x))
+    with pytest.raises(ValueError, match="training=True"):
+        model(x, training=True)
+    clone = fastnn.models.model_from_json(model.to_json(), backend="numpy")
+    assert clone.get_config() == model.get_config()
+    assert [w.shape for w in clone.get_weights()] == [w.shape for w in model.get_weights()]
+    rebuilt = fastnn.Sequential.from_config(model.get_config(), backend="numpy")
+    assert [layer.name for layer in rebuilt.layers] == ["hidden", "dropout_1", "out"]
+    assert len(model.weights) == 4 and len(model.trainable_weights) == 4
+    assert model.non_trainable_weights == []
+
+
+# -- frozen layers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_frozen_layer_gets_no_update(backend):
+    x, y = _data()
+    model = fastnn.Sequential(
+        [Input(shape=(6,)), Dense(8, activation="relu"), Dense(8, activation="tanh"),
+         Dense(3, activation="softmax")],
+        seed=0, backend=backend,
+    )  # fmt: skip
+    model.layers[1].trainable = False
+    model.compile(fastnn.optimizers.AdamW(0.01, weight_decay=0.1),
+                  "sparse_categorical_crossentropy")  # fmt: skip
+    before = model.get_weights()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    after = model.get_weights()
+    np.testing.assert_array_equal(after[2], before[2])  # the frozen kernel ...
+    np.testing.assert_array_equal(after[3], before[3])  # ... and bias, despite weight decay
+    assert not np.array_equal(after[0], before[0]) and not np.array_equal(after[4], before[4])
+    assert model._engine.state.shape[1] == 6 * 8 + 8 + 8 * 3 + 3
+    assert len(model.trainable_weights) == 4 and len(model.non_trainable_weights) == 2
+    lines = []
+    model.summary(print_fn=lines.append)
+    assert any("Non-trainable params: 72" in line for line in lines)
+
+
+def test_frozen_layers_train_as_if_they_were_constants():
+    """A model with its first Dense frozen takes the same steps as a model without it fed
+    that layer's outputs."""
+    x, y = _data()
+    full = fastnn.Sequential(
+        [Input(shape=(6,)), Dense(5, activation="tanh"), Dense(3, activation="softmax")],
+        seed=3, backend="numpy", dtype="float64",
+    )  # fmt: skip
+    full.layers[0].trainable = False
+    full.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    w0, b0, w1, b1 = full.get_weights()
+    head = fastnn.Sequential([Input(shape=(5,)), Dense(3, activation="softmax")],
+                             backend="numpy", dtype="float64")  # fmt: skip
+    head.set_weights([w1, b1])
+    head.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    for _ in range(3):
+        a = full.train_on_batch(x, y)
+        b = head.train_on_batch(np.tanh(x.astype(np.float64) @ w0 + b0), y)
+        assert a == pytest.approx(b, rel=1e-12)
+    np.testing.assert_allclose(full.get_weights()[2], head.get_weights()[0], rtol=1e-12)
+
+
+def test_trainable_changes_take_effect_at_compile(tmp_path):
+    x, y = _data()
+    model = fastnn.Sequential([Input(shape=(6,)), Dense(4), Dense(3, activation="softmax")],
+                              seed=0, backend="numpy")  # fmt: skip
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    model.trainable = False
+    model.layers[1].trainable = True
+    before = model.get_weights()
+    model.compile("sgd", "sparse_categorical_crossentropy")  # re-lays the buffers out
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    model.fit(x, y, epochs=1, verbose=0)
+    after = model.get_weights()
+    np.testing.assert_array_equal(after[0], before[0])
+    assert not np.array_equal(after[2], before[2])
+    path = tmp_path / "frozen.fnn"
+    model.save(path)
+    loaded = fastnn.load_model(path, backend="numpy")
+    assert [layer.trainable for layer in loaded.layers] == [False, True]
+    np.testing.assert_array_equal(loaded._engine.host_state(), model._engine.host_state())
+
+
+def test_a_frozen_batchnorm_runs_in_inference_mode():
+    x, y = _data()
+    model = fastnn.Sequential(
+        [Input(shape=(6,)), BatchNormalization(), Dense(3, activation="softmax")],
+        seed=0, backend="numpy", dtype="float64",
+    )  # fmt: skip
+    model.layers[0].trainable = False
+    model.compile("adam", "sparse_categorical_crossentropy")
+    moving = model.layers[0].get_weights()
+    loss = model.train_on_batch(x, y)
+    for a, b in zip(model.layers[0].get_weights(), moving):
+        np.testing.assert_array_equal(a, b)  # statistics and affine weights untouched
+    assert loss == pytest.approx(model.evaluate(x, y), rel=0.05)  # the same normalisation
+    after_dense = fastnn.Sequential(
+        [Input(shape=(6,)), Dense(4), BatchNormalization(), Activation("relu"),
+         Dense(3, activation="softmax")],
+        backend="numpy",
+    )  # fmt: skip
+    after_dense.layers[1].trainable = False
+    with pytest.raises(ValueError, match="frozen BatchNormalization"):
+        after_dense.compile("adam", "sparse_categorical_crossentropy")
