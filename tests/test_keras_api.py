@@ -188,3 +188,46 @@ def test_a_frozen_batchnorm_runs_in_inference_mode():
     after_dense.layers[1].trainable = False
     with pytest.raises(ValueError, match="frozen BatchNormalization"):
         after_dense.compile("adam", "sparse_categorical_crossentropy")
+
+
+# -- activation layers and Reshape -------------------------------------------------------
+def test_activation_layers_match_activation():
+    from fastnn.layers import LeakyReLU, ReLU, Softmax
+
+    x = np.random.default_rng(1).normal(size=(5, 4))
+    pairs = [
+        (ReLU(), Activation("relu")),
+        (ReLU(negative_slope=0.1), Activation("leaky_relu", alpha=0.1)),
+        (LeakyReLU(), Activation("leaky_relu", alpha=0.3)),
+        (Softmax(), Activation("softmax")),
+    ]
+    for layer, same in pairs:
+        for lay in (layer, same):
+            lay.build((4,), "float64", backend="numpy")
+        np.testing.assert_array_equal(layer.forward(x), same.forward(x))
+        assert type(layer)(**{k: v for k, v in layer.get_config().items()}).get_config() == (
+            layer.get_config()
+        )
+    with pytest.raises(ValueError, match="max_value"):
+        ReLU(max_value=6.0)
+    with pytest.raises(ValueError, match="axis"):
+        Softmax(axis=1)
+
+
+def test_reshape_is_a_view_and_takes_minus_one():
+    from fastnn.layers import Flatten, Reshape
+
+    model = fastnn.Sequential(
+        [Input(shape=(12,)), Reshape((3, -1)), Dense(5, activation="tanh"), Flatten(), Dense(2)],
+        seed=0, backend="numpy", dtype="float64",
+    )  # fmt: skip
+    assert model.built and model.layers[0].output_shape == (3, 4)
+    assert model._engine.plan_for(2).layers.shape[0] == 2  # no row for views
+    x = np.random.default_rng(0).normal(size=(7, 12))
+    w0, b0, w1, b1 = model.get_weights()
+    want = np.tanh(x.reshape(7, 3, 4) @ w0 + b0).reshape(7, 15) @ w1 + b1
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        assert fastnn.Sequential([Input(shape=(10,)), Reshape((3, -1)), Flatten()]).built
+    with pytest.raises(ValueError, match="one -1"):
+        Reshape((-1, -1))

@@ -13,12 +13,33 @@ low-level API for hand-written training loops::
 from __future__ import annotations
 
 from .base import Layer, WeightSpec, float_dtype
-from .core import Activation, Dense, Dropout, Flatten, Input
+from .core import (
+    Activation,
+    Dense,
+    Dropout,
+    Flatten,
+    Input,
+    LeakyReLU,
+    ReLU,
+    Reshape,
+    Softmax,
+)
 from .normalization import BatchNormalization, Normalization
 
 LAYER_CLASSES = {
     cls.__name__: cls
-    for cls in (Dense, Dropout, Activation, Flatten, BatchNormalization, Normalization)
+    for cls in (
+        Dense,
+        Dropout,
+        Activation,
+        Flatten,
+        Reshape,
+        ReLU,
+        LeakyReLU,
+        Softmax,
+        BatchNormalization,
+        Normalization,
+    )
 }
 
 __all__ = [
@@ -29,7 +50,11 @@ __all__ = [
     "Flatten",
     "Input",
     "Layer",
+    "LeakyReLU",
     "Normalization",
+    "ReLU",
+    "Reshape",
+    "Softmax",
     "WeightSpec",
     "float_dtype",
     "from_config",

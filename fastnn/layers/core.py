@@ -267,6 +267,53 @@ class Activation(_Elementwise):
         return buf["dx"]
 
 
+class ReLU(Activation):
+    """The rectified linear unit as a layer (Keras's ``ReLU``): ``max(x, 0)``, or
+    ``negative_slope * x`` below 0 when ``negative_slope`` > 0."""
+
+    def __init__(self, max_value=None, negative_slope: float = 0.0, threshold: float = 0.0,
+                 name=None, input_shape=None):  # fmt: skip
+        if max_value is not None or threshold != 0:
+            raise ValueError(
+                f"ReLU supports max_value=None and threshold=0 only, got max_value="
+                f"{max_value!r}, threshold={threshold!r}"
+            )
+        slope = number(negative_slope, "negative_slope", low=0.0)
+        super().__init__("leaky_relu" if slope else "relu", alpha=slope, name=name,
+                         input_shape=input_shape)  # fmt: skip
+        self.negative_slope = slope
+
+    def get_config(self):
+        config = Layer.get_config(self)
+        config["negative_slope"] = self.negative_slope
+        return config
+
+
+class LeakyReLU(Activation):
+    """Leaky rectified linear unit (Keras's ``LeakyReLU``, default slope 0.3)."""
+
+    def __init__(self, negative_slope: float = 0.3, name=None, input_shape=None):
+        super().__init__("leaky_relu", alpha=negative_slope, name=name, input_shape=input_shape)
+        self.negative_slope = self.alpha
+
+    def get_config(self):
+        config = Layer.get_config(self)
+        config["negative_slope"] = self.negative_slope
+        return config
+
+
+class Softmax(Activation):
+    """Softmax over the last axis as a layer (Keras's ``Softmax``)."""
+
+    def __init__(self, axis: int = -1, name=None, input_shape=None):
+        if isinstance(axis, bool) or axis != -1:
+            raise ValueError(f"axis must be -1 (the last axis), got {axis!r}")
+        super().__init__("softmax", name=name, input_shape=input_shape)
+
+    def get_config(self):
+        return {**Layer.get_config(self), "axis": -1}
+
+
 class Flatten(Layer):
     """Flattens each sample to one axis in C order ((H, W, C) order for images); a view of
     its input, allowed anywhere in a model (no copy, no compiled work)."""
@@ -280,6 +327,57 @@ class Flatten(Layer):
     def forward(self, x, training=False):
         x = self._check_input(x)
         return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout):
+        if self.input_shape is None:
+            raise RuntimeError(f"call forward() on layer {self.name!r} before backward()")
+        dout = np.asarray(dout)
+        return dout.reshape(dout.shape[0], *self.input_shape)
+
+
+class Reshape(Layer):
+    """Gives each sample a new shape of the same size (Keras's ``Reshape``; one entry may
+    be -1); a view of its input, as Flatten."""
+
+    def __init__(self, target_shape, name: str | None = None, input_shape=None):
+        super().__init__(name, input_shape=input_shape)
+        if isinstance(target_shape, (int, np.integer)) and not isinstance(target_shape, bool):
+            target_shape = (target_shape,)
+        if not isinstance(target_shape, (tuple, list)) or not 1 <= len(target_shape) <= 3:
+            raise ValueError(
+                f"target_shape must be a tuple of 1 to 3 ints (one may be -1), got "
+                f"{target_shape!r}"
+            )
+        dims = list(target_shape)
+        if sum(d == -1 for d in dims) > 1:
+            raise ValueError(f"target_shape may hold one -1, got {tuple(dims)}")
+        for i, d in enumerate(dims):
+            if d != -1:
+                positive_int(d, f"target_shape[{i}]")
+        self.target_shape = tuple(int(d) for d in dims)
+
+    def compute_output_shape(self, input_shape):
+        size, known = size_of(input_shape), size_of([d for d in self.target_shape if d != -1])
+        if -1 in self.target_shape:
+            if size % known:
+                raise ValueError(
+                    f"cannot reshape samples of shape {tuple(input_shape)} ({size} values) to "
+                    f"{self.target_shape}"
+                )
+            return tuple(size // known if d == -1 else d for d in self.target_shape)
+        if known != size:
+            raise ValueError(
+                f"cannot reshape samples of shape {tuple(input_shape)} ({size} values) to "
+                f"{self.target_shape} ({known} values)"
+            )
+        return self.target_shape
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+    def forward(self, x, training=False):
+        x = self._check_input(x)
+        return x.reshape(x.shape[0], *self.output_shape)
 
     def backward(self, dout):
         if self.input_shape is None:
