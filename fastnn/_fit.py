@@ -1,7 +1,14 @@
-"""The epoch loop of ``Sequential.fit``: data preparation once, then one compiled call per
-epoch (or per progress-bar chunk / per batch when asked)."""
+"""The epoch loop of ``Sequential.fit``.
+
+Arrays are prepared once and each epoch runs as one compiled call (or one per progress-bar
+chunk, or per batch when a callback asks for batch hooks).  An iterable of batches (a
+generator, a PyTorch ``DataLoader``, any iterable of ``(x, y[, sample_weight])``) runs one
+compiled call per batch, which is the same update as the arrays' path for the same batches.
+"""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -10,6 +17,52 @@ from .kernels import codes
 
 #: Progress-bar updates per epoch with verbose=1 (each update is one compiled call).
 PROGRESS_UPDATES = 20
+
+#: What fit, evaluate and predict accept as x.
+ACCEPTED_X = (
+    "a NumPy array (or list), or an iterable of (x, y) or (x, y, sample_weight) batches "
+    "such as a generator or a PyTorch DataLoader"
+)
+
+
+def is_batch_source(x) -> bool:
+    """Whether ``x`` is an iterable of batches rather than an array-like."""
+    if hasattr(x, "__array__") or isinstance(x, (list, tuple, str, bytes, dict)):
+        return False
+    return hasattr(x, "__iter__") or hasattr(x, "__next__")
+
+
+def check_x(x, arg: str = "x") -> None:
+    """TypeError naming what is accepted, for an x that is neither kind."""
+    if is_batch_source(x) or hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+        return
+    raise TypeError(f"{arg} must be {ACCEPTED_X}, got {type(x).__name__}")
+
+
+def as_numpy(value, arg):
+    """A batch element as a NumPy array (torch tensors through their ``numpy()``)."""
+    if value is None or isinstance(value, np.ndarray):
+        return value
+    detach = getattr(value, "detach", None)
+    if callable(detach):  # a torch tensor
+        value = detach().cpu().numpy()
+    return np.asarray(value) if hasattr(value, "__array__") else value
+
+
+def split_batch(batch, arg="batch"):
+    """(x, y, sample_weight) of one batch of an iterable."""
+    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+        raise ValueError(
+            f"each {arg} must be a tuple (x, y) or (x, y, sample_weight), got "
+            f"{type(batch).__name__}"
+            + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+        )
+    x, y, sw = (*batch, None)[:3]
+    return as_numpy(x, "x"), as_numpy(y, "y"), as_numpy(sw, "sample_weight")
+
+
+# ---------------------------------------------------------------------------------------
+# Checks of fit's arguments
 
 
 def _split(model, x, y, sample_weight, class_weight, validation_split, validation_data):
@@ -22,28 +75,9 @@ def _split(model, x, y, sample_weight, class_weight, validation_split, validatio
         )
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)):
-            raise TypeError(
-                "validation_data must be a tuple (x_val, y_val[, sample_weight_val]), got "
-                f"{type(validation_data).__name__}"
-            )
-        if len(validation_data) not in (2, 3):
-            raise ValueError(
-                "validation_data must be a tuple (x_val, y_val[, sample_weight_val]), got "
-                f"a {type(validation_data).__name__} of {len(validation_data)} items"
-            )
     X, Y, SW = model._prepare(x, y, sample_weight, class_weight)
-    val = None
-    if validation_data is not None:
-        val = model._prepare(
-            validation_data[0],
-            validation_data[1],
-            validation_data[2] if len(validation_data) == 3 else None,
-            arg="validation_data x",
-            y_arg="validation_data y",
-        )
-    elif validation_split:
+    val = _validation_arrays(model, validation_data)
+    if val is None and validation_split:
         n_val = int(len(X) * validation_split)
         if n_val == 0 or n_val == len(X):
             raise ValueError(
@@ -56,13 +90,27 @@ def _split(model, x, y, sample_weight, class_weight, validation_split, validatio
     return (X, Y, SW), val
 
 
-def _epoch_chunks(n_batches, verbose, per_batch):
-    if per_batch:
-        return [1] * n_batches
-    if verbose == 1:
-        step = max(1, -(-n_batches // PROGRESS_UPDATES))
-        return [min(step, n_batches - s) for s in range(0, n_batches, step)]
-    return [n_batches]
+def _validation_arrays(model, validation_data):
+    """validation_data prepared once: arrays (x, y[, sample_weight]), or None."""
+    if validation_data is None or is_batch_source(validation_data):
+        return None
+    if not isinstance(validation_data, (tuple, list)):
+        raise TypeError(
+            "validation_data must be a tuple (x_val, y_val[, sample_weight_val]) or an "
+            f"iterable of such batches, got {type(validation_data).__name__}"
+        )
+    if len(validation_data) not in (2, 3):
+        raise ValueError(
+            "validation_data must be a tuple (x_val, y_val[, sample_weight_val]), got "
+            f"a {type(validation_data).__name__} of {len(validation_data)} items"
+        )
+    return model._prepare(
+        validation_data[0],
+        validation_data[1],
+        validation_data[2] if len(validation_data) == 3 else None,
+        arg="validation_data x",
+        y_arg="validation_data y",
+    )
 
 
 def _check_verbose(verbose):
@@ -75,6 +123,38 @@ def _check_verbose(verbose):
     if verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     return int(verbose)
+
+
+def _optional_steps(value, arg):
+    from .model import check_int
+
+    return None if value is None else check_int(value, arg, 1)
+
+
+def _check_callbacks(callbacks):
+    from .callbacks import Callback
+
+    if isinstance(callbacks, Callback) or (
+        callbacks is not None and not isinstance(callbacks, (list, tuple))
+    ):
+        raise TypeError(
+            "callbacks must be a list of Callback instances, got "
+            f"{type(callbacks).__name__}; wrap a single callback in a list"
+        )
+    return list(callbacks or [])
+
+
+# ---------------------------------------------------------------------------------------
+# Training on arrays: one compiled call per epoch (or chunk)
+
+
+def _epoch_chunks(n_batches, verbose, per_batch):
+    if per_batch:
+        return [1] * n_batches
+    if verbose == 1:
+        step = max(1, -(-n_batches // PROGRESS_UPDATES))
+        return [min(step, n_batches - s) for s in range(0, n_batches, step)]
+    return [n_batches]
 
 
 def _replay(model, snap, X, Y, SW, rows, bs):
@@ -96,23 +176,204 @@ def _replay(model, snap, X, Y, SW, rows, bs):
     return None
 
 
-def fit_loop(
-    model,
-    x,
-    y,
-    epochs,
-    batch_size,
-    verbose,
-    callbacks,
-    validation_split,
-    validation_data,
-    shuffle,
-    class_weight,
-    sample_weight,
-    initial_epoch,
-):
-    from .callbacks import Callback
-    from .model import NonFiniteLossError, _batch_size, _check_bool, check_int
+class _Stop(Exception):
+    """A step went non-finite and a callback takes over: training ends quietly with the
+    logs of that batch."""
+
+    def __init__(self, logs):
+        super().__init__()
+        self.logs = logs
+
+
+def _non_finite(model, cbs, epoch, batch, loss, reason):
+    """Stops training after a non-finite step: quietly when a callback handles it
+    (TerminateOnNaN), else with NonFiniteLossError."""
+    from .model import NonFiniteLossError
+
+    if cbs.handles_nan:
+        model.stop_training = True
+        # a finite loss whose update broke the weights still reports non-finite
+        logs = {"loss": loss if reason == "loss" else float("nan")}
+        cbs.call("on_train_batch_end", batch, logs)
+        raise _Stop(logs)
+    what = (
+        f"loss became {loss}"
+        if reason == "loss"
+        else f"the update made the weights non-finite (loss {loss})"
+    )
+    raise NonFiniteLossError(
+        f"{what} at epoch {epoch + 1}, batch {batch + 1}: training stopped with the weights of "
+        "the last good step; lower the learning rate or check the data scale (or pass "
+        "callbacks=[TerminateOnNaN()] to stop without an error)",
+        epoch=epoch,
+        batch=batch,
+        loss=loss,
+    )
+
+
+class ArrayEpochs:
+    """Epochs over prepared arrays: each a compiled call per chunk of batches."""
+
+    def __init__(self, model, data, batch_size, shuffle, verbose, cbs):
+        self.model, (self.X, self.Y, self.SW) = model, data
+        self.n = len(self.X)
+        self.bs = min(batch_size, self.n)
+        self.shuffle, self.verbose, self.cbs = shuffle, verbose, cbs
+        self.steps = -(-self.n // self.bs)
+        self.batch_begin = cbs.overriding("on_train_batch_begin")
+        self.batch_end = cbs.overriding("on_train_batch_end")
+        self.chunks = _epoch_chunks(self.steps, verbose, bool(self.batch_begin or self.batch_end))
+        self.train = model._trainer(self.X, self.Y, self.SW, self.bs)  # warms its workspace
+
+    def run(self, epoch, epochs):
+        """Trains one epoch; returns its logs (raises _Stop or NonFiniteLossError)."""
+        model = self.model
+        order = model._shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = order.astype(np.int64)
+        stats = np.zeros(codes.STAT_LEN)
+        bar = _progress(self.verbose, self.steps, epoch, epochs)
+        snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
+        start = 0
+        try:
+            for size in self.chunks:
+                self._chunk(order, start, size, stats, snap, epoch)
+                start += size * self.bs
+                if bar is not None:
+                    bar.update(size)
+                    bar.set_postfix(model._logs(stats), refresh=False)
+                if model.stop_training:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return model._logs(stats)
+
+    def _chunk(self, order, start, size, stats, snap, epoch):
+        batch0 = start // self.bs
+        for hook in self.batch_begin:
+            hook(batch0, {})
+        rows = order[start : start + size * self.bs]
+        done, finite = self.train(rows, stats)
+        if not finite:
+            end = start + size * self.bs
+            found = _replay(self.model, snap, self.X, self.Y, self.SW, order[:end], self.bs)
+            if found is not None or done != size:
+                bad, loss, reason = found or (batch0 + done, float("nan"), "loss")
+                _non_finite(self.model, self.cbs, epoch, bad, float(loss), reason)
+        if self.batch_end:
+            logs = self.model._logs(stats)
+            for hook in self.batch_end:
+                hook(batch0, logs)
+
+
+# ---------------------------------------------------------------------------------------
+# Training on an iterable of batches: one compiled call per batch
+
+
+class BatchEpochs:
+    """Epochs over an iterable of (x, y[, sample_weight]) batches."""
+
+    def __init__(self, model, source, steps, class_weight, verbose, cbs):
+        self.model, self.source, self.steps = model, source, steps
+        self.class_weight, self.verbose, self.cbs = class_weight, verbose, cbs
+        self._iterator = None
+        self.exhausted = False
+
+    def _batches(self):
+        """This epoch's iterator: a fresh one of a re-iterable source (a DataLoader), else
+        the one iterator of a generator, continued."""
+        it = iter(self.source)
+        if it is not self.source or self._iterator is None:
+            self._iterator = it
+        return self._iterator
+
+    def run(self, epoch, epochs):
+        model, stats = self.model, np.zeros(codes.STAT_LEN)
+        bar = _progress(self.verbose, self.steps, epoch, epochs)
+        it, b = self._batches(), 0
+        try:
+            while self.steps is None or b < self.steps:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    self._ran_out(b)
+                    if b == 0:  # nothing left for this epoch: training ends before it
+                        raise _Stop(model._logs(stats)) from None
+                    break
+                self._one(batch, b, stats, epoch)
+                b += 1
+                if bar is not None:
+                    bar.update(1)
+                if model.stop_training:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        return model._logs(stats)
+
+    def _ran_out(self, b):
+        if self.steps is not None:
+            warnings.warn(
+                f"the batches ran out after {b} of steps_per_epoch={self.steps}: training "
+                "stops (give a source that yields steps_per_epoch * epochs batches)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self.exhausted = True
+            self.model.stop_training = True
+        elif b == 0:
+            raise ValueError("the training batches are empty: the iterable yielded no batch")
+
+    def _one(self, batch, b, stats, epoch):
+        model = self.model
+        for hook in self.cbs.overriding("on_train_batch_begin"):
+            hook(b, {})
+        x, y, sw = split_batch(batch)
+        x, y, sw = model._prepare(x, y, sw, self.class_weight)
+        snap = model._snapshot(reuse=True)
+        part = np.zeros(codes.STAT_LEN)
+        done, finite = model._train_batches(x, y, sw, np.arange(len(x), dtype=np.int64),
+                                            len(x), part)  # fmt: skip
+        if not finite:
+            model._restore(snap)
+            loss = float(part[codes.STAT_LOSS] / len(x))
+            _non_finite(model, self.cbs, epoch, b, loss, "loss" if not done else "weights")
+        stats += part
+        stats[codes.STAT_NONFINITE] = 0.0
+        hooks = self.cbs.overriding("on_train_batch_end")
+        if hooks:
+            logs = model._logs(stats)
+            for hook in hooks:
+                hook(b, logs)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+def _validation(model, val, validation_data, validation_steps):
+    """The epoch's validation logs (prefixed val_), from arrays or an iterable."""
+    if val is not None:
+        vx, vy, vsw = val
+        stats = model._run(vx, vy, vsw, np.arange(len(vx), dtype=np.int64), min(len(vx), 1024))
+    else:
+        stats = model._evaluate_batches(validation_data, validation_steps)
+    return model._logs(stats, prefix="val_")
+
+
+def _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val):
+    if verbose == 2 or (verbose == 1 and not bar_shown):
+        print(
+            f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
+        )
+    elif verbose == 1 and has_val:
+        print("  " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_")))
+
+
+def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_split,
+             validation_data, shuffle, class_weight, sample_weight, initial_epoch,
+             steps_per_epoch=None, validation_steps=None, validation_freq=1):  # fmt: skip
+    from .model import _batch_size, _check_bool, check_int
 
     epochs = check_int(epochs, "epochs", 1)
     initial_epoch = check_int(initial_epoch, "initial_epoch", 0)
@@ -121,111 +382,54 @@ def fit_loop(
             f"initial_epoch must be < epochs ({epochs}): nothing would be trained, got "
             f"{initial_epoch}"
         )
-    verbose = _check_verbose(verbose)
-    shuffle = _check_bool(shuffle, "shuffle")
-    bs = _batch_size(batch_size, 32)
-    if isinstance(callbacks, Callback) or (
-        callbacks is not None and not isinstance(callbacks, (list, tuple))
-    ):
-        raise TypeError(
-            "callbacks must be a list of Callback instances, got "
-            f"{type(callbacks).__name__}; wrap a single callback in a list"
-        )
-    (X, Y, SW), val = _split(
-        model, x, y, sample_weight, class_weight, validation_split, validation_data
-    )
-    n = len(X)
-    bs = min(bs, n)
-    n_batches = -(-n // bs)
+    verbose, shuffle = _check_verbose(verbose), _check_bool(shuffle, "shuffle")
+    steps = _optional_steps(steps_per_epoch, "steps_per_epoch")
+    validation_steps = _optional_steps(validation_steps, "validation_steps")
+    validation_freq = check_int(validation_freq, "validation_freq", 1)
     history = _callbacks.History()
-    cbs = _callbacks.CallbackList(
-        [*(callbacks or []), history],  # last, as in Keras: it records what others add
-        model,
-        {"epochs": epochs, "steps": n_batches, "verbose": verbose},
-    )
-    batch_begin = cbs.overriding("on_train_batch_begin")
-    batch_end = cbs.overriding("on_train_batch_end")
-    per_batch = bool(batch_begin or batch_end)
-    chunks = _epoch_chunks(n_batches, verbose, per_batch)
-    train = model._trainer(X, Y, SW, bs)  # its workspace is allocated and warmed up here
+    cbs = _callbacks.CallbackList([*_check_callbacks(callbacks), history], model, {})
+    check_x(x)
+    if is_batch_source(x):
+        if y is not None or sample_weight is not None:
+            raise ValueError(
+                "y and sample_weight must be None when x is an iterable of batches (each batch "
+                "holds them)"
+            )
+        if validation_split:
+            raise ValueError("validation_split needs arrays: pass validation_data instead")
+        source = BatchEpochs(model, x, steps, class_weight, verbose, cbs)
+        val, n_steps = None, steps
+        if validation_data is not None and not is_batch_source(validation_data):
+            val = _validation_arrays(model, validation_data)
+    else:
+        data, val = _split(model, x, y, sample_weight, class_weight, validation_split,
+                           validation_data)  # fmt: skip
+        source = ArrayEpochs(model, data, _batch_size(batch_size, 32), shuffle, verbose, cbs)
+        n_steps = source.steps
+    cbs.set_params({"epochs": epochs, "steps": n_steps, "verbose": verbose})
+    return _epochs(model, source, cbs, history, val, validation_data, validation_steps,
+                   validation_freq, initial_epoch, epochs, verbose)  # fmt: skip
+
+
+def _epochs(model, source, cbs, history, val, validation_data, validation_steps,
+            validation_freq, initial_epoch, epochs, verbose):  # fmt: skip
     model.stop_training = False
     model.history = history
     cbs.call("on_train_begin", {})
     logs: dict = {}
+    has_val = val is not None or validation_data is not None
     for epoch in range(initial_epoch, epochs):
         cbs.call("on_epoch_begin", epoch, {})
-        order = model._shuffle_rng.permutation(n) if shuffle else np.arange(n)
-        order = order.astype(np.int64)
-        stats = np.zeros(codes.STAT_LEN)
-        bar = _progress(verbose, n_batches, epoch, epochs)
-        start = 0
-        nan_stop = False
-        snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
-        for size in chunks:
-            batch0 = start // bs
-            for hook in batch_begin:
-                hook(batch0, {})
-            rows = order[start : start + size * bs]
-            done, finite = train(rows, stats)
-            if not finite:
-                found = _replay(model, snap, X, Y, SW, order[: start + size * bs], bs)
-                if found is None and done == size:
-                    found = (0, 0.0, "ok")  # the replay ended finite: keep its weights
-                bad, loss, reason = found or (batch0 + done, float("nan"), "loss")
-            else:
-                reason = "ok"
-            if reason != "ok":
-                if bar is not None:
-                    bar.close()
-                if cbs.handles_nan:
-                    model.stop_training = nan_stop = True
-                    # a finite loss whose update broke the weights still reports non-finite
-                    logs = {"loss": float(loss) if reason == "loss" else float("nan")}
-                    cbs.call("on_train_batch_end", bad, logs)
-                    break
-                what = (
-                    f"loss became {loss}"
-                    if reason == "loss"
-                    else f"the update made the weights non-finite (loss {loss})"
-                )
-                raise NonFiniteLossError(
-                    f"{what} at epoch {epoch + 1}, batch {bad + 1}: training stopped with the "
-                    "weights of the last good step; lower the learning rate or check the data "
-                    "scale (or pass callbacks=[TerminateOnNaN()] to stop without an error)",
-                    epoch=epoch,
-                    batch=bad,
-                    loss=loss,
-                )
-            start += size * bs
-            if batch_end:
-                batch_logs = model._logs(stats)
-                for hook in batch_end:
-                    hook(batch0, batch_logs)
-            if bar is not None:
-                bar.update(size)
-                bar.set_postfix(model._logs(stats), refresh=False)
-            if model.stop_training:
-                break
-        if bar is not None:
-            bar.close()
-        if nan_stop:
+        try:
+            logs = source.run(epoch, epochs)
+        except _Stop as stop:
+            logs = stop.logs
             break
-        logs = model._logs(stats)
-        if val is not None:
-            vx, vy, vsw = val
-            vbs = min(len(vx), 1024)
-            vstats = model._run(vx, vy, vsw, np.arange(len(vx), dtype=np.int64), vbs)
-            logs.update(model._logs(vstats, prefix="val_"))
+        if has_val and (epoch + 1) % validation_freq == 0:
+            logs.update(_validation(model, val, validation_data, validation_steps))
         cbs.call("on_epoch_end", epoch, logs)
-        if verbose == 2 or (verbose == 1 and bar is None):
-            print(
-                f"Epoch {epoch + 1}/{epochs} - "
-                + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
-            )
-        elif verbose == 1 and val is not None:
-            print(
-                "  " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items() if k.startswith("val_"))
-            )
+        bar_shown = verbose == 1 and getattr(source, "steps", None) is not None
+        _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val)
         if model.stop_training:
             break
     cbs.call("on_train_end", logs)
@@ -233,7 +437,7 @@ def fit_loop(
 
 
 def _progress(verbose, n_batches, epoch, epochs):
-    if verbose != 1:
+    if verbose != 1 or n_batches is None:
         return None
     from tqdm.auto import tqdm
 

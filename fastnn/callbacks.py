@@ -78,6 +78,10 @@ class CallbackList:
             cb.set_model(model)
             cb.set_params(params)
 
+    def set_params(self, params: dict) -> None:
+        for cb in self.callbacks:
+            cb.set_params(params)
+
     def call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(*args)

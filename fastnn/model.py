@@ -7,6 +7,8 @@ only when a callback asks for batch hooks.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from . import backend as _backend
@@ -14,7 +16,7 @@ from . import losses as _losses
 from . import optimizers as _optimizers
 from ._checks import as_array, as_float, check_finite
 from ._engine import Engine
-from ._fit import fit_loop
+from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
 from ._names import lookup
 from .kernels import codes
 from .layers import Dropout, Flatten, Input, Layer, float_dtype
@@ -537,7 +539,7 @@ class Sequential:
     def fit(
         self,
         x,
-        y,
+        y=None,
         epochs: int = 1,
         batch_size: int | None = 32,
         verbose: int = 1,
@@ -548,27 +550,34 @@ class Sequential:
         class_weight=None,
         sample_weight=None,
         initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        validation_freq: int = 1,
     ):
         """Trains for ``epochs`` epochs; returns a :class:`fastnn.callbacks.History`.
 
-        ``validation_split`` takes the *last* fraction of the samples, before shuffling,
-        as Keras does.  ``verbose``: 0 silent, 1 progress bar, 2 one line per epoch.
+        Parameters
+        ----------
+        x, y : arrays, or x an iterable of batches
+            Arrays (x of shape (N, *input_shape)); or x a generator, a PyTorch
+            ``DataLoader`` or any iterable of ``(x, y)`` / ``(x, y, sample_weight)`` batches
+            (then y is None, ``batch_size`` and ``shuffle`` do not apply, and
+            ``steps_per_epoch`` batches make an epoch: all of them by default).
+        validation_split : float
+            Takes the *last* fraction of the samples, before shuffling, as Keras does.
+        validation_data : tuple or iterable, optional
+            ``(x_val, y_val[, sample_weight_val])`` or an iterable of such batches
+            (``validation_steps`` of them per validation).
+        validation_freq : int
+            Validates after every ``validation_freq``-th epoch.
+        verbose : {0, 1, 2}
+            0 silent, 1 progress bar, 2 one line per epoch.
         """
         return fit_loop(
-            self,
-            x,
-            y,
-            epochs,
-            batch_size,
-            verbose,
-            callbacks,
-            validation_split,
-            validation_data,
-            shuffle,
-            class_weight,
-            sample_weight,
-            initial_epoch,
-        )
+            self, x, y, epochs, batch_size, verbose, callbacks, validation_split,
+            validation_data, shuffle, class_weight, sample_weight, initial_epoch,
+            steps_per_epoch, validation_steps, validation_freq,
+        )  # fmt: skip
 
     def _run(self, x, y, sw, order, batch_size):
         """Evaluates the batches of x[order] in one compiled call; returns their stats."""
@@ -736,17 +745,23 @@ class Sequential:
     def evaluate(
         self,
         x,
-        y,
+        y=None,
         batch_size: int | None = None,
         verbose: int = 0,
         sample_weight=None,
         return_dict: bool = False,
+        steps: int | None = None,
     ):
         """Loss (then metrics, in compile order) on (x, y): a float without metrics, else a
-        list — or a dict with ``return_dict``."""
-        x, y, sw = self._prepare(x, y, sample_weight)
-        bs = _batch_size(batch_size, 1024, len(x))
-        stats = self._run(x, y, sw, np.arange(len(x), dtype=np.int64), bs)
+        list — or a dict with ``return_dict``.  x may also be an iterable of ``(x, y[,
+        sample_weight])`` batches (``steps`` of them: all by default)."""
+        check_x(x)
+        if is_batch_source(x):
+            stats = self._evaluate_batches(x, steps)
+        else:
+            x, y, sw = self._prepare(x, y, sample_weight)
+            bs = _batch_size(batch_size, 1024, len(x))
+            stats = self._run(x, y, sw, np.arange(len(x), dtype=np.int64), bs)
         logs = self._logs(stats)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
@@ -755,8 +770,26 @@ class Sequential:
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    def predict(self, x, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
-        """Outputs for x (N, *input_shape), shape (N, outputs of the last layer)."""
+    def _evaluate_batches(self, source, steps=None) -> np.ndarray:
+        """The summed statistics of an iterable's batches, each one compiled call."""
+        if steps is not None:
+            steps = check_int(steps, "steps", 1)
+        stats = np.zeros(codes.STAT_LEN)
+        for batch in itertools.islice(source, steps):  # never fetches a batch past steps
+            x, y, sw = self._prepare(*split_batch(batch))
+            stats += self._run(x, y, sw, np.arange(len(x), dtype=np.int64), len(x))
+        if not stats[codes.STAT_ROWS]:
+            raise ValueError("the evaluation batches are empty: the iterable yielded no batch")
+        return stats
+
+    def predict(self, x, batch_size: int | None = None, verbose: int = 0,
+                steps: int | None = None) -> np.ndarray:  # fmt: skip
+        """Outputs for x (N, *input_shape), shape (N, outputs of the last layer).  x may also
+        be an iterable of batches (each x, or a tuple whose first item is x; ``steps`` of
+        them: all by default)."""
+        check_x(x)
+        if is_batch_source(x):
+            return self._predict_batches(x, steps)
         x = self._features(x)
         eng = self._engine
         bs = _batch_size(batch_size, 1024, len(x))
@@ -773,6 +806,18 @@ class Sequential:
             res = self._kernels.to_host(res) if eng.on_device else res
             out[start : start + n] = res.reshape(n, -1)
         return out
+
+    def _predict_batches(self, source, steps=None) -> np.ndarray:
+        if steps is not None:
+            steps = check_int(steps, "steps", 1)
+        outs = []
+        for batch in itertools.islice(source, steps):
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = as_numpy(x, "x")
+            outs.append(self.predict(x, batch_size=len(x)))
+        if not outs:
+            raise ValueError("the prediction batches are empty: the iterable yielded no batch")
+        return np.concatenate(outs)
 
     # -- weights ----------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

@@ -231,3 +231,81 @@ def test_reshape_is_a_view_and_takes_minus_one():
         assert fastnn.Sequential([Input(shape=(10,)), Reshape((3, -1)), Flatten()]).built
     with pytest.raises(ValueError, match="one -1"):
         Reshape((-1, -1))
+
+
+# -- data pipelines ----------------------------------------------------------------------
+def _pipeline_model(backend="numpy"):
+    model = fastnn.Sequential(
+        [Input(shape=(6,)), Dense(8, activation="relu"), Dropout(0.25),
+         Dense(3, activation="softmax")],
+        seed=5, backend=backend, dtype="float64",
+    )  # fmt: skip
+    model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])  # fmt: skip
+    return model
+
+
+def _batches(x, y, bs, epochs=1):
+    for _ in range(epochs):
+        for start in range(0, len(x), bs):
+            yield x[start : start + bs], y[start : start + bs]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fit_on_a_generator_equals_fit_on_arrays(backend):
+    """The same batches in the same order: the same steps (dropout masks and rates follow
+    the step count), hence the same weights, as the arrays' one-call epochs."""
+    x, y = _data(n=50)
+    arrays, gen = _pipeline_model(backend), _pipeline_model(backend)
+    h1 = arrays.fit(x, y, epochs=3, batch_size=16, shuffle=False, verbose=0)
+    h2 = gen.fit(_batches(x, y, 16, epochs=3), epochs=3, steps_per_epoch=4, verbose=0)
+    for a, b in zip(arrays.get_weights(), gen.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-12)
+    assert h1.history["accuracy"] == h2.history["accuracy"]
+
+
+def test_fit_on_a_torch_dataloader_equals_fit_on_arrays():
+    torch = pytest.importorskip("torch")
+    x, y = _data(n=50)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.tensor(x, dtype=torch.float64), torch.tensor(y)),
+        batch_size=16, shuffle=False,
+    )  # fmt: skip
+    arrays, loaded = _pipeline_model(), _pipeline_model()
+    arrays.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    loaded.fit(loader, epochs=2, steps_per_epoch=4, verbose=0)  # re-iterated every epoch
+    for a, b in zip(arrays.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert loaded.evaluate(loader) == pytest.approx(arrays.evaluate(x, y), rel=1e-12)
+    assert loaded.evaluate(loader, steps=1) == pytest.approx(
+        arrays.evaluate(x[:16], y[:16]), rel=1e-12
+    )
+    np.testing.assert_allclose(loaded.predict(loader), arrays.predict(x), rtol=1e-12)
+
+
+def test_validation_data_steps_and_freq():
+    x, y = _data(n=64)
+    model = _pipeline_model()
+    hist = model.fit(x[:48], y[:48], epochs=4, batch_size=16, verbose=0,
+                     validation_data=_batches(x[48:], y[48:], 8, epochs=2),
+                     validation_steps=2, validation_freq=2)  # fmt: skip
+    assert "val_loss" in hist.history and len(hist.history["val_loss"]) == 2
+    assert len(hist.history["loss"]) == 4
+    assert hist.history["val_loss"][-1] == pytest.approx(model.evaluate(x[48:], y[48:])[0])
+
+
+def test_pipeline_errors():
+    x, y = _data()
+    model = _pipeline_model()
+    with pytest.warns(RuntimeWarning, match="ran out"):
+        hist = model.fit(_batches(x, y, 16), epochs=3, steps_per_epoch=3, verbose=0)
+    assert len(hist.history["loss"]) == 1
+    with pytest.raises(ValueError, match="y and sample_weight must be None"):
+        model.fit(_batches(x, y, 16), y, verbose=0)
+    with pytest.raises(ValueError, match=r"tuple \(x, y\)"):
+        model.fit(iter([x]), verbose=0)
+    with pytest.raises(TypeError, match="or an iterable of"):
+        model.evaluate(object(), y)
+    with pytest.raises(ValueError, match="y must be given"):
+        model.fit(x, verbose=0)

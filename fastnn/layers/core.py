@@ -345,8 +345,7 @@ class Reshape(Layer):
             target_shape = (target_shape,)
         if not isinstance(target_shape, (tuple, list)) or not 1 <= len(target_shape) <= 3:
             raise ValueError(
-                f"target_shape must be a tuple of 1 to 3 ints (one may be -1), got "
-                f"{target_shape!r}"
+                f"target_shape must be a tuple of 1 to 3 ints (one may be -1), got {target_shape!r}"
             )
         dims = list(target_shape)
         if sum(d == -1 for d in dims) > 1:
