@@ -167,7 +167,7 @@ def _replay(model, snap, X, Y, SW, rows, bs):
     for b in range(-(-len(rows) // bs)):
         before = model._snapshot()
         batch = rows[b * bs : (b + 1) * bs]
-        stats = np.zeros(codes.STAT_LEN)
+        stats = model._new_stats()
         done, finite = model._train_batches(X, Y, SW, batch, bs, stats)
         loss = float(stats[codes.STAT_LOSS] / len(batch))
         if not finite:
@@ -230,7 +230,7 @@ class ArrayEpochs:
         model = self.model
         order = model._shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         order = order.astype(np.int64)
-        stats = np.zeros(codes.STAT_LEN)
+        stats = model._new_stats()
         bar = _progress(self.verbose, self.steps, epoch, epochs)
         snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
         start = 0
@@ -288,7 +288,8 @@ class BatchEpochs:
         return self._iterator
 
     def run(self, epoch, epochs):
-        model, stats = self.model, np.zeros(codes.STAT_LEN)
+        model = self.model
+        stats = model._new_stats()
         bar = _progress(self.verbose, self.steps, epoch, epochs)
         it, b = self._batches(), 0
         try:
@@ -331,7 +332,7 @@ class BatchEpochs:
         x, y, sw = split_batch(batch)
         x, y, sw = model._prepare(x, y, sw, self.class_weight)
         snap = model._snapshot(reuse=True)
-        part = np.zeros(codes.STAT_LEN)
+        part = model._new_stats()
         done, finite = model._train_batches(x, y, sw, np.arange(len(x), dtype=np.int64),
                                             len(x), part)  # fmt: skip
         if not finite:

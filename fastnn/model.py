@@ -13,23 +13,14 @@ import numpy as np
 
 from . import backend as _backend
 from . import losses as _losses
+from . import metrics as _metrics
 from . import optimizers as _optimizers
 from ._checks import as_array, as_float, check_finite
 from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
-from ._names import lookup
 from .kernels import codes
 from .layers import Dropout, Flatten, Input, Layer, float_dtype
 from .layers.base import check_weight_list, sample_shape, size_of
-
-_METRICS = {
-    "accuracy": "accuracy",
-    "acc": "accuracy",
-    "mae": "mae",
-    "mean_absolute_error": "mae",
-    "mse": "mse",
-    "mean_squared_error": "mse",
-}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -178,8 +169,7 @@ class Sequential:
         self._engine: Engine | None = None
         self._snap_buf = None
         self.optimizer = self.loss = self._plan = None
-        self.metrics: list[str] = []
-        self._metric_kinds: list[str] = []  # "accuracy", "mae" or "mse" per entry of metrics
+        self._metric_set = _metrics.MetricSet([])
         self.stop_training = False
         self.history = None
         self.metadata: dict = {}
@@ -401,32 +391,39 @@ class Sequential:
                 f"metrics must be a list of names such as ['accuracy'], got "
                 f"{type(metrics).__name__} {metrics!r}"
             )
-        names, kinds = [], []
-        for m in metrics or []:
-            kind = lookup(_METRICS, "metrics", m)
-            name = m.strip()
-            if name in names:
+        metric_set = _metrics.MetricSet([_metrics.get(m) for m in metrics or []])
+        seen = set()
+        for name in metric_set.names:
+            if name in seen or name == "loss":
                 raise ValueError(
-                    f"metrics must be distinct names (each is a key of the logs), got {name!r} "
-                    f"twice in {list(metrics)!r}"
+                    f"metrics must be distinct names other than 'loss' (each is a key of the "
+                    f"logs), got {name!r} twice in {list(metrics)!r}"
                 )
-            names.append(name)
-            kinds.append(kind)
-        if "accuracy" in kinds and isinstance(
-            loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError)
-        ):
-            raise ValueError(f"metric 'accuracy' needs a classification loss, got {loss.name}")
+            seen.add(name)
+        regression = isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError))
+        for m in metric_set.metrics:
+            if regression and isinstance(m, _metrics.Accuracy):
+                raise ValueError(f"metric {m.name!r} needs a classification loss, got {loss.name}")
         self._relayout_if_trainable_changed()
         self.optimizer = optimizer
         self.loss = loss
-        self.metrics = names  # logged under these names, as given
-        self._metric_kinds = kinds
+        self._metric_set = metric_set
         self._plan = None
         if self._engine is not None:
             self._engine.state = None
         if self._maybe_build():  # weights, tables and optimizer state before the first fit
-            self._stack_plan()
+            self._metric_args(self._stack_plan())  # a metric that does not fit fails now
             self._snapshot(reuse=True)  # allocates the snapshot buffers fit reuses
+
+    @property
+    def metrics(self) -> list[str]:
+        """The names the metrics are logged under (compile order)."""
+        return self._metric_set.names
+
+    @property
+    def metric_objects(self) -> list:
+        """The :class:`fastnn.metrics.Metric` objects of compile."""
+        return list(self._metric_set.metrics)
 
     def _stack_plan(self):
         """How the loss runs in the compiled stack (a :class:`fastnn.losses.StackLoss`);
@@ -446,17 +443,9 @@ class Sequential:
             return int(last[codes.P_ACT])
         return codes.LINEAR
 
-    def _acc_mode(self, plan, y):
-        if "accuracy" not in self._metric_kinds:
-            return codes.ACC_NONE, 0.5
-        if plan.target == "sparse":
-            return codes.ACC_SPARSE, 0.5
-        if plan.code in (codes.SIGMOID_BCE, codes.BINARY_CE):
-            return (
-                codes.ACC_BINARY,
-                0.0 if plan.logits_out and plan.code == codes.SIGMOID_BCE else 0.5,
-            )
-        return codes.ACC_CATEGORICAL, 0.5
+    def _metric_args(self, plan) -> tuple:
+        """The kernels' (metrics table, thresholds) for the loss plan."""
+        return self._metric_set.table(plan, self.output_dim)
 
     # -- data -------------------------------------------------------------------------
     def _features(self, x, arg="x"):
@@ -584,10 +573,10 @@ class Sequential:
         eng, opt = self._engine, self.optimizer
         plan = self._stack_plan()
         ws = eng.workspace(batch_size, y.shape[1])
-        stats = np.zeros(codes.STAT_LEN)
+        stats = self._new_stats()
         self._kernel_call()(
             (x, y, sw, order, batch_size), ws.loss_plan(plan.train_act).args, eng.net,
-            ws.buffers, (plan.code, plan.logits_out, *self._acc_mode(plan, y)),
+            ws.buffers, (plan.code, plan.logits_out, *self._metric_args(plan)),
             (opt.code, opt._train_hyper(), np.zeros(1), 0, 0), 0, stats,
         )  # fmt: skip
         return stats
@@ -615,7 +604,7 @@ class Sequential:
         buffers (a callback may set new ones) are read by every call."""
         eng, opt, run_epoch = self._engine, self.optimizer, self._kernel_call()
         plan = self._stack_plan()
-        loss = (plan.code, plan.logits_out, *self._acc_mode(plan, y))
+        loss = (plan.code, plan.logits_out, *self._metric_args(plan))
         ws = self._training_workspace(batch_size, y.shape[1])
         args, buffers = ws.loss_plan(plan.train_act).args, ws.buffers
         seed, bad = self._dropout_seed, codes.STAT_NONFINITE
@@ -662,7 +651,7 @@ class Sequential:
         eng.params = eng.host_params = kept[0].copy()
         eng.state, eng.nontrain = kept[1].copy(), kept[2].copy()
         try:
-            stats = np.zeros(codes.STAT_LEN)
+            stats = self._new_stats()
             self._train_batches(x, y, sw, order, ws.rows, stats)
             self._logs(stats)
         finally:
@@ -670,25 +659,18 @@ class Sequential:
             eng.state, eng.nontrain, self.optimizer.iterations = kept[1:]
 
     def _logs(self, stats, prefix=""):
-        # Python floats throughout: NumPy scalar arithmetic costs several times more per
-        # batch, and more still the first time it runs after other work
-        v = stats.tolist()
-        rows = max(v[codes.STAT_ROWS], 1.0)
-        logs = {prefix + "loss": v[codes.STAT_LOSS] / rows}
-        for name, kind in zip(self.metrics, self._metric_kinds):
-            if kind == "accuracy":
-                logs[prefix + name] = v[codes.STAT_CORRECT] / rows
-            else:
-                key = codes.STAT_ABS if kind == "mae" else codes.STAT_SQ
-                logs[prefix + name] = v[key] / (rows * self.output_dim)
-        return logs
+        return self._metric_set.logs(stats, self.output_dim, prefix)
+
+    def _new_stats(self) -> np.ndarray:
+        """A zeroed statistics vector: the fixed entries and every metric's slots."""
+        return self._metric_set.zeros()
 
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None) -> float:
         """One optimizer step on the batch (x, y); returns its loss."""
         x, y, sw = self._prepare(x, y, sample_weight, class_weight)
         order = np.arange(x.shape[0], dtype=np.int64)
         snap = self._snapshot(reuse=True)
-        stats = np.zeros(codes.STAT_LEN)
+        stats = self._new_stats()
         done, finite = self._train_batches(x, y, sw, order, x.shape[0], stats)
         loss = float(stats[codes.STAT_LOSS] / x.shape[0])
         if not finite:
@@ -774,7 +756,7 @@ class Sequential:
         """The summed statistics of an iterable's batches, each one compiled call."""
         if steps is not None:
             steps = check_int(steps, "steps", 1)
-        stats = np.zeros(codes.STAT_LEN)
+        stats = self._new_stats()
         for batch in itertools.islice(source, steps):  # never fetches a batch past steps
             x, y, sw = self._prepare(*split_batch(batch))
             stats += self._run(x, y, sw, np.arange(len(x), dtype=np.int64), len(x))

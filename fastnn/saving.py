@@ -31,6 +31,8 @@ import zlib
 
 import numpy as np
 
+from . import metrics
+
 FORMAT = "fastnn.model"
 VERSION = 2
 #: Format versions this fastnn reads.
@@ -127,7 +129,7 @@ def _compile_config(model):
     return {
         "optimizer": {"class_name": type(opt).__name__, "config": opt_config},
         "loss": {"class_name": type(model.loss).__name__, "config": model.loss.get_config()},
-        "metrics": list(model.metrics),
+        "metrics": [metrics.serialize(m) for m in model.metric_objects],
     }
 
 
@@ -319,17 +321,18 @@ def _compile(model, cc):
         opt_cfg["learning_rate"] = schedules.deserialize(lr)
     loss_cls = losses.CLASSES.get(loss_entry.get("class_name"))
     _expect(loss_cls is not None, f"unknown loss {loss_entry.get('class_name')!r}")
-    metrics = cc.get("metrics") or []
-    _expect(
-        isinstance(metrics, list) and all(isinstance(m, str) for m in metrics),
-        "the compile config has invalid metrics",
-    )
+    entries = cc.get("metrics") or []
+    _expect(isinstance(entries, list), "the compile config has invalid metrics")
+    try:
+        metric_list = [metrics.deserialize(m) for m in entries]
+    except (TypeError, ValueError) as exc:
+        raise _Invalid(f"the compile config has invalid metrics ({exc})") from None
     try:
         optimizer = opt_cls(**opt_cfg)
         loss = loss_cls(**(loss_entry.get("config") or {}))
     except TypeError as exc:
         raise _Invalid(f"invalid optimizer or loss config ({exc})") from None
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metric_list)
 
 
 def _expected_arrays(model, has_state, version) -> dict[str, tuple[np.dtype, tuple]]:
@@ -450,7 +453,7 @@ def _load(zf, backend, compile):
         model._engine.set_state(arrays["optimizer/state.npy"])
     if not compile and model.optimizer is not None:
         model.optimizer = model.loss = model._plan = None
-        model.metrics = []
+        model._metric_set = metrics.MetricSet([])
         model._metric_kinds = []
         if model._engine is not None:
             model._engine.state = None

@@ -15,7 +15,7 @@ from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
 from cpython.long cimport PyLong_AsUnsignedLongLongMask, PyLong_Check
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport (
-    NAN, exp, fabs, fabsf, isfinite, log, log1p, pow, sqrt, sqrtf, tanh,
+    NAN, ceil, exp, fabs, fabsf, isfinite, log, log1p, pow, sqrt, sqrtf, tanh,
 )
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
@@ -104,6 +104,16 @@ cdef enum:
     ACC_SPARSE = 1
     ACC_CATEGORICAL = 2
     ACC_BINARY = 3
+    M_TOP_K = 4
+    M_SPARSE_TOP_K = 5
+    M_CONFUSION = 6
+    M_HISTOGRAM = 7
+    N_METRICS = 8
+    M_KIND = 0
+    M_SLOT = 1
+    M_K = 2
+    M_LOGITS = 3
+    M_COLS = 4
 
     STAT_LOSS = 0
     STAT_CORRECT = 1
@@ -144,6 +154,9 @@ def _check_codes():
         CATEGORICAL_CE=CATEGORICAL_CE, BINARY_CE=BINARY_CE, MSE=MSE, MAE=MAE, SGD=SGD,
         MOMENTUM=MOMENTUM, ADAGRAD=ADAGRAD, RMSPROP=RMSPROP, ADAM=ADAM, ACC_NONE=ACC_NONE,
         ACC_SPARSE=ACC_SPARSE, ACC_CATEGORICAL=ACC_CATEGORICAL, ACC_BINARY=ACC_BINARY,
+        M_TOP_K=M_TOP_K, M_SPARSE_TOP_K=M_SPARSE_TOP_K, M_CONFUSION=M_CONFUSION,
+        M_HISTOGRAM=M_HISTOGRAM, N_METRICS=N_METRICS, M_KIND=M_KIND, M_SLOT=M_SLOT, M_K=M_K,
+        M_LOGITS=M_LOGITS, M_COLS=M_COLS,
         STAT_LOSS=STAT_LOSS, STAT_CORRECT=STAT_CORRECT, STAT_ABS=STAT_ABS, STAT_SQ=STAT_SQ,
         STAT_ROWS=STAT_ROWS, STAT_NONFINITE=STAT_NONFINITE, STAT_LEN=STAT_LEN, PROB_EPS=PROB_EPS,
         STATE_SLOTS=tuple(STATE_SLOTS[k] for k in range(N_OPTS)),
@@ -1570,32 +1583,81 @@ cdef double _eval(const Plan* pl, const Net* b, const floating* x, const floatin
     return loss + _penalty(pl, <const floating*>b.params)
 
 
-cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_ssize_t c,
-                       Py_ssize_t ty, int acc_mode, double threshold,
-                       double* stats) noexcept nogil:
-    cdef Py_ssize_t i, j, k, ycol
+cdef inline Py_ssize_t _bucket(double p, Py_ssize_t k) noexcept nogil:
+    """The number of Keras's AUC thresholds (-eps, j / (k - 1), 1 + eps) below p."""
+    cdef double q
+    cdef Py_ssize_t inner
+    if p < 0:
+        return 0
+    q = ceil(p * (k - 1)) - 1
+    inner = 0 if q < 0 else (k - 2 if q > k - 2 else <Py_ssize_t>q)
+    return 1 + inner
+
+
+cdef void _metric(const floating* out, const floating* y, Py_ssize_t n, Py_ssize_t c,
+                  Py_ssize_t ty, const int64_t* row, double threshold,
+                  double* stats) noexcept nogil:
+    """One row of the metrics table (see reference.batch_stats)."""
+    cdef int kind = <int>row[M_KIND]
+    cdef Py_ssize_t slot = row[M_SLOT], k = row[M_K], i, j, lab, higher, ycol
     cdef floating thr = <floating>threshold
-    cdef double d, sa = 0.0, sq = 0.0
-    cdef Py_ssize_t hits = 0
+    cdef floating score
+    cdef Py_ssize_t hits = 0, tp = 0, fp = 0, fn = 0
+    cdef bint pred, pos
+    cdef double p
     cdef Labels lb
-    if acc_mode == ACC_SPARSE:
-        lb.data = <const char*>y
-        lb.stride = ty * sizeof(floating)
-        lb.kind = LB_F32 if floating is float else LB_F64
+    lb.data = <const char*>y
+    lb.stride = ty * sizeof(floating)
+    lb.kind = LB_F32 if floating is float else LB_F64
+    if kind == ACC_SPARSE or kind == ACC_CATEGORICAL or kind == M_TOP_K or kind == M_SPARSE_TOP_K:
         for i in range(n):
-            k = _label(&lb, i, c)
-            hits += k >= 0 and _argmax(out + i * c, c) == k
-        stats[STAT_CORRECT] += <double>hits
-    elif acc_mode == ACC_CATEGORICAL:
-        for i in range(n):
-            hits += _argmax(out + i * c, c) == _argmax(y + i * ty, ty)
-        stats[STAT_CORRECT] += <double>hits
-    elif acc_mode == ACC_BINARY:
+            if kind == ACC_SPARSE or kind == M_SPARSE_TOP_K:
+                lab = _label(&lb, i, c)
+            else:
+                lab = _argmax(y + i * ty, ty)
+            if lab < 0 or lab >= c:
+                continue
+            if kind == ACC_SPARSE or kind == ACC_CATEGORICAL:
+                hits += _argmax(out + i * c, c) == lab
+            else:
+                score = out[i * c + lab]
+                higher = 0
+                for j in range(c):
+                    higher += out[i * c + j] > score
+                hits += higher < k
+        stats[slot] += <double>hits
+    elif kind == ACC_BINARY:
         ycol = 1 if ty == c else 0  # (N, 1) targets broadcast over the outputs
         for i in range(n):
             for j in range(c):
                 hits += (out[i * c + j] > thr) == (y[i * ty + j * ycol] > 0.5)
-        stats[STAT_CORRECT] += <double>hits / c
+        stats[slot] += <double>hits / c
+    elif kind == M_CONFUSION:
+        for i in range(n * c):
+            pred = out[i] > thr
+            pos = y[i] > 0.5
+            tp += pred and pos
+            fp += pred and not pos
+            fn += pos and not pred
+        stats[slot] += <double>tp
+        stats[slot + 1] += <double>fp
+        stats[slot + 2] += <double>fn
+    else:  # M_HISTOGRAM (the checks admit nothing else)
+        for i in range(n * c):
+            p = <double>out[i]
+            if row[M_LOGITS]:
+                p = 1.0 / (1.0 + exp(-p))
+            stats[slot + (0 if y[i] > 0.5 else k) + _bucket(p, k)] += 1.0
+
+
+cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_ssize_t c,
+                       Py_ssize_t ty, const int64_t* metrics, const double* thresholds,
+                       Py_ssize_t n_metrics, double* stats) noexcept nogil:
+    cdef Py_ssize_t i, m
+    cdef double d, sa = 0.0, sq = 0.0
+    for m in range(n_metrics):
+        if metrics[m * M_COLS + M_KIND] != ACC_NONE:
+            _metric(out, y, n, c, ty, metrics + m * M_COLS, thresholds[m], stats)
     if ty == c:
         for i in range(n * c):
             d = <double>out[i] - <double>y[i]
@@ -1604,6 +1666,46 @@ cdef void _batch_stats(const floating* out, const floating* y, Py_ssize_t n, Py_
         stats[STAT_ABS] += sa
         stats[STAT_SQ] += sq
     stats[STAT_ROWS] += n
+
+
+cdef int _check_metrics(object metrics, object thresholds, Py_ssize_t n_stats, Py_ssize_t c,
+                        Py_ssize_t ty, const int64_t** rows, const double** thr,
+                        Py_ssize_t* count) except -1:
+    """Reads the metrics table (M, M_COLS) int64 and thresholds (M,) float64, and checks
+    every row: a known kind, its slots inside stats, targets of a width it can read."""
+    cdef Py_ssize_t dm[2]
+    cdef Py_ssize_t dt[1]
+    cdef Py_ssize_t m, kind, slot, k, width
+    rows[0] = <const int64_t*>_data(metrics, "metrics", b"i"[0], 8, 2, False, dm)
+    thr[0] = <const double*>_data(thresholds, "thresholds", F_KIND, 8, 1, False, dt)
+    if dm[0] > 0 and dm[1] != M_COLS:
+        raise ValueError(f"metrics must have shape (M, {M_COLS}), got ({dm[0]}, {dm[1]})")
+    if dt[0] != dm[0]:
+        raise ValueError(f"thresholds needs {dm[0]} values (one per metric), got {dt[0]}")
+    if n_stats < STAT_LEN:
+        raise ValueError(f"stats needs {STAT_LEN} elements, got {n_stats}")
+    for m in range(dm[0]):
+        kind, slot, k = rows[0][m * M_COLS], rows[0][m * M_COLS + 1], rows[0][m * M_COLS + 2]
+        if kind < 0 or kind >= N_METRICS:
+            raise ValueError(f"unknown metric kind {kind} (metric {m})")
+        if (kind == M_TOP_K or kind == M_SPARSE_TOP_K) and k < 1:
+            raise ValueError(f"metric {m}: top-k needs k >= 1, got {k}")
+        if kind == M_HISTOGRAM and (k < 2 or k > n_stats):
+            raise ValueError(f"metric {m}: a histogram needs k >= 2 buckets, got {k}")
+        width = (3 if kind == M_CONFUSION else (2 * k if kind == M_HISTOGRAM
+                 else (0 if kind == ACC_NONE else 1)))
+        if slot < 0 or slot > n_stats - width:
+            raise ValueError(f"metric {m}: slots [{slot}, {slot + width}) do not fit in stats "
+                             f"of {n_stats} entries")
+        if (kind == M_CONFUSION or kind == M_HISTOGRAM or kind == ACC_CATEGORICAL
+                or kind == M_TOP_K) and ty != c:
+            raise ValueError(f"metric {m} needs y with {c} columns (the outputs), got {ty}")
+        if kind == ACC_BINARY and ty != c and ty != 1:
+            raise ValueError(f"y must have 1 or {c} columns for binary accuracy, got {ty}")
+        if (kind == ACC_SPARSE or kind == M_SPARSE_TOP_K) and ty < 1:
+            raise ValueError("y must have a column of class labels")
+    count[0] = dm[0]
+    return 0
 
 
 cdef struct Epoch:
@@ -1619,8 +1721,9 @@ cdef struct Epoch:
     char* swb
     int loss_code
     bint logits_out
-    int acc_mode
-    double threshold
+    const int64_t* metrics
+    const double* thresholds
+    Py_ssize_t n_metrics
     int opt_code
     double* hyper
     const double* lrs
@@ -1656,8 +1759,8 @@ cdef Py_ssize_t _epoch(const Plan* pl, const Net* b, const Epoch* e, const float
         stats[STAT_LOSS] += loss * n
         if not isfinite(loss):
             return bi
-        _batch_stats(<const floating*>b.acts + pl.out_off, yb, n, pl.n_out, ty, e.acc_mode,
-                     e.threshold, stats)
+        _batch_stats(<const floating*>b.acts + pl.out_off, yb, n, pl.n_out, ty, e.metrics,
+                     e.thresholds, e.n_metrics, stats)
     return n_batches
 
 
@@ -2457,7 +2560,7 @@ def normalization_backward(variance, dout, dx):
 # The whole-network entry points take their arguments in groups (tuples, unpacked here
 # through the C API): plan = (layers, layer_f, kinds) (kinds is for Numba: ignored),
 # net = (params, grads, state, nontrain), work = (acts, gbuf, acc), batch = (x, y, sw),
-# loss = (loss_code, logits_out, acc_mode, threshold), opt = (opt_code, hyper, lrs, step,
+# loss = (loss_code, logits_out, metrics, thresholds), opt = (opt_code, hyper, lrs, step,
 # seed); see reference.py.
 
 def forward_stack(x, plan, net, work, int training, seed, step):
@@ -2589,20 +2692,19 @@ def eval_step(batch, plan, net, work, loss):
     return value
 
 
-def batch_stats(const floating[:, ::1] out, const floating[:, ::1] y, int acc_mode,
-                double threshold, double[::1] stats):
-    """Adds a batch's metric sums to ``stats`` (see codes.STAT_*).  out (N, C); y (N, T)."""
-    cdef Py_ssize_t n = out.shape[0], c = out.shape[1], ty = y.shape[1]
+def batch_stats(const floating[:, ::1] out, const floating[:, ::1] y, metrics, thresholds,
+                double[::1] stats):
+    """Adds a batch's metric sums to ``stats`` (see reference.batch_stats)."""
+    cdef Py_ssize_t n = out.shape[0], c = out.shape[1], ty = y.shape[1], count
+    cdef const int64_t* rows
+    cdef const double* thr
     if y.shape[0] != n:
         raise ValueError(f"y must have {n} rows, got {y.shape[0]}")
-    if stats.shape[0] < STAT_LEN:
-        raise ValueError(f"stats needs {STAT_LEN} elements, got {stats.shape[0]}")
     if n > 0 and (c < 1 or ty < 1):
         raise ValueError("out and y need at least one column")
-    if acc_mode == ACC_BINARY and ty != c and ty != 1:
-        raise ValueError(f"y must have 1 or {c} columns for binary accuracy, got {ty}")
+    _check_metrics(metrics, thresholds, stats.shape[0], c, ty, &rows, &thr, &count)
     with nogil:
-        _batch_stats(&out[0, 0], &y[0, 0], n, c, ty, acc_mode, threshold, &stats[0])
+        _batch_stats(&out[0, 0], &y[0, 0], n, c, ty, rows, thr, count, &stats[0])
 
 
 # run_epoch is the per-batch call of fit and train_on_batch: its arrays are read through the
@@ -2686,8 +2788,6 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
     cdef double* stats_ = <double*>_data(stats, "stats", f, 8, 1, True, dstats)
     e.loss_code = _item(ls, 0)
     e.logits_out = _item(ls, 1)
-    e.acc_mode = _item(ls, 2)
-    e.threshold = _item(ls, 3)
     e.m, e.n_x, e.ty, e.total = dx[0], dx[1], dy[1], dord[0]
     if e.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {e.batch_size}")
@@ -2719,11 +2819,8 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
                          f"({dyb[0]}, {dyb[1]})")
     if dswb[0] < rows:
         raise ValueError(f"swb needs {rows} elements, got {dswb[0]}")
-    if dstats[0] < STAT_LEN:
-        raise ValueError(f"stats needs {STAT_LEN} elements, got {dstats[0]}")
-    if e.acc_mode == ACC_BINARY and e.ty != pl.n_out and e.ty != 1:
-        raise ValueError(f"Y must have 1 or {pl.n_out} columns for binary accuracy, got "
-                         f"{e.ty}")
+    _check_metrics(_item(ls, 2), _item(ls, 3), dstats[0], pl.n_out, e.ty, &e.metrics,
+                   &e.thresholds, &e.n_metrics)
     if isz == 4:
         with nogil:
             n_batches = _epoch_checked(&pl, &b, &e, <const float*>X_, <const float*>Y_,

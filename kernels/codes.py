@@ -92,15 +92,24 @@ N_OPTS = 5
 # Number of optimizer state slots, by optimizer code
 STATE_SLOTS = (0, 1, 1, 1, 2)
 
-# Accuracy modes for run_epoch statistics
-ACC_NONE = 0
-ACC_SPARSE = 1  # argmax(out) == label
-ACC_CATEGORICAL = 2  # argmax(out) == argmax(y)
-ACC_BINARY = 3  # (out > threshold) == y, averaged over outputs
+# Metrics accumulated by batch_stats: a metrics table (M, M_COLS) int64, one row per metric
+# [kind, slot (its first entry in stats), k, from_logits], and a (M,) float64 threshold per
+# row.  Every kind adds sums only, so that a whole epoch's metric is a ratio of its sums.
+ACC_NONE = 0  # (no metric; kept as a name for "no accuracy")
+ACC_SPARSE = 1  # 1 slot: rows with argmax(out) == label
+ACC_CATEGORICAL = 2  # 1 slot: rows with argmax(out) == argmax(y)
+ACC_BINARY = 3  # 1 slot: sum over rows of the fraction of outputs with (out > thr) == (y > .5)
+M_TOP_K = 4  # 1 slot: rows whose argmax(y)'s score has fewer than k higher scores
+M_SPARSE_TOP_K = 5  # 1 slot: the same with integer labels
+M_CONFUSION = 6  # 3 slots: true positives, false positives, false negatives of out > thr
+M_HISTOGRAM = 7  # 2k slots: positives then negatives by bucket, k thresholds j / (k - 1)
+N_METRICS = 8
+M_KIND, M_SLOT, M_K, M_LOGITS = 0, 1, 2, 3
+M_COLS = 4
 
 # Layout of the stats vector written by run_epoch
 STAT_LOSS = 0  # sum over batches of batch loss * batch rows
-STAT_CORRECT = 1  # accuracy numerator (rows, or elements / outputs for binary)
+STAT_CORRECT = 1  # the first accuracy's slot (the metrics table names every slot)
 STAT_ABS = 2  # sum |out - y| over elements
 STAT_SQ = 3  # sum (out - y)^2 over elements
 STAT_ROWS = 4  # rows seen
@@ -108,7 +117,7 @@ STAT_ROWS = 4  # rows seen
 # or the non-trainable weights is not finite at its end, else 0.0 (the caller's overflow
 # check without another pass in Python)
 STAT_NONFINITE = 5
-STAT_LEN = 6
+STAT_LEN = 6  # the fixed entries; metric slots may follow
 
 # Probability clipping of the cross-entropies on probabilities (as Keras)
 PROB_EPS = 1e-7

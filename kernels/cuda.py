@@ -246,7 +246,6 @@ class _Scratch:
         self.partials = cuda.device_array(max(_MAX_PARTIALS, 64), np.float64)
         self.acc = cuda.to_device(np.zeros(4))
         self.guard = cuda.to_device(np.zeros(1))
-        self.stats = cuda.to_device(np.zeros(C.STAT_LEN))
         self.host = _pinned((4,), np.float64)
         self.staging = {}
 
@@ -309,8 +308,9 @@ def _build(F):  # noqa: C901 - one namespace of kernels
     CB = 32  # largest extent of the column-reduction block in either dimension
     CB1 = CB + 1
     ACC_SPARSE, ACC_CAT, ACC_BIN = C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY
+    M_TOPK, M_STOPK, M_CONF, M_HIST = C.M_TOP_K, C.M_SPARSE_TOP_K, C.M_CONFUSION, C.M_HISTOGRAM
     L_SBCE, L_CCE, L_BCE, L_MSE = C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE, C.MSE
-    S_CORRECT, S_ABS, S_SQ, S_ROWS = C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS
+    S_ABS, S_SQ, S_ROWS = C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS
     S_NONFINITE = C.STAT_NONFINITE
 
     dev = cuda.jit(device=True, inline="always")
@@ -956,39 +956,87 @@ def _build(F):  # noqa: C901 - one namespace of kernels
     # -- metrics (one block) ---------------------------------------------------------
 
     @cuda.jit
-    def batch_stats(out, y, stats, acc_mode, threshold, with_diff):
+    def batch_stats(out, y, stats, with_diff):
+        """The fixed sums of reference.batch_stats: |out - y|, (out - y)^2, rows."""
         sh = cuda.shared.array(RED, dtype=D)
         n, c = out.shape
         tid = cuda.threadIdx.x
-        corr = 0.0
         sab = 0.0
         ssq = 0.0
-        for r in range(tid, n, cuda.blockDim.x):
-            if acc_mode == ACC_SPARSE:
-                if row_argmax(out, r, c) == I64(y[r, 0]):
-                    corr += 1.0
-            elif acc_mode == ACC_CAT:
-                if row_argmax(out, r, c) == row_argmax(y, r, y.shape[1]):
-                    corr += 1.0
-            elif acc_mode == ACC_BIN:
-                for j in range(c):
-                    if (out[r, j] > threshold) == (y[r, j] > HALF):
-                        corr += 1.0
-            if with_diff:
+        if with_diff:
+            for r in range(tid, n, cuda.blockDim.x):
                 for j in range(c):
                     d = D(out[r, j]) - D(y[r, j])
                     sab += abs(d)
                     ssq += d * d
-        corr = bsum(sh, corr)
         sab = bsum(sh, sab)
         ssq = bsum(sh, ssq)
         if tid == 0:
-            if acc_mode == ACC_BIN:
-                corr /= c
-            stats[S_CORRECT] += corr
             stats[S_ABS] += sab
             stats[S_SQ] += ssq
             stats[S_ROWS] += n
+
+    @cuda.jit
+    def metric_sums(out, y, stats, kind, slot, k, logits, threshold):
+        """One row of reference.batch_stats's metrics table (one block; the histogram
+        buckets are atomic adds)."""
+        sh = cuda.shared.array(RED, dtype=D)
+        n, c = out.shape
+        tid = cuda.threadIdx.x
+        a0 = 0.0
+        a1 = 0.0
+        a2 = 0.0
+        for r in range(tid, n, cuda.blockDim.x):
+            if kind == ACC_SPARSE or kind == ACC_CAT or kind == M_TOPK or kind == M_STOPK:
+                sparse = kind == ACC_SPARSE or kind == M_STOPK
+                lab = I64(y[r, 0]) if sparse else row_argmax(y, r, y.shape[1])
+                if lab < 0 or lab >= c:
+                    continue
+                if kind == ACC_SPARSE or kind == ACC_CAT:
+                    if row_argmax(out, r, c) == lab:
+                        a0 += 1.0
+                else:
+                    higher = 0
+                    for j in range(c):
+                        if out[r, j] > out[r, lab]:
+                            higher += 1
+                    if higher < k:
+                        a0 += 1.0
+            elif kind == ACC_BIN:
+                ycol = 1 if y.shape[1] == c else 0
+                hits = 0.0
+                for j in range(c):
+                    if (out[r, j] > threshold) == (y[r, j * ycol] > HALF):
+                        hits += 1.0
+                a0 += hits / c
+            elif kind == M_CONF:
+                for j in range(c):
+                    pred, pos = out[r, j] > threshold, y[r, j] > HALF
+                    if pred and pos:
+                        a0 += 1.0
+                    elif pred:
+                        a1 += 1.0
+                    elif pos:
+                        a2 += 1.0
+            elif kind == M_HIST:
+                for j in range(c):
+                    p = D(out[r, j])
+                    if logits:
+                        p = 1.0 / (1.0 + math.exp(-p))
+                    b = 0
+                    if p >= 0:
+                        q = math.ceil(p * (k - 1)) - 1
+                        b = 1 + min(max(I64(q), 0), k - 2)
+                    side = 0 if y[r, j] > HALF else k
+                    cuda.atomic.add(stats, slot + side + b, 1.0)
+        a0 = bsum(sh, a0)
+        a1 = bsum(sh, a1)
+        a2 = bsum(sh, a2)
+        if tid == 0 and kind != M_HIST:
+            stats[slot] += a0
+            if kind == M_CONF:
+                stats[slot + 1] += a1
+                stats[slot + 2] += a2
 
     @cuda.jit
     def flag_nonfinite(a, stats):
@@ -1015,7 +1063,8 @@ _KERNEL_NAMES = (
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
     "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias", "col_moments", "col_grad_sums",
     "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "normalize",
-    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "flag_nonfinite",
+    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "metric_sums",
+    "flag_nonfinite",
 )  # fmt: skip
 
 _KERNELS: dict = {}
@@ -1078,7 +1127,8 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "adagrad": (a1, a1, a1, f, f, d1),
         "rmsprop": (a1, a1, a1, f, f, f, f, d1),
         "adam": (a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
-        "batch_stats": (a2, a2, d1, i, f, i),
+        "batch_stats": (a2, a2, d1, i),
+        "metric_sums": (a2, a2, d1, i, i, i, i, f),
         "flag_nonfinite": (a1, d1),
     }
     return {name: (ns[name].py_func, sigs[name]) for name in _KERNEL_NAMES}
@@ -1830,19 +1880,42 @@ def eval_step(batch, plan, net, work, loss):
     return value
 
 
-def batch_stats(out, y, acc_mode, threshold, stats):
-    """Adds a batch's metric sums to ``stats`` (codes.STAT_*), on the device."""
+def batch_stats(out, y, metrics, thresholds, stats):
+    """Adds a batch's metric sums to ``stats`` (see reference.batch_stats), on the device."""
+    table, thr = _metric_table(metrics, thresholds, len(stats))
     st = _Stage()
     o, yd, s = st(out), st(y), st(stats, True)
-    _batch_stats_d(o, yd, acc_mode, threshold, s)
+    _batch_stats_d(o, yd, table, thr, s)
     st.finish()
 
 
-def _batch_stats_d(out, y, acc_mode, threshold, stats):
+def _metric_table(metrics, thresholds, n_stats):
+    """The metrics table and thresholds on the host, checked (kinds known, slots inside
+    stats)."""
+    table = np.ascontiguousarray(to_host(metrics), dtype=np.int64).reshape(-1, C.M_COLS)
+    thr = np.ascontiguousarray(to_host(thresholds), dtype=np.float64).reshape(-1)
+    if thr.shape[0] != table.shape[0]:
+        raise ValueError(f"thresholds needs {table.shape[0]} values, got {thr.shape[0]}")
+    for m, (kind, slot, k, _) in enumerate(table):
+        if not 0 <= kind < C.N_METRICS:
+            raise ValueError(f"unknown metric kind {kind} (metric {m})")
+        width = {C.M_CONFUSION: 3, C.M_HISTOGRAM: 2 * k, C.ACC_NONE: 0}.get(int(kind), 1)
+        if kind == C.M_HISTOGRAM and k < 2:
+            raise ValueError(f"metric {m}: a histogram needs k >= 2 buckets, got {k}")
+        if slot < 0 or slot + width > n_stats:
+            raise ValueError(f"metric {m}: slots [{slot}, {slot + width}) do not fit in stats "
+                             f"of {n_stats} entries")  # fmt: skip
+    return table, thr
+
+
+def _batch_stats_d(out, y, table, thresholds, stats):
     k = _k(out.dtype)
-    with_diff = int(y.shape[1] == out.shape[1])
-    _launch(k, "batch_stats", 1, _RED_BLOCK)(out, y, stats, int(acc_mode), _ft(out)(threshold),
-                                    with_diff)  # fmt: skip
+    t = _ft(out)
+    _launch(k, "batch_stats", 1, _RED_BLOCK)(out, y, stats, int(y.shape[1] == out.shape[1]))
+    go = _launch(k, "metric_sums", 1, _RED_BLOCK)
+    for (kind, slot, kk, logits), thr in zip(table.tolist(), thresholds.tolist()):
+        if kind != C.ACC_NONE:
+            go(out, y, stats, kind, slot, kk, logits, t(thr))
 
 
 def _batch_buffers(sc, xb, yb, swb):
@@ -1869,7 +1942,7 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     X, Y, SW, order, batch_size = data
     xb, yb, swb, acts, gbuf, acc = ws
     opt_code, hyper, lrs, step, seed = opt
-    loss_code, logits_out, acc_mode, threshold = loss
+    loss_code, logits_out, metrics, thresholds = loss
     loss_code, logits_out = int(loss_code), int(logits_out)
     rows = _rows_of(plan)
     _check_loss(loss_code)
@@ -1884,9 +1957,10 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     host_hyper = hyper if isinstance(hyper, np.ndarray) else to_host(hyper).copy()
     lrs = to_host(lrs)
     (hx, dx), (hy, dy), (hw, dw) = _batch_buffers(sc, xb, yb, swb)
-    dstats = sc.stats
-    dstats.copy_to_device(np.zeros(C.STAT_LEN))
     host_stats = stats if isinstance(stats, np.ndarray) else to_host(stats)
+    table, thr = _metric_table(metrics, thresholds, host_stats.shape[0])
+    dstats = sc.buffer("stats", host_stats.shape, np.float64, True)
+    dstats.copy_to_device(np.zeros(host_stats.shape[0]))
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
     done = n_batches
@@ -1911,7 +1985,7 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
         if not math.isfinite(value):
             done = b
             break
-        _batch_stats_d(_output_d(work[0], rows, n), yd, acc_mode, threshold, dstats)
+        _batch_stats_d(_output_d(work[0], rows, n), yd, table, thr, dstats)
     if train:
         params, _, state, nontrain = dnet
         flag = _launch(_k(work[0].dtype), "flag_nonfinite", 1, _RED_BLOCK)
@@ -1921,6 +1995,7 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
                 flag(a, dstats)
     extra = dstats.copy_to_host()
     host_stats[1 : C.STAT_NONFINITE] += extra[1 : C.STAT_NONFINITE]
+    host_stats[C.STAT_LEN :] += extra[C.STAT_LEN :]
     if train:
         host_stats[C.STAT_NONFINITE] = extra[C.STAT_NONFINITE]
     if not isinstance(stats, np.ndarray):

@@ -173,6 +173,9 @@ _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_C
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
 _ACC_SPARSE, _ACC_CATEGORICAL, _ACC_BINARY = C.ACC_SPARSE, C.ACC_CATEGORICAL, C.ACC_BINARY
+_M_TOP_K, _M_SPARSE_TOP_K, _M_CONFUSION, _M_HISTOGRAM = (
+    C.M_TOP_K, C.M_SPARSE_TOP_K, C.M_CONFUSION, C.M_HISTOGRAM,
+)  # fmt: skip
 _STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS, _STAT_NONFINITE = (
     C.STAT_LOSS, C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS, C.STAT_NONFINITE,
 )  # fmt: skip
@@ -1278,30 +1281,83 @@ def _argmax_row(a, i):
 
 
 @_jit
-def batch_stats(out, y, acc_mode, threshold, stats):
-    """See reference.batch_stats."""
+def _top_k_hit(out, i, label, k):
+    """Whether fewer than k scores of row i beat the label's (ties count as in the top k)."""
+    score = out[i, label]
+    higher = 0
+    for j in range(out.shape[1]):
+        if out[i, j] > score:
+            higher += 1
+    return higher < k
+
+
+@_jit
+def _bucket(p, k):
+    """reference._bucket for one probability."""
+    if p < 0:
+        return 0
+    inner = np.int64(np.ceil(p * (k - 1))) - 1
+    return 1 + min(max(inner, 0), k - 2)
+
+
+@_jit
+def _metric(out, y, kind, slot, k, logits, threshold, stats):
+    """One row of reference.batch_stats's metrics table."""
     n, c = out.shape
-    if acc_mode == _ACC_SPARSE:
+    thr, half = out.dtype.type(threshold), y.dtype.type(0.5)
+    if (
+        kind == _ACC_SPARSE
+        or kind == _ACC_CATEGORICAL
+        or kind == _M_TOP_K
+        or (kind == _M_SPARSE_TOP_K)
+    ):
         hits = 0
         for i in range(n):
-            if _argmax_row(out, i) == np.int64(y[i, 0]):
-                hits += 1
-        stats[_STAT_CORRECT] += hits
-    elif acc_mode == _ACC_CATEGORICAL:
-        hits = 0
-        for i in range(n):
-            if _argmax_row(out, i) == _argmax_row(y, i):
-                hits += 1
-        stats[_STAT_CORRECT] += hits
-    elif acc_mode == _ACC_BINARY:
+            sparse = kind == _ACC_SPARSE or kind == _M_SPARSE_TOP_K
+            label = np.int64(y[i, 0]) if sparse else _argmax_row(y, i)
+            if kind == _ACC_SPARSE or kind == _ACC_CATEGORICAL:
+                hits += _argmax_row(out, i) == label
+            else:
+                hits += _top_k_hit(out, i, label, k)
+        stats[slot] += hits
+    elif kind == _ACC_BINARY:
         # compared in the arrays' dtype, as NumPy compares an array with a Python float
-        thr, half = out.dtype.type(threshold), y.dtype.type(0.5)
         hits = 0
         for i in range(n):
             for j in range(c):
                 if (out[i, j] > thr) == (y[i, j] > half):
                     hits += 1
-        stats[_STAT_CORRECT] += hits / c
+        stats[slot] += hits / c
+    elif kind == _M_CONFUSION:
+        tp, fp, fn = 0, 0, 0
+        for i in range(n):
+            for j in range(c):
+                pred, pos = out[i, j] > thr, y[i, j] > half
+                tp += pred and pos
+                fp += pred and not pos
+                fn += pos and not pred
+        stats[slot] += tp
+        stats[slot + 1] += fp
+        stats[slot + 2] += fn
+    elif kind == _M_HISTOGRAM:
+        for i in range(n):
+            for j in range(c):
+                p = np.float64(out[i, j])
+                if logits:
+                    p = 1.0 / (1.0 + np.exp(-p))
+                side = 0 if y[i, j] > half else k
+                stats[slot + side + _bucket(p, k)] += 1
+    elif kind != 0:
+        raise ValueError("unknown metric kind")
+
+
+@_jit
+def batch_stats(out, y, metrics, thresholds, stats):
+    """See reference.batch_stats."""
+    n, c = out.shape
+    for m in range(metrics.shape[0]):
+        _metric(out, y, metrics[m, 0], metrics[m, 1], metrics[m, 2], metrics[m, 3],
+                thresholds[m], stats)  # fmt: skip
     if y.shape[1] == c:
         s_abs = 0.0
         s_sq = 0.0
@@ -1333,7 +1389,7 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     xb, yb, swb, acts, gbuf, acc = ws
     opt_code, hyper, lrs, step, seed = opt
     work = (acts, gbuf, acc)
-    loss4 = (np.int64(loss[0]), np.int64(loss[1]), np.int64(loss[2]), np.float64(loss[3]))
+    loss4 = (np.int64(loss[0]), np.int64(loss[1]), loss[2], loss[3])
     total = order.shape[0]
     n_batches = (total + batch_size - 1) // batch_size
     done = n_batches

@@ -642,10 +642,10 @@ def train_step(batch, plan, net, work, loss, opt):
     """One training step: forward, loss, backward, optimizer update.
 
     batch = (x (N, I0), y (N, T) targets (class indices in column 0 for the sparse loss),
-    sw (N,) sample weights); loss = (loss_code, logits_out, acc_mode, threshold) (the last
-    two unused here); opt = (opt_code, hyper, lrs, step, seed) (lrs unused: hyper[0] is the
-    rate).  For the logit losses the last layer must be linear; the probabilities replace
-    the logits in acts unless ``logits_out``.  Returns the loss including the
+    sw (N,) sample weights); loss = (loss_code, logits_out, metrics, thresholds) (the
+    metrics of batch_stats, unused here); opt = (opt_code, hyper, lrs, step, seed) (lrs
+    unused: hyper[0] is the rate).  For the logit losses the last layer must be linear; the
+    probabilities replace the logits in acts unless ``logits_out``.  Returns the loss including the
     regularisation penalty; when it is not finite the parameters and optimizer state are
     not updated (grads still hold the step's gradients).
     """
@@ -669,15 +669,47 @@ def eval_step(batch, plan, net, work, loss):
     return _stack_loss(x, y, sw, plan, work, loss) + penalty_stack(net[0], plan)
 
 
-def batch_stats(out, y, acc_mode, threshold, stats):
-    """Adds a batch's metric sums to ``stats`` (see codes.STAT_*).  out (N, C); y (N, T)."""
+def _bucket(p, k):
+    """The number of thresholds j / (k - 1), j = 1..k-2, and -eps below p (Keras's AUC
+    thresholds, the last one 1 + eps), for p in [0, 1]: p's bucket in 0..k-1."""
+    inner = np.clip(np.ceil(p * (k - 1)) - 1, 0, k - 2)
+    return np.where(p < 0, 0, 1 + inner.astype(np.int64))
+
+
+def batch_stats(out, y, metrics, thresholds, stats):
+    """Adds a batch's metric sums to ``stats``: STAT_ROWS; STAT_ABS and STAT_SQ when y has
+    out's width; each metrics row's slots (codes.M_*).  out (N, C); y (N, T) (labels in
+    column 0 for the sparse kinds); metrics (M, M_COLS) int64; thresholds (M,) float64.
+    A histogram row with from_logits set buckets sigmoid(out); a confusion row compares out
+    with its threshold as it is (on logits: the logit of the probability threshold)."""
     n, c = out.shape
-    if acc_mode == C.ACC_SPARSE:
-        stats[C.STAT_CORRECT] += np.sum(np.argmax(out, axis=1) == y[:, 0].astype(np.int64))
-    elif acc_mode == C.ACC_CATEGORICAL:
-        stats[C.STAT_CORRECT] += np.sum(np.argmax(out, axis=1) == np.argmax(y, axis=1))
-    elif acc_mode == C.ACC_BINARY:
-        stats[C.STAT_CORRECT] += np.sum((out > threshold) == (y > 0.5)) / c
+    for m in range(metrics.shape[0]):
+        kind, slot, k, logits = (int(v) for v in metrics[m])
+        thr = out.dtype.type(thresholds[m])
+        if kind == C.ACC_SPARSE:
+            stats[slot] += np.sum(np.argmax(out, axis=1) == y[:, 0].astype(np.int64))
+        elif kind == C.ACC_CATEGORICAL:
+            stats[slot] += np.sum(np.argmax(out, axis=1) == np.argmax(y, axis=1))
+        elif kind == C.ACC_BINARY:
+            stats[slot] += np.sum((out > thr) == (y > 0.5)) / c
+        elif kind in (C.M_TOP_K, C.M_SPARSE_TOP_K):
+            label = y[:, 0].astype(np.int64) if kind == C.M_SPARSE_TOP_K else np.argmax(y, 1)
+            score = out[np.arange(n), label]
+            stats[slot] += np.sum(np.sum(out > score[:, None], axis=1) < k)
+        elif kind == C.M_CONFUSION:
+            pred, positive = out > thr, y > 0.5
+            stats[slot] += np.sum(pred & positive)
+            stats[slot + 1] += np.sum(pred & ~positive)
+            stats[slot + 2] += np.sum(~pred & positive)
+        elif kind == C.M_HISTOGRAM:
+            p = out.astype(np.float64)
+            if logits:
+                p = 1 / (1 + np.exp(-p))
+            b, positive = _bucket(p, k), y > 0.5
+            stats[slot : slot + k] += np.bincount(b[positive], minlength=k)
+            stats[slot + k : slot + 2 * k] += np.bincount(b[~positive], minlength=k)
+        elif kind != C.ACC_NONE:
+            raise ValueError(f"unknown metric kind {kind}")
     if y.shape[1] == c:
         diff = out.astype(np.float64) - y
         stats[C.STAT_ABS] += np.abs(diff).sum()
@@ -690,7 +722,8 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
 
     data = (X (M, I0), Y (M, T), SW (M,), order (K,) int64, batch_size); ws = (xb (B, I0),
     yb (B, T), swb (B,), acts, gbuf, acc) with B >= batch_size; loss as train_step (with
-    acc_mode, threshold for the metrics); opt = (opt_code, hyper, lrs, step, seed).
+    the metrics table and thresholds of batch_stats); opt = (opt_code, hyper, lrs, step,
+    seed).
     Gathers each batch into xb, yb, swb; with ``train`` runs ``train_step`` at steps step,
     step+1, ... with hyper[0] = lrs[b]; otherwise ``eval_step``.  Accumulates loss*rows
     and metrics into ``stats``.  Stops early at a batch whose loss is not finite (after
@@ -724,7 +757,7 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
         if not np.isfinite(value):
             done = b
             break
-        batch_stats(output_view(plan, acts, n), yb[:n], int(loss[2]), loss[3], stats)
+        batch_stats(output_view(plan, acts, n), yb[:n], loss[2], loss[3], stats)
     if train:
         params, _, state, nontrain = net
         finite = all(np.isfinite(a).all() for a in (params, state, nontrain))

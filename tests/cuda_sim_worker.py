@@ -305,6 +305,12 @@ def check_optimizers(cu):
     return "5 update kernels + optimizer_update for every code"
 
 
+def _metric_table(mode, threshold=0.5):
+    if mode == C.ACC_NONE:
+        return np.zeros((0, C.M_COLS), np.int64), np.zeros(0)
+    return np.array([[mode, C.STAT_CORRECT, 0, 0]], np.int64), np.array([threshold])
+
+
 def check_batch_stats(cu):
     rng = _rng(11)
     out = rng.uniform(size=(9, 4)).astype(F32)
@@ -313,11 +319,22 @@ def check_batch_stats(cu):
     binary = (rng.uniform(size=(9, 4)) > 0.5).astype(F32)
     for mode, y in ((C.ACC_SPARSE, labels), (C.ACC_CATEGORICAL, onehot),
                     (C.ACC_BINARY, binary), (C.ACC_NONE, onehot)):  # fmt: skip
-        s1, s2 = np.arange(5, dtype=np.float64), np.arange(5, dtype=np.float64)
-        cu.batch_stats(out, y, mode, 0.5, s1)
-        ref.batch_stats(out, y, mode, 0.5, s2)
+        s1, s2 = np.arange(6, dtype=np.float64), np.arange(6, dtype=np.float64)
+        cu.batch_stats(out, y, *_metric_table(mode), s1)
+        ref.batch_stats(out, y, *_metric_table(mode), s2)
         _close(f"batch_stats mode {mode}", s1, s2, 1e-9, 1e-9)
-    return "4 accuracy modes"
+    tables = (
+        (onehot, np.array([[C.M_TOP_K, 6, 2, 0]])),
+        (labels, np.array([[C.M_SPARSE_TOP_K, 6, 1, 0]])),
+        (binary, np.array([[C.M_CONFUSION, 6, 0, 0], [C.M_HISTOGRAM, 9, 5, 1]])),
+    )
+    for y, table in tables:
+        thr = np.full(len(table), 0.5)
+        s1, s2 = np.zeros(19), np.zeros(19)
+        cu.batch_stats(out, y, table.astype(np.int64), thr, s1)
+        ref.batch_stats(out, y, table.astype(np.int64), thr, s2)
+        _close(f"batch_stats table {table[:, 0]}", s1, s2, 1e-9, 1e-9)
+    return "4 accuracy modes, top-k, confusion, histogram"
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,7 +545,9 @@ def check_stack_refuses_kinds(cu):
     calls = (
         lambda plan: cu.forward_stack(x, plan, net.net, net.work, 1, 0, 1),
         lambda plan: cu.backward_stack(x, plan, net.net, net.work, 0, 1),
-        lambda plan: cu.eval_step(batch, plan, net.net, net.work, (C.MSE, 0, C.ACC_NONE, 0.5)),
+        lambda plan: cu.eval_step(
+            batch, plan, net.net, net.work, (C.MSE, 0, *_metric_table(C.ACC_NONE))
+        ),
     )
     for call in calls:
         try:
@@ -580,7 +599,7 @@ def _train(mod, dtype, steps, make=mlp_layers, loss_code=C.SPARSE_SOFTMAX_CE, op
     losses = []
     for step in range(1, steps + 1):
         losses.append(mod.train_step((x, y, sw), net.plan, net.net, net.work,
-                                     (loss_code, 0, C.ACC_NONE, 0.5),
+                                     (loss_code, 0, *_metric_table(C.ACC_NONE)),
                                      (opt, hyper, np.zeros(1), step, 5)))  # fmt: skip
     return np.array(losses), net
 
@@ -621,7 +640,7 @@ def check_eval_step(cu):
         b = a.copy()
         x, y = _randn(rng, n, a.n_in), _randn(rng, n, 3)
         sw = rng.uniform(0.5, 2.0, n).astype(F32)
-        loss = (C.MSE, 0, C.ACC_NONE, 0.5)
+        loss = (C.MSE, 0, *_metric_table(C.ACC_NONE))
         l_cu = cu.eval_step((x, y, sw), a.plan, a.net, a.work, loss)
         l_ref = ref.eval_step((x, y, sw), b.plan, b.net, b.work, loss)
         _close(f"eval_step {make.__name__} loss", l_cu, l_ref, 1e-5, 1e-7)
@@ -644,7 +663,7 @@ def _epoch(mod, make, n_rows, bs, seed, state_inf=False, nontrain_inf=False, eva
     ws = (np.zeros((bs, net.n_in), F32), np.zeros((bs, 1), F32), np.zeros(bs, F32), *net.work)
     hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
     lrs = np.array([0.01, 0.005, 0.002])
-    loss = (C.SPARSE_SOFTMAX_CE, 0, C.ACC_SPARSE, 0.5)
+    loss = (C.SPARSE_SOFTMAX_CE, 0, *_metric_table(C.ACC_SPARSE))
     stats = np.zeros(C.STAT_LEN)
     done = mod.run_epoch((X, Y, SW, order, bs), net.plan, net.net, ws, loss,
                          (C.ADAM, hyper, lrs, 1, 3), 1, stats)  # fmt: skip
@@ -700,7 +719,8 @@ def check_device_resident(cu):
     hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0])
     value = cu.train_step((d["x"], d["y"], d["sw"]), net.plan,
                           (d["params"], grads, state, d["nontrain"]),
-                          (d["acts"], d["gbuf"], d["acc"]), (C.SPARSE_SOFTMAX_CE, 0, 0, 0.5),
+                          (d["acts"], d["gbuf"], d["acc"]),
+                          (C.SPARSE_SOFTMAX_CE, 0, *_metric_table(C.ACC_NONE)),
                           (C.ADAM, hyper, np.zeros(1), 1, 5))  # fmt: skip
     assert isinstance(value, float)
     _close("device loss", value, l_host[0], 1e-6, 1e-7)
@@ -762,7 +782,7 @@ def device_run_epoch_large(cu):
         hyper = np.array([1e-3, 0.9, 0.999, 1e-7, 0.0])
         stats = np.zeros(C.STAT_LEN)
         done = mod.run_epoch((X, Y, SW, order, bs), net.plan, net.net, ws,
-                             (C.SPARSE_SOFTMAX_CE, 0, C.ACC_SPARSE, 0.5),
+                             (C.SPARSE_SOFTMAX_CE, 0, *_metric_table(C.ACC_SPARSE)),
                              (C.ADAM, hyper, np.full(16, 1e-3), 1, 0), 1, stats)  # fmt: skip
         res.append((done, stats, net))
     assert res[0][0] == res[1][0] == 16

@@ -303,11 +303,24 @@ def train_steps(module, stack, loss, opt, steps, logits_out=0, seed=11):
                 b.plan,
                 b.net,
                 b.work,
-                (loss, logits_out, C.ACC_NONE, 0.5),
+                loss_args(loss, logits_out),
                 (opt, hyper, np.zeros(1), step, seed),
             )  # fmt: skip
         )
     return b.params, b.grads, b.state, b.nontrain, b.acts, b.gbuf, np.array(losses)
+
+
+def metrics_for(acc_mode=C.ACC_NONE, threshold=0.5):
+    """The (metrics table, thresholds) of batch_stats for one accuracy in STAT_CORRECT (or
+    none)."""
+    if acc_mode == C.ACC_NONE:
+        return np.zeros((0, C.M_COLS), np.int64), np.zeros(0)
+    return np.array([[acc_mode, C.STAT_CORRECT, 0, 0]], np.int64), np.array([threshold])
+
+
+def loss_args(loss, logits_out=0, acc_mode=C.ACC_NONE, threshold=0.5):
+    """The ``loss`` group of the whole-network kernels."""
+    return (loss, logits_out, *metrics_for(acc_mode, threshold))
 
 
 def acc_mode_for(loss):
@@ -327,6 +340,7 @@ __all__ = [
     "LOSS_NAMES",
     "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
-    "Buffers", "acc_mode_for", "assert_close", "compiled_backends", "make_targets",
-    "mixed_stack", "mlp3", "norm_stack", "ref", "rng_for", "tolerance", "train_steps",
+    "Buffers", "acc_mode_for", "loss_args", "metrics_for", "assert_close", "compiled_backends",
+    "make_targets", "mixed_stack", "mlp3", "norm_stack", "ref", "rng_for", "tolerance",
+    "train_steps",
 ]  # fmt: skip

@@ -155,12 +155,13 @@ _COLD = textwrap.dedent(
         (plan.acts_size, np.float32), (plan.gbuf_size, np.float32), (plan.acc_size, np.float64)))
     net = (eng.params, eng.grads, eng.state, eng.nontrain)
     hyper = np.array([1e-3, 0.9, 0.999, 1e-7, 0.0])
+    no_metrics, no_thresholds = np.zeros((0, 4), np.int64), np.zeros(0)
 
     def fwd():
         cy.forward_stack(x, plan.args, net, work, 0, 0, 0)
 
     def step(t):
-        cy.train_step((x, y, sw), plan.args, net, work, (1, 0, 0, 0.5),
+        cy.train_step((x, y, sw), plan.args, net, work, (1, 0, no_metrics, no_thresholds),
                       (4, hyper, hyper, t, 0))
 
     def timed(f, *a):

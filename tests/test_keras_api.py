@@ -309,3 +309,96 @@ def test_pipeline_errors():
         model.evaluate(object(), y)
     with pytest.raises(ValueError, match="y must be given"):
         model.fit(x, verbose=0)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def _binary_model(backend, logits=False):
+    model = fastnn.Sequential(
+        [Input(shape=(6,)), Dense(8, activation="relu"),
+         Dense(1, activation=None if logits else "sigmoid")],
+        seed=1, backend=backend, dtype="float64",
+    )  # fmt: skip
+    loss = fastnn.losses.BinaryCrossentropy(from_logits=logits)
+    metrics = ["binary_accuracy", "auc", "precision", "recall",
+               fastnn.metrics.AUC(num_thresholds=50, name="auc50"), "rmse"]  # fmt: skip
+    model.compile(fastnn.optimizers.Adam(0.01), loss, metrics=metrics)
+    return model
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("logits", [False, True])
+def test_binary_metrics_match_their_definitions(backend, logits):
+    """evaluate's metrics == sklearn's (AUC: over Keras's thresholds, within their
+    resolution), with probability or logit outputs."""
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    x, y3 = _data(n=200)
+    y = (y3 > 0).astype(np.float64)
+    model = _binary_model(backend, logits)
+    model.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    logs = model.evaluate(x, y, return_dict=True)
+    out = model.predict(x)[:, 0]
+    p = 1 / (1 + np.exp(-out)) if logits else out
+    pred = p > 0.5
+    assert logs["binary_accuracy"] == pytest.approx(np.mean(pred == y))
+    assert logs["precision"] == pytest.approx(precision_score(y, pred))
+    assert logs["recall"] == pytest.approx(recall_score(y, pred))
+    assert logs["auc"] == pytest.approx(roc_auc_score(y, p), abs=5e-3)
+    assert logs["auc50"] == pytest.approx(roc_auc_score(y, p), abs=2e-2)
+    assert logs["rmse"] == pytest.approx(np.sqrt(np.mean((out - y) ** 2)))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_class_metrics_and_their_names(backend, tmp_path):
+    x, y = _data(n=120)
+    model = fastnn.Sequential([Input(shape=(6,)), Dense(3, activation="softmax")], seed=0,
+                              backend=backend, dtype="float64")  # fmt: skip
+    model.compile("adam", "sparse_categorical_crossentropy",
+                  metrics=["acc", "sparse_categorical_accuracy",
+                           fastnn.metrics.SparseTopKCategoricalAccuracy(k=2)])  # fmt: skip
+    hist = model.fit(x, y, epochs=2, verbose=0, validation_data=(x, y))
+    assert set(hist.history) == {
+        "loss", "acc", "sparse_categorical_accuracy", "sparse_top_k_categorical_accuracy",
+        "val_loss", "val_acc", "val_sparse_categorical_accuracy",
+        "val_sparse_top_k_categorical_accuracy",
+    }  # fmt: skip
+    logs = model.evaluate(x, y, return_dict=True)
+    out = model.predict(x)
+    assert logs["acc"] == logs["sparse_categorical_accuracy"]
+    assert logs["acc"] == pytest.approx(np.mean(out.argmax(1) == y))
+    top2 = np.argsort(-out, axis=1)[:, :2]
+    assert logs["sparse_top_k_categorical_accuracy"] == pytest.approx(
+        np.mean([y[i] in top2[i] for i in range(len(y))])
+    )
+    path = tmp_path / "m.fnn"
+    model.save(path)
+    loaded = fastnn.load_model(path, backend=backend)
+    assert loaded.metrics == model.metrics
+    assert loaded.evaluate(x, y, return_dict=True) == logs
+    onehot = fastnn.utils.to_categorical(y, 3)
+    model.compile("adam", "categorical_crossentropy",
+                  metrics=["categorical_accuracy", "top_k_categorical_accuracy"])  # fmt: skip
+    logs = model.evaluate(x, onehot, return_dict=True)
+    assert logs["top_k_categorical_accuracy"] == 1.0  # k = 5 > 3 classes
+
+
+@pytest.mark.parametrize(
+    "loss, metric, message",
+    [
+        ("sparse_categorical_crossentropy", "categorical_accuracy", "sparse_categorical"),
+        ("categorical_crossentropy", "sparse_categorical_accuracy", "use 'categorical_acc"),
+        ("sparse_categorical_crossentropy", "auc", "integer class labels"),
+        ("mse", "accuracy", "classification loss"),
+        ("mse", fastnn.metrics.AUC(curve="ROC"), None),
+    ],
+)
+def test_metrics_that_do_not_fit_the_loss_are_refused(loss, metric, message):
+    model = fastnn.Sequential([Input(shape=(4,)), Dense(3, activation="softmax")],
+                              backend="numpy")  # fmt: skip
+    if message is None:
+        model.compile("adam", loss, metrics=[metric])
+        return
+    with pytest.raises(ValueError, match=message):
+        model.compile("adam", loss, metrics=[metric])
+    with pytest.raises(ValueError, match="curve"):
+        fastnn.metrics.AUC(curve="PR")

@@ -37,7 +37,9 @@ from tests.kernel_cases import (
     acc_mode_for,
     assert_close,
     compiled_backends,
+    loss_args,
     make_targets,
+    metrics_for,
     mixed_stack,
     mlp3,
     norm_stack,
@@ -504,12 +506,69 @@ def test_batch_stats(mod, dtype, acc_mode):
     for threshold in (0.5, 0.3):
         s_r = np.arange(C.STAT_LEN, dtype=np.float64)
         s = s_r.copy()
-        ref.batch_stats(out, y, acc_mode, threshold, s_r)
+        ref.batch_stats(out, y, *metrics_for(acc_mode, threshold), s_r)
         inputs = [out, y]
         copies = _copies(*inputs)
-        mod.batch_stats(out, y, acc_mode, threshold, s)
+        mod.batch_stats(out, y, *metrics_for(acc_mode, threshold), s)
         _assert_unchanged(inputs, copies)
         assert_close(s, s_r, np.float64, k=n * c, scale=10.0, what="stats")
+
+
+@dtypes
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (33, 10)], ids=str)
+@pytest.mark.parametrize("logits", [0, 1])
+def test_batch_stats_every_metric_kind(mod, dtype, shape, logits):
+    """All metric kinds in one table, their slots side by side after the fixed entries, on
+    odd shapes: top-k (one-hot and sparse), confusion counts, the AUC histogram (sigmoid of
+    logits or probabilities, values on the thresholds included)."""
+    n, c = shape
+    rng = rng_for("metric-kinds", shape, logits)
+    out = rng.standard_normal((n, c)) if logits else rng.random((n, c))
+    out.flat[0] = 0.0 if logits else 0.5
+    if not logits and out.size > 2:
+        out.flat[1], out.flat[2] = 1.0, 2 / 9  # a threshold of 10 buckets exactly
+    out = out.astype(dtype)
+    onehot = np.eye(c, dtype=dtype)[rng.integers(0, c, n)]
+    labels = np.argmax(onehot, axis=1)[:, None].astype(dtype)
+    binary = (rng.random((n, c)) > 0.5).astype(dtype)
+    k = 10
+    table = np.array(
+        [
+            [C.M_TOP_K, 6, 2, 0],
+            [C.M_CONFUSION, 7, 0, 0],
+            [C.M_HISTOGRAM, 10, k, logits],
+            [C.ACC_BINARY, 30, 0, 0],
+        ],
+        np.int64,
+    )
+    sparse_table = np.array([[C.M_SPARSE_TOP_K, 6, 1, 0], [C.ACC_SPARSE, 7, 0, 0]], np.int64)
+    thr = np.array([0.5, 0.0 if logits else 0.5, 0.5, 0.5])
+    for y, tab, th in ((onehot, table[:1], thr[:1]), (binary, table[1:], thr[1:]),
+                       (labels, sparse_table, thr[:2])):  # fmt: skip
+        s_r = np.zeros(31)
+        s = s_r.copy()
+        ref.batch_stats(out, y, tab, th, s_r)
+        mod.batch_stats(out, y, tab, th, s)
+        np.testing.assert_allclose(s, s_r, rtol=1e-12, atol=1e-12)
+    assert s_r[C.STAT_ROWS] == n
+
+
+def test_batch_stats_rejects_a_bad_metrics_table():
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    cy = backend.load("cython")
+    out, y = np.ones((3, 2)), np.ones((3, 2))
+    cases = [
+        (np.array([[99, 6, 0, 0]]), "unknown metric kind"),
+        (np.array([[C.M_CONFUSION, 8, 0, 0]]), "do not fit"),
+        (np.array([[C.M_HISTOGRAM, 6, 1, 0]]), "k >= 2"),
+        (np.array([[C.ACC_SPARSE, -1, 0, 0]]), "do not fit"),
+    ]
+    for table, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cy.batch_stats(out, y, table.astype(np.int64), np.full(1, 0.5), np.zeros(10))
+    with pytest.raises(ValueError, match="thresholds needs"):
+        cy.batch_stats(out, y, np.zeros((1, C.M_COLS), np.int64), np.zeros(2), np.zeros(10))
 
 
 # ---------------------------------------------------------------------------------------
@@ -717,7 +776,7 @@ def test_eval_step(mod, dtype, loss):
     for module in (ref, mod):
         b = s.buffers()
         params0 = b.params.copy()
-        value = module.eval_step((s.x, s.y, s.sw), b.plan, b.net, b.work, (loss, 0, 0, 0.5))
+        value = module.eval_step((s.x, s.y, s.sw), b.plan, b.net, b.work, loss_args(loss))
         results.append((value, b.acts, b.gbuf))
         _assert_unchanged([b.params], [params0])
     (l_r, a_r, g_r), (l, a, g) = results
@@ -748,7 +807,7 @@ def _epoch(module, s, loss, opt, train, data, batch=16):
     inputs = [X, Y, SW, order, lrs, *ws.plan[:2]]
     copies = _copies(*inputs)
     done = module.run_epoch(
-        (X, Y, SW, order, batch), ws.plan, ws.net, ws.ws, (loss, 0, acc_mode_for(loss), 0.5),
+        (X, Y, SW, order, batch), ws.plan, ws.net, ws.ws, loss_args(loss, 0, acc_mode_for(loss)),
         (opt, hyper, lrs, 5, 77), train, stats,
     )  # fmt: skip
     _assert_unchanged(inputs, copies)
@@ -813,7 +872,7 @@ def test_an_unknown_layer_kind_raises(module, where):
         else:
             ws = _workspace(s, s.n, s.y.shape[1], C.SGD)
             k.run_epoch((s.x, s.y, s.sw, np.arange(s.n), s.n), plan, ws.net, ws.ws,
-                        (C.MSE, 0, 0, 0.5), (C.SGD, np.array([0.1]), np.full(1, 0.1), 1, 0),
+                        loss_args(C.MSE), (C.SGD, np.array([0.1]), np.full(1, 0.1), 1, 0),
                         1, np.zeros(C.STAT_LEN))  # fmt: skip
 
 
@@ -849,7 +908,7 @@ def test_nan_loss_leaves_params_untouched(mod, opt):
     b.state += 0.5
     state0 = b.state.copy()
     hyper = np.array(HYPER[opt], dtype=np.float64)
-    loss = mod.train_step((s.x, s.y, s.sw), b.plan, b.net, b.work, (C.MSE, 0, 0, 0.5),
+    loss = mod.train_step((s.x, s.y, s.sw), b.plan, b.net, b.work, loss_args(C.MSE),
                           (opt, hyper, np.zeros(1), 1, 3))  # fmt: skip
     assert np.isnan(loss)
     np.testing.assert_array_equal(b.params, s.params)
@@ -884,7 +943,7 @@ class EpochArgs:
         )
         self.acts, self.gbuf, self.acc = b.acts, b.gbuf, b.acc
         self.layers, self.layer_f, self.kinds = b.plan
-        self.loss = (C.MSE, 0, C.ACC_NONE, 0.5)
+        self.loss = loss_args(C.MSE)
         self.hyper, self.lrs = np.array(HYPER[C.ADAM]), np.full(4, 0.01)
         self.opt_code, self.step, self.seed, self.train = C.ADAM, 1, 3, 1
         self.stats = np.zeros(C.STAT_LEN)
@@ -1136,7 +1195,7 @@ _SIGNATURE_SCRIPT = textwrap.dedent(
             s = kc.mlp3(loss, dtype, kc.rng_for("sig", loss))
             kc.train_steps(nb, s, loss, C.ADAM, 2)
             b = s.buffers()
-            lossg = (loss, 0, kc.acc_mode_for(loss), 0.5)
+            lossg = kc.loss_args(loss, 0, kc.acc_mode_for(loss))
             nb.eval_step((s.x, s.y, s.sw), b.plan, b.net, b.work, lossg)
             nb.forward_stack(s.x, b.plan, b.net, b.work, 0, 0, 0)
             stats = np.zeros(C.STAT_LEN)

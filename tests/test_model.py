@@ -286,8 +286,8 @@ def test_compile_errors():
         model.compile(loss="hinge")
     with pytest.raises(ValueError, match="accuracy"):
         model.compile(loss="mse", metrics=["accuracy"])
-    with pytest.raises(ValueError, match="metrics"):
-        model.compile(loss="mse", metrics=["auc"])
+    with pytest.raises(ValueError, match="metrics.*Did you mean 'precision'"):
+        model.compile(loss="mse", metrics=["precison"])
     with pytest.raises(RuntimeError, match="compile"):
         _mlp().fit(*_blobs(), verbose=0)
 

@@ -593,7 +593,7 @@ def test_train_and_eval_step(backend, case):
     ref, got, bases = _guard_all(arrays)
     r64 = {k2: (v.astype(np.float64) if v.dtype == np.float32 else v.copy())
            for k2, v in arrays.items()}  # fmt: skip
-    loss_args = (loss.code, loss.logits_out, 0, 0.5)
+    loss_args = (loss.code, loss.logits_out, *_metrics(C.ACC_NONE, 0.5))
     opt_args = (opt.code, hyper, np.zeros(1), 1, seed)
     with np.errstate(all="ignore"):
         value_ref = R.train_step((ref["x"], ref["y"], ref["sw"]), plan.args, _net(ref),
@@ -658,7 +658,7 @@ def test_run_epoch(backend, case, train, acc):
     ref, got, bases = _guard_all(arrays)
     r64 = {k2: (v.astype(np.float64) if v.dtype == np.float32 else v.copy())
            for k2, v in arrays.items()}  # fmt: skip
-    loss_args = (loss.code, loss.logits_out, acc, 0.5)
+    loss_args = (loss.code, loss.logits_out, *_metrics(acc, 0.5))
 
     def call(module, a, stats, hyper):
         return module.run_epoch(
@@ -690,10 +690,20 @@ def test_run_epoch(backend, case, train, acc):
     assert np.isfinite(got["params"]).all()
 
 
+def _metrics(acc, threshold):
+    """One accuracy metric in STAT_CORRECT (none for ACC_NONE)."""
+    if acc == C.ACC_NONE:
+        return np.zeros((0, C.M_COLS), np.int64), np.zeros(0)
+    return np.array([[acc, C.STAT_CORRECT, 0, 0]], np.int64), np.array([threshold])
+
+
 @FAST
 @given(n=dims, c=dims, dtype=dtypes, seed=seeds, acc=st.sampled_from(range(4)),
-       threshold=st.sampled_from([0.0, 0.5]))  # fmt: skip
-def test_batch_stats(backend, n, c, dtype, seed, acc, threshold):
+       threshold=st.sampled_from([0.0, 0.5]), k=st.integers(1, 4),
+       buckets=st.integers(2, 9))  # fmt: skip
+def test_batch_stats(backend, n, c, dtype, seed, acc, threshold, k, buckets):
+    """Every metric kind: one accuracy in STAT_CORRECT, then top-k, confusion counts and a
+    histogram in slots of their own (the latter on binary targets)."""
     out = rand(seed, (n, c), dtype)
     if acc == C.ACC_SPARSE:
         y = np.random.default_rng(seed + 1).integers(0, c, (n, 1)).astype(dtype)
@@ -701,14 +711,24 @@ def test_batch_stats(backend, n, c, dtype, seed, acc, threshold):
         y = _targets("binary", seed + 1, n, c, dtype)
     else:
         y = _targets("onehot", seed + 1, n, c, dtype)
-    ref, got = np.zeros(C.STAT_LEN), np.zeros(C.STAT_LEN)
+    table, thresholds = _metrics(acc, threshold)
+    extra = []
+    if acc in (C.ACC_SPARSE, C.ACC_CATEGORICAL):
+        extra.append([C.M_SPARSE_TOP_K if acc == C.ACC_SPARSE else C.M_TOP_K, 6, k, 0])
+    if acc == C.ACC_BINARY:
+        extra += [[C.M_CONFUSION, 6, 0, 0], [C.M_HISTOGRAM, 9, buckets, seed % 2]]
+    if extra:
+        table = np.concatenate([table, np.array(extra, np.int64)])
+        thresholds = np.concatenate([thresholds, np.full(len(extra), threshold)])
+    size = 9 + 2 * buckets
+    ref, got = np.zeros(size), np.zeros(size)
     name = "batch_stats"
-    getattr(R, name)(out, y, acc, threshold, ref)
+    getattr(R, name)(out, y, table, thresholds, ref)
     out_copy, y_copy = out.copy(), y.copy()
-    getattr(KERNELS[backend], name)(out_copy, y_copy, acc, threshold, got)
+    getattr(KERNELS[backend], name)(out_copy, y_copy, table, thresholds, got)
     np.testing.assert_array_equal(out_copy, out)
-    np.testing.assert_array_equal(got[[C.STAT_CORRECT, C.STAT_ROWS]],
-                                  ref[[C.STAT_CORRECT, C.STAT_ROWS]])  # fmt: skip
+    counts = [C.STAT_CORRECT, C.STAT_ROWS, *range(C.STAT_LEN, size)]
+    np.testing.assert_array_equal(got[counts], ref[counts])
     close(got, ref, np.float64, factor=1e3, what="stats")
 
 
