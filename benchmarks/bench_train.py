@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastnn import _baselines as B
+from fastnn.bench import baselines as B
 
 NETS = ("a", "d", "c", "bn")
 IMPLS = ("fastnn-numba", "fastnn-cython", "numpy", "torch", "jax")

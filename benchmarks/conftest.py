@@ -11,8 +11,8 @@ import os
 
 import pytest
 
-from fastnn import _baselines as B
 from fastnn import bench
+from fastnn.bench import baselines as B
 
 #: Batches per "epoch" when the benchmarks are disabled (run once as plain tests).
 SMOKE_BATCHES = 2

@@ -1,7 +1,7 @@
-"""The PyTorch eager MLP baseline (it lives in :mod:`fastnn._baselines` so that
+"""The PyTorch eager MLP baseline (it lives in :mod:`fastnn.bench.baselines` so that
 ``fastnn bench`` can use it from an installed package; torch is imported only when a
 :class:`TorchMLP` is made)."""
 
-from fastnn._baselines import TorchMLP, torch_available
+from fastnn.bench.baselines import TorchMLP, torch_available
 
 __all__ = ["TorchMLP", "torch_available"]

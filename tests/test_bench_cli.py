@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from fastnn import _baselines as B
 from fastnn import bench
+from fastnn.bench import baselines as B
 from fastnn.cli import main
 
 SIZES = [20, 16, 12, 5]

@@ -8,7 +8,7 @@ median is reported, so a noisy machine disturbs every implementation alike; the 
 
 What is timed: fastnn's step is ``model.train_on_batch(x, y)`` (input checks included) and
 its epoch ``model.fit(X, y, epochs=1, shuffle=True, verbose=0)``; the baselines'
-``train_step``/``train_epoch`` come from :mod:`fastnn._baselines`.  ``--isolate`` runs each
+``train_step``/``train_epoch`` come from :mod:`fastnn.bench.baselines`.  ``--isolate`` runs each
 implementation in a worker process of its own, so that no other runtime's thread pool
 (PyTorch's OpenMP, a second OpenBLAS) sits in the process it is timed in.
 """
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from ._baselines import NETWORKS, network_label, network_sizes, synthetic_data
+from .baselines import NETWORKS, network_label, network_sizes, synthetic_data
 
 #: fastnn backends benchmarked by default (the compiled CPU ones that load).
 COMPILED_BACKENDS = ("numba", "cython")
@@ -228,7 +228,7 @@ def limit_threads(n: int, torch_module=None):
 
 def fastnn_backends(requested=None) -> tuple[list[str], list[str]]:
     """(backends to run, notes on the ones skipped)."""
-    from . import backend
+    from .. import backend
 
     notes = []
     names = list(requested) if requested else list(COMPILED_BACKENDS)
@@ -268,7 +268,7 @@ def baseline_modules(requested) -> tuple[dict, list[str]]:
 
 def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
     """name -> object with train_step/train_epoch, all starting from the same weights."""
-    from . import _baselines as B
+    from . import baselines as B
 
     sizes = network_sizes(net)
     bn = net in B.BATCHNORM
@@ -481,7 +481,7 @@ _COLD_SCRIPT = r"""
 import json, statistics, sys, time
 t0 = time.perf_counter()
 import fastnn
-from fastnn._baselines import BATCHNORM, NETWORKS, fastnn_model, network_sizes, synthetic_data
+from fastnn.bench.baselines import BATCHNORM, NETWORKS, fastnn_model, network_sizes, synthetic_data
 t1 = time.perf_counter()
 net, backend, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sizes = network_sizes(net)
@@ -541,7 +541,7 @@ def cold_start(net: str = "a", backends=("numba", "cython")) -> list[dict]:
     """Fresh-process timings in seconds: import, build, the first fit (``COLD_STEPS``
     batches), its setup before step 1 (checks, workspace), step 1 and the median later step;
     then step 1 and the median later step of a second fit in the same process."""
-    from . import backend as _backend
+    from .. import backend as _backend
 
     results = []
     env = dict(os.environ)
@@ -646,7 +646,7 @@ def _summarise(rounds: dict) -> tuple[dict, float]:
 def write_charts(out_dir: str, step_rows: list[dict], epoch_rows: list[dict]) -> list[str]:
     """Bar charts of time relative to NumPy (absolute times if NumPy was not run)."""
     try:
-        from .plot import bar_chart
+        from ..plot import bar_chart
     except ImportError as exc:
         raise RuntimeError(
             f"cannot draw the charts: fastnn.plot.bar_chart is missing ({exc})"
