@@ -20,7 +20,7 @@ from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
 from .kernels import codes
 from .layers import Dropout, Flatten, Input, Layer, float_dtype
-from .layers.base import check_weight_list, sample_shape, size_of
+from .layers.base import check_name, check_weight_list, sample_shape, size_of, unique_name
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -153,8 +153,7 @@ class Sequential:
             seed = next_seed()
         self.seed = seed
         self.dtype = float_dtype(dtype)
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
+        check_name(name)
         if layers is not None and (
             isinstance(layers, (Layer, Input, str)) or not hasattr(layers, "__iter__")
         ):
@@ -163,7 +162,7 @@ class Sequential:
                 "wrap a single layer in a list: Sequential([layer])"
             )
         self.backend_name, self._kernels = _backend.resolve(backend)
-        self.name = name or "sequential"
+        self.name = name or unique_name("sequential")
         self.layers: list[Layer] = []
         self._input: Input | None = None
         self._engine: Engine | None = None
@@ -207,8 +206,6 @@ class Sequential:
                 f"{layer.declared_input_shape} on layer {len(self.layers)}; use "
                 "fastnn.Input(shape=...) first instead"
             )
-        if layer.name is None:
-            layer.name = f"{type(layer).__name__.lower()}_{len(self.layers)}"
         if "/" in layer.name or not layer.name:
             raise ValueError(f"layer names must be non-empty without '/', got {layer.name!r}")
         if any(other.name == layer.name for other in self.layers):
@@ -844,20 +841,24 @@ class Sequential:
 
     # -- files ------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Writes the model (config, weights, optimizer state, ``metadata``) to one file;
-        see :func:`fastnn.load_model` and :func:`fastnn.saving.save_model`."""
+        """Writes the model to one file.  A ``.keras`` name writes Keras 3's format
+        (architecture and weights, which ``keras.saving.load_model`` opens); any other name
+        fastnn's own (``.fnn``: config, weights, optimizer state, ``metadata``); see
+        :func:`fastnn.load_model`.  A ``.h5`` name (Keras 2's legacy format) is a ValueError."""
         from .saving import save_model
 
         save_model(self, path)
 
     def save_weights(self, path) -> None:
-        """Writes only the weights (a .npz of arrays)."""
+        """Writes only the weights: Keras 3's HDF5 layout for a ``.weights.h5`` name, else
+        a .npz of arrays."""
         from .saving import save_weights
 
         save_weights(self, path)
 
     def load_weights(self, path) -> None:
-        """Reads weights written by :meth:`save_weights` (shapes must match)."""
+        """Reads weights written by :meth:`save_weights` or by Keras 3 (``.weights.h5``)
+        into a model of the same structure (shapes must match)."""
         from .saving import load_weights
 
         load_weights(self, path)

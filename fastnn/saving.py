@@ -31,7 +31,8 @@ import zlib
 
 import numpy as np
 
-from . import metrics
+from . import keras_file, metrics
+from .keras_file import keras_paths
 
 FORMAT = "fastnn.model"
 VERSION = 2
@@ -171,6 +172,24 @@ def _metadata(model) -> dict:
     return meta
 
 
+def file_kind(path, arg: str) -> str:
+    """``"keras"`` for a ``.keras`` name, ``"keras_weights"`` for ``.weights.h5``,
+    ``"fastnn"`` otherwise; a ValueError for other ``.h5``/``.hdf5`` names (Keras 2's legacy
+    HDF5 model format, which fastnn does not read or write)."""
+    name = os.fspath(path).lower()
+    if name.endswith(".keras"):
+        return "keras"
+    if name.endswith(".weights.h5"):
+        return "keras_weights"
+    if name.endswith((".h5", ".hdf5")):
+        raise ValueError(
+            f"{arg} {os.fspath(path)!r}: Keras 2's legacy HDF5 model format is not supported; "
+            "use a .keras name (Keras 3's format), .fnn (fastnn's own, with optimizer state) "
+            "or .weights.h5 for weights alone"
+        )
+    return "fastnn"
+
+
 def save_model(model, path) -> None:
     """Writes ``model`` (config, weights, optimizer state, RNG states and its
     ``metadata``) to ``path``.
@@ -184,6 +203,11 @@ def save_model(model, path) -> None:
     """
     from . import __version__
 
+    kind = file_kind(path, "path")
+    if kind == "keras":
+        return keras_file.save_keras(model, path)
+    if kind == "keras_weights":
+        raise ValueError(f"path {os.fspath(path)!r}: a .weights.h5 name is for save_weights")
     metadata = _metadata(model)
     arrays = _model_arrays(model)
     config = {
@@ -388,6 +412,14 @@ def load_model(path, backend: str | None = None, compile: bool = True):
         If the file is not a fastnn model file, is truncated or damaged, has an
         unsupported version, or holds an array whose name, dtype or shape does not match.
     """
+    kind = file_kind(path, "path")
+    if kind == "keras":
+        return keras_file.load_keras(path, backend=backend)
+    if kind == "keras_weights":
+        raise ValueError(
+            f"path {os.fspath(path)!r} holds weights alone: build the model and call "
+            "model.load_weights(path)"
+        )
     with _open_zip(path, "fastnn model file") as zf:
         try:
             return _load(zf, backend, compile)
@@ -465,12 +497,19 @@ def _load(zf, backend, compile):
 
 
 def _weight_names(model) -> list[str]:
-    return [f"{layer.name}/{spec.name}" for layer in model.layers for spec in layer.weight_specs()]
+    return [
+        f"{path}/{spec.name}"
+        for path, layer in zip(keras_paths(model.layers), model.layers)
+        for spec in layer.weight_specs()
+    ]
 
 
 def save_weights(model, path) -> None:
-    """Writes the model's weights to a .npz (names ``<layer>/<weight>``: ``dense/kernel``,
-    ``batch_normalization/moving_mean``, ...)."""
+    """Writes the model's weights to a .npz (names ``<layer path>/<weight>``:
+    ``dense/kernel``, ``batch_normalization/moving_mean``, ...; the layer paths of
+    :func:`fastnn.keras_file.keras_paths`, whatever the layers are named)."""
+    if file_kind(path, "path") == "keras_weights":
+        return keras_file.save_weights_h5(model, path)
     if not model._maybe_build():
         raise RuntimeError("the model is not built yet: there are no weights to save")
     arrays = dict(zip(_weight_names(model), model.get_weights()))
@@ -484,6 +523,8 @@ def save_weights(model, path) -> None:
 def load_weights(model, path) -> None:
     """Reads weights written by :func:`save_weights` into ``model`` (names, dtypes and
     shapes must match; nothing is changed if any does not)."""
+    if file_kind(path, "path") == "keras_weights":
+        return keras_file.load_weights_h5(model, path)
     if not model._maybe_build():
         raise RuntimeError("the model is not built yet: give input_dim or call build()")
     names = _weight_names(model)

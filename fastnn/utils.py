@@ -7,6 +7,7 @@ import random
 import numpy as np
 
 from ._checks import as_array
+from .layers.base import clear_session  # noqa: F401 - Keras's keras.utils.clear_session
 
 #: The generator ``set_random_seed`` seeds: models created without a seed draw theirs from
 #: it (None until the first call: such models are then seeded from the OS's entropy).

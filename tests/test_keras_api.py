@@ -92,7 +92,7 @@ def test_model_methods_as_keras(tmp_path):
     assert clone.get_config() == model.get_config()
     assert [w.shape for w in clone.get_weights()] == [w.shape for w in model.get_weights()]
     rebuilt = fastnn.Sequential.from_config(model.get_config(), backend="numpy")
-    assert [layer.name for layer in rebuilt.layers] == ["hidden", "dropout_1", "out"]
+    assert [layer.name for layer in rebuilt.layers] == ["hidden", "dropout", "out"]
     assert len(model.weights) == 4 and len(model.trainable_weights) == 4
     assert model.non_trainable_weights == []
 
@@ -402,3 +402,26 @@ def test_metrics_that_do_not_fit_the_loss_are_refused(loss, metric, message):
         model.compile("adam", loss, metrics=[metric])
     with pytest.raises(ValueError, match="curve"):
         fastnn.metrics.AUC(curve="PR")
+
+
+def test_default_names_follow_keras():
+    from fastnn.utils import clear_session
+
+    clear_session()
+    first = fastnn.Sequential([fastnn.Input((4,)), Dense(3), BatchNormalization(), Dense(2)])
+    second = fastnn.Sequential([Dense(2, input_dim=3), Dropout(0.1), Dense(1, name="out")])
+    assert [layer.name for layer in first.layers] == ["dense", "batch_normalization", "dense_1"]
+    assert [layer.name for layer in second.layers] == ["dense_2", "dropout", "out"]
+    assert (first.name, second.name) == ("sequential", "sequential_1")
+    clear_session()
+    assert Dense(1).name == "dense"
+
+
+def test_weights_files_load_into_any_model_of_the_same_structure(tmp_path):
+    source = fastnn.Sequential([Dense(3, input_dim=4), Dense(2)], backend="numpy")
+    target = fastnn.Sequential([Dense(3, input_dim=4, name="a"), Dense(2, name="b")],
+                               backend="numpy")  # fmt: skip
+    source.save_weights(tmp_path / "w.weights.npz")
+    target.load_weights(tmp_path / "w.weights.npz")
+    for a, b in zip(source.get_weights(), target.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -132,7 +132,7 @@ def test_batchnorm_weights_summary_and_counts():
     lines = []
     model.summary(print_fn=lines.append)
     text = "\n".join(lines)
-    assert "batchnormalization_1 (BatchNormalization)" in text and "(None, 8)" in text
+    assert "batch_normalization (BatchNormalization)" in text and "(None, 8)" in text
     assert "Total params: 115 (460 B)" in text
     assert "Trainable params: 99 (396 B)" in text
     assert "Non-trainable params: 16 (64 B)" in text
@@ -211,8 +211,8 @@ def test_batchnorm_survives_save_and_load(tmp_path):
     model.save(path)
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
-    assert {"weights/batchnormalization_1/moving_mean.npy",
-            "weights/batchnormalization_1/moving_variance.npy"} <= names  # fmt: skip
+    assert {"weights/batch_normalization/moving_mean.npy",
+            "weights/batch_normalization/moving_variance.npy"} <= names  # fmt: skip
     loaded = fastnn.load_model(path, backend="numpy")
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -233,10 +233,10 @@ def test_a_version_1_model_file_still_loads(tmp_path):
     model.fit(x, y, epochs=1, verbose=0)
     new, old = tmp_path / "v2.fnn", tmp_path / "v1.fnn"
     model.save(new)
-    members = {"weights/dense_0/kernel.npy": "weights/000.npy",
-               "weights/dense_0/bias.npy": "weights/001.npy",
-               "weights/dense_2/kernel.npy": "weights/002.npy",
-               "weights/dense_2/bias.npy": "weights/003.npy"}  # fmt: skip
+    members = {"weights/dense/kernel.npy": "weights/000.npy",
+               "weights/dense/bias.npy": "weights/001.npy",
+               "weights/dense_1/kernel.npy": "weights/002.npy",
+               "weights/dense_1/bias.npy": "weights/003.npy"}  # fmt: skip
     with zipfile.ZipFile(new) as src, zipfile.ZipFile(old, "w") as dst:
         config = json.loads(src.read("config.json"))
         config["version"] = 1
@@ -348,7 +348,7 @@ def test_a_backend_without_a_kind_refuses_the_model_at_build(monkeypatch):
     monkeypatch.setitem(fastnn_backend.MODULES, "partial", "partial")
     monkeypatch.setitem(fastnn_backend._loaded, "partial", partial)
     fastnn.Sequential([Input(shape=(3,)), Dense(2)], backend="partial")  # runs
-    with pytest.raises(ValueError, match=r"batchnormalization_1.*cython, numba, numpy"):
+    with pytest.raises(ValueError, match=r"batch_normalization.*cython, numba, numpy"):
         assert _bn_mlp("partial", n_in=3).built
 
 

@@ -68,10 +68,10 @@ def test_one_zip_with_config_and_arrays(saved):
     assert names[0] == "config.json"
     assert sorted(names[1:]) == [
         "optimizer/state.npy",
-        "weights/dense_0/bias.npy",
-        "weights/dense_0/kernel.npy",
-        "weights/dense_2/bias.npy",
-        "weights/dense_2/kernel.npy",
+        "weights/dense/bias.npy",
+        "weights/dense/kernel.npy",
+        "weights/dense_1/bias.npy",
+        "weights/dense_1/kernel.npy",
     ]
     assert config["format"] == "fastnn.model" and config["version"] == saving.VERSION
     assert config["compile"]["optimizer"]["class_name"] == "Adam"
@@ -79,7 +79,7 @@ def test_one_zip_with_config_and_arrays(saved):
     assert config["compile"]["metrics"] == ["accuracy"]
     assert config["training"]["iterations"] == 16
     assert config["training"]["shuffle_rng"]["bit_generator"] == "PCG64"
-    assert config["arrays"]["weights/dense_0/kernel.npy"] == {"dtype": "<f4", "shape": [6, 16]}
+    assert config["arrays"]["weights/dense/kernel.npy"] == {"dtype": "<f4", "shape": [6, 16]}
 
 
 def test_load_model_restores_everything(saved):
@@ -210,8 +210,8 @@ def test_save_and_load_weights(tmp_path, saved):
     other.load_weights(path)
     assert _same(other.get_weights(), model.get_weights())
     with np.load(path) as npz:
-        assert sorted(npz.files) == ["dense_0/bias", "dense_0/kernel", "dense_2/bias",
-                                     "dense_2/kernel"]  # fmt: skip
+        assert sorted(npz.files) == ["dense/bias", "dense/kernel", "dense_1/bias",
+                                     "dense_1/kernel"]  # fmt: skip
 
 
 def test_load_weights_checks_shapes_and_refuses_pickles(tmp_path, saved):
@@ -225,7 +225,7 @@ def test_load_weights_checks_shapes_and_refuses_pickles(tmp_path, saved):
     assert _same(wide.get_weights(), before)
     marker = tmp_path / "pwned"
     arrays = dict(zip(saving._weight_names(model), model.get_weights()))
-    arrays["dense_0/bias"] = _evil_object_array(marker)
+    arrays["dense/bias"] = _evil_object_array(marker)
     np.savez(tmp_path / "evil.npz", **arrays)
     with pytest.raises(ValueError, match="pickle"):
         model.load_weights(tmp_path / "evil.npz")
@@ -284,16 +284,16 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, saved):
     assert probe.exists()
     evil = tmp_path / "evil.fnn"
     payload = _npy(_evil_object_array(marker), allow_pickle=True)
-    _rewrite(path, evil, replace={"weights/dense_0/bias.npy": payload})
+    _rewrite(path, evil, replace={"weights/dense/bias.npy": payload})
     with pytest.raises(ValueError, match="not a valid fastnn model file"):
         fastnn.load_model(evil, backend=BACKEND)
     # the manifest may also claim the object dtype and matching shape
     _rewrite(
         path,
         evil,
-        replace={"weights/dense_0/bias.npy": payload},
+        replace={"weights/dense/bias.npy": payload},
         config=lambda c: c["arrays"].update(
-            {"weights/dense_0/bias.npy": {"dtype": "|O", "shape": [2]}}
+            {"weights/dense/bias.npy": {"dtype": "|O", "shape": [2]}}
         ),
     )
     with pytest.raises(ValueError, match="not a valid fastnn model file"):
@@ -327,7 +327,7 @@ def test_corrupted_bytes_inside(tmp_path, saved):
     _, path = saved
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo("weights/dense_2/kernel.npy")
+        info = zf.getinfo("weights/dense_1/kernel.npy")
     start = info.header_offset + 30 + len(info.filename) + 5
     data[start : start + 8] = b"\xff" * 8
     bad = tmp_path / "flipped.fnn"
@@ -345,7 +345,7 @@ def test_corrupted_bytes_inside(tmp_path, saved):
         (lambda c: c["model"]["layers"][0].update(class_name="Lambda"), "layer class"),
         (lambda c: c["model"]["layers"][0]["config"].update(units=17), "declared"),
         (lambda c: c["arrays"].pop("optimizer/state.npy"), "unexpected members"),
-        (lambda c: c["arrays"].pop("weights/dense_0/kernel.npy"), "do not match"),
+        (lambda c: c["arrays"].pop("weights/dense/kernel.npy"), "do not match"),
         (lambda c: c["compile"]["optimizer"].update(class_name="Evil"), "unknown optimizer"),
         (lambda c: c["compile"]["optimizer"]["config"].update(beta_1=5), "beta_1"),
         (lambda c: c["training"].update(iterations=-1), "iterations"),
@@ -379,11 +379,11 @@ def test_config_that_is_not_json(tmp_path, saved):
 def test_tampered_arrays(tmp_path, saved, array, message):
     _, path = saved
     bad = tmp_path / "tampered.fnn"
-    _rewrite(path, bad, replace={"weights/dense_0/kernel.npy": _npy(array)})
+    _rewrite(path, bad, replace={"weights/dense/kernel.npy": _npy(array)})
     with pytest.raises(ValueError, match=message):
         fastnn.load_model(bad, backend=BACKEND)
-    _rewrite(path, bad, replace={"weights/dense_0/kernel.npy": b"\x93NUMPY garbage"})
-    with pytest.raises(ValueError, match="weights/dense_0/kernel.npy"):
+    _rewrite(path, bad, replace={"weights/dense/kernel.npy": b"\x93NUMPY garbage"})
+    with pytest.raises(ValueError, match="weights/dense/kernel.npy"):
         fastnn.load_model(bad, backend=BACKEND)
 
 

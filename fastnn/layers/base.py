@@ -10,6 +10,7 @@ declarations; see ``docs/adding_a_layer_kind.md``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -107,6 +108,36 @@ class WeightSpec:
     regularizer: object = None
 
 
+_NAME_COUNTS: dict[str, int] = {}
+
+
+def snake_case(class_name: str) -> str:
+    """Keras's default name of a class: ``BatchNormalization`` -> ``batch_normalization``,
+    ``Conv2D`` -> ``conv2d``, ``SimpleRNN`` -> ``simple_rnn``."""
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def unique_name(prefix: str) -> str:
+    """``prefix`` the first time, then ``prefix_1``, ``prefix_2``... (per process, as Keras
+    names its layers and models; :func:`clear_session` starts the counts again)."""
+    count = _NAME_COUNTS.get(prefix, 0)
+    _NAME_COUNTS[prefix] = count + 1
+    return prefix if count == 0 else f"{prefix}_{count}"
+
+
+def clear_session() -> None:
+    """Resets the default-name counters (Keras's ``keras.utils.clear_session``)."""
+    _NAME_COUNTS.clear()
+
+
+def check_name(name):
+    """``name`` unchanged if it is a string or None, else a TypeError."""
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
+    return name
+
+
 class Layer:
     """Base class of the layers.
 
@@ -117,9 +148,7 @@ class Layer:
     kind: int | None = None
 
     def __init__(self, name: str | None = None, input_dim=None, input_shape=None):
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
-        self.name = name
+        self.name = check_name(name) or unique_name(snake_case(type(self).__name__))
         self.declared_input_shape = declared_shape(input_dim, input_shape)
         self.input_shape: tuple | None = None
         self.output_shape: tuple | None = None

@@ -15,7 +15,16 @@ import numpy as np
 
 from .. import activations, initializers, regularizers
 from ..kernels import codes
-from .base import Layer, WeightSpec, number, positive_int, sample_shape, size_of
+from .base import (
+    Layer,
+    WeightSpec,
+    check_name,
+    number,
+    positive_int,
+    sample_shape,
+    size_of,
+    unique_name,
+)
 
 
 def _alpha(alpha):
@@ -410,9 +419,7 @@ class Input:
                 raise ValueError(f"dtype must be a numeric dtype name or None, got {dtype!r}")
             dtype = np.dtype(dtype).name
         self.dtype = dtype
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None, got {type(name).__name__} {name!r}")
-        self.name = name
+        self.name = check_name(name) or unique_name("input_layer")
         if batch_size is not None:
             positive_int(batch_size, "batch_size")
         self.batch_size = batch_size

@@ -1,0 +1,129 @@
+"""``.keras`` files both ways: a model saved by Keras 3 loads in fastnn with the same
+predictions, and a fastnn model saved as ``.keras`` loads in Keras 3 with the same
+predictions (Keras on its PyTorch backend; skipped without Keras, torch or h5py)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import layers as L
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+pytest.importorskip("h5py")
+pytest.importorskip("torch")
+keras = pytest.importorskip("keras")
+
+RNG = np.random.default_rng(0)
+
+
+def _perturb(keras_model):
+    """Non-trivial values in every weight (BatchNormalization's moving statistics too)."""
+    rng = np.random.default_rng(1)
+    weights = keras_model.get_weights()
+    keras_model.set_weights([w + rng.uniform(0.1, 0.5, w.shape).astype(w.dtype) for w in weights])
+
+
+def _keras_mlp():
+    norm = keras.layers.Normalization()
+    norm.adapt(RNG.normal(2.0, 3.0, (50, 6)).astype("float32"))
+    return keras.Sequential([
+        keras.Input((6,)), norm, keras.layers.Dense(8, activation="relu"),
+        keras.layers.BatchNormalization(), keras.layers.Dropout(0.3),
+        keras.layers.Dense(5, activation="tanh", kernel_regularizer=keras.regularizers.l2(0.01)),
+        keras.layers.LeakyReLU(0.1), keras.layers.ReLU(), keras.layers.Reshape((5, 1)),
+        keras.layers.Flatten(), keras.layers.Dense(3), keras.layers.Activation("sigmoid"),
+        keras.layers.Dense(4), keras.layers.Softmax(),
+    ])  # fmt: skip
+
+
+KERAS_MODELS = {"mlp": (_keras_mlp, (6,))}
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_MODELS))
+def test_a_keras_model_loads_with_the_same_predictions(name, tmp_path):
+    build, shape = KERAS_MODELS[name]
+    model = build()
+    _perturb(model)
+    x = RNG.normal(size=(7, *shape)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = fastnn.load_model(tmp_path / "m.keras")
+    assert [type(layer).__name__ for layer in loaded.layers] == [
+        type(layer).__name__ for layer in model.layers
+    ]
+    np.testing.assert_allclose(loaded.predict(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def _fastnn_mlp():
+    norm = L.Normalization()
+    norm.adapt(RNG.normal(-1.0, 2.0, (40, 5)))
+    model = fastnn.Sequential([
+        fastnn.Input((5,)), norm, L.Dense(7, activation="relu", kernel_regularizer="l2"),
+        L.BatchNormalization(), L.Dropout(0.2), L.Dense(6, activation="leaky_relu"),
+        L.LeakyReLU(0.05), L.Reshape((3, 2)), L.Flatten(), L.Dense(3, activation="softmax"),
+    ])  # fmt: skip
+    model.compile("adam", "categorical_crossentropy")
+    y = np.eye(3)[RNG.integers(0, 3, 64)]
+    model.fit(RNG.normal(size=(64, 5)), y, epochs=2, batch_size=16, verbose=0)
+    return model, (5,)
+
+
+FASTNN_MODELS = {"mlp": _fastnn_mlp}
+
+
+@pytest.mark.parametrize("name", sorted(FASTNN_MODELS))
+def test_a_fastnn_model_saved_as_keras_loads_in_keras(name, tmp_path):
+    model, shape = FASTNN_MODELS[name]()
+    x = RNG.normal(size=(9, *shape)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    back = fastnn.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(back.predict(x), model.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_weights_h5_files_move_both_ways(tmp_path):
+    model, shape = _fastnn_mlp()
+    model.save_weights(tmp_path / "w.weights.h5")
+    twin = keras.saving.load_model(_saved(model, tmp_path))
+    twin.set_weights([np.zeros_like(w) for w in twin.get_weights()])
+    twin.load_weights(tmp_path / "w.weights.h5")
+    x = RNG.normal(size=(4, *shape)).astype("float32")
+    np.testing.assert_allclose(twin.predict(x, verbose=0), model.predict(x), rtol=1e-5, atol=1e-5)
+    twin.save_weights(tmp_path / "k.weights.h5")
+    other, _ = _fastnn_mlp()
+    other.load_weights(tmp_path / "k.weights.h5")
+    np.testing.assert_allclose(other.predict(x), model.predict(x), rtol=1e-5, atol=1e-5)
+
+
+def _saved(model, tmp_path):
+    model.save(tmp_path / "arch.keras")
+    return tmp_path / "arch.keras"
+
+
+def test_keras_options_fastnn_lacks_are_refused(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, bias_constraint="non_neg")])
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ValueError, match=r"Dense 'dense.*'.*bias_constraint"):
+        fastnn.load_model(tmp_path / "m.keras")
+    gelu = keras.Sequential([keras.Input((4,)), keras.layers.GaussianNoise(0.1)])
+    gelu.save(tmp_path / "g.keras")
+    with pytest.raises(ValueError, match="fastnn has no layer 'GaussianNoise'"):
+        fastnn.load_model(tmp_path / "g.keras")
+
+
+def test_h5_model_names_are_refused_and_fnn_is_fastnn(tmp_path):
+    model, _ = _fastnn_mlp()
+    with pytest.raises(ValueError, match="legacy HDF5"):
+        model.save(tmp_path / "m.h5")
+    with pytest.raises(ValueError, match="legacy HDF5"):
+        fastnn.load_model(tmp_path / "m.h5")
+    model.save(tmp_path / "m.fnn")
+    with pytest.raises(ValueError, match="lacks config.json"):
+        os.replace(tmp_path / "m.fnn", tmp_path / "m2.keras")
+        fastnn.load_model(tmp_path / "m2.keras")
