@@ -1,5 +1,6 @@
 """The ``fastnn`` command: ``train``, ``evaluate``, ``predict``, ``info`` (and ``bench``).
 
+examples:
 fastnn train --dataset digits --epochs 20 --save model.fnn --plot history.png
 fastnn train --dataset data.npz --task regression --loss mae
 fastnn evaluate model.fnn                # on the dataset and split train recorded
@@ -77,14 +78,32 @@ def _fraction(text):
 
 DATASET_HELP = (
     "digits, iris, breast_cancer, diabetes, linear, spirals, a .npz file holding x_train, "
-    "y_train, x_test, y_test, or a folder with the four MNIST IDX files (default digits)"
+    "y_train, x_test, y_test, or a folder with the four MNIST IDX files"
 )
+_DATASET_DEFAULT = " (default: digits)"
+BACKEND_HELP = "numba, cython, numpy or cuda (default: fastnn's default backend)"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and shows each option's default (unless its help
+    already says it, or it has none)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        none = action.default is None or action.default is False
+        if none or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _parser(sub, name, help):
+    return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
 
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a network on a bundled dataset and print test accuracy")
+    p = _parser(sub, "train", "train a network on a bundled dataset and print test accuracy")
     d = TRAIN_DEFAULTS
-    p.add_argument("--dataset", default=d["dataset"], help=DATASET_HELP)
+    p.add_argument("--dataset", default=d["dataset"], help=DATASET_HELP + _DATASET_DEFAULT)
     p.add_argument(
         "--task",
         choices=TASKS,
@@ -101,20 +120,24 @@ def _add_train(sub):
         "targets; mae, categorical_crossentropy or sparse_categorical_crossentropy can "
         "replace them",
     )
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"])
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"])
+    p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="passes over the data")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=d["batch_size"], help="samples per step"
+    )
     p.add_argument(
         "--hidden",
         type=_positive_int,
         nargs="+",
         default=[d["hidden"]],
-        help="hidden layer widths (default 128)",
+        help=f"hidden layer widths (default: {d['hidden']})",
     )
     p.add_argument("--optimizer", default=d["optimizer"], help="sgd, adam, adamw, adagrad, rmsprop")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
-    p.add_argument("--backend", default=None, help="numba, cython, numpy or cuda")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2)
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of weights, split, shuffle")
+    p.add_argument(
+        "--verbose", type=int, choices=(0, 1, 2), default=2, help="0 silent, 1 bar, 2 a line/epoch"
+    )
     p.add_argument(
         "--validation-split",
         type=_fraction,
@@ -130,13 +153,12 @@ def _add_train(sub):
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="evaluate a saved model on a dataset's test split")
+    p = _parser(sub, "evaluate", "evaluate a saved model on a dataset's test split")
     p.add_argument("model", help="a model file written by fastnn train --save or model.save")
     p.add_argument(
         "--dataset",
         default=None,
-        help=DATASET_HELP.replace("(default digits)", "(default: the dataset recorded by ")
-        + "fastnn train --save)",
+        help=DATASET_HELP + " (default: the dataset recorded by fastnn train --save)",
     )
     p.add_argument(
         "--seed",
@@ -145,13 +167,15 @@ def _add_evaluate(sub):
         help="seed of the train/test split (default: the seed fastnn train recorded, else "
         "the model's seed)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--backend", default=None, help="numba, cython, numpy or cuda")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="samples per call (default: 32)"
+    )
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
     p.set_defaults(func=cmd_evaluate)
 
 
 def _add_predict(sub):
-    p = sub.add_parser("predict", help="run a saved model on the samples of a .npy file")
+    p = _parser(sub, "predict", "run a saved model on the samples of a .npy file")
     p.add_argument("model", help="a model file written by fastnn train --save or model.save")
     p.add_argument("--input", required=True, metavar="X.npy", help="samples, shape (N, ...)")
     p.add_argument("--output", required=True, metavar="Y.npy", help="where to write outputs")
@@ -160,8 +184,10 @@ def _add_predict(sub):
         action="store_true",
         help="write predicted class indices instead of the model's outputs",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--backend", default=None, help="numba, cython, numpy or cuda")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="samples per call (default: 32)"
+    )
+    p.add_argument("--backend", default=None, help=BACKEND_HELP)
     p.set_defaults(func=cmd_predict)
 
 
@@ -617,12 +643,14 @@ def _print_threads():
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastnn", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fastnn", description=__doc__.replace("``", ""), formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
-    sub.add_parser("info", help="version, backends, threads and BLAS").set_defaults(func=cmd_info)
+    _parser(sub, "info", "version, backends, threads and BLAS").set_defaults(func=cmd_info)
     from . import bench
 
     bench.add_parser(sub)

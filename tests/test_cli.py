@@ -453,3 +453,19 @@ def test_evaluate_feeds_older_models_the_scaled_features(tmp_path, capsys):
     code, out, _ = _run(capsys, "evaluate", str(path), *BACKEND)
     assert code == 0
     assert _value(out, "accuracy") == f"{model.evaluate(x_te, y_te)[1]:.4f}"
+
+
+def test_help_shows_each_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in [("--epochs", "20"), ("--batch-size", "32"), ("--lr", "0.003"),
+                            ("--optimizer", "adam"), ("--seed", "0"), ("--dataset", "digits"),
+                            ("--validation-split", "0.0"), ("--hidden", "128")]:  # fmt: skip
+        assert option in text
+        assert f"(default: {default})" in text.split(option, 2)[-1].split(" --", 1)[0], option
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    examples = [line for line in lines if line.startswith("fastnn ")]
+    assert len(examples) >= 4  # one example per line
