@@ -20,13 +20,13 @@ from . import (
     schedules,
     utils,
 )
+from ._version import __version__
 from .backend import get_backend, set_backend
 from .gradcheck import gradcheck
 from .layers import Input
 from .model import NonFiniteLossError, Sequential
-from .saving import load_model
+from .models import load_model
 
-__version__ = "0.1.0"
 __all__ = [
     "Input",
     "Sequential",

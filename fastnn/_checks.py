@@ -92,3 +92,38 @@ def _all_finite(a: np.ndarray) -> bool:
         if np.isfinite(np.dot(flat, flat)):
             return True
     return bool(np.isfinite(flat).all())
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss (or an update that made the weights
+    non-finite); the weights and optimizer state are those of the last good step.
+
+    Attributes ``epoch`` and ``batch`` (0-based, None in ``train_on_batch``) locate the step
+    that failed; ``loss`` is its loss.
+    """
+
+    def __init__(self, message: str, epoch: int | None = None, batch: int | None = None,
+                 loss: float | None = None):  # fmt: skip
+        super().__init__(message)
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+
+
+def check_int(value, arg: str, low: int = 1) -> int:
+    """``value`` as an int >= ``low``: TypeError for a non-integer, ValueError below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{arg} must be an int >= {low}, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{arg} must be an int >= {low}, got {value}")
+    return int(value)
+
+
+def _batch_size(batch_size, default, n=None):
+    """The batch size to use (at most ``n`` rows, so workspaces never exceed the data)."""
+    bs = default if batch_size is None else check_int(batch_size, "batch_size", 1)
+    return bs if n is None else min(bs, n)
+
+
+def _check_bool(value, arg):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{arg} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)

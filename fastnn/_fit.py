@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 
 from . import callbacks as _callbacks
+from ._checks import NonFiniteLossError, _batch_size, _check_bool, check_int
 from .kernels import codes
 
 #: Progress-bar updates per epoch with verbose=1 (each update is one compiled call).
@@ -126,7 +127,6 @@ def _check_verbose(verbose):
 
 
 def _optional_steps(value, arg):
-    from .model import check_int
 
     return None if value is None else check_int(value, arg, 1)
 
@@ -188,7 +188,6 @@ class _Stop(Exception):
 def _non_finite(model, cbs, epoch, batch, loss, reason):
     """Stops training after a non-finite step: quietly when a callback handles it
     (TerminateOnNaN), else with NonFiniteLossError."""
-    from .model import NonFiniteLossError
 
     if cbs.handles_nan:
         model.stop_training = True
@@ -374,7 +373,6 @@ def _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val):
 def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_split,
              validation_data, shuffle, class_weight, sample_weight, initial_epoch,
              steps_per_epoch=None, validation_steps=None, validation_freq=1):  # fmt: skip
-    from .model import _batch_size, _check_bool, check_int
 
     epochs = check_int(epochs, "epochs", 1)
     initial_epoch = check_int(initial_epoch, "initial_epoch", 0)

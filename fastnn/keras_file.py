@@ -215,7 +215,7 @@ def save_keras(model, path) -> None:
     RuntimeError
         If the model is not built.
     """
-    from . import __version__
+    from ._version import __version__
 
     if not model._maybe_build():
         raise RuntimeError("the model is not built yet: there are no weights to save")
@@ -299,9 +299,7 @@ def _fastnn_layer(entry: dict, index: int):
     return layer
 
 
-def _model_from_keras(config: dict, backend):
-    from .model import Sequential
-
+def _model_from_keras(config: dict, model_class, backend):
     if config.get("class_name") != "Sequential":
         raise ValueError(
             f"only Sequential models load in fastnn, got a {config.get('class_name')!r}"
@@ -320,7 +318,7 @@ def _model_from_keras(config: dict, backend):
     if isinstance(dtype, dict):
         dtype = dtype.get("config", {}).get("name")
     dtype = dtype if dtype in ("float32", "float64") else "float32"
-    return Sequential(layers, name=inner.get("name"), dtype=dtype, backend=backend)
+    return model_class(layers, name=inner.get("name"), dtype=dtype, backend=backend)
 
 
 def _read_weights(h5, model) -> list[np.ndarray]:
@@ -344,10 +342,10 @@ def _read_weights(h5, model) -> list[np.ndarray]:
     return weights
 
 
-def load_keras(path, backend: str | None = None):
+def load_keras(path, model_class, backend: str | None = None):
     """Reads a Keras 3 ``.keras`` file (a Sequential model whose layers fastnn has) into a
-    :class:`fastnn.Sequential` with the same architecture and weights (not compiled: call
-    ``compile`` before ``fit``).
+    ``model_class`` (:class:`fastnn.Sequential`) with the same architecture and weights
+    (not compiled: call ``compile`` before ``fit``).
 
     Raises
     ------
@@ -369,7 +367,7 @@ def load_keras(path, backend: str | None = None):
             weights_bytes = zf.read("model.weights.h5")
     except zipfile.BadZipFile as exc:
         raise ValueError(f"{where!r} is not a Keras .keras file: {exc}") from None
-    model = _model_from_keras(config, backend)
+    model = _model_from_keras(config, model_class, backend)
     if not model._maybe_build():
         raise ValueError(f"{where!r}: the model has no input shape (no InputLayer)")
     with h5py.File(io.BytesIO(weights_bytes), "r") as h5:

@@ -15,27 +15,20 @@ from . import backend as _backend
 from . import losses as _losses
 from . import metrics as _metrics
 from . import optimizers as _optimizers
-from ._checks import as_array, as_float, check_finite
+from ._checks import (  # noqa: F401 - NonFiniteLossError is public here
+    NonFiniteLossError,
+    _batch_size,
+    _check_bool,
+    as_array,
+    as_float,
+    check_finite,
+    check_int,
+)
 from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
 from .kernels import codes
 from .layers import Dropout, Flatten, Input, Layer, float_dtype
 from .layers.base import check_name, check_weight_list, sample_shape, size_of, unique_name
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss (or an update that made the weights
-    non-finite); the weights and optimizer state are those of the last good step.
-
-    Attributes ``epoch`` and ``batch`` (0-based, None in ``train_on_batch``) locate the step
-    that failed; ``loss`` is its loss.
-    """
-
-    def __init__(self, message: str, epoch: int | None = None, batch: int | None = None,
-                 loss: float | None = None):  # fmt: skip
-        super().__init__(message)
-        self.epoch, self.batch, self.loss = epoch, batch, loss
-
 
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
 #: step takes tens of milliseconds and first-call costs are lost in it
@@ -92,25 +85,30 @@ def _shape_mismatch(arg, got, shape) -> str:
     return msg
 
 
-def check_int(value, arg: str, low: int = 1) -> int:
-    """``value`` as an int >= ``low``: TypeError for a non-integer, ValueError below ``low``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{arg} must be an int >= {low}, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{arg} must be an int >= {low}, got {value}")
-    return int(value)
-
-
-def _batch_size(batch_size, default, n=None):
-    """The batch size to use (at most ``n`` rows, so workspaces never exceed the data)."""
-    bs = default if batch_size is None else check_int(batch_size, "batch_size", 1)
-    return bs if n is None else min(bs, n)
-
-
-def _check_bool(value, arg):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{arg} must be True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
+def _compiled_metrics(metrics, loss) -> _metrics.MetricSet:
+    """The metrics ``compile`` was given, checked: distinct log names, none named ``loss``,
+    no accuracy with a regression loss."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics is not None and not isinstance(metrics, (list, tuple)):
+        raise TypeError(
+            f"metrics must be a list of names such as ['accuracy'], got "
+            f"{type(metrics).__name__} {metrics!r}"
+        )
+    metric_set = _metrics.MetricSet([_metrics.get(m) for m in metrics or []])
+    seen = set()
+    for name in metric_set.names:
+        if name in seen or name == "loss":
+            raise ValueError(
+                f"metrics must be distinct names other than 'loss' (each is a key of the "
+                f"logs), got {name!r} twice in {list(metrics)!r}"
+            )
+        seen.add(name)
+    regression = isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError))
+    for m in metric_set.metrics:
+        if regression and isinstance(m, _metrics.Accuracy):
+            raise ValueError(f"metric {m.name!r} needs a classification loss, got {loss.name}")
+    return metric_set
 
 
 class Sequential:
@@ -381,26 +379,7 @@ class Sequential:
         if output is not None:
             activation, layer = output
             loss.check_output(activation, layer.name, type(layer).__name__)
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        if metrics is not None and not isinstance(metrics, (list, tuple)):
-            raise TypeError(
-                f"metrics must be a list of names such as ['accuracy'], got "
-                f"{type(metrics).__name__} {metrics!r}"
-            )
-        metric_set = _metrics.MetricSet([_metrics.get(m) for m in metrics or []])
-        seen = set()
-        for name in metric_set.names:
-            if name in seen or name == "loss":
-                raise ValueError(
-                    f"metrics must be distinct names other than 'loss' (each is a key of the "
-                    f"logs), got {name!r} twice in {list(metrics)!r}"
-                )
-            seen.add(name)
-        regression = isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError))
-        for m in metric_set.metrics:
-            if regression and isinstance(m, _metrics.Accuracy):
-                raise ValueError(f"metric {m.name!r} needs a classification loss, got {loss.name}")
+        metric_set = _compiled_metrics(metrics, loss)
         self._relayout_if_trainable_changed()
         self.optimizer = optimizer
         self.loss = loss

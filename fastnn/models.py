@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from . import saving
 from .model import Sequential
-from .saving import load_model
 
 __all__ = ["Sequential", "load_model", "model_from_json"]
 
@@ -21,3 +21,17 @@ def model_from_json(json_string: str, backend: str | None = None) -> Sequential:
     if not isinstance(spec, dict) or spec.get("class_name") != "Sequential":
         raise ValueError("json_string must describe a Sequential model (model.to_json())")
     return Sequential.from_config(spec.get("config"), backend=backend)
+
+
+def load_model(path, backend: str | None = None, compile: bool = True) -> Sequential:
+    """Reads a model file: fastnn's own (``model.save("m.fnn")``: architecture, weights,
+    ``metadata`` and, with ``compile``, optimizer state, loss, metrics and random state, so
+    ``fit`` continues where it stopped) or Keras 3's ``.keras`` (architecture and weights).
+
+    Raises
+    ------
+    ValueError
+        If the file is damaged, of an unsupported version or a legacy ``.h5`` model, or holds
+        a layer, option or array that does not match.
+    """
+    return saving.read_model(path, Sequential, backend=backend, compile=compile)

@@ -201,7 +201,7 @@ def save_model(model, path) -> None:
     FileNotFoundError
         If the folder of ``path`` does not exist.
     """
-    from . import __version__
+    from ._version import __version__
 
     kind = file_kind(path, "path")
     if kind == "keras":
@@ -325,10 +325,8 @@ def _read_config(zf):
     return config
 
 
-def _rebuild(config, backend):
-    from .model import Sequential
-
-    return Sequential.from_config(config["model"], backend=backend)
+def _rebuild(config, model_class, backend):
+    return model_class.from_config(config["model"], backend=backend)
 
 
 def _compile(model, cc):
@@ -400,11 +398,12 @@ def _restore_training(model, training):
         model.optimizer.iterations = iterations
 
 
-def load_model(path, backend: str | None = None, compile: bool = True):
-    """Reads a model written by ``model.save(path)``: architecture, weights, ``metadata``
-    (empty for files without it) and, with ``compile``, optimizer (state and step count),
-    loss, metrics and the shuffle/dropout random state, so ``fit`` continues exactly where
-    the saved model stopped.
+def read_model(path, model_class, backend: str | None = None, compile: bool = True):
+    """Reads a model written by ``model.save(path)`` as a ``model_class``
+    (``fastnn.load_model`` passes Sequential): architecture, weights, ``metadata`` (empty for
+    files without it) and, with ``compile``, optimizer (state and step count), loss, metrics
+    and the shuffle/dropout random state, so ``fit`` continues exactly where the saved model
+    stopped.
 
     Raises
     ------
@@ -414,7 +413,7 @@ def load_model(path, backend: str | None = None, compile: bool = True):
     """
     kind = file_kind(path, "path")
     if kind == "keras":
-        return keras_file.load_keras(path, backend=backend)
+        return keras_file.load_keras(path, model_class, backend=backend)
     if kind == "keras_weights":
         raise ValueError(
             f"path {os.fspath(path)!r} holds weights alone: build the model and call "
@@ -422,7 +421,7 @@ def load_model(path, backend: str | None = None, compile: bool = True):
         )
     with _open_zip(path, "fastnn model file") as zf:
         try:
-            return _load(zf, backend, compile)
+            return _load(zf, model_class, backend, compile)
         except _Invalid as exc:
             raise ValueError(
                 f"{os.fspath(path)!r} is not a valid fastnn model file: {exc}"
@@ -433,10 +432,10 @@ def load_model(path, backend: str | None = None, compile: bool = True):
             ) from None
 
 
-def _load(zf, backend, compile):
+def _load(zf, model_class, backend, compile):
     config = _read_config(zf)
     try:
-        model = _rebuild(config, backend)
+        model = _rebuild(config, model_class, backend)
     except (TypeError, ValueError, KeyError) as exc:
         if isinstance(exc, _Invalid):
             raise
