@@ -388,8 +388,18 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     validation_steps = _optional_steps(validation_steps, "validation_steps")
     validation_freq = check_int(validation_freq, "validation_freq", 1)
     history = _callbacks.History()
-    cbs = _callbacks.CallbackList([*_check_callbacks(callbacks), history], model, {})
+    callbacks = _check_callbacks(callbacks)
+    dp = _distribution()
+    if dp is not None and not dp.is_primary:  # rank 0 alone prints and writes files
+        verbose = 0
+        callbacks = [cb for cb in callbacks if not getattr(cb, "writes_files", False)]
+    cbs = _callbacks.CallbackList([*callbacks, history], model, {})
     check_x(x)
+    if is_batch_source(x) and dp is not None:
+        raise ValueError(
+            "data-parallel fit takes arrays x and y (the same on every rank), got "
+            f"{type(x).__name__}; call set_distribution(None) to fit on batches"
+        )
     if is_batch_source(x):
         if y is not None or sample_weight is not None:
             raise ValueError(
@@ -402,6 +412,11 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
         val, n_steps = None, steps
         if validation_data is not None and not is_batch_source(validation_data):
             val = _validation_arrays(model, validation_data)
+    elif dp is not None:
+        source = _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs,
+                                       (sample_weight, class_weight, validation_split,
+                                        validation_data))  # fmt: skip
+        val, n_steps = source.val, source.steps
     else:
         data, val = _split(model, x, y, sample_weight, class_weight, validation_split,
                            validation_data)  # fmt: skip
@@ -410,6 +425,29 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     cbs.set_params({"epochs": epochs, "steps": n_steps, "verbose": verbose})
     return _epochs(model, source, cbs, history, val, validation_data, validation_steps,
                    validation_freq, initial_epoch, epochs, verbose)  # fmt: skip
+
+
+def _distribution():
+    """The data-parallel distribution of the process, or None (also for one rank)."""
+    from .distributed import get_distribution
+
+    dp = get_distribution()
+    return dp if dp is not None and dp.size > 1 else None
+
+
+def _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs, rest):
+    """The data-parallel epoch runner (its ``val``: the validation arrays)."""
+    from . import _data_parallel as par
+    from .model import _batch_size
+
+    sample_weight, class_weight, validation_split, validation_data = rest
+    data, val = par.agree(dp, lambda: _split(model, x, y, sample_weight, class_weight,
+                                             validation_split, validation_data))  # fmt: skip
+    par.check_supported(dp, model)
+    source = par.DataParallelEpochs(dp, model, data, _batch_size(batch_size, 32), shuffle,
+                                    verbose, cbs)  # fmt: skip
+    source.val = val
+    return source
 
 
 def _epochs(model, source, cbs, history, val, validation_data, validation_steps,

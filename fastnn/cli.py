@@ -588,6 +588,9 @@ def cmd_info(args):
         if name == "cython" and why is None:
             state += f" ({backend.cython_simd()} build)"
         print(f"  {name:<7} {state}")
+    from .distributed import mpi_status
+
+    print(f"MPI: {mpi_status()}")
     _print_threads()
 
 

@@ -845,16 +845,21 @@ class Sequential:
     # -- files ------------------------------------------------------------------------
     def save(self, path) -> None:
         """Writes the model (config, weights, optimizer state, ``metadata``) to one file;
-        see :func:`fastnn.load_model` and :func:`fastnn.saving.save_model`."""
+        see :func:`fastnn.load_model` and :func:`fastnn.saving.save_model`.  Under data
+        parallelism only rank 0 writes (the others return)."""
+        from .distributed import is_secondary
         from .saving import save_model
 
-        save_model(self, path)
+        if not is_secondary():
+            save_model(self, path)
 
     def save_weights(self, path) -> None:
-        """Writes only the weights (a .npz of arrays)."""
+        """Writes only the weights (a .npz of arrays); under data parallelism only rank 0."""
+        from .distributed import is_secondary
         from .saving import save_weights
 
-        save_weights(self, path)
+        if not is_secondary():
+            save_weights(self, path)
 
     def load_weights(self, path) -> None:
         """Reads weights written by :meth:`save_weights` (shapes must match)."""

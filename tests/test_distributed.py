@@ -1,0 +1,142 @@
+"""Data-parallel fit over MPI: 2 ranks under ``mpiexec`` against one process (skipped
+without the ``mpi`` extra), fault handling, ``fastnn info``."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastnn.distributed import shard_bounds
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+HAS_MPI = importlib.util.find_spec("mpi4py") is not None
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(
+    not (HAS_MPI and MPIEXEC), reason="mpi4py/mpiexec not installed (pip install -e '.[mpi]')"
+)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run(mode, out, backend, ranks=2, timeout=120):
+    cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return proc, time.perf_counter() - start
+
+
+def _load(out, rank):
+    with open(f"{out}.{rank}") as f:
+        return json.load(f)
+
+
+def test_shards_are_contiguous_and_cover_the_batch():
+    for rows in (1, 2, 7, 21, 256):
+        for size in (1, 2, 3, 5):
+            bounds = [shard_bounds(rows, size, r) for r in range(size)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == rows
+            assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:]))
+            lengths = [hi - lo for lo, hi in bounds]
+            assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_two_ranks_train_as_one_process(tmp_path, backend):
+    """Same seed and global batch (21: shards of 11 and 10; a last batch of 1 row: one
+    shard empty), Dropout, Adam, sample weights: the per-epoch logs and the final weights
+    of 2 ranks are those of one process (Dropout masks that followed the rank rather than
+    the global row would make them differ)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    proc, _ = _run("single", one, backend, ranks=0)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = _run("parity", two, backend)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, rank0, rank1 = _load(one, 0), _load(two, 0), _load(two, 1)
+    assert rank0["ranks"] == 2
+    for key, values in single["history"].items():
+        np.testing.assert_allclose(rank0["history"][key], values, rtol=1e-5, err_msg=key)
+    for w1, w0, w in zip(single["weights"], rank0["weights"], rank1["weights"]):
+        scale = np.abs(w1).max()
+        np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-5 * scale)
+        assert w == w0  # the ranks hold bit-identical weights
+    assert rank0["evaluate"] == rank1["evaluate"]  # every rank the full evaluation
+    assert rank1["predict_rows"] == 85
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "mode, rank0_says",
+    [
+        ("raise", "rank 1 of the data-parallel fit raised ValueError"),
+        ("abort", None),  # raised after the step, outside the collectives: MPI abort
+        ("nonfinite", "NonFiniteLossError"),
+        ("shapes", "got arrays of different shapes"),
+    ],
+)
+def test_a_failing_rank_stops_every_rank(tmp_path, mode, rank0_says):
+    proc, seconds = _run(mode, tmp_path / "out", "cython", timeout=60)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0, said[-3000:]
+    assert seconds < 30, f"{mode}: the ranks took {seconds:.1f} s to stop"
+    if mode in ("raise", "abort"):
+        assert "rank 1 fails on purpose at epoch 2, batch 3" in said, said[-3000:]
+    if rank0_says:
+        assert rank0_says in said, said[-3000:]
+    assert not (tmp_path / "out.0").exists() and not (tmp_path / "out.1").exists()
+
+
+@needs_mpi
+def test_info_reports_mpi_and_ranks():
+    cmd = [sys.executable, "-m", "fastnn.cli", "info"]
+    proc = subprocess.run([MPIEXEC, "-n", "2", *cmd], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("MPI:")]
+    assert len(lines) == 2 and all("mpi4py" in line and "2 ranks" in line for line in lines)
+    assert "MPICH" in lines[0]
+
+
+def test_info_says_why_mpi_is_unavailable():
+    code = "import sys; sys.modules['mpi4py'] = None\nfrom fastnn.cli import main; main(['info'])\n"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MPI: unavailable: mpi4py is not installed" in proc.stdout
+
+
+def test_data_parallel_without_mpi4py_says_how_to_install():
+    code = (
+        "import sys; sys.modules['mpi4py'] = None\n"
+        "from fastnn.distributed import DataParallel\n"
+        "try:\n    DataParallel()\nexcept ImportError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert 'pip install "fastnn-cpu[mpi]"' in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_set_distribution_checks_its_argument():
+    from fastnn import distributed
+
+    with pytest.raises(TypeError, match="DataParallel or None"):
+        distributed.set_distribution("mirrored")
+    distributed.set_distribution(None)
+    assert distributed.get_distribution() is None
