@@ -1121,6 +1121,14 @@ def _norm_backward(present, kind, inp, g, dx, need_dx, row, params, grads, nontr
 
 
 @_jit
+def _check_row0(row0):
+    """row0 of forward_stack/backward_stack as an int64 (ValueError when negative)."""
+    if row0 < 0:
+        raise ValueError("row0 must be an int >= 0")
+    return np.int64(row0)
+
+
+@_jit
 def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     """See reference.forward_stack."""
     layers, layer_f, kinds = plan
@@ -1128,7 +1136,7 @@ def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     acts, acc = work[0], work[2]
     n, training = x.shape[0], np.int64(training)
     seed, step = np.int64(seed), np.int64(step)
-    row0 = np.int64(row0)
+    row0 = _check_row0(row0)
     for l in range(layers.shape[0]):
         row = layers[l]
         kind, act = row[_P_KIND], row[_P_ACT]
@@ -1158,7 +1166,7 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
     params, grads, nontrain = net[0], net[1], net[3]
     acts, gbuf, acc = work
     n, seed, step = x.shape[0], np.int64(seed), np.int64(step)
-    row0 = np.int64(row0)
+    row0 = _check_row0(row0)
     penalty = 0.0
     for l in range(layers.shape[0] - 1, -1, -1):
         if not layers[l, _P_BACKWARD]:

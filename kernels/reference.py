@@ -149,15 +149,21 @@ def dropout_keep(shape, rate, seed, first=0):
     return (h >= np.uint64(int(rate * 16777216.0))).reshape(shape)
 
 
-def dropout_forward(x, out, rate, seed, first=0):
+def dropout_forward(x, out, rate, seed):
     """out = x * keep / (1 - rate), keep from ``dropout_keep``.  x, out (N, O); may alias."""
+    _dropout_from(x, out, rate, seed, 0)
+
+
+def dropout_backward(dout, dx, rate, seed):
+    """dx = dout * keep / (1 - rate) with the same mask as the forward.  (N, O); may alias."""
+    _dropout_from(dout, dx, rate, seed, 0)
+
+
+def _dropout_from(x, out, rate, seed, first):
+    """dropout_forward with the mask's elements from ``first`` on (a shard of rows of a
+    larger batch, see forward_stack's row0)."""
     scale = x.dtype.type(1.0 / (1.0 - rate))
     np.copyto(out, np.where(dropout_keep(x.shape, rate, seed, first), x * scale, 0))
-
-
-def dropout_backward(dout, dx, rate, seed, first=0):
-    """dx = dout * keep / (1 - rate) with the same mask as the forward.  (N, O); may alias."""
-    dropout_forward(dout, dx, rate, seed, first)
 
 
 def dropout_seed(seed, step, layer):
@@ -515,8 +521,8 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
                       f[C.F_ALPHA])  # fmt: skip
     elif kind == C.DROPOUT:
         if training and f[C.F_RATE] > 0:
-            dropout_forward(inp, out, f[C.F_RATE], dropout_seed(seed, step, l),
-                            row0 * (inp.size // n))  # fmt: skip
+            _dropout_from(inp, out, f[C.F_RATE], dropout_seed(seed, step, l),
+                          row0 * (inp.size // n))  # fmt: skip
         else:
             out[...] = inp
     elif kind == C.ACTIVATION:
@@ -560,8 +566,8 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
             return l1l2_penalty(w, dw, f[C.F_L1], f[C.F_L2])
     elif kind == C.DROPOUT:
         if f[C.F_RATE] > 0:
-            dropout_backward(g, dx, f[C.F_RATE], dropout_seed(seed, step, l),
-                             row0 * (g.size // n))  # fmt: skip
+            _dropout_from(g, dx, f[C.F_RATE], dropout_seed(seed, step, l),
+                          row0 * (g.size // n))  # fmt: skip
         else:
             dx[...] = g
     elif kind == C.ACTIVATION:
@@ -588,6 +594,11 @@ def output_view(plan, acts, n):
     return acts[off : off + n * size].reshape(n, size)
 
 
+def _check_row0(row0):
+    if isinstance(row0, bool) or not isinstance(row0, (int, np.integer)) or row0 < 0:
+        raise ValueError(f"row0 must be an int >= 0, got {row0!r}")
+
+
 def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     """Runs every layer of the plan on x (N, I0), writing outputs (and, training, the saved
     tensors and BatchNormalization's moving statistics) into acts and nontrain.
@@ -597,6 +608,7 @@ def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     x is rows row0.. of a larger batch, and each Dropout layer applies those rows of the
     batch's mask (its mask elements from row0 * sample size on): the shards of a batch
     see the masks of the whole batch."""
+    _check_row0(row0)
     for l in range(plan[0].shape[0]):
         layer_forward(l, x, plan, net, work, x.shape[0], training, seed, step, row0)
 
@@ -606,6 +618,7 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
     gbuf, through the layers whose P_BACKWARD is set (last to first); writes the weight
     gradients into grads; returns the regularisation penalty (its gradient is added).
     ``row0`` as in :func:`forward_stack`."""
+    _check_row0(row0)
     penalty = 0.0
     layers = plan[0]
     for l in range(layers.shape[0] - 1, -1, -1):

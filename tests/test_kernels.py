@@ -1384,3 +1384,14 @@ def test_shards_of_a_batch_see_the_batch_dropout_masks(mod, dtype):
     # without row0 the second shard would draw the first rows' masks: the test can fail
     out_wrong, _ = _forward_backward(ref, s, np.arange(4, 5), 0, dout[4:5])
     assert not np.allclose(out_wrong, out_full[4:5])
+
+
+@pytest.mark.parametrize("module", [ref, *BACKENDS], ids=lambda m: getattr(m, "__name__", m))
+def test_negative_row0_is_refused(module):
+    module = backend.load(module) if isinstance(module, str) else module
+    s = _dropout_sandwich(np.float32)
+    b = s.buffers()
+    with pytest.raises(ValueError, match="row0"):
+        module.forward_stack(s.x, b.plan, b.net, b.work, 1, 21, 4, -1)
+    with pytest.raises(ValueError, match="row0"):
+        module.backward_stack(s.x, b.plan, b.net, b.work, 21, 4, -1)
