@@ -75,8 +75,22 @@ def main(mode, out, backend="cython"):
         x[40] = 3e38  # finite, but overflows float32 in the first layer
     if mode in ("raise", "abort"):
         callbacks = [RaiseAt(dp.rank, "begin" if mode == "raise" else "end")]
-    hist = m.fit(x, y, sample_weight=sw, epochs=EPOCHS, batch_size=BATCH, verbose=0,
+    if mode == "batchnorm":
+        m = fastnn.Sequential([fastnn.layers.Input((6,)), fastnn.layers.BatchNormalization(),
+                               fastnn.layers.Dense(3, activation="softmax")])  # fmt: skip
+        m.compile("adam", "sparse_categorical_crossentropy")
+    verbose = 0
+    if mode == "files":
+        rank = dp.rank
+        callbacks = [
+            fastnn.callbacks.CSVLogger(f"{out}.csv.{rank}"),
+            fastnn.callbacks.ModelCheckpoint(f"{out}.ckpt.{rank}.fnn", "loss"),
+        ]
+        verbose = 2  # fmt: skip
+    hist = m.fit(x, y, sample_weight=sw, epochs=EPOCHS, batch_size=BATCH, verbose=verbose,
                  callbacks=callbacks)  # fmt: skip
+    if mode == "files":
+        m.save(f"{out}.save.{dp.rank}.fnn")
     result = {
         "history": hist.history,
         "weights": [w.tolist() for w in m.get_weights()],

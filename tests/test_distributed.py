@@ -104,14 +104,55 @@ def test_a_failing_rank_stops_every_rank(tmp_path, mode, rank0_says):
 
 
 @needs_mpi
+def test_only_rank_0_prints_and_writes_files(tmp_path):
+    out = tmp_path / "out"
+    proc, _ = _run("files", out, "cython")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Epoch 1/3") == 1, proc.stdout
+    for kind in ("csv.{}", "ckpt.{}.fnn", "save.{}.fnn"):
+        assert Path(f"{out}.{kind.format(0)}").exists(), kind
+        assert not Path(f"{out}.{kind.format(1)}").exists(), kind
+    assert (tmp_path / "out.1").exists()  # rank 1 trained to the end
+
+
+@needs_mpi
+def test_batch_normalization_is_refused_on_every_rank(tmp_path):
+    proc, _ = _run("batchnorm", tmp_path / "out", "cython", timeout=60)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "does not synchronise batch statistics" in said, said[-3000:]
+
+
+def _train_cli(ranks, tmp_path):
+    cmd = [sys.executable, "-m", "fastnn.cli", "train", "--epochs", "2", "--batch-size", "64",
+           "--save", str(tmp_path / f"m{ranks}.fnn")]  # fmt: skip
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks), *cmd, "--distributed"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@needs_mpi
+def test_cli_train_distributed_prints_the_single_process_results(tmp_path):
+    one, two = _train_cli(0, tmp_path), _train_cli(2, tmp_path)
+    assert "data-parallel on 2 MPI ranks" in two and two.count("Training on") == 1
+    results = [[ln for ln in out.splitlines() if ln.startswith(("Epoch", "test "))]
+               for out in (one, two)]  # fmt: skip
+    assert len(results[0]) == 4 and results[0] == results[1]
+    assert (tmp_path / "m2.fnn").exists()
+
+
+@needs_mpi
 def test_info_reports_mpi_and_ranks():
     cmd = [sys.executable, "-m", "fastnn.cli", "info"]
     proc = subprocess.run([MPIEXEC, "-n", "2", *cmd], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("MPI:")]
-    assert len(lines) == 2 and all("mpi4py" in line and "2 ranks" in line for line in lines)
-    assert "MPICH" in lines[0]
+    # the two ranks' lines may interleave: count what each rank says
+    assert proc.stdout.count("MPI: mpi4py") == 2, proc.stdout
+    assert proc.stdout.count(", 2 ranks") == 2 and "MPICH" in proc.stdout, proc.stdout
 
 
 def test_info_says_why_mpi_is_unavailable():
