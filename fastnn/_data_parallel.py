@@ -111,6 +111,8 @@ class DataParallelEpochs:
         self.loss_code, self.logits_out = plan.code, plan.logits_out
         self.metrics, self.thresholds = model._metric_args(plan)
         self.plan = self.ws.loss_plan(plan.train_act)
+        #: whether a layer adds a regularisation penalty (and its gradient, on every rank)
+        self.penalised = bool(np.any(self.plan.layer_f[:, [codes.F_L1, codes.F_L2]]))
         self.part = np.zeros(model._new_stats().size + 1)  # the step's stats, then _ERROR
         eng = model._engine
         self.grads = eng.grads[: eng.n_train]
@@ -165,7 +167,9 @@ class DataParallelEpochs:
     def _shard_gradients(self, rows, part):
         """This rank's shard of the batch ``rows``: forward, loss, backward, its metric
         sums into ``part`` and its gradients, scaled by shard rows / batch rows, into
-        grads (zeros for an empty shard)."""
+        grads (zeros for an empty shard).  The kernels' loss is sum sw * loss / n over the
+        shard's n rows: with the sample weights scaled by n / N (N the batch's rows) it is
+        the shard's share of the batch loss, and so are the gradients."""
         model, ws, k = self.model, self.ws, self.model._kernels
         start, stop = self.dp.shard(len(rows))
         n = stop - start
@@ -177,6 +181,9 @@ class DataParallelEpochs:
         np.take(self.X, idx, axis=0, out=x)
         np.take(self.Y, idx, axis=0, out=y)
         np.take(self.SW, idx, axis=0, out=sw)
+        share = n / len(rows)
+        if not self.penalised:  # the loss gradient comes out scaled: no pass over grads
+            sw *= sw.dtype.type(share)
         eng, args, step = model._engine, self.plan.args, model.optimizer.iterations + 1
         seed = model._dropout_seed
         k.forward_stack(x, args, eng.net, ws.work, 1, seed, step, start)
@@ -185,8 +192,10 @@ class DataParallelEpochs:
         p = out if fused and not self.logits_out else dz
         value = k.loss_grad(out, y, sw, p, dz, self.loss_code)
         value += k.backward_stack(x, args, eng.net, ws.work, seed, step, start)
-        self.grads *= self.grads.dtype.type(n / len(rows))
-        part[codes.STAT_LOSS] += value * n
+        if self.penalised:  # the penalty's gradient, added on every rank, is shared too
+            self.grads *= self.grads.dtype.type(share)
+            value *= share
+        part[codes.STAT_LOSS] += value * len(rows)
         k.batch_stats(out, y, self.metrics, self.thresholds, part)
 
     def _output_and_gradient(self, n):

@@ -1,5 +1,5 @@
 """Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n 2 python
-tests/mpi_worker.py MODE OUT [BACKEND]`` (or without mpiexec, MODE single: the same fit in
+tests/mpi_worker.py MODE OUT [BACKEND [L2]]`` (or without mpiexec, MODE single: the same fit in
 one process).  Each rank writes OUT.<rank> (JSON: per-epoch logs, final weights, the
 evaluation)."""
 
@@ -25,11 +25,12 @@ def data():
     return x, y, sw
 
 
-def model(backend):
+def model(backend, l2=0.0):
+    reg = fastnn.regularizers.L2(l2) if l2 else None
     m = fastnn.Sequential(
         [
             fastnn.layers.Input((6,)),
-            fastnn.layers.Dense(16, activation="relu"),
+            fastnn.layers.Dense(16, activation="relu", kernel_regularizer=reg),
             fastnn.layers.Dropout(0.3),
             fastnn.layers.Dense(3, activation="softmax"),
         ],
@@ -63,11 +64,11 @@ class RaiseAt(Callback):
             raise ValueError("rank 1 fails on purpose at epoch 2, batch 3")
 
 
-def main(mode, out, backend="cython"):
+def main(mode, out, backend="cython", l2="0"):
     x, y, sw = data()
     dp = None if mode == "single" else DataParallel()
     set_distribution(dp)
-    m, callbacks = model(backend), []
+    m, callbacks = model(backend, float(l2)), []
     if mode == "shapes" and dp.rank == 1:
         x, y, sw = x[:-1], y[:-1], sw[:-1]
     if mode == "nonfinite" and dp.rank == 1:

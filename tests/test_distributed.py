@@ -32,8 +32,8 @@ def _env():
     return env
 
 
-def _run(mode, out, backend, ranks=2, timeout=120):
-    cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend]
+def _run(mode, out, backend, ranks=2, timeout=120, l2=0.0):
+    cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend, str(l2)]
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     start = time.perf_counter()
@@ -58,16 +58,18 @@ def test_shards_are_contiguous_and_cover_the_batch():
 
 
 @needs_mpi
-@pytest.mark.parametrize("backend", ["cython", "numba"])
-def test_two_ranks_train_as_one_process(tmp_path, backend):
+@pytest.mark.parametrize("backend, l2", [("cython", 0.0), ("numba", 0.0), ("cython", 0.01)])
+def test_two_ranks_train_as_one_process(tmp_path, backend, l2):
     """Same seed and global batch (21: shards of 11 and 10; a last batch of 1 row: one
     shard empty), Dropout, Adam, sample weights: the per-epoch logs and the final weights
     of 2 ranks are those of one process (Dropout masks that followed the rank rather than
-    the global row would make them differ)."""
+    the global row would make them differ).  With an L2 penalty, whose gradient every
+    rank adds, the gradients are scaled after the backward rather than through the
+    sample weights."""
     one, two = tmp_path / "one", tmp_path / "two"
-    proc, _ = _run("single", one, backend, ranks=0)
+    proc, _ = _run("single", one, backend, ranks=0, l2=l2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc, _ = _run("parity", two, backend)
+    proc, _ = _run("parity", two, backend, l2=l2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, rank0, rank1 = _load(one, 0), _load(two, 0), _load(two, 1)
     assert rank0["ranks"] == 2
