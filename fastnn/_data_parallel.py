@@ -2,7 +2,7 @@
 
 Every rank holds the same arrays and, after the start, the same weights and optimizer
 state.  Per step each rank gathers its contiguous shard of the global batch, runs the
-compiled forward, loss and backward on it, scales its gradients by shard rows / global
+compiled forward, loss and backward on it with its gradients scaled by shard rows / global
 rows (the kernels' batch loss is sum sw * loss / N of the batch's N), and one in-place
 Allreduce of the flat gradient buffer sums them: the update every rank then applies is the
 single-process update of that global batch.  A small Allreduce of the step's statistics
@@ -15,14 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _fit
+from .distributed import RankError
 from .kernels import codes
-
-#: The slot after the statistics that counts the ranks whose step raised.
-_ERROR = "error"
-
-
-class RankError(RuntimeError):
-    """Another rank of a data-parallel fit raised: the message names the rank and its error."""
 
 
 def check_supported(dp, model) -> None:
@@ -113,7 +107,8 @@ class DataParallelEpochs:
         self.plan = self.ws.loss_plan(plan.train_act)
         #: whether a layer adds a regularisation penalty (and its gradient, on every rank)
         self.penalised = bool(np.any(self.plan.layer_f[:, [codes.F_L1, codes.F_L2]]))
-        self.part = np.zeros(model._new_stats().size + 1)  # the step's stats, then _ERROR
+        # the step's statistics, then the number of ranks whose step raised
+        self.part = np.zeros(model._new_stats().size + 1)
         eng = model._engine
         self.grads = eng.grads[: eng.n_train]
         broadcast_start(dp, model)

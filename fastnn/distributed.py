@@ -17,6 +17,11 @@ import numpy as np
 _distribution = None
 
 
+class RankError(RuntimeError):
+    """Another rank of a data-parallel fit raised: the message names the rank and its error
+    (the rank that raised raises its own error)."""
+
+
 def _mpi():
     """mpi4py's MPI module (initialises MPI), or ImportError saying how to install it."""
     try:
