@@ -76,6 +76,8 @@ class DataParallel:
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        self._shared: dict = {}
+        self._same_node = None
         if self.size > 1:
             _abort_on_uncaught(self.comm)
 
@@ -92,10 +94,29 @@ class DataParallel:
         return shard_bounds(rows, self.size, self.rank)
 
     def sum_(self, buf: np.ndarray) -> np.ndarray:
-        """Sums ``buf`` over the ranks, in place (one Allreduce); returns it."""
-        if self.size > 1:
-            self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+        """Sums the contiguous ``buf`` over the ranks, in place; returns it.  Every rank gets
+        bit-identical sums: an in-place Allreduce, or for a large buffer when every rank
+        is on one machine, a reduction through shared memory (:class:`SharedSum`)."""
+        if self.size == 1:
+            return buf
+        if buf.nbytes >= SHARED_SUM_MIN_BYTES and self._shared_ok():
+            key = (buf.size, buf.dtype.str)
+            if key not in self._shared:
+                self._shared[key] = SharedSum(self.comm, self._MPI, buf.size, buf.dtype)
+            return self._shared[key].sum_(buf)
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
+
+    def _shared_ok(self) -> bool:
+        """Whether every rank runs on this machine (and FASTNN_MPI_SHARED is not 0)."""
+        if self._same_node is None:
+            import os
+
+            node = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+            everyone = node.Get_size() == self.size
+            node.Free()
+            self._same_node = everyone and os.environ.get("FASTNN_MPI_SHARED", "1") != "0"
+        return self._same_node
 
     def broadcast_(self, buf: np.ndarray) -> np.ndarray:
         """Overwrites ``buf`` with rank 0's, in place; returns it."""
@@ -110,6 +131,50 @@ class DataParallel:
     def gather_all(self, value) -> list:
         """Every rank's picklable ``value``, in rank order, on every rank."""
         return self.comm.allgather(value) if self.size > 1 else [value]
+
+
+#: Buffers from this size on are summed through shared memory when the ranks share a
+#: machine (measured here: 7.4 MB in about 0.5 ms against 2-8 ms for MPICH's Allreduce).
+SHARED_SUM_MIN_BYTES = 1 << 16
+
+
+class SharedSum:
+    """In-place sums of (size,) buffers over the ranks of one machine through an MPI
+    shared-memory window: one slot per rank, each buffer cut into one segment per rank.
+
+    Each rank copies the segments of the others into its slot; after a barrier rank r adds
+    the other ranks' copies of segment r to its own, in rank order, and publishes the sum
+    in its slot; after a second barrier every rank copies the other segments' sums.  A third
+    barrier keeps the next call from overwriting a slot that is still being read."""
+
+    def __init__(self, comm, MPI, size: int, dtype):
+        self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
+        dtype = np.dtype(dtype)
+        self.window = MPI.Win.Allocate_shared(size * dtype.itemsize, dtype.itemsize, comm=comm)
+        self.slots = []
+        for q in range(self.ranks):
+            mem, _ = self.window.Shared_query(q)
+            self.slots.append(np.frombuffer(mem, dtype, size))
+        self.segments = [shard_bounds(size, self.ranks, q) for q in range(self.ranks)]
+
+    def sum_(self, buf: np.ndarray) -> np.ndarray:
+        mine, r = self.slots[self.rank], self.rank
+        for q, (lo, hi) in enumerate(self.segments):
+            if q != r:
+                mine[lo:hi] = buf[lo:hi]
+        self.comm.Barrier()
+        lo, hi = self.segments[r]
+        own = buf[lo:hi]
+        for q in range(self.ranks):
+            if q != r:  # one rank sums each segment: every rank gets the same bits
+                np.add(own, self.slots[q][lo:hi], out=own)
+        mine[lo:hi] = own
+        self.comm.Barrier()
+        for q, (lo, hi) in enumerate(self.segments):
+            if q != r:
+                buf[lo:hi] = self.slots[q][lo:hi]
+        self.comm.Barrier()
+        return buf
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:

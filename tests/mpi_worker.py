@@ -1,7 +1,7 @@
 """Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n 2 python
-tests/mpi_worker.py MODE OUT [BACKEND [L2]]`` (or without mpiexec, MODE single: the same fit in
-one process).  Each rank writes OUT.<rank> (JSON: per-epoch logs, final weights, the
-evaluation)."""
+tests/mpi_worker.py MODE OUT [BACKEND [L2 [SHARED]]]`` (or without mpiexec, MODE single:
+the same fit in one process).  Each rank writes OUT.<rank> (JSON: per-epoch logs, final
+weights, the evaluation)."""
 
 from __future__ import annotations
 
@@ -64,10 +64,37 @@ class RaiseAt(Callback):
             raise ValueError("rank 1 fails on purpose at epoch 2, batch 3")
 
 
-def main(mode, out, backend="cython", l2="0"):
+def check_sums(dp, out):
+    """dp.sum_ of float32 buffers (shared memory when large, Allreduce when small) against
+    float64 sums; every rank's bits and the shared and Allreduce paths compared."""
+    import fastnn.distributed as D
+
+    found = {}
+    for n in (3, 100_003):
+        buf = np.random.default_rng(dp.rank).standard_normal(n).astype(np.float32)
+        want = sum(np.random.default_rng(r).standard_normal(n) for r in range(dp.size))
+        got = dp.sum_(buf.copy())
+        plain = buf.copy()
+        dp.comm.Allreduce(dp._MPI.IN_PLACE, plain)
+        everyone = dp.gather_all(got.tobytes())
+        found[n] = {
+            "shared": n * 4 >= D.SHARED_SUM_MIN_BYTES and dp._shared_ok(),
+            "err": float(np.abs(got - want).max()),
+            "vs_allreduce": float(np.abs(got - plain).max()),
+            "same_bits": all(b == everyone[0] for b in everyone),
+        }
+    with open(f"{out}.{dp.rank}", "w") as f:
+        json.dump(found, f)
+
+
+def main(mode, out, backend="cython", l2="0", shared="default"):
     x, y, sw = data()
     dp = None if mode == "single" else DataParallel()
     set_distribution(dp)
+    if shared == "all":  # every buffer, the gradients too, through shared memory
+        fastnn.distributed.SHARED_SUM_MIN_BYTES = 0
+    if mode == "sums":
+        return check_sums(dp, out)
     m, callbacks = model(backend, float(l2)), []
     if mode == "shapes" and dp.rank == 1:
         x, y, sw = x[:-1], y[:-1], sw[:-1]

@@ -32,8 +32,9 @@ def _env():
     return env
 
 
-def _run(mode, out, backend, ranks=2, timeout=120, l2=0.0):
-    cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend, str(l2)]
+def _run(mode, out, backend, ranks=2, timeout=120, l2=0.0, shared="default"):
+    cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend, str(l2),
+           shared]  # fmt: skip
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     start = time.perf_counter()
@@ -58,18 +59,22 @@ def test_shards_are_contiguous_and_cover_the_batch():
 
 
 @needs_mpi
-@pytest.mark.parametrize("backend, l2", [("cython", 0.0), ("numba", 0.0), ("cython", 0.01)])
-def test_two_ranks_train_as_one_process(tmp_path, backend, l2):
+@pytest.mark.parametrize(
+    "backend, l2, shared",
+    [("cython", 0.0, "default"), ("numba", 0.0, "all"), ("cython", 0.01, "all")],
+)
+def test_two_ranks_train_as_one_process(tmp_path, backend, l2, shared):
     """Same seed and global batch (21: shards of 11 and 10; a last batch of 1 row: one
     shard empty), Dropout, Adam, sample weights: the per-epoch logs and the final weights
     of 2 ranks are those of one process (Dropout masks that followed the rank rather than
     the global row would make them differ).  With an L2 penalty, whose gradient every
     rank adds, the gradients are scaled after the backward rather than through the
-    sample weights."""
+    sample weights.  ``shared="all"``: the gradients are summed through shared memory
+    (as large ones are), else with MPI's Allreduce."""
     one, two = tmp_path / "one", tmp_path / "two"
     proc, _ = _run("single", one, backend, ranks=0, l2=l2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc, _ = _run("parity", two, backend, l2=l2)
+    proc, _ = _run("parity", two, backend, l2=l2, shared=shared)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, rank0, rank1 = _load(one, 0), _load(two, 0), _load(two, 1)
     assert rank0["ranks"] == 2
@@ -103,6 +108,20 @@ def test_a_failing_rank_stops_every_rank(tmp_path, mode, rank0_says):
     if rank0_says:
         assert rank0_says in said, said[-3000:]
     assert not (tmp_path / "out.0").exists() and not (tmp_path / "out.1").exists()
+
+
+@needs_mpi
+def test_sums_over_three_ranks_are_the_same_bits_everywhere(tmp_path):
+    """DataParallel.sum_ on 3 ranks (unequal segments of 100003 floats): shared memory for
+    the large buffer, Allreduce for the small; float32 sums, identical on every rank."""
+    proc, _ = _run("sums", tmp_path / "s", "cython", ranks=3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in range(3):
+        found = _load(tmp_path / "s", rank)
+        assert found["100003"]["shared"] and not found["3"]["shared"]
+        for case in found.values():
+            assert case["same_bits"] and case["err"] < 1e-5
+            assert case["vs_allreduce"] < 1e-5
 
 
 @needs_mpi
