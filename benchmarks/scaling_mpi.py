@@ -74,8 +74,9 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backend", default="cython")
     p.add_argument("--loop", action="store_true", help="one process: the per-batch loop")
+    p.add_argument("--batch", type=int, default=None, help="global batch (default the network's)")
     args = p.parse_args()
-    batch = B.NETWORKS[args.network][3]
+    batch = args.batch or B.NETWORKS[args.network][3]
     x, y = B.synthetic_data(args.steps * batch, B.NETWORKS[args.network][0])
     dp, spent, cpu = None, [], {"shard": [], "update": []}
     if "PMI_RANK" in os.environ or args.loop:
@@ -103,7 +104,8 @@ def main():
                        for i in threadpool_info() if i.get("user_api") == "blas"})  # fmt: skip
     if dp is None or dp.is_primary:
         print(json.dumps({
-            "network": B.network_label(args.network), "ranks": 1 if dp is None else dp.size,
+            "network": B.network_label(args.network), "batch": batch,
+            "ranks": 1 if dp is None else dp.size,
             "mode": "dp" if dp is not None else "fit", "steps": args.steps,
             "epoch_s": float(np.median(times)),
             "step_ms": 1e3 * float(np.median(times)) / args.steps,
