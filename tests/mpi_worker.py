@@ -98,6 +98,9 @@ def main(mode, out, backend="cython", l2="0", shared="default"):
     m, callbacks = model(backend, float(l2)), []
     if mode == "shapes" and dp.rank == 1:
         x, y, sw = x[:-1], y[:-1], sw[:-1]
+    if mode == "badx" and dp.rank == 1:
+        x = x.copy()
+        x[7, 2] = np.nan  # fit's checks refuse it on rank 1, before any step
     if mode == "nonfinite" and dp.rank == 1:
         x = x.copy()
         x[40] = 3e38  # finite, but overflows float32 in the first layer
