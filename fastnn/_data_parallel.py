@@ -37,10 +37,11 @@ def check_supported(dp, model) -> None:
             )
 
 
-def agree(dp, prepare):
+def agree(dp, prepare, settings):
     """Runs ``prepare()`` on every rank; raises on every rank when it raised on any (the
-    first such rank's error) or when the ranks' arrays differ in shape.  Returns its
-    result: ((x, y, sw), validation)."""
+    first such rank's error), when the ranks' arrays differ in shape or their ``settings``
+    (a dict of fit's arguments: epochs, batch size...) differ.  Returns its result:
+    ((x, y, sw), validation)."""
     err, result, shapes = None, None, None
     try:
         result = prepare()
@@ -56,7 +57,20 @@ def agree(dp, prepare):
             "data-parallel fit needs the same x and y (and validation data) on every rank, "
             f"got arrays of different shapes: {listed}"
         )
+    _same_settings(dp, settings)
     return result
+
+
+def _same_settings(dp, settings) -> None:
+    everyone = dp.gather_all(settings)
+    for rank, theirs in enumerate(everyone):
+        for key, value in theirs.items():
+            if value != everyone[0][key]:
+                raise ValueError(
+                    f"data-parallel fit needs the same {key} on every rank (or the ranks "
+                    f"would wait for each other forever), got {everyone[0][key]!r} on rank 0 "
+                    f"and {value!r} on rank {rank}"
+                )
 
 
 def _describe(err) -> str:

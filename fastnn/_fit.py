@@ -415,7 +415,7 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     elif dp is not None:
         source = _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs,
                                        (sample_weight, class_weight, validation_split,
-                                        validation_data))  # fmt: skip
+                                        validation_data), (epochs, initial_epoch))  # fmt: skip
         val, n_steps = source.val, source.steps
     else:
         data, val = _split(model, x, y, sample_weight, class_weight, validation_split,
@@ -435,17 +435,20 @@ def _distribution():
     return dp if dp is not None and dp.size > 1 else None
 
 
-def _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs, rest):
+def _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs, rest, epochs):
     """The data-parallel epoch runner (its ``val``: the validation arrays)."""
     from . import _data_parallel as par
     from .model import _batch_size
 
     sample_weight, class_weight, validation_split, validation_data = rest
+    batch_size = _batch_size(batch_size, 32)
+    settings = {"epochs": epochs[0], "initial_epoch": epochs[1], "batch_size": batch_size,
+                "shuffle": shuffle}  # fmt: skip
     data, val = par.agree(dp, lambda: _split(model, x, y, sample_weight, class_weight,
-                                             validation_split, validation_data))  # fmt: skip
+                                             validation_split, validation_data),
+                          settings)  # fmt: skip
     par.check_supported(dp, model)
-    source = par.DataParallelEpochs(dp, model, data, _batch_size(batch_size, 32), shuffle,
-                                    verbose, cbs)  # fmt: skip
+    source = par.DataParallelEpochs(dp, model, data, batch_size, shuffle, verbose, cbs)
     source.val = val
     return source
 

@@ -118,7 +118,8 @@ def main(mode, out, backend="cython", l2="0", shared="default"):
             fastnn.callbacks.ModelCheckpoint(f"{out}.ckpt.{rank}.fnn", "loss"),
         ]
         verbose = 2  # fmt: skip
-    hist = m.fit(x, y, sample_weight=sw, epochs=EPOCHS, batch_size=BATCH, verbose=verbose,
+    epochs = EPOCHS + 1 if mode == "epochs" and dp.rank == 1 else EPOCHS
+    hist = m.fit(x, y, sample_weight=sw, epochs=epochs, batch_size=BATCH, verbose=verbose,
                  callbacks=callbacks)  # fmt: skip
     if mode == "files":
         m.save(f"{out}.save.{dp.rank}.fnn")

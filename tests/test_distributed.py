@@ -97,6 +97,7 @@ def test_two_ranks_train_as_one_process(tmp_path, backend, l2, shared):
         ("nonfinite", "NonFiniteLossError"),
         ("shapes", "got arrays of different shapes"),
         ("badx", "rank 1 of the data-parallel fit raised ValueError"),
+        ("epochs", "needs the same epochs on every rank"),
     ],
 )
 def test_a_failing_rank_stops_every_rank(tmp_path, mode, rank0_says):
