@@ -178,23 +178,19 @@ def test_info_reports_mpi_and_ranks():
     assert proc.stdout.count(", 2 ranks") == 2 and "MPICH" in proc.stdout, proc.stdout
 
 
-def test_info_says_why_mpi_is_unavailable():
-    code = "import sys; sys.modules['mpi4py'] = None\nfrom fastnn.cli import main; main(['info'])\n"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "MPI: unavailable: mpi4py is not installed" in proc.stdout
-
-
-def test_data_parallel_without_mpi4py_says_how_to_install():
+def test_without_mpi4py_info_and_data_parallel_say_why():
     code = (
         "import sys; sys.modules['mpi4py'] = None\n"
+        "from fastnn.cli import main; main(['info'])\n"
         "from fastnn.distributed import DataParallel\n"
         "try:\n    DataParallel()\nexcept ImportError as e:\n    print(e)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert 'pip install "fastnn-cpu[mpi]"' in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MPI: unavailable: mpi4py is not installed" in proc.stdout, proc.stdout
+    said = proc.stdout.split("data-parallel training needs mpi4py")
+    assert len(said) == 2 and 'pip install "fastnn-cpu[mpi]"' in said[1], proc.stdout
 
 
 def test_set_distribution_checks_its_argument():
