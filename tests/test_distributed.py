@@ -86,6 +86,10 @@ def test_two_ranks_train_as_one_process(tmp_path, backend, l2, shared):
         assert w == w0  # the ranks hold bit-identical weights
     assert rank0["evaluate"] == rank1["evaluate"]  # every rank the full evaluation
     assert rank1["predict_rows"] == 85
+    if shared == "all":  # runs with the same ranks are bit-identical
+        proc, _ = _run("parity", tmp_path / "again", backend, l2=l2, shared=shared)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert _load(tmp_path / "again", 0) == rank0
 
 
 @needs_mpi
