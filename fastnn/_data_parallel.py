@@ -103,7 +103,8 @@ def broadcast_start(dp, model) -> None:
 
 class DataParallelEpochs:
     """Epochs over prepared arrays, each global batch split over the ranks of ``dp``: one
-    compiled forward/backward per shard, two Allreduces and one optimizer update per step."""
+    compiled forward/backward per shard, two sums over the ranks (the step's statistics,
+    then the gradients) and one optimizer update per step."""
 
     def __init__(self, dp, model, data, batch_size, shuffle, verbose, cbs):
         self.dp, self.model, (self.X, self.Y, self.SW) = dp, model, data
