@@ -13,7 +13,8 @@ import warnings
 import numpy as np
 
 from . import callbacks as _callbacks
-from ._checks import NonFiniteLossError, _batch_size, _check_bool, check_int
+from ._checks import _batch_size, _check_bool, check_int
+from ._fit_events import _non_finite, _progress, _Stop
 from .kernels import codes
 
 #: Progress-bar updates per epoch with verbose=1 (each update is one compiled call).
@@ -174,40 +175,6 @@ def _replay(model, snap, X, Y, SW, rows, bs):
             model._restore(before)
             return b, loss, "loss" if not done else "weights"
     return None
-
-
-class _Stop(Exception):
-    """A step went non-finite and a callback takes over: training ends quietly with the
-    logs of that batch."""
-
-    def __init__(self, logs):
-        super().__init__()
-        self.logs = logs
-
-
-def _non_finite(model, cbs, epoch, batch, loss, reason):
-    """Stops training after a non-finite step: quietly when a callback handles it
-    (TerminateOnNaN), else with NonFiniteLossError."""
-
-    if cbs.handles_nan:
-        model.stop_training = True
-        # a finite loss whose update broke the weights still reports non-finite
-        logs = {"loss": loss if reason == "loss" else float("nan")}
-        cbs.call("on_train_batch_end", batch, logs)
-        raise _Stop(logs)
-    what = (
-        f"loss became {loss}"
-        if reason == "loss"
-        else f"the update made the weights non-finite (loss {loss})"
-    )
-    raise NonFiniteLossError(
-        f"{what} at epoch {epoch + 1}, batch {batch + 1}: training stopped with the weights of "
-        "the last good step; lower the learning rate or check the data scale (or pass "
-        "callbacks=[TerminateOnNaN()] to stop without an error)",
-        epoch=epoch,
-        batch=batch,
-        loss=loss,
-    )
 
 
 class ArrayEpochs:
@@ -386,8 +353,18 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     validation_steps = _optional_steps(validation_steps, "validation_steps")
     validation_freq = check_int(validation_freq, "validation_freq", 1)
     history = _callbacks.History()
-    cbs = _callbacks.CallbackList([*_check_callbacks(callbacks), history], model, {})
+    callbacks = _check_callbacks(callbacks)
+    dp = _distribution()
+    if dp is not None and not dp.is_primary:  # rank 0 alone prints and writes files
+        verbose = 0
+        callbacks = [cb for cb in callbacks if not getattr(cb, "writes_files", False)]
+    cbs = _callbacks.CallbackList([*callbacks, history], model, {})
     check_x(x)
+    if is_batch_source(x) and dp is not None:
+        raise ValueError(
+            "data-parallel fit takes arrays x and y (the same on every rank), got "
+            f"{type(x).__name__}; call set_distribution(None) to fit on batches"
+        )
     if is_batch_source(x):
         if y is not None or sample_weight is not None:
             raise ValueError(
@@ -400,6 +377,11 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
         val, n_steps = None, steps
         if validation_data is not None and not is_batch_source(validation_data):
             val = _validation_arrays(model, validation_data)
+    elif dp is not None:
+        source = _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs,
+                                       (sample_weight, class_weight, validation_split,
+                                        validation_data), (epochs, initial_epoch))  # fmt: skip
+        val, n_steps = source.val, source.steps
     else:
         data, val = _split(model, x, y, sample_weight, class_weight, validation_split,
                            validation_data)  # fmt: skip
@@ -408,6 +390,31 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     cbs.set_params({"epochs": epochs, "steps": n_steps, "verbose": verbose})
     return _epochs(model, source, cbs, history, val, validation_data, validation_steps,
                    validation_freq, initial_epoch, epochs, verbose)  # fmt: skip
+
+
+def _distribution():
+    """The data-parallel distribution of the process, or None (also for one rank)."""
+    from .distributed import get_distribution
+
+    dp = get_distribution()
+    return dp if dp is not None and dp.size > 1 else None
+
+
+def _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs, rest, epochs):
+    """The data-parallel epoch runner (its ``val``: the validation arrays)."""
+    from . import _data_parallel as par
+
+    sample_weight, class_weight, validation_split, validation_data = rest
+    batch_size = _batch_size(batch_size, 32)
+    settings = {"epochs": epochs[0], "initial_epoch": epochs[1], "batch_size": batch_size,
+                "shuffle": shuffle}  # fmt: skip
+    data, val = par.agree(dp, lambda: _split(model, x, y, sample_weight, class_weight,
+                                             validation_split, validation_data),
+                          settings)  # fmt: skip
+    par.check_supported(dp, model)
+    source = par.DataParallelEpochs(dp, model, data, batch_size, shuffle, verbose, cbs)
+    source.val = val
+    return source
 
 
 def _epochs(model, source, cbs, history, val, validation_data, validation_steps,
@@ -433,17 +440,3 @@ def _epochs(model, source, cbs, history, val, validation_data, validation_steps,
             break
     cbs.call("on_train_end", logs)
     return history
-
-
-def _progress(verbose, n_batches, epoch, epochs):
-    if verbose != 1 or n_batches is None:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=n_batches,
-        desc=f"Epoch {epoch + 1}/{epochs}",
-        unit="batch",
-        leave=True,
-        dynamic_ncols=True,
-    )

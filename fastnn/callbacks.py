@@ -252,8 +252,11 @@ class ModelCheckpoint(_Monitor):
 
     ``filepath`` may hold ``str.format`` fields filled from the epoch (1-based) and the
     logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.fnn"``.  With ``save_best_only`` a file is
-    written only when ``monitor`` improves on the best value so far.
+    written only when ``monitor`` improves on the best value so far.  Under data
+    parallelism only rank 0 writes.
     """
+
+    writes_files = True  # left out on the ranks other than 0 of a data-parallel fit
 
     def __init__(
         self,
@@ -469,7 +472,10 @@ class TerminateOnNaN(Callback):
 class CSVLogger(Callback):
     """Writes one CSV row per epoch: ``epoch`` then the logs' entries (sorted by name).
 
-    With ``append`` an existing file is continued (no second header)."""
+    With ``append`` an existing file is continued (no second header).  Under data
+    parallelism only rank 0 writes."""
+
+    writes_files = True  # left out on the ranks other than 0 of a data-parallel fit
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()

@@ -10,6 +10,7 @@ fastnn predict model.fnn --input x.npy --output y.npy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -147,6 +148,12 @@ def _add_train(sub):
     p.add_argument("--save", metavar="MODEL.fnn", help="write the trained model to this file")
     p.add_argument(
         "--plot", metavar="HISTORY.png", help="plot loss and metrics per epoch to this image"
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the MPI ranks: mpiexec -n 2 fastnn train --distributed ... "
+        "(--batch-size is the global batch; needs pip install 'fastnn-cpu[mpi]')",
     )
     p.set_defaults(func=cmd_train)
     return p
@@ -457,6 +464,26 @@ def _recorded_name(dataset: str) -> str:
 
 
 def cmd_train(args):
+    """``fastnn train``; with ``--distributed`` data-parallel over the MPI ranks, rank 0
+    alone printing and writing files."""
+    dp = None
+    if getattr(args, "distributed", False):
+        from .distributed import DataParallel, set_distribution
+
+        dp = DataParallel()
+        set_distribution(dp)
+    with contextlib.ExitStack() as stack:
+        if dp is not None and not dp.is_primary:
+            devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+            stack.enter_context(contextlib.redirect_stdout(devnull))
+        try:
+            return _train(args, dp)
+        finally:
+            if dp is not None:
+                set_distribution(None)
+
+
+def _train(args, dp):
     import fastnn
 
     if args.loss is not None:
@@ -489,6 +516,7 @@ def cmd_train(args):
     print(
         f"Training on {args.dataset} ({plan.task}, {plan.loss}): {len(x_train)} train / "
         f"{len(x_test)} test samples, backend {model.backend_name}"
+        + (f", data-parallel on {dp.size} MPI ranks" if dp is not None else "")
     )
     history = model.fit(
         x_train,
@@ -503,7 +531,7 @@ def cmd_train(args):
     if args.save:
         model.save(args.save)
         print(f"saved model to {args.save}")
-    if args.plot:
+    if args.plot and (dp is None or dp.is_primary):
         from fastnn import plot
 
         plot.history(history, args.plot, title=f"fastnn train --dataset {args.dataset}")
@@ -614,6 +642,9 @@ def cmd_info(args):
         if name == "cython" and why is None:
             state += f" ({backend.cython_simd()} build)"
         print(f"  {name:<7} {state}")
+    from .distributed import mpi_status
+
+    print(f"MPI: {mpi_status()}")
     _print_threads()
 
 

@@ -823,17 +823,22 @@ class Sequential:
         """Writes the model to one file.  A ``.keras`` name writes Keras 3's format
         (architecture and weights, which ``keras.saving.load_model`` opens); any other name
         fastnn's own (``.fnn``: config, weights, optimizer state, ``metadata``); see
-        :func:`fastnn.load_model`.  A ``.h5`` name (Keras 2's legacy format) is a ValueError."""
+        :func:`fastnn.load_model`.  A ``.h5`` name (Keras 2's legacy format) is a ValueError.
+        Under data parallelism only rank 0 writes (the others return)."""
+        from .distributed import is_secondary
         from .saving import save_model
 
-        save_model(self, path)
+        if not is_secondary():
+            save_model(self, path)
 
     def save_weights(self, path) -> None:
         """Writes only the weights: Keras 3's HDF5 layout for a ``.weights.h5`` name, else
-        a .npz of arrays."""
+        a .npz of arrays; under data parallelism only rank 0."""
+        from .distributed import is_secondary
         from .saving import save_weights
 
-        save_weights(self, path)
+        if not is_secondary():
+            save_weights(self, path)
 
     def load_weights(self, path) -> None:
         """Reads weights written by :meth:`save_weights` or by Keras 3 (``.weights.h5``)

@@ -750,7 +750,8 @@ cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
 
 
 cdef void _dropout(const floating* x, floating* out, Py_ssize_t count, double rate,
-                   uint64_t seed) noexcept nogil:
+                   uint64_t seed, uint64_t k0) noexcept nogil:
+    # mask element k0 + k for out[k]: a shard of rows starting at element k0 of its batch
     cdef uint64_t base = _splitmix64(seed), thr, k
     cdef floating scale = <floating>(1.0 / (1.0 - rate))
     if rate <= 0:
@@ -760,7 +761,7 @@ cdef void _dropout(const floating* x, floating* out, Py_ssize_t count, double ra
     else:
         thr = <uint64_t>(rate * 16777216.0)
     for k in range(<uint64_t>count):
-        out[k] = x[k] * scale if (_splitmix64(base + k) >> 40) >= thr else 0
+        out[k] = x[k] * scale if (_splitmix64(base + k0 + k) >> 40) >= thr else 0
 
 
 cdef inline uint64_t _dropout_seed(uint64_t seed, uint64_t step, Py_ssize_t layer) noexcept nogil:
@@ -1448,7 +1449,8 @@ cdef inline floating* _at(floating* buf, int64_t off) noexcept nogil:
 
 
 cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating* x,
-                     Py_ssize_t n, bint training, uint64_t seed, uint64_t step) noexcept nogil:
+                     Py_ssize_t n, bint training, uint64_t seed, uint64_t step,
+                     uint64_t row0) noexcept nogil:
     cdef const int64_t* row = pl.rows + l * P_COLS
     cdef const double* f = pl.f + l * F_COLS
     cdef int kind = <int>row[P_KIND], act = <int>row[P_ACT]
@@ -1463,7 +1465,8 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
                    act, <floating>f[F_ALPHA])
     elif kind == DROPOUT:
         if training and f[F_RATE] > 0:
-            _dropout(inp, out, r * w, f[F_RATE], _dropout_seed(seed, step, l))
+            _dropout(inp, out, r * w, f[F_RATE], _dropout_seed(seed, step, l),
+                     row0 * <uint64_t>(row[P_IN0] * row[P_IN1] * w))
         elif <const floating*>out != inp:
             memmove(out, inp, r * w * sizeof(floating))
     elif kind == ACTIVATION:
@@ -1477,14 +1480,14 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
 
 
 cdef void _forward(const Plan* pl, const Net* b, const floating* x, Py_ssize_t n,
-                   bint training, uint64_t seed, uint64_t step) noexcept nogil:
+                   bint training, uint64_t seed, uint64_t step, uint64_t row0) noexcept nogil:
     cdef Py_ssize_t l
     for l in range(pl.n_layers):
-        _layer_fwd(pl, b, l, x, n, training, seed, step)
+        _layer_fwd(pl, b, l, x, n, training, seed, step, row0)
 
 
 cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating* x,
-                       Py_ssize_t n, uint64_t seed, uint64_t step) noexcept nogil:
+                       Py_ssize_t n, uint64_t seed, uint64_t step, uint64_t row0) noexcept nogil:
     """Back-propagates row l (dL/dout at P_DOUT_OFF, dL/dx to P_DX_OFF unless -1); returns
     the penalty of its weights."""
     cdef const int64_t* row = pl.rows + l * P_COLS
@@ -1514,7 +1517,8 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
         pass
     elif kind == DROPOUT:
         if f[F_RATE] > 0:
-            _dropout(g, dx, r * w, f[F_RATE], _dropout_seed(seed, step, l))
+            _dropout(g, dx, r * w, f[F_RATE], _dropout_seed(seed, step, l),
+                     row0 * <uint64_t>(row[P_IN0] * row[P_IN1] * w))
         elif dx != g:
             memmove(dx, g, r * w * sizeof(floating))
     elif kind == ACTIVATION:
@@ -1525,12 +1529,12 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
 
 
 cdef double _backward(const Plan* pl, const Net* b, const floating* x, Py_ssize_t n,
-                      uint64_t seed, uint64_t step) noexcept nogil:
+                      uint64_t seed, uint64_t step, uint64_t row0) noexcept nogil:
     cdef Py_ssize_t l
     cdef double penalty = 0.0
     for l in range(pl.n_layers - 1, -1, -1):
         if pl.rows[l * P_COLS + P_BACKWARD] != 0:
-            penalty += _layer_bwd(pl, b, l, x, n, seed, step)
+            penalty += _layer_bwd(pl, b, l, x, n, seed, step, row0)
     return penalty
 
 
@@ -1565,9 +1569,9 @@ cdef double _train(const Plan* pl, const Net* b, const floating* x, const floati
                    bint logits_out, int opt_code, const double* hyper, int64_t step,
                    uint64_t seed) noexcept nogil:
     cdef double loss
-    _forward(pl, b, x, n, True, seed, <uint64_t>step)
+    _forward(pl, b, x, n, True, seed, <uint64_t>step, 0)
     loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
-    loss += _backward(pl, b, x, n, seed, <uint64_t>step)
+    loss += _backward(pl, b, x, n, seed, <uint64_t>step, 0)
     if isfinite(loss):
         _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.state_cols,
              opt_code, hyper, step)  # the trainable prefix: frozen weights follow
@@ -1578,7 +1582,7 @@ cdef double _eval(const Plan* pl, const Net* b, const floating* x, const floatin
                   Py_ssize_t ty, const floating* sw, Py_ssize_t n, int loss_code,
                   bint logits_out) noexcept nogil:
     cdef double loss
-    _forward(pl, b, x, n, False, 0, 0)
+    _forward(pl, b, x, n, False, 0, 0, 0)
     loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
     return loss + _penalty(pl, <const floating*>b.params)
 
@@ -2207,7 +2211,7 @@ def dropout_forward(x, out, double rate, seed):
 
 def _dropout_flat(const floating[::1] x, floating[::1] out, double rate, uint64_t seed):
     with nogil:
-        _dropout(&x[0], &out[0], x.shape[0], rate, seed)
+        _dropout(&x[0], &out[0], x.shape[0], rate, seed, 0)
 
 
 def dropout_backward(dout, dx, double rate, seed):
@@ -2563,48 +2567,55 @@ def normalization_backward(variance, dout, dx):
 # loss = (loss_code, logits_out, metrics, thresholds), opt = (opt_code, hyper, lrs, step,
 # seed); see reference.py.
 
-def forward_stack(x, plan, net, work, int training, seed, step):
+cdef uint64_t _row0(row0) except? 0:
+    """row0 of forward_stack/backward_stack: an int >= 0."""
+    if isinstance(row0, bool) or not isinstance(row0, (int, np.integer)) or row0 < 0:
+        raise ValueError(f"row0 must be an int >= 0, got {row0!r}")
+    return <uint64_t>row0
+
+
+def forward_stack(x, plan, net, work, int training, seed, step, row0=0):
     """Runs every layer of the plan on x (N, I0) (training: dropout, batch statistics and
-    their moving averages)."""
+    their moving averages); x is rows row0.. of the batch whose dropout masks apply."""
     cdef Plan pl
     cdef Net b
     cdef Py_ssize_t[2] sx
     cdef Py_ssize_t isz = _float_size(x, "x")
     cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
     cdef tuple w = _group(work, 3, 3, "work")
-    cdef uint64_t s = _u64(seed), t = _u64(step)
+    cdef uint64_t s = _u64(seed), t = _u64(step), r0 = _row0(row0)
     _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), None, _item(w, 2), isz,
                WRITES_NONTRAIN if training else 0)
     _make_plan(&pl, plan, &b, sx[0], sx[1], 0)
     if isz == 4:
         with nogil:
-            _forward(&pl, &b, <const float*>x_, sx[0], training != 0, s, t)
+            _forward(&pl, &b, <const float*>x_, sx[0], training != 0, s, t, r0)
     else:
         with nogil:
-            _forward(&pl, &b, <const double*>x_, sx[0], training != 0, s, t)
+            _forward(&pl, &b, <const double*>x_, sx[0], training != 0, s, t, r0)
 
 
-def backward_stack(x, plan, net, work, seed, step):
+def backward_stack(x, plan, net, work, seed, step, row0=0):
     """Back-propagates dL/dout (at the last row's P_DOUT_OFF of gbuf) through the rows with
     P_BACKWARD set; writes the weight gradients into grads; returns the regularisation
-    penalty (its gradient is added)."""
+    penalty (its gradient is added).  row0 as forward_stack."""
     cdef Plan pl
     cdef Net b
     cdef Py_ssize_t[2] sx
     cdef Py_ssize_t isz = _float_size(x, "x")
     cdef char* x_ = _data(x, "x", F_KIND, isz, 2, False, sx)
     cdef tuple w = _group(work, 3, 3, "work")
-    cdef uint64_t s = _u64(seed), t = _u64(step)
+    cdef uint64_t s = _u64(seed), t = _u64(step), r0 = _row0(row0)
     cdef double penalty
     _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
                NEED_GRADS)
     _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_GRADS)
     if isz == 4:
         with nogil:
-            penalty = _backward(&pl, &b, <const float*>x_, sx[0], s, t)
+            penalty = _backward(&pl, &b, <const float*>x_, sx[0], s, t, r0)
     else:
         with nogil:
-            penalty = _backward(&pl, &b, <const double*>x_, sx[0], s, t)
+            penalty = _backward(&pl, &b, <const double*>x_, sx[0], s, t, r0)
     return penalty
 
 

@@ -1248,9 +1248,10 @@ def _splitmix64(z):
     return z ^ (z >> 31)
 
 
-def _dropout_d(x, out, rate, seed):
+def _dropout_d(x, out, rate, seed, first=0):
+    """reference.dropout_forward (its mask's elements from ``first`` on)."""
     scale = _ft(x)(1.0 / (1.0 - rate))
-    base = np.uint64(_splitmix64(int(seed) & _M64))
+    base = np.uint64((_splitmix64(int(seed) & _M64) + int(first)) & _M64)
     threshold = np.uint64(int(rate * 16777216.0))
     n, o = x.shape
     grid, block = _ew(n * o)
@@ -1484,7 +1485,7 @@ def _opt_view(buf, off, size):
     return None if off < 0 else _view(buf, off, (size,))
 
 
-def _forward_d(x, rows, net, work, training, seed, step):
+def _forward_d(x, rows, net, work, training, seed, step, row0=0):
     params, _, _, nontrain = net
     acts, _, acc = work
     n = x.shape[0]
@@ -1496,7 +1497,8 @@ def _forward_d(x, rows, net, work, training, seed, step):
             _dense_fwd_d(inp, w, _view(params, row.w1, (row.wo,)), out, row.act, row.alpha)
         elif kind == C.DROPOUT:
             if training and row.rate > 0:
-                _dropout_d(inp, out, row.rate, dropout_seed(seed, step, row.index))
+                _dropout_d(inp, out, row.rate, dropout_seed(seed, step, row.index),
+                           row0 * (inp.size // max(n, 1)))  # fmt: skip
             else:
                 _act_fwd_d(inp, out, C.LINEAR, 0.0)
         elif kind == C.ACTIVATION:
@@ -1514,7 +1516,7 @@ def _forward_d(x, rows, net, work, training, seed, step):
                     out, True)  # fmt: skip
 
 
-def _backward_d(x, rows, net, work, seed, step, sacc, accumulate):
+def _backward_d(x, rows, net, work, seed, step, sacc, accumulate, row0=0):
     """Device back-propagation; penalties go to sacc[0].  Returns True if it wrote sacc[0]."""
     params, grads, _, nontrain = net
     acts, gbuf, acc = work
@@ -1539,7 +1541,8 @@ def _backward_d(x, rows, net, work, seed, step, sacc, accumulate):
                 accumulate = True
         elif kind == C.DROPOUT:
             if row.rate > 0:
-                _dropout_d(g, dx, row.rate, dropout_seed(seed, step, row.index))
+                _dropout_d(g, dx, row.rate, dropout_seed(seed, step, row.index),
+                           row0 * (g.size // max(x.shape[0], 1)))  # fmt: skip
             else:
                 _act_fwd_d(g, dx, C.LINEAR, 0.0)
         elif kind == C.ACTIVATION:
@@ -1822,25 +1825,33 @@ def _stage_work(st, work, write_acts, write_gbuf):
     return st(acts, write_acts), st(gbuf, write_gbuf), st(acc, True)
 
 
-def forward_stack(x, plan, net, work, training, seed, step):
+def _row0(row0) -> int:
+    """row0 of forward_stack/backward_stack: an int >= 0."""
+    if isinstance(row0, bool) or not isinstance(row0, (int, np.integer)) or row0 < 0:
+        raise ValueError(f"row0 must be an int >= 0, got {row0!r}")
+    return int(row0)
+
+
+def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     """Runs every layer of the plan on x, writing acts (and, training, the saved tensors and
-    the moving statistics in nontrain)."""
+    the moving statistics in nontrain); row0 as reference.forward_stack."""
     rows = _rows_of(plan)
     st = _Stage()
     dnet = _stage_net(st, net, False, False, False, bool(training))
-    _forward_d(st(x), rows, dnet, _stage_work(st, work, True, False), training, seed, step)
+    _forward_d(st(x), rows, dnet, _stage_work(st, work, True, False), training, seed, step,
+               _row0(row0))  # fmt: skip
     st.finish()
 
 
-def backward_stack(x, plan, net, work, seed, step):
+def backward_stack(x, plan, net, work, seed, step, row0=0):
     """Back-propagates dL/dout from the last row's P_DOUT_OFF of gbuf; writes grads;
-    returns the regularisation penalty."""
+    returns the regularisation penalty; row0 as reference.forward_stack."""
     rows = _rows_of(plan)
     st = _Stage()
     sc = _scratch()
     dnet = _stage_net(st, net, False, True, False, False)
     wrote = _backward_d(st(x), rows, dnet, _stage_work(st, work, False, True), seed, step,
-                        sc.acc, False)  # fmt: skip
+                        sc.acc, False, _row0(row0))  # fmt: skip
     penalty = sc.read(0) if wrote else 0.0
     st.finish()
     return penalty

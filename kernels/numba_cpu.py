@@ -529,10 +529,17 @@ def dropout_seed(seed, step, layer):
 @_jit
 def dropout_forward(x, out, rate, seed):
     """See reference.dropout_forward (out may alias x)."""
+    _dropout_from(x, out, rate, seed, np.int64(0))
+
+
+@_jit
+def _dropout_from(x, out, rate, seed, first):
+    """reference.dropout_forward with the mask's elements from ``first`` on (a shard of
+    rows of a larger batch)."""
     n, o = x.shape
     t = x.dtype.type
     scale, zero = t(1.0 / (1.0 - rate)), t(0)
-    base = _splitmix64(np.uint64(seed))
+    base = _splitmix64(np.uint64(seed)) + np.uint64(first)
     thr = np.uint64(np.int64(rate * 16777216.0))
     for i in range(n):
         k0 = np.uint64(i) * np.uint64(o) + base
@@ -1114,13 +1121,22 @@ def _norm_backward(present, kind, inp, g, dx, need_dx, row, params, grads, nontr
 
 
 @_jit
-def forward_stack(x, plan, net, work, training, seed, step):
+def _check_row0(row0):
+    """row0 of forward_stack/backward_stack as an int64 (ValueError when negative)."""
+    if row0 < 0:
+        raise ValueError("row0 must be an int >= 0")
+    return np.int64(row0)
+
+
+@_jit
+def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     """See reference.forward_stack."""
     layers, layer_f, kinds = plan
     params, nontrain = net[0], net[3]
     acts, acc = work[0], work[2]
     n, training = x.shape[0], np.int64(training)
     seed, step = np.int64(seed), np.int64(step)
+    row0 = _check_row0(row0)
     for l in range(layers.shape[0]):
         row = layers[l]
         kind, act = row[_P_KIND], row[_P_ACT]
@@ -1132,7 +1148,8 @@ def forward_stack(x, plan, net, work, training, seed, step):
         elif kind == _DROPOUT:
             rate = layer_f[l, _F_RATE]
             if training and rate > 0:
-                dropout_forward(inp, out, rate, dropout_seed(seed, step, l))
+                _dropout_from(inp, out, rate, dropout_seed(seed, step, l),
+                              row0 * (inp.size // max(n, 1)))  # fmt: skip
             else:
                 _copy(inp, out)
         elif kind == _ACTIVATION:
@@ -1143,12 +1160,13 @@ def forward_stack(x, plan, net, work, training, seed, step):
 
 
 @_jit
-def backward_stack(x, plan, net, work, seed, step):
+def backward_stack(x, plan, net, work, seed, step, row0=0):
     """See reference.backward_stack."""
     layers, layer_f, kinds = plan
     params, grads, nontrain = net[0], net[1], net[3]
     acts, gbuf, acc = work
     n, seed, step = x.shape[0], np.int64(seed), np.int64(step)
+    row0 = _check_row0(row0)
     penalty = 0.0
     for l in range(layers.shape[0] - 1, -1, -1):
         if not layers[l, _P_BACKWARD]:
@@ -1182,7 +1200,8 @@ def backward_stack(x, plan, net, work, seed, step):
         elif kind == _DROPOUT:
             rate = layer_f[l, _F_RATE]
             if rate > 0:
-                dropout_forward(g, dx, rate, dropout_seed(seed, step, l))
+                _dropout_from(g, dx, rate, dropout_seed(seed, step, l),
+                              row0 * (g.size // max(n, 1)))  # fmt: skip
             else:
                 _copy(g, dx)
         elif kind == _ACTIVATION:

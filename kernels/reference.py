@@ -138,25 +138,32 @@ def _splitmix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-def dropout_keep(shape, rate, seed):
+def dropout_keep(shape, rate, seed, first=0):
     """Boolean keep-mask of ``shape``: element k is kept iff
-    (splitmix64(splitmix64(seed) + k) >> 40) >= int(rate * 2**24)."""
+    (splitmix64(splitmix64(seed) + first + k) >> 40) >= int(rate * 2**24) (``first``: the
+    mask's first element, for a shard of rows of a larger batch)."""
     with np.errstate(over="ignore"):
         base = _splitmix64(np.array([seed & _M64], dtype=np.uint64))[0]
-        idx = np.arange(int(np.prod(shape)), dtype=np.uint64)
+        idx = np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(first)
         h = _splitmix64(idx + base) >> np.uint64(40)
     return (h >= np.uint64(int(rate * 16777216.0))).reshape(shape)
 
 
 def dropout_forward(x, out, rate, seed):
     """out = x * keep / (1 - rate), keep from ``dropout_keep``.  x, out (N, O); may alias."""
-    scale = x.dtype.type(1.0 / (1.0 - rate))
-    np.copyto(out, np.where(dropout_keep(x.shape, rate, seed), x * scale, 0))
+    _dropout_from(x, out, rate, seed, 0)
 
 
 def dropout_backward(dout, dx, rate, seed):
     """dx = dout * keep / (1 - rate) with the same mask as the forward.  (N, O); may alias."""
-    dropout_forward(dout, dx, rate, seed)
+    _dropout_from(dout, dx, rate, seed, 0)
+
+
+def _dropout_from(x, out, rate, seed, first):
+    """dropout_forward with the mask's elements from ``first`` on (a shard of rows of a
+    larger batch, see forward_stack's row0)."""
+    scale = x.dtype.type(1.0 / (1.0 - rate))
+    np.copyto(out, np.where(dropout_keep(x.shape, rate, seed, first), x * scale, 0))
 
 
 def dropout_seed(seed, step, layer):
@@ -498,7 +505,7 @@ def _layer_views(x, acts, row, n):
     return inp, out
 
 
-def layer_forward(l, x, plan, net, work, n, training, seed, step):
+def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
     """Runs layer ``l`` of the plan forward on a batch of n rows (dropout active and batch
     statistics used only when ``training``).  Raises on an unknown layer kind."""
     layers, layer_f, _ = plan
@@ -514,7 +521,8 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step):
                       f[C.F_ALPHA])  # fmt: skip
     elif kind == C.DROPOUT:
         if training and f[C.F_RATE] > 0:
-            dropout_forward(inp, out, f[C.F_RATE], dropout_seed(seed, step, l))
+            _dropout_from(inp, out, f[C.F_RATE], dropout_seed(seed, step, l),
+                          row0 * (inp.size // n))  # fmt: skip
         else:
             out[...] = inp
     elif kind == C.ACTIVATION:
@@ -534,7 +542,7 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step):
         raise ValueError(f"unknown layer kind {kind} (layer {l})")
 
 
-def layer_backward(l, x, plan, net, work, n, seed, step):
+def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
     """Back-propagates layer ``l``: reads dL/dout at P_DOUT_OFF of gbuf, writes the layer's
     weight gradients into grads and dL/dx at P_DX_OFF (when it is not -1); returns the
     regularisation penalty of its weights (whose gradient it adds)."""
@@ -558,7 +566,8 @@ def layer_backward(l, x, plan, net, work, n, seed, step):
             return l1l2_penalty(w, dw, f[C.F_L1], f[C.F_L2])
     elif kind == C.DROPOUT:
         if f[C.F_RATE] > 0:
-            dropout_backward(g, dx, f[C.F_RATE], dropout_seed(seed, step, l))
+            _dropout_from(g, dx, f[C.F_RATE], dropout_seed(seed, step, l),
+                          row0 * (g.size // n))  # fmt: skip
         else:
             dx[...] = g
     elif kind == C.ACTIVATION:
@@ -585,25 +594,36 @@ def output_view(plan, acts, n):
     return acts[off : off + n * size].reshape(n, size)
 
 
-def forward_stack(x, plan, net, work, training, seed, step):
+def _check_row0(row0):
+    if isinstance(row0, bool) or not isinstance(row0, (int, np.integer)) or row0 < 0:
+        raise ValueError(f"row0 must be an int >= 0, got {row0!r}")
+
+
+def forward_stack(x, plan, net, work, training, seed, step, row0=0):
     """Runs every layer of the plan on x (N, I0), writing outputs (and, training, the saved
     tensors and BatchNormalization's moving statistics) into acts and nontrain.
 
     Dropout is active and batch statistics are used only when ``training`` is non-zero
-    (dropout masks seeded by ``dropout_seed(seed, step, layer)``)."""
+    (dropout masks seeded by ``dropout_seed(seed, step, layer)``).  ``row0`` (an int >= 0):
+    x is rows row0.. of a larger batch, and each Dropout layer applies those rows of the
+    batch's mask (its mask elements from row0 * sample size on): the shards of a batch
+    see the masks of the whole batch."""
+    _check_row0(row0)
     for l in range(plan[0].shape[0]):
-        layer_forward(l, x, plan, net, work, x.shape[0], training, seed, step)
+        layer_forward(l, x, plan, net, work, x.shape[0], training, seed, step, row0)
 
 
-def backward_stack(x, plan, net, work, seed, step):
+def backward_stack(x, plan, net, work, seed, step, row0=0):
     """Back-propagates dL/dout, which the caller left at the last layer's P_DOUT_OFF of
     gbuf, through the layers whose P_BACKWARD is set (last to first); writes the weight
-    gradients into grads; returns the regularisation penalty (its gradient is added)."""
+    gradients into grads; returns the regularisation penalty (its gradient is added).
+    ``row0`` as in :func:`forward_stack`."""
+    _check_row0(row0)
     penalty = 0.0
     layers = plan[0]
     for l in range(layers.shape[0] - 1, -1, -1):
         if layers[l, C.P_BACKWARD]:
-            penalty += layer_backward(l, x, plan, net, work, x.shape[0], seed, step)
+            penalty += layer_backward(l, x, plan, net, work, x.shape[0], seed, step, row0)
     return penalty
 
 

@@ -534,6 +534,25 @@ def check_stack_forward_backward(cu):
             f"flatten, dropout on (2, 4) samples): max abs err {worst:.2e}")  # fmt: skip
 
 
+def check_stack_row0(cu):
+    """A shard of rows (row0 = 2) of the mlp's batch: the reference's masks of those rows,
+    forward and backward."""
+    rng = _rng(13)
+    base = Net(mlp_layers, 2)
+    x = _randn(rng, 2, base.n_in)
+    a, b = base.copy(), base.copy()
+    cu.forward_stack(x, a.plan, a.net, a.work, 1, 11, 2, 2)
+    ref.forward_stack(x, b.plan, b.net, b.work, 1, 11, 2, 2)
+    worst = a.compare("row0 forward", b, ("acts",))
+    dz_off = int(b.plan[0][-1, C.P_DOUT_OFF])
+    b.gbuf[dz_off : dz_off + 2 * b.n_out] = _randn(rng, 2 * b.n_out)
+    a.gbuf[...] = b.gbuf
+    cu.backward_stack(x, a.plan, a.net, a.work, 11, 2, 2)
+    ref.backward_stack(x, b.plan, b.net, b.work, 11, 2, 2)
+    worst = max(worst, a.compare("row0 backward", b, ("grads", "gbuf"), k=6))
+    return f"mlp shard at row 2, forward and backward: max abs err {worst:.2e}"
+
+
 def check_stack_refuses_kinds(cu):
     net = Net(mlp_layers, 2)
     x = np.ones((2, 4), F32)

@@ -34,6 +34,7 @@ from tests.kernel_cases import (
     OPT_NAMES,
     OPTIMIZERS,
     SHAPES,
+    Stack,
     acc_mode_for,
     assert_close,
     compiled_backends,
@@ -1337,3 +1338,60 @@ def test_float32_log_in_the_losses(name, alias):
     got = _one_element_losses(k.sigmoid_binary_cross_entropy, z, 0.0, alias)
     want = np.log1p(np.exp(z.astype(np.float64)))
     assert _ulps(got, want).max() <= 3.0, f"{name} log1p(exp)"
+
+
+def _dropout_sandwich(dtype):
+    """Input Dropout -> Dense(7, relu) -> Dropout(0.5) -> Dense(3): no penalties, so the
+    weight gradients of a batch are the sums of its shards'."""
+    spec = [
+        (C.DROPOUT, 6, C.LINEAR, 0.3, 0.0, 0.0),
+        (C.DENSE, 7, C.RELU, 0.0, 0.0, 0.0),
+        (C.DROPOUT, 7, C.LINEAR, 0.5, 0.0, 0.0),
+        (C.DENSE, 3, C.LINEAR, 0.0, 0.0, 0.0),
+    ]
+    return Stack(spec, 6, 11, dtype, rng_for("row0"))
+
+
+def _forward_backward(module, s, rows, row0, dout):
+    """Forward (training) and backward of the rows [row0, row0 + len) of the batch with
+    dL/dout ``dout``; returns (output, weight gradients)."""
+    b = s.buffers(len(rows))
+    x = np.ascontiguousarray(s.x[rows])
+    module.forward_stack(x, b.plan, b.net, b.work, 1, 21, 4, row0)
+    out = b.output(len(rows)).copy()
+    b.dout(len(rows))[...] = dout
+    module.backward_stack(x, b.plan, b.net, b.work, 21, 4, row0)
+    return out, b.grads.copy()
+
+
+@dtypes
+def test_shards_of_a_batch_see_the_batch_dropout_masks(mod, dtype):
+    """forward_stack/backward_stack with row0: the rows of a shard get the outputs and the
+    masks they have in the whole batch, so the shards' weight gradients sum to the batch's
+    (what a data-parallel step relies on)."""
+    s = _dropout_sandwich(dtype)
+    dout = rng_for("row0 dout").standard_normal((s.n, 3)).astype(dtype)
+    out_full, g_full = _forward_backward(ref, s, np.arange(s.n), 0, dout)
+    cuts = (0, 4, 5, s.n)  # unequal shards, one of a single row
+    for module in (ref, mod):
+        outs, g_sum = [], np.zeros_like(g_full)
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            out, g = _forward_backward(module, s, np.arange(lo, hi), lo, dout[lo:hi])
+            outs.append(out)
+            g_sum += g
+        assert_close(np.concatenate(outs), out_full, dtype, k=8, what="shard outputs")
+        assert_close(g_sum, g_full, dtype, k=16, scale=4.0, what="summed shard grads")
+    # without row0 the second shard would draw the first rows' masks: the test can fail
+    out_wrong, _ = _forward_backward(ref, s, np.arange(4, 5), 0, dout[4:5])
+    assert not np.allclose(out_wrong, out_full[4:5])
+
+
+@pytest.mark.parametrize("module", [ref, *BACKENDS], ids=lambda m: getattr(m, "__name__", m))
+def test_negative_row0_is_refused(module):
+    module = backend.load(module) if isinstance(module, str) else module
+    s = _dropout_sandwich(np.float32)
+    b = s.buffers()
+    with pytest.raises(ValueError, match="row0"):
+        module.forward_stack(s.x, b.plan, b.net, b.work, 1, 21, 4, -1)
+    with pytest.raises(ValueError, match="row0"):
+        module.backward_stack(s.x, b.plan, b.net, b.work, 21, 4, -1)

@@ -1,0 +1,233 @@
+"""The epochs of a data-parallel ``fit`` (see :mod:`fastnn.distributed`).
+
+Every rank holds the same arrays and, after the start, the same weights and optimizer
+state.  Per step each rank gathers its contiguous shard of the global batch, runs the
+compiled forward, loss and backward on it with its gradients scaled by shard rows / global
+rows (the kernels' batch loss is sum sw * loss / N of the batch's N), and one in-place
+Allreduce of the flat gradient buffer sums them: the update every rank then applies is the
+single-process update of that global batch.  A small Allreduce of the step's statistics
+(loss, metric sums, an error flag) goes first, so a rank that fails makes every rank raise
+at the same step instead of leaving the others in the gradient Allreduce.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _fit_events
+from .distributed import RankError
+from .kernels import codes
+
+
+def check_supported(dp, model) -> None:
+    """ValueError for what data-parallel training does not run (with more than one rank)."""
+    if dp.size == 1:
+        return
+    eng = model._engine
+    if eng.on_device:
+        raise ValueError(
+            f"data-parallel fit runs on the CPU backends, got backend {model.backend_name!r}"
+        )
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization" and layer.trainable:
+            raise ValueError(
+                f"data-parallel fit does not synchronise batch statistics: layer "
+                f"{layer.name!r} (BatchNormalization) would normalise each rank's shard "
+                "alone; freeze it (layer.trainable = False) or use LayerNormalization"
+            )
+
+
+def agree(dp, prepare, settings):
+    """Runs ``prepare()`` on every rank; raises on every rank when it raised on any (the
+    first such rank's error), when the ranks' arrays differ in shape or their ``settings``
+    (a dict of fit's arguments: epochs, batch size...) differ.  Returns its result:
+    ((x, y, sw), validation)."""
+    err, result, shapes = None, None, None
+    try:
+        result = prepare()
+        (x, y, sw), val = result
+        shapes = (x.shape, y.shape, None if val is None else val[0].shape)
+    except Exception as exc:  # raised on every rank below
+        err = exc
+    everyone = dp.gather_all((None if err is None else _describe(err), shapes))
+    _raise_first(dp, err, [e for e, _ in everyone])
+    if any(s != everyone[0][1] for _, s in everyone):
+        listed = "; ".join(f"rank {r}: x {s[0]}, y {s[1]}" for r, (_, s) in enumerate(everyone))
+        raise ValueError(
+            "data-parallel fit needs the same x and y (and validation data) on every rank, "
+            f"got arrays of different shapes: {listed}"
+        )
+    _same_settings(dp, settings)
+    return result
+
+
+def _same_settings(dp, settings) -> None:
+    everyone = dp.gather_all(settings)
+    for rank, theirs in enumerate(everyone):
+        for key, value in theirs.items():
+            if value != everyone[0][key]:
+                raise ValueError(
+                    f"data-parallel fit needs the same {key} on every rank (or the ranks "
+                    f"would wait for each other forever), got {everyone[0][key]!r} on rank 0 "
+                    f"and {value!r} on rank {rank}"
+                )
+
+
+def _describe(err) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _raise_first(dp, err, messages) -> None:
+    """Raises ``err`` on the rank that had it, RankError naming the first failed rank on the
+    others; nothing when no rank failed."""
+    failed = [r for r, m in enumerate(messages) if m is not None]
+    if not failed:
+        return
+    if err is not None:
+        raise err
+    raise RankError(f"rank {failed[0]} of the data-parallel fit raised {messages[failed[0]]}")
+
+
+def broadcast_start(dp, model) -> None:
+    """Rank 0's weights, optimizer state and step, shuffle and dropout seeds on every rank."""
+    eng = model._engine
+    for buf in (eng.host_params, eng.host_nontrain, eng.state):
+        if buf.size:
+            dp.broadcast_(buf)
+    rng_state, seed, it = dp.broadcast(
+        (model._shuffle_rng.bit_generator.state, model._dropout_seed, model.optimizer.iterations)
+    )
+    model._shuffle_rng.bit_generator.state = rng_state
+    model._dropout_seed, model.optimizer.iterations = seed, it
+
+
+class DataParallelEpochs:
+    """Epochs over prepared arrays, each global batch split over the ranks of ``dp``: one
+    compiled forward/backward per shard, two sums over the ranks (the step's statistics,
+    then the gradients) and one optimizer update per step."""
+
+    def __init__(self, dp, model, data, batch_size, shuffle, verbose, cbs):
+        self.dp, self.model, (self.X, self.Y, self.SW) = dp, model, data
+        self.n = len(self.X)
+        self.bs = min(batch_size, self.n)
+        self.shuffle, self.verbose, self.cbs = shuffle, verbose, cbs
+        self.steps = -(-self.n // self.bs)
+        self.batch_begin = cbs.overriding("on_train_batch_begin")
+        self.batch_end = cbs.overriding("on_train_batch_end")
+        shard_rows = -(-self.bs // dp.size)
+        self.ws = model._training_workspace(shard_rows, self.Y.shape[1])
+        plan = model._stack_plan()
+        self.loss_code, self.logits_out = plan.code, plan.logits_out
+        self.metrics, self.thresholds = model._metric_args(plan)
+        self.plan = self.ws.loss_plan(plan.train_act)
+        #: whether a layer adds a regularisation penalty (and its gradient, on every rank)
+        self.penalised = bool(np.any(self.plan.layer_f[:, [codes.F_L1, codes.F_L2]]))
+        # the step's statistics, then the number of ranks whose step raised
+        self.part = np.zeros(model._new_stats().size + 1)
+        eng = model._engine
+        self.grads = eng.grads[: eng.n_train]
+        broadcast_start(dp, model)
+
+    def run(self, epoch, epochs):
+        """Trains one epoch; returns its global logs (raises _Stop, NonFiniteLossError or
+        the error of a failed rank)."""
+        model = self.model
+        order = model._shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = order.astype(np.int64)
+        stats = model._new_stats()
+        bar = _fit_events._progress(self.verbose, self.steps, epoch, epochs)
+        try:
+            for b in range(self.steps):
+                self._step(order[b * self.bs : (b + 1) * self.bs], b, stats, epoch)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(model._logs(stats), refresh=False)
+                if model.stop_training:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        self._check_weights(epoch)
+        return model._logs(stats)
+
+    def _step(self, rows, b, stats, epoch):
+        part, dp, model = self.part, self.dp, self.model
+        part.fill(0)
+        err = None
+        try:
+            for hook in self.batch_begin:
+                hook(b, {})
+            self._shard_gradients(rows, part)
+        except Exception as exc:  # every rank raises it after the statistics' Allreduce
+            err, part[-1] = exc, 1.0
+        dp.sum_(part)
+        if part[-1]:
+            _raise_first(dp, err, dp.gather_all(None if err is None else _describe(err)))
+        loss = part[codes.STAT_LOSS] / len(rows)
+        if not np.isfinite(loss):
+            _fit_events._non_finite(model, self.cbs, epoch, b, float(loss), "loss")
+        dp.sum_(self.grads)
+        self._update()
+        stats += part[:-1]
+        if self.batch_end:
+            logs = model._logs(stats)
+            for hook in self.batch_end:
+                hook(b, logs)
+
+    def _shard_gradients(self, rows, part):
+        """This rank's shard of the batch ``rows``: forward, loss, backward, its metric
+        sums into ``part`` and its gradients, scaled by shard rows / batch rows, into
+        grads (zeros for an empty shard).  The kernels' loss is sum sw * loss / n over the
+        shard's n rows: with the sample weights scaled by n / N (N the batch's rows) it is
+        the shard's share of the batch loss, and so are the gradients."""
+        model, ws, k = self.model, self.ws, self.model._kernels
+        start, stop = self.dp.shard(len(rows))
+        n = stop - start
+        if n == 0:
+            self.grads.fill(0)
+            return
+        idx = rows[start:stop]
+        x, y, sw = ws.xb[:n], ws.yb[:n], ws.swb[:n]
+        np.take(self.X, idx, axis=0, out=x)
+        np.take(self.Y, idx, axis=0, out=y)
+        np.take(self.SW, idx, axis=0, out=sw)
+        share = n / len(rows)
+        if not self.penalised:  # the loss gradient comes out scaled: no pass over grads
+            sw *= sw.dtype.type(share)
+        eng, args, step = model._engine, self.plan.args, model.optimizer.iterations + 1
+        seed = model._dropout_seed
+        k.forward_stack(x, args, eng.net, ws.work, 1, seed, step, start)
+        out, dz = self._output_and_gradient(n)
+        fused = self.loss_code in (codes.SOFTMAX_CE, codes.SPARSE_SOFTMAX_CE, codes.SIGMOID_BCE)
+        p = out if fused and not self.logits_out else dz
+        value = k.loss_grad(out, y, sw, p, dz, self.loss_code)
+        value += k.backward_stack(x, args, eng.net, ws.work, seed, step, start)
+        if self.penalised:  # the penalty's gradient, added on every rank, is shared too
+            self.grads *= self.grads.dtype.type(share)
+            value *= share
+        part[codes.STAT_LOSS] += value * len(rows)
+        k.batch_stats(out, y, self.metrics, self.thresholds, part)
+
+    def _output_and_gradient(self, n):
+        """Views (n, outputs) of the last layer's output in acts and of dL/dout in gbuf."""
+        row, width = self.plan.layers[-1], self.plan.output_size
+        off, doff = int(row[codes.P_OUT_OFF]), int(row[codes.P_DOUT_OFF])
+        out = self.ws.acts[off : off + n * width].reshape(n, width)
+        return out, self.ws.gbuf[doff : doff + n * width].reshape(n, width)
+
+    def _update(self):
+        """The optimizer step over the summed gradients (the same on every rank)."""
+        model = self.model
+        eng, opt = model._engine, model.optimizer
+        hyper = opt._train_hyper()
+        hyper[0] = opt._train_rates(1)[0]
+        model._kernels.optimizer_update(eng.params[: eng.n_train], self.grads, eng.state,
+                                        opt.code, hyper, opt.iterations + 1)  # fmt: skip
+        opt.iterations += 1
+
+    def _check_weights(self, epoch):
+        eng = self.model._engine
+        if not all(np.isfinite(a).all() for a in (eng.params, eng.state, eng.nontrain)):
+            _fit_events._non_finite(
+                self.model, self.cbs, epoch, self.steps - 1, float("nan"), "weights"
+            )

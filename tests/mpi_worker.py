@@ -1,0 +1,138 @@
+"""Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n 2 python
+tests/mpi_worker.py MODE OUT [BACKEND [L2 [SHARED]]]`` (or without mpiexec, MODE single:
+the same fit in one process).  Each rank writes OUT.<rank> (JSON: per-epoch logs, final
+weights, the evaluation)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+import fastnn
+from fastnn.callbacks import Callback
+from fastnn.distributed import DataParallel, set_distribution
+
+N, BATCH, EPOCHS = 85, 21, 3  # batches of 21 (shards 11 + 10) and a last one of 1 row
+
+
+def data():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).astype(np.int64) + (x[:, 3] > 1)
+    sw = rng.uniform(0.5, 1.5, N)
+    return x, y, sw
+
+
+def model(backend, l2=0.0):
+    reg = fastnn.regularizers.L2(l2) if l2 else None
+    m = fastnn.Sequential(
+        [
+            fastnn.layers.Input((6,)),
+            fastnn.layers.Dense(16, activation="relu", kernel_regularizer=reg),
+            fastnn.layers.Dropout(0.3),
+            fastnn.layers.Dense(3, activation="softmax"),
+        ],
+        seed=3,
+        backend=backend,
+    )
+    m.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+    return m
+
+
+class RaiseAt(Callback):
+    """Raises ValueError at one batch of the second epoch on one rank."""
+
+    def __init__(self, rank, hook):
+        super().__init__()
+        self.rank, self.hook, self.epoch = rank, hook, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.hook == "begin":
+            self._maybe(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.hook == "end":
+            self._maybe(batch)
+
+    def _maybe(self, batch):
+        if self.epoch == 1 and batch == 2 and self.rank == 1:
+            raise ValueError("rank 1 fails on purpose at epoch 2, batch 3")
+
+
+def check_sums(dp, out):
+    """dp.sum_ of float32 buffers (shared memory when large, Allreduce when small) against
+    float64 sums; every rank's bits and the shared and Allreduce paths compared."""
+    import fastnn.distributed as D
+
+    found = {}
+    for n in (3, 100_003):
+        buf = np.random.default_rng(dp.rank).standard_normal(n).astype(np.float32)
+        want = sum(np.random.default_rng(r).standard_normal(n) for r in range(dp.size))
+        got = dp.sum_(buf.copy())
+        plain = buf.copy()
+        dp.comm.Allreduce(dp._MPI.IN_PLACE, plain)
+        everyone = dp.gather_all(got.tobytes())
+        found[n] = {
+            "shared": n * 4 >= D.SHARED_SUM_MIN_BYTES and dp._shared_ok(),
+            "err": float(np.abs(got - want).max()),
+            "vs_allreduce": float(np.abs(got - plain).max()),
+            "same_bits": all(b == everyone[0] for b in everyone),
+        }
+    with open(f"{out}.{dp.rank}", "w") as f:
+        json.dump(found, f)
+
+
+def main(mode, out, backend="cython", l2="0", shared="default"):
+    x, y, sw = data()
+    dp = None if mode == "single" else DataParallel()
+    set_distribution(dp)
+    if shared == "all":  # every buffer, the gradients too, through shared memory
+        fastnn.distributed.SHARED_SUM_MIN_BYTES = 0
+    if mode == "sums":
+        return check_sums(dp, out)
+    m, callbacks = model(backend, float(l2)), []
+    if mode == "shapes" and dp.rank == 1:
+        x, y, sw = x[:-1], y[:-1], sw[:-1]
+    if mode == "badx" and dp.rank == 1:
+        x = x.copy()
+        x[7, 2] = np.nan  # fit's checks refuse it on rank 1, before any step
+    if mode == "nonfinite" and dp.rank == 1:
+        x = x.copy()
+        x[40] = 3e38  # finite, but overflows float32 in the first layer
+    if mode in ("raise", "abort"):
+        callbacks = [RaiseAt(dp.rank, "begin" if mode == "raise" else "end")]
+    if mode == "batchnorm":
+        m = fastnn.Sequential([fastnn.layers.Input((6,)), fastnn.layers.BatchNormalization(),
+                               fastnn.layers.Dense(3, activation="softmax")])  # fmt: skip
+        m.compile("adam", "sparse_categorical_crossentropy")
+    verbose = 0
+    if mode == "files":
+        rank = dp.rank
+        callbacks = [
+            fastnn.callbacks.CSVLogger(f"{out}.csv.{rank}"),
+            fastnn.callbacks.ModelCheckpoint(f"{out}.ckpt.{rank}.fnn", "loss"),
+        ]
+        verbose = 2  # fmt: skip
+    epochs = EPOCHS + 1 if mode == "epochs" and dp.rank == 1 else EPOCHS
+    hist = m.fit(x, y, sample_weight=sw, epochs=epochs, batch_size=BATCH, verbose=verbose,
+                 callbacks=callbacks)  # fmt: skip
+    if mode == "files":
+        m.save(f"{out}.save.{dp.rank}.fnn")
+    result = {
+        "history": hist.history,
+        "weights": [w.tolist() for w in m.get_weights()],
+        "evaluate": m.evaluate(x, y, return_dict=True),
+        "predict_rows": int(m.predict(x).shape[0]),
+        "ranks": 1 if dp is None else dp.size,
+    }
+    with open(f"{out}.{0 if dp is None else dp.rank}", "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
