@@ -431,3 +431,45 @@ def test_mnist_images(tmp_path):
     assert xtr.shape == (5, 4, 6, 1) and xte.shape == (3, 4, 6, 1)
     (ftr, _), _ = load_mnist(tmp_path)
     np.testing.assert_array_equal(xtr.reshape(5, -1), ftr)
+
+
+MALFORMED = [
+    (0, C.P_KH, 10**6),  # windows past the image, a kernel past params
+    (0, C.P_KH, 0),
+    (0, C.P_SW, 0),
+    (0, C.P_PAD_TOP, 3),  # padding as large as the window
+    (0, C.P_PAD_LEFT, -1),
+    (0, C.P_OUT0, 40),  # outputs whose windows start below the image
+    (0, C.P_W0, 10**9),
+    (0, C.P_W1, 10**9),
+    (0, C.P_SAVE_OFF, 10**9),  # the im2col columns past acts
+    (1, C.P_SAVE_OFF, 10**9),  # the argmax positions past acts
+    (1, C.P_OUT2, 4),  # pooling that changes the channels
+    (3, C.P_SH, -2),
+    (6, C.P_KH, 0),  # the global max pooling
+]
+
+
+@pytest.mark.parametrize("row, column, value", MALFORMED)
+def test_cython_refuses_a_malformed_conv_plan(row, column, value):
+    """Every window geometry and extent of a CONV-family row is checked before any loop
+    runs: a ValueError, never a read or write outside a buffer."""
+    if "cython" not in BACKENDS:
+        pytest.skip("cython backend not available")
+    cy = fastnn.backend.load("cython")
+    model = _cnn("cython", "float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    eng, n = model._engine, 3
+    plan = eng.plan_for(n)
+    x = np.random.default_rng(0).standard_normal((n, 9 * 8 * 2)).astype(np.float32)
+    work = tuple(np.zeros(s, t) for s, t in ((plan.acts_size, np.float32),
+                 (plan.gbuf_size, np.float32), (plan.acc_size, np.float64)))  # fmt: skip
+    cy.forward_stack(x, plan.args, eng.net, work, 1, 0, 1)  # the plan as built runs
+    assert plan.layers[row, C.P_KIND] in (C.CONV2D, C.MAXPOOL2D, C.AVGPOOL2D,
+                                          C.GLOBAL_MAXPOOL2D)  # fmt: skip
+    layers = plan.layers.copy()
+    layers[row, column] = value
+    before = work[0].copy()
+    with pytest.raises(ValueError, match=f"layer {row}"):
+        cy.forward_stack(x, (layers, plan.layer_f, plan.kinds), eng.net, work, 1, 0, 1)
+    np.testing.assert_array_equal(work[0], before)
