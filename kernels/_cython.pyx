@@ -764,43 +764,59 @@ cdef inline void _span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize
 
 
 cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept nogil:
-    cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, ch, k = g.kh * g.kw * g.c
-    cdef floating* row
+    # one image row of a window (kw*c values) is contiguous in x: copied as one run where
+    # the window lies inside the image, position by position at the edges
+    cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
+    cdef floating* dst
     cdef const floating* src
     for b in range(g.n):
         for oy in range(g.ho):
-            for ox in range(g.wo):
-                row = cols + ((b * g.ho + oy) * g.wo + ox) * k
-                for ky in range(g.kh):
-                    iy = oy * g.sh - g.pt + ky
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                for ox in range(g.wo):
+                    dst = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    ix = ox * g.sw - g.pl
+                    if iy < 0 or iy >= g.h:
+                        memset(dst, 0, run * sizeof(floating))
+                        continue
+                    src = x + ((b * g.h + iy) * g.w + ix) * g.c
+                    if ix >= 0 and ix + g.kw <= g.w:
+                        for j in range(run):
+                            dst[j] = src[j]
+                        continue
                     for kx in range(g.kw):
-                        ix = ox * g.sw - g.pl + kx
-                        if 0 <= iy < g.h and 0 <= ix < g.w:
-                            src = x + ((b * g.h + iy) * g.w + ix) * g.c
-                            for ch in range(g.c):
-                                row[ch] = src[ch]
+                        if 0 <= ix + kx < g.w:
+                            for j in range(g.c):
+                                dst[kx * g.c + j] = src[kx * g.c + j]
                         else:
-                            memset(row, 0, g.c * sizeof(floating))
-                        row += g.c
+                            for j in range(g.c):
+                                dst[kx * g.c + j] = 0
 
 
 cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept nogil:
-    cdef Py_ssize_t b, oy, ox, ky, kx, ky0, ky1, kx0, kx1, ch, k = g.kh * g.kw * g.c
-    cdef const floating* row
+    # the adjoint of _im2col: each window row's run added back where it lies in the image
+    cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
+    cdef const floating* src
     cdef floating* dst
     memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
     for b in range(g.n):
         for oy in range(g.ho):
-            _span(oy, g.sh, g.pt, g.kh, g.h, &ky0, &ky1)
-            for ox in range(g.wo):
-                _span(ox, g.sw, g.pl, g.kw, g.w, &kx0, &kx1)
-                row = cols + ((b * g.ho + oy) * g.wo + ox) * k
-                for ky in range(ky0, ky1):
-                    for kx in range(kx0, kx1):
-                        dst = dx + ((b * g.h + oy * g.sh - g.pt + ky) * g.w
-                                    + ox * g.sw - g.pl + kx) * g.c
-                        for ch in range(g.c):
-                            dst[ch] += row[(ky * g.kw + kx) * g.c + ch]
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                if iy < 0 or iy >= g.h:
+                    continue
+                for ox in range(g.wo):
+                    src = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    ix = ox * g.sw - g.pl
+                    dst = dx + ((b * g.h + iy) * g.w + ix) * g.c
+                    if ix >= 0 and ix + g.kw <= g.w:
+                        for j in range(run):
+                            dst[j] += src[j]
+                        continue
+                    for kx in range(g.kw):
+                        if 0 <= ix + kx < g.w:
+                            for j in range(g.c):
+                                dst[kx * g.c + j] += src[kx * g.c + j]
 
 
 cdef void _conv_fwd(const floating* x, const floating* w, const floating* b, floating* cols,

@@ -1051,44 +1051,61 @@ def _span(o, stride, pad, window, size):
 
 @_jit
 def _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
-    """reference.im2col: zeros where a window leaves the image."""
+    """reference.im2col: one image row of a window (kw*c values, contiguous in x) copied
+    as a run where the window lies inside the image, zeros where it leaves it."""
     n, h, w, c = x.shape
     zero = cols.dtype.type(0)
+    run = kw * c
+    xf = x.reshape(x.size)
     for b in range(n):
         for oy in range(ho):
-            for ox in range(wo):
-                r = (b * ho + oy) * wo + ox
-                for ky in range(kh):
-                    iy = oy * sh - pad_top + ky
+            for ky in range(kh):
+                iy = oy * sh - pad_top + ky
+                for ox in range(wo):
+                    r = (b * ho + oy) * wo + ox
+                    base = ky * run
+                    ix = ox * sw - pad_left
+                    if iy < 0 or iy >= h:
+                        for j in range(run):
+                            cols[r, base + j] = zero
+                        continue
+                    src = ((b * h + iy) * w + ix) * c
+                    if ix >= 0 and ix + kw <= w:
+                        for j in range(run):
+                            cols[r, base + j] = xf[src + j]
+                        continue
                     for kx in range(kw):
-                        ix = ox * sw - pad_left + kx
-                        base = (ky * kw + kx) * c
-                        if 0 <= iy < h and 0 <= ix < w:
-                            for ch in range(c):
-                                cols[r, base + ch] = x[b, iy, ix, ch]
-                        else:
-                            for ch in range(c):
-                                cols[r, base + ch] = zero
+                        inside = 0 <= ix + kx < w
+                        for j in range(c):
+                            cols[r, base + kx * c + j] = xf[src + kx * c + j] if inside else zero
 
 
 @_jit
 def _col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
-    """reference.col2im: dx = the sum of the columns into the positions they came from."""
+    """reference.col2im: each window row's run added back where it lies in the image."""
     n, h, w, c = dx.shape
     _zero_images(dx)
+    run = kw * c
+    df = dx.reshape(dx.size)
     for b in range(n):
         for oy in range(ho):
-            ky0, ky1 = _span(oy, sh, pad_top, kh, h)
-            for ox in range(wo):
-                kx0, kx1 = _span(ox, sw, pad_left, kw, w)
-                r = (b * ho + oy) * wo + ox
-                for ky in range(ky0, ky1):
-                    iy = oy * sh - pad_top + ky
-                    for kx in range(kx0, kx1):
-                        ix = ox * sw - pad_left + kx
-                        base = (ky * kw + kx) * c
-                        for ch in range(c):
-                            dx[b, iy, ix, ch] += cols[r, base + ch]
+            for ky in range(kh):
+                iy = oy * sh - pad_top + ky
+                if iy < 0 or iy >= h:
+                    continue
+                for ox in range(wo):
+                    r = (b * ho + oy) * wo + ox
+                    base = ky * run
+                    ix = ox * sw - pad_left
+                    dst = ((b * h + iy) * w + ix) * c
+                    if ix >= 0 and ix + kw <= w:
+                        for j in range(run):
+                            df[dst + j] += cols[r, base + j]
+                        continue
+                    for kx in range(kw):
+                        if 0 <= ix + kx < w:
+                            for j in range(c):
+                                df[dst + kx * c + j] += cols[r, base + kx * c + j]
 
 
 @_jit
