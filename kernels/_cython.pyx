@@ -843,7 +843,7 @@ cdef void _maxpool_fwd(const floating* x, floating* argmax, floating* out,
     cdef const floating* src
     cdef floating* o
     cdef floating* a
-    cdef floating v, pos
+    cdef floating v, m, pos
     for b in range(g.n):
         for oy in range(g.ho):
             _span(oy, g.sh, g.pt, g.kh, g.h, &ky0, &ky1)
@@ -861,11 +861,11 @@ cdef void _maxpool_fwd(const floating* x, floating* argmax, floating* out,
                         src = x + ((b * g.h + oy * g.sh - g.pt + ky) * g.w
                                    + ox * g.sw - g.pl + kx) * g.c
                         pos = <floating>(ky * g.kw + kx)
-                        for ch in range(g.c):
+                        for ch in range(g.c):  # selects, no branch: random data mispredicts
                             v = src[ch]
-                            if v > o[ch]:
-                                o[ch] = v
-                                a[ch] = pos
+                            m = o[ch]
+                            a[ch] = pos if v > m else a[ch]
+                            o[ch] = v if v > m else m
 
 
 cdef void _maxpool_bwd(const floating* argmax, const floating* dout, floating* dx,

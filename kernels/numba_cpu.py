@@ -1169,11 +1169,11 @@ def maxpool2d_forward(x, argmax, out, kh, kw, sh, sw, pad_top, pad_left):
                     for kx in range(kx0, kx1):
                         ix = ox * sw - pad_left + kx
                         pos = out.dtype.type(ky * kw + kx)
-                        for ch in range(c):
+                        for ch in range(c):  # selects, no branch: random data mispredicts
                             v = x[b, iy, ix, ch]
-                            if v > out[b, oy, ox, ch]:
-                                out[b, oy, ox, ch] = v
-                                argmax[b, oy, ox, ch] = pos
+                            m = out[b, oy, ox, ch]
+                            argmax[b, oy, ox, ch] = pos if v > m else argmax[b, oy, ox, ch]
+                            out[b, oy, ox, ch] = v if v > m else m
 
 
 @_jit
