@@ -508,7 +508,6 @@ def cmd_train(args):
         "task": plan.task,
         "seed": args.seed,
         "loss": plan.loss,
-        "model": args.model,
     }
     if plan.task == "regression":
         record.update(_target_scaler(y_train))
