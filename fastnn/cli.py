@@ -2,6 +2,7 @@
 
 examples:
 fastnn train --dataset digits --epochs 20 --save model.fnn --plot history.png
+fastnn train --model cnn                   # a convnet on the digits as 8x8x1 images
 fastnn train --dataset data.npz --task regression --loss mae
 fastnn evaluate model.fnn                # on the dataset and split train recorded
 fastnn predict model.fnn --input x.npy --output y.npy
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import platform
 import sys
@@ -27,6 +29,9 @@ TRAIN_DEFAULTS = {
     "seed": 0,
 }
 
+
+#: The networks ``fastnn train --model`` builds.
+MODELS = ("mlp", "cnn")
 
 #: The tasks ``fastnn train --task`` accepts.
 TASKS = ("classification", "regression")
@@ -120,6 +125,14 @@ def _add_train(sub):
         "sparse_categorical_crossentropy for more, categorical_crossentropy for one-hot "
         "targets; mae, categorical_crossentropy or sparse_categorical_crossentropy can "
         "replace them",
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: Dense layers (--hidden); cnn: the keras.io MNIST convnet (Conv2D 32 -> "
+        "MaxPooling2D -> Conv2D 64 -> MaxPooling2D -> Dropout 0.5) on square one-channel "
+        "images: the digits (8x8) or an MNIST folder (28x28)",
     )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="passes over the data")
     p.add_argument(
@@ -386,6 +399,48 @@ def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
     return fastnn.Sequential(layers, seed=seed, backend=backend)
 
 
+def image_shape(x_train, dataset) -> tuple:
+    """(side, side, 1) of flattened square one-channel images, or a CLIError."""
+    side = math.isqrt(x_train.shape[1])
+    if side * side != x_train.shape[1] or side < 4:
+        raise CLIError(
+            f"--model cnn needs square one-channel images (the digits, an MNIST folder), but "
+            f"{dataset!r} has {x_train.shape[1]} features per sample"
+        )
+    return side, side, 1
+
+
+def build_cnn(plan: TrainPlan, x_train, seed, backend):
+    """The keras.io convnet for images x_train (N, H, W, 1) after a Normalization (adapted
+    on them, so that the model takes raw pixels); 'same' convolutions below 16x16."""
+    import fastnn
+    from fastnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPooling2D, Normalization
+
+    norm = Normalization(name="normalization")
+    norm.adapt(x_train)
+    padding = "same" if x_train.shape[1] < 16 else "valid"
+    layers = [
+        fastnn.Input(shape=x_train.shape[1:]),
+        norm,
+        Conv2D(32, 3, padding=padding, activation="relu"),
+        MaxPooling2D(2),
+        Conv2D(64, 3, padding=padding, activation="relu"),
+        MaxPooling2D(2),
+        Flatten(),
+        Dropout(0.5),
+        Dense(plan.n_out, activation=plan.activation),
+    ]
+    return fastnn.Sequential(layers, seed=seed, backend=backend)
+
+
+def as_model_input(model, x):
+    """Flattened samples reshaped to the model's image input shape (a CNN); else x."""
+    shape = model.input_shape
+    if shape is not None and len(shape) > 1 and x.ndim == 2 and x.shape[1] == math.prod(shape):
+        return x.reshape(len(x), *shape)
+    return x
+
+
 def _target_scaler(y_train):
     """{"target_mean", "target_std"} of regression targets (per output, std 1 for a constant
     one): ``fastnn train`` trains on (y - mean) / std and records both, so that evaluate
@@ -492,7 +547,12 @@ def _train(args, dp):
     guessing = args.task is None
     task = args.task or task_for(args.dataset, y_train, y_test)
     plan = plan_training(task, args.loss, y_train, y_test, guessing=guessing)
-    model = build_for(plan, x_train, args.hidden, args.seed, args.backend)
+    if args.model == "cnn":
+        shape = image_shape(x_train, args.dataset)
+        x_train, x_test = x_train.reshape(-1, *shape), x_test.reshape(-1, *shape)
+        model = build_cnn(plan, x_train, args.seed, args.backend)
+    else:
+        model = build_for(plan, x_train, args.hidden, args.seed, args.backend)
     opt = fastnn.optimizers.get(args.optimizer)
     opt.learning_rate = args.lr
     model.compile(optimizer=opt, loss=plan.loss, metrics=plan.metrics)
@@ -596,6 +656,7 @@ def cmd_evaluate(args):
             seed = model.seed if model.seed is not None else 0
     _, (x_test, y_test) = load_dataset(dataset, seed, raw=_takes_raw_features(model))
     y_test = targets_for(model, _scaled_targets(y_test, record))
+    x_test = as_model_input(model, x_test)
     results = model.evaluate(x_test, y_test, batch_size=args.batch_size, return_dict=True)
     print(f"Evaluating {args.model} on {dataset}: {len(x_test)} test samples")
     _print_results(results)
@@ -617,6 +678,7 @@ def cmd_predict(args):
     shape = model.input_shape
     if x.ndim > 2 and shape is not None and len(shape) == 1:
         x = x.reshape(len(x), -1)
+    x = as_model_input(model, x)
     _check_folder(args.output)
     y = model.predict(x, batch_size=args.batch_size)
     if args.classes:

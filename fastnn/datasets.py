@@ -48,7 +48,14 @@ def _sklearn(name, **kwargs):
     return getattr(datasets, name)(return_X_y=True, **kwargs)
 
 
-def load_digits(test_size: float = 0.2, seed: int = 0, normalize: bool = True):
+def _images_flag(images) -> bool:
+    if not isinstance(images, (bool, np.bool_)):
+        raise TypeError(f"images must be True or False, got {type(images).__name__} {images!r}")
+    return bool(images)
+
+
+def load_digits(test_size: float = 0.2, seed: int = 0, normalize: bool = True,
+                images: bool = False):  # fmt: skip
     """8x8 handwritten digits: 1797 samples, 64 pixel features, 10 classes (stratified
     split).
 
@@ -61,16 +68,23 @@ def load_digits(test_size: float = 0.2, seed: int = 0, normalize: bool = True):
     normalize : bool
         Divide the pixels by 16, their largest value, to put them in [0, 1]; False keeps
         the raw pixel values, whole numbers 0..16.
+    images : bool
+        Images of shape (8, 8, 1) (height, width, channels: for Conv2D) instead of rows of
+        64 features.
 
     Returns
     -------
     (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
-        x float32 (N, 64): pixels in [0, 1] (``normalize``) or raw 0..16; y int64 labels
-        0..9.
+        x float32 (N, 64), or (N, 8, 8, 1) with ``images``: pixels in [0, 1]
+        (``normalize``) or raw 0..16; y int64 labels 0..9.
     """
+    images = _images_flag(images)
     x, y = _sklearn("load_digits")
     x = x.astype(np.float32) / (16.0 if normalize else 1.0)
-    return _split(x, y.astype(np.int64), test_size, seed, True)
+    (xtr, ytr), (xte, yte) = _split(x, y.astype(np.int64), test_size, seed, True)
+    if images:
+        xtr, xte = xtr.reshape(-1, 8, 8, 1), xte.reshape(-1, 8, 8, 1)
+    return (xtr, ytr), (xte, yte)
 
 
 def load_iris(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
@@ -379,12 +393,14 @@ def _find_mnist_file(directory, stem):
     )
 
 
-def load_mnist(directory):
+def load_mnist(directory, images: bool = False):
     """MNIST (or Fashion-MNIST) from the four standard IDX files in ``directory``.
 
     Returns ``((x_train, y_train), (x_test, y_test))``: images as float32 in [0, 1]
-    flattened to rows*cols (784) features, labels as int64.
+    flattened to rows*cols (784) features, or of shape (N, rows, cols, 1) with ``images``
+    (for Conv2D); labels as int64.
     """
+    images = _images_flag(images)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"MNIST folder {os.fspath(directory)!r} does not exist")
     parts = {}
@@ -397,7 +413,8 @@ def load_mnist(directory):
                     f"{path!r}: MNIST images must be uint8 of shape (N, rows, cols), got "
                     f"{array.dtype} {array.shape}"
                 )
-            array = array.reshape(array.shape[0], -1).astype(np.float32) / np.float32(255)
+            shape = (*array.shape, 1) if images else (array.shape[0], -1)
+            array = array.reshape(shape).astype(np.float32) / np.float32(255)
         else:
             if array.ndim != 1 or array.dtype.kind not in "iu":
                 raise ValueError(
@@ -410,7 +427,7 @@ def load_mnist(directory):
         nx, ny = len(parts[f"x_{split}"]), len(parts[f"y_{split}"])
         if nx != ny:
             raise ValueError(f"MNIST {split} split has {nx} images but {ny} labels")
-    if parts["x_train"].shape[1] != parts["x_test"].shape[1]:
+    if parts["x_train"].shape[1:] != parts["x_test"].shape[1:]:
         raise ValueError("MNIST train and test images have different sizes")
     return (parts["x_train"], parts["y_train"]), (parts["x_test"], parts["y_test"])
 

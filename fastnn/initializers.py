@@ -10,9 +10,12 @@ from ._names import lookup
 
 
 def _fans(shape):
-    fan_in = shape[0] if len(shape) > 1 else shape[0]
-    fan_out = shape[1] if len(shape) > 1 else shape[0]
-    return fan_in, fan_out
+    """(fan_in, fan_out) as Keras: a convolution kernel (..., in, out) multiplies both by
+    its receptive field (the product of the leading axes)."""
+    if len(shape) < 2:
+        return shape[0], shape[0]
+    receptive = int(np.prod(shape[:-2], dtype=np.int64))
+    return shape[-2] * receptive, shape[-1] * receptive
 
 
 def _truncated_normal(rng, shape, std):

@@ -45,7 +45,12 @@ cdef enum:
     ACTIVATION = 2
     BATCHNORM = 3
     NORMALIZATION = 4
-    N_KINDS = 5
+    CONV2D = 5
+    MAXPOOL2D = 6
+    AVGPOOL2D = 7
+    GLOBAL_AVGPOOL2D = 8
+    GLOBAL_MAXPOOL2D = 9
+    N_KINDS = 10
 
     # plan columns (codes.py)
     P_KIND = 0
@@ -141,7 +146,9 @@ def _check_codes():
     expected = dict(
         LINEAR=LINEAR, RELU=RELU, LEAKY_RELU=LEAKY_RELU, SIGMOID=SIGMOID, TANH=TANH,
         SOFTMAX=SOFTMAX, N_ACTS=N_ACTS, DENSE=DENSE, DROPOUT=DROPOUT, ACTIVATION=ACTIVATION,
-        BATCHNORM=BATCHNORM, NORMALIZATION=NORMALIZATION, N_KINDS=N_KINDS,
+        BATCHNORM=BATCHNORM, NORMALIZATION=NORMALIZATION, CONV2D=CONV2D, MAXPOOL2D=MAXPOOL2D,
+        AVGPOOL2D=AVGPOOL2D, GLOBAL_AVGPOOL2D=GLOBAL_AVGPOOL2D,
+        GLOBAL_MAXPOOL2D=GLOBAL_MAXPOOL2D, N_KINDS=N_KINDS,
         P_KIND=P_KIND, P_ACT=P_ACT, P_IN0=P_IN0, P_IN1=P_IN1, P_IN2=P_IN2, P_OUT0=P_OUT0,
         P_OUT1=P_OUT1, P_OUT2=P_OUT2, P_IN_OFF=P_IN_OFF, P_OUT_OFF=P_OUT_OFF,
         P_SAVE_OFF=P_SAVE_OFF, P_ACC_OFF=P_ACC_OFF, P_W0=P_W0, P_W1=P_W1, P_W2=P_W2, P_S0=P_S0,
@@ -737,6 +744,185 @@ cdef void _dense_bwd(const floating* x, const floating* w, const floating* y,
     if need_dx:
         # dx^T (ni, n) = w (ni, no) dz^T (no, n)
         _gemm(c'T', c'N', ni, n, no, w, no, dz, no, dx, ni)
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution and pooling on NHWC images (see reference).  A Window holds the geometry of
+# one call; _check_window (and _make_plan) settle that every window has at least one
+# position inside the image, so no loop below reads or writes outside its arrays.
+
+cdef struct Window:
+    Py_ssize_t n, h, w, c, ho, wo, co, kh, kw, sh, sw, pt, pl
+
+
+cdef inline void _span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t window,
+                       Py_ssize_t size, Py_ssize_t* first, Py_ssize_t* end) noexcept nogil:
+    # the window positions of output o that fall inside an axis of ``size``
+    cdef Py_ssize_t start = o * stride - pad
+    first[0] = -start if start < 0 else 0
+    end[0] = window if size - start > window else size - start
+
+
+cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept nogil:
+    # one image row of a window (kw*c values) is contiguous in x: copied as one run where
+    # the window lies inside the image, position by position at the edges
+    cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
+    cdef floating* dst
+    cdef const floating* src
+    for b in range(g.n):
+        for oy in range(g.ho):
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                for ox in range(g.wo):
+                    dst = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    ix = ox * g.sw - g.pl
+                    if iy < 0 or iy >= g.h:
+                        memset(dst, 0, run * sizeof(floating))
+                        continue
+                    src = x + ((b * g.h + iy) * g.w + ix) * g.c
+                    if ix >= 0 and ix + g.kw <= g.w:
+                        for j in range(run):
+                            dst[j] = src[j]
+                        continue
+                    for kx in range(g.kw):
+                        if 0 <= ix + kx < g.w:
+                            for j in range(g.c):
+                                dst[kx * g.c + j] = src[kx * g.c + j]
+                        else:
+                            for j in range(g.c):
+                                dst[kx * g.c + j] = 0
+
+
+cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept nogil:
+    # the adjoint of _im2col: each window row's run added back where it lies in the image
+    cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
+    cdef const floating* src
+    cdef floating* dst
+    memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
+    for b in range(g.n):
+        for oy in range(g.ho):
+            for ky in range(g.kh):
+                iy = oy * g.sh - g.pt + ky
+                if iy < 0 or iy >= g.h:
+                    continue
+                for ox in range(g.wo):
+                    src = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    ix = ox * g.sw - g.pl
+                    dst = dx + ((b * g.h + iy) * g.w + ix) * g.c
+                    if ix >= 0 and ix + g.kw <= g.w:
+                        for j in range(run):
+                            dst[j] += src[j]
+                        continue
+                    for kx in range(g.kw):
+                        if 0 <= ix + kx < g.w:
+                            for j in range(g.c):
+                                dst[kx * g.c + j] += src[kx * g.c + j]
+
+
+cdef void _conv_fwd(const floating* x, const floating* w, const floating* b, floating* cols,
+                    floating* out, const Window* g, int act, floating alpha) noexcept nogil:
+    # out (N*HO*WO, F) = act(cols @ w + b): the Dense epilogue on the im2col columns
+    _im2col(x, cols, g)
+    _dense_fwd(<const floating*>cols, w, b, out, g.n * g.ho * g.wo, g.kh * g.kw * g.c, g.co,
+               act, alpha)
+
+
+cdef void _conv_bwd(const floating* w, const floating* y, const floating* dout, floating* cols,
+                    floating* dz, floating* dx, floating* dw, floating* db, const Window* g,
+                    int act, floating alpha, bint need_dx) noexcept nogil:
+    # dw from the saved columns, then dcols = dz @ w.T over them (dw is computed first)
+    _dense_bwd(<const floating*>cols, w, y, dout, dz, cols, dw, db, g.n * g.ho * g.wo,
+               g.kh * g.kw * g.c, g.co, act, alpha, need_dx)
+    if need_dx:
+        _col2im(<const floating*>cols, dx, g)
+
+
+cdef void _maxpool_fwd(const floating* x, floating* argmax, floating* out,
+                       const Window* g) noexcept nogil:
+    cdef Py_ssize_t b, oy, ox, ky, kx, ky0, ky1, kx0, kx1, ch
+    cdef const floating* src
+    cdef floating* o
+    cdef floating* a
+    cdef floating v, m, pos
+    for b in range(g.n):
+        for oy in range(g.ho):
+            _span(oy, g.sh, g.pt, g.kh, g.h, &ky0, &ky1)
+            for ox in range(g.wo):
+                _span(ox, g.sw, g.pl, g.kw, g.w, &kx0, &kx1)
+                o = out + ((b * g.ho + oy) * g.wo + ox) * g.c
+                a = argmax + ((b * g.ho + oy) * g.wo + ox) * g.c
+                src = x + ((b * g.h + oy * g.sh - g.pt + ky0) * g.w + ox * g.sw - g.pl + kx0) * g.c
+                pos = <floating>(ky0 * g.kw + kx0)
+                for ch in range(g.c):
+                    o[ch] = src[ch]
+                    a[ch] = pos
+                for ky in range(ky0, ky1):
+                    for kx in range(kx0, kx1):
+                        src = x + ((b * g.h + oy * g.sh - g.pt + ky) * g.w
+                                   + ox * g.sw - g.pl + kx) * g.c
+                        pos = <floating>(ky * g.kw + kx)
+                        for ch in range(g.c):  # selects, no branch: random data mispredicts
+                            v = src[ch]
+                            m = o[ch]
+                            a[ch] = pos if v > m else a[ch]
+                            o[ch] = v if v > m else m
+
+
+cdef void _maxpool_bwd(const floating* argmax, const floating* dout, floating* dx,
+                       const Window* g) noexcept nogil:
+    # a position outside the window or the image (a corrupted argmax) is skipped
+    cdef Py_ssize_t b, oy, ox, ch, p, iy, ix, i
+    memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
+    for b in range(g.n):
+        for oy in range(g.ho):
+            for ox in range(g.wo):
+                i = ((b * g.ho + oy) * g.wo + ox) * g.c
+                for ch in range(g.c):
+                    p = <Py_ssize_t>argmax[i + ch]
+                    if p < 0 or p >= g.kh * g.kw:
+                        continue
+                    iy = oy * g.sh - g.pt + p // g.kw
+                    ix = ox * g.sw - g.pl + p % g.kw
+                    if 0 <= iy < g.h and 0 <= ix < g.w:
+                        dx[((b * g.h + iy) * g.w + ix) * g.c + ch] += dout[i + ch]
+
+
+cdef void _avgpool(const floating* src, floating* dst, const Window* g,
+                   bint forward) noexcept nogil:
+    # forward: dst (outputs) = mean over each window's positions in the image of src;
+    # backward: dst (dx) = sum of src (dout) / count into each window's positions
+    cdef Py_ssize_t b, oy, ox, ky, kx, ky0, ky1, kx0, kx1, ch
+    cdef const floating* pi
+    cdef floating* po
+    cdef floating count
+    if not forward:
+        memset(dst, 0, g.n * g.h * g.w * g.c * sizeof(floating))
+    for b in range(g.n):
+        for oy in range(g.ho):
+            _span(oy, g.sh, g.pt, g.kh, g.h, &ky0, &ky1)
+            for ox in range(g.wo):
+                _span(ox, g.sw, g.pl, g.kw, g.w, &kx0, &kx1)
+                count = <floating>((ky1 - ky0) * (kx1 - kx0))
+                if forward:
+                    po = dst + ((b * g.ho + oy) * g.wo + ox) * g.c
+                    memset(po, 0, g.c * sizeof(floating))
+                else:
+                    pi = src + ((b * g.ho + oy) * g.wo + ox) * g.c
+                for ky in range(ky0, ky1):
+                    for kx in range(kx0, kx1):
+                        if forward:
+                            pi = src + ((b * g.h + oy * g.sh - g.pt + ky) * g.w
+                                        + ox * g.sw - g.pl + kx) * g.c
+                            for ch in range(g.c):
+                                po[ch] += pi[ch]
+                        else:
+                            po = dst + ((b * g.h + oy * g.sh - g.pt + ky) * g.w
+                                        + ox * g.sw - g.pl + kx) * g.c
+                            for ch in range(g.c):
+                                po[ch] += pi[ch] / count
+                if forward:
+                    for ch in range(g.c):
+                        po[ch] = po[ch] / count
 
 
 # ---------------------------------------------------------------------------------------
@@ -1475,8 +1661,35 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
         _bn_fwd(inp, _at(params, row[P_W0]), _at(params, row[P_W1]), nontrain + row[P_S0],
                 nontrain + row[P_S1], acts + row[P_SAVE_OFF], out, b.acc + row[P_ACC_OFF], r, w,
                 training and row[P_ARG0] == 0, f[F_MOMENTUM], f[F_EPSILON])  # P_ARG0: frozen
-    else:
+    elif kind == NORMALIZATION:
         _norm(inp, nontrain + row[P_S0], nontrain + row[P_S1], out, r, w)
+    else:
+        _conv_family_fwd(row, f, params, acts, inp, out, n)
+
+
+cdef void _conv_family_fwd(const int64_t* row, const double* f, floating* params,
+                           floating* acts, const floating* inp, floating* out,
+                           Py_ssize_t n) noexcept nogil:
+    cdef Window g
+    cdef int kind = <int>row[P_KIND]
+    _window_of_row(row, n, &g)
+    if kind == CONV2D:
+        _conv_fwd(inp, params + row[P_W0], _at(params, row[P_W1]), acts + row[P_SAVE_OFF], out,
+                  &g, <int>row[P_ACT], <floating>f[F_ALPHA])
+    elif kind == MAXPOOL2D or kind == GLOBAL_MAXPOOL2D:
+        _maxpool_fwd(inp, acts + row[P_SAVE_OFF], out, &g)
+    else:
+        _avgpool(inp, out, &g, True)
+
+
+cdef void _pool_bwd(const int64_t* row, floating* acts, const floating* g, floating* dx,
+                    Py_ssize_t n) noexcept nogil:
+    cdef Window win
+    _window_of_row(row, n, &win)
+    if row[P_KIND] == MAXPOOL2D or row[P_KIND] == GLOBAL_MAXPOOL2D:
+        _maxpool_bwd(acts + row[P_SAVE_OFF], g, dx, &win)
+    else:
+        _avgpool(g, dx, &win, False)
 
 
 cdef void _forward(const Plan* pl, const Net* b, const floating* x, Py_ssize_t n,
@@ -1504,6 +1717,7 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
     cdef bint need_dx = row[P_DX_OFF] >= 0
     cdef floating* dx = gbuf + row[P_DX_OFF] if need_dx else <floating*>NULL
     cdef double l1 = f[F_L1], l2 = f[F_L2]
+    cdef Window win
     if kind == DENSE:
         _dense_bwd(inp, params + row[P_W0], out, g, g, dx, grads + row[P_W0],
                    _at(grads, row[P_W1]), r, w, wo, act, <floating>f[F_ALPHA], need_dx)
@@ -1513,6 +1727,13 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
         _bn_bwd(inp, _at(params, row[P_W0]), acts + row[P_SAVE_OFF], g, dx,
                 _at(grads, row[P_W0]), _at(grads, row[P_W1]), b.acc + row[P_ACC_OFF], r, w,
                 need_dx)
+    elif kind == CONV2D:
+        _window_of_row(row, n, &win)
+        _conv_bwd(params + row[P_W0], out, g, acts + row[P_SAVE_OFF], g, dx, grads + row[P_W0],
+                  _at(grads, row[P_W1]), &win, act, <floating>f[F_ALPHA], need_dx)
+        if l1 != 0 or l2 != 0:
+            return _l1l2(params + row[P_W0], grads + row[P_W0],
+                         win.kh * win.kw * win.c * win.co, l1, l2)
     elif not need_dx:  # a layer without weights whose dx nobody reads
         pass
     elif kind == DROPOUT:
@@ -1523,6 +1744,8 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
             memmove(dx, g, r * w * sizeof(floating))
     elif kind == ACTIVATION:
         _act_bwd(out, g, dx, <floating*>NULL, r, w, act, <floating>f[F_ALPHA])
+    elif kind != NORMALIZATION:
+        _pool_bwd(row, acts, g, dx, n)
     else:
         _norm(g, <const floating*>NULL, <floating*>b.nontrain + row[P_S1], dx, r, w)
     return 0.0
@@ -1548,6 +1771,9 @@ cdef double _penalty(const Plan* pl, const floating* params) noexcept nogil:
         l2 = pl.f[l * F_COLS + F_L2]
         if row[P_KIND] == DENSE and (l1 != 0 or l2 != 0):
             total += _l1l2_sum(params + row[P_W0], row[P_IN2] * row[P_OUT2], l1, l2)
+        elif row[P_KIND] == CONV2D and (l1 != 0 or l2 != 0):
+            total += _l1l2_sum(params + row[P_W0],
+                               row[P_ARG0] * row[P_ARG1] * row[P_IN2] * row[P_OUT2], l1, l2)
     return total
 
 
@@ -1930,6 +2156,33 @@ cdef int _parse_net(Net* b, tuple net, object acts, object gbuf, object acc, Py_
     return 0
 
 
+cdef int _check_conv_row(Py_ssize_t l, const int64_t* row, Py_ssize_t n,
+                         const Net* b) except -1:
+    """The geometry of a convolution or pooling row and the extents of its weights and
+    saved tensors for n samples."""
+    cdef Window g
+    cdef Py_ssize_t pixels, k
+    _window_of_row(row, n, &g)
+    _check_window(f"layer {l}", &g)
+    pixels = _mul(_mul(n, g.ho, l), g.wo, l)
+    if row[P_KIND] == CONV2D:
+        k = _mul(_mul(g.kh, g.kw, l), g.c, l)
+        _fits(l, "the Conv2D kernel (W0)", row[P_W0], _mul(k, g.co, l), b.n_params, "params")
+        if row[P_W1] != -1:
+            _fits(l, "the Conv2D bias (W1)", row[P_W1], g.co, b.n_params, "params")
+        _fits(l, "the im2col columns", row[P_SAVE_OFF], _mul(pixels, k, l), b.n_acts, "acts")
+        return 0
+    if g.co != g.c:
+        raise ValueError(f"layer {l}: pooling keeps the channels, got {g.c} -> {g.co}")
+    if row[P_KIND] == MAXPOOL2D or row[P_KIND] == GLOBAL_MAXPOOL2D:
+        if _mul(g.kh, g.kw, l) > 16777216:  # positions are stored exactly in float32
+            raise ValueError(f"layer {l}: a max-pooling window of {g.kh}x{g.kw} has more "
+                             "than 2**24 positions")
+        _fits(l, "the argmax positions", row[P_SAVE_OFF], _mul(pixels, g.c, l), b.n_acts,
+              "acts")
+    return 0
+
+
 cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_t n_x,
                     int needs) except -1:
     """Fills ``pl`` from plan = (layers, layer_f[, kinds]) for a batch x (n, n_x), after
@@ -1987,6 +2240,8 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
             _fits(l, "the Dense kernel (W0)", row[P_W0], _mul(c, wo, l), b.n_params, "params")
             if row[P_W1] != -1:
                 _fits(l, "the Dense bias (W1)", row[P_W1], wo, b.n_params, "params")
+        elif kind >= CONV2D:
+            _check_conv_row(l, row, n, b)
         else:
             if in_size != out_size or c != wo or row[P_IN0] != row[P_OUT0]:
                 raise ValueError(f"layer {l}: the output shape must equal the input shape, "
@@ -2566,6 +2821,154 @@ def normalization_backward(variance, dout, dx):
 # net = (params, grads, state, nontrain), work = (acts, gbuf, acc), batch = (x, y, sw),
 # loss = (loss_code, logits_out, metrics, thresholds), opt = (opt_code, hyper, lrs, step,
 # seed); see reference.py.
+
+# ---------------------------------------------------------------------------------------
+# Convolution and pooling: geometry checks (shared by the kernels and _make_plan)
+
+cdef int _check_window(str where, const Window* g) except -1:
+    """Every size positive, padding inside the window, and every window with at least one
+    position inside the image (so that no loop leaves its arrays and no count is 0)."""
+    if min(g.n, g.h, g.w, g.c, g.ho, g.wo, g.co) < 1:
+        raise ValueError(f"{where}: shapes must be positive, got input "
+                         f"{(g.n, g.h, g.w, g.c)} and output {(g.n, g.ho, g.wo, g.co)}")
+    if min(g.kh, g.kw, g.sh, g.sw) < 1:
+        raise ValueError(f"{where}: window {(g.kh, g.kw)} and strides {(g.sh, g.sw)} must be "
+                         f">= 1")
+    if not (0 <= g.pt < g.kh and 0 <= g.pl < g.kw):
+        raise ValueError(f"{where}: padding {(g.pt, g.pl)} must be >= 0 and smaller than the "
+                         f"window {(g.kh, g.kw)}")
+    if (g.ho > 1 + (g.h - 1 + g.pt) // g.sh) or (g.wo > 1 + (g.w - 1 + g.pl) // g.sw):
+        raise ValueError(f"{where}: an output of {g.ho}x{g.wo} with window {(g.kh, g.kw)}, "
+                         f"strides {(g.sh, g.sw)} and padding {(g.pt, g.pl)} has windows "
+                         f"outside the {g.h}x{g.w} input")
+    return 0
+
+
+cdef inline void _window_of_row(const int64_t* row, Py_ssize_t n, Window* g) noexcept nogil:
+    g.n, g.h, g.w, g.c = n, row[P_IN0], row[P_IN1], row[P_IN2]
+    g.ho, g.wo, g.co = row[P_OUT0], row[P_OUT1], row[P_OUT2]
+    g.kh, g.kw, g.sh, g.sw = row[P_ARG0], row[P_ARG1], row[P_ARG2], row[P_ARG3]
+    g.pt, g.pl = row[P_ARG4], row[P_ARG5]
+
+
+cdef Window _window(tuple x_shape, tuple out_shape, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl):
+    cdef Window g
+    g.n, g.h, g.w, g.c = x_shape
+    _, g.ho, g.wo, g.co = out_shape
+    g.kh, g.kw, g.sh, g.sw, g.pt, g.pl = kh, kw, sh, sw, pt, pl
+    return g
+
+
+cdef int _check_pool(str where, const Window* g, tuple x_shape, tuple out_shape) except -1:
+    _check_window(where, g)
+    if out_shape[0] != g.n or g.co != g.c:
+        raise ValueError(f"{where}: out must have {g.n} samples of {g.c} channels (as x "
+                         f"{x_shape}), got {out_shape}")
+    return 0
+
+
+cdef tuple _shape4(const Py_ssize_t* s):
+    return (s[0], s[1], s[2], s[3])
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                   const floating[::1] b, floating[:, ::1] cols, floating[:, :, :, ::1] out,
+                   int act, double alpha, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pad_top,
+                   Py_ssize_t pad_left):
+    """out (N, HO, WO, F) = act(conv(x, w) + b); cols (N*HO*WO, KH*KW*C) receives im2col(x)."""
+    cdef Window g = _window(_shape4(x.shape), _shape4(out.shape), w.shape[0], w.shape[1], sh,
+                            sw, pad_top, pad_left)
+    _check_act(act)
+    _check_conv(&g, _shape4(x.shape), _shape4(w.shape), b.shape[0], cols.shape[0],
+                cols.shape[1], out.shape[0])
+    with nogil:
+        _conv_fwd(&x[0, 0, 0, 0], &w[0, 0, 0, 0], &b[0] if b.shape[0] else NULL, &cols[0, 0],
+                  &out[0, 0, 0, 0], &g, act, <floating>alpha)
+
+
+cdef int _check_conv(const Window* g, tuple x_shape, tuple w_shape, Py_ssize_t nb,
+                     Py_ssize_t cols_rows, Py_ssize_t cols_k, Py_ssize_t out_n) except -1:
+    _check_window("conv2d", g)
+    if w_shape[2] != g.c or w_shape[3] != g.co:
+        raise ValueError(f"w must have shape (KH, KW, {g.c}, {g.co}) (x {x_shape}, out "
+                         f"channels {g.co}), got {w_shape}")
+    if nb != 0 and nb != g.co:
+        raise ValueError(f"b must have {g.co} elements (or none), got {nb}")
+    if out_n != g.n:
+        raise ValueError(f"out must have {g.n} samples (as x), got {out_n}")
+    _same("cols", (cols_rows, cols_k), (g.n * g.ho * g.wo, g.kh * g.kw * g.c))
+    return 0
+
+
+def conv2d_backward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                    const floating[:, :, :, ::1] y, const floating[:, :, :, ::1] dout,
+                    floating[:, ::1] cols, floating[:, :, :, ::1] dz, floating[:, :, :, ::1] dx,
+                    floating[:, :, :, ::1] dw, floating[::1] db, int act, double alpha,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                    int need_dx):
+    """Gradients of conv2d_forward from the forward's cols (overwritten by dz @ w.T when
+    ``need_dx``): dz (may alias dout), db (when not empty), dw, dx."""
+    cdef Window g = _window(_shape4(x.shape), _shape4(y.shape), w.shape[0], w.shape[1], sh,
+                            sw, pad_top, pad_left)
+    _check_act(act)
+    _check_conv(&g, _shape4(x.shape), _shape4(w.shape), db.shape[0], cols.shape[0],
+                cols.shape[1], y.shape[0])
+    _same("dout", _shape4(dout.shape), _shape4(y.shape))
+    _same("dz", _shape4(dz.shape), _shape4(y.shape))
+    _same("dx", _shape4(dx.shape), _shape4(x.shape))
+    _same("dw", _shape4(dw.shape), _shape4(w.shape))
+    with nogil:
+        _conv_bwd(&w[0, 0, 0, 0], &y[0, 0, 0, 0], &dout[0, 0, 0, 0], &cols[0, 0],
+                  &dz[0, 0, 0, 0], &dx[0, 0, 0, 0], &dw[0, 0, 0, 0],
+                  &db[0] if db.shape[0] else NULL, &g, act, <floating>alpha, need_dx != 0)
+
+
+def maxpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] argmax,
+                      floating[:, :, :, ::1] out, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                      Py_ssize_t sw, Py_ssize_t pad_top, Py_ssize_t pad_left):
+    """out = the maximum of each window; argmax receives its position ky*KW + kx."""
+    cdef Window g = _window(_shape4(x.shape), _shape4(out.shape), kh, kw, sh, sw, pad_top,
+                            pad_left)
+    _check_pool("maxpool2d", &g, _shape4(x.shape), _shape4(out.shape))
+    _same("argmax", _shape4(argmax.shape), _shape4(out.shape))
+    with nogil:
+        _maxpool_fwd(&x[0, 0, 0, 0], &argmax[0, 0, 0, 0], &out[0, 0, 0, 0], &g)
+
+
+def maxpool2d_backward(const floating[:, :, :, ::1] argmax, const floating[:, :, :, ::1] dout,
+                       floating[:, :, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                       Py_ssize_t sw, Py_ssize_t pad_top, Py_ssize_t pad_left):
+    """dx = dout summed into each window's maximum."""
+    cdef Window g = _window(_shape4(dx.shape), _shape4(dout.shape), kh, kw, sh, sw, pad_top,
+                            pad_left)
+    _check_pool("maxpool2d", &g, _shape4(dx.shape), _shape4(dout.shape))
+    _same("argmax", _shape4(argmax.shape), _shape4(dout.shape))
+    with nogil:
+        _maxpool_bwd(&argmax[0, 0, 0, 0], &dout[0, 0, 0, 0], &dx[0, 0, 0, 0], &g)
+
+
+def avgpool2d_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] out,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pad_top, Py_ssize_t pad_left):
+    """out = the mean of each window over its positions inside the image."""
+    cdef Window g = _window(_shape4(x.shape), _shape4(out.shape), kh, kw, sh, sw, pad_top,
+                            pad_left)
+    _check_pool("avgpool2d", &g, _shape4(x.shape), _shape4(out.shape))
+    with nogil:
+        _avgpool(&x[0, 0, 0, 0], &out[0, 0, 0, 0], &g, True)
+
+
+def avgpool2d_backward(const floating[:, :, :, ::1] dout, floating[:, :, :, ::1] dx,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pad_top, Py_ssize_t pad_left):
+    """dx = each window's dout / count spread over its positions inside the image."""
+    cdef Window g = _window(_shape4(dx.shape), _shape4(dout.shape), kh, kw, sh, sw, pad_top,
+                            pad_left)
+    _check_pool("avgpool2d", &g, _shape4(dx.shape), _shape4(dout.shape))
+    with nogil:
+        _avgpool(&dout[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, False)
+
 
 cdef uint64_t _row0(row0) except? 0:
     """row0 of forward_stack/backward_stack: an int >= 0."""

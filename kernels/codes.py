@@ -15,7 +15,12 @@ DROPOUT = 1
 ACTIVATION = 2
 BATCHNORM = 3
 NORMALIZATION = 4
-N_KINDS = 5
+CONV2D = 5
+MAXPOOL2D = 6
+AVGPOOL2D = 7
+GLOBAL_AVGPOOL2D = 8
+GLOBAL_MAXPOOL2D = 9
+N_KINDS = 10
 
 # Families of kinds.  The Numba backend runs every family but the core one in a function
 # that takes the family's slot of the plan's kinds marker (``kinds_marker``): when the slot
@@ -26,7 +31,11 @@ NORM = 1  # BatchNormalization, Normalization
 CONV = 2  # convolution and pooling
 RNN = 3  # embedding and recurrent layers
 #: Family of each kind, by kind code.
-KIND_FAMILY = {DENSE: CORE, DROPOUT: CORE, ACTIVATION: CORE, BATCHNORM: NORM, NORMALIZATION: NORM}
+KIND_FAMILY = {
+    DENSE: CORE, DROPOUT: CORE, ACTIVATION: CORE, BATCHNORM: NORM, NORMALIZATION: NORM,
+    CONV2D: CONV, MAXPOOL2D: CONV, AVGPOOL2D: CONV, GLOBAL_AVGPOOL2D: CONV,
+    GLOBAL_MAXPOOL2D: CONV,
+}  # fmt: skip
 #: Length of the kinds marker: room for the families to come.
 FAMILY_SLOTS = 8
 
@@ -50,6 +59,15 @@ P_DX_OFF = 18  # gbuf: dL/d(input) (-1: not needed, the first layer with weights
 P_BACKWARD = 19  # 1 if this layer's backward runs (it or a layer before it has weights)
 P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5 = 20, 21, 22, 23, 24, 25  # per-kind ints
 P_FROZEN = P_ARG0  # BatchNormalization: 1 when frozen (trainable=False: inference mode)
+# The CONV family (shapes (H, W, C) per sample, NHWC): the window's height and width, the
+# strides and the padding before the first row and column (TensorFlow's "same": the odd
+# extra row/column goes after the last one, where the kernels read zeros / skip it).
+# Global pooling is the window (H, W) with strides 1 and no padding.  Conv2D: W0 is the
+# kernel (KH, KW, C_in, F) = a (KH*KW*C_in, F) matrix, W1 the bias (F,), P_SAVE_OFF the
+# im2col columns (N*H_out*W_out, KH*KW*C_in), overwritten by dL/dcols in the backward;
+# max pooling: P_SAVE_OFF the window position (ky*KW + kx) of each output's maximum, as
+# a float (N*H_out*W_out*C).
+P_KH, P_KW, P_SH, P_SW, P_PAD_TOP, P_PAD_LEFT = P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5
 P_COLS = 26
 
 F_ALPHA = 0  # negative slope of leaky_relu

@@ -1399,7 +1399,10 @@ def _norm_d(x, mean, variance, out, centered):
 KINDS = frozenset({C.DENSE, C.DROPOUT, C.ACTIVATION, C.BATCHNORM, C.NORMALIZATION})
 
 _KIND_NAMES = {C.DENSE: "Dense", C.DROPOUT: "Dropout", C.ACTIVATION: "Activation",
-               C.BATCHNORM: "BatchNormalization", C.NORMALIZATION: "Normalization"}  # fmt: skip
+               C.BATCHNORM: "BatchNormalization", C.NORMALIZATION: "Normalization",
+               C.CONV2D: "Conv2D", C.MAXPOOL2D: "MaxPooling2D",
+               C.AVGPOOL2D: "AveragePooling2D", C.GLOBAL_AVGPOOL2D: "GlobalAveragePooling2D",
+               C.GLOBAL_MAXPOOL2D: "GlobalMaxPooling2D"}  # fmt: skip
 
 
 class _Row:
@@ -1812,6 +1815,47 @@ def normalization_backward(variance, dout, dx):
     var = st(variance)
     _norm_d(st(dout), var, var, st(dx, True), False)
     st.finish()
+
+
+# -- convolution and pooling: not run by this backend (the CPU backends run them) --------
+
+
+def _no_conv(op):
+    raise ValueError(
+        f"the cuda backend has no {op} kernel (Conv2D and pooling run on the cython, numba "
+        "and numpy backends)"
+    )
+
+
+def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("conv2d_forward")
+
+
+def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad_top, pad_left,
+                    need_dx):  # fmt: skip
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("conv2d_backward")
+
+
+def maxpool2d_forward(x, argmax, out, kh, kw, sh, sw, pad_top, pad_left):
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("maxpool2d_forward")
+
+
+def maxpool2d_backward(argmax, dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("maxpool2d_backward")
+
+
+def avgpool2d_forward(x, out, kh, kw, sh, sw, pad_top, pad_left):
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("avgpool2d_forward")
+
+
+def avgpool2d_backward(dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """Not run by this backend: raises ValueError (see KINDS)."""
+    _no_conv("avgpool2d_backward")
 
 
 def _stage_net(st, net, write_params, write_grads, write_state, write_nontrain):

@@ -169,6 +169,10 @@ _P_DOUT_OFF, _P_DX_OFF, _P_BACKWARD = C.P_DOUT_OFF, C.P_DX_OFF, C.P_BACKWARD
 _F_ALPHA, _F_L1, _F_L2, _F_RATE = C.F_ALPHA, C.F_L1, C.F_L2, C.F_RATE
 _F_MOMENTUM, _F_EPSILON, _NORM_EPS = C.F_MOMENTUM, C.F_EPSILON, C.NORM_EPS
 _NORM, _P_FROZEN = C.NORM, C.P_FROZEN
+_CONV, _CONV2D, _MAXPOOL2D, _AVGPOOL2D = C.CONV, C.CONV2D, C.MAXPOOL2D, C.AVGPOOL2D
+_GLOBAL_AVGPOOL2D, _GLOBAL_MAXPOOL2D = C.GLOBAL_AVGPOOL2D, C.GLOBAL_MAXPOOL2D
+_P_KH, _P_KW, _P_SH, _P_SW = C.P_KH, C.P_KW, C.P_SH, C.P_SW
+_P_PAD_TOP, _P_PAD_LEFT = C.P_PAD_TOP, C.P_PAD_LEFT
 _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
@@ -1041,6 +1045,208 @@ def normalization_backward(variance, dout, dx):
 
 
 # ---------------------------------------------------------------------------------------
+# Convolution and pooling (see reference): 4-D NHWC arrays; the window of output (oy, ox)
+# reads input rows oy*sh - pad_top + ky and columns ox*sw - pad_left + kx.
+
+
+@_jit
+def _span(o, stride, pad, window, size):
+    """(first, end) window positions of output ``o`` that fall inside an axis of ``size``."""
+    start = o * stride - pad
+    return max(0, -start), min(window, size - start)
+
+
+@_jit
+def _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
+    """reference.im2col: one image row of a window (kw*c values, contiguous in x) copied
+    as a run where the window lies inside the image, zeros where it leaves it."""
+    n, h, w, c = x.shape
+    zero = cols.dtype.type(0)
+    run = kw * c
+    xf = x.reshape(x.size)
+    for b in range(n):
+        for oy in range(ho):
+            for ky in range(kh):
+                iy = oy * sh - pad_top + ky
+                for ox in range(wo):
+                    r = (b * ho + oy) * wo + ox
+                    base = ky * run
+                    ix = ox * sw - pad_left
+                    if iy < 0 or iy >= h:
+                        for j in range(run):
+                            cols[r, base + j] = zero
+                        continue
+                    src = ((b * h + iy) * w + ix) * c
+                    if ix >= 0 and ix + kw <= w:
+                        for j in range(run):
+                            cols[r, base + j] = xf[src + j]
+                        continue
+                    for kx in range(kw):
+                        inside = 0 <= ix + kx < w
+                        for j in range(c):
+                            cols[r, base + kx * c + j] = xf[src + kx * c + j] if inside else zero
+
+
+@_jit
+def _col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
+    """reference.col2im: each window row's run added back where it lies in the image."""
+    n, h, w, c = dx.shape
+    _zero_images(dx)
+    run = kw * c
+    df = dx.reshape(dx.size)
+    for b in range(n):
+        for oy in range(ho):
+            for ky in range(kh):
+                iy = oy * sh - pad_top + ky
+                if iy < 0 or iy >= h:
+                    continue
+                for ox in range(wo):
+                    r = (b * ho + oy) * wo + ox
+                    base = ky * run
+                    ix = ox * sw - pad_left
+                    dst = ((b * h + iy) * w + ix) * c
+                    if ix >= 0 and ix + kw <= w:
+                        for j in range(run):
+                            df[dst + j] += cols[r, base + j]
+                        continue
+                    for kx in range(kw):
+                        if 0 <= ix + kx < w:
+                            for j in range(c):
+                                df[dst + kx * c + j] += cols[r, base + kx * c + j]
+
+
+@_jit
+def _zero_images(a):
+    flat = a.reshape(a.size)
+    zero = a.dtype.type(0)
+    for k in range(flat.shape[0]):
+        flat[k] = zero
+
+
+@_jit
+def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
+    """See reference.conv2d_forward: im2col, one GEMM into the NHWC output, one bias +
+    activation pass."""
+    kh, kw, c, f = w.shape
+    n, ho, wo = out.shape[0], out.shape[1], out.shape[2]
+    _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
+    flat = out.reshape((n * ho * wo, f))
+    _gemm(cols, w.reshape((kh * kw * c, f)), flat, 0, 0)
+    if b.shape[0] > 0:
+        _bias_act(flat, b, act, alpha)
+    else:
+        activation_forward(flat, flat, act, alpha)
+
+
+@_jit
+def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad_top, pad_left,
+                    need_dx):  # fmt: skip
+    """See reference.conv2d_backward: one derivative (+ bias gradient) pass, dw as one
+    GEMM, then dcols = dz @ w.T over the saved columns and col2im."""
+    kh, kw, c, f = w.shape
+    n, ho, wo = y.shape[0], y.shape[1], y.shape[2]
+    m, k = n * ho * wo, kh * kw * c
+    dz2 = dz.reshape((m, f))
+    has_b = db.shape[0] > 0
+    _act_backward(y.reshape((m, f)), dout.reshape((m, f)), dz2, db if has_b else dz2[0], act,
+                  alpha, has_b)  # fmt: skip
+    _gemm(cols, dz2, dw.reshape((k, f)), 1, 0)
+    if need_dx:
+        _gemm(dz2, w.reshape((k, f)), cols, 0, 1)
+        _col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
+
+
+@_jit
+def maxpool2d_forward(x, argmax, out, kh, kw, sh, sw, pad_top, pad_left):
+    """See reference.maxpool2d_forward (the first maximum in (ky, kx) order)."""
+    n, h, w, c = x.shape
+    ho, wo = out.shape[1], out.shape[2]
+    for b in range(n):
+        for oy in range(ho):
+            ky0, ky1 = _span(oy, sh, pad_top, kh, h)
+            for ox in range(wo):
+                kx0, kx1 = _span(ox, sw, pad_left, kw, w)
+                iy, ix = oy * sh - pad_top + ky0, ox * sw - pad_left + kx0
+                first = out.dtype.type(ky0 * kw + kx0)
+                for ch in range(c):
+                    out[b, oy, ox, ch] = x[b, iy, ix, ch]
+                    argmax[b, oy, ox, ch] = first
+                for ky in range(ky0, ky1):
+                    iy = oy * sh - pad_top + ky
+                    for kx in range(kx0, kx1):
+                        ix = ox * sw - pad_left + kx
+                        pos = out.dtype.type(ky * kw + kx)
+                        for ch in range(c):  # selects, no branch: random data mispredicts
+                            v = x[b, iy, ix, ch]
+                            m = out[b, oy, ox, ch]
+                            argmax[b, oy, ox, ch] = pos if v > m else argmax[b, oy, ox, ch]
+                            out[b, oy, ox, ch] = v if v > m else m
+
+
+@_jit
+def maxpool2d_backward(argmax, dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """See reference.maxpool2d_backward (a position outside the window or the image is
+    skipped, never written)."""
+    n, h, w, c = dx.shape
+    ho, wo = dout.shape[1], dout.shape[2]
+    _zero_images(dx)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                for ch in range(c):
+                    p = np.int64(argmax[b, oy, ox, ch])
+                    iy = oy * sh - pad_top + p // kw
+                    ix = ox * sw - pad_left + p % kw
+                    if 0 <= p < kh * kw and 0 <= iy < h and 0 <= ix < w:
+                        dx[b, iy, ix, ch] += dout[b, oy, ox, ch]
+
+
+@_jit
+def avgpool2d_forward(x, out, kh, kw, sh, sw, pad_top, pad_left):
+    """See reference.avgpool2d_forward (the mean over the window's positions in the image)."""
+    n, h, w, c = x.shape
+    ho, wo = out.shape[1], out.shape[2]
+    t = out.dtype.type
+    for b in range(n):
+        for oy in range(ho):
+            ky0, ky1 = _span(oy, sh, pad_top, kh, h)
+            for ox in range(wo):
+                kx0, kx1 = _span(ox, sw, pad_left, kw, w)
+                for ch in range(c):
+                    out[b, oy, ox, ch] = t(0)
+                for ky in range(ky0, ky1):
+                    iy = oy * sh - pad_top + ky
+                    for kx in range(kx0, kx1):
+                        ix = ox * sw - pad_left + kx
+                        for ch in range(c):
+                            out[b, oy, ox, ch] += x[b, iy, ix, ch]
+                count = t((ky1 - ky0) * (kx1 - kx0))
+                for ch in range(c):
+                    out[b, oy, ox, ch] = out[b, oy, ox, ch] / count
+
+
+@_jit
+def avgpool2d_backward(dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """See reference.avgpool2d_backward."""
+    n, h, w, c = dx.shape
+    ho, wo = dout.shape[1], dout.shape[2]
+    t = dx.dtype.type
+    _zero_images(dx)
+    for b in range(n):
+        for oy in range(ho):
+            ky0, ky1 = _span(oy, sh, pad_top, kh, h)
+            for ox in range(wo):
+                kx0, kx1 = _span(ox, sw, pad_left, kw, w)
+                count = t((ky1 - ky0) * (kx1 - kx0))
+                for ky in range(ky0, ky1):
+                    iy = oy * sh - pad_top + ky
+                    for kx in range(kx0, kx1):
+                        ix = ox * sw - pad_left + kx
+                        for ch in range(c):
+                            dx[b, iy, ix, ch] += dout[b, oy, ox, ch] / count
+
+
+# ---------------------------------------------------------------------------------------
 # A plan of layers over flat buffers (layout: kernels/codes.py and the reference).
 #
 # The core kinds (Dense, Dropout, Activation) are branches of forward_stack/backward_stack;
@@ -1121,6 +1327,72 @@ def _norm_backward(present, kind, inp, g, dx, need_dx, row, params, grads, nontr
 
 
 @_jit
+def _images(a, row, first, n):
+    """A plan row's (rows, width) input (first = P_IN0) or output view as (N, H, W, C)."""
+    return a.reshape((n, row[first], row[first + 1], row[first + 2]))
+
+
+@_jit
+def _conv_kernel(buf, row):
+    kh, kw, c, f = row[_P_KH], row[_P_KW], row[_P_IN2], row[_P_OUT2]
+    w0 = row[_P_W0]
+    return buf[w0 : w0 + kh * kw * c * f].reshape((kh, kw, c, f))
+
+
+@_jit
+def _conv_forward(present, kind, inp, out, row, f, params, acts, n):
+    """A convolution or pooling layer's forward (see reference.layer_forward); False when
+    ``kind`` is not one, or when ``present`` (the CONV slot of the kinds marker) is None."""
+    if present is None:
+        return False
+    x, y = _images(inp, row, _P_IN0, n), _images(out, row, _P_OUT0, n)
+    kh, kw, sh, sw = row[_P_KH], row[_P_KW], row[_P_SH], row[_P_SW]
+    pt, pl, save = row[_P_PAD_TOP], row[_P_PAD_LEFT], row[_P_SAVE_OFF]
+    if kind == _CONV2D:
+        cols = _mat(acts, save, out.shape[0], kh * kw * row[_P_IN2])
+        conv2d_forward(x, _conv_kernel(params, row), _vec(params, row[_P_W1], out.shape[1]),
+                       cols, y, row[_P_ACT], f[_F_ALPHA], sh, sw, pt, pl)  # fmt: skip
+    elif kind == _MAXPOOL2D or kind == _GLOBAL_MAXPOOL2D:
+        argmax = _images(acts[save : save + out.size], row, _P_OUT0, n)
+        maxpool2d_forward(x, argmax, y, kh, kw, sh, sw, pt, pl)
+    elif kind == _AVGPOOL2D or kind == _GLOBAL_AVGPOOL2D:
+        avgpool2d_forward(x, y, kh, kw, sh, sw, pt, pl)
+    else:
+        return False
+    return True
+
+
+@_jit
+def _conv_backward(present, kind, inp, out, g, dx, need_dx, row, f, params, grads, acts, n):
+    """A convolution or pooling layer's backward: (handled, penalty), handled False as
+    _conv_forward."""
+    if present is None:
+        return False, 0.0
+    y, dout = _images(out, row, _P_OUT0, n), _images(g, row, _P_OUT0, n)
+    dxi = _images(dx, row, _P_IN0, n)
+    kh, kw, sh, sw = row[_P_KH], row[_P_KW], row[_P_SH], row[_P_SW]
+    pt, pl, save = row[_P_PAD_TOP], row[_P_PAD_LEFT], row[_P_SAVE_OFF]
+    if kind == _CONV2D:
+        w, dw = _conv_kernel(params, row), _conv_kernel(grads, row)
+        cols = _mat(acts, save, out.shape[0], kh * kw * row[_P_IN2])
+        conv2d_backward(_images(inp, row, _P_IN0, n), w, y, dout, cols, dout, dxi, dw,
+                        _vec(grads, row[_P_W1], out.shape[1]), row[_P_ACT], f[_F_ALPHA], sh,
+                        sw, pt, pl, need_dx)  # fmt: skip
+        l1, l2 = f[_F_L1], f[_F_L2]
+        if l1 != 0 or l2 != 0:
+            return True, _l1l2(w.reshape(w.size), dw.reshape(dw.size), l1, l2)
+    elif kind == _MAXPOOL2D or kind == _GLOBAL_MAXPOOL2D:
+        if need_dx:
+            argmax = _images(acts[save : save + out.size], row, _P_OUT0, n)
+            maxpool2d_backward(argmax, dout, dxi, kh, kw, sh, sw, pt, pl)
+    elif kind == _AVGPOOL2D or kind == _GLOBAL_AVGPOOL2D:
+        if need_dx:
+            avgpool2d_backward(dout, dxi, kh, kw, sh, sw, pt, pl)
+    else:
+        return False, 0.0
+    return True, 0.0
+
+
 def _check_row0(row0):
     """row0 of forward_stack/backward_stack as an int64 (ValueError when negative)."""
     if row0 < 0:
@@ -1155,7 +1427,9 @@ def forward_stack(x, plan, net, work, training, seed, step, row0=0):
         elif kind == _ACTIVATION:
             activation_forward(inp, out, act, layer_f[l, _F_ALPHA])
         elif not _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
-                               acts, acc, training):  # fmt: skip
+                               acts, acc, training) and not _conv_forward(
+            kinds[_CONV], kind, inp, out, row, layer_f[l], params, acts, n
+        ):  # fmt: skip
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
 
 
@@ -1208,7 +1482,11 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
             _act_backward(out, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
         elif not _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
                                 nontrain, acts, acc):  # fmt: skip
-            raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
+            handled, value = _conv_backward(kinds[_CONV], kind, inp, out, g, dx, need_dx, row,
+                                            layer_f[l], params, grads, acts, n)  # fmt: skip
+            if not handled:
+                raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
+            penalty += value
     return penalty
 
 
@@ -1218,11 +1496,15 @@ def _penalty_stack(params, layers, layer_f):
     total = 0.0
     for l in range(layers.shape[0]):
         l1, l2 = layer_f[l, _F_L1], layer_f[l, _F_L2]
-        if layers[l, _P_KIND] == _DENSE and (l1 != 0 or l2 != 0):
+        kind = layers[l, _P_KIND]
+        if (kind == _DENSE or kind == _CONV2D) and (l1 != 0 or l2 != 0):
             w0 = layers[l, _P_W0]
+            size = layers[l, _P_IN2] * layers[l, _P_OUT2]
+            if kind == _CONV2D:
+                size *= layers[l, _P_KH] * layers[l, _P_KW]
             s1 = 0.0
             s2 = 0.0
-            for k in range(w0, w0 + layers[l, _P_IN2] * layers[l, _P_OUT2]):
+            for k in range(w0, w0 + size):
                 v = np.float64(params[k])
                 s1 += np.abs(v)
                 s2 += v * v

@@ -41,8 +41,9 @@ OPS = (
     "mean_absolute_error", "loss_grad", "l1l2_penalty",
     "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     "optimizer_update", "batchnorm_forward", "batchnorm_backward", "normalization_forward",
-    "normalization_backward", "forward_stack", "backward_stack", "train_step", "eval_step",
-    "batch_stats", "run_epoch",
+    "normalization_backward", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+    "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "forward_stack",
+    "backward_stack", "train_step", "eval_step", "batch_stats", "run_epoch",
 )  # fmt: skip
 
 # ---------------------------------------------------------------------------------------
@@ -464,6 +465,148 @@ def normalization_backward(variance, dout, dx):
 
 
 # ---------------------------------------------------------------------------------------
+# Convolution and pooling on channels-last images: x (N, H, W, C), outputs (N, HO, WO, F)
+# or (N, HO, WO, C).  A window's output (oy, ox) reads the input rows oy*sh - pad_top + ky,
+# ky < KH, and columns ox*sw - pad_left + kx, kx < KW; positions outside the image are
+# zeros for the convolution and skipped by the pooling (TensorFlow's "same" padding).
+
+
+def _padded_image(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left):
+    """x zero-padded so that every window of the (ho, wo) output lies inside it."""
+    n, h, w, c = x.shape
+    hp = max((ho - 1) * sh + kh, h + pad_top)
+    wp = max((wo - 1) * sw + kw, w + pad_left)
+    xp = np.zeros((n, hp, wp, c), dtype=x.dtype)
+    xp[:, pad_top : pad_top + h, pad_left : pad_left + w] = x
+    return xp
+
+
+def _window(xp, ky, kx, ho, wo, sh, sw):
+    """The (N, ho, wo, C) inputs that position (ky, kx) of every window reads."""
+    return xp[:, ky : ky + (ho - 1) * sh + 1 : sh, kx : kx + (wo - 1) * sw + 1 : sw]
+
+
+def im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
+    """cols (N*HO*WO, KH*KW*C): row (n, oy, ox) holds the window of output (oy, ox), in
+    (ky, kx, c) order (that of the kernel's (KH, KW, C, F) axes)."""
+    c = x.shape[3]
+    xp = _padded_image(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left)
+    view = cols.reshape(x.shape[0], ho, wo, kh, kw, c)
+    for ky in range(kh):
+        for kx in range(kw):
+            view[:, :, :, ky, kx, :] = _window(xp, ky, kx, ho, wo, sh, sw)
+
+
+def col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
+    """dx (N, H, W, C) = the sum of each column entry into the input position it came from
+    (the adjoint of im2col)."""
+    n, h, w, c = dx.shape
+    dxp = np.zeros_like(_padded_image(dx, ho, wo, kh, kw, sh, sw, pad_top, pad_left))
+    view = cols.reshape(n, ho, wo, kh, kw, c)
+    for ky in range(kh):
+        for kx in range(kw):
+            _window(dxp, ky, kx, ho, wo, sh, sw)[...] += view[:, :, :, ky, kx, :]
+    dx[...] = dxp[:, pad_top : pad_top + h, pad_left : pad_left + w]
+
+
+def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
+    """out = act(conv(x, w) + b).  x (N, H, W, C), w (KH, KW, C, F), b (F,) or empty (no
+    bias), out (N, HO, WO, F); cols (N*HO*WO, KH*KW*C) receives im2col(x), kept for the
+    backward; out = cols @ w.reshape(KH*KW*C, F), already NHWC."""
+    kh, kw, c, f = w.shape
+    _, ho, wo, _ = out.shape
+    im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
+    flat = out.reshape(-1, f)
+    np.dot(cols, w.reshape(-1, f), out=flat)
+    if b.shape[0]:
+        flat += b
+    activation_forward(flat, flat, act, alpha)
+
+
+def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad_top, pad_left,
+                    need_dx):  # fmt: skip
+    """Gradients of conv2d_forward given y = out, dout = dL/dout (N, HO, WO, F) and cols =
+    im2col(x) of the forward.  dz (N, HO, WO, F) = dout * act'(.) (may alias dout); db (F,)
+    = sum dz (when db is not empty); dw (KH, KW, C, F) = cols.T @ dz; with ``need_dx``: cols
+    is overwritten by dz @ w.T and dx (N, H, W, C) = col2im(cols)."""
+    kh, kw, c, f = w.shape
+    _, ho, wo, _ = y.shape
+    flat_dz = dz.reshape(-1, f)
+    activation_backward(y.reshape(-1, f), dout.reshape(-1, f), flat_dz, act, alpha)
+    if db.shape[0]:
+        np.sum(flat_dz, axis=0, out=db)
+    np.dot(cols.T, flat_dz, out=dw.reshape(-1, f))
+    if need_dx:
+        np.dot(flat_dz, w.reshape(-1, f).T, out=cols)
+        col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
+
+
+def _pool_windows(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left, fill):
+    """(KH*KW, N, HO, WO, C): each window position's inputs (``fill`` outside the image)
+    and a matching mask of the positions inside it."""
+    xp = _padded_image(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left)
+    inside = _padded_image(np.ones_like(x[:1, :, :, :1]), ho, wo, kh, kw, sh, sw, pad_top,
+                           pad_left) > 0  # fmt: skip
+    vals = np.stack([_window(xp, ky, kx, ho, wo, sh, sw) for ky in range(kh) for kx in range(kw)])
+    mask = np.stack(
+        [_window(inside, ky, kx, ho, wo, sh, sw) for ky in range(kh) for kx in range(kw)]
+    )
+    return np.where(mask, vals, fill), mask
+
+
+def maxpool2d_forward(x, argmax, out, kh, kw, sh, sw, pad_top, pad_left):
+    """out = the maximum of each window of each channel, over positions inside the image;
+    argmax (N, HO, WO, C) receives the first maximum's window position ky*KW + kx (as a
+    float).  x (N, H, W, C), out (N, HO, WO, C)."""
+    _, ho, wo, _ = out.shape
+    vals, _ = _pool_windows(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left, -np.inf)
+    pos = np.argmax(vals, axis=0)
+    argmax[...] = pos
+    out[...] = np.take_along_axis(vals, pos[None], axis=0)[0]
+
+
+def maxpool2d_backward(argmax, dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """dx (N, H, W, C) = the sum of dout (N, HO, WO, C) into each window's maximum."""
+    n, h, w, c = dx.shape
+    _, ho, wo, _ = dout.shape
+    dxp = np.zeros_like(_padded_image(dx, ho, wo, kh, kw, sh, sw, pad_top, pad_left))
+    for ky in range(kh):
+        for kx in range(kw):
+            hit = argmax == ky * kw + kx
+            _window(dxp, ky, kx, ho, wo, sh, sw)[...] += np.where(hit, dout, 0)
+    dx[...] = dxp[:, pad_top : pad_top + h, pad_left : pad_left + w]
+
+
+def _window_counts(shape, ho, wo, kh, kw, sh, sw, pad_top, pad_left):
+    """(HO, WO, 1): the number of positions of each window inside the image."""
+    ones = np.ones((1, *shape[1:3], 1))
+    _, mask = _pool_windows(ones, ho, wo, kh, kw, sh, sw, pad_top, pad_left, 0.0)
+    return mask.sum(axis=0)[0]
+
+
+def avgpool2d_forward(x, out, kh, kw, sh, sw, pad_top, pad_left):
+    """out = the mean of each window of each channel over its positions inside the image.
+    x (N, H, W, C), out (N, HO, WO, C)."""
+    _, ho, wo, _ = out.shape
+    vals, _ = _pool_windows(x, ho, wo, kh, kw, sh, sw, pad_top, pad_left, 0)
+    count = _window_counts(x.shape, ho, wo, kh, kw, sh, sw, pad_top, pad_left)
+    np.copyto(out, vals.sum(axis=0) / count.astype(x.dtype), casting="same_kind")
+
+
+def avgpool2d_backward(dout, dx, kh, kw, sh, sw, pad_top, pad_left):
+    """dx (N, H, W, C): each window's dout / count spread over its positions in the image."""
+    n, h, w, c = dx.shape
+    _, ho, wo, _ = dout.shape
+    count = _window_counts(dx.shape, ho, wo, kh, kw, sh, sw, pad_top, pad_left)
+    share = (dout / count.astype(dout.dtype)).astype(dout.dtype)
+    dxp = np.zeros_like(_padded_image(dx, ho, wo, kh, kw, sh, sw, pad_top, pad_left))
+    for ky in range(kh):
+        for kx in range(kw):
+            _window(dxp, ky, kx, ho, wo, sh, sw)[...] += share
+    dx[...] = dxp[:, pad_top : pad_top + h, pad_left : pad_left + w]
+
+
+# ---------------------------------------------------------------------------------------
 # A plan of layers over flat buffers (layout: kernels/codes.py, built by fastnn._plan).
 #
 # plan = (layers, layer_f, kinds): layers (L, P_COLS) int64, layer_f (L, F_COLS) float64,
@@ -538,8 +681,75 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
     elif kind == C.NORMALIZATION:
         normalization_forward(inp, _vec(nontrain, int(row[C.P_S0]), width),
                               _vec(nontrain, int(row[C.P_S1]), width), out)  # fmt: skip
+    elif kind in _CONV_KINDS:
+        _conv_family_forward(row, f, params, acts, inp, out, n)
     else:
         raise ValueError(f"unknown layer kind {kind} (layer {l})")
+
+
+_CONV_KINDS = (C.CONV2D, C.MAXPOOL2D, C.AVGPOOL2D, C.GLOBAL_AVGPOOL2D, C.GLOBAL_MAXPOOL2D)
+
+
+def _images(a, row, first, n):
+    """A (rows, width) view of a plan row's input (first = P_IN0) or output as (N, H, W, C)."""
+    return a.reshape(n, int(row[first]), int(row[first + 1]), int(row[first + 2]))
+
+
+def _window_args(row):
+    return tuple(int(row[c]) for c in (C.P_KH, C.P_KW, C.P_SH, C.P_SW, C.P_PAD_TOP,
+                                        C.P_PAD_LEFT))  # fmt: skip
+
+
+def _conv_weights(buf, row):
+    """(kernel (KH, KW, C, F), bias (F,) or empty) of a Conv2D row in params or grads."""
+    kh, kw = int(row[C.P_KH]), int(row[C.P_KW])
+    c, f = int(row[C.P_IN2]), int(row[C.P_OUT2])
+    w0 = int(row[C.P_W0])
+    return buf[w0 : w0 + kh * kw * c * f].reshape(kh, kw, c, f), _vec(buf, int(row[C.P_W1]), f)
+
+
+def _saved(acts, row, n, per_sample_cols):
+    out_pixels = int(row[C.P_OUT0] * row[C.P_OUT1])
+    return _mat(acts, int(row[C.P_SAVE_OFF]), n * out_pixels, per_sample_cols)
+
+
+def _conv_family_forward(row, f, params, acts, inp, out, n):
+    """A convolution or pooling row's forward (see layer_forward)."""
+    kind, (kh, kw, sh, sw, pt, pl) = int(row[C.P_KIND]), _window_args(row)
+    x, y = _images(inp, row, C.P_IN0, n), _images(out, row, C.P_OUT0, n)
+    if kind == C.CONV2D:
+        w, b = _conv_weights(params, row)
+        cols = _saved(acts, row, n, kh * kw * int(row[C.P_IN2]))
+        conv2d_forward(x, w, b, cols, y, int(row[C.P_ACT]), f[C.F_ALPHA], sh, sw, pt, pl)
+    elif kind in (C.MAXPOOL2D, C.GLOBAL_MAXPOOL2D):
+        argmax = _saved(acts, row, n, int(row[C.P_OUT2])).reshape(y.shape)
+        maxpool2d_forward(x, argmax, y, kh, kw, sh, sw, pt, pl)
+    else:
+        avgpool2d_forward(x, y, kh, kw, sh, sw, pt, pl)
+
+
+def _conv_family_backward(row, f, net, acts, inp, out, g, dx, n, need_dx):
+    """A convolution or pooling row's backward (see layer_backward)."""
+    params, grads = net[0], net[1]
+    kind, (kh, kw, sh, sw, pt, pl) = int(row[C.P_KIND]), _window_args(row)
+    y, dout = _images(out, row, C.P_OUT0, n), _images(g, row, C.P_OUT0, n)
+    dxi = _images(dx, row, C.P_IN0, n)
+    if kind == C.CONV2D:
+        w, _ = _conv_weights(params, row)
+        dw, db = _conv_weights(grads, row)
+        cols = _saved(acts, row, n, kh * kw * int(row[C.P_IN2]))
+        conv2d_backward(_images(inp, row, C.P_IN0, n), w, y, dout, cols, dout, dxi, dw, db,
+                        int(row[C.P_ACT]), f[C.F_ALPHA], sh, sw, pt, pl, int(need_dx))  # fmt: skip
+        if f[C.F_L1] or f[C.F_L2]:
+            return l1l2_penalty(w, dw, f[C.F_L1], f[C.F_L2])
+    elif not need_dx:
+        pass
+    elif kind in (C.MAXPOOL2D, C.GLOBAL_MAXPOOL2D):
+        argmax = _saved(acts, row, n, int(row[C.P_OUT2])).reshape(y.shape)
+        maxpool2d_backward(argmax, dout, dxi, kh, kw, sh, sw, pt, pl)
+    else:
+        avgpool2d_backward(dout, dxi, kh, kw, sh, sw, pt, pl)
+    return 0.0
 
 
 def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
@@ -581,6 +791,8 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
         )  # fmt: skip
     elif kind == C.NORMALIZATION:
         normalization_backward(_vec(nontrain, int(row[C.P_S1]), width), g, dx)
+    elif kind in _CONV_KINDS:
+        return _conv_family_backward(row, f, net, acts, inp, out, g, dx, n, dx_off >= 0)
     else:
         raise ValueError(f"unknown layer kind {kind} (layer {l})")
     return 0.0
@@ -633,9 +845,11 @@ def penalty_stack(params, plan):
     total = 0.0
     for l in range(layers.shape[0]):
         l1, l2 = layer_f[l, C.F_L1], layer_f[l, C.F_L2]
-        if layers[l, C.P_KIND] == C.DENSE and (l1 or l2):
+        if layers[l, C.P_KIND] in (C.DENSE, C.CONV2D) and (l1 or l2):
             row = layers[l]
             size = int(row[C.P_IN2] * row[C.P_OUT2])
+            if row[C.P_KIND] == C.CONV2D:
+                size *= int(row[C.P_KH] * row[C.P_KW])
             w = params[int(row[C.P_W0]) : int(row[C.P_W0]) + size]
             total += l1 * float(np.abs(w).sum(dtype=np.float64)) + l2 * float(
                 np.square(w, dtype=np.float64).sum()

@@ -252,3 +252,32 @@ def test_batchnorm_baselines_train_the_same_network(other):
         mm, mv = net.model.layers[1].get_weights()[2:]
         np.testing.assert_allclose(mm, ref.moving[0][0], rtol=0, atol=tol)
         np.testing.assert_allclose(mv, ref.moving[0][1], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("net", ["lenet", "convnet"])
+def test_cnn_baselines_train_the_same_network(net):
+    """The CNN benchmark networks: PyTorch's NCHW model, given fastnn's weights in its own
+    layout, takes the same three Adam steps as fastnn (float32) and the NumPy baseline."""
+    from fastnn.bench import cnn
+
+    pytest.importorskip("torch")
+    impls = cnn.make_cnn_impls(net, ["numpy"], {"numpy": None, "torch": None})
+    batch = cnn.CNNS[net][1]
+    for seed in range(3):
+        x, y = B.synthetic_data(batch, 784, 10, seed=seed)
+        losses = {name: impl.train_step(*bench._batch_for(impl, x, y))
+                  for name, impl in impls.items()}  # fmt: skip
+        assert losses["torch"] == pytest.approx(losses["numpy"], rel=1e-4), losses
+        assert losses["fastnn-numpy"] == losses["numpy"]
+    probe = cnn.TorchCNN(net, impls["numpy"].get_weights())  # fastnn's trained weights in
+    for a, b in zip(probe.model.parameters(), impls["torch"].model.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), atol=1e-4)
+
+
+def test_bench_runs_the_cnns(tmp_path, capsys):
+    args = ["bench", "--quick", "--networks", "lenet", "convnet", "--threads", "1",
+            "--backends", "numpy", "--baselines", "numpy", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "lenet 28x28x1 c6k5-p2-c16k5-p2-120-84-10 b32" in out
+    assert "convnet 28x28x1 c32k3-p2-c64k3-p2-10 b128" in out

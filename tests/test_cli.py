@@ -469,3 +469,31 @@ def test_help_shows_each_option_with_its_default(capsys):
     lines = capsys.readouterr().out.splitlines()
     examples = [line for line in lines if line.startswith("fastnn ")]
     assert len(examples) >= 4  # one example per line
+
+
+def test_train_a_cnn_on_digit_images_then_evaluate_and_predict(tmp_path, capsys):
+    """--model cnn: the keras.io convnet on the digits as 8x8x1 images; the saved model
+    evaluates and predicts from the flattened rows the other commands read."""
+    path = tmp_path / "cnn.fnn"
+    code, out, err = _run(capsys, "train", "--model", "cnn", "--epochs", "2", "--save",
+                          str(path))  # fmt: skip
+    assert code == 0, err
+    assert float(_value(out, "accuracy")) > 0.8
+    model = fastnn.load_model(path)
+    assert [type(lay).__name__ for lay in model.layers][:3] == [
+        "Normalization", "Conv2D", "MaxPooling2D"]  # fmt: skip
+    assert model.input_shape == (8, 8, 1)
+    code, out2, err = _run(capsys, "evaluate", str(path))
+    assert code == 0, err
+    assert _value(out2, "accuracy") == _value(out, "accuracy")
+    (_, _), (x_test, _) = datasets.load_digits(normalize=False)
+    np.save(tmp_path / "x.npy", x_test[:5])
+    code, _, err = _run(capsys, "predict", str(path), "--input", str(tmp_path / "x.npy"),
+                        "--output", str(tmp_path / "y.npy"))  # fmt: skip
+    assert code == 0, err
+    want = model.predict(x_test[:5].reshape(5, 8, 8, 1))
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_cnn_needs_square_images(capsys):
+    _refused(capsys, "train", "--model", "cnn", "--dataset", "iris", words=("--model cnn",))

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastnn import datasets
+from fastnn import backend, datasets
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 RUNS = {
@@ -19,7 +19,11 @@ RUNS = {
     "gradcheck_walkthrough": [],
     "two_layer_loop": [],
     "mnist_mlp_idx": ["--mnist", "{mnist}"],
+    # the compiled default backend: the NumPy reference's im2col takes minutes for 30 epochs
+    "mnist_convnet": ["--backend", "{compiled}"],
+    "mnist_convnet_idx": ["--mnist", "{mnist}"],
 }
+COMPILED = next((b for b in ("cython", "numba") if b in backend.available()), "numpy")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ def runs(tmp_path_factory):
         script = EXAMPLES / (name.replace("_idx", "") + ".py")
         cwd = root / name
         cwd.mkdir()
-        args = [a.format(mnist=mnist) for a in extra]
+        args = [a.format(mnist=mnist, compiled=COMPILED) for a in extra]
         procs[name] = (
             subprocess.Popen(
                 [sys.executable, str(script), "--smoke", *args],
@@ -103,3 +107,15 @@ def test_two_layers_stepped_separately_match_one_call(runs):
     out, _ = _ok(runs, "two_layer_loop")
     assert _number(out, "max weight difference vs one step call") == 0.0
     assert float(out.split("train MSE ")[1].split()[0]) <= 0.05
+
+
+def test_digits_convnet_reaches_098(runs):
+    out, _ = _ok(runs, "mnist_convnet")
+    assert "images of shape (8, 8, 1)" in out
+    assert _number(out, "test accuracy") >= 0.98
+
+
+def test_convnet_on_idx_files(runs):
+    out, _ = _ok(runs, "mnist_convnet_idx")
+    assert "MNIST: 40 train / 10 test images of shape (28, 28, 1)" in out
+    assert 0 <= _number(out, "test accuracy") <= 1

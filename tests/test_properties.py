@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import fastnn
@@ -419,6 +419,73 @@ def test_normalization_kernels(backend, r, c, dtype, seed, scale):
         backend, "normalization_backward", [var, dout, empty((r, c), dtype)], [], 2
     )
     close(g_arr[2], r_arr[2], dtype, factor=4, what="backward")
+
+
+# ---------------------------------------------------------------------------------------
+# Convolution and pooling (NHWC)
+
+small = st.integers(1, 9)
+windows = st.sampled_from([1, 2, 3, 5])
+strides = st.integers(1, 3)
+paddings = st.sampled_from(["valid", "same"])
+
+
+def _conv_geometry(h, w, kh, kw, sh, sw, padding):
+    from fastnn.layers.convolutional import output_size
+
+    (ho, pt), (wo, pl) = output_size(h, kh, sh, padding), output_size(w, kw, sw, padding)
+    assume(ho > 0 and wo > 0)
+    return ho, wo, pt, pl
+
+
+@FAST
+@given(n=st.integers(1, 3), h=small, w=small, c=st.integers(1, 4), f=st.integers(1, 4),
+       kh=windows, kw=windows, sh=strides, sw=strides, padding=paddings, dtype=dtypes,
+       seed=seeds, scale=scales, act=acts, bias=st.booleans())  # fmt: skip
+def test_conv2d_kernels(backend, n, h, w, c, f, kh, kw, sh, sw, padding, dtype, seed, scale,
+                        act, bias):  # fmt: skip
+    ho, wo, pt, pl = _conv_geometry(h, w, kh, kw, sh, sw, padding)
+    x = rand(seed, (n, h, w, c), dtype, scale)
+    wt = rand(seed + 1, (kh, kw, c, f), dtype)
+    b = rand(seed + 2, (f if bias else 0,), dtype)
+    cols = empty((n * ho * wo, kh * kw * c), dtype)
+    arrays = [x, wt, b, cols, empty((n, ho, wo, f), dtype)]
+    geo = [sh, sw, pt, pl]
+    _, r_arr, _, g_arr = run(backend, "conv2d_forward", arrays, [act, 0.1, *geo], 3)
+    k = kh * kw * c
+    close(g_arr[3], r_arr[3], dtype, what="cols")
+    close(g_arr[4], r_arr[4], dtype, factor=4 * k, what="out")
+    dout = rand(seed + 3, (n, ho, wo, f), dtype)
+    arrays = [x, wt, r_arr[4], dout, r_arr[3].copy(), empty(dout.shape, dtype),
+              empty(x.shape, dtype), empty(wt.shape, dtype), empty(b.shape, dtype)]  # fmt: skip
+    _, r_arr, _, g_arr = run(backend, "conv2d_backward", arrays, [act, 0.1, *geo, 1], 4)
+    m = n * ho * wo
+    for i, what, red in ((5, "dz", 1), (6, "dx", kh * kw * f), (7, "dw", m), (8, "db", m)):
+        assert np.isfinite(g_arr[i]).all() or not np.isfinite(r_arr[i]).all(), what
+        close(g_arr[i], r_arr[i], dtype, factor=4 * red, what=what)
+
+
+@FAST
+@given(n=st.integers(1, 3), h=small, w=small, c=st.integers(1, 5), kh=windows, kw=windows,
+       sh=strides, sw=strides, padding=paddings, dtype=dtypes, seed=seeds,
+       scale=scales)  # fmt: skip
+def test_pooling_kernels(backend, n, h, w, c, kh, kw, sh, sw, padding, dtype, seed, scale):
+    ho, wo, pt, pl = _conv_geometry(h, w, kh, kw, sh, sw, padding)
+    x = rand(seed, (n, h, w, c), dtype, scale)
+    dout = rand(seed + 1, (n, ho, wo, c), dtype)
+    geo = [kh, kw, sh, sw, pt, pl]
+    out = (n, ho, wo, c)
+    _, r_arr, _, g_arr = run(backend, "maxpool2d_forward", [x, empty(out, dtype),
+                                                            empty(out, dtype)], geo, 1)  # fmt: skip
+    np.testing.assert_array_equal(g_arr[1], r_arr[1])
+    np.testing.assert_array_equal(g_arr[2], r_arr[2])
+    _, r_b, _, g_b = run(backend, "maxpool2d_backward", [r_arr[1], dout, empty(x.shape, dtype)],
+                         geo, 2)  # fmt: skip
+    close(g_b[2], r_b[2], dtype, factor=kh * kw, what="maxpool dx")
+    _, r_arr, _, g_arr = run(backend, "avgpool2d_forward", [x, empty(out, dtype)], geo, 1)
+    close(g_arr[1], r_arr[1], dtype, factor=kh * kw, what="avgpool out")
+    _, r_arr, _, g_arr = run(backend, "avgpool2d_backward", [dout, empty(x.shape, dtype)], geo, 1)
+    close(g_arr[1], r_arr[1], dtype, factor=kh * kw, what="avgpool dx")
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .baselines import NETWORKS, network_label, network_sizes, synthetic_data
+from .baselines import CNN, NETWORKS, network_label, network_sizes, synthetic_data
 
 #: fastnn backends benchmarked by default (the compiled CPU ones that load).
 COMPILED_BACKENDS = ("numba", "cython")
@@ -64,7 +64,8 @@ def add_parser(sub) -> None:
         default=None,
         help=(
             "a: 784-128-10 b64, d: 64-64-10 b32, c: 784-1024-1024-10 b256, bn: 784-256-10 b64 "
-            "with BatchNormalization before the hidden ReLU (default a d c)"
+            "with BatchNormalization before the hidden ReLU; lenet, convnet: CNNs on 28x28x1 "
+            "images (fastnn.bench.cnn) (default a d c)"
         ),
     )
     p.add_argument(
@@ -270,6 +271,10 @@ def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
     """name -> object with train_step/train_epoch, all starting from the same weights."""
     from . import baselines as B
 
+    if net in B.CNN:
+        from .cnn import make_cnn_impls
+
+        return make_cnn_impls(net, backends, baselines, seed)
     sizes = network_sizes(net)
     bn = net in B.BATCHNORM
     weights = B.glorot_weights(sizes, seed, batchnorm=bn)
@@ -759,7 +764,10 @@ def run(args) -> dict:
     for net in cfg["networks"]:
         batch = NETWORKS[net][3]
         impls = {} if args.isolate else make_impls(net, backends, mods)
-        names = [f"fastnn-{be}" for be in backends] + list(mods)
+        # the CNNs have no JAX baseline (fastnn.bench.cnn)
+        names = [f"fastnn-{be}" for be in backends] + [
+            m for m in mods if not (net in CNN and m == "jax")
+        ]
         for threads in cfg["threads"]:
             if args.isolate:
                 runners = start_workers(names, net, threads)

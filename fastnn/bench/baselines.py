@@ -23,7 +23,12 @@ NETWORKS = {
     "d": (64, (64,), 10, 32),
     "c": (784, (1024, 1024), 10, 256),
     "bn": (784, (256,), 10, 64),
+    # convolutional networks on 28x28x1 images fed as rows of 784 (fastnn.bench.cnn)
+    "lenet": (784, (), 10, 32),
+    "convnet": (784, (), 10, 128),
 }
+#: The convolutional networks (their layers: fastnn.bench.cnn.CNNS).
+CNN = frozenset({"lenet", "convnet"})
 #: Networks whose hidden Dense layers feed a batch normalisation before the ReLU.
 BATCHNORM = frozenset({"bn"})
 BN_MOMENTUM, BN_EPSILON = 0.99, 1e-3
@@ -40,6 +45,10 @@ def network_sizes(name: str) -> list[int]:
 
 def network_label(name: str) -> str:
     """E.g. ``a 784-128-10 b64``; ``bn 784-256bn-10 b64`` with batch normalisation."""
+    if name in CNN:
+        from .cnn import label
+
+        return label(name)
     _, _, _, batch = NETWORKS[name]
     sizes = [str(s) for s in network_sizes(name)]
     if name in BATCHNORM:

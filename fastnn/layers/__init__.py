@@ -1,5 +1,5 @@
-"""Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, and the views
-Flatten and Input.
+"""Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, Conv2D, the
+pooling layers, and the views Flatten and Input.
 
 Inside a :class:`fastnn.Sequential` the model runs every layer in one compiled call and the
 layers' weights are views into the model's flat buffers.  On their own, layers are the
@@ -13,6 +13,7 @@ low-level API for hand-written training loops::
 from __future__ import annotations
 
 from .base import Layer, WeightSpec, float_dtype
+from .convolutional import Conv2D
 from .core import (
     Activation,
     Dense,
@@ -25,6 +26,12 @@ from .core import (
     Softmax,
 )
 from .normalization import BatchNormalization, Normalization
+from .pooling import (
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+)
 
 LAYER_CLASSES = {
     cls.__name__: cls
@@ -39,18 +46,28 @@ LAYER_CLASSES = {
         Softmax,
         BatchNormalization,
         Normalization,
+        Conv2D,
+        MaxPooling2D,
+        AveragePooling2D,
+        GlobalAveragePooling2D,
+        GlobalMaxPooling2D,
     )
 }
 
 __all__ = [
     "Activation",
+    "AveragePooling2D",
     "BatchNormalization",
+    "Conv2D",
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
     "Input",
     "Layer",
     "LeakyReLU",
+    "MaxPooling2D",
     "Normalization",
     "ReLU",
     "Reshape",
