@@ -19,7 +19,7 @@ from ._checks import as_array, as_float, check_finite
 from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
 from .kernels import codes
-from .layers import Dropout, Flatten, Input, Layer, float_dtype
+from .layers import Dropout, Embedding, Flatten, Input, Layer, float_dtype
 from .layers.base import check_weight_list, sample_shape, size_of
 
 
@@ -90,6 +90,16 @@ def _shape_mismatch(arg, got, shape) -> str:
     elif len(shape) == 1 and size_of(got[1:]) == shape[0]:
         msg += f"; flatten the samples: {arg}.reshape(len({arg}), -1)"
     return msg
+
+
+def _backend_runs(name: str, kind: int) -> bool:
+    """Whether backend ``name`` loads here and runs layer kind ``kind``."""
+    try:
+        module = _backend.load(name)
+    except Exception:  # a backend that cannot load runs nothing here
+        return False
+    supported = getattr(module, "KINDS", None)
+    return supported is None or kind in supported
 
 
 def check_int(value, arg: str, low: int = 1) -> int:
@@ -250,7 +260,12 @@ class Sequential:
                 f"input_shape must be {declared} (declared by the model's input), got {shape}"
             )
         current = shape
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Embedding) and i > 0:
+                raise ValueError(
+                    f"an Embedding layer must be the model's first layer (it reads token ids), "
+                    f"got {layer.name!r} at position {i}"
+                )
             layer.build(current, self.dtype, self._init_rng, self.backend_name)
             current = layer.output_shape
         if len(current) != 1:
@@ -272,7 +287,7 @@ class Sequential:
             if layer.kind is not None and layer.kind not in supported:
                 others = [
                     name for name in ("cython", "numba", "numpy")
-                    if name != self.backend_name
+                    if name != self.backend_name and _backend_runs(name, layer.kind)
                 ]  # fmt: skip
                 raise ValueError(
                     f"the {self.backend_name} backend cannot run layer {layer.name!r} "
@@ -451,6 +466,8 @@ class Sequential:
     def _features(self, x, arg="x"):
         """x as the (N, input size) array the kernels read, checked against the model's
         input shape (building the model from x's sample shape when none is declared)."""
+        if self.layers and isinstance(self.layers[0], Embedding):
+            return self._token_ids(x, arg)
         eng = self._engine
         if (
             eng is not None
@@ -468,6 +485,22 @@ class Sequential:
         if shape is None:
             self.build(sample)
         return x
+
+    def _token_ids(self, x, arg):
+        """Token ids for a model that starts with Embedding: checked (integers in range,
+        the model's timesteps) once per call and encoded for the batch buffers."""
+        layer = self.layers[0]
+        ids = layer.check_ids(x, arg)
+        if ids.ndim != 2 or 0 in ids.shape:
+            raise ValueError(
+                f"{arg} must hold token ids of shape (N, timesteps) with N >= 1, got {ids.shape}"
+            )
+        shape = self.input_shape if self._maybe_build() else None
+        if shape is None:
+            self.build(ids.shape[1:])
+        elif ids.shape[1:] != tuple(shape):
+            raise ValueError(_shape_mismatch(arg, ids.shape, shape))
+        return layer.encode_ids(ids, self.dtype, arg)
 
     def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x", y_arg="y"):
         """Validates and converts (x, y, weights) once, before any kernel runs."""

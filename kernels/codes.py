@@ -15,7 +15,12 @@ DROPOUT = 1
 ACTIVATION = 2
 BATCHNORM = 3
 NORMALIZATION = 4
-N_KINDS = 5
+# 5..9: convolution and pooling kinds
+EMBEDDING = 10
+SIMPLE_RNN = 11
+LSTM = 12
+GRU = 13
+N_KINDS = 14
 
 # Families of kinds.  The Numba backend runs every family but the core one in a function
 # that takes the family's slot of the plan's kinds marker (``kinds_marker``): when the slot
@@ -26,7 +31,17 @@ NORM = 1  # BatchNormalization, Normalization
 CONV = 2  # convolution and pooling
 RNN = 3  # embedding and recurrent layers
 #: Family of each kind, by kind code.
-KIND_FAMILY = {DENSE: CORE, DROPOUT: CORE, ACTIVATION: CORE, BATCHNORM: NORM, NORMALIZATION: NORM}
+KIND_FAMILY = {
+    DENSE: CORE,
+    DROPOUT: CORE,
+    ACTIVATION: CORE,
+    BATCHNORM: NORM,
+    NORMALIZATION: NORM,
+    EMBEDDING: RNN,
+    SIMPLE_RNN: RNN,
+    LSTM: RNN,
+    GRU: RNN,
+}
 #: Length of the kinds marker: room for the families to come.
 FAMILY_SLOTS = 8
 
@@ -50,6 +65,15 @@ P_DX_OFF = 18  # gbuf: dL/d(input) (-1: not needed, the first layer with weights
 P_BACKWARD = 19  # 1 if this layer's backward runs (it or a layer before it has weights)
 P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5 = 20, 21, 22, 23, 24, 25  # per-kind ints
 P_FROZEN = P_ARG0  # BatchNormalization: 1 when frozen (trainable=False: inference mode)
+# Embedding: input (1, 1, T) of token ids, output (1, T, E); W0 the (V, E) table.
+P_VOCAB = P_ARG0  # Embedding: input_dim V (ids must lie in [0, V))
+# SimpleRNN / LSTM / GRU: input (1, T, F), output (1, T, U) with return_sequences else
+# (1, 1, U); W0 kernel (F, G), W1 recurrent kernel (U, G), W2 bias (G,) (GRU: (2, G)),
+# G = U, 4U (gates i, f, c, o) or 3U (gates z, r, h); P_ACT is the activation; P_SAVE_OFF
+# the workspace in acts (layout: rnn_layout in reference.py).
+P_RETURN_SEQ = P_ARG0  # 1 with return_sequences
+P_UNITS = P_ARG1  # U
+P_REC_ACT = P_ARG2  # LSTM/GRU: activation code of the gates (recurrent_activation)
 P_COLS = 26
 
 F_ALPHA = 0  # negative slope of leaky_relu

@@ -168,7 +168,7 @@ _P_W0, _P_W1, _P_S0, _P_S1 = C.P_W0, C.P_W1, C.P_S0, C.P_S1
 _P_DOUT_OFF, _P_DX_OFF, _P_BACKWARD = C.P_DOUT_OFF, C.P_DX_OFF, C.P_BACKWARD
 _F_ALPHA, _F_L1, _F_L2, _F_RATE = C.F_ALPHA, C.F_L1, C.F_L2, C.F_RATE
 _F_MOMENTUM, _F_EPSILON, _NORM_EPS = C.F_MOMENTUM, C.F_EPSILON, C.NORM_EPS
-_NORM, _P_FROZEN = C.NORM, C.P_FROZEN
+_NORM, _RNN, _P_FROZEN = C.NORM, C.RNN, C.P_FROZEN
 _SOFTMAX_CE, _SPARSE_SOFTMAX_CE, _SIGMOID_BCE = C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE
 _CATEGORICAL_CE, _BINARY_CE, _MSE, _MAE = C.CATEGORICAL_CE, C.BINARY_CE, C.MSE, C.MAE
 _SGD, _MOMENTUM, _ADAGRAD, _RMSPROP, _ADAM = C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM
@@ -1137,8 +1137,10 @@ def forward_stack(x, plan, net, work, training, seed, step):
                 _copy(inp, out)
         elif kind == _ACTIVATION:
             activation_forward(inp, out, act, layer_f[l, _F_ALPHA])
-        elif not _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
-                               acts, acc, training):  # fmt: skip
+        elif _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
+                           acts, acc, training):  # fmt: skip
+            pass
+        elif not rnn_family_forward(kinds[_RNN], kind, inp, out, row, params, acts, n):
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
 
 
@@ -1187,8 +1189,11 @@ def backward_stack(x, plan, net, work, seed, step):
                 _copy(g, dx)
         elif kind == _ACTIVATION:
             _act_backward(out, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
-        elif not _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
-                                nontrain, acts, acc):  # fmt: skip
+        elif _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
+                            nontrain, acts, acc):  # fmt: skip
+            pass
+        elif not rnn_family_backward(kinds[_RNN], kind, inp, g, dx, need_dx, row, params, grads,
+                                     acts, n):  # fmt: skip
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
     return penalty
 
@@ -1420,3 +1425,14 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
         bad += _count_nonfinite(net[3])
         stats[_STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
     return done
+
+
+# The sequence kinds' kernels (their module imports the helpers above).
+from .numba_rnn import (  # noqa: E402, F401 (re-exported: the contract)
+    embedding_backward,
+    embedding_forward,
+    rnn_backward,
+    rnn_family_backward,
+    rnn_family_forward,
+    rnn_forward,
+)

@@ -1,5 +1,5 @@
-"""Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, and the views
-Flatten and Input.
+"""Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, Embedding,
+SimpleRNN, LSTM, GRU, and the views Flatten and Input.
 
 Inside a :class:`fastnn.Sequential` the model runs every layer in one compiled call and the
 layers' weights are views into the model's flat buffers.  On their own, layers are the
@@ -24,7 +24,9 @@ from .core import (
     Reshape,
     Softmax,
 )
+from .embedding import Embedding
 from .normalization import BatchNormalization, Normalization
+from .recurrent import GRU, LSTM, SimpleRNN
 
 LAYER_CLASSES = {
     cls.__name__: cls
@@ -39,6 +41,10 @@ LAYER_CLASSES = {
         Softmax,
         BatchNormalization,
         Normalization,
+        Embedding,
+        SimpleRNN,
+        LSTM,
+        GRU,
     )
 }
 
@@ -47,13 +53,17 @@ __all__ = [
     "BatchNormalization",
     "Dense",
     "Dropout",
+    "Embedding",
     "Flatten",
+    "GRU",
     "Input",
+    "LSTM",
     "Layer",
     "LeakyReLU",
     "Normalization",
     "ReLU",
     "Reshape",
+    "SimpleRNN",
     "Softmax",
     "WeightSpec",
     "float_dtype",

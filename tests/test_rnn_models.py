@@ -1,0 +1,171 @@
+"""Sequence models through the API: three Adam steps == PyTorch (Keras weight layouts and
+gate orders), every backend == the reference, save/load, bad token ids, the refusal of the
+backends that do not run the kinds, and no allocation per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.layers import GRU, LSTM, Dense, Dropout, Embedding, Flatten, SimpleRNN
+from fastnn.optimizers import Adam
+from tests.test_rnn_kernels import SEQ_BACKENDS
+
+N, T, F, V = 6, 5, 3, 11
+
+
+def _seq_data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(N, T, F)), rng.integers(0, 3, size=N)
+
+
+def _token_data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, size=(N, T)), rng.integers(0, 2, size=(N, 1)).astype(float)
+
+
+#: name: (layers builder, data builder, loss)
+CASES = {
+    "simple_rnn": (lambda: [SimpleRNN(5, input_shape=(T, F)), Dense(3, activation="softmax")],
+                   _seq_data, "sparse_categorical_crossentropy"),
+    "lstm_seq": (lambda: [LSTM(5, return_sequences=True, input_shape=(T, F)), Flatten(),
+                          Dense(3, activation="softmax")],
+                 _seq_data, "sparse_categorical_crossentropy"),
+    "gru": (lambda: [GRU(5, input_shape=(T, F)), Dense(3, activation="softmax")], _seq_data,
+            "sparse_categorical_crossentropy"),
+    "stacked": (lambda: [LSTM(4, return_sequences=True, input_shape=(T, F)), Dropout(0.0),
+                         GRU(5, return_sequences=True), SimpleRNN(3),
+                         Dense(3, activation="softmax")],
+                _seq_data, "sparse_categorical_crossentropy"),
+    "embedding_lstm": (lambda: [Embedding(V, 4, input_shape=(T,)), LSTM(5),
+                                Dense(1, activation="sigmoid")],
+                       _token_data, "binary_crossentropy"),
+}  # fmt: skip
+
+
+def _model(name, backend, dtype="float64"):
+    layers, data, loss = CASES[name]
+    model = fastnn.Sequential(layers(), seed=1, backend=backend, dtype=dtype)
+    model.compile(optimizer=Adam(learning_rate=0.05, epsilon=1e-7), loss=loss)
+    return model, data()
+
+
+def _fit3(model, x, y):
+    hist = model.fit(x, y, epochs=3, batch_size=N, shuffle=False, verbose=0)
+    return hist.history["loss"], [w.copy() for w in model.get_weights()]
+
+
+# -- PyTorch ---------------------------------------------------------------------------
+
+
+def _torch_layers(model, torch):
+    """torch modules holding the fastnn model's weights (Keras layout -> torch layout)."""
+    mods = []
+    for layer in model.layers:
+        w = [torch.tensor(a) for a in layer.get_weights()]
+        if isinstance(layer, Embedding):
+            mod = torch.nn.Embedding(*w[0].shape, dtype=w[0].dtype)
+            mod.weight.data[...] = w[0]
+        elif isinstance(layer, (SimpleRNN, LSTM, GRU)):
+            mod = _torch_rnn(layer, w, torch)
+        elif isinstance(layer, Dense):
+            mod = torch.nn.Linear(*w[0].shape, dtype=w[0].dtype)
+            mod.weight.data[...], mod.bias.data[...] = w[0].T, w[1]
+        else:
+            mod = None
+        mods.append((layer, mod))
+    return mods
+
+
+def _torch_rnn(layer, w, torch):
+    kernel, rec, bias = w
+    f, u = kernel.shape[0], layer.units
+    cls = {SimpleRNN: torch.nn.RNN, LSTM: torch.nn.LSTM, GRU: torch.nn.GRU}[type(layer)]
+    mod = cls(f, u, batch_first=True, dtype=kernel.dtype)
+    if isinstance(layer, GRU):  # Keras z, r, h -> torch r, z, n
+        perm = torch.cat([torch.arange(u, 2 * u), torch.arange(u), torch.arange(2 * u, 3 * u)])
+        kernel, rec, b_in, b_rec = kernel[:, perm], rec[:, perm], bias[0][perm], bias[1][perm]
+    else:  # one bias: torch's second bias stays zero and frozen
+        b_in, b_rec = bias, torch.zeros_like(bias)
+        mod.bias_hh_l0.requires_grad_(False)
+    mod.weight_ih_l0.data[...], mod.weight_hh_l0.data[...] = kernel.T, rec.T
+    mod.bias_ih_l0.data[...], mod.bias_hh_l0.data[...] = b_in, b_rec
+    return mod
+
+
+def _torch_forward(mods, x, torch):
+    h = x
+    for layer, mod in mods:
+        if isinstance(layer, Flatten):
+            h = h.reshape(h.shape[0], -1)
+        elif isinstance(layer, (SimpleRNN, LSTM, GRU)):
+            h = mod(h)[0]
+            h = h if layer.return_sequences else h[:, -1]
+        elif mod is not None:
+            h = mod(h)
+    return h
+
+
+def _torch_fit3(mods, x, y, loss, torch):
+    params = [p for _, m in mods if m is not None for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.05, eps=1e-7)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        logits = _torch_forward(mods, x, torch)
+        if loss == "binary_crossentropy":
+            value = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+        else:
+            value = torch.nn.functional.cross_entropy(logits, y)
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
+    return losses
+
+
+def _torch_weights(layer, mod, torch):
+    """The torch module's weights in the fastnn layer's get_weights layout."""
+    if isinstance(layer, Embedding):
+        return [mod.weight.detach().numpy()]
+    if isinstance(layer, Dense):
+        return [mod.weight.detach().numpy().T, mod.bias.detach().numpy()]
+    k, r = mod.weight_ih_l0.detach().numpy().T, mod.weight_hh_l0.detach().numpy().T
+    b_in, b_rec = mod.bias_ih_l0.detach().numpy(), mod.bias_hh_l0.detach().numpy()
+    if isinstance(layer, GRU):
+        u = layer.units
+        perm = np.r_[u : 2 * u, 0:u, 2 * u : 3 * u]  # torch r, z, n -> Keras z, r, h
+        return [k[:, perm], r[:, perm], np.stack([b_in[perm], b_rec[perm]])]
+    return [k, r, b_in + b_rec]
+
+
+@pytest.mark.parametrize("backend", ["numpy", *SEQ_BACKENDS])
+@pytest.mark.parametrize("name", list(CASES))
+def test_three_adam_steps_match_torch(name, backend):
+    torch = pytest.importorskip("torch")
+    model, (x, y) = _model(name, backend)
+    mods = _torch_layers(model, torch)
+    losses, weights = _fit3(model, x, y)
+    loss = CASES[name][2]
+    tx = torch.tensor(x) if name != "embedding_lstm" else torch.tensor(x, dtype=torch.long)
+    ty = torch.tensor(y) if loss == "binary_crossentropy" else torch.tensor(y, dtype=torch.long)
+    want_losses = _torch_fit3(mods, tx, ty, loss, torch)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-9, atol=1e-12)
+    want = [w for layer, m in mods if m is not None for w in _torch_weights(layer, m, torch)]
+    assert len(want) == len(weights)
+    for got, exp in zip(weights, want):
+        np.testing.assert_allclose(got, exp, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", SEQ_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["stacked", "embedding_lstm"])
+def test_training_steps_match_the_reference(name, dtype, backend):
+    ref_model, (x, y) = _model(name, "numpy", dtype)
+    model, _ = _model(name, backend, dtype)
+    want_losses, want = _fit3(ref_model, x, y)
+    losses, got = _fit3(model, x, y)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(losses, want_losses, rtol=tol, atol=tol)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
