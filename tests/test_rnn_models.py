@@ -169,3 +169,121 @@ def test_training_steps_match_the_reference(name, dtype, backend):
     np.testing.assert_allclose(losses, want_losses, rtol=tol, atol=tol)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+# -- API: errors, save/load, refusal, allocation ----------------------------------------
+
+
+def test_bad_token_ids_are_refused_naming_the_largest():
+    model, (x, y) = _model("embedding_lstm", "numpy")
+    bad = x.copy()
+    bad[2, 3] = V + 4
+    with pytest.raises(ValueError, match=rf"largest id {V + 4}\b"):
+        model.fit(bad, y, epochs=1, verbose=0)
+    bad[2, 3] = -1
+    with pytest.raises(ValueError, match=r"\[0, 11\)"):
+        model.predict(bad, verbose=0)
+    with pytest.raises(ValueError, match="integer token ids"):
+        model.predict(x + 0.5, verbose=0)
+    with pytest.raises(TypeError, match="x must be numeric"):
+        model.predict(np.full(x.shape, "a"), verbose=0)
+    with pytest.raises(TypeError, match="integer token ids, got dtype bool"):
+        model.predict(x > 3, verbose=0)
+    with pytest.raises(ValueError, match="must have 5 features per sample"):
+        model.predict(x[:, :4], verbose=0)
+    # float arrays holding integers are ids too (Keras casts them)
+    np.testing.assert_array_equal(
+        model.predict(x.astype(np.float64), verbose=0), model.predict(x, verbose=0)
+    )
+
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError, match="units"):
+        LSTM(0)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        SimpleRNN(3, activation="softmax")
+    with pytest.raises(ValueError, match="recurrent_activation"):
+        GRU(3, recurrent_activation="elu")
+    with pytest.raises(ValueError, match="reset_after"):
+        GRU(3, reset_after=False)
+    with pytest.raises(TypeError, match="return_sequences"):
+        LSTM(3, return_sequences=1)
+    with pytest.raises(ValueError, match="input_dim"):
+        Embedding(0, 3)
+    with pytest.raises(ValueError, match=r"\(N, timesteps, features\)"):
+        fastnn.Sequential([LSTM(3, input_shape=(4,)), Dense(1)], backend="numpy").build((4,))
+    model = fastnn.Sequential([Dense(3, input_shape=(4, 2)), Embedding(5, 2)], backend="numpy")
+    with pytest.raises(ValueError, match="Embedding layer must be the model's first layer"):
+        model.build((4, 2))
+
+
+def test_weight_layouts_and_initializers_follow_keras():
+    model = fastnn.Sequential(
+        [Embedding(V, 4, input_shape=(T,)), LSTM(6, return_sequences=True), GRU(5),
+         Dense(1)], seed=0, backend="numpy",
+    )  # fmt: skip
+    model.build((T,))
+    shapes = [[w.shape for w in layer.get_weights()] for layer in model.layers]
+    assert shapes == [[(V, 4)], [(4, 24), (6, 24), (24,)], [(6, 15), (5, 15), (2, 15)],
+                      [(5, 1), (1,)]]  # fmt: skip
+    emb, lstm, gru = (layer.get_weights() for layer in model.layers[:3])
+    assert np.abs(emb[0]).max() <= 0.05
+    np.testing.assert_allclose(lstm[1] @ lstm[1].T, np.eye(6), atol=1e-6)  # orthogonal rows
+    np.testing.assert_allclose(gru[1] @ gru[1].T, np.eye(5), atol=1e-6)
+    np.testing.assert_array_equal(lstm[2], np.r_[np.zeros(6), np.ones(6), np.zeros(12)])
+    np.testing.assert_array_equal(gru[2], np.zeros((2, 15)))
+
+
+@pytest.mark.parametrize("backend", SEQ_BACKENDS[:1] or ["numpy"])
+def test_save_and_load_keep_the_predictions(backend, tmp_path):
+    model, (x, y) = _model("embedding_lstm", backend, "float32")
+    model.fit(x, y, epochs=2, batch_size=3, verbose=0)
+    path = tmp_path / "seq.fastnn"
+    model.save(path)
+    loaded = fastnn.load_model(path, backend=backend)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    stacked, (xs, ys) = _model("stacked", backend, "float32")
+    stacked.save(tmp_path / "stacked.fastnn")
+    again = fastnn.load_model(tmp_path / "stacked.fastnn", backend=backend)
+    np.testing.assert_array_equal(again.predict(xs, verbose=0), stacked.predict(xs, verbose=0))
+
+
+def test_backends_without_the_kinds_refuse_them_at_build():
+    from fastnn.kernels import codes as C
+
+    for name in ("cython", "cuda"):
+        if fastnn.backend.why_unavailable(name) is not None:
+            continue
+        kinds = fastnn.backend.load(name).KINDS
+        assert not kinds & {C.EMBEDDING, C.SIMPLE_RNN, C.LSTM, C.GRU}
+        model = fastnn.Sequential([LSTM(3, input_shape=(T, F)), Dense(1)], backend=name)
+        with pytest.raises(ValueError, match=rf"the {name} backend cannot run layer 'lstm_0' "
+                           r"\(LSTM\); the numba, numpy backends run it"):  # fmt: skip
+            model.build((T, F))
+
+
+@pytest.mark.skipif("numba" not in SEQ_BACKENDS, reason="numba backend not available")
+def test_numba_sequence_epoch_allocates_nothing_per_step():
+    """NRT's allocation counter: the compiled epoch allocates the same for 25 and 100
+    steps of an Embedding -> LSTM -> GRU -> Dense model."""
+    from numba.core.runtime import _nrt_python, rtsys
+
+    _nrt_python.memsys_enable_stats()
+    model = fastnn.Sequential([Embedding(V, 4, input_shape=(T,)), LSTM(5, return_sequences=True),
+                               GRU(3), Dense(1, activation="sigmoid")], seed=0,
+                              backend="numba")  # fmt: skip
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, size=(100, T)), rng.integers(0, 2, size=(100, 1))
+
+    def allocations(xs, ys):
+        before = rtsys.get_allocation_stats()
+        model.fit(xs, ys, epochs=1, batch_size=4, verbose=0)
+        after = rtsys.get_allocation_stats()
+        return after.alloc - before.alloc, after.mi_alloc - before.mi_alloc
+
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)  # compile, workspaces
+    few = allocations(x[:100], y[:100])  # 25 steps
+    many = allocations(np.tile(x, (4, 1)), np.tile(y, (4, 1)))  # 100 steps
+    assert many == few
+    assert few[0] < 200
