@@ -1140,7 +1140,7 @@ def forward_stack(x, plan, net, work, training, seed, step):
         elif _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
                            acts, acc, training):  # fmt: skip
             pass
-        elif not rnn_family_forward(kinds[_RNN], kind, inp, out, row, params, acts, n):
+        elif not _rnn.rnn_family_forward(kinds[_RNN], kind, inp, out, row, params, acts, n):
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
 
 
@@ -1192,8 +1192,8 @@ def backward_stack(x, plan, net, work, seed, step):
         elif _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
                             nontrain, acts, acc):  # fmt: skip
             pass
-        elif not rnn_family_backward(kinds[_RNN], kind, inp, g, dx, need_dx, row, params, grads,
-                                     acts, n):  # fmt: skip
+        elif not _rnn.rnn_family_backward(kinds[_RNN], kind, inp, g, dx, need_dx, row, params,
+                                          grads, acts, n):  # fmt: skip
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
     return penalty
 
@@ -1427,12 +1427,13 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     return done
 
 
-# The sequence kinds' kernels (their module imports the helpers above).
-from .numba_rnn import (  # noqa: E402, F401 (re-exported: the contract)
-    embedding_backward,
-    embedding_forward,
-    rnn_backward,
-    rnn_family_backward,
-    rnn_family_forward,
-    rnn_forward,
-)
+# The sequence kinds' kernels live in numba_rnn (which imports the helpers above); the
+# stack calls them through the module, and the module re-exports them for the contract
+# (either module may be imported first).
+from . import numba_rnn as _rnn  # noqa: E402
+
+
+def __getattr__(name):
+    if name in _rnn.EXPORTS:
+        return getattr(_rnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ from .numba_cpu import _exp, _gemm, _jit, _mat, _tanh
 
 _LINEAR, _RELU, _SIGMOID, _TANH = C.LINEAR, C.RELU, C.SIGMOID, C.TANH
 _SIMPLE_RNN, _LSTM, _GRU = C.SIMPLE_RNN, C.LSTM, C.GRU
+#: What numba_cpu re-exports: the kernels of reference.SEQUENCE_OPS.
+EXPORTS = ("embedding_forward", "embedding_backward", "rnn_forward", "rnn_backward")
 
 
 def _ids_view(x):
@@ -34,28 +36,45 @@ def _ids_view_overload(x):
 
 
 @_jit
-def _act1(v, code, one):
-    """act(v) for the recurrent activations (``one`` of v's type keeps float32 float32)."""
+def _act_seg(a, lo, hi, code):
+    """a[lo:hi] = act(a[lo:hi]) (1-D; the code's branch outside the loop, so it
+    vectorises)."""
+    one = a.dtype.type(1)
     if code == _TANH:
-        return _tanh(v)
-    if code == _SIGMOID:
-        e = _exp(-np.abs(v))
-        return one / (one + e) if v >= 0 else e / (one + e)
-    if code == _RELU:
-        return v if v > 0 else v * 0
-    return v
+        for j in range(lo, hi):
+            a[j] = _tanh(a[j])
+    elif code == _SIGMOID:
+        for j in range(lo, hi):
+            v = a[j]
+            e = _exp(-np.abs(v))
+            a[j] = one / (one + e) if v >= 0 else e / (one + e)
+    elif code == _RELU:
+        for j in range(lo, hi):
+            a[j] = max(a[j], 0)
+    elif code != _LINEAR:
+        raise ValueError("unknown recurrent activation code")
 
 
 @_jit
-def _dact(y, code, one):
-    """d act / dz from the output y."""
+def _dact_mul(out, o0, y, y0, d, d0, count, code):
+    """out[o0 + j] = d[d0 + j] * act'(from the output y[y0 + j]) for j < count (1-D)."""
+    one = out.dtype.type(1)
     if code == _TANH:
-        return one - y * y
-    if code == _SIGMOID:
-        return y * (one - y)
-    if code == _RELU:
-        return one if y > 0 else one * 0
-    return one
+        for j in range(count):
+            v = y[y0 + j]
+            out[o0 + j] = d[d0 + j] * (one - v * v)
+    elif code == _SIGMOID:
+        for j in range(count):
+            v = y[y0 + j]
+            out[o0 + j] = d[d0 + j] * (v * (one - v))
+    elif code == _RELU:
+        for j in range(count):
+            out[o0 + j] = d[d0 + j] if y[y0 + j] > 0 else 0
+    elif code == _LINEAR:
+        for j in range(count):
+            out[o0 + j] = d[d0 + j]
+    else:
+        raise ValueError("unknown recurrent activation code")
 
 
 @_jit
@@ -127,7 +146,6 @@ def rnn_forward(kind, x, w, r, b, out, ws, act, rec_act, return_seq):
     xt, gates = _mat(ws, o[0], t * n, f), _mat(ws, o[1], t * n, g)
     hs, tmp = _mat(ws, o[2], (t + 1) * n, u), _mat(ws, o[5], n, g)
     _project(x, w, b, xt, gates)
-    one = ws.dtype.type(1)
     _zero(ws, o[2], n * u)  # h_0
     _zero(ws, o[3], n * u * (kind == _LSTM))  # c_0
     for s in range(t):
@@ -136,12 +154,11 @@ def rnn_forward(kind, x, w, r, b, out, ws, act, rec_act, return_seq):
         else:
             _zero(ws, o[5], n * g)
         if kind == _SIMPLE_RNN:
-            _simple_step(gates, hs, tmp, s, n, u, act, one)
+            _simple_step(gates, hs, tmp, s, n, u, act)
         elif kind == _LSTM:
-            _lstm_step(gates, hs, _mat(ws, o[3], (t + 1) * n, u), tmp, s, n, u, act, rec_act,
-                       one)  # fmt: skip
+            _lstm_step(gates, hs, _mat(ws, o[3], (t + 1) * n, u), tmp, s, n, u, act, rec_act)
         else:
-            _gru_step(gates, hs, _mat(ws, o[4], t * n, g), tmp, b, s, n, u, act, rec_act, one)
+            _gru_step(gates, hs, _mat(ws, o[4], t * n, g), tmp, b, s, n, u, act, rec_act)
     _write_out(hs, out, n, t, u, return_seq)
 
 
@@ -155,45 +172,54 @@ def _write_out(hs, out, n, t, u, return_seq):
 
 
 @_jit
-def _simple_step(gates, hs, tmp, s, n, u, act, one):
+def _simple_step(gates, hs, tmp, s, n, u, act):
     for i in range(n):
-        row = s * n + i
+        z, h, tr = gates[s * n + i], hs[(s + 1) * n + i], tmp[i]
         for j in range(u):
-            h = _act1(gates[row, j] + tmp[i, j], act, one)
-            gates[row, j] = h
-            hs[row + n, j] = h
+            z[j] += tr[j]
+        _act_seg(z, 0, u, act)
+        for j in range(u):
+            h[j] = z[j]
 
 
 @_jit
-def _lstm_step(gates, hs, cs, tmp, s, n, u, act, rec_act, one):
+def _lstm_step(gates, hs, cs, tmp, s, n, u, act, rec_act):
+    """Gates i, f, c, o of one step (saved after their activations), then c and h."""
     for i in range(n):
         row = s * n + i
+        z, tr, c, cp, h = gates[row], tmp[i], cs[row + n], cs[row], hs[row + n]
+        for j in range(4 * u):
+            z[j] += tr[j]
+        _act_seg(z, 0, 2 * u, rec_act)
+        _act_seg(z, 2 * u, 3 * u, act)
+        _act_seg(z, 3 * u, 4 * u, rec_act)
         for j in range(u):
-            gi = _act1(gates[row, j] + tmp[i, j], rec_act, one)
-            gf = _act1(gates[row, u + j] + tmp[i, u + j], rec_act, one)
-            gg = _act1(gates[row, 2 * u + j] + tmp[i, 2 * u + j], act, one)
-            go = _act1(gates[row, 3 * u + j] + tmp[i, 3 * u + j], rec_act, one)
-            c = gf * cs[row, j] + gi * gg
-            gates[row, j], gates[row, u + j] = gi, gf
-            gates[row, 2 * u + j], gates[row, 3 * u + j] = gg, go
-            cs[row + n, j] = c
-            hs[row + n, j] = go * _act1(c, act, one)
+            c[j] = z[u + j] * cp[j] + z[j] * z[2 * u + j]
+            h[j] = c[j]
+        _act_seg(h, 0, u, act)
+        for j in range(u):
+            h[j] *= z[3 * u + j]
 
 
 @_jit
-def _gru_step(gates, hs, rec, tmp, b, s, n, u, act, rec_act, one):
+def _gru_step(gates, hs, rec, tmp, b, s, n, u, act, rec_act):
+    """Gates z, r, h of one step (saved after their activations; rec keeps h @ R + b_rec),
+    then h."""
+    b1 = b[1]
     for i in range(n):
         row = s * n + i
+        z, tr, hr, hp, h = gates[row], tmp[i], rec[row], hs[row], hs[row + n]
+        for j in range(3 * u):
+            hr[j] = tr[j] + b1[j]
+        for j in range(2 * u):
+            z[j] += hr[j]
+        _act_seg(z, 0, 2 * u, rec_act)
         for j in range(u):
-            hz = tmp[i, j] + b[1, j]
-            hr = tmp[i, u + j] + b[1, u + j]
-            hh = tmp[i, 2 * u + j] + b[1, 2 * u + j]
-            z = _act1(gates[row, j] + hz, rec_act, one)
-            rr = _act1(gates[row, u + j] + hr, rec_act, one)
-            cand = _act1(gates[row, 2 * u + j] + rr * hh, act, one)
-            rec[row, j], rec[row, u + j], rec[row, 2 * u + j] = hz, hr, hh
-            gates[row, j], gates[row, u + j], gates[row, 2 * u + j] = z, rr, cand
-            hs[row + n, j] = z * hs[row, j] + (one - z) * cand
+            z[2 * u + j] += z[u + j] * hr[2 * u + j]
+        _act_seg(z, 2 * u, 3 * u, act)
+        for j in range(u):
+            zj = z[j]
+            h[j] = zj * hp[j] + (1 - zj) * z[2 * u + j]
 
 
 @_jit
@@ -205,26 +231,25 @@ def rnn_backward(kind, x, w, r, dout, dx, dw, dr, db, ws, act, rec_act, return_s
     xt, gates = _mat(ws, o[0], t * n, f), _mat(ws, o[1], t * n, g)
     hs, dh = _mat(ws, o[2], (t + 1) * n, u), _mat(ws, o[6], n, u)
     drec = _mat(ws, o[4], t * n, g) if kind == _GRU else gates
-    one = ws.dtype.type(1)
+    tmp = _mat(ws, o[5], n, g)
     _zero(ws, o[6], n * u + n * u * (kind == _LSTM))  # dh, dc
     for s in range(t - 1, -1, -1):
         if return_seq or s == t - 1:
             _add_dout(dh, dout, 0 if s == t - 1 and not return_seq else s)
         if kind == _SIMPLE_RNN:
-            _simple_step_back(gates, dh, s, n, u, act, one)
+            _simple_step_back(gates, dh, s, n, u, act)
         elif kind == _LSTM:
             _lstm_step_back(gates, _mat(ws, o[3], (t + 1) * n, u), dh, _mat(ws, o[7], n, u),
-                            s, n, u, act, rec_act, one)  # fmt: skip
+                            tmp, s, n, u, act, rec_act)  # fmt: skip
         else:
-            _gru_step_back(gates, drec, hs, dh, s, n, u, act, rec_act, one)
+            _gru_step_back(gates, drec, hs, dh, tmp, s, n, u, act, rec_act)
         if s > 0:
-            block = _mat(ws, o[1] + s * n * g, n, g)
             if kind == _GRU:
-                tmp = _mat(ws, o[5], n, u)
-                _gemm(_mat(ws, o[4] + s * n * g, n, g), r, tmp, 0, 1)
-                _add(dh, tmp)
+                dh_rec = _mat(ws, o[5], n, u)
+                _gemm(_mat(ws, o[4] + s * n * g, n, g), r, dh_rec, 0, 1)
+                _add(dh, dh_rec)
             else:
-                _gemm(block, r, dh, 0, 1)
+                _gemm(_mat(ws, o[1] + s * n * g, n, g), r, dh, 0, 1)
     _weight_grads(xt, gates, _mat(ws, o[2], t * n, u), drec, dw, dr, db, kind == _GRU)
     if need_dx:
         _gemm(gates, w, xt, 0, 1)
@@ -267,43 +292,56 @@ def _weight_grads(xt, dz, hprev, drec, dw, dr, db, two_biases):
 
 
 @_jit
-def _simple_step_back(gates, dh, s, n, u, act, one):
+def _simple_step_back(gates, dh, s, n, u, act):
     for i in range(n):
-        row = s * n + i
-        for j in range(u):
-            gates[row, j] = dh[i, j] * _dact(gates[row, j], act, one)
+        z = gates[s * n + i]
+        _dact_mul(z, 0, z, 0, dh[i], 0, u, act)
 
 
 @_jit
-def _lstm_step_back(gates, cs, dh, dc, s, n, u, act, rec_act, one):
+def _lstm_step_back(gates, cs, dh, dc, tmp, s, n, u, act, rec_act):
+    """Pre-activation gradients of step s in place of its gates; dc becomes dL/dc_{s-1}.
+    Row scratch (tmp): [tanh(c), dL/dc, dc * g, dc * i]; dh's row is free after use."""
     for i in range(n):
         row = s * n + i
+        z, c, cp, d, dcr, sc = gates[row], cs[row + n], cs[row], dh[i], dc[i], tmp[i]
         for j in range(u):
-            gi, gf = gates[row, j], gates[row, u + j]
-            gg, go = gates[row, 2 * u + j], gates[row, 3 * u + j]
-            tc = _act1(cs[row + n, j], act, one)
-            d = dh[i, j]
-            c = dc[i, j] + d * go * _dact(tc, act, one)
-            gates[row, j] = c * gg * _dact(gi, rec_act, one)
-            gates[row, u + j] = c * cs[row, j] * _dact(gf, rec_act, one)
-            gates[row, 2 * u + j] = c * gi * _dact(gg, act, one)
-            gates[row, 3 * u + j] = d * tc * _dact(go, rec_act, one)
-            dc[i, j] = c * gf
+            sc[j] = c[j]
+        _act_seg(sc, 0, u, act)
+        _dact_mul(sc, u, sc, 0, d, 0, u, act)
+        for j in range(u):
+            dct = dcr[j] + sc[u + j] * z[3 * u + j]
+            sc[j] *= d[j]  # dh * act(c): the output gate's gradient
+            sc[2 * u + j] = dct * z[2 * u + j]
+            sc[3 * u + j] = dct * z[j]
+            dcr[j] = dct * z[u + j]
+            d[j] = dct * cp[j]
+        _dact_mul(z, 0, z, 0, sc, 2 * u, u, rec_act)
+        _dact_mul(z, u, z, u, d, 0, u, rec_act)
+        _dact_mul(z, 2 * u, z, 2 * u, sc, 3 * u, u, act)
+        _dact_mul(z, 3 * u, z, 3 * u, sc, 0, u, rec_act)
 
 
 @_jit
-def _gru_step_back(gates, rec, hs, dh, s, n, u, act, rec_act, one):
+def _gru_step_back(gates, rec, hs, dh, tmp, s, n, u, act, rec_act):
+    """Pre-activation gradients of step s: the input side in place of the gates, the
+    recurrent side (the candidate's scaled by r) in place of rec; dh becomes its direct
+    part dh * z (the GEMM through R is added after)."""
     for i in range(n):
         row = s * n + i
+        z, hr, hp, d, sc = gates[row], rec[row], hs[row], dh[i], tmp[i]
         for j in range(u):
-            z, rr, cand = gates[row, j], gates[row, u + j], gates[row, 2 * u + j]
-            d = dh[i, j]
-            dcand = d * (one - z) * _dact(cand, act, one)
-            dz = d * (hs[row, j] - cand) * _dact(z, rec_act, one)
-            drr = dcand * rec[row, 2 * u + j] * _dact(rr, rec_act, one)
-            gates[row, j], gates[row, u + j], gates[row, 2 * u + j] = dz, drr, dcand
-            rec[row, j], rec[row, u + j], rec[row, 2 * u + j] = dz, drr, dcand * rr
-            dh[i, j] = d * z
+            sc[j] = d[j] * (1 - z[j])
+            sc[u + j] = d[j] * (hp[j] - z[2 * u + j])
+        _dact_mul(z, 2 * u, z, 2 * u, sc, 0, u, act)
+        for j in range(u):
+            sc[2 * u + j] = z[2 * u + j] * hr[2 * u + j]
+            hr[2 * u + j] = z[2 * u + j] * z[u + j]
+            d[j] *= z[j]
+        _dact_mul(z, u, z, u, sc, 2 * u, u, rec_act)
+        _dact_mul(z, 0, z, 0, sc, u, u, rec_act)
+        for j in range(2 * u):
+            hr[j] = z[j]
 
 
 # ---------------------------------------------------------------------------------------
