@@ -28,6 +28,7 @@ TRAIN_DEFAULTS = {
 
 #: The tasks ``fastnn train --task`` accepts.
 TASKS = ("classification", "regression")
+MODELS = ("mlp", "lstm")
 
 #: The most classes ``fastnn train`` accepts from the labels of a .npz file or an MNIST
 #: folder when ``--task`` is not given (more are taken only with ``--task classification``).
@@ -109,6 +110,20 @@ def _add_train(sub):
         nargs="+",
         default=[d["hidden"]],
         help="hidden layer widths (default 128)",
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: Dense(hidden, relu) layers; lstm: each sample read as a sequence of "
+        "--timesteps rows (default: the square root of the features, as 8 rows of 8 pixels "
+        "for digits) through LSTM(hidden) layers",
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help="sequence length of --model lstm (it must divide the number of features)",
     )
     p.add_argument("--optimizer", default=d["optimizer"], help="sgd, adam, adamw, adagrad, rmsprop")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
@@ -336,9 +351,29 @@ def plan_training(task: str, loss, y_train, y_test, guessing: bool = False) -> T
     return TrainPlan("classification", loss, k, "softmax", onehot, ["accuracy"])
 
 
-def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
+def _sequence_layers(features, hidden, timesteps):
+    """Reshape to (timesteps, features // timesteps) then LSTM(h)... (every one but the last
+    returning sequences)."""
+    from fastnn.layers import LSTM, Reshape
+
+    if timesteps is None:
+        timesteps = int(round(features**0.5))
+        if timesteps * timesteps != features:
+            raise ValueError(
+                f"--model lstm reads each sample as rows: give --timesteps, a divisor of the "
+                f"{features} features (the default, their square root, is not an integer)"
+            )
+    if features % timesteps:
+        raise ValueError(f"--timesteps must divide the {features} features, got {timesteps}")
+    layers = [Reshape((timesteps, features // timesteps))]
+    last = len(hidden) - 1
+    return layers + [LSTM(h, return_sequences=i < last) for i, h in enumerate(hidden)]
+
+
+def build_for(plan: TrainPlan, x_train, hidden, seed, backend, model="mlp", timesteps=None):
     """The CLI's network for a plan: Normalization (adapted on ``x_train``, so that the
-    model takes raw features) -> Dense(hidden, relu)... -> the plan's output layer."""
+    model takes raw features) -> Dense(hidden, relu)... (or, for ``model="lstm"``, the
+    features read as ``timesteps`` rows through LSTM layers) -> the plan's output layer."""
     import fastnn
     from fastnn.layers import Dense, Normalization
 
@@ -348,7 +383,10 @@ def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
     variance[variance == 0] = 1  # a constant feature passes through centred, not divided by 0
     norm.set_weights([mean, variance])
     layers = [fastnn.Input(shape=(x_train.shape[1],)), norm]
-    layers += [Dense(h, activation="relu") for h in hidden]
+    if model == "lstm":
+        layers += _sequence_layers(x_train.shape[1], hidden, timesteps)
+    else:
+        layers += [Dense(h, activation="relu") for h in hidden]
     layers.append(Dense(plan.n_out, activation=plan.activation))
     return fastnn.Sequential(layers, seed=seed, backend=backend)
 
@@ -439,7 +477,8 @@ def cmd_train(args):
     guessing = args.task is None
     task = args.task or task_for(args.dataset, y_train, y_test)
     plan = plan_training(task, args.loss, y_train, y_test, guessing=guessing)
-    model = build_for(plan, x_train, args.hidden, args.seed, args.backend)
+    model = build_for(plan, x_train, args.hidden, args.seed, args.backend, args.model,
+                      args.timesteps)  # fmt: skip
     opt = fastnn.optimizers.get(args.optimizer)
     opt.learning_rate = args.lr
     model.compile(optimizer=opt, loss=plan.loss, metrics=plan.metrics)

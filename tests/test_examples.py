@@ -19,6 +19,7 @@ RUNS = {
     "gradcheck_walkthrough": [],
     "two_layer_loop": [],
     "mnist_mlp_idx": ["--mnist", "{mnist}"],
+    "sequence_lstm": [],
 }
 
 
@@ -103,3 +104,9 @@ def test_two_layers_stepped_separately_match_one_call(runs):
     out, _ = _ok(runs, "two_layer_loop")
     assert _number(out, "max weight difference vs one step call") == 0.0
     assert float(out.split("train MSE ")[1].split()[0]) <= 0.05
+
+
+def test_sequence_lstm_reads_digits_rows_and_classifies_tokens(runs):
+    out, _ = _ok(runs, "sequence_lstm")
+    assert _number(out, "digits test accuracy") >= 0.95
+    assert _number(out, "tokens test accuracy") >= 0.9
