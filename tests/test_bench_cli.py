@@ -252,3 +252,26 @@ def test_batchnorm_baselines_train_the_same_network(other):
         mm, mv = net.model.layers[1].get_weights()[2:]
         np.testing.assert_allclose(mm, ref.moving[0][0], rtol=0, atol=tol)
         np.testing.assert_allclose(mv, ref.moving[0][1], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("net", ["lstm_rows", "gru_rows", "lstm_imdb"])
+def test_rnn_baselines_train_the_same_network_as_fastnn(net):
+    """Two steps from the same weights: the losses (the second after one Adam update)
+    agree between fastnn, the NumPy baseline and PyTorch."""
+    from fastnn.bench import rnn
+
+    x, y = rnn.rnn_data(net, 8, seed=1)
+    impls = rnn.make_rnn_impls(net, ["numpy"], ["numpy", "torch"] if B.torch_available()
+                               else ["numpy"])  # fmt: skip
+    losses = {name: [impl.train_step(x, y) for _ in range(2)] for name, impl in impls.items()}
+    want = losses["fastnn-numpy"]
+    for name, got in losses.items():
+        np.testing.assert_allclose(got, want, rtol=2e-4, err_msg=name)
+
+
+def test_bench_runs_the_recurrent_networks(tmp_path, capsys):
+    args = _quick_args(tmp_path)
+    args[args.index("d")] = "gru_rows"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "gru_rows 28x28-gru64-10 b64" in out
