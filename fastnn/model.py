@@ -92,16 +92,6 @@ def _shape_mismatch(arg, got, shape) -> str:
     return msg
 
 
-def _backend_runs(name: str, kind: int) -> bool:
-    """Whether backend ``name`` loads here and runs layer kind ``kind``."""
-    try:
-        module = _backend.load(name)
-    except Exception:  # a backend that cannot load runs nothing here
-        return False
-    supported = getattr(module, "KINDS", None)
-    return supported is None or kind in supported
-
-
 def check_int(value, arg: str, low: int = 1) -> int:
     """``value`` as an int >= ``low``: TypeError for a non-integer, ValueError below ``low``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -173,6 +163,8 @@ class Sequential:
                 "wrap a single layer in a list: Sequential([layer])"
             )
         self.backend_name, self._kernels = _backend.resolve(backend)
+        #: the backend was chosen automatically: build may pick one that runs every layer
+        self._auto_backend = backend is None and _backend.automatic()
         self.name = name or "sequential"
         self.layers: list[Layer] = []
         self._input: Input | None = None
@@ -259,6 +251,7 @@ class Sequential:
             raise ValueError(
                 f"input_shape must be {declared} (declared by the model's input), got {shape}"
             )
+        self._backend_for_kinds()
         current = shape
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Embedding) and i > 0:
@@ -279,6 +272,18 @@ class Sequential:
         for layer in self.layers:
             layer._model = self
 
+    def _backend_for_kinds(self) -> None:
+        """With an automatically chosen backend that does not run one of the layers (the
+        cython backend and the sequence layers), the first of the automatic order that
+        runs them all."""
+        kinds = {layer.kind for layer in self.layers if layer.kind is not None}
+        if not self._auto_backend or _backend.runs_kinds(self.backend_name, kinds):
+            return
+        for name in _backend.AUTO_ORDER:
+            if _backend.runs_kinds(name, kinds):
+                self.backend_name, self._kernels = _backend.resolve(name)
+                return
+
     def _check_backend_kinds(self) -> None:
         supported = getattr(self._kernels, "KINDS", None)
         if supported is None:
@@ -287,7 +292,7 @@ class Sequential:
             if layer.kind is not None and layer.kind not in supported:
                 others = [
                     name for name in ("cython", "numba", "numpy")
-                    if name != self.backend_name and _backend_runs(name, layer.kind)
+                    if name != self.backend_name and _backend.runs_kinds(name, [layer.kind])
                 ]  # fmt: skip
                 raise ValueError(
                     f"the {self.backend_name} backend cannot run layer {layer.name!r} "

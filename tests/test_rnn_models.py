@@ -287,3 +287,18 @@ def test_numba_sequence_epoch_allocates_nothing_per_step():
     many = allocations(np.tile(x, (4, 1)), np.tile(y, (4, 1)))  # 100 steps
     assert many == few
     assert few[0] < 200
+
+
+def test_an_automatic_backend_choice_takes_one_that_runs_the_layers(monkeypatch):
+    from fastnn import backend as B
+    from fastnn.kernels import codes as C
+
+    monkeypatch.delenv("FASTNN_BACKEND", raising=False)
+    monkeypatch.setattr(B, "_chosen", None)
+    model = fastnn.Sequential([GRU(3, input_shape=(T, F)), Dense(1)])
+    model.build((T, F))
+    assert B.runs_kinds(model.backend_name, [C.GRU])
+    assert model.backend_name == next(n for n in B.AUTO_ORDER if B.runs_kinds(n, [C.GRU]))
+    mlp = fastnn.Sequential([Dense(2, input_shape=(3,))])
+    mlp.build((3,))
+    assert mlp.backend_name == B.get_backend()  # the first that loads, as before
