@@ -302,3 +302,17 @@ def test_an_automatic_backend_choice_takes_one_that_runs_the_layers(monkeypatch)
     mlp = fastnn.Sequential([Dense(2, input_shape=(3,))])
     mlp.build((3,))
     assert mlp.backend_name == B.get_backend()  # the first that loads, as before
+
+
+def test_the_cython_plan_check_rejects_sequence_rows_before_any_loop():
+    if fastnn.backend.why_unavailable("cython") is not None:
+        pytest.skip("cython backend not built")
+    cy = fastnn.backend.load("cython")
+    model, (x, y) = _model("stacked", "numpy", "float32")
+    model.build((T, F))
+    eng = model._engine
+    ws = eng.workspace(N, 1)
+    with pytest.raises(ValueError, match="not run by the cython backend"):
+        cy.forward_stack(np.zeros((N, T * F), np.float32), ws.plan.args,
+                         (eng.params, eng.grads, np.zeros((2, eng.n_params), np.float32),
+                          eng.nontrain), ws.work, 0, 0, 0)  # fmt: skip
