@@ -153,6 +153,20 @@ def get_backend() -> str:
     raise RuntimeError("no backend could be loaded")  # numpy always loads
 
 
+def automatic() -> bool:
+    """True when no backend was chosen (no set_backend, no FASTNN_BACKEND): the default is
+    then the first of AUTO_ORDER that loads."""
+    return _chosen is None and not os.environ.get("FASTNN_BACKEND", "").strip()
+
+
+def runs_kinds(name: str, kinds) -> bool:
+    """Whether backend ``name`` loads here and runs every layer kind in ``kinds``."""
+    if why_unavailable(name) is not None:
+        return False
+    supported = getattr(load(name), "KINDS", None)
+    return supported is None or all(k in supported for k in kinds)
+
+
 def resolve(backend: str | None = None) -> tuple[str, ModuleType]:
     """(name, module) of ``backend`` or of the current default."""
     name = backend if backend is not None else get_backend()

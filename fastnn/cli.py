@@ -31,7 +31,7 @@ TRAIN_DEFAULTS = {
 
 
 #: The networks ``fastnn train --model`` builds.
-MODELS = ("mlp", "cnn")
+MODELS = ("mlp", "cnn", "lstm")
 
 #: The tasks ``fastnn train --task`` accepts.
 TASKS = ("classification", "regression")
@@ -126,14 +126,6 @@ def _add_train(sub):
         "targets; mae, categorical_crossentropy or sparse_categorical_crossentropy can "
         "replace them",
     )
-    p.add_argument(
-        "--model",
-        choices=MODELS,
-        default="mlp",
-        help="mlp: Dense layers (--hidden); cnn: the keras.io MNIST convnet (Conv2D 32 -> "
-        "MaxPooling2D -> Conv2D 64 -> MaxPooling2D -> Dropout 0.5) on square one-channel "
-        "images: the digits (8x8) or an MNIST folder (28x28)",
-    )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help="passes over the data")
     p.add_argument(
         "--batch-size", type=_positive_int, default=d["batch_size"], help="samples per step"
@@ -144,6 +136,22 @@ def _add_train(sub):
         nargs="+",
         default=[d["hidden"]],
         help=f"hidden layer widths (default: {d['hidden']})",
+    )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: Dense(hidden, relu) layers; cnn: the keras.io MNIST convnet (Conv2D 32 -> "
+        "MaxPooling2D -> Conv2D 64 -> MaxPooling2D -> Dropout 0.5) on square one-channel "
+        "images: the digits (8x8) or an MNIST folder (28x28); lstm: each sample read as a "
+        "sequence of --timesteps rows (default: the square root of the features, as 8 rows "
+        "of 8 pixels for digits) through LSTM(hidden) layers",
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help="sequence length of --model lstm (it must divide the number of features)",
     )
     p.add_argument("--optimizer", default=d["optimizer"], help="sgd, adam, adamw, adagrad, rmsprop")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
@@ -382,9 +390,29 @@ def plan_training(task: str, loss, y_train, y_test, guessing: bool = False) -> T
     return TrainPlan("classification", loss, k, "softmax", onehot, ["accuracy"])
 
 
-def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
+def _sequence_layers(features, hidden, timesteps):
+    """Reshape to (timesteps, features // timesteps) then LSTM(h)... (every one but the last
+    returning sequences)."""
+    from fastnn.layers import LSTM, Reshape
+
+    if timesteps is None:
+        timesteps = int(round(features**0.5))
+        if timesteps * timesteps != features:
+            raise ValueError(
+                f"--model lstm reads each sample as rows: give --timesteps, a divisor of the "
+                f"{features} features (the default, their square root, is not an integer)"
+            )
+    if features % timesteps:
+        raise ValueError(f"--timesteps must divide the {features} features, got {timesteps}")
+    layers = [Reshape((timesteps, features // timesteps))]
+    last = len(hidden) - 1
+    return layers + [LSTM(h, return_sequences=i < last) for i, h in enumerate(hidden)]
+
+
+def build_for(plan: TrainPlan, x_train, hidden, seed, backend, model="mlp", timesteps=None):
     """The CLI's network for a plan: Normalization (adapted on ``x_train``, so that the
-    model takes raw features) -> Dense(hidden, relu)... -> the plan's output layer."""
+    model takes raw features) -> Dense(hidden, relu)... (or, for ``model="lstm"``, the
+    features read as ``timesteps`` rows through LSTM layers) -> the plan's output layer."""
     import fastnn
     from fastnn.layers import Dense, Normalization
 
@@ -394,7 +422,10 @@ def build_for(plan: TrainPlan, x_train, hidden, seed, backend):
     variance[variance == 0] = 1  # a constant feature passes through centred, not divided by 0
     norm.set_weights([mean, variance])
     layers = [fastnn.Input(shape=(x_train.shape[1],)), norm]
-    layers += [Dense(h, activation="relu") for h in hidden]
+    if model == "lstm":
+        layers += _sequence_layers(x_train.shape[1], hidden, timesteps)
+    else:
+        layers += [Dense(h, activation="relu") for h in hidden]
     layers.append(Dense(plan.n_out, activation=plan.activation))
     return fastnn.Sequential(layers, seed=seed, backend=backend)
 
@@ -552,7 +583,8 @@ def _train(args, dp):
         x_train, x_test = x_train.reshape(-1, *shape), x_test.reshape(-1, *shape)
         model = build_cnn(plan, x_train, args.seed, args.backend)
     else:
-        model = build_for(plan, x_train, args.hidden, args.seed, args.backend)
+        model = build_for(plan, x_train, args.hidden, args.seed, args.backend, args.model,
+                          args.timesteps)  # fmt: skip
     opt = fastnn.optimizers.get(args.optimizer)
     opt.learning_rate = args.lr
     model.compile(optimizer=opt, loss=plan.loss, metrics=plan.metrics)

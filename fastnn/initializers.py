@@ -42,6 +42,18 @@ def _variance_scaling(scale, mode, distribution):
     return init
 
 
+def _orthogonal(shape, rng):
+    """Keras's Orthogonal (gain 1): the Q of a QR decomposition of a normal matrix, signs
+    fixed by R's diagonal, over the shape flattened to (prod(shape[:-1]), shape[-1])."""
+    rows, cols = int(np.prod(shape[:-1])), int(shape[-1])
+    a = rng.normal(0.0, 1.0, size=(max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape)
+
+
 _INITS: dict[str, Callable] = {
     "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
     "glorot_normal": _variance_scaling(1.0, "fan_avg", "normal"),
@@ -53,6 +65,8 @@ _INITS: dict[str, Callable] = {
     "ones": lambda shape, rng: np.ones(shape),
     "random_normal": lambda shape, rng: rng.normal(0.0, 0.05, size=shape),
     "random_uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
+    "uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
+    "orthogonal": _orthogonal,
 }
 
 

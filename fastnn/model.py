@@ -27,7 +27,7 @@ from ._checks import (  # noqa: F401 - NonFiniteLossError is public here
 from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
 from .kernels import codes
-from .layers import Dropout, Flatten, Input, Layer, float_dtype
+from .layers import Dropout, Embedding, Flatten, Input, Layer, float_dtype
 from .layers.base import check_name, check_weight_list, sample_shape, size_of, unique_name
 
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
@@ -160,6 +160,8 @@ class Sequential:
                 "wrap a single layer in a list: Sequential([layer])"
             )
         self.backend_name, self._kernels = _backend.resolve(backend)
+        #: the backend was chosen automatically: build may pick one that runs every layer
+        self._auto_backend = backend is None and _backend.automatic()
         self.name = name or unique_name("sequential")
         self.layers: list[Layer] = []
         self._input: Input | None = None
@@ -244,8 +246,14 @@ class Sequential:
             raise ValueError(
                 f"input_shape must be {declared} (declared by the model's input), got {shape}"
             )
+        self._backend_for_kinds()
         current = shape
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Embedding) and i > 0:
+                raise ValueError(
+                    f"an Embedding layer must be the model's first layer (it reads token ids), "
+                    f"got {layer.name!r} at position {i}"
+                )
             layer.build(current, self.dtype, self._init_rng, self.backend_name)
             current = layer.output_shape
         if len(current) != 1:
@@ -259,6 +267,18 @@ class Sequential:
         for layer in self.layers:
             layer._model = self
 
+    def _backend_for_kinds(self) -> None:
+        """With an automatically chosen backend that does not run one of the layers (the
+        cython backend and the sequence layers), the first of the automatic order that
+        runs them all."""
+        kinds = {layer.kind for layer in self.layers if layer.kind is not None}
+        if not self._auto_backend or _backend.runs_kinds(self.backend_name, kinds):
+            return
+        for name in _backend.AUTO_ORDER:
+            if _backend.runs_kinds(name, kinds):
+                self.backend_name, self._kernels = _backend.resolve(name)
+                return
+
     def _check_backend_kinds(self) -> None:
         supported = getattr(self._kernels, "KINDS", None)
         if supported is None:
@@ -267,7 +287,7 @@ class Sequential:
             if layer.kind is not None and layer.kind not in supported:
                 others = [
                     name for name in ("cython", "numba", "numpy")
-                    if name != self.backend_name
+                    if name != self.backend_name and _backend.runs_kinds(name, [layer.kind])
                 ]  # fmt: skip
                 raise ValueError(
                     f"the {self.backend_name} backend cannot run layer {layer.name!r} "
@@ -427,6 +447,8 @@ class Sequential:
     def _features(self, x, arg="x"):
         """x as the (N, input size) array the kernels read, checked against the model's
         input shape (building the model from x's sample shape when none is declared)."""
+        if self.layers and isinstance(self.layers[0], Embedding):
+            return self._token_ids(x, arg)
         eng = self._engine
         if (
             eng is not None
@@ -444,6 +466,22 @@ class Sequential:
         if shape is None:
             self.build(sample)
         return x
+
+    def _token_ids(self, x, arg):
+        """Token ids for a model that starts with Embedding: checked (integers in range,
+        the model's timesteps) once per call and encoded for the batch buffers."""
+        layer = self.layers[0]
+        ids = layer.check_ids(x, arg)
+        if ids.ndim != 2 or 0 in ids.shape:
+            raise ValueError(
+                f"{arg} must hold token ids of shape (N, timesteps) with N >= 1, got {ids.shape}"
+            )
+        shape = self.input_shape if self._maybe_build() else None
+        if shape is None:
+            self.build(ids.shape[1:])
+        elif ids.shape[1:] != tuple(shape):
+            raise ValueError(_shape_mismatch(arg, ids.shape, shape))
+        return layer.encode_ids(ids, self.dtype, arg)
 
     def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x", y_arg="y"):
         """Validates and converts (x, y, weights) once, before any kernel runs."""

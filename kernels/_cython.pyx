@@ -50,7 +50,7 @@ cdef enum:
     AVGPOOL2D = 7
     GLOBAL_AVGPOOL2D = 8
     GLOBAL_MAXPOOL2D = 9
-    N_KINDS = 10
+    N_KINDS = 14
 
     # plan columns (codes.py)
     P_KIND = 0
@@ -135,6 +135,9 @@ cdef enum:
     LB_F64 = 3
 
 cnp.import_array()
+
+#: The layer kinds this backend runs (a model with another kind refuses it at build).
+KINDS = frozenset({DENSE, DROPOUT, ACTIVATION, BATCHNORM, NORMALIZATION})
 
 cdef double PROB_EPS = 1e-7
 cdef double NORM_EPS = 1e-7
@@ -2209,6 +2212,9 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
         kind = row[P_KIND]
         if kind < 0 or kind >= N_KINDS:
             raise ValueError(f"unknown layer kind {kind} (layer {l})")
+        if kind > NORMALIZATION:
+            raise ValueError(f"layer kind {kind} (layer {l}) is not run by the cython backend "
+                             "(see KINDS); the numba and numpy backends run it")
         if row[P_ACT] < 0 or row[P_ACT] >= N_ACTS:
             raise ValueError(f"unknown activation code {row[P_ACT]} (layer {l})")
         for k in range(P_IN0, P_OUT2 + 1):

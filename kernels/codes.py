@@ -20,7 +20,11 @@ MAXPOOL2D = 6
 AVGPOOL2D = 7
 GLOBAL_AVGPOOL2D = 8
 GLOBAL_MAXPOOL2D = 9
-N_KINDS = 10
+EMBEDDING = 10
+SIMPLE_RNN = 11
+LSTM = 12
+GRU = 13
+N_KINDS = 14
 
 # Families of kinds.  The Numba backend runs every family but the core one in a function
 # that takes the family's slot of the plan's kinds marker (``kinds_marker``): when the slot
@@ -34,7 +38,7 @@ RNN = 3  # embedding and recurrent layers
 KIND_FAMILY = {
     DENSE: CORE, DROPOUT: CORE, ACTIVATION: CORE, BATCHNORM: NORM, NORMALIZATION: NORM,
     CONV2D: CONV, MAXPOOL2D: CONV, AVGPOOL2D: CONV, GLOBAL_AVGPOOL2D: CONV,
-    GLOBAL_MAXPOOL2D: CONV,
+    GLOBAL_MAXPOOL2D: CONV, EMBEDDING: RNN, SIMPLE_RNN: RNN, LSTM: RNN, GRU: RNN,
 }  # fmt: skip
 #: Length of the kinds marker: room for the families to come.
 FAMILY_SLOTS = 8
@@ -68,6 +72,15 @@ P_FROZEN = P_ARG0  # BatchNormalization: 1 when frozen (trainable=False: inferen
 # max pooling: P_SAVE_OFF the window position (ky*KW + kx) of each output's maximum, as
 # a float (N*H_out*W_out*C).
 P_KH, P_KW, P_SH, P_SW, P_PAD_TOP, P_PAD_LEFT = P_ARG0, P_ARG1, P_ARG2, P_ARG3, P_ARG4, P_ARG5
+# Embedding: input (1, 1, T) of token ids, output (1, T, E); W0 the (V, E) table.
+P_VOCAB = P_ARG0  # Embedding: input_dim V (ids must lie in [0, V))
+# SimpleRNN / LSTM / GRU: input (1, T, F), output (1, T, U) with return_sequences else
+# (1, 1, U); W0 kernel (F, G), W1 recurrent kernel (U, G), W2 bias (G,) (GRU: (2, G)),
+# G = U, 4U (gates i, f, c, o) or 3U (gates z, r, h); P_ACT is the activation; P_SAVE_OFF
+# the workspace in acts (layout: rnn_layout in reference.py).
+P_RETURN_SEQ = P_ARG0  # 1 with return_sequences
+P_UNITS = P_ARG1  # U
+P_REC_ACT = P_ARG2  # LSTM/GRU: activation code of the gates (recurrent_activation)
 P_COLS = 26
 
 F_ALPHA = 0  # negative slope of leaky_relu

@@ -168,7 +168,7 @@ _P_W0, _P_W1, _P_S0, _P_S1 = C.P_W0, C.P_W1, C.P_S0, C.P_S1
 _P_DOUT_OFF, _P_DX_OFF, _P_BACKWARD = C.P_DOUT_OFF, C.P_DX_OFF, C.P_BACKWARD
 _F_ALPHA, _F_L1, _F_L2, _F_RATE = C.F_ALPHA, C.F_L1, C.F_L2, C.F_RATE
 _F_MOMENTUM, _F_EPSILON, _NORM_EPS = C.F_MOMENTUM, C.F_EPSILON, C.NORM_EPS
-_NORM, _P_FROZEN = C.NORM, C.P_FROZEN
+_NORM, _RNN, _P_FROZEN = C.NORM, C.RNN, C.P_FROZEN
 _CONV, _CONV2D, _MAXPOOL2D, _AVGPOOL2D = C.CONV, C.CONV2D, C.MAXPOOL2D, C.AVGPOOL2D
 _GLOBAL_AVGPOOL2D, _GLOBAL_MAXPOOL2D = C.GLOBAL_AVGPOOL2D, C.GLOBAL_MAXPOOL2D
 _P_KH, _P_KW, _P_SH, _P_SW = C.P_KH, C.P_KW, C.P_SH, C.P_SW
@@ -1426,10 +1426,12 @@ def forward_stack(x, plan, net, work, training, seed, step, row0=0):
                 _copy(inp, out)
         elif kind == _ACTIVATION:
             activation_forward(inp, out, act, layer_f[l, _F_ALPHA])
-        elif not _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
-                               acts, acc, training) and not _conv_forward(
-            kinds[_CONV], kind, inp, out, row, layer_f[l], params, acts, n
-        ):  # fmt: skip
+        elif _norm_forward(kinds[_NORM], kind, inp, out, row, layer_f[l], params, nontrain,
+                           acts, acc, training):  # fmt: skip
+            pass
+        elif _conv_forward(kinds[_CONV], kind, inp, out, row, layer_f[l], params, acts, n):
+            pass
+        elif not _rnn.rnn_family_forward(kinds[_RNN], kind, inp, out, row, params, acts, n):
             raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
 
 
@@ -1480,13 +1482,17 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
                 _copy(g, dx)
         elif kind == _ACTIVATION:
             _act_backward(out, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
-        elif not _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
-                                nontrain, acts, acc):  # fmt: skip
+        elif _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
+                            nontrain, acts, acc):  # fmt: skip
+            pass
+        else:
             handled, value = _conv_backward(kinds[_CONV], kind, inp, out, g, dx, need_dx, row,
                                             layer_f[l], params, grads, acts, n)  # fmt: skip
-            if not handled:
+            if handled:
+                penalty += value
+            elif not _rnn.rnn_family_backward(kinds[_RNN], kind, inp, g, dx, need_dx, row,
+                                              params, grads, acts, n):  # fmt: skip
                 raise ValueError("unknown layer kind (or a kind the plan's kinds marker lacks)")
-            penalty += value
     return penalty
 
 
@@ -1721,3 +1727,15 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
         bad += _count_nonfinite(net[3])
         stats[_STAT_NONFINITE] = 1.0 if bad > 0 else 0.0
     return done
+
+
+# The sequence kinds' kernels live in numba_rnn (which imports the helpers above); the
+# stack calls them through the module, and the module re-exports them for the contract
+# (either module may be imported first).
+from . import numba_rnn as _rnn  # noqa: E402
+
+
+def __getattr__(name):
+    if name in _rnn.EXPORTS:
+        return getattr(_rnn, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import codes as C
+from .reference_rnn import (
+    RNN_GATES,
+    embedding_backward,
+    embedding_forward,
+    rnn_backward,
+    rnn_forward,
+    rnn_workspace_size,
+)
 
 #: The operations of the contract: every backend module defines each of them.
 OPS = (
@@ -45,6 +53,9 @@ OPS = (
     "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "forward_stack",
     "backward_stack", "train_step", "eval_step", "batch_stats", "run_epoch",
 )  # fmt: skip
+#: The kernels of the sequence kinds (Embedding, SimpleRNN, LSTM, GRU): every backend that
+#: runs those kinds defines them (the cython and cuda backends do not: see their KINDS).
+SEQUENCE_OPS = ("embedding_forward", "embedding_backward", "rnn_forward", "rnn_backward")
 
 # ---------------------------------------------------------------------------------------
 # Activations
@@ -648,6 +659,25 @@ def _layer_views(x, acts, row, n):
     return inp, out
 
 
+def ids_view(x):
+    """Token ids (int32 for float32, int64 for float64) that a model stores bit for bit in
+    its float batch buffers (fastnn.layers.Embedding.encode_ids), as integers again."""
+    return x.view(np.int32 if x.dtype == np.float32 else np.int64)
+
+
+def _rnn_args(inp, params, acts, row, n):
+    """(x (N, T, F), w, r, b, ws) of a recurrent layer's plan row (w, r, b in ``params``:
+    the weights, or their gradients)."""
+    kind, t, f, u = int(row[C.P_KIND]), int(row[C.P_IN1]), int(row[C.P_IN2]), int(row[C.P_UNITS])
+    g = RNN_GATES[kind] * u
+    w = _mat(params, int(row[C.P_W0]), f, g)
+    r = _mat(params, int(row[C.P_W1]), u, g)
+    b = _mat(params, int(row[C.P_W2]), 2 if kind == C.GRU else 1, g)
+    off = int(row[C.P_SAVE_OFF])
+    ws = acts[off : off + rnn_workspace_size(kind, n, t, f, u)]
+    return inp.reshape(n, t, f), w, r, b, ws
+
+
 def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
     """Runs layer ``l`` of the plan forward on a batch of n rows (dropout active and batch
     statistics used only when ``training``).  Raises on an unknown layer kind."""
@@ -683,6 +713,13 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
                               _vec(nontrain, int(row[C.P_S1]), width), out)  # fmt: skip
     elif kind in _CONV_KINDS:
         _conv_family_forward(row, f, params, acts, inp, out, n)
+    elif kind == C.EMBEDDING:
+        embedding_forward(ids_view(inp), _mat(params, int(row[C.P_W0]), int(row[C.P_VOCAB]),
+                                              out.shape[1]), out)  # fmt: skip
+    elif kind in RNN_GATES:
+        x3, w, r, b, ws = _rnn_args(inp, params, acts, row, n)
+        rnn_forward(kind, x3, w, r, b, out.reshape(n, -1, r.shape[0]), ws, act,
+                    int(row[C.P_REC_ACT]), int(row[C.P_RETURN_SEQ]))  # fmt: skip
     else:
         raise ValueError(f"unknown layer kind {kind} (layer {l})")
 
@@ -793,6 +830,16 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
         normalization_backward(_vec(nontrain, int(row[C.P_S1]), width), g, dx)
     elif kind in _CONV_KINDS:
         return _conv_family_backward(row, f, net, acts, inp, out, g, dx, n, dx_off >= 0)
+    elif kind == C.EMBEDDING:
+        embedding_backward(ids_view(inp), g, _mat(grads, int(row[C.P_W0]),
+                                                  int(row[C.P_VOCAB]), g.shape[1]))  # fmt: skip
+    elif kind in RNN_GATES:
+        x3, w, r, b, ws = _rnn_args(inp, params, acts, row, n)
+        _, dw, dr, db, _ = _rnn_args(inp, grads, acts, row, n)
+        u = r.shape[0]
+        rnn_backward(kind, x3, w, r, g.reshape(n, -1, u), dx.reshape(x3.shape), dw, dr, db, ws,
+                     act, int(row[C.P_REC_ACT]), int(row[C.P_RETURN_SEQ]),
+                     int(dx_off >= 0))  # fmt: skip
     else:
         raise ValueError(f"unknown layer kind {kind} (layer {l})")
     return 0.0

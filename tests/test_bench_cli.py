@@ -281,3 +281,26 @@ def test_bench_runs_the_cnns(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "lenet 28x28x1 c6k5-p2-c16k5-p2-120-84-10 b32" in out
     assert "convnet 28x28x1 c32k3-p2-c64k3-p2-10 b128" in out
+
+
+@pytest.mark.parametrize("net", ["lstm_rows", "gru_rows", "lstm_imdb"])
+def test_rnn_baselines_train_the_same_network_as_fastnn(net):
+    """Two steps from the same weights: the losses (the second after one Adam update)
+    agree between fastnn, the NumPy baseline and PyTorch."""
+    from fastnn.bench import rnn
+
+    x, y = rnn.rnn_data(net, 8, seed=1)
+    impls = rnn.make_rnn_impls(net, ["numpy"], ["numpy", "torch"] if B.torch_available()
+                               else ["numpy"])  # fmt: skip
+    losses = {name: [impl.train_step(x, y) for _ in range(2)] for name, impl in impls.items()}
+    want = losses["fastnn-numpy"]
+    for name, got in losses.items():
+        np.testing.assert_allclose(got, want, rtol=2e-4, err_msg=name)
+
+
+def test_bench_runs_the_recurrent_networks(tmp_path, capsys):
+    args = _quick_args(tmp_path)
+    args[args.index("d")] = "gru_rows"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "gru_rows 28x28-gru64-10 b64" in out

@@ -41,6 +41,21 @@ def test_train_save_plot_then_evaluate_prints_the_same_accuracy(tmp_path, capsys
     assert _value(out2, "loss") == _value(out, "loss")
 
 
+def test_train_lstm_reads_digits_as_rows_and_evaluates_the_same(tmp_path, capsys):
+    path = tmp_path / "lstm.fnn"
+    code, out, err = _run(capsys, "train", "--dataset", "digits", "--model", "lstm",
+                          "--hidden", "32", "--epochs", "3", "--lr", "0.01", "--save", str(path),
+                          *BACKEND)  # fmt: skip
+    assert code == 0, err
+    assert float(_value(out, "accuracy")) > 0.8
+    model = fastnn.load_model(path, backend="numpy")
+    assert [type(layer).__name__ for layer in model.layers][-3:] == ["Reshape", "LSTM", "Dense"]
+    assert model.layers[-2].input_shape == (8, 8)
+    code, out2, err = _run(capsys, "evaluate", str(path), "--dataset", "digits", *BACKEND)
+    assert code == 0, err
+    assert _value(out2, "accuracy") == _value(out, "accuracy")
+
+
 def test_train_validation_split(capsys):
     code, out, _ = _run(capsys, "train", "--dataset", "iris", "--epochs", "2",
                         "--validation-split", "0.2", *BACKEND)  # fmt: skip
@@ -121,6 +136,11 @@ def test_train_on_npz_and_mnist_folder(tmp_path, capsys):
         (["train", "--dataset", "missing.npz"], "no such file"),
         (["train", "--dataset", "iris", "--optimizer", "adamm"], "Did you mean 'adam'"),
         (["train", "--dataset", "iris", "--save", "/no/such/dir/m.fnn"], "does not exist"),
+        (["train", "--dataset", "breast_cancer", "--model", "lstm"], "give --timesteps"),
+        (
+            ["train", "--dataset", "iris", "--model", "lstm", "--timesteps", "3"],
+            "--timesteps must divide the 4 features",
+        ),
         (["evaluate", "missing.fnn"], "no such model file"),
         (["predict", "missing.fnn", "--input", "x.npy", "--output", "y.npy"], "no such model"),
     ],

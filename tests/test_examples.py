@@ -22,6 +22,7 @@ RUNS = {
     # the compiled default backend: the NumPy reference's im2col takes minutes for 30 epochs
     "mnist_convnet": ["--backend", "{compiled}"],
     "mnist_convnet_idx": ["--mnist", "{mnist}"],
+    "sequence_lstm": [],
 }
 COMPILED = next((b for b in ("cython", "numba") if b in backend.available()), "numpy")
 
@@ -119,3 +120,9 @@ def test_convnet_on_idx_files(runs):
     out, _ = _ok(runs, "mnist_convnet_idx")
     assert "MNIST: 40 train / 10 test images of shape (28, 28, 1)" in out
     assert 0 <= _number(out, "test accuracy") <= 1
+
+
+def test_sequence_lstm_reads_digits_rows_and_classifies_tokens(runs):
+    out, _ = _ok(runs, "sequence_lstm")
+    assert _number(out, "digits test accuracy") >= 0.95
+    assert _number(out, "tokens test accuracy") >= 0.9

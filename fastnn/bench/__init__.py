@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from .baselines import CNN, NETWORKS, network_label, network_sizes, synthetic_data
+from .rnn import RNN_NETWORKS, make_rnn_impls, rnn_batch_size, rnn_data, rnn_label
 
 #: fastnn backends benchmarked by default (the compiled CPU ones that load).
 COMPILED_BACKENDS = ("numba", "cython")
@@ -60,12 +61,14 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--networks",
         nargs="+",
-        choices=sorted(NETWORKS),
+        choices=sorted(NETWORKS) + list(RNN_NETWORKS),
         default=None,
         help=(
             "a: 784-128-10 b64, d: 64-64-10 b32, c: 784-1024-1024-10 b256, bn: 784-256-10 b64 "
             "with BatchNormalization before the hidden ReLU; lenet, convnet: CNNs on 28x28x1 "
-            "images (fastnn.bench.cnn) (default a d c)"
+            "images (fastnn.bench.cnn); lstm_rows, gru_rows: LSTM/GRU(64) over 28 rows of 28 "
+            "features b64; lstm_imdb: Embedding(20000, 128) -> LSTM(128) -> Dense(1) on 80 "
+            "tokens b32 (default a d c)"
         ),
     )
     p.add_argument(
@@ -267,6 +270,22 @@ def baseline_modules(requested) -> tuple[dict, list[str]]:
     return mods, notes
 
 
+def batch_size_of(net: str) -> int:
+    return rnn_batch_size(net) if net in RNN_NETWORKS else NETWORKS[net][3]
+
+
+def label_of(net: str) -> str:
+    return rnn_label(net) if net in RNN_NETWORKS else network_label(net)
+
+
+def data_of(net: str, n: int, seed: int):
+    """(X, y) of n synthetic samples for network ``net``."""
+    if net in RNN_NETWORKS:
+        return rnn_data(net, n, seed)
+    n_in, _, n_out, _ = NETWORKS[net]
+    return synthetic_data(n, n_in, n_out, seed=seed)
+
+
 def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
     """name -> object with train_step/train_epoch, all starting from the same weights."""
     from . import baselines as B
@@ -275,6 +294,9 @@ def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
         from .cnn import make_cnn_impls
 
         return make_cnn_impls(net, backends, baselines, seed)
+    if net in RNN_NETWORKS:
+        return make_rnn_impls(net, backends, baselines, seed)
+
     sizes = network_sizes(net)
     bn = net in B.BATCHNORM
     weights = B.glorot_weights(sizes, seed, batchnorm=bn)
@@ -305,10 +327,10 @@ class LocalRunner:
     """Times one implementation in this process."""
 
     def __init__(self, name: str, impl, net: str, data_cache: dict | None = None):
-        n_in, _, n_out, batch = NETWORKS[net]
+        batch = batch_size_of(net)
         self.name, self.impl, self.net, self.batch = name, impl, net, batch
         self.adam_impl = getattr(impl, "adam_impl", None)
-        self.xb, self.yb = _batch_for(impl, *synthetic_data(batch, n_in, n_out, seed=1))
+        self.xb, self.yb = _batch_for(impl, *data_of(net, batch, 1))
         self.data_cache = {} if data_cache is None else data_cache
 
     def warm(self, steps: int) -> None:
@@ -325,10 +347,9 @@ class LocalRunner:
 
     def epoch(self, n: int, seed: int) -> float:
         """Seconds for one shuffled epoch over n synthetic samples (data made beforehand)."""
-        n_in, _, n_out, _ = NETWORKS[self.net]
-        key = (n_in, n)
+        key = (self.net, n)
         if key not in self.data_cache:
-            self.data_cache[key] = synthetic_data(n, n_in, n_out, seed=2)
+            self.data_cache[key] = data_of(self.net, n, 2)
         X, Y = self.data_cache[key]
         rng = np.random.default_rng(seed)
         t0 = time.perf_counter()
@@ -380,7 +401,7 @@ class WorkerRunner:
     """Times one implementation in its own process (no other runtime's threads around)."""
 
     def __init__(self, ctx, name: str, net: str, threads: int):
-        self.name, self.net, self.batch = name, net, NETWORKS[net][3]
+        self.name, self.net, self.batch = name, net, batch_size_of(net)
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker_main, args=(child, net, name, threads), daemon=True)
         self.proc.start()
@@ -614,7 +635,7 @@ def format_table(rows: list[dict], unit: str, title: str) -> str:
     lines = []
     for row in rows:
         med = row["medians"]
-        cells = [network_label(row["network"]), str(row["threads"])]
+        cells = [label_of(row["network"]), str(row["threads"])]
         cells += [_fmt(med[n]) if n in med else "-" for n in names]
         for _, fast, base in ratios:
             ok = fast in med and base in med and med[base] > 0
@@ -762,11 +783,11 @@ def run(args) -> dict:
     step_rows, epoch_rows, records = [], [], []
     data_cache: dict = {}
     for net in cfg["networks"]:
-        batch = NETWORKS[net][3]
+        batch = batch_size_of(net)
         impls = {} if args.isolate else make_impls(net, backends, mods)
-        # the CNNs have no JAX baseline (fastnn.bench.cnn)
+        # the CNNs and RNNs have no JAX baseline (fastnn.bench.cnn, fastnn.bench.rnn)
         names = [f"fastnn-{be}" for be in backends] + [
-            m for m in mods if not (net in CNN and m == "jax")
+            m for m in mods if not ((net in CNN or net in RNN_NETWORKS) and m == "jax")
         ]
         for threads in cfg["threads"]:
             if args.isolate:
@@ -792,7 +813,7 @@ def run(args) -> dict:
             finally:
                 for runner in runners.values():
                     runner.close()
-            print(f"  measured {network_label(net)} at {threads} thread(s)")
+            print(f"  measured {label_of(net)} at {threads} thread(s)")
             sys.stdout.flush()
         del impls
 
@@ -800,7 +821,7 @@ def run(args) -> dict:
     if args.cold_start:
         print("  cold start: fresh processes (numba empty cache / warm cache, cython) ...")
         sys.stdout.flush()
-        for net in cfg["networks"]:
+        for net in (n for n in cfg["networks"] if n not in RNN_NETWORKS):
             cold += cold_start(net, backends if args.backends else COMPILED_BACKENDS)
 
     info = environment(meta)

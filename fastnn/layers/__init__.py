@@ -1,5 +1,5 @@
 """Layers: Dense, Dropout, Activation, BatchNormalization, Normalization, Conv2D, the
-pooling layers, and the views Flatten and Input.
+pooling layers, Embedding, SimpleRNN, LSTM, GRU, and the views Flatten and Input.
 
 Inside a :class:`fastnn.Sequential` the model runs every layer in one compiled call and the
 layers' weights are views into the model's flat buffers.  On their own, layers are the
@@ -25,6 +25,7 @@ from .core import (
     Reshape,
     Softmax,
 )
+from .embedding import Embedding
 from .normalization import BatchNormalization, Normalization
 from .pooling import (
     AveragePooling2D,
@@ -32,6 +33,7 @@ from .pooling import (
     GlobalMaxPooling2D,
     MaxPooling2D,
 )
+from .recurrent import GRU, LSTM, SimpleRNN
 
 LAYER_CLASSES = {
     cls.__name__: cls
@@ -51,6 +53,10 @@ LAYER_CLASSES = {
         AveragePooling2D,
         GlobalAveragePooling2D,
         GlobalMaxPooling2D,
+        Embedding,
+        SimpleRNN,
+        LSTM,
+        GRU,
     )
 }
 
@@ -61,16 +67,20 @@ __all__ = [
     "Conv2D",
     "Dense",
     "Dropout",
+    "Embedding",
     "Flatten",
     "GlobalAveragePooling2D",
     "GlobalMaxPooling2D",
+    "GRU",
     "Input",
+    "LSTM",
     "Layer",
     "LeakyReLU",
     "MaxPooling2D",
     "Normalization",
     "ReLU",
     "Reshape",
+    "SimpleRNN",
     "Softmax",
     "WeightSpec",
     "float_dtype",
