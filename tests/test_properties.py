@@ -43,7 +43,8 @@ dims = st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 33]) | st.integers(1, 40)
 dtypes = st.sampled_from([np.float32, np.float64])
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3, 1e4])
 seeds = st.integers(0, 2**31 - 1)
-ACTS = [C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX]
+ACTS = [C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX, C.ELU, C.SELU, C.GELU, C.SILU,
+        C.SOFTPLUS]  # fmt: skip
 acts = st.sampled_from(ACTS)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -471,7 +472,8 @@ OPTIMIZERS = [
     lambda: optimizers.Adam(0.01),
     lambda: optimizers.AdamW(0.01, weight_decay=0.1),
 ]
-ACT_NAMES = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"]
+ACT_NAMES = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu",
+             "silu", "softplus"]  # fmt: skip
 
 
 @st.composite
