@@ -1108,13 +1108,43 @@ def _next_bound(layers, start, n):
 
 
 @_jit
+def _sum_squares(g):
+    """sum(g**2) in float64 over eight interleaved partial sums: eight independent add
+    chains instead of one (a single float64 accumulator, which LLVM may not reorder, runs
+    at one add per 4 cycles: ~130 us for 100k weights)."""
+    n8 = g.shape[0] - g.shape[0] % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for k in range(0, n8, 8):
+        v0, v1, v2, v3 = (
+            np.float64(g[k]),
+            np.float64(g[k + 1]),
+            np.float64(g[k + 2]),
+            np.float64(g[k + 3]),
+        )
+        v4, v5, v6, v7 = (
+            np.float64(g[k + 4]),
+            np.float64(g[k + 5]),
+            np.float64(g[k + 6]),
+            np.float64(g[k + 7]),
+        )
+        s0 += v0 * v0
+        s1 += v1 * v1
+        s2 += v2 * v2
+        s3 += v3 * v3
+        s4 += v4 * v4
+        s5 += v5 * v5
+        s6 += v6 * v6
+        s7 += v7 * v7
+    for k in range(n8, g.shape[0]):
+        v = np.float64(g[k])
+        s0 += v * v
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@_jit
 def _scale_to_norm(g, limit):
     """reference._scale_to_norm on a flat (P,) view."""
-    s = 0.0
-    for k in range(g.shape[0]):
-        v = np.float64(g[k])
-        s += v * v
-    norm = np.sqrt(s)
+    norm = np.sqrt(_sum_squares(g))
     scale = limit / max(norm, limit) if np.isfinite(norm) else np.nan
     t = g.dtype.type(scale)
     for k in range(g.shape[0]):
