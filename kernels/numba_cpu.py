@@ -458,38 +458,41 @@ def _smooth_backward(y, dx, i, act, alpha):
 
 @_jit
 def _bias_act(out, b, act, alpha):
-    """out = act(out + b) in one pass: the epilogue of reference.dense_forward."""
+    """out = act(out + b) in one pass: the epilogue of reference.dense_forward; an empty b
+    is no bias (a select in the loops, which LLVM unswitches: calling activation_forward
+    instead would compile all its branches into dense_forward once more)."""
     n, o = out.shape
     t = out.dtype.type
     zero, one, a = t(0), t(1), t(alpha)
+    has_b = b.shape[0] > 0
     if act == _RELU:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 out[i, j] = zero if v < zero else v
     elif act == _LINEAR:
         for i in range(n):
             for j in range(o):
-                out[i, j] += b[j]
+                out[i, j] += b[j] if has_b else zero
     elif act == _LEAKY_RELU:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 out[i, j] = v if v > zero else v * a
     elif act == _SIGMOID:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 e = _exp(-np.abs(v))
                 out[i, j] = one / (one + e) if v >= zero else e / (one + e)
     elif act == _TANH:
         for i in range(n):
             for j in range(o):
-                out[i, j] = _tanh(out[i, j] + b[j])
+                out[i, j] = _tanh(out[i, j] + (b[j] if has_b else zero))
     elif act == _SOFTMAX:
         for i in range(n if o > 0 else 0):  # a row of no columns has no max, nothing to do
             for j in range(o):
-                out[i, j] += b[j]
+                out[i, j] += b[j] if has_b else zero
             m = out[i, 0]
             for j in range(1, o):
                 if out[i, j] > m:
@@ -504,7 +507,7 @@ def _bias_act(out, b, act, alpha):
     elif act >= _ELU and act <= _SOFTPLUS:
         for i in range(n):
             for j in range(o):
-                out[i, j] += b[j]
+                out[i, j] += b[j] if has_b else zero
         _smooth_forward(out, out, act, alpha)
     else:
         raise ValueError("unknown activation code")
@@ -572,10 +575,7 @@ def dense_forward(x, w, b, out, act, alpha):
     """See reference.dense_forward: the GEMM, then one bias + activation pass (b may be
     empty: no bias)."""
     _gemm(x, w, out, 0, 0)
-    if b.shape[0] == 0:  # no bias (use_bias=False)
-        activation_forward(out, out, act, alpha)
-    else:
-        _bias_act(out, b, act, alpha)
+    _bias_act(out, b, act, alpha)
 
 
 @_jit
