@@ -113,6 +113,32 @@ def _check_bool(value, arg):
     return bool(value)
 
 
+def _metric_set(metrics, loss):
+    """compile's metrics as a MetricSet, checked: distinct names, none called 'loss', no
+    accuracy after a regression loss."""
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if metrics is not None and not isinstance(metrics, (list, tuple)):
+        raise TypeError(
+            f"metrics must be a list of names such as ['accuracy'], got "
+            f"{type(metrics).__name__} {metrics!r}"
+        )
+    metric_set = _metrics.MetricSet([_metrics.get(m) for m in metrics or []])
+    seen = set()
+    for name in metric_set.names:
+        if name in seen or name == "loss":
+            raise ValueError(
+                f"metrics must be distinct names other than 'loss' (each is a key of the "
+                f"logs), got {name!r} twice in {list(metrics)!r}"
+            )
+        seen.add(name)
+    regression = isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError))
+    for m in metric_set.metrics:
+        if regression and isinstance(m, _metrics.Accuracy):
+            raise ValueError(f"metric {m.name!r} needs a classification loss, got {loss.name}")
+    return metric_set
+
+
 class Sequential:
     """A linear stack of layers.
 
@@ -411,26 +437,7 @@ class Sequential:
         if output is not None:
             activation, layer = output
             loss.check_output(activation, layer.name, type(layer).__name__)
-        if isinstance(metrics, str):
-            metrics = [metrics]
-        if metrics is not None and not isinstance(metrics, (list, tuple)):
-            raise TypeError(
-                f"metrics must be a list of names such as ['accuracy'], got "
-                f"{type(metrics).__name__} {metrics!r}"
-            )
-        metric_set = _metrics.MetricSet([_metrics.get(m) for m in metrics or []])
-        seen = set()
-        for name in metric_set.names:
-            if name in seen or name == "loss":
-                raise ValueError(
-                    f"metrics must be distinct names other than 'loss' (each is a key of the "
-                    f"logs), got {name!r} twice in {list(metrics)!r}"
-                )
-            seen.add(name)
-        regression = isinstance(loss, (_losses.MeanSquaredError, _losses.MeanAbsoluteError))
-        for m in metric_set.metrics:
-            if regression and isinstance(m, _metrics.Accuracy):
-                raise ValueError(f"metric {m.name!r} needs a classification loss, got {loss.name}")
+        metric_set = _metric_set(metrics, loss)
         self._relayout_if_trainable_changed()
         self.optimizer = optimizer
         self.loss = loss

@@ -293,6 +293,24 @@ class Optimizer:
         _, k = _backend.resolve(backend)
         flat = [_checked_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
         flat = self._clipped(flat)
+        entries = self._checked_entries(params)
+        # the rates of every parameter's step count, before any update (a schedule may fail)
+        hypers: dict[int, np.ndarray] = {}
+        for entry in entries:
+            t = 0 if entry is None else entry.steps
+            if t not in hypers:
+                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
+        for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
+            if entry is None:
+                entry = self._new_entry(p)
+            hyper = hypers[entry.steps]
+            k.optimizer_update(p_flat, g_flat, entry.slots, self.code, hyper, entry.steps + 1)
+            entry.steps += 1
+        self.iterations += 1
+
+    def _checked_entries(self, params) -> list:
+        """The state of each array of a direct step (None: fresh), after checking that no
+        array appears twice and that each kept its size and dtype."""
         first: dict[int, int] = {}
         entries = []
         for i, p in enumerate(params):
@@ -312,19 +330,7 @@ class Optimizer:
                     f"{p.dtype} values"
                 )
             entries.append(entry)
-        # the rates of every parameter's step count, before any update (a schedule may fail)
-        hypers: dict[int, np.ndarray] = {}
-        for entry in entries:
-            t = 0 if entry is None else entry.steps
-            if t not in hypers:
-                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
-        for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
-            if entry is None:
-                entry = self._new_entry(p)
-            hyper = hypers[entry.steps]
-            k.optimizer_update(p_flat, g_flat, entry.slots, self.code, hyper, entry.steps + 1)
-            entry.steps += 1
-        self.iterations += 1
+        return entries
 
     def _clipped(self, flat):
         """(param, grad) pairs of a direct step with the gradients clipped (copies: the
