@@ -254,3 +254,21 @@ def test_dense_without_bias_low_level_api():
     dz = s * (1 + z * (1 - s))
     np.testing.assert_allclose(layer.dkernel, x.T @ dz, rtol=1e-12)
     np.testing.assert_allclose(dx, dz @ layer.kernel.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["huber", "kl_divergence", "poisson"])
+def test_whole_model_gradients_match_finite_differences(loss):
+    """fastnn.gradcheck on float64 models with every new activation (gelu's saved
+    pre-activation included) and each new loss."""
+    rng = np.random.default_rng(8)
+    last = {"huber": None, "kl_divergence": "softmax", "poisson": "softplus"}[loss]
+    model = fastnn.Sequential(
+        [Input(shape=(4,)), Dense(6, activation="gelu"), Activation("elu"),
+         Dense(5, activation="silu"), Activation("selu"), Dense(3, activation=last)],
+        backend="numpy", dtype="float64", seed=3,
+    )  # fmt: skip
+    model.compile("sgd", loss)
+    x = rng.normal(size=(7, 4))
+    y = rng.dirichlet(np.ones(3), 7) if loss == "kl_divergence" else rng.poisson(1.0, (7, 3))
+    result = fastnn.gradcheck(model, x, y.astype(np.float64), rtol=1e-5, atol=1e-8)
+    assert result.passed and result.checked > 50, result
