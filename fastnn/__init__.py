@@ -9,6 +9,7 @@
 """
 
 from . import (
+    activations,
     callbacks,
     datasets,
     layers,
@@ -31,6 +32,7 @@ __all__ = [
     "Input",
     "Sequential",
     "NonFiniteLossError",
+    "activations",
     "callbacks",
     "datasets",
     "get_backend",

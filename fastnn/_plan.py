@@ -66,6 +66,20 @@ class Plan:
                     self.gbuf_size, self.acc_size, self.names)  # fmt: skip
 
 
+#: The kinds whose kernels keep the input of gelu and silu (codes.INPUT_ACTS) for the
+#: backward: the Activation layer reads its input, Dense saves its pre-activation.
+_INPUT_ACT_KINDS = (codes.DENSE, codes.ACTIVATION)
+
+
+def _check_input_act(layer, act: int) -> None:
+    if act in codes.INPUT_ACTS and layer.kind not in _INPUT_ACT_KINDS:
+        raise ValueError(
+            f"activation {getattr(layer, 'activation', act)!r} on layer {layer.name!r} "
+            f"({type(layer).__name__}) is supported on Dense and Activation layers only: "
+            "add an Activation layer after it"
+        )
+
+
 def build_plan(layers, offsets, input_shape, rows: int) -> Plan:
     """The plan of built ``layers`` (each with ``offsets``: weight name -> offset in params or
     nontrain) on samples of ``input_shape``, for batches of up to ``rows`` samples."""
@@ -79,6 +93,7 @@ def build_plan(layers, offsets, input_shape, rows: int) -> Plan:
         row = np.full(codes.P_COLS, -1, dtype=np.int64)
         frow = np.zeros(codes.F_COLS, dtype=np.float64)
         act, floats, ints = layer.plan_fields()
+        _check_input_act(layer, act)
         row[codes.P_KIND], row[codes.P_ACT] = layer.kind, act
         row[codes.P_IN0 : codes.P_IN2 + 1] = _padded(shape)
         row[codes.P_OUT0 : codes.P_OUT2 + 1] = _padded(out_shape)

@@ -130,6 +130,64 @@ class MeanAbsoluteError(Loss):
         return codes.MAE, "dense"
 
 
+class Huber(Loss):
+    """Huber loss (Keras): 0.5 d**2 where |d| <= delta, else delta * (|d| - delta / 2), with
+    d = y_pred - y_true, averaged over outputs.
+
+    Parameters
+    ----------
+    delta : float
+        Where the loss turns from quadratic to linear.  The compiled kernels compute
+        Keras's default, 1.0; another value raises a ValueError.
+    """
+
+    name = "huber"
+
+    def __init__(self, delta: float = 1.0):
+        if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)):
+            raise TypeError(f"delta must be a number, got {type(delta).__name__} {delta!r}")
+        if float(delta) != codes.HUBER_DELTA:
+            raise ValueError(
+                f"delta must be {codes.HUBER_DELTA} (Keras's default, the one the kernels "
+                f"compute), got {delta!r}"
+            )
+        self.delta = float(delta)
+
+    def get_config(self):
+        return {"delta": self.delta}
+
+    def plan(self, last_act):
+        return StackLoss(codes.HUBER, last_act, 1, "dense")
+
+    def _direct_code(self, logits):
+        return codes.HUBER, "dense"
+
+
+class KLDivergence(Loss):
+    """Kullback-Leibler divergence sum(y_true * log(y_true / y_pred)) over outputs, with
+    y_true and y_pred clipped to [1e-7, 1] (Keras)."""
+
+    name = "kl_divergence"
+
+    def plan(self, last_act):
+        return StackLoss(codes.KL_DIVERGENCE, last_act, 1, "dense")
+
+    def _direct_code(self, logits):
+        return codes.KL_DIVERGENCE, "dense"
+
+
+class Poisson(Loss):
+    """Poisson loss mean(y_pred - y_true * log(y_pred + 1e-7)) over outputs (Keras)."""
+
+    name = "poisson"
+
+    def plan(self, last_act):
+        return StackLoss(codes.POISSON, last_act, 1, "dense")
+
+    def _direct_code(self, logits):
+        return codes.POISSON, "dense"
+
+
 class _CrossEntropy(Loss):
     _has_logits = True
     #: output activations whose values this loss accepts as probabilities
@@ -227,6 +285,11 @@ _LOSSES = {
     "bce": BinaryCrossentropy,
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "huber": Huber,
+    "kl_divergence": KLDivergence,
+    "kld": KLDivergence,
+    "kullback_leibler_divergence": KLDivergence,
+    "poisson": Poisson,
 }
 CLASSES = {cls.__name__: cls for cls in set(_LOSSES.values())}
 

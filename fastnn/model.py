@@ -279,20 +279,51 @@ class Sequential:
                 self.backend_name, self._kernels = _backend.resolve(name)
                 return
 
+    def _other_backends(self, kinds=()) -> str:
+        """The other CPU backends (that run ``kinds``), for error messages."""
+        return ", ".join(
+            n for n in ("cython", "numba", "numpy")
+            if n != self.backend_name and _backend.runs_kinds(n, kinds)
+        )  # fmt: skip
+
     def _check_backend_kinds(self) -> None:
         supported = getattr(self._kernels, "KINDS", None)
         if supported is None:
             return
+        acts = getattr(self._kernels, "ACTS", None)
         for layer in self.layers:
             if layer.kind is not None and layer.kind not in supported:
-                others = [
-                    name for name in ("cython", "numba", "numpy")
-                    if name != self.backend_name and _backend.runs_kinds(name, [layer.kind])
-                ]  # fmt: skip
                 raise ValueError(
                     f"the {self.backend_name} backend cannot run layer {layer.name!r} "
-                    f"({type(layer).__name__}); the {', '.join(others)} backends run it"
+                    f"({type(layer).__name__}); the {self._other_backends([layer.kind])} backends "
+                    "run it"
                 )
+            act = getattr(layer, "act", None)
+            if acts is not None and act is not None and act not in acts:
+                raise ValueError(
+                    f"the {self.backend_name} backend cannot run activation "
+                    f"{layer.activation!r} of layer {layer.name!r}; the "
+                    f"{self._other_backends()} backends run it"
+                )
+
+    def _check_backend_codes(self, optimizer, loss) -> None:
+        """A ValueError at compile for an optimizer or loss the backend does not run."""
+        opts, losses = getattr(self._kernels, "OPTS", None), getattr(self._kernels, "LOSSES", None)
+        if opts is not None and optimizer.code not in opts:
+            raise ValueError(
+                f"the {self.backend_name} backend cannot run optimizer {type(optimizer).__name__}; "
+                f"the {self._other_backends()} backends run it"
+            )
+        if optimizer.clipping and not getattr(self._kernels, "CLIPPING", True):
+            raise ValueError(
+                f"the {self.backend_name} backend cannot clip gradients (clipnorm, clipvalue, "
+                f"global_clipnorm); the {self._other_backends()} backends run it"
+            )
+        if losses is not None and loss.plan(codes.LINEAR).code not in losses:
+            raise ValueError(
+                f"the {self.backend_name} backend cannot run loss {loss.name!r}; the "
+                f"{self._other_backends()} backends run it"
+            )
 
     def _relayout_if_trainable_changed(self) -> None:
         """A new engine when a layer's ``trainable`` changed since the model was built (the
@@ -395,6 +426,7 @@ class Sequential:
             )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
+        self._check_backend_codes(optimizer, loss)
         output = self._output_activation()
         if output is not None:
             activation, layer = output

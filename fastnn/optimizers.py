@@ -56,6 +56,25 @@ def _checked_pair(i, p, g) -> tuple[np.ndarray, np.ndarray]:
     return p.reshape(-1), np.ascontiguousarray(g).reshape(-1)
 
 
+def _clip_options(clipnorm, clipvalue, global_clipnorm):
+    """The validated clip options: each None or a number > 0, at most one set (Keras)."""
+    given = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+    set_ = [name for name, v in given.items() if v is not None]
+    if len(set_) > 1:
+        raise ValueError(
+            "only one of clipnorm, clipvalue and global_clipnorm can be set, got "
+            + ", ".join(f"{name}={given[name]!r}" for name in set_)
+        )
+    return tuple(
+        None if v is None else _number(v, name, 0.0, low_open=True) for name, v in given.items()
+    )
+
+
+def _norm_scale(norm: float, limit: float) -> float:
+    """Keras's factor limit / max(norm, limit); NaN for a non-finite norm."""
+    return limit / max(norm, limit) if np.isfinite(norm) else float("nan")
+
+
 class _ParamState:
     """The state of one parameter array in direct use: a weak reference to the array, its
     state slots (max(slots, 1), size) and the number of updates it has had."""
@@ -85,6 +104,14 @@ class Optimizer:
     learning_rate : float or callable
         A positive number, or a schedule: a callable step -> rate (see
         :mod:`fastnn.schedules`), evaluated once per step.
+    clipnorm, clipvalue, global_clipnorm : float, optional
+        Keras's gradient clipping (at most one may be set): each weight's gradient scaled
+        to an L2 norm of at most ``clipnorm``; every gradient entry clipped to
+        [-clipvalue, clipvalue]; all gradients together scaled to a norm of at most
+        ``global_clipnorm``.  Inside a model it runs in the compiled step, after the
+        regularisation gradients are added; a gradient whose norm is not finite becomes
+        NaN (and fit stops with NonFiniteLossError).  In direct use (:meth:`step`) a
+        "weight" is each array passed and the global norm spans one call's arrays.
 
     Attributes
     ----------
@@ -98,7 +125,8 @@ class Optimizer:
     code = -1
     name = "optimizer"
 
-    def __init__(self, learning_rate: float | Callable = 0.001):
+    def __init__(self, learning_rate: float | Callable = 0.001, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None):  # fmt: skip
         if isinstance(learning_rate, type):
             raise TypeError(
                 f"learning_rate must be a positive number or a schedule instance, got the "
@@ -108,6 +136,9 @@ class Optimizer:
             self.learning_rate = learning_rate
         else:
             self.learning_rate = _number(learning_rate, "learning_rate", 0.0, low_open=True)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = _clip_options(
+            clipnorm, clipvalue, global_clipnorm
+        )
         self.iterations = 0
         self._state: dict[int, _ParamState] = {}  # id(array) -> state, in direct use
         self._kept_rates: tuple = (None, np.empty(0))
@@ -144,10 +175,26 @@ class Optimizer:
 
     def hyper(self) -> np.ndarray:
         """The float64 hyper-parameter vector of the kernel (layout in kernels.codes)."""
-        return np.array([self.lr_at(self.iterations), *self._extra()], dtype=np.float64)
+        return np.array([self.lr_at(self.iterations), *self._tail()], dtype=np.float64)
 
     def _extra(self) -> list[float]:
         return []
+
+    @property
+    def clipping(self) -> bool:
+        """Whether one of clipnorm, clipvalue, global_clipnorm is set."""
+        return any(v is not None for v in (self.clipnorm, self.clipvalue, self.global_clipnorm))
+
+    def _tail(self) -> list[float]:
+        """hyper after the rate: the optimizer's entries, then (when clipping) the three
+        clip entries at codes.H_* (0: off)."""
+        if not self.clipping:
+            return self._extra()
+        clip = [0.0] * codes.N_CLIP
+        clip[codes.H_CLIPNORM] = self.clipnorm or 0.0
+        clip[codes.H_CLIPVALUE] = self.clipvalue or 0.0
+        clip[codes.H_GLOBAL_CLIPNORM] = self.global_clipnorm or 0.0
+        return [*self._extra(), *clip]
 
     # Training calls pass these kept arrays (no NumPy call per batch); kernels only read the
     # rates and set hyper[0] from them themselves.
@@ -167,7 +214,7 @@ class Optimizer:
         """:meth:`hyper` in a kept array, rebuilt when a hyper-parameter other than the rate
         changes."""
         extra, kept = self._kept_hyper
-        now = self._extra()
+        now = self._tail()
         if extra != now:
             kept = np.array([self.lr_at(self.iterations), *now], dtype=np.float64)
             self._kept_hyper = (now, kept)
@@ -181,7 +228,12 @@ class Optimizer:
         lr = self.learning_rate
         cfg = lr.get_config() if hasattr(lr, "get_config") else None
         lr_entry = {"schedule": type(lr).__name__, "config": cfg} if callable(lr) else lr
-        return {"learning_rate": lr_entry, **self._config()}
+        clip = {
+            name: getattr(self, name)
+            for name in ("clipnorm", "clipvalue", "global_clipnorm")
+            if getattr(self, name) is not None
+        }
+        return {"learning_rate": lr_entry, **self._config(), **clip}
 
     def _config(self) -> dict:
         return {}
@@ -240,6 +292,25 @@ class Optimizer:
             raise ValueError(f"params and grads must pair up, got {len(params)} and {len(grads)}")
         _, k = _backend.resolve(backend)
         flat = [_checked_pair(i, p, g) for i, (p, g) in enumerate(zip(params, grads))]
+        flat = self._clipped(flat)
+        entries = self._checked_entries(params)
+        # the rates of every parameter's step count, before any update (a schedule may fail)
+        hypers: dict[int, np.ndarray] = {}
+        for entry in entries:
+            t = 0 if entry is None else entry.steps
+            if t not in hypers:
+                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
+        for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
+            if entry is None:
+                entry = self._new_entry(p)
+            hyper = hypers[entry.steps]
+            k.optimizer_update(p_flat, g_flat, entry.slots, self.code, hyper, entry.steps + 1)
+            entry.steps += 1
+        self.iterations += 1
+
+    def _checked_entries(self, params) -> list:
+        """The state of each array of a direct step (None: fresh), after checking that no
+        array appears twice and that each kept its size and dtype."""
         first: dict[int, int] = {}
         entries = []
         for i, p in enumerate(params):
@@ -259,19 +330,22 @@ class Optimizer:
                     f"{p.dtype} values"
                 )
             entries.append(entry)
-        # the rates of every parameter's step count, before any update (a schedule may fail)
-        hypers: dict[int, np.ndarray] = {}
-        for entry in entries:
-            t = 0 if entry is None else entry.steps
-            if t not in hypers:
-                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
-        for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
-            if entry is None:
-                entry = self._new_entry(p)
-            hyper = hypers[entry.steps]
-            k.optimizer_update(p_flat, g_flat, entry.slots, self.code, hyper, entry.steps + 1)
-            entry.steps += 1
-        self.iterations += 1
+        return entries
+
+    def _clipped(self, flat):
+        """(param, grad) pairs of a direct step with the gradients clipped (copies: the
+        caller's arrays are left alone), as the compiled step clips inside a model."""
+        if not self.clipping:
+            return flat
+        if self.clipvalue is not None:
+            v = self.clipvalue
+            return [(p, np.clip(g, -v, v).astype(g.dtype)) for p, g in flat]
+        sq = [float(np.square(g, dtype=np.float64).sum()) for _, g in flat]
+        if self.clipnorm is not None:
+            scales = [_norm_scale(np.sqrt(s), self.clipnorm) for s in sq]
+        else:
+            scales = [_norm_scale(np.sqrt(sum(sq)), self.global_clipnorm)] * len(flat)
+        return [(p, g * g.dtype.type(s)) for (p, g), s in zip(flat, scales)]
 
     def apply_gradients(self, grads_and_vars) -> None:
         """Keras-style: ``apply_gradients(zip(grads, variables))``; the same as
@@ -295,8 +369,11 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
+        super().__init__(
+            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
         self.momentum = _number(momentum, "momentum", 0.0, 1.0)
         if not isinstance(nesterov, bool):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
@@ -319,8 +396,11 @@ class Adagrad(Optimizer):
     name = "adagrad"
     code = codes.ADAGRAD
 
-    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
+        super().__init__(
+            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
         self.initial_accumulator_value = _number(
             initial_accumulator_value, "initial_accumulator_value", 0.0
         )
@@ -345,8 +425,18 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     code = codes.RMSPROP
 
-    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(
+        self,
+        learning_rate=0.001,
+        rho=0.9,
+        epsilon=1e-7,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+    ):
+        super().__init__(
+            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
         self.rho = _number(rho, "rho", 0.0, 1.0)
         self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
 
@@ -364,8 +454,11 @@ class Adam(Optimizer):
     code = codes.ADAM
     weight_decay = 0.0
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
+        super().__init__(
+            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
         self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
         self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
         # epsilon > 0: with 0, a parameter whose gradient is 0 would get 0/0 = NaN
@@ -384,16 +477,49 @@ class AdamW(Adam):
     name = "adamw"
 
     def __init__(
-        self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7
-    ):
-        super().__init__(learning_rate, beta_1, beta_2, epsilon)
+        self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+        clipnorm=None, clipvalue=None, global_clipnorm=None,
+    ):  # fmt: skip
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, clipnorm=clipnorm,
+                         clipvalue=clipvalue, global_clipnorm=global_clipnorm)  # fmt: skip
         self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
 
     def _config(self):
         return {**super()._config(), "weight_decay": self.weight_decay}
 
 
-_OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad, "rmsprop": RMSprop}
+class Nadam(Optimizer):
+    """Adam with Nesterov momentum, Keras 3's formula (Dozat's momentum schedule
+    u_t = beta_1 * (1 - 0.5 * 0.96**t)); PyTorch's ``NAdam`` with ``momentum_decay=1.0``
+    computes the same (its default 0.004 decays the momentum far more slowly)."""
+
+    name = "nadam"
+    code = codes.NADAM
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
+        super().__init__(
+            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
+        )
+        self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
+        self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
+        self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
+
+    def _extra(self):
+        return [self.beta_1, self.beta_2, self.epsilon]
+
+    def _config(self):
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+_OPTIMIZERS = {
+    "sgd": SGD,
+    "adam": Adam,
+    "adamw": AdamW,
+    "adagrad": Adagrad,
+    "rmsprop": RMSprop,
+    "nadam": Nadam,
+}
 CLASSES = {cls.__name__: cls for cls in _OPTIMIZERS.values()}
 
 

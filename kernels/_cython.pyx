@@ -15,7 +15,8 @@ from cpython.buffer cimport PyBUF_STRIDES, PyBuffer_Release, PyObject_GetBuffer
 from cpython.long cimport PyLong_AsUnsignedLongLongMask, PyLong_Check
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport (
-    NAN, ceil, exp, fabs, fabsf, isfinite, log, log1p, pow, sqrt, sqrtf, tanh,
+    INFINITY, NAN, ceil, erf, erff, exp, expm1, expm1f, fabs, fabsf, isfinite, log, log1p, pow,
+    sqrt, sqrtf, tanh,
 )
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove, memset
@@ -38,7 +39,12 @@ cdef enum:
     SIGMOID = 3
     TANH = 4
     SOFTMAX = 5
-    N_ACTS = 6
+    ELU = 6
+    SELU = 7
+    GELU = 8
+    SILU = 9
+    SOFTPLUS = 10
+    N_ACTS = 11
 
     DENSE = 0
     DROPOUT = 1
@@ -96,14 +102,18 @@ cdef enum:
     BINARY_CE = 4
     MSE = 5
     MAE = 6
-    N_LOSSES = 7
+    HUBER = 7
+    KL_DIVERGENCE = 8
+    POISSON = 9
+    N_LOSSES = 10
 
     SGD = 0
     MOMENTUM = 1
     ADAGRAD = 2
     RMSPROP = 3
     ADAM = 4
-    N_OPTS = 5
+    NADAM = 5
+    N_OPTS = 6
 
     ACC_NONE = 0
     ACC_SPARSE = 1
@@ -141,17 +151,23 @@ KINDS = frozenset({DENSE, DROPOUT, ACTIVATION, BATCHNORM, NORMALIZATION})
 
 cdef double PROB_EPS = 1e-7
 cdef double NORM_EPS = 1e-7
-cdef int[5] HYPER_LEN = [1, 3, 2, 3, 5]
-cdef int[5] STATE_SLOTS = [0, 1, 1, 1, 2]
+cdef int[6] HYPER_LEN = [1, 3, 2, 3, 5, 4]
+cdef int[6] STATE_SLOTS = [0, 1, 1, 1, 2, 2]
+cdef double HUBER_DELTA = 1.0
+cdef double SELU_ALPHA = 1.6732632423543772848170429916717
+cdef double SELU_SCALE = 1.0507009873554804934193349852946
+cdef double NADAM_DECAY = 0.96
+cdef int64_t NADAM_STEPS = 1000
 
 
 def _check_codes():
     expected = dict(
         LINEAR=LINEAR, RELU=RELU, LEAKY_RELU=LEAKY_RELU, SIGMOID=SIGMOID, TANH=TANH,
-        SOFTMAX=SOFTMAX, N_ACTS=N_ACTS, DENSE=DENSE, DROPOUT=DROPOUT, ACTIVATION=ACTIVATION,
-        BATCHNORM=BATCHNORM, NORMALIZATION=NORMALIZATION, CONV2D=CONV2D, MAXPOOL2D=MAXPOOL2D,
-        AVGPOOL2D=AVGPOOL2D, GLOBAL_AVGPOOL2D=GLOBAL_AVGPOOL2D,
-        GLOBAL_MAXPOOL2D=GLOBAL_MAXPOOL2D, N_KINDS=N_KINDS,
+        SOFTMAX=SOFTMAX, ELU=ELU, SELU=SELU, GELU=GELU, SILU=SILU, SOFTPLUS=SOFTPLUS,
+        SELU_ALPHA=SELU_ALPHA, SELU_SCALE=SELU_SCALE, N_ACTS=N_ACTS, DENSE=DENSE,
+        DROPOUT=DROPOUT, ACTIVATION=ACTIVATION, BATCHNORM=BATCHNORM,
+        NORMALIZATION=NORMALIZATION, CONV2D=CONV2D, MAXPOOL2D=MAXPOOL2D, AVGPOOL2D=AVGPOOL2D,
+        GLOBAL_AVGPOOL2D=GLOBAL_AVGPOOL2D, GLOBAL_MAXPOOL2D=GLOBAL_MAXPOOL2D, N_KINDS=N_KINDS,
         P_KIND=P_KIND, P_ACT=P_ACT, P_IN0=P_IN0, P_IN1=P_IN1, P_IN2=P_IN2, P_OUT0=P_OUT0,
         P_OUT1=P_OUT1, P_OUT2=P_OUT2, P_IN_OFF=P_IN_OFF, P_OUT_OFF=P_OUT_OFF,
         P_SAVE_OFF=P_SAVE_OFF, P_ACC_OFF=P_ACC_OFF, P_W0=P_W0, P_W1=P_W1, P_W2=P_W2, P_S0=P_S0,
@@ -161,7 +177,10 @@ def _check_codes():
         F_RATE=F_RATE, F_MOMENTUM=F_MOMENTUM, F_EPSILON=F_EPSILON, F_COLS=F_COLS,
         NORM_EPS=NORM_EPS, N_LOSSES=N_LOSSES, N_OPTS=N_OPTS, SOFTMAX_CE=SOFTMAX_CE,
         SPARSE_SOFTMAX_CE=SPARSE_SOFTMAX_CE, SIGMOID_BCE=SIGMOID_BCE,
-        CATEGORICAL_CE=CATEGORICAL_CE, BINARY_CE=BINARY_CE, MSE=MSE, MAE=MAE, SGD=SGD,
+        CATEGORICAL_CE=CATEGORICAL_CE, BINARY_CE=BINARY_CE, MSE=MSE, MAE=MAE, HUBER=HUBER,
+        KL_DIVERGENCE=KL_DIVERGENCE, POISSON=POISSON, HUBER_DELTA=HUBER_DELTA, NADAM=NADAM,
+        HYPER_LEN=tuple(HYPER_LEN[k] for k in range(N_OPTS)), SGD=SGD, N_CLIP=3,
+        H_CLIPNORM=0, H_CLIPVALUE=1, H_GLOBAL_CLIPNORM=2,
         MOMENTUM=MOMENTUM, ADAGRAD=ADAGRAD, RMSPROP=RMSPROP, ADAM=ADAM, ACC_NONE=ACC_NONE,
         ACC_SPARSE=ACC_SPARSE, ACC_CATEGORICAL=ACC_CATEGORICAL, ACC_BINARY=ACC_BINARY,
         M_TOP_K=M_TOP_K, M_SPARSE_TOP_K=M_SPARSE_TOP_K, M_CONFUSION=M_CONFUSION,
@@ -330,6 +349,83 @@ cdef inline floating _log1p(floating x) noexcept nogil:
         return fastnn_log1pf(x)
     else:
         return log1p(x)
+
+
+cdef inline floating _expm1(floating x) noexcept nogil:
+    if floating is float:
+        return expm1f(x)
+    else:
+        return expm1(x)
+
+
+cdef inline floating _erf(floating x) noexcept nogil:
+    if floating is float:
+        return erff(x)
+    else:
+        return erf(x)
+
+
+cdef inline floating _sigmoid(floating v) noexcept nogil:
+    cdef floating one = 1
+    cdef floating e = _exp(-v if v >= 0 else v)
+    return (one / (one + e)) if v >= 0 else (e / (one + e))
+
+
+cdef double SQRT_HALF = 0.7071067811865476
+cdef double INV_SQRT_2PI = 0.3989422804014327
+
+
+cdef void _smooth_fwd(const floating* xr, floating* orow, Py_ssize_t o, int act,
+                      floating alpha) noexcept nogil:
+    """orow = act(xr) for elu, selu, gelu, silu, softplus (orow may alias xr)."""
+    cdef Py_ssize_t j
+    cdef floating v, one = 1, half = 0.5, zero = 0
+    cdef floating a = alpha if act == ELU else <floating>SELU_ALPHA
+    cdef floating scale = <floating>SELU_SCALE if act == SELU else one
+    cdef floating r2 = <floating>SQRT_HALF
+    if act == ELU or act == SELU:
+        for j in range(o):
+            v = xr[j]
+            orow[j] = scale * (v if v > zero else a * _expm1(v))
+    elif act == GELU:
+        for j in range(o):
+            v = xr[j]
+            orow[j] = half * v * (one + _erf(v * r2))
+    elif act == SILU:
+        for j in range(o):
+            v = xr[j]
+            orow[j] = v * _sigmoid(v)
+    else:
+        for j in range(o):
+            v = xr[j]
+            orow[j] = (v if v > zero else zero) + _log1p(_exp(v if v < zero else -v))
+
+
+cdef void _smooth_bwd(const floating* yr, floating* xr, Py_ssize_t o, int act,
+                      floating alpha) noexcept nogil:
+    """xr *= act'(.) for the activations of _smooth_fwd: from the output yr, or for gelu
+    and silu from the input passed as yr."""
+    cdef Py_ssize_t j
+    cdef floating v, sg, one = 1, half = 0.5, zero = 0
+    cdef floating scale = <floating>SELU_SCALE if act == SELU else one
+    cdef floating shift = <floating>(SELU_SCALE * SELU_ALPHA) if act == SELU else alpha
+    cdef floating r2 = <floating>SQRT_HALF, c = <floating>INV_SQRT_2PI
+    if act == ELU or act == SELU:
+        for j in range(o):
+            v = yr[j]
+            xr[j] = xr[j] * (scale if v > zero else v + shift)
+    elif act == GELU:
+        for j in range(o):
+            v = yr[j]
+            xr[j] = xr[j] * (half * (one + _erf(v * r2)) + v * c * _exp(-half * v * v))
+    elif act == SILU:
+        for j in range(o):
+            v = yr[j]
+            sg = _sigmoid(v)
+            xr[j] = xr[j] * (sg * (one + v * (one - sg)))
+    else:
+        for j in range(o):
+            xr[j] = xr[j] * -_expm1(-yr[j])
 
 
 cdef inline floating _sqrt(floating x) noexcept nogil:
@@ -672,6 +768,8 @@ cdef void _act_fwd(const floating* x, const floating* b, floating* out, Py_ssize
                 sf = _pwsum(orow, <const floating*>NULL, <floating>0, o, 0)
                 for j in range(o):
                     orow[j] = orow[j] / sf
+        elif act >= ELU and act <= SOFTPLUS:
+            _smooth_fwd(xr, orow, o, act, alpha)
         elif xr != orow:
             memmove(orow, xr, o * sizeof(floating))
 
@@ -721,6 +819,8 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
             sf = _pwsum(<const floating*>xr, yr, <floating>0, o, 1)
             for j in range(o):
                 xr[j] = yr[j] * (xr[j] - sf)
+        elif act >= ELU and act <= SOFTPLUS:
+            _smooth_bwd(yr, xr, o, act, alpha)
         if db != NULL:  # the row is still in L1: no second pass over dx
             for j in range(o):
                 db[j] += xr[j]
@@ -1253,6 +1353,60 @@ cdef double _mae(const floating* pred, const floating* y, const floating* sw, fl
     return total / n
 
 
+cdef double _huber(const floating* pred, const floating* y, const floating* sw,
+                   floating* dpred, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating d, a, scale, half = 0.5, delta = <floating>HUBER_DELTA
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            d = pred[i * c + j] - y[i * c + j]
+            a = _abs(d)
+            acc += (half * d * d) if a <= delta else (delta * a - half * delta * delta)
+        for j in range(c):  # apart from the sum, so that it vectorises (dpred may alias pred)
+            d = pred[i * c + j] - y[i * c + j]
+            dpred[i * c + j] = (d if _abs(d) <= delta else delta * _sign(d)) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
+cdef double _kld(const floating* pp, const floating* y, const floating* sw, floating* dp,
+                 Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating v, yc, pc, scale, zero = 0, one = 1, lo = <floating>PROB_EPS
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>n
+        acc = 0.0
+        for j in range(c):
+            v = pp[i * c + j]
+            yc = _clip(y[i * c + j], lo, one)
+            pc = _clip(v, lo, one)
+            acc += yc * _log(yc / pc)
+            dp[i * c + j] = (-yc / pc if (v >= lo and v <= one) else zero) * scale
+        total += sw[i] * acc
+    return total / n
+
+
+cdef double _poisson(const floating* pp, const floating* y, const floating* sw, floating* dp,
+                     Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef floating v, yv, scale, one = 1, eps = <floating>PROB_EPS
+    cdef double acc, total = 0.0
+    for i in range(n):
+        scale = sw[i] / <floating>(n * c)
+        acc = 0.0
+        for j in range(c):
+            v = pp[i * c + j]
+            yv = y[i * c + j]
+            acc += v - yv * _log(v + eps)
+            dp[i * c + j] = (one - yv / (v + eps)) * scale
+        total += sw[i] * (acc / c)
+    return total / n
+
+
 cdef double _loss(const floating* out, const floating* y, Py_ssize_t ty, const floating* sw,
                   floating* p, floating* dz, Py_ssize_t n, Py_ssize_t c,
                   int code) noexcept nogil:
@@ -1273,6 +1427,12 @@ cdef double _loss(const floating* out, const floating* y, Py_ssize_t ty, const f
         return _binary_ce(out, y, sw, dz, n, c)
     if code == MSE:
         return _mse(out, y, sw, dz, n, c)
+    if code == HUBER:
+        return _huber(out, y, sw, dz, n, c)
+    if code == KL_DIVERGENCE:
+        return _kld(out, y, sw, dz, n, c)
+    if code == POISSON:
+        return _poisson(out, y, sw, dz, n, c)
     return _mae(out, y, sw, dz, n, c)
 
 
@@ -1426,6 +1586,38 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssi
                       step_size, eps)
 
 
+cdef double _nadam_u_product(double beta_1, int64_t step) noexcept nogil:
+    cdef double prod = 1.0, decay = 1.0
+    cdef int64_t i
+    for i in range(min(step, NADAM_STEPS)):
+        decay *= NADAM_DECAY
+        prod *= 1.0 - 0.5 * decay
+    return prod * pow(beta_1, <double>step)
+
+
+cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ssize_t count,
+                 double lr, double beta_1, double beta_2, double epsilon,
+                 int64_t step) noexcept nogil:
+    """Keras 3's Nadam (reference.nadam_update), one fused pass."""
+    cdef double u_t = beta_1 * (1 - 0.5 * pow(NADAM_DECAY, <double>step))
+    cdef double u_next = beta_1 * (1 - 0.5 * pow(NADAM_DECAY, <double>(step + 1)))
+    cdef double prod = _nadam_u_product(beta_1, step)
+    cdef floating cm = <floating>(u_next / (1 - prod * u_next))
+    cdef floating cg = <floating>((1 - u_t) / (1 - prod))
+    cdef floating b1 = <floating>beta_1, c1 = <floating>(1 - beta_1)
+    cdef floating b2 = <floating>beta_2, c2 = <floating>(1 - beta_2)
+    cdef floating bc2 = <floating>(1 - pow(beta_2, <double>step))
+    cdef floating a = <floating>lr, eps = <floating>epsilon, gk, mk, vk
+    cdef Py_ssize_t k
+    for k in range(count):
+        gk = g[k]
+        mk = m[k] * b1 + c1 * gk
+        vk = v[k] * b2 + c2 * gk * gk
+        m[k] = mk
+        v[k] = vk
+        p[k] -= a * (cm * mk + cg * gk) / (_sqrt(vk / bc2) + eps)
+
+
 cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssize_t count,
                int code, const double* hyper, int64_t step) noexcept nogil:
     if code == SGD:
@@ -1437,6 +1629,9 @@ cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssiz
         _adagrad(params, grads, state, count, hyper[0], hyper[1])
     elif code == RMSPROP:
         _rmsprop(params, grads, state, count, hyper[0], hyper[1], hyper[2])
+    elif code == NADAM:
+        _nadam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
+               hyper[3], step)
     else:
         _adam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
               hyper[3], hyper[4], step)
@@ -1649,7 +1844,14 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
     cdef floating* nontrain = <floating*>b.nontrain
     cdef const floating* inp = x if row[P_IN_OFF] < 0 else <const floating*>(acts + row[P_IN_OFF])
     cdef floating* out = acts + row[P_OUT_OFF]
-    if kind == DENSE:
+    cdef floating* z
+    if kind == DENSE and (act == GELU or act == SILU):  # the pre-activation is saved
+        z = acts + row[P_SAVE_OFF]
+        _dense_fwd(inp, params + row[P_W0], _at(params, row[P_W1]), z, r, w, row[P_OUT2],
+                   LINEAR, <floating>0)
+        _act_fwd(<const floating*>z, <const floating*>NULL, out, r, row[P_OUT2], act,
+                 <floating>f[F_ALPHA])
+    elif kind == DENSE:
         _dense_fwd(inp, params + row[P_W0], _at(params, row[P_W1]), out, r, w, row[P_OUT2],
                    act, <floating>f[F_ALPHA])
     elif kind == DROPOUT:
@@ -1721,8 +1923,10 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
     cdef floating* dx = gbuf + row[P_DX_OFF] if need_dx else <floating*>NULL
     cdef double l1 = f[F_L1], l2 = f[F_L2]
     cdef Window win
+    cdef bint input_act = act == GELU or act == SILU  # their derivative reads the input
+    cdef const floating* y = <const floating*>(acts + row[P_SAVE_OFF]) if input_act else out
     if kind == DENSE:
-        _dense_bwd(inp, params + row[P_W0], out, g, g, dx, grads + row[P_W0],
+        _dense_bwd(inp, params + row[P_W0], y, g, g, dx, grads + row[P_W0],
                    _at(grads, row[P_W1]), r, w, wo, act, <floating>f[F_ALPHA], need_dx)
         if l1 != 0 or l2 != 0:
             return _l1l2(params + row[P_W0], grads + row[P_W0], w * wo, l1, l2)
@@ -1746,7 +1950,8 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
         elif dx != g:
             memmove(dx, g, r * w * sizeof(floating))
     elif kind == ACTIVATION:
-        _act_bwd(out, g, dx, <floating*>NULL, r, w, act, <floating>f[F_ALPHA])
+        _act_bwd(inp if input_act else out, g, dx, <floating*>NULL, r, w, act,
+                 <floating>f[F_ALPHA])
     elif kind != NORMALIZATION:
         _pool_bwd(row, acts, g, dx, n)
     else:
@@ -1793,15 +1998,101 @@ cdef double _stack_loss(const Plan* pl, const Net* b, const floating* y, Py_ssiz
     return _loss(out, y, ty, sw, p, dz, n, pl.n_out, loss_code)
 
 
+cdef enum:
+    CLIP_NONE = 0
+    CLIP_NORM = 1    # clipnorm: each weight of the plan
+    CLIP_GLOBAL = 2  # global_clipnorm: the whole trainable gradient
+    CLIP_VALUE = 3   # clipvalue: each entry
+
+
+cdef struct Clip:
+    int mode
+    double limit
+
+
+cdef Clip _clip_of(int opt_code, const double* hyper, Py_ssize_t n_hyper) noexcept:
+    """The clipping hyper's clip entries ask for (codes.H_*; opt_code already checked)."""
+    cdef Clip c
+    cdef Py_ssize_t base = HYPER_LEN[opt_code]
+    c.mode, c.limit = CLIP_NONE, 0.0
+    if n_hyper >= base + 3:
+        if hyper[base] > 0:
+            c.mode, c.limit = CLIP_NORM, hyper[base]
+        elif hyper[base + 2] > 0:
+            c.mode, c.limit = CLIP_GLOBAL, hyper[base + 2]
+        elif hyper[base + 1] > 0:
+            c.mode, c.limit = CLIP_VALUE, hyper[base + 1]
+    return c
+
+
+cdef Py_ssize_t _next_bound(const Plan* pl, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+    """The end of the trainable weight starting at ``start``: the next weight offset of the
+    plan, or n (reference.weight_bounds)."""
+    cdef Py_ssize_t l, col, end = n
+    cdef int64_t o
+    for l in range(pl.n_layers):
+        for col in range(P_W0, P_W2 + 1):
+            o = pl.rows[l * P_COLS + col]
+            if o > start and o < end:
+                end = o
+    return end
+
+
+cdef double _sum_squares(const floating* g, Py_ssize_t count) noexcept nogil:
+    """sum(g**2) in float64 over eight interleaved partial sums (eight independent add
+    chains: one float64 accumulator runs at one add per 4 cycles)."""
+    cdef double[8] s
+    cdef Py_ssize_t k, j, n8 = count - count % 8
+    cdef double v
+    for j in range(8):
+        s[j] = 0.0
+    for k in range(0, n8, 8):
+        for j in range(8):
+            v = <double>g[k + j]
+            s[j] += v * v
+    for k in range(n8, count):
+        v = <double>g[k]
+        s[0] += v * v
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
+
+cdef void _scale_to_norm(floating* g, Py_ssize_t count, double limit) noexcept nogil:
+    cdef Py_ssize_t k
+    cdef double norm, scale
+    cdef floating f
+    norm = sqrt(_sum_squares(g, count))
+    scale = limit / (norm if norm > limit else limit) if isfinite(norm) else NAN
+    f = <floating>scale
+    for k in range(count):
+        g[k] = g[k] * f
+
+
+cdef void _clip_grads(const Plan* pl, floating* g, Py_ssize_t n, const Clip* c) noexcept nogil:
+    """reference.clip_gradients of the trainable prefix g (n,) in place."""
+    cdef Py_ssize_t k, start = 0, end
+    cdef floating hi = <floating>c.limit, lo = -hi
+    if c.mode == CLIP_NORM:
+        while start < n:
+            end = _next_bound(pl, start, n)
+            _scale_to_norm(g + start, end - start, c.limit)
+            start = end
+    elif c.mode == CLIP_GLOBAL:
+        _scale_to_norm(g, n, c.limit)
+    elif c.mode == CLIP_VALUE:  # branch-free blends (NaN passes): the loop vectorises
+        for k in range(n):
+            g[k] = _where(g[k] > hi, hi, _where(g[k] < lo, lo, g[k]))
+
+
 cdef double _train(const Plan* pl, const Net* b, const floating* x, const floating* y,
                    Py_ssize_t ty, const floating* sw, Py_ssize_t n, int loss_code,
                    bint logits_out, int opt_code, const double* hyper, int64_t step,
-                   uint64_t seed) noexcept nogil:
+                   uint64_t seed, const Clip* clip) noexcept nogil:
     cdef double loss
     _forward(pl, b, x, n, True, seed, <uint64_t>step, 0)
     loss = _stack_loss(pl, b, y, ty, sw, n, loss_code, logits_out)
     loss += _backward(pl, b, x, n, seed, <uint64_t>step, 0)
     if isfinite(loss):
+        _clip_grads(pl, <floating*>b.grads, b.state_cols, clip)
         _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.state_cols,
              opt_code, hyper, step)  # the trainable prefix: frozen weights follow
     return loss
@@ -1962,6 +2253,7 @@ cdef struct Epoch:
     const double* lrs
     int64_t step
     uint64_t seed
+    Clip clip
 
 
 cdef Py_ssize_t _epoch(const Plan* pl, const Net* b, const Epoch* e, const floating* X,
@@ -1986,7 +2278,7 @@ cdef Py_ssize_t _epoch(const Plan* pl, const Net* b, const Epoch* e, const float
         if train:
             e.hyper[0] = e.lrs[bi]
             loss = _train(pl, b, xb, yb, ty, swb, n, e.loss_code, e.logits_out, e.opt_code,
-                          e.hyper, e.step + bi, e.seed)
+                          e.hyper, e.step + bi, e.seed, &e.clip)
         else:
             loss = _eval(pl, b, xb, yb, ty, swb, n, e.loss_code, e.logits_out)
         stats[STAT_LOSS] += loss * n
@@ -2217,6 +2509,9 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
                              "(see KINDS); the numba and numpy backends run it")
         if row[P_ACT] < 0 or row[P_ACT] >= N_ACTS:
             raise ValueError(f"unknown activation code {row[P_ACT]} (layer {l})")
+        if (row[P_ACT] == GELU or row[P_ACT] == SILU) and kind != DENSE and kind != ACTIVATION:
+            raise ValueError(f"layer {l}: activation code {row[P_ACT]} (gelu, silu) runs on "
+                             "Dense and Activation rows only")
         for k in range(P_IN0, P_OUT2 + 1):
             if row[k] < 1:
                 raise ValueError(
@@ -2244,6 +2539,8 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
                                  f"input, got {(row[P_IN0], row[P_IN1])} -> "
                                  f"{(row[P_OUT0], row[P_OUT1])}")
             _fits(l, "the Dense kernel (W0)", row[P_W0], _mul(c, wo, l), b.n_params, "params")
+            if row[P_ACT] == GELU or row[P_ACT] == SILU:
+                _fits(l, "the saved pre-activation", row[P_SAVE_OFF], n_out, b.n_acts, "acts")
             if row[P_W1] != -1:
                 _fits(l, "the Dense bias (W1)", row[P_W1], wo, b.n_params, "params")
         elif kind >= CONV2D:
@@ -2389,7 +2686,10 @@ def dense_forward(x, w, b, out, int act, double alpha):
     cdef Py_ssize_t n = sx[0], ni = sx[1], no = sw[1]
     _check_act(act)
     _same("w", (sw[0], sw[1]), (ni, no))
-    _same("b", (sb[0],), (no,))
+    if sb[0] != 0:  # an empty b: no bias
+        _same("b", (sb[0],), (no,))
+    else:
+        b_ = NULL
     _same("out", (so[0], so[1]), (n, no))
     if isz == 4:
         with nogil:
@@ -2421,7 +2721,10 @@ def dense_backward(x, w, y, dout, dz, dx, dw, db, int act, double alpha, int nee
     _same("dout", (sd[0], sd[1]), (n, no))
     _same("dz", (sz[0], sz[1]), (n, no))
     _same("dw", (sdw[0], sdw[1]), (ni, no))
-    _same("db", (sdb[0],), (no,))
+    if sdb[0] != 0:  # an empty db: no bias
+        _same("db", (sdb[0],), (no,))
+    else:
+        db_ = NULL
     if need_dx:
         _same("dx", (sdx[0], sdx[1]), (n, ni))
     if isz == 4:
@@ -2581,6 +2884,40 @@ def mean_absolute_error(const floating[:, ::1] pred, const floating[:, ::1] y,
     return loss
 
 
+def huber(const floating[:, ::1] pred, const floating[:, ::1] y, const floating[::1] sw,
+          floating[:, ::1] dpred):
+    """Huber loss, delta = codes.HUBER_DELTA (see reference.huber)."""
+    cdef double loss
+    _check_loss_args(pred.shape[0], pred.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dpred.shape[0], dpred.shape[1], dpred.shape[0], dpred.shape[1])
+    with nogil:
+        loss = _huber(&pred[0, 0], &y[0, 0], &sw[0], &dpred[0, 0], pred.shape[0],
+                      pred.shape[1])
+    return loss
+
+
+def kl_divergence(const floating[:, ::1] p, const floating[:, ::1] y, const floating[::1] sw,
+                  floating[:, ::1] dp):
+    """Kullback-Leibler divergence (see reference.kl_divergence)."""
+    cdef double loss
+    _check_loss_args(p.shape[0], p.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dp.shape[0], dp.shape[1], dp.shape[0], dp.shape[1])
+    with nogil:
+        loss = _kld(&p[0, 0], &y[0, 0], &sw[0], &dp[0, 0], p.shape[0], p.shape[1])
+    return loss
+
+
+def poisson(const floating[:, ::1] p, const floating[:, ::1] y, const floating[::1] sw,
+            floating[:, ::1] dp):
+    """Poisson loss (see reference.poisson)."""
+    cdef double loss
+    _check_loss_args(p.shape[0], p.shape[1], y.shape[0], y.shape[1], sw.shape[0],
+                     dp.shape[0], dp.shape[1], dp.shape[0], dp.shape[1])
+    with nogil:
+        loss = _poisson(&p[0, 0], &y[0, 0], &sw[0], &dp[0, 0], p.shape[0], p.shape[1])
+    return loss
+
+
 def loss_grad(out, y, sw, p, dz, int loss_code):
     """Dispatch to the loss ``loss_code``; returns the loss and writes dz = dL/dout (and the
     probabilities into p for the logit losses).  y is (N, 1) class indices when sparse."""
@@ -2676,6 +3013,42 @@ def adam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floatin
     with nogil:
         _adam(&p[0], &g[0], &m[0], &v[0], p.shape[0], lr, beta_1, beta_2, epsilon,
               weight_decay, step)
+
+
+def nadam_update(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+                 double lr, double beta_1, double beta_2, double epsilon, int64_t step):
+    """Nadam, Keras 3's formula, ``step`` = t >= 1 (see reference.nadam_update)."""
+    _same_len("g", g.shape[0], p.shape[0])
+    _same_len("m", m.shape[0], p.shape[0])
+    _same_len("v", v.shape[0], p.shape[0])
+    with nogil:
+        _nadam(&p[0], &g[0], &m[0], &v[0], p.shape[0], lr, beta_1, beta_2, epsilon, step)
+
+
+def clip_gradients(grads, layers, int opt_code, hyper):
+    """Keras's gradient clipping of grads (P,) in place by hyper's clip entries (see
+    reference.clip_gradients); ``layers`` is the plan's int64 table (its weight offsets
+    delimit the weights for clipnorm)."""
+    cdef Py_ssize_t[1] sg, sh
+    cdef Py_ssize_t[2] dl
+    cdef Plan pl
+    cdef Clip clip
+    cdef Py_ssize_t isz = _float_size(grads, "grads")
+    cdef char* g_ = _data(grads, "grads", F_KIND, isz, 1, True, sg)
+    cdef const double* h_ = <const double*>_data(hyper, "hyper", F_KIND, 8, 1, False, sh)
+    pl.rows = <const int64_t*>_data(layers, "layers", b"i"[0], 8, 2, False, dl)
+    if dl[1] != P_COLS:
+        raise ValueError(f"layers must have shape (L, {P_COLS}), got ({dl[0]}, {dl[1]})")
+    if opt_code < 0 or opt_code >= N_OPTS:
+        raise ValueError(f"unknown optimizer code {opt_code}")
+    pl.n_layers = dl[0]
+    clip = _clip_of(opt_code, h_, sh[0])
+    if isz == 4:
+        with nogil:
+            _clip_grads(&pl, <float*>g_, sg[0], &clip)
+    else:
+        with nogil:
+            _clip_grads(&pl, <double*>g_, sg[0], &clip)
 
 
 def optimizer_update(params, grads, state, int opt_code, hyper, int64_t step):
@@ -3062,22 +3435,24 @@ def train_step(batch, plan, net, work, loss, opt):
     cdef uint64_t s = _u64(_item(o, 4))
     cdef const double* h_ = <const double*>_data(_item(o, 1), "hyper", F_KIND, 8, 1, False, sh)
     cdef double value
+    cdef Clip clip
     _parse_batch(_group(batch, 3, 3, "batch"), &isz, &x_, &y_, &sw_, sx, sy)
     _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 0), _item(w, 1), _item(w, 2), isz,
                NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
     _check_opt(opt_code, b.n_params, b.state_rows, b.state_cols, sh[0], True)
+    clip = _clip_of(opt_code, h_, sh[0])
     _make_plan(&pl, plan, &b, sx[0], sx[1], NEED_GRADS | NEED_LOSS)
     _check_targets(sy[0], sy[1], sx[0], sx[0], pl.n_out, loss_code)
     if isz == 4:
         with nogil:
             value = _train(&pl, &b, <const float*>x_, <const float*>y_, sy[1],
                            <const float*>sw_, sx[0], loss_code, logits_out, opt_code, h_, step,
-                           s)
+                           s, &clip)
     else:
         with nogil:
             value = _train(&pl, &b, <const double*>x_, <const double*>y_, sy[1],
                            <const double*>sw_, sx[0], loss_code, logits_out, opt_code, h_, step,
-                           s)
+                           s, &clip)
     return value
 
 
@@ -3214,6 +3589,7 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
     rows = min(e.batch_size, e.total)
     n_batches = (e.total + e.batch_size - 1) // e.batch_size
     e.opt_code, e.hyper, e.lrs, e.step, e.seed = 0, NULL, NULL, 0, 0
+    e.clip.mode, e.clip.limit = CLIP_NONE, 0.0
     if train:
         e.opt_code = _item(o, 0)
         e.hyper = <double*>_data(_item(o, 1), "hyper", f, 8, 1, True, dh)
@@ -3223,6 +3599,7 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
         _parse_net(&b, _group(net, 4, 4, "net"), _item(w, 3), _item(w, 4), _item(w, 5), isz,
                    NEED_GRADS | NEED_STATE | NEED_LOSS | WRITES_NONTRAIN)
         _check_opt(e.opt_code, b.n_params, b.state_rows, b.state_cols, dh[0], True)
+        e.clip = _clip_of(e.opt_code, e.hyper, dh[0])
         if dlr[0] < n_batches:
             raise ValueError(f"lrs needs {n_batches} values, got {dlr[0]}")
         _make_plan(&pl, plan, &b, rows, e.n_x, NEED_GRADS | NEED_LOSS)

@@ -7,7 +7,18 @@ LEAKY_RELU = 2
 SIGMOID = 3
 TANH = 4
 SOFTMAX = 5
-N_ACTS = 6
+ELU = 6  # alpha (exp(x) - 1) below 0; alpha from the layer (1.0 for the name "elu")
+SELU = 7  # SELU_SCALE * elu(x, SELU_ALPHA)
+GELU = 8  # x * Phi(x), the exact (erf) form: Keras's default approximate=False
+SILU = 9  # x * sigmoid(x) (Keras's silu, alias swish)
+SOFTPLUS = 10  # log(1 + exp(x))
+N_ACTS = 11
+#: Activations whose derivative is not a function of their output: their backward reads
+#: the activation's input in place of its output (a Dense layer with one saves its
+#: pre-activation at P_SAVE_OFF).
+INPUT_ACTS = (GELU, SILU)
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
 
 # Layer kinds in a compiled plan (Flatten and Input are views: they have no row)
 DENSE = 0
@@ -110,7 +121,12 @@ CATEGORICAL_CE = 3
 BINARY_CE = 4
 MSE = 5
 MAE = 6
-N_LOSSES = 7
+HUBER = 7  # 0.5 d^2 where |d| <= HUBER_DELTA, else delta (|d| - delta / 2); d = pred - y
+KL_DIVERGENCE = 8  # sum over outputs of y log(y / p), y and p clipped to [PROB_EPS, 1]
+POISSON = 9  # mean over outputs of p - y log(p + PROB_EPS)
+N_LOSSES = 10
+#: Keras's default delta of the Huber loss (the one the kernels compute)
+HUBER_DELTA = 1.0
 
 # Optimizers; hyper-parameter vector layout in comments
 SGD = 0  # [lr]
@@ -118,10 +134,19 @@ MOMENTUM = 1  # [lr, momentum, nesterov]
 ADAGRAD = 2  # [lr, epsilon]
 RMSPROP = 3  # [lr, rho, epsilon]
 ADAM = 4  # [lr, beta_1, beta_2, epsilon, weight_decay]  (weight_decay > 0: AdamW)
-N_OPTS = 5
+NADAM = 5  # [lr, beta_1, beta_2, epsilon]  (Keras 3's Nadam)
+N_OPTS = 6
 
 # Number of optimizer state slots, by optimizer code
-STATE_SLOTS = (0, 1, 1, 1, 2)
+STATE_SLOTS = (0, 1, 1, 1, 2, 2)
+#: Length of each optimizer's own entries of the hyper vector (above), by code
+HYPER_LEN = (1, 3, 2, 3, 5, 4)
+# Gradient clipping (Keras's clipnorm, clipvalue, global_clipnorm): three optional entries
+# after the optimizer's own, at HYPER_LEN[code] + H_CLIP*; absent (a shorter vector) or 0
+# means off.  train_step applies the first one set (at most one is, as Keras requires) to
+# the gradient of the trainable prefix before the update.
+H_CLIPNORM, H_CLIPVALUE, H_GLOBAL_CLIPNORM = 0, 1, 2
+N_CLIP = 3
 
 # Metrics accumulated by batch_stats: a metrics table (M, M_COLS) int64, one row per metric
 # [kind, slot (its first entry in stats), k, from_logits], and a (M,) float64 threshold per

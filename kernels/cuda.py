@@ -1182,6 +1182,24 @@ def _ft(a):
 # Device-level launchers (device arrays in, nothing copied, nothing synchronised)
 
 
+#: The activations, losses and optimizers this backend runs; models with others are refused
+#: at build (activations) or compile (losses, optimizers), naming the backends that run them.
+ACTS = frozenset({C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX})
+LOSSES = frozenset(range(C.SOFTMAX_CE, C.MAE + 1))
+OPTS = frozenset({C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM})
+_CPU_ONLY = "; the cython, numba and numpy backends run it"
+#: Gradient clipping (hyper's clip entries) has no CUDA kernels.
+CLIPPING = False
+
+
+def _refuse(what, code, where=""):
+    """The ValueError for a code this backend does not run (or that does not exist)."""
+    known = {"activation": C.N_ACTS, "loss": C.N_LOSSES, "optimizer": C.N_OPTS}[what]
+    if 0 <= int(code) < known:
+        return ValueError(f"the cuda backend cannot run {what} code {code}{where}{_CPU_ONLY}")
+    return ValueError(f"unknown {what} code {code}{where}")
+
+
 def _act_fwd_d(x, out, act, alpha):
     k = _k(x.dtype)
     n, o = x.shape
@@ -1192,7 +1210,7 @@ def _act_fwd_d(x, out, act, alpha):
         grid, block = _ew(n * o)
         _launch(k, "act_forward", grid, block)(x, out, int(act), _ft(x)(alpha))
     else:
-        raise ValueError(f"unknown activation code {act}")
+        raise _refuse("activation", act)
 
 
 def _act_bwd_d(y, dout, dx, act, alpha):
@@ -1205,12 +1223,12 @@ def _act_bwd_d(y, dout, dx, act, alpha):
         grid, block = _ew(n * o)
         _launch(k, "act_backward", grid, block)(y, dout, dx, int(act), _ft(y)(alpha))
     else:
-        raise ValueError(f"unknown activation code {act}")
+        raise _refuse("activation", act)
 
 
 def _dense_fwd_d(x, w, b, out, act, alpha):
-    if act not in range(C.N_ACTS):
-        raise ValueError(f"unknown activation code {act}")
+    if act not in ACTS:
+        raise _refuse("activation", act)
     k = _k(x.dtype)
     grid, block = _tiles(x.shape[0], w.shape[1])
     fused = act != C.SOFTMAX
@@ -1462,8 +1480,8 @@ def _rows_of(plan):
                 f"({_KIND_NAMES[row.kind]}, layer {row.index}); the cython, numba and numpy "
                 "backends run it"
             )
-        if row.act not in range(C.N_ACTS):
-            raise ValueError(f"unknown activation code {row.act} (layer {row.index})")
+        if row.act not in ACTS:
+            raise _refuse("activation", row.act, f" (layer {row.index})")
     return rows
 
 
@@ -1590,13 +1608,32 @@ def _stack_loss_d(batch, rows, work, loss_code, logits_out, sacc):
 
 
 def _check_loss(loss_code):
-    if loss_code not in range(C.SOFTMAX_CE, C.MAE + 1):
-        raise ValueError(f"unknown loss code {loss_code}")
+    if loss_code not in LOSSES:
+        raise _refuse("loss", loss_code)
 
 
 def _check_opt(opt_code):
     if opt_code not in _OPT_KERNELS:
-        raise ValueError(f"unknown optimizer code {opt_code}")
+        raise _refuse("optimizer", opt_code)
+
+
+def _check_no_clipping(opt_code, hyper):
+    """Gradient clipping has no CUDA kernels: hyper's clip entries (codes.H_*) must be off."""
+    if int(opt_code) not in range(C.N_OPTS):
+        return  # an unknown code is refused by _check_opt
+    base = C.HYPER_LEN[int(opt_code)]
+    if any(float(v) > 0 for v in list(hyper)[base : base + C.N_CLIP]):
+        raise ValueError(
+            "the cuda backend cannot clip gradients (clipnorm, clipvalue, global_clipnorm)"
+            + _CPU_ONLY
+        )
+
+
+def clip_gradients(grads, layers, opt_code, hyper):
+    """Clipping is not run by this backend: a no-op when hyper's clip entries are off, else
+    the ValueError naming the backends that run it."""
+    _check_opt(opt_code)
+    _check_no_clipping(opt_code, to_host(hyper))
 
 
 def _train_d(batch, rows, net, work, loss_code, logits_out, opt_code, hyper, step, seed):
@@ -1712,10 +1749,24 @@ def mean_absolute_error(pred, y, sw, dpred):
     return _loss_call(pred, y, sw, dpred, dpred, C.MAE, False)
 
 
+def huber(pred, y, sw, dpred):
+    """Not run by this backend: raises the ValueError naming the backends that run it."""
+    raise _refuse("loss", C.HUBER)
+
+
+def kl_divergence(p, y, sw, dp):
+    """Not run by this backend: raises the ValueError naming the backends that run it."""
+    raise _refuse("loss", C.KL_DIVERGENCE)
+
+
+def poisson(p, y, sw, dp):
+    """Not run by this backend: raises the ValueError naming the backends that run it."""
+    raise _refuse("loss", C.POISSON)
+
+
 def loss_grad(out, y, sw, p, dz, loss_code):
     """Dispatch to the loss ``loss_code``; returns the loss, writes dz (and p)."""
-    if loss_code not in range(C.SOFTMAX_CE, C.MAE + 1):
-        raise ValueError(f"unknown loss code {loss_code}")
+    _check_loss(loss_code)
     fused = _is_fused(loss_code)
     return _loss_call(out, y, sw, p if fused else dz, dz, loss_code, fused)
 
@@ -1764,8 +1815,14 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
     _opt_call(C.ADAM, p, g, [m, v], (lr, beta_1, beta_2, epsilon, weight_decay), step)
 
 
+def nadam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, step):
+    """Not run by this backend: raises the ValueError naming the backends that run it."""
+    raise _refuse("optimizer", C.NADAM)
+
+
 def optimizer_update(params, grads, state, opt_code, hyper, step):
     """One fused optimizer kernel over the flat buffers; state (S, P)."""
+    _check_opt(opt_code)
     st = _Stage()
     p, g, s = st(params, True), st(grads), st(state, True)
     hyper = [float(v) for v in to_host(hyper)]
@@ -1911,6 +1968,7 @@ def train_step(batch, plan, net, work, loss, opt):
     opt_code, hyper, _, step, seed = opt
     _check_loss(loss_code)
     _check_opt(opt_code)
+    _check_no_clipping(opt_code, to_host(hyper))
     st = _Stage()
     dbatch = tuple(st(a) for a in batch)
     value = _train_d(
@@ -2010,6 +2068,8 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
     dnet = _stage_net(st, net, bool(train), bool(train), bool(train), True)
     work = _stage_work(st, (acts, gbuf, acc), True, True)
     host_hyper = hyper if isinstance(hyper, np.ndarray) else to_host(hyper).copy()
+    if train:
+        _check_no_clipping(int(opt_code), host_hyper)
     lrs = to_host(lrs)
     (hx, dx), (hy, dy), (hw, dw) = _batch_buffers(sc, xb, yb, swb)
     host_stats = stats if isinstance(stats, np.ndarray) else to_host(stats)
@@ -2063,6 +2123,6 @@ def run_epoch(data, plan, net, ws, loss, opt, train, stats):
 
 __all__ = [
     *OPS,
-    "KINDS", "check_available", "zeros", "to_device", "to_host", "synchronize",
-    "is_device_array", "kernel_signatures",
+    "KINDS", "ACTS", "LOSSES", "OPTS", "CLIPPING", "check_available", "zeros", "to_device",
+    "to_host", "synchronize", "is_device_array", "kernel_signatures",
 ]  # fmt: skip

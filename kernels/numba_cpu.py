@@ -45,6 +45,7 @@ _jit = njit(cache=True, error_model="numpy", nogil=True)
 # Constants passed to other kernels must not be literals: Numba compiles a separate
 # specialisation for each literal value (e.g. forward_stack(..., 1, ...) vs an int64).
 _TRUE, _FALSE = np.bool_(True), np.bool_(False)
+_LINEAR_I = np.int64(C.LINEAR)
 
 
 # tanh of float32 as an odd 13/6-degree rational function on [-9, 9] (+-1 beyond), within 3
@@ -159,6 +160,9 @@ def _exp_overload(v):
 _LINEAR, _RELU, _LEAKY_RELU, _SIGMOID, _TANH, _SOFTMAX = (
     C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX,
 )  # fmt: skip
+_ELU, _SELU, _GELU, _SILU, _SOFTPLUS = C.ELU, C.SELU, C.GELU, C.SILU, C.SOFTPLUS
+_SELU_ALPHA, _SELU_SCALE = C.SELU_ALPHA, C.SELU_SCALE
+_SQRT_HALF, _INV_SQRT_2PI = 0.7071067811865476, 0.3989422804014327
 _DENSE, _DROPOUT, _ACTIVATION = C.DENSE, C.DROPOUT, C.ACTIVATION
 _BATCHNORM, _NORMALIZATION = C.BATCHNORM, C.NORMALIZATION
 _P_KIND, _P_ACT, _P_IN0, _P_IN1, _P_IN2 = C.P_KIND, C.P_ACT, C.P_IN0, C.P_IN1, C.P_IN2
@@ -184,6 +188,10 @@ _STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS, _STAT_NONFINITE = (
     C.STAT_LOSS, C.STAT_CORRECT, C.STAT_ABS, C.STAT_SQ, C.STAT_ROWS, C.STAT_NONFINITE,
 )  # fmt: skip
 _PROB_EPS = C.PROB_EPS
+_HUBER, _KL_DIVERGENCE, _POISSON, _HUBER_DELTA = C.HUBER, C.KL_DIVERGENCE, C.POISSON, C.HUBER_DELTA
+_NADAM, _NADAM_DECAY, _NADAM_STEPS = C.NADAM, 0.96, 1000
+_HYPER_LEN, _N_CLIP, _P_W2 = C.HYPER_LEN, C.N_CLIP, C.P_W2
+_H_CLIPNORM, _H_CLIPVALUE, _H_GLOBAL_CLIPNORM = C.H_CLIPNORM, C.H_CLIPVALUE, C.H_GLOBAL_CLIPNORM
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -387,44 +395,108 @@ def activation_forward(x, out, act, alpha):
                 s += out[i, j]
             for j in range(o):
                 out[i, j] = out[i, j] / s
+    elif act >= _ELU and act <= _SOFTPLUS:
+        _smooth_forward(x, out, act, alpha)
     else:
         raise ValueError("unknown activation code")
 
 
 @_jit
+def _smooth_forward(x, out, act, alpha):
+    """out = act(x) for elu, selu, gelu, silu and softplus (one loop each; out may alias x)."""
+    n, o = x.shape
+    t = x.dtype.type
+    zero, one, half = t(0), t(1), t(0.5)
+    a = t(alpha) if act == _ELU else t(_SELU_ALPHA)
+    scale = t(_SELU_SCALE) if act == _SELU else one
+    r2 = t(_SQRT_HALF)
+    for i in range(n):
+        if act == _ELU or act == _SELU:
+            for j in range(o):
+                v = x[i, j]
+                out[i, j] = scale * (v if v > zero else a * np.expm1(v))
+        elif act == _GELU:
+            for j in range(o):
+                v = x[i, j]
+                out[i, j] = half * v * (one + math.erf(v * r2))
+        elif act == _SILU:
+            for j in range(o):
+                v = x[i, j]
+                e = _exp(-np.abs(v))
+                out[i, j] = v * (one / (one + e) if v >= zero else e / (one + e))
+        else:
+            for j in range(o):
+                v = x[i, j]
+                out[i, j] = (v if v > zero else zero) + np.log1p(_exp(-np.abs(v)))
+
+
+@_jit
+def _smooth_backward(y, dx, i, act, alpha):
+    """dx[i] *= act'(.) for the activations of _smooth_forward: from the output y, or
+    (gelu, silu) from the input passed as y (see reference.activation_backward)."""
+    o = y.shape[1]
+    t = y.dtype.type
+    zero, one, half = t(0), t(1), t(0.5)
+    if act == _ELU or act == _SELU:
+        scale = t(_SELU_SCALE) if act == _SELU else one
+        shift = t(_SELU_SCALE * _SELU_ALPHA) if act == _SELU else t(alpha)
+        for j in range(o):
+            yv = y[i, j]
+            dx[i, j] = dx[i, j] * (scale if yv > zero else yv + shift)
+    elif act == _GELU:
+        r2, c = t(_SQRT_HALF), t(_INV_SQRT_2PI)
+        for j in range(o):
+            v = y[i, j]
+            d = half * (one + math.erf(v * r2)) + v * c * _exp(-half * v * v)
+            dx[i, j] = dx[i, j] * d
+    elif act == _SILU:
+        for j in range(o):
+            v = y[i, j]
+            e = _exp(-np.abs(v))
+            sg = one / (one + e) if v >= zero else e / (one + e)
+            dx[i, j] = dx[i, j] * (sg * (one + v * (one - sg)))
+    else:
+        for j in range(o):
+            dx[i, j] = dx[i, j] * -np.expm1(-y[i, j])
+
+
+@_jit
 def _bias_act(out, b, act, alpha):
-    """out = act(out + b) in one pass: the epilogue of reference.dense_forward."""
+    """out = act(out + b) in one pass: the epilogue of reference.dense_forward; an empty b
+    is no bias (a select in the loops, which LLVM unswitches: calling activation_forward
+    instead would compile all its branches into dense_forward once more)."""
     n, o = out.shape
     t = out.dtype.type
     zero, one, a = t(0), t(1), t(alpha)
+    has_b = b.shape[0] > 0
     if act == _RELU:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 out[i, j] = zero if v < zero else v
     elif act == _LINEAR:
         for i in range(n):
             for j in range(o):
-                out[i, j] += b[j]
+                out[i, j] += b[j] if has_b else zero
     elif act == _LEAKY_RELU:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 out[i, j] = v if v > zero else v * a
     elif act == _SIGMOID:
         for i in range(n):
             for j in range(o):
-                v = out[i, j] + b[j]
+                v = out[i, j] + (b[j] if has_b else zero)
                 e = _exp(-np.abs(v))
                 out[i, j] = one / (one + e) if v >= zero else e / (one + e)
     elif act == _TANH:
         for i in range(n):
             for j in range(o):
-                out[i, j] = _tanh(out[i, j] + b[j])
+                out[i, j] = _tanh(out[i, j] + (b[j] if has_b else zero))
     elif act == _SOFTMAX:
         for i in range(n if o > 0 else 0):  # a row of no columns has no max, nothing to do
             for j in range(o):
-                out[i, j] += b[j]
+                out[i, j] += b[j] if has_b else zero
             m = out[i, 0]
             for j in range(1, o):
                 if out[i, j] > m:
@@ -436,6 +508,11 @@ def _bias_act(out, b, act, alpha):
                 s += out[i, j]
             for j in range(o):
                 out[i, j] = out[i, j] / s
+    elif act >= _ELU and act <= _SOFTPLUS:
+        for i in range(n):
+            for j in range(o):
+                out[i, j] += b[j] if has_b else zero
+        _smooth_forward(out, out, act, alpha)
     else:
         raise ValueError("unknown activation code")
 
@@ -478,6 +555,8 @@ def _act_backward(y, dout, dx, db, act, alpha, with_db):
                 s += dx[i, j] * y[i, j]
             for j in range(o):
                 dx[i, j] = y[i, j] * (dx[i, j] - s)
+        elif act >= _ELU and act <= _SOFTPLUS:
+            _smooth_backward(y, dx, i, act, alpha)
         elif act != _LINEAR:
             raise ValueError("unknown activation code")
         if with_db:  # the row is still in L1: no second pass over dz
@@ -497,7 +576,8 @@ def activation_backward(y, dout, dx, act, alpha):
 
 @_jit
 def dense_forward(x, w, b, out, act, alpha):
-    """See reference.dense_forward: the GEMM, then one bias + activation pass."""
+    """See reference.dense_forward: the GEMM, then one bias + activation pass (b may be
+    empty: no bias)."""
     _gemm(x, w, out, 0, 0)
     _bias_act(out, b, act, alpha)
 
@@ -505,7 +585,7 @@ def dense_forward(x, w, b, out, act, alpha):
 @_jit
 def dense_backward(x, w, y, dout, dz, dx, dw, db, act, alpha, need_dx):
     """See reference.dense_backward: one derivative + db pass, then the two GEMMs."""
-    _act_backward(y, dout, dz, db, act, alpha, _TRUE)
+    _act_backward(y, dout, dz, db, act, alpha, db.shape[0] > 0)  # db empty: no bias
     _gemm(x, dz, dw, 1, 0)
     if need_dx:
         _gemm(dz, w, dx, 0, 1)
@@ -810,6 +890,66 @@ def mean_absolute_error(pred, y, sw, dpred):
 
 
 @_jit
+def huber(pred, y, sw, dpred):
+    """See reference.huber (dpred may alias pred)."""
+    n, c = pred.shape
+    t = pred.dtype.type
+    zero, half, delta, tnc = t(0), t(0.5), t(_HUBER_DELTA), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            d = pred[i, j] - y[i, j]
+            a = np.abs(d)
+            small = a <= delta
+            row += half * d * d if small else delta * a - half * delta * delta
+            dpred[i, j] = (d if small else delta * np.sign(d)) * coef
+        total += np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
+def kl_divergence(p, y, sw, dp):
+    """See reference.kl_divergence (dp may alias p)."""
+    n, c = p.shape
+    t = p.dtype.type
+    zero, one, lo, tn = t(0), t(1), t(_PROB_EPS), t(n)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tn
+        for j in range(c):
+            v = p[i, j]
+            yv = y[i, j]
+            yc = lo if yv < lo else (one if yv > one else yv)
+            pc = lo if v < lo else (one if v > one else v)  # NaN passes, as np.clip
+            row += yc * np.log(yc / pc)
+            dp[i, j] = (-yc / pc if (v >= lo and v <= one) else zero) * coef
+        total += np.float64(sw[i]) * np.float64(row)
+    return total / n
+
+
+@_jit
+def poisson(p, y, sw, dp):
+    """See reference.poisson (dp may alias p)."""
+    n, c = p.shape
+    t = p.dtype.type
+    zero, one, eps, tnc = t(0), t(1), t(_PROB_EPS), t(n * c)
+    total = 0.0
+    for i in range(n):
+        row = zero
+        coef = sw[i] / tnc
+        for j in range(c):
+            v = p[i, j]
+            yv = y[i, j]
+            row += v - yv * np.log(v + eps)
+            dp[i, j] = (one - yv / (v + eps)) * coef
+        total += np.float64(sw[i]) * (np.float64(row) / c)
+    return total / n
+
+
+@_jit
 def loss_grad(out, y, sw, p, dz, loss_code):
     """See reference.loss_grad (the sparse loss reads its labels from y[:, 0])."""
     if loss_code == _SOFTMAX_CE:
@@ -826,6 +966,12 @@ def loss_grad(out, y, sw, p, dz, loss_code):
         return mean_squared_error(out, y, sw, dz)
     if loss_code == _MAE:
         return mean_absolute_error(out, y, sw, dz)
+    if loss_code == _HUBER:
+        return huber(out, y, sw, dz)
+    if loss_code == _KL_DIVERGENCE:
+        return kl_divergence(out, y, sw, dz)
+    if loss_code == _POISSON:
+        return poisson(out, y, sw, dz)
     raise ValueError("unknown loss code")
 
 
@@ -931,6 +1077,117 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
 
 
 @_jit
+def _nadam_u_product(beta_1, step):
+    """reference.nadam_u_product (the same float64 operations)."""
+    prod, decay = 1.0, 1.0
+    for _ in range(min(step, _NADAM_STEPS)):
+        decay *= _NADAM_DECAY
+        prod *= 1.0 - 0.5 * decay
+    return prod * math.pow(beta_1, np.float64(step))
+
+
+@_jit
+def nadam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, step):
+    """See reference.nadam_update (one fused pass)."""
+    t = p.dtype.type
+    u_t = beta_1 * (1 - 0.5 * math.pow(_NADAM_DECAY, np.float64(step)))
+    u_next = beta_1 * (1 - 0.5 * math.pow(_NADAM_DECAY, np.float64(step + 1)))
+    prod = _nadam_u_product(beta_1, step)
+    cm, cg = t(u_next / (1 - prod * u_next)), t((1 - u_t) / (1 - prod))
+    b1, c1, b2, c2 = t(beta_1), t(1 - beta_1), t(beta_2), t(1 - beta_2)
+    bc2, a, eps = t(1 - math.pow(beta_2, np.float64(step))), t(lr), t(epsilon)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = m[k] * b1 + c1 * gk
+        vk = v[k] * b2 + c2 * gk * gk
+        m[k] = mk
+        v[k] = vk
+        p[k] -= a * (cm * mk + cg * gk) / (np.sqrt(vk / bc2) + eps)
+
+
+@_jit
+def _next_bound(layers, start, n):
+    """The end of the trainable weight that starts at ``start`` (reference.weight_bounds):
+    the smallest weight offset of the plan above it, or n."""
+    end = n
+    for l in range(layers.shape[0]):
+        for col in range(_P_W0, _P_W2 + 1):
+            o = layers[l, col]
+            if o > start and o < end:
+                end = o
+    return end
+
+
+@_jit
+def _sum_squares(g):
+    """sum(g**2) in float64 over eight interleaved partial sums: eight independent add
+    chains instead of one (a single float64 accumulator, which LLVM may not reorder, runs
+    at one add per 4 cycles: ~130 us for 100k weights)."""
+    n8 = g.shape[0] - g.shape[0] % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for k in range(0, n8, 8):
+        v0, v1, v2, v3 = (
+            np.float64(g[k]),
+            np.float64(g[k + 1]),
+            np.float64(g[k + 2]),
+            np.float64(g[k + 3]),
+        )
+        v4, v5, v6, v7 = (
+            np.float64(g[k + 4]),
+            np.float64(g[k + 5]),
+            np.float64(g[k + 6]),
+            np.float64(g[k + 7]),
+        )
+        s0 += v0 * v0
+        s1 += v1 * v1
+        s2 += v2 * v2
+        s3 += v3 * v3
+        s4 += v4 * v4
+        s5 += v5 * v5
+        s6 += v6 * v6
+        s7 += v7 * v7
+    for k in range(n8, g.shape[0]):
+        v = np.float64(g[k])
+        s0 += v * v
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@_jit
+def _scale_to_norm(g, limit):
+    """reference._scale_to_norm on a flat (P,) view."""
+    norm = np.sqrt(_sum_squares(g))
+    scale = limit / max(norm, limit) if np.isfinite(norm) else np.nan
+    t = g.dtype.type(scale)
+    for k in range(g.shape[0]):
+        g[k] = g[k] * t
+
+
+@_jit
+def clip_gradients(grads, layers, opt_code, hyper):
+    """See reference.clip_gradients (a norm pass, then a scaling pass; or one clip pass)."""
+    base = _HYPER_LEN[opt_code]
+    if hyper.shape[0] < base + _N_CLIP:
+        return
+    clipnorm, clipvalue = hyper[base + _H_CLIPNORM], hyper[base + _H_CLIPVALUE]
+    global_clipnorm = hyper[base + _H_GLOBAL_CLIPNORM]
+    n = grads.shape[0]
+    if clipnorm > 0:
+        start = 0
+        while start < n:
+            end = _next_bound(layers, start, n)
+            _scale_to_norm(grads[start:end], clipnorm)
+            start = end
+    elif global_clipnorm > 0:
+        _scale_to_norm(grads, global_clipnorm)
+    elif clipvalue > 0:
+        hi = grads.dtype.type(clipvalue)
+        lo = -hi
+        for k in range(n):
+            v = grads[k]
+            grads[k] = lo if v < lo else (hi if v > hi else v)  # NaN passes, as np.clip
+
+
+@_jit
 def optimizer_update(params, grads, state, opt_code, hyper, step):
     """See reference.optimizer_update."""
     if opt_code == _SGD:
@@ -944,6 +1201,9 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
     elif opt_code == _ADAM:
         adam_update(params, grads, state[0], state[1], hyper[0], hyper[1], hyper[2],
                     hyper[3], hyper[4], np.int64(step))  # fmt: skip
+    elif opt_code == _NADAM:
+        nadam_update(params, grads, state[0], state[1], hyper[0], hyper[1], hyper[2],
+                     hyper[3], np.int64(step))  # fmt: skip
     else:
         raise ValueError("unknown optimizer code")
 
@@ -1415,8 +1675,13 @@ def forward_stack(x, plan, net, work, training, seed, step, row0=0):
         inp, out = _in_out(x, acts, row, n)
         if kind == _DENSE:
             c, o = inp.shape[1], out.shape[1]
-            dense_forward(inp, _mat(params, row[_P_W0], c, o), _vec(params, row[_P_W1], o),
-                          out, act, layer_f[l, _F_ALPHA])  # fmt: skip
+            w, b = _mat(params, row[_P_W0], c, o), _vec(params, row[_P_W1], o)
+            if act == _GELU or act == _SILU:  # codes.INPUT_ACTS: the pre-activation is saved
+                z = _mat(acts, row[_P_SAVE_OFF], out.shape[0], o)
+                dense_forward(inp, w, b, z, _LINEAR_I, layer_f[l, _F_ALPHA])
+                activation_forward(z, out, act, layer_f[l, _F_ALPHA])
+            else:
+                dense_forward(inp, w, b, out, act, layer_f[l, _F_ALPHA])
         elif kind == _DROPOUT:
             rate = layer_f[l, _F_RATE]
             if training and rate > 0:
@@ -1457,10 +1722,11 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
         need_dx = np.int64(dx_off >= 0)
         if kind == _DENSE:
             w0, nw = row[_P_W0], c * o
+            input_act = act == _GELU or act == _SILU
             dense_backward(
                 inp,
                 _mat(params, w0, c, o),
-                out,
+                _mat(acts, row[_P_SAVE_OFF], out.shape[0], o) if input_act else out,
                 g,
                 g,
                 dx,
@@ -1481,7 +1747,8 @@ def backward_stack(x, plan, net, work, seed, step, row0=0):
             else:
                 _copy(g, dx)
         elif kind == _ACTIVATION:
-            _act_backward(out, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
+            y = inp if act == _GELU or act == _SILU else out  # codes.INPUT_ACTS read x
+            _act_backward(y, g, dx, g[0], act, layer_f[l, _F_ALPHA], _FALSE)
         elif _norm_backward(kinds[_NORM], kind, inp, g, dx, need_dx, row, params, grads,
                             nontrain, acts, acc):  # fmt: skip
             pass
@@ -1555,6 +1822,7 @@ def train_step(batch, plan, net, work, loss, opt):
     value += backward_stack(x, plan, net, work, seed, step)
     if np.isfinite(value):
         n = state.shape[1]  # the trainable prefix: frozen layers' weights follow
+        clip_gradients(grads[:n], plan[0], opt_code, hyper)
         optimizer_update(params[:n], grads[:n], state, opt_code, hyper, step)
     return value
 

@@ -46,8 +46,9 @@ OPS = (
     "dropout_forward", "dropout_backward",
     "softmax_cross_entropy", "sparse_softmax_cross_entropy", "sigmoid_binary_cross_entropy",
     "categorical_crossentropy", "binary_crossentropy", "mean_squared_error",
-    "mean_absolute_error", "loss_grad", "l1l2_penalty",
+    "mean_absolute_error", "huber", "kl_divergence", "poisson", "loss_grad", "l1l2_penalty",
     "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
+    "nadam_update", "clip_gradients",
     "optimizer_update", "batchnorm_forward", "batchnorm_backward", "normalization_forward",
     "normalization_backward", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
     "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "forward_stack",
@@ -82,6 +83,8 @@ def activation_forward(x, out, act, alpha):
         z = x - x.max(axis=1, keepdims=True)
         e = np.exp(z)
         np.divide(e, e.sum(axis=1, keepdims=True), out=out)
+    elif act in _SMOOTH_FORWARD:
+        np.copyto(out, _SMOOTH_FORWARD[act](x, x.dtype.type(alpha)).astype(x.dtype))
     else:
         raise ValueError(f"unknown activation code {act}")
 
@@ -90,7 +93,10 @@ def activation_backward(y, dout, dx, act, alpha):
     """dx = dL/dx from the activation's output y and dout = dL/dy.  (N, O); dx may alias dout.
 
     Derivatives are expressed through the output: relu y>0, leaky_relu 1 or alpha,
-    sigmoid y(1-y), tanh 1-y^2, softmax y*(dout - sum(dout*y)).
+    sigmoid y(1-y), tanh 1-y^2, softmax y*(dout - sum(dout*y)), elu 1 or y+alpha, selu
+    scale or y+scale*alpha, softplus 1-exp(-y).  For gelu and silu (codes.INPUT_ACTS),
+    whose derivative is not a function of the output, ``y`` is the activation's INPUT x:
+    gelu Phi(x)+x phi(x), silu s(1+x(1-s)) with s = sigmoid(x).
     """
     if act == C.LINEAR:
         d = dout.copy()
@@ -104,9 +110,77 @@ def activation_backward(y, dout, dx, act, alpha):
         d = dout * (1 - y * y)
     elif act == C.SOFTMAX:
         d = y * (dout - (dout * y).sum(axis=1, keepdims=True))
+    elif act in _SMOOTH_DERIVATIVE:
+        d = dout * _SMOOTH_DERIVATIVE[act](y, y.dtype.type(alpha))
     else:
         raise ValueError(f"unknown activation code {act}")
     np.copyto(dx, d, casting="same_kind")
+
+
+def _sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _erf(x):
+    """erf elementwise (math.erf per element: NumPy has none), in x's dtype."""
+    import math
+
+    return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
+_SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+
+def _elu(x, alpha):
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _selu(x, alpha):
+    t = x.dtype.type
+    return t(C.SELU_SCALE) * _elu(x, t(C.SELU_ALPHA))
+
+
+def _gelu(x, alpha):
+    t = x.dtype.type
+    return t(0.5) * x * (1 + _erf(x * t(_SQRT_HALF)))
+
+
+def _softplus(x, alpha):
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+#: out = f(x, alpha) of the activations beyond softmax
+_SMOOTH_FORWARD = {
+    C.ELU: _elu,
+    C.SELU: _selu,
+    C.GELU: _gelu,
+    C.SILU: lambda x, alpha: x * _sigmoid(x),
+    C.SOFTPLUS: _softplus,
+}
+
+
+def _gelu_derivative(x, alpha):
+    t = x.dtype.type
+    return t(0.5) * (1 + _erf(x * t(_SQRT_HALF))) + x * t(_INV_SQRT_2PI) * np.exp(-x * x / 2)
+
+
+def _silu_derivative(x, alpha):
+    s = _sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+#: act'(.) of those activations: from the output y, or from the input for INPUT_ACTS
+_SMOOTH_DERIVATIVE = {
+    C.ELU: lambda y, alpha: np.where(y > 0, 1, y + alpha),
+    C.SELU: lambda y, alpha: np.where(
+        y > 0, y.dtype.type(C.SELU_SCALE), y + y.dtype.type(C.SELU_SCALE * C.SELU_ALPHA)
+    ),
+    C.GELU: _gelu_derivative,
+    C.SILU: _silu_derivative,
+    C.SOFTPLUS: lambda y, alpha: -np.expm1(-y),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,20 +188,23 @@ def activation_backward(y, dout, dx, act, alpha):
 
 
 def dense_forward(x, w, b, out, act, alpha):
-    """out = act(x @ w + b).  x (N, I), w (I, O), b (O,), out (N, O)."""
+    """out = act(x @ w + b).  x (N, I), w (I, O), b (O,) or empty (no bias), out (N, O)."""
     np.dot(x, w, out=out)
-    out += b
+    if b.size:
+        out += b
     activation_forward(out, out, act, alpha)
 
 
 def dense_backward(x, w, y, dout, dz, dx, dw, db, act, alpha, need_dx):
-    """Gradients of out = act(x @ w + b) given y = out and dout = dL/dout.
+    """Gradients of out = act(x @ w + b) given y = out (for codes.INPUT_ACTS: y = x @ w + b,
+    the pre-activation) and dout = dL/dout.
 
     dz (N, O) = dout * act'(.) (may alias dout); db (O,) = sum_N dz; dw (I, O) = x.T @ dz;
     dx (N, I) = dz @ w.T, written only when ``need_dx`` is non-zero.
     """
     activation_backward(y, dout, dz, act, alpha)
-    np.sum(dz, axis=0, out=db)
+    if db.size:  # empty without a bias
+        np.sum(dz, axis=0, out=db)
     np.dot(x.T, dz, out=dw)
     if need_dx:
         np.dot(dz, w.T, out=dx)
@@ -290,6 +367,48 @@ def mean_absolute_error(pred, y, sw, dpred):
     return loss
 
 
+def huber(pred, y, sw, dpred):
+    """Huber loss with delta = codes.HUBER_DELTA.  (N, C); sw (N,).  Per element
+    0.5 d^2 (|d| <= delta) or delta (|d| - delta/2), d = pred - y, averaged over outputs;
+    dpred = sw * clip(d, -delta, delta) / (N*C)."""
+    n, c = pred.shape
+    t = pred.dtype.type
+    delta = t(C.HUBER_DELTA)
+    d = pred - y
+    small = np.abs(d) <= delta
+    per = np.where(small, t(0.5) * d * d, delta * np.abs(d) - t(0.5) * delta * delta)
+    loss = float(np.sum(sw * per.mean(axis=1)) / n)
+    dpred[...] = np.where(small, d, delta * np.sign(d)) * (sw[:, None] / (n * c))
+    return loss
+
+
+def kl_divergence(p, y, sw, dp):
+    """Kullback-Leibler divergence sum_j y log(y / p) with y and p clipped to [eps, 1]
+    (Keras; eps = PROB_EPS), summed over outputs.  (N, C); sw (N,).
+
+    dp = -sw * y_c / p_c / N where p is inside [eps, 1], 0 where clipped."""
+    n = p.shape[0]
+    t = p.dtype.type
+    eps, one = t(C.PROB_EPS), t(1)
+    yc, pc = np.clip(y, eps, one), np.clip(p, eps, one)
+    loss = float(np.sum(sw * (yc * np.log(yc / pc)).sum(axis=1)) / n)
+    inside = (p >= eps) & (p <= one)
+    dp[...] = np.where(inside, -yc / pc, 0) * (sw[:, None] / n)
+    return loss
+
+
+def poisson(p, y, sw, dp):
+    """Poisson loss mean_j (p - y log(p + eps)) (Keras; eps = PROB_EPS).  (N, C); sw (N,).
+
+    dp = sw * (1 - y / (p + eps)) / (N*C)."""
+    n, c = p.shape
+    eps = p.dtype.type(C.PROB_EPS)
+    per = p - y * np.log(p + eps)
+    loss = float(np.sum(sw * per.mean(axis=1)) / n)
+    dp[...] = (1 - y / (p + eps)) * (sw[:, None] / (n * c))
+    return loss
+
+
 def loss_grad(out, y, sw, p, dz, loss_code):
     """Dispatch to the loss ``loss_code``; returns the loss and writes dz = dL/dout.
 
@@ -311,6 +430,12 @@ def loss_grad(out, y, sw, p, dz, loss_code):
         return mean_squared_error(out, y, sw, dz)
     if loss_code == C.MAE:
         return mean_absolute_error(out, y, sw, dz)
+    if loss_code == C.HUBER:
+        return huber(out, y, sw, dz)
+    if loss_code == C.KL_DIVERGENCE:
+        return kl_divergence(out, y, sw, dz)
+    if loss_code == C.POISSON:
+        return poisson(out, y, sw, dz)
     raise ValueError(f"unknown loss code {loss_code}")
 
 
@@ -373,9 +498,80 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
     p -= t(step_size) * m / (np.sqrt(v) / t(bc2_sqrt) + t(epsilon))
 
 
+#: Keras's Nadam momentum schedule: u_t = beta_1 (1 - 0.5 * 0.96**t)
+NADAM_DECAY = 0.96
+#: Beyond this step 1 - 0.5 * 0.96**t rounds to 1.0 in float64: the product stops there.
+NADAM_STEPS = 1000
+
+
+def nadam_u_product(beta_1, step):
+    """prod_{i=1..step} u_i of Keras's Nadam (float64; the factors beyond NADAM_STEPS are 1
+    except for beta_1, whose power is taken in closed form)."""
+    prod, decay = 1.0, 1.0
+    for _ in range(min(int(step), NADAM_STEPS)):
+        decay *= NADAM_DECAY
+        prod *= 1.0 - 0.5 * decay
+    return prod * beta_1 ** float(step)
+
+
+def nadam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, step):
+    """Nadam, Keras 3's formula, ``step`` = t >= 1: u_t = b1 (1 - 0.5 * 0.96^t),
+    U_t = u_1 ... u_t; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+    p -= lr * (u_{t+1} m / (1 - U_t u_{t+1}) + (1 - u_t) g / (1 - U_t))
+    / (sqrt(v / (1 - b2^t)) + epsilon).  (PyTorch's NAdam with momentum_decay=1.0.)"""
+    t = p.dtype.type
+    u_t = beta_1 * (1 - 0.5 * NADAM_DECAY**step)
+    u_next = beta_1 * (1 - 0.5 * NADAM_DECAY ** (step + 1))
+    prod = nadam_u_product(beta_1, step)
+    m *= t(beta_1)
+    m += t(1 - beta_1) * g
+    v *= t(beta_2)
+    v += t(1 - beta_2) * g * g
+    m_hat = t(u_next / (1 - prod * u_next)) * m + t((1 - u_t) / (1 - prod)) * g
+    v_hat = v / t(1 - beta_2**step)
+    p -= t(lr) * m_hat / (np.sqrt(v_hat) + t(epsilon))
+
+
+def weight_bounds(layers, n):
+    """[(start, end)] of the trainable weights in params[:n]: the distinct offsets of the
+    plan's weight columns (P_W0..P_W2) below n, each weight ending where the next begins."""
+    cols = layers[:, C.P_W0 : C.P_W2 + 1].ravel()
+    starts = sorted({int(o) for o in cols if 0 <= o < n} | {0})
+    return list(zip(starts, starts[1:] + [n])) if n > 0 else []
+
+
+def _scale_to_norm(g, limit):
+    """g *= limit / max(||g||, limit) (Keras); NaN when the norm is not finite."""
+    norm = float(np.sqrt(np.square(g, dtype=np.float64).sum()))
+    scale = limit / max(norm, limit) if np.isfinite(norm) else float("nan")
+    g *= g.dtype.type(scale)
+
+
+def clip_gradients(grads, layers, opt_code, hyper):
+    """Keras's gradient clipping of grads (P,) in place: with hyper's clip entries (codes.H_*
+    after HYPER_LEN[opt_code] entries; absent or 0: off) the first set of clipnorm (each
+    weight of the plan's ``layers`` table scaled to norm <= clipnorm), global_clipnorm (all
+    of grads) and clipvalue (each entry clipped to [-clipvalue, clipvalue]).  A weight (or
+    for global_clipnorm the whole gradient) whose norm is not finite becomes NaN."""
+    base = C.HYPER_LEN[opt_code]
+    if hyper.shape[0] < base + C.N_CLIP:
+        return
+    clipnorm, clipvalue = hyper[base + C.H_CLIPNORM], hyper[base + C.H_CLIPVALUE]
+    global_clipnorm = hyper[base + C.H_GLOBAL_CLIPNORM]
+    if clipnorm > 0:
+        for start, end in weight_bounds(layers, grads.shape[0]):
+            _scale_to_norm(grads[start:end], clipnorm)
+    elif global_clipnorm > 0:
+        _scale_to_norm(grads, global_clipnorm)
+    elif clipvalue > 0:
+        t = grads.dtype.type
+        np.clip(grads, t(-clipvalue), t(clipvalue), out=grads)
+
+
 def optimizer_update(params, grads, state, opt_code, hyper, step):
     """One optimizer step over the flat buffers.  params, grads (P,); state (S, P) with S =
-    codes.STATE_SLOTS[opt_code] (at least 1 row); hyper float64 as in ``codes``."""
+    codes.STATE_SLOTS[opt_code] (at least 1 row); hyper float64 as in ``codes`` (its clip
+    entries are not read here: train_step clips with ``clip_gradients`` first)."""
     if opt_code == C.SGD:
         sgd_update(params, grads, hyper[0])
     elif opt_code == C.MOMENTUM:
@@ -386,6 +582,8 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
         rmsprop_update(params, grads, state[0], hyper[0], hyper[1], hyper[2])
     elif opt_code == C.ADAM:
         adam_update(params, grads, state[0], state[1], *hyper[:5], step)
+    elif opt_code == C.NADAM:
+        nadam_update(params, grads, state[0], state[1], *hyper[:4], step)
     else:
         raise ValueError(f"unknown optimizer code {opt_code}")
 
@@ -690,8 +888,13 @@ def layer_forward(l, x, plan, net, work, n, training, seed, step, row0=0):
     width = inp.shape[1]
     if kind == C.DENSE:
         w = _mat(params, int(row[C.P_W0]), width, out.shape[1])
-        dense_forward(inp, w, _vec(params, int(row[C.P_W1]), out.shape[1]), out, act,
-                      f[C.F_ALPHA])  # fmt: skip
+        b = _vec(params, int(row[C.P_W1]), out.shape[1])
+        if act in C.INPUT_ACTS:  # the pre-activation is saved for the backward
+            z = _mat(acts, int(row[C.P_SAVE_OFF]), out.shape[0], out.shape[1])
+            dense_forward(inp, w, b, z, C.LINEAR, 0.0)
+            activation_forward(z, out, act, f[C.F_ALPHA])
+        else:
+            dense_forward(inp, w, b, out, act, f[C.F_ALPHA])
     elif kind == C.DROPOUT:
         if training and f[C.F_RATE] > 0:
             _dropout_from(inp, out, f[C.F_RATE], dropout_seed(seed, step, l),
@@ -807,7 +1010,8 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
         w0, w1 = int(row[C.P_W0]), int(row[C.P_W1])
         o = out.shape[1]
         w, dw = _mat(params, w0, width, o), _mat(grads, w0, width, o)
-        dense_backward(inp, w, out, g, g, dx, dw, _vec(grads, w1, o), act, f[C.F_ALPHA],
+        y = _mat(acts, int(row[C.P_SAVE_OFF]), out.shape[0], o) if act in C.INPUT_ACTS else out
+        dense_backward(inp, w, y, g, g, dx, dw, _vec(grads, w1, o), act, f[C.F_ALPHA],
                        int(dx_off >= 0))  # fmt: skip
         if f[C.F_L1] or f[C.F_L2]:
             return l1l2_penalty(w, dw, f[C.F_L1], f[C.F_L2])
@@ -818,7 +1022,7 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
         else:
             dx[...] = g
     elif kind == C.ACTIVATION:
-        activation_backward(out, g, dx, act, f[C.F_ALPHA])
+        activation_backward(inp if act in C.INPUT_ACTS else out, g, dx, act, f[C.F_ALPHA])
     elif kind == C.BATCHNORM:
         w0, w1 = int(row[C.P_W0]), int(row[C.P_W1])
         batchnorm_backward(
@@ -928,7 +1132,9 @@ def train_step(batch, plan, net, work, loss, opt):
     unused: hyper[0] is the rate).  For the logit losses the last layer must be linear; the
     probabilities replace the logits in acts unless ``logits_out``.  Returns the loss including the
     regularisation penalty; when it is not finite the parameters and optimizer state are
-    not updated (grads still hold the step's gradients).
+    not updated (grads still hold the step's gradients); otherwise the trainable prefix of
+    grads is clipped in place by hyper's clip entries (``clip_gradients``) and the
+    optimizer steps.
     """
     x, y, sw = batch
     opt_code, hyper, _, step, seed = opt
@@ -938,6 +1144,7 @@ def train_step(batch, plan, net, work, loss, opt):
     if np.isfinite(value):
         params, grads, state, _ = net
         n = state.shape[1]  # the trainable prefix: the frozen layers' weights follow
+        clip_gradients(grads[:n], plan[0], opt_code, hyper)
         optimizer_update(params[:n], grads[:n], state, opt_code, hyper, step)
     return value
 

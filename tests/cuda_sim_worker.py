@@ -600,6 +600,57 @@ def check_stack_refuses_kinds(cu):
     return msgs[0] + " / " + msgs[-1]
 
 
+def check_refuses_keras_codes(cu):
+    """Keras 3's extra activations, losses and Nadam are not CUDA kernels: the backend
+    refuses them with a ValueError naming the backends that run them, before writing, and
+    a model refuses them at build (activations) or compile (losses, optimizer)."""
+    import fastnn
+    from fastnn.layers import Dense
+
+    net = Net(mlp_layers, 2)
+    x = np.ones((2, 4), F32)
+    before = net.acts.copy()
+    assert not cu.ACTS & {C.ELU, C.SELU, C.GELU, C.SILU, C.SOFTPLUS}
+    msgs = []
+    for act in (C.ELU, C.GELU, C.SOFTPLUS):
+        layers = net.plan[0].copy()
+        layers[0, C.P_ACT] = act
+        plan = (layers, net.plan[1], net.plan[2])
+        msgs.append(_refused(lambda p=plan: cu.forward_stack(x, p, net.net, net.work, 1, 0, 1)))
+    assert np.array_equal(net.acts, before), "acts written before the plan was refused"
+    z = np.ones((2, 3), F32)
+    for code in (C.HUBER, C.KL_DIVERGENCE, C.POISSON):
+        msgs.append(_refused(lambda c=code: cu.loss_grad(z, z, np.ones(2, F32), z.copy(),
+                                                         z.copy(), c)))  # fmt: skip
+    p = np.ones(3, F32)
+    msgs.append(_refused(lambda: cu.optimizer_update(p, p.copy(), np.zeros((2, 3), F32),
+                                                     C.NADAM, np.array([0.1, 0.9, 0.9, 1e-7]),
+                                                     1)))  # fmt: skip
+    assert np.array_equal(p, np.ones(3, F32)), "params updated by a refused optimizer"
+    model = fastnn.Sequential([Dense(3, activation="gelu", input_dim=4)], backend="cuda")
+    msgs.append(_refused(lambda: model.predict(x)))
+    assert "'gelu'" in msgs[-1], msgs[-1]
+    ok = fastnn.Sequential([Dense(3, input_dim=4)], backend="cuda")
+    msgs.append(_refused(lambda: ok.compile("nadam", "mse")))
+    msgs.append(_refused(lambda: ok.compile("adam", "huber")))
+    msgs.append(_refused(lambda: ok.compile(fastnn.optimizers.SGD(clipnorm=1.0), "mse")))
+    assert not cu.CLIPPING and "clip" in msgs[-1]
+    hyper = np.array([0.1, 1.0, 0.0, 0.0])  # SGD with clipnorm 1
+    msgs.append(_refused(lambda: cu.clip_gradients(p, net.plan[0], C.SGD, hyper)))
+    cu.clip_gradients(p, net.plan[0], C.SGD, np.array([0.1, 0.0, 0.0, 0.0]))  # off: no-op
+    return msgs[0] + " / " + msgs[-1]
+
+
+def _refused(call):
+    try:
+        call()
+    except ValueError as exc:
+        msg = str(exc)
+        assert "cuda backend cannot" in msg and "cython, numba" in msg, msg
+        return msg
+    raise AssertionError("the cuda backend accepted a code it does not run")
+
+
 def _train(mod, dtype, steps, make=mlp_layers, loss_code=C.SPARSE_SOFTMAX_CE, opt=C.ADAM,
            x_nan=False):  # fmt: skip
     rng = _rng(13)

@@ -35,6 +35,7 @@ HYPER = {
     C.ADAGRAD: [0.05, 1e-7],
     C.RMSPROP: [0.01, 0.9, 1e-7],
     C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.01],
+    C.NADAM: [0.01, 0.9, 0.999, 1e-7],
 }
 
 
@@ -233,6 +234,12 @@ def make_targets(loss, n, c, rng, dtype, n_targets=None):
         return y.astype(dtype)
     if loss in (C.SIGMOID_BCE, C.BINARY_CE):
         return (rng.random((n, c)) > 0.5).astype(dtype)
+    if loss == C.KL_DIVERGENCE:  # distributions, one entry below the clip floor
+        y = rng.dirichlet(np.ones(c), n)
+        y.flat[0] = 0.0
+        return y.astype(dtype)
+    if loss == C.POISSON:
+        return rng.poisson(1.5, (n, c)).astype(dtype)
     return rng.standard_normal((n, c if n_targets is None else n_targets)).astype(dtype)
 
 
@@ -245,6 +252,9 @@ OUTPUT_ACT = {
     C.BINARY_CE: C.SIGMOID,
     C.MSE: C.LINEAR,
     C.MAE: C.TANH,
+    C.HUBER: C.LINEAR,
+    C.KL_DIVERGENCE: C.SOFTMAX,
+    C.POISSON: C.SOFTPLUS,
 }
 
 
@@ -285,6 +295,21 @@ def norm_stack(dtype, rng, n=11, n_in=5, loss=C.SOFTMAX_CE):
         (C.DROPOUT, 9, C.LINEAR, 0.25, 0.0, 0.0),
         (C.DENSE, 7, C.TANH, 0.0, 0.0, 0.0),
         (C.ACTIVATION, 7, C.LEAKY_RELU, 0.1, 0.0, 0.0),
+        (C.DENSE, 4, OUTPUT_ACT[loss], 0.0, 0.0, 0.0),
+    ]
+    return Stack(spec, n_in, n, dtype, rng, loss=loss)
+
+
+def smooth_stack(dtype, rng, loss=C.HUBER, n=12, n_in=5):
+    """Dense gelu (its pre-activation saved), Activation elu, Dense silu, Activation selu,
+    Activation gelu (reading its input), Dense with the loss's output activation: the
+    activations of Keras 3 beyond the core ones, in both kinds that apply them."""
+    spec = [
+        (C.DENSE, 8, C.GELU, 0.0, 0.0, 1e-3),
+        (C.ACTIVATION, 8, C.ELU, 0.0, 0.0, 0.0),
+        (C.DENSE, 7, C.SILU, 0.0, 0.0, 0.0),
+        (C.ACTIVATION, 7, C.SELU, 0.0, 0.0, 0.0),
+        (C.ACTIVATION, 7, C.GELU, 0.0, 0.0, 0.0),
         (C.DENSE, 4, OUTPUT_ACT[loss], 0.0, 0.0, 0.0),
     ]
     return Stack(spec, n_in, n, dtype, rng, loss=loss)
@@ -341,6 +366,6 @@ __all__ = [
     "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
     "Buffers", "acc_mode_for", "loss_args", "metrics_for", "assert_close", "compiled_backends",
-    "make_targets", "mixed_stack", "mlp3", "norm_stack", "ref", "rng_for", "tolerance",
-    "train_steps",
+    "make_targets", "mixed_stack", "mlp3", "norm_stack", "smooth_stack", "ref", "rng_for",
+    "tolerance", "train_steps",
 ]  # fmt: skip

@@ -43,7 +43,8 @@ dims = st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 33]) | st.integers(1, 40)
 dtypes = st.sampled_from([np.float32, np.float64])
 scales = st.sampled_from([1e-3, 1.0, 30.0, 1e3, 1e4])
 seeds = st.integers(0, 2**31 - 1)
-ACTS = [C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX]
+ACTS = [C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX, C.ELU, C.SELU, C.GELU, C.SILU,
+        C.SOFTPLUS]  # fmt: skip
 acts = st.sampled_from(ACTS)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -244,6 +245,9 @@ LOSS_KERNELS = {
     "binary_crossentropy": ("binary", False, False),
     "mean_squared_error": ("values", None, False),
     "mean_absolute_error": ("values", None, False),
+    "huber": ("values", None, False),
+    "kl_divergence": ("values", False, False),  # targets clipped to [eps, 1] by the loss
+    "poisson": ("values", False, False),
 }
 
 
@@ -280,7 +284,7 @@ def test_loss_kernels_finite_and_match_reference(backend, name, n, c, dtype, see
 
 
 @FAST
-@given(code=st.sampled_from(range(7)), n=dims, c=dims, dtype=dtypes, seed=seeds,
+@given(code=st.sampled_from(range(C.N_LOSSES)), n=dims, c=dims, dtype=dtypes, seed=seeds,
        scale=st.sampled_from([1.0, 1e4]))  # fmt: skip
 def test_loss_grad_dispatch_matches_reference(backend, code, n, c, dtype, seed, scale):
     kind = {0: "onehot", 1: "labels", 2: "binary", 3: "onehot", 4: "binary"}.get(code, "values")
@@ -289,7 +293,7 @@ def test_loss_grad_dispatch_matches_reference(backend, code, n, c, dtype, seed, 
         y = np.ascontiguousarray(y[:, None])
     sw = np.random.default_rng(seed + 2).uniform(0, 2, n).astype(dtype)
     out = rand(seed, (n, c), dtype, scale)
-    if code in (C.CATEGORICAL_CE, C.BINARY_CE):
+    if code in (C.CATEGORICAL_CE, C.BINARY_CE, C.KL_DIVERGENCE, C.POISSON):
         out = (1 / (1 + np.exp(-out.astype(np.float64)))).astype(dtype)
     arrays = [out, y, sw, empty((n, c), dtype), empty((n, c), dtype)]
     ref, r_arr, got, g_arr = run(backend, "loss_grad", arrays, [code], 3)
@@ -328,12 +332,14 @@ def _opt_case(name, seed, p_size, dtype, scale, lr):
         return [p, g, s2], [lr, 1e-7]
     if name == "rmsprop_update":
         return [p, g, s2], [lr, 0.9, 1e-7]
+    if name == "nadam_update":
+        return [p, g, s1, s2], [lr, 0.9, 0.999, 1e-7, step]
     return [p, g, s1, s2], [lr, 0.9, 0.999, 1e-7, (seed % 3) * 0.01, step]
 
 
 @FAST
 @given(name=st.sampled_from(["sgd_update", "momentum_update", "adagrad_update",
-                             "rmsprop_update", "adam_update"]),
+                             "rmsprop_update", "adam_update", "nadam_update"]),
        size=dims, dtype=dtypes, seed=seeds, scale=scales,
        lr=st.sampled_from([1e-4, 1e-2, 0.5]))  # fmt: skip
 def test_optimizer_updates_finite_and_match_reference(backend, name, size, dtype, seed, scale,
@@ -347,13 +353,13 @@ def test_optimizer_updates_finite_and_match_reference(backend, name, size, dtype
 
 
 @FAST
-@given(opt=st.sampled_from([C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM]), size=dims,
-       dtype=dtypes, seed=seeds, scale=scales)  # fmt: skip
+@given(opt=st.sampled_from([C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM, C.NADAM]),
+       size=dims, dtype=dtypes, seed=seeds, scale=scales)  # fmt: skip
 def test_optimizer_update_dispatch(backend, opt, size, dtype, seed, scale):
     p = rand(seed, (size,), dtype, scale)
     g = rand(seed + 1, (size,), dtype, scale)
     state = np.abs(rand(seed + 2, (max(C.STATE_SLOTS[opt], 1), size), dtype, scale))
-    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.01][: {0: 1, 1: 3, 2: 2, 3: 3, 4: 5}[opt]])
+    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.01][: C.HYPER_LEN[opt]])
     if opt == C.MOMENTUM:
         hyper[2] = seed % 2
     if opt == C.ADAGRAD:
@@ -365,6 +371,27 @@ def test_optimizer_update_dispatch(backend, opt, size, dtype, seed, scale):
     for k in (0, 2):
         assert np.isfinite(g_arr[k]).all()
         close(g_arr[k], r_arr[k], dtype, mag=float(np.abs(r_arr[k]).max()), factor=8)
+
+
+@FAST
+@given(size=dims, dtype=dtypes, seed=seeds, scale=scales, mode=st.sampled_from(range(4)),
+       offsets=st.lists(st.integers(-1, 45), min_size=0, max_size=9),
+       limit=st.sampled_from([1e-3, 0.5, 10.0]))  # fmt: skip
+def test_clip_gradients(backend, size, dtype, seed, scale, mode, offsets, limit):
+    """Any weight offsets in the table (absent, beyond the gradient, repeated) and each
+    mode: == reference, nothing written outside grads, the table untouched."""
+    g = rand(seed, (size,), dtype, scale)
+    layers = np.full((3, C.P_COLS), -1, np.int64)
+    cols = layers[:, C.P_W0 : C.P_W2 + 1].reshape(-1)
+    cols[: len(offsets)] = offsets
+    hyper = np.array([0.01, 0.9, 0.999, 1e-7, 0.0, 0.0, 0.0, 0.0])  # Adam + clip entries
+    if mode:
+        hyper[C.HYPER_LEN[C.ADAM] + mode - 1] = limit
+    table0 = layers.copy()
+    _, r_arr, _, g_arr = run(backend, "clip_gradients", [g, layers], [C.ADAM, hyper], 0)
+    np.testing.assert_array_equal(g_arr[1], table0)
+    assert np.isfinite(g_arr[0]).all()
+    close(g_arr[0], r_arr[0], dtype, mag=float(np.abs(r_arr[0]).max()), factor=8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -512,7 +539,8 @@ OPTIMIZERS = [
     lambda: optimizers.Adam(0.01),
     lambda: optimizers.AdamW(0.01, weight_decay=0.1),
 ]
-ACT_NAMES = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax"]
+ACT_NAMES = ["linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "elu", "selu", "gelu",
+             "silu", "softplus"]  # fmt: skip
 
 
 @st.composite

@@ -40,7 +40,8 @@ class Dense(Layer):
     units : int
         Output width.
     activation : str or None
-        One of linear, relu, leaky_relu, sigmoid, tanh, softmax (None: linear).
+        One of linear, relu, leaky_relu, sigmoid, tanh, softmax, elu, selu, gelu, silu
+        (swish), softplus (None: linear).
     input_dim, input_shape : int or tuple, optional
         Per-sample input shape, for the first layer of a model (``input_shape=(d,)``).
     kernel_initializer, bias_initializer : str or callable(shape, rng)
@@ -49,6 +50,8 @@ class Dense(Layer):
         Penalty on the kernel added to the loss.
     alpha : float
         Negative slope of leaky_relu (Keras' default 0.2).
+    use_bias : bool
+        Whether the layer has a bias (Keras's default True).
     """
 
     kind = codes.DENSE
@@ -64,8 +67,13 @@ class Dense(Layer):
         kernel_regularizer=None,
         alpha: float = activations.LEAKY_RELU_SLOPE,
         name: str | None = None,
+        use_bias: bool = True,
     ):
         super().__init__(name, input_dim, input_shape)
+        if not isinstance(use_bias, (bool, np.bool_)):
+            raise TypeError(f"use_bias must be True or False, got {type(use_bias).__name__} "
+                            f"{use_bias!r}")  # fmt: skip
+        self.use_bias = bool(use_bias)
         self.units = positive_int(units, "units")
         self.act = activations.code_of(activation)
         self.activation = "linear" if activation is None else activation.strip().lower()
@@ -88,15 +96,22 @@ class Dense(Layer):
         return (*input_shape[:-1], self.units)
 
     def weight_specs(self):
-        return [
-            WeightSpec("kernel", (self.input_shape[-1], self.units), self.kernel_initializer,
-                       codes.P_W0, regularizer=self.kernel_regularizer),
-            WeightSpec("bias", (self.units,), self.bias_initializer, codes.P_W1),
-        ]  # fmt: skip
+        kernel = WeightSpec("kernel", (self.input_shape[-1], self.units),
+                            self.kernel_initializer, codes.P_W0,
+                            regularizer=self.kernel_regularizer)  # fmt: skip
+        if not self.use_bias:
+            return [kernel]
+        return [kernel, WeightSpec("bias", (self.units,), self.bias_initializer, codes.P_W1)]
 
     def plan_fields(self):
         reg = self.kernel_regularizer or regularizers.L1L2()
-        return self.act, {codes.F_ALPHA: self.alpha, codes.F_L1: reg.l1, codes.F_L2: reg.l2}, {}
+        alpha = activations.kernel_alpha(self.act, self.alpha)
+        return self.act, {codes.F_ALPHA: alpha, codes.F_L1: reg.l1, codes.F_L2: reg.l2}, {}
+
+    def workspace(self, rows):
+        # gelu and silu differentiate through the pre-activation: it is kept at P_SAVE_OFF
+        saved = rows * size_of(self.output_shape) if activations.needs_input(self.act) else 0
+        return saved, 0
 
     @property
     def kernel(self):
@@ -104,7 +119,13 @@ class Dense(Layer):
 
     @property
     def bias(self):
+        """The bias, or None without one (use_bias=False)."""
         return self._values.get("bias")
+
+    def _bias_arg(self, grads=False):
+        """The kernels' bias (or its gradient) argument: empty without a bias."""
+        value = (self._grads if grads else self._values).get("bias")
+        return np.zeros(0, self.dtype) if value is None else value
 
     @property
     def dkernel(self):
@@ -127,6 +148,7 @@ class Dense(Layer):
             "bias_initializer": init[1],
             "kernel_regularizer": reg,
             "alpha": self.alpha,
+            "use_bias": self.use_bias,
         }
         shape = self.declared_input_shape
         if shape is not None and len(shape) == 1:
@@ -140,14 +162,23 @@ class Dense(Layer):
         buf = self._buffers(x.shape[0])
         rows, width = self._rows(self.input_shape, x.shape[0])
         out = buf["out"].reshape(rows, self.units)
-        self._kernels.dense_forward(x.reshape(rows, width), self.kernel, self.bias, out,
-                                    self.act, self.alpha)  # fmt: skip
+        alpha = activations.kernel_alpha(self.act, self.alpha)
+        if activations.needs_input(self.act):  # keep the pre-activation for the backward
+            z = buf["z"].reshape(rows, self.units)
+            self._kernels.dense_forward(x.reshape(rows, width), self.kernel, self._bias_arg(), z,
+                                        codes.LINEAR, 0.0)  # fmt: skip
+            self._kernels.activation_forward(z, out, self.act, alpha)
+        else:
+            self._kernels.dense_forward(x.reshape(rows, width), self.kernel, self._bias_arg(), out,
+                                        self.act, alpha)  # fmt: skip
         self._x = x
         return buf["out"]
 
     def _alloc(self, n):
         buf = super()._alloc(n)
         buf["dz"] = np.empty((n, *self.output_shape), self.dtype)
+        if activations.needs_input(self.act):
+            buf["z"] = np.empty((n, *self.output_shape), self.dtype)
         return buf
 
     def backward(self, dout):
@@ -155,10 +186,12 @@ class Dense(Layer):
         n = self._x.shape[0]
         buf = self._cache[n]
         rows, width = self._rows(self.input_shape, n)
+        y = buf["z" if activations.needs_input(self.act) else "out"]
         self._kernels.dense_backward(
-            self._x.reshape(rows, width), self.kernel, buf["out"].reshape(rows, self.units),
+            self._x.reshape(rows, width), self.kernel, y.reshape(rows, self.units),
             dout.reshape(rows, self.units), buf["dz"].reshape(rows, self.units),
-            buf["dx"].reshape(rows, width), self.dkernel, self.dbias, self.act, self.alpha, 1,
+            buf["dx"].reshape(rows, width), self.dkernel, self._bias_arg(grads=True), self.act,
+            activations.kernel_alpha(self.act, self.alpha), 1,
         )  # fmt: skip
         if self.kernel_regularizer is not None:
             reg = self.kernel_regularizer
@@ -251,7 +284,7 @@ class Activation(_Elementwise):
         self.alpha = _alpha(alpha)
 
     def plan_fields(self):
-        return self.act, {codes.F_ALPHA: self.alpha}, {}
+        return self.act, {codes.F_ALPHA: activations.kernel_alpha(self.act, self.alpha)}, {}
 
     def get_config(self):
         return {**super().get_config(), "activation": self.activation, "alpha": self.alpha}
@@ -262,16 +295,19 @@ class Activation(_Elementwise):
     def forward(self, x, training=False):
         x = self._check_input(x)
         buf = self._buffers(x.shape[0])
+        alpha = activations.kernel_alpha(self.act, self.alpha)
         self._kernels.activation_forward(self._last_axis(x), self._last_axis(buf["out"]),
-                                         self.act, self.alpha)  # fmt: skip
+                                         self.act, alpha)  # fmt: skip
+        self._x = x
         return buf["out"]
 
     def backward(self, dout):
         dout = self._check_dout(dout)
         buf = self._cache[self._last_batch()]
+        y = self._x if activations.needs_input(self.act) else buf["out"]
         self._kernels.activation_backward(
-            self._last_axis(buf["out"]), self._last_axis(dout), self._last_axis(buf["dx"]),
-            self.act, self.alpha,
+            self._last_axis(y), self._last_axis(dout), self._last_axis(buf["dx"]),
+            self.act, activations.kernel_alpha(self.act, self.alpha),
         )  # fmt: skip
         return buf["dx"]
 
