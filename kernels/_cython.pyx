@@ -147,7 +147,8 @@ cdef enum:
 cnp.import_array()
 
 #: The layer kinds this backend runs (a model with another kind refuses it at build).
-KINDS = frozenset({DENSE, DROPOUT, ACTIVATION, BATCHNORM, NORMALIZATION})
+KINDS = frozenset({DENSE, DROPOUT, ACTIVATION, BATCHNORM, NORMALIZATION, CONV2D, MAXPOOL2D,
+                   AVGPOOL2D, GLOBAL_AVGPOOL2D, GLOBAL_MAXPOOL2D})
 
 cdef double PROB_EPS = 1e-7
 cdef double NORM_EPS = 1e-7
@@ -2504,7 +2505,7 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
         kind = row[P_KIND]
         if kind < 0 or kind >= N_KINDS:
             raise ValueError(f"unknown layer kind {kind} (layer {l})")
-        if kind > NORMALIZATION:
+        if kind > GLOBAL_MAXPOOL2D:
             raise ValueError(f"layer kind {kind} (layer {l}) is not run by the cython backend "
                              "(see KINDS); the numba and numpy backends run it")
         if row[P_ACT] < 0 or row[P_ACT] >= N_ACTS:

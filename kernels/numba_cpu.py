@@ -1653,6 +1653,7 @@ def _conv_backward(present, kind, inp, out, g, dx, need_dx, row, f, params, grad
     return True, 0.0
 
 
+@_jit
 def _check_row0(row0):
     """row0 of forward_stack/backward_stack as an int64 (ValueError when negative)."""
     if row0 < 0:
