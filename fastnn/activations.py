@@ -128,3 +128,14 @@ def tanh(x):
 def softmax(x):
     """Softmax over the last axis."""
     return _apply("softmax", x)
+
+
+def get(identifier):
+    """Keras's ``keras.activations.get``: the function of a name (None: linear), or a
+    callable unchanged."""
+    if identifier is None:
+        return linear
+    if callable(identifier):
+        return identifier
+    code_of(identifier, "identifier")  # a ValueError naming the known activations
+    return globals()[identifier.strip().lower()]

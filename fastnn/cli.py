@@ -106,6 +106,26 @@ def _parser(sub, name, help):
     return sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
 
 
+def _add_model_options(p):
+    """--model and --timesteps of ``fastnn train``."""
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="mlp",
+        help="mlp: Dense(hidden, relu) layers; cnn: the keras.io MNIST convnet (Conv2D 32 -> "
+        "MaxPooling2D -> Conv2D 64 -> MaxPooling2D -> Dropout 0.5) on square one-channel "
+        "images: the digits (8x8) or an MNIST folder (28x28); lstm: each sample read as a "
+        "sequence of --timesteps rows (default: the square root of the features, as 8 rows "
+        "of 8 pixels for digits) through LSTM(hidden) layers",
+    )
+    p.add_argument(
+        "--timesteps",
+        type=_positive_int,
+        default=None,
+        help="sequence length of --model lstm (it must divide the number of features)",
+    )
+
+
 def _add_train(sub):
     p = _parser(sub, "train", "train a network on a bundled dataset and print test accuracy")
     d = TRAIN_DEFAULTS
@@ -137,23 +157,10 @@ def _add_train(sub):
         default=[d["hidden"]],
         help=f"hidden layer widths (default: {d['hidden']})",
     )
+    _add_model_options(p)
     p.add_argument(
-        "--model",
-        choices=MODELS,
-        default="mlp",
-        help="mlp: Dense(hidden, relu) layers; cnn: the keras.io MNIST convnet (Conv2D 32 -> "
-        "MaxPooling2D -> Conv2D 64 -> MaxPooling2D -> Dropout 0.5) on square one-channel "
-        "images: the digits (8x8) or an MNIST folder (28x28); lstm: each sample read as a "
-        "sequence of --timesteps rows (default: the square root of the features, as 8 rows "
-        "of 8 pixels for digits) through LSTM(hidden) layers",
+        "--optimizer", default=d["optimizer"], help="sgd, adam, adamw, adagrad, rmsprop, nadam"
     )
-    p.add_argument(
-        "--timesteps",
-        type=_positive_int,
-        default=None,
-        help="sequence length of --model lstm (it must divide the number of features)",
-    )
-    p.add_argument("--optimizer", default=d["optimizer"], help="sgd, adam, adamw, adagrad, rmsprop")
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
     p.add_argument("--backend", default=None, help=BACKEND_HELP)
     p.add_argument("--seed", type=int, default=d["seed"], help="seed of weights, split, shuffle")

@@ -29,6 +29,7 @@ _FIXED_OPTIONS = {
     "dilation_rate": (1, [1, 1], (1, 1)),
     "groups": (1,),
     "activity_regularizer": (None,),
+    "kernel_regularizer": (None,),
     "bias_regularizer": (None,),
     "recurrent_regularizer": (None,),
     "embeddings_regularizer": (None,),
@@ -64,7 +65,7 @@ _IGNORED_OPTIONS = frozenset(
      "trainable", "name", "optional", "input_length", "lora_rank", "lora_alpha"}
 )  # fmt: skip
 #: fastnn options that Keras's layers do not take.
-_FASTNN_ONLY = frozenset({"input_dim", "input_shape", "alpha"})
+_FASTNN_ONLY = frozenset({"input_dim", "input_shape", "alpha", "input_length"})
 _INITIALIZER_NAMES = {
     "GlorotUniform": "glorot_uniform",
     "GlorotNormal": "glorot_normal",
@@ -114,7 +115,8 @@ def _keras_regularizer(value):
 
 
 def _keras_layer_config(layer, dtype: str) -> dict:
-    config = {k: v for k, v in layer.get_config().items() if k not in _FASTNN_ONLY}
+    fastnn_only = _FASTNN_ONLY - ({"input_dim"} if type(layer).__name__ == "Embedding" else set())
+    config = {k: v for k, v in layer.get_config().items() if k not in fastnn_only}
     alpha = layer.get_config().get("alpha", 0.2)
     if layer.get_config().get("activation") == "leaky_relu" and alpha != 0.2:
         raise ValueError(

@@ -40,7 +40,53 @@ def _keras_mlp():
     ])  # fmt: skip
 
 
-KERAS_MODELS = {"mlp": (_keras_mlp, (6,))}
+def _keras_cnn():
+    return keras.Sequential([
+        keras.Input((9, 9, 2)), keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+        keras.layers.BatchNormalization(), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(3, (2, 3), strides=(1, 2), use_bias=False),
+        keras.layers.AveragePooling2D(pool_size=(2, 1), padding="same"),
+        keras.layers.Conv2D(5, 1), keras.layers.GlobalMaxPooling2D(), keras.layers.Dense(3),
+    ])  # fmt: skip
+
+
+def _keras_cnn_global_average():
+    return keras.Sequential([
+        keras.Input((7, 7, 1)), keras.layers.Conv2D(3, 3, strides=2, activation="tanh"),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax"),
+    ])  # fmt: skip
+
+
+def _keras_rnn():
+    return keras.Sequential([
+        keras.Input((6, 4)), keras.layers.LSTM(5, return_sequences=True),
+        keras.layers.GRU(3, return_sequences=True), keras.layers.SimpleRNN(4),
+        keras.layers.Dense(2),
+    ])  # fmt: skip
+
+
+KERAS_MODELS = {
+    "mlp": (_keras_mlp, (6,)),
+    "cnn": (_keras_cnn, (9, 9, 2)),
+    "cnn_global_average": (_keras_cnn_global_average, (7, 7, 1)),
+    "rnn": (_keras_rnn, (6, 4)),
+}
+
+
+def test_a_keras_embedding_model_loads_with_the_same_predictions(tmp_path):
+    model = keras.Sequential([
+        keras.Input((7,), dtype="int32"), keras.layers.Embedding(30, 4),
+        keras.layers.LSTM(3), keras.layers.Dense(1, activation="sigmoid"),
+    ])  # fmt: skip
+    _perturb(model)
+    ids = RNG.integers(0, 30, (5, 7)).astype("int32")
+    expected = model.predict(ids, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = fastnn.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(ids), expected, rtol=1e-5, atol=1e-5)
+    loaded.save(tmp_path / "back.keras")
+    again = keras.saving.load_model(tmp_path / "back.keras")
+    np.testing.assert_allclose(again.predict(ids, verbose=0), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(KERAS_MODELS))
@@ -72,7 +118,19 @@ def _fastnn_mlp():
     return model, (5,)
 
 
-FASTNN_MODELS = {"mlp": _fastnn_mlp}
+def _fastnn_cnn_rnn():
+    model = fastnn.Sequential([
+        fastnn.Input((8, 8, 1)), L.Conv2D(4, 3, padding="same", activation="relu"),
+        L.MaxPooling2D(), L.BatchNormalization(), L.Conv2D(6, 3, strides=(1, 2)),
+        L.Reshape((2, 6)), L.GRU(5, return_sequences=True), L.LSTM(4), L.Dense(3),
+    ])  # fmt: skip
+    model.compile("adam", "mse")
+    model.fit(RNG.normal(size=(32, 8, 8, 1)), RNG.normal(size=(32, 3)), epochs=1, verbose=0,
+              batch_size=8)  # fmt: skip
+    return model, (8, 8, 1)
+
+
+FASTNN_MODELS = {"mlp": _fastnn_mlp, "cnn_rnn": _fastnn_cnn_rnn}
 
 
 @pytest.mark.parametrize("name", sorted(FASTNN_MODELS))

@@ -16,7 +16,7 @@ x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random
 model = keras.Sequential(
     [
         keras.Input(shape=(64,)),
-        keras.layers.Dense(128),
+        keras.layers.Dense(128, use_bias=False),
         keras.layers.BatchNormalization(),
         keras.layers.Activation("relu"),
         keras.layers.Dropout(0.2),

@@ -1,0 +1,145 @@
+"""Every Keras 3 spelling fastnn promises, one table row each: the row runs the spelling the
+way a Keras user types it and checks what Keras would give."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fastnn as keras
+
+X = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+Y = np.eye(3, dtype="float32")[np.arange(16) % 3]
+
+
+def _model():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(5, activation="relu"),
+            keras.layers.Dense(3, activation="softmax"),
+        ],
+        backend="numpy",
+    )
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _fit_changes_only_trainable():
+    model = _model()
+    model.layers[0].trainable = False
+    frozen = model.layers[0].get_weights()
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(X, Y, epochs=1, verbose=0)
+    return all(np.array_equal(a, b) for a, b in zip(frozen, model.layers[0].get_weights()))
+
+
+def _round_trip_json():
+    model = _model()
+    clone = keras.models.model_from_json(model.to_json())
+    return clone.get_config() == model.get_config() and json.loads(model.to_json())
+
+
+def _optimizer_option(name, **kwargs):
+    opt = keras.optimizers.get(name) if not kwargs else getattr(keras.optimizers, name)(**kwargs)
+    model = _model()
+    model.compile(optimizer=opt, loss="categorical_crossentropy")
+    return np.isfinite(model.fit(X, Y, epochs=1, verbose=0).history["loss"][0])
+
+
+SPELLINGS = {
+    "utils.to_categorical": lambda: (
+        keras.utils.to_categorical([0, 2], 3).tolist() == [[1, 0, 0], [0, 0, 1]]
+    ),
+    "utils.set_random_seed": lambda: keras.utils.set_random_seed(1) is None,
+    "utils.clear_session": lambda: (
+        (keras.utils.clear_session(), keras.layers.Dense(1).name)[1] == "dense"
+    ),
+    "regularizers.l1/l2/l1_l2": lambda: (
+        keras.layers.Dense(
+            2, kernel_regularizer=keras.regularizers.l1_l2(l1=0.01, l2=0.02)
+        ).get_config()["kernel_regularizer"]
+        == {"l1": 0.01, "l2": 0.02}
+        and keras.regularizers.l1(0.1) is not None
+        and keras.regularizers.l2(0.1) is not None
+    ),
+    "optimizers.schedules.ExponentialDecay": lambda: (
+        float(keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)(10)) == pytest.approx(0.05)
+    ),
+    "models.Sequential / models.load_model": lambda: (
+        keras.models.Sequential is keras.Sequential and callable(keras.models.load_model)
+    ),
+    "layer.get_weights / set_weights": lambda: (
+        lambda m: (
+            m.layers[0].set_weights([w * 0 for w in m.layers[0].get_weights()]),
+            not m.layers[0].get_weights()[0].any(),
+        )[1]
+    )(_model()),
+    "layer.trainable": _fit_changes_only_trainable,
+    "model.get_layer(name=, index=)": lambda: (
+        lambda m: m.get_layer(index=1) is m.get_layer(name=m.layers[1].name)
+    )(_model()),
+    "model.weights / trainable_weights / non_trainable_weights": lambda: (
+        lambda m: (
+            len(m.weights) == 4 and len(m.trainable_weights) == 4 and m.non_trainable_weights == []
+        )
+    )(_model()),
+    "model(x)": lambda: (lambda m: m(X).shape == (16, 3))(_model()),
+    "predict_on_batch / test_on_batch": lambda: (
+        lambda m: m.predict_on_batch(X).shape == (16, 3) and len(m.test_on_batch(X, Y)) == 2
+    )(_model()),
+    "get_config / from_config / to_json / model_from_json": _round_trip_json,
+    "default names": lambda: [layer.name for layer in _model().layers][0].startswith("dense"),
+    "compile() defaults to rmsprop": lambda: (
+        (lambda m: (m.compile(loss="mse"), type(m.optimizer).__name__)[1])(_model()) == "RMSprop"
+    ),
+    "metrics as strings and classes": lambda: (
+        all(
+            keras.metrics.get(name) is not None
+            for name in [
+                "categorical_accuracy",
+                "sparse_categorical_accuracy",
+                "binary_accuracy",
+                "top_k_categorical_accuracy",
+                "auc",
+                "precision",
+                "recall",
+                "root_mean_squared_error",
+            ]  # fmt: skip
+        )
+        and all(
+            hasattr(keras.metrics, c)
+            for c in ["AUC", "Precision", "Recall", "RootMeanSquaredError"]
+        )
+    ),  # fmt: skip
+    "losses huber / kl_divergence / poisson": lambda: all(
+        keras.losses.get(n) is not None for n in ["huber", "kl_divergence", "poisson"]
+    ),
+    "activations gelu elu selu silu swish softplus": lambda: all(
+        np.isfinite(keras.activations.get(n)(X)).all()
+        for n in ["gelu", "elu", "selu", "silu", "swish", "softplus"]
+    ),
+    "Dense(use_bias=False)": lambda: (
+        [
+            w.shape
+            for w in keras.Sequential(
+                [keras.layers.Dense(2, use_bias=False, input_dim=3)], backend="numpy"
+            ).get_weights()
+        ]
+        == [(3, 2)]
+    ),
+    "layers ReLU LeakyReLU Softmax Reshape": lambda: all(
+        hasattr(keras.layers, n) for n in ["ReLU", "LeakyReLU", "Softmax", "Reshape"]
+    ),
+    "optimizers.Nadam": lambda: _optimizer_option("nadam"),
+    "clipnorm": lambda: _optimizer_option("Adam", clipnorm=1.0),
+    "clipvalue": lambda: _optimizer_option("SGD", clipvalue=0.1),
+    "global_clipnorm": lambda: _optimizer_option("RMSprop", global_clipnorm=1.0),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(SPELLINGS))
+def test_keras_spelling(spelling):
+    assert SPELLINGS[spelling]()
