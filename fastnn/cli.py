@@ -774,7 +774,12 @@ def _print_threads():
         )
 
 
-def make_parser() -> argparse.ArgumentParser:
+BENCH_HELP = "measure training speed vs NumPy / PyTorch and print ratios"
+
+
+def make_parser(bench: bool = False) -> argparse.ArgumentParser:
+    """The command's parser; ``bench`` registers ``fastnn bench``'s options, which needs the
+    benchmark package (imported only then), else a placeholder that lists the command."""
     parser = argparse.ArgumentParser(
         prog="fastnn", description=__doc__.replace("``", ""), formatter_class=HelpFormatter
     )
@@ -783,14 +788,18 @@ def make_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _parser(sub, "info", "version, backends, threads and BLAS").set_defaults(func=cmd_info)
-    from . import bench
+    if bench:
+        from . import bench as bench_package
 
-    bench.add_parser(sub)
+        bench_package.add_parser(sub)
+    else:
+        sub.add_parser("bench", help=BENCH_HELP, add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = make_parser(bench=bool(argv) and argv[0] == "bench")
     args = parser.parse_args(argv)
     try:
         args.func(args)

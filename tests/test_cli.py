@@ -517,3 +517,11 @@ def test_train_a_cnn_on_digit_images_then_evaluate_and_predict(tmp_path, capsys)
 
 def test_cnn_needs_square_images(capsys):
     _refused(capsys, "train", "--model", "cnn", "--dataset", "iris", words=("--model cnn",))
+
+
+def test_only_fastnn_bench_imports_the_benchmark_package():
+    code = ("import sys; from fastnn import cli; cli.main(['info']); "
+            "assert 'fastnn.bench' not in sys.modules, 'imported'; "
+            "cli.make_parser(bench=True); assert 'fastnn.bench' in sys.modules")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
