@@ -361,7 +361,7 @@ def test_cuda_backend_refuses_conv_kinds_naming_the_backends(monkeypatch):
     stand_in.KINDS = _cuda_kinds()
     monkeypatch.setitem(fastnn_backend.MODULES, "cuda_kinds", "cuda_kinds")
     monkeypatch.setitem(fastnn_backend._loaded, "cuda_kinds", stand_in)
-    with pytest.raises(ValueError, match=r"conv2d_0' \(Conv2D\).*cython, numba, numpy"):
+    with pytest.raises(ValueError, match=r"conv2d' \(Conv2D\).*cython, numba, numpy"):
         fastnn.Sequential([Conv2D(2, 3, input_shape=(5, 5, 1)), Flatten(), Dense(2)],
                           backend="cuda_kinds").build((5, 5, 1))  # fmt: skip
 
