@@ -1119,6 +1119,16 @@ cdef void _embedding_bwd(const void* ids, bint wide, const floating* dout, float
                 dst[j] += src[j]
 
 
+cdef inline floating _gate_sigmoid(floating v) noexcept nogil:
+    """sigmoid without a branch in float32 (fastnn_expf clamps its argument, so exp(-v)
+    neither overflows nor needs a select: the gate loops vectorise); _sigmoid in float64."""
+    cdef float one = 1
+    if floating is float:
+        return one / (one + fastnn_expf(-v))
+    else:
+        return _sigmoid(v)
+
+
 cdef inline void _seg_act(floating* a, Py_ssize_t count, int code) noexcept nogil:
     """a = act(a) in place (the recurrent activations: linear, relu, sigmoid, tanh)."""
     cdef Py_ssize_t j
@@ -1127,7 +1137,7 @@ cdef inline void _seg_act(floating* a, Py_ssize_t count, int code) noexcept nogi
             a[j] = _tanh(a[j])
     elif code == SIGMOID:
         for j in range(count):
-            a[j] = _sigmoid(a[j])
+            a[j] = _gate_sigmoid(a[j])
     elif code == RELU:
         for j in range(count):
             a[j] = a[j] if a[j] > 0 else 0
