@@ -252,16 +252,28 @@ def test_save_and_load_keep_the_predictions(backend, tmp_path):
     np.testing.assert_array_equal(again.predict(xs, verbose=0), stacked.predict(xs, verbose=0))
 
 
-def test_backends_without_the_kinds_refuse_them_at_build():
-    from fastnn.kernels import codes as C
+def test_backends_without_the_kinds_refuse_them_at_build(monkeypatch):
+    """cuda.KINDS leaves the sequence kinds out: a model holding one is refused at build,
+    naming the layer and the backends that run it (cython among them), also without
+    numba-cuda (a stand-in module with cuda's KINDS)."""
+    import types
 
-    if fastnn.backend.why_unavailable("cuda") is not None:
-        pytest.skip("cuda backend not available")
-    assert not fastnn.backend.load("cuda").KINDS & {C.EMBEDDING, C.SIMPLE_RNN, C.LSTM, C.GRU}
-    runners = ", ".join(n for n in fastnn.backend.MODULES if fastnn.backend.runs_kinds(n, [C.LSTM]))
-    model = fastnn.Sequential([LSTM(3, input_shape=(T, F)), Dense(1)], backend="cuda")
-    with pytest.raises(ValueError, match=rf"the cuda backend cannot run layer 'lstm_0' "
-                       rf"\(LSTM\); the {runners} backends run it"):  # fmt: skip
+    from fastnn.kernels import codes as C
+    from fastnn.kernels import reference as ref
+    from tests.test_conv import _cuda_kinds
+
+    kinds = _cuda_kinds()
+    assert not kinds & {C.EMBEDDING, C.SIMPLE_RNN, C.LSTM, C.GRU}
+    stand_in = types.ModuleType("cuda_kinds")
+    stand_in.__dict__.update(vars(ref))
+    stand_in.KINDS = kinds
+    monkeypatch.setitem(fastnn.backend.MODULES, "cuda_kinds", "cuda_kinds")
+    monkeypatch.setitem(fastnn.backend._loaded, "cuda_kinds", stand_in)
+    runners = [n for n in ("cython", "numba", "numpy") if fastnn.backend.runs_kinds(n, [C.LSTM])]
+    assert "numpy" in runners and ("cython" in runners) == ("cython" in SEQ_BACKENDS)
+    model = fastnn.Sequential([LSTM(3, input_shape=(T, F)), Dense(1)], backend="cuda_kinds")
+    with pytest.raises(ValueError, match=rf"cannot run layer 'lstm\w*' \(LSTM\); the "
+                       rf"{', '.join(runners)} backends run it"):  # fmt: skip
         model.build((T, F))
 
 
