@@ -56,6 +56,10 @@ cdef enum:
     AVGPOOL2D = 7
     GLOBAL_AVGPOOL2D = 8
     GLOBAL_MAXPOOL2D = 9
+    EMBEDDING = 10
+    SIMPLE_RNN = 11
+    LSTM = 12
+    GRU = 13
     N_KINDS = 14
 
     # plan columns (codes.py)
@@ -86,6 +90,10 @@ cdef enum:
     P_ARG4 = 24
     P_ARG5 = 25
     P_COLS = 26
+    P_VOCAB = 20  # P_ARG0 of an Embedding row
+    P_RETURN_SEQ = 20  # P_ARG0 .. P_ARG2 of a recurrent row
+    P_UNITS = 21
+    P_REC_ACT = 22
 
     F_ALPHA = 0
     F_L1 = 1
@@ -148,7 +156,8 @@ cnp.import_array()
 
 #: The layer kinds this backend runs (a model with another kind refuses it at build).
 KINDS = frozenset({DENSE, DROPOUT, ACTIVATION, BATCHNORM, NORMALIZATION, CONV2D, MAXPOOL2D,
-                   AVGPOOL2D, GLOBAL_AVGPOOL2D, GLOBAL_MAXPOOL2D})
+                   AVGPOOL2D, GLOBAL_AVGPOOL2D, GLOBAL_MAXPOOL2D, EMBEDDING, SIMPLE_RNN,
+                   LSTM, GRU})
 
 cdef double PROB_EPS = 1e-7
 cdef double NORM_EPS = 1e-7
@@ -169,6 +178,8 @@ def _check_codes():
         DROPOUT=DROPOUT, ACTIVATION=ACTIVATION, BATCHNORM=BATCHNORM,
         NORMALIZATION=NORMALIZATION, CONV2D=CONV2D, MAXPOOL2D=MAXPOOL2D, AVGPOOL2D=AVGPOOL2D,
         GLOBAL_AVGPOOL2D=GLOBAL_AVGPOOL2D, GLOBAL_MAXPOOL2D=GLOBAL_MAXPOOL2D, N_KINDS=N_KINDS,
+        EMBEDDING=EMBEDDING, SIMPLE_RNN=SIMPLE_RNN, LSTM=LSTM, GRU=GRU, P_VOCAB=P_VOCAB,
+        P_RETURN_SEQ=P_RETURN_SEQ, P_UNITS=P_UNITS, P_REC_ACT=P_REC_ACT,
         P_KIND=P_KIND, P_ACT=P_ACT, P_IN0=P_IN0, P_IN1=P_IN1, P_IN2=P_IN2, P_OUT0=P_OUT0,
         P_OUT1=P_OUT1, P_OUT2=P_OUT2, P_IN_OFF=P_IN_OFF, P_OUT_OFF=P_OUT_OFF,
         P_SAVE_OFF=P_SAVE_OFF, P_ACC_OFF=P_ACC_OFF, P_W0=P_W0, P_W1=P_W1, P_W2=P_W2, P_S0=P_S0,
@@ -1030,6 +1041,371 @@ cdef void _avgpool(const floating* src, floating* dst, const Window* g,
 
 
 # ---------------------------------------------------------------------------------------
+# Sequence kinds (reference_rnn): Embedding, SimpleRNN, LSTM and GRU.  The recurrent kernels
+# run time-major in the workspace of reference_rnn.rnn_layout: the input projection of every
+# timestep is one GEMM; each step is one recurrent GEMM into tmp and one fused pass over its
+# (N, G) block that applies the gates and writes the states (the gates are saved in place of
+# the projection); the backward is one fused gate pass and one GEMM for dh per step, then dW,
+# dR and dx one GEMM each.  Nothing is allocated.  Token ids are read from the float batch
+# buffer bit for bit as int32 (float32) or int64 (float64), as reference.ids_view does.
+
+cdef struct Seq:
+    # geometry of one recurrent call; o: the offsets of rnn_layout (xt, gates, hs, cs, rec,
+    # tmp, dh, dc, end)
+    int kind, act, rec_act
+    bint ret
+    Py_ssize_t n, t, f, u, g
+    Py_ssize_t o[9]
+
+
+cdef inline Py_ssize_t _gates_of(int64_t kind) noexcept nogil:
+    return 1 if kind == SIMPLE_RNN else (4 if kind == LSTM else 3)
+
+
+cdef void _seq_init(Seq* q, int kind, Py_ssize_t n, Py_ssize_t t, Py_ssize_t f, Py_ssize_t u,
+                    int act, int rec_act, bint ret) noexcept nogil:
+    cdef Py_ssize_t g = _gates_of(kind) * u
+    cdef Py_ssize_t lstm = kind == LSTM, gru = kind == GRU
+    q.kind, q.act, q.rec_act, q.ret = kind, act, rec_act, ret
+    q.n, q.t, q.f, q.u, q.g = n, t, f, u, g
+    q.o[0] = 0
+    q.o[1] = t * n * f
+    q.o[2] = q.o[1] + t * n * g
+    q.o[3] = q.o[2] + (t + 1) * n * u
+    q.o[4] = q.o[3] + (t + 1) * n * u * lstm
+    q.o[5] = q.o[4] + t * n * g * gru
+    q.o[6] = q.o[5] + n * g
+    q.o[7] = q.o[6] + n * u
+    q.o[8] = q.o[7] + n * u * lstm
+
+
+cdef inline void _seq_of_row(const int64_t* row, Py_ssize_t n, Seq* q) noexcept nogil:
+    _seq_init(q, <int>row[P_KIND], n, row[P_IN1], row[P_IN2], row[P_UNITS], <int>row[P_ACT],
+              <int>row[P_REC_ACT], row[P_RETURN_SEQ] != 0)
+
+
+cdef inline int64_t _token(const void* ids, Py_ssize_t k, bint wide) noexcept nogil:
+    return (<const int64_t*>ids)[k] if wide else (<const int32_t*>ids)[k]
+
+
+cdef void _embedding_fwd(const void* ids, bint wide, const floating* w, floating* out,
+                         Py_ssize_t count, Py_ssize_t v, Py_ssize_t e) noexcept nogil:
+    """out[k] = w[ids[k]] for k < count (an id outside [0, v), a broken precondition,
+    gives a row of zeros: never a read outside w)."""
+    cdef Py_ssize_t k
+    cdef int64_t tok
+    for k in range(count):
+        tok = _token(ids, k, wide)
+        if 0 <= tok < v:
+            memcpy(out + k * e, w + tok * e, e * sizeof(floating))
+        else:
+            memset(out + k * e, 0, e * sizeof(floating))
+
+
+cdef void _embedding_bwd(const void* ids, bint wide, const floating* dout, floating* dw,
+                         Py_ssize_t count, Py_ssize_t v, Py_ssize_t e) noexcept nogil:
+    """dw = 0, then each dout row added to its id's row (only the rows of ids seen)."""
+    cdef Py_ssize_t k, j
+    cdef int64_t tok
+    cdef floating* dst
+    cdef const floating* src
+    memset(dw, 0, v * e * sizeof(floating))
+    for k in range(count):
+        tok = _token(ids, k, wide)
+        if 0 <= tok < v:
+            dst = dw + tok * e
+            src = dout + k * e
+            for j in range(e):
+                dst[j] += src[j]
+
+
+cdef inline floating _gate_sigmoid(floating v) noexcept nogil:
+    """sigmoid without a branch in float32 (fastnn_expf clamps its argument, so exp(-v)
+    neither overflows nor needs a select: the gate loops vectorise); _sigmoid in float64."""
+    cdef float one = 1
+    if floating is float:
+        return one / (one + fastnn_expf(-v))
+    else:
+        return _sigmoid(v)
+
+
+cdef inline void _seg_act(floating* a, Py_ssize_t count, int code) noexcept nogil:
+    """a = act(a) in place (the recurrent activations: linear, relu, sigmoid, tanh)."""
+    cdef Py_ssize_t j
+    if code == TANH:
+        for j in range(count):
+            a[j] = _tanh(a[j])
+    elif code == SIGMOID:
+        for j in range(count):
+            a[j] = _gate_sigmoid(a[j])
+    elif code == RELU:
+        for j in range(count):
+            a[j] = a[j] if a[j] > 0 else 0
+
+
+cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
+                           Py_ssize_t count, int code) noexcept nogil:
+    """out = d * act'(z) from the output y = act(z); out may alias y or d."""
+    cdef Py_ssize_t j
+    cdef floating one = 1, v
+    if code == TANH:
+        for j in range(count):
+            v = y[j]
+            out[j] = d[j] * (one - v * v)
+    elif code == SIGMOID:
+        for j in range(count):
+            v = y[j]
+            out[j] = d[j] * (v * (one - v))
+    elif code == RELU:
+        for j in range(count):
+            out[j] = d[j] if y[j] > 0 else 0
+    else:
+        for j in range(count):
+            out[j] = d[j]
+
+
+cdef void _simple_step(const Seq* q, floating* z, floating* h, const floating* tmp) noexcept nogil:
+    cdef Py_ssize_t i, j, u = q.u
+    for i in range(q.n):
+        for j in range(u):
+            z[i * u + j] += tmp[i * u + j]
+        _seg_act(z + i * u, u, q.act)
+        memcpy(h + i * u, z + i * u, u * sizeof(floating))
+
+
+cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev, floating* hs,
+                     const floating* tmp) noexcept nogil:
+    """Gates i, f, c, o of one step (saved after their activations), then c and h (the
+    cell states of the step follow cprev by N*U, as its hidden states hs)."""
+    cdef Py_ssize_t i, j, u = q.u
+    cdef floating* z
+    cdef floating* c
+    cdef floating* h
+    cdef const floating* cp
+    cdef const floating* tr
+    for i in range(q.n):
+        z, tr = zs + i * 4 * u, tmp + i * 4 * u
+        cp, c, h = cprev + i * u, cprev + (q.n + i) * u, hs + i * u
+        for j in range(4 * u):
+            z[j] += tr[j]
+        _seg_act(z, 2 * u, q.rec_act)
+        _seg_act(z + 2 * u, u, q.act)
+        _seg_act(z + 3 * u, u, q.rec_act)
+        for j in range(u):
+            c[j] = z[u + j] * cp[j] + z[j] * z[2 * u + j]
+            h[j] = c[j]
+        _seg_act(h, u, q.act)
+        for j in range(u):
+            h[j] *= z[3 * u + j]
+
+
+cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
+                    const floating* tmp, const floating* b1) noexcept nogil:
+    """Gates z, r, h of one step (saved after their activations; recs keeps h @ R + b_rec),
+    then h (after hprev by N*U)."""
+    cdef Py_ssize_t i, j, u = q.u
+    cdef floating one = 1
+    cdef floating* z
+    cdef floating* hr
+    cdef floating* h
+    cdef const floating* hp
+    cdef const floating* tr
+    for i in range(q.n):
+        z, hr, tr = zs + i * 3 * u, recs + i * 3 * u, tmp + i * 3 * u
+        hp, h = hprev + i * u, hprev + (q.n + i) * u
+        for j in range(3 * u):
+            hr[j] = tr[j] + b1[j]
+        for j in range(2 * u):
+            z[j] += hr[j]
+        _seg_act(z, 2 * u, q.rec_act)
+        for j in range(u):
+            z[2 * u + j] += z[u + j] * hr[2 * u + j]
+        _seg_act(z + 2 * u, u, q.act)
+        for j in range(u):
+            h[j] = z[j] * hp[j] + (one - z[j]) * z[2 * u + j]
+
+
+cdef void _rnn_project(const Seq* q, const floating* x, const floating* w, const floating* b,
+                       floating* ws) noexcept nogil:
+    """xt = x time-major; gates = xt @ w + b[0] (every timestep in one GEMM)."""
+    cdef Py_ssize_t s, i, j, n = q.n, t = q.t, f = q.f, g = q.g
+    cdef floating* xt = ws + q.o[0]
+    cdef floating* gates = ws + q.o[1]
+    for s in range(t):
+        for i in range(n):
+            memcpy(xt + (s * n + i) * f, x + (i * t + s) * f, f * sizeof(floating))
+    _gemm(c'N', c'N', g, t * n, f, w, g, xt, f, gates, g)
+    for i in range(t * n):
+        for j in range(g):
+            gates[i * g + j] += b[j]
+
+
+cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const floating* r,
+                   const floating* b, floating* out, floating* ws) noexcept nogil:
+    """reference_rnn.rnn_forward: x (N, T, F), w (F, G), r (U, G), b (1 or 2, G), out
+    (N, T or 1, U), ws the workspace."""
+    cdef Py_ssize_t s, i, n = q.n, t = q.t, u = q.u, g = q.g
+    cdef floating* hs = ws + q.o[2]
+    cdef floating* tmp = ws + q.o[5]
+    _rnn_project(q, x, w, b, ws)
+    memset(hs, 0, n * u * sizeof(floating))
+    if q.kind == LSTM:
+        memset(ws + q.o[3], 0, n * u * sizeof(floating))
+    for s in range(t):
+        if s > 0:
+            _gemm(c'N', c'N', g, n, u, r, g, hs + s * n * u, u, tmp, g)
+        else:
+            memset(tmp, 0, n * g * sizeof(floating))
+        if q.kind == SIMPLE_RNN:
+            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u, tmp)
+        elif q.kind == LSTM:
+            _lstm_step(q, ws + q.o[1] + s * n * g, ws + q.o[3] + s * n * u,
+                       hs + (s + 1) * n * u, tmp)
+        else:
+            _gru_step(q, ws + q.o[1] + s * n * g, ws + q.o[4] + s * n * g, hs + s * n * u, tmp,
+                      b + g)
+    for i in range(n):
+        if q.ret:
+            for s in range(t):
+                memcpy(out + (i * t + s) * u, hs + ((s + 1) * n + i) * u, u * sizeof(floating))
+        else:
+            memcpy(out + i * u, hs + (t * n + i) * u, u * sizeof(floating))
+
+
+cdef void _lstm_step_back(const Seq* q, floating* zs, const floating* cprev, floating* dh,
+                          floating* dc, floating* tmp) noexcept nogil:
+    """Pre-activation gradients of one step in place of its gates; dc becomes dL/dc of the
+    step before.  Row scratch (tmp): [act(c), dL/dc, dc * g, dc * i]; dh's row is free
+    after use (the GEMM through R overwrites it)."""
+    cdef Py_ssize_t i, j, u = q.u
+    cdef floating dct
+    cdef floating* z
+    cdef floating* sc
+    cdef floating* d
+    cdef floating* dcr
+    cdef const floating* c
+    cdef const floating* cp
+    for i in range(q.n):
+        z, sc, d, dcr = zs + i * 4 * u, tmp + i * 4 * u, dh + i * u, dc + i * u
+        cp, c = cprev + i * u, cprev + (q.n + i) * u
+        memcpy(sc, c, u * sizeof(floating))
+        _seg_act(sc, u, q.act)
+        _dact_mul(sc + u, sc, d, u, q.act)
+        for j in range(u):
+            dct = dcr[j] + sc[u + j] * z[3 * u + j]
+            sc[j] *= d[j]
+            sc[2 * u + j] = dct * z[2 * u + j]
+            sc[3 * u + j] = dct * z[j]
+            dcr[j] = dct * z[u + j]
+            d[j] = dct * cp[j]
+        _dact_mul(z, z, sc + 2 * u, u, q.rec_act)
+        _dact_mul(z + u, z + u, d, u, q.rec_act)
+        _dact_mul(z + 2 * u, z + 2 * u, sc + 3 * u, u, q.act)
+        _dact_mul(z + 3 * u, z + 3 * u, sc, u, q.rec_act)
+
+
+cdef void _gru_step_back(const Seq* q, floating* zs, floating* recs, const floating* hprev,
+                         floating* dh, floating* tmp) noexcept nogil:
+    """Pre-activation gradients of one step: the input side in place of the gates, the
+    recurrent side (the candidate's scaled by r) in place of recs; dh becomes its direct
+    part dh * z (the GEMM through R is added after)."""
+    cdef Py_ssize_t i, j, u = q.u
+    cdef floating one = 1
+    cdef floating* z
+    cdef floating* hr
+    cdef floating* sc
+    cdef floating* d
+    cdef const floating* hp
+    for i in range(q.n):
+        z, hr, sc = zs + i * 3 * u, recs + i * 3 * u, tmp + i * 3 * u
+        hp, d = hprev + i * u, dh + i * u
+        for j in range(u):
+            sc[j] = d[j] * (one - z[j])
+            sc[u + j] = d[j] * (hp[j] - z[2 * u + j])
+        _dact_mul(z + 2 * u, z + 2 * u, sc, u, q.act)
+        for j in range(u):
+            sc[2 * u + j] = z[2 * u + j] * hr[2 * u + j]
+            hr[2 * u + j] = z[2 * u + j] * z[u + j]
+            d[j] *= z[j]
+        _dact_mul(z + u, z + u, sc + 2 * u, u, q.rec_act)
+        _dact_mul(z, z, sc + u, u, q.rec_act)
+        memcpy(hr, z, 2 * u * sizeof(floating))
+
+
+cdef void _rnn_add_dout(const Seq* q, floating* dh, const floating* dout,
+                        Py_ssize_t s) noexcept nogil:
+    """dh += dL/dout of step s (the last step's only without return_sequences)."""
+    cdef Py_ssize_t i, j, u = q.u, t = q.t
+    cdef const floating* src
+    if not q.ret and s != t - 1:
+        return
+    for i in range(q.n):
+        src = dout + ((i * t + s) * u if q.ret else i * u)
+        for j in range(u):
+            dh[i * u + j] += src[j]
+
+
+cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const floating* dout,
+                   floating* dx, floating* dw, floating* dr, floating* db, floating* ws,
+                   bint need_dx) noexcept nogil:
+    """reference_rnn.rnn_backward after _rnn_fwd with the same ws: back-propagation through
+    time from the last step, then dw, dr, db (and dx when need_dx)."""
+    cdef Py_ssize_t s, i, j, n = q.n, t = q.t, u = q.u, g = q.g, f = q.f
+    cdef floating* gates = ws + q.o[1]
+    cdef floating* hs = ws + q.o[2]
+    cdef floating* drec = ws + q.o[4] if q.kind == GRU else gates
+    cdef floating* tmp = ws + q.o[5]
+    cdef floating* dh = ws + q.o[6]
+    cdef floating* rt = dr  # R^T (G, U) while the loop runs; dr is written after it
+    cdef floating* zs
+    memset(dh, 0, (q.o[8] - q.o[6]) * sizeof(floating))  # dh, dc
+    for i in range(u):
+        for j in range(g):
+            rt[j * u + i] = r[i * g + j]
+    for s in range(t - 1, -1, -1):
+        _rnn_add_dout(q, dh, dout, s)
+        zs = gates + s * n * g
+        if q.kind == SIMPLE_RNN:
+            _dact_mul(zs, zs, dh, n * u, q.act)
+        elif q.kind == LSTM:
+            _lstm_step_back(q, zs, ws + q.o[3] + s * n * u, dh, ws + q.o[7], tmp)
+        else:
+            _gru_step_back(q, zs, drec + s * n * g, hs + s * n * u, dh, tmp)
+        # dh = dz @ R^T with R^T stored row-major: OpenBLAS's untransposed GEMM is ~40%
+        # faster here than the transposed one on R
+        if s > 0 and q.kind == GRU:
+            _gemm(c'N', c'N', u, n, g, rt, u, drec + s * n * g, g, tmp, u)
+            for i in range(n * u):
+                dh[i] += tmp[i]
+        elif s > 0:
+            _gemm(c'N', c'N', u, n, g, rt, u, zs, g, dh, u)
+    _rnn_weight_grads(q, dw, dr, db, ws)
+    if need_dx:
+        _gemm(c'T', c'N', f, t * n, g, w, g, gates, g, ws + q.o[0], f)
+        for s in range(t):
+            for i in range(n):
+                memcpy(dx + (i * t + s) * f, ws + q.o[0] + (s * n + i) * f, f * sizeof(floating))
+
+
+cdef void _rnn_weight_grads(const Seq* q, floating* dw, floating* dr, floating* db,
+                            floating* ws) noexcept nogil:
+    """dw = xt^T dz, dr = h_prev^T drec (one GEMM each), db the column sums."""
+    cdef Py_ssize_t k, j, rows = q.t * q.n, g = q.g
+    cdef bint gru = q.kind == GRU
+    cdef const floating* dz = ws + q.o[1]
+    cdef const floating* drec = ws + q.o[4] if gru else dz
+    _gemm(c'N', c'T', g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
+    _gemm(c'N', c'T', g, q.u, rows, drec, g, ws + q.o[2], q.u, dr, g)
+    memset(db, 0, (2 * g if gru else g) * sizeof(floating))
+    for k in range(rows):
+        for j in range(g):
+            db[j] += dz[k * g + j]
+        if gru:
+            for j in range(g):
+                db[g + j] += drec[k * g + j]
+
+
+# ---------------------------------------------------------------------------------------
 # Dropout: counter-based splitmix64 (identical masks on every backend)
 
 cdef inline uint64_t _splitmix64(uint64_t z) noexcept nogil:
@@ -1846,6 +2222,7 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
     cdef const floating* inp = x if row[P_IN_OFF] < 0 else <const floating*>(acts + row[P_IN_OFF])
     cdef floating* out = acts + row[P_OUT_OFF]
     cdef floating* z
+    cdef Seq q
     if kind == DENSE and (act == GELU or act == SILU):  # the pre-activation is saved
         z = acts + row[P_SAVE_OFF]
         _dense_fwd(inp, params + row[P_W0], _at(params, row[P_W1]), z, r, w, row[P_OUT2],
@@ -1869,6 +2246,13 @@ cdef void _layer_fwd(const Plan* pl, const Net* b, Py_ssize_t l, const floating*
                 training and row[P_ARG0] == 0, f[F_MOMENTUM], f[F_EPSILON])  # P_ARG0: frozen
     elif kind == NORMALIZATION:
         _norm(inp, nontrain + row[P_S0], nontrain + row[P_S1], out, r, w)
+    elif kind == EMBEDDING:
+        _embedding_fwd(<const void*>inp, sizeof(floating) == 8, params + row[P_W0], out, r * w,
+                       row[P_VOCAB], row[P_OUT2])
+    elif kind >= SIMPLE_RNN:
+        _seq_of_row(row, n, &q)
+        _rnn_fwd(&q, inp, params + row[P_W0], params + row[P_W1], params + row[P_W2], out,
+                 acts + row[P_SAVE_OFF])
     else:
         _conv_family_fwd(row, f, params, acts, inp, out, n)
 
@@ -1924,6 +2308,7 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
     cdef floating* dx = gbuf + row[P_DX_OFF] if need_dx else <floating*>NULL
     cdef double l1 = f[F_L1], l2 = f[F_L2]
     cdef Window win
+    cdef Seq q
     cdef bint input_act = act == GELU or act == SILU  # their derivative reads the input
     cdef const floating* y = <const floating*>(acts + row[P_SAVE_OFF]) if input_act else out
     if kind == DENSE:
@@ -1942,6 +2327,13 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
         if l1 != 0 or l2 != 0:
             return _l1l2(params + row[P_W0], grads + row[P_W0],
                          win.kh * win.kw * win.c * win.co, l1, l2)
+    elif kind == EMBEDDING:
+        _embedding_bwd(<const void*>inp, sizeof(floating) == 8, g, grads + row[P_W0], r * w,
+                       row[P_VOCAB], wo)
+    elif kind >= SIMPLE_RNN:
+        _seq_of_row(row, n, &q)
+        _rnn_bwd(&q, params + row[P_W0], params + row[P_W1], g, dx, grads + row[P_W0],
+                 grads + row[P_W1], grads + row[P_W2], acts + row[P_SAVE_OFF], need_dx)
     elif not need_dx:  # a layer without weights whose dx nobody reads
         pass
     elif kind == DROPOUT:
@@ -2479,6 +2871,71 @@ cdef int _check_conv_row(Py_ssize_t l, const int64_t* row, Py_ssize_t n,
     return 0
 
 
+cdef int _check_seq_acts(str where, int64_t act, int64_t rec_act) except -1:
+    for name, code in (("activation", act), ("recurrent activation", rec_act)):
+        if code != LINEAR and code != RELU and code != SIGMOID and code != TANH:
+            raise ValueError(f"{where}: the {name} code of a recurrent layer must be linear, "
+                             f"relu, sigmoid or tanh ({LINEAR}, {RELU}, {SIGMOID}, {TANH}), "
+                             f"got {code}")
+    return 0
+
+
+cdef int _check_seq_row(Py_ssize_t l, const int64_t* row, Py_ssize_t n,
+                        const Net* b) except -1:
+    """The shapes of an Embedding or recurrent row and the extents of its weights and
+    workspace for n samples."""
+    cdef int64_t kind = row[P_KIND], t = row[P_IN1], f = row[P_IN2], u = row[P_UNITS]
+    cdef Py_ssize_t g
+    if kind == EMBEDDING:
+        if row[P_IN0] != 1 or row[P_IN1] != 1 or row[P_OUT0] != 1 or row[P_OUT1] != f:
+            raise ValueError(f"layer {l}: an Embedding row maps (1, 1, T) ids to (1, T, E), "
+                             f"got {(row[P_IN0], t, f)} -> "
+                             f"{(row[P_OUT0], row[P_OUT1], row[P_OUT2])}")
+        if row[P_VOCAB] < 1:
+            raise ValueError(f"layer {l}: the Embedding's input_dim must be >= 1, got "
+                             f"{row[P_VOCAB]}")
+        _fits(l, "the embeddings (W0)", row[P_W0], _mul(row[P_VOCAB], row[P_OUT2], l),
+              b.n_params, "params")
+        return 0
+    if (row[P_RETURN_SEQ] != 0 and row[P_RETURN_SEQ] != 1) or row[P_IN0] != 1 \
+            or row[P_OUT0] != 1 or u != row[P_OUT2] \
+            or row[P_OUT1] != (t if row[P_RETURN_SEQ] else 1):
+        raise ValueError(f"layer {l}: a recurrent row maps (1, T, F) to (1, T, U) "
+                         f"(return_sequences) or (1, 1, U) with U the units, got "
+                         f"{(row[P_IN0], t, f)} -> {(row[P_OUT0], row[P_OUT1], row[P_OUT2])}, "
+                         f"units {u}, return_sequences {row[P_RETURN_SEQ]}")
+    _check_seq_acts(f"layer {l}", row[P_ACT], row[P_REC_ACT])
+    g = _mul(_gates_of(kind), u, l)
+    _fits(l, "the kernel (W0)", row[P_W0], _mul(f, g, l), b.n_params, "params")
+    _fits(l, "the recurrent kernel (W1)", row[P_W1], _mul(u, g, l), b.n_params, "params")
+    _fits(l, "the bias (W2)", row[P_W2], _mul(2 if kind == GRU else 1, g, l), b.n_params,
+          "params")
+    _fits(l, "the workspace", row[P_SAVE_OFF], _seq_size(kind, n, t, f, u, b.n_acts + 1),
+          b.n_acts, "acts")
+    return 0
+
+
+cdef Py_ssize_t _seq_size(int64_t kind, Py_ssize_t n, Py_ssize_t t, Py_ssize_t f,
+                          Py_ssize_t u, Py_ssize_t cap) except -1:
+    """Elements of a recurrent workspace (rnn_layout), or ``cap`` when it is larger (no
+    overflow)."""
+    size = rnn_layout(int(kind), int(n), int(t), int(f), int(u))[8]
+    return size if size < cap else cap
+
+
+def rnn_layout(int kind, n, t, f, u):
+    """Offsets of the parts of a recurrent layer's workspace (reference_rnn.rnn_layout),
+    exact integers (no overflow)."""
+    g = _gates_of(kind) * u
+    lstm, gru = int(kind == LSTM), int(kind == GRU)
+    sizes = (t * n * f, t * n * g, (t + 1) * n * u, (t + 1) * n * u * lstm,
+             t * n * g * gru, n * g, n * u, n * u * lstm)
+    out = [0]
+    for s in sizes:
+        out.append(out[len(out) - 1] + s)
+    return tuple(out)
+
+
 cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_t n_x,
                     int needs) except -1:
     """Fills ``pl`` from plan = (layers, layer_f[, kinds]) for a batch x (n, n_x), after
@@ -2505,9 +2962,6 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
         kind = row[P_KIND]
         if kind < 0 or kind >= N_KINDS:
             raise ValueError(f"unknown layer kind {kind} (layer {l})")
-        if kind > GLOBAL_MAXPOOL2D:
-            raise ValueError(f"layer kind {kind} (layer {l}) is not run by the cython backend "
-                             "(see KINDS); the numba and numpy backends run it")
         if row[P_ACT] < 0 or row[P_ACT] >= N_ACTS:
             raise ValueError(f"unknown activation code {row[P_ACT]} (layer {l})")
         if (row[P_ACT] == GELU or row[P_ACT] == SILU) and kind != DENSE and kind != ACTIVATION:
@@ -2544,6 +2998,8 @@ cdef int _make_plan(Plan* pl, object plan, const Net* b, Py_ssize_t n, Py_ssize_
                 _fits(l, "the saved pre-activation", row[P_SAVE_OFF], n_out, b.n_acts, "acts")
             if row[P_W1] != -1:
                 _fits(l, "the Dense bias (W1)", row[P_W1], wo, b.n_params, "params")
+        elif kind >= EMBEDDING:
+            _check_seq_row(l, row, n, b)
         elif kind >= CONV2D:
             _check_conv_row(l, row, n, b)
         else:
@@ -3630,3 +4086,104 @@ def run_epoch(data, plan, net, ws, loss, opt, int train, stats):
     if bad >= 0:
         raise IndexError(f"order[{bad}] = {e.order[bad]} is out of bounds for {e.m} rows")
     return n_batches
+
+
+# ---------------------------------------------------------------------------------------
+# Sequence kinds (see reference_rnn)
+
+cdef object _ids_array(object ids, Py_ssize_t v):
+    """``ids`` as a C-contiguous int32/int64 (N, T) array with every id in [0, v)."""
+    cdef object a = np.asarray(ids)
+    if a.dtype != np.int32 and a.dtype != np.int64:
+        raise TypeError(f"ids must be an int32 or int64 array, got dtype {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"ids must be 2-D (N, T), got shape {a.shape}")
+    a = np.ascontiguousarray(a)
+    if a.size and (a.min() < 0 or a.max() >= v):
+        raise ValueError(f"ids must be in [0, {v}) (the rows of w), got ids in "
+                         f"[{a.min()}, {a.max()}] (largest id {a.max()})")
+    return a
+
+
+def embedding_forward(ids, const floating[:, ::1] w, floating[:, ::1] out):
+    """out[n * T + t] = w[ids[n, t]]: ids (N, T) int32/int64 in [0, V); w (V, E); out
+    (N*T, E)."""
+    cdef object a = _ids_array(ids, w.shape[0])
+    cdef Py_ssize_t count = a.size
+    cdef const void* p = <const void*>cnp.PyArray_DATA(a)
+    cdef bint wide = a.dtype.itemsize == 8
+    _same("out", (out.shape[0], out.shape[1]), (count, w.shape[1]))
+    with nogil:
+        _embedding_fwd(p, wide, &w[0, 0], &out[0, 0], count, w.shape[0], w.shape[1])
+
+
+def embedding_backward(ids, const floating[:, ::1] dout, floating[:, ::1] dw):
+    """dw = the sum of the dout rows of each id (zero for ids absent): ids (N, T); dout
+    (N*T, E); dw (V, E)."""
+    cdef object a = _ids_array(ids, dw.shape[0])
+    cdef Py_ssize_t count = a.size
+    cdef const void* p = <const void*>cnp.PyArray_DATA(a)
+    cdef bint wide = a.dtype.itemsize == 8
+    _same("dout", (dout.shape[0], dout.shape[1]), (count, dw.shape[1]))
+    with nogil:
+        _embedding_bwd(p, wide, &dout[0, 0], &dw[0, 0], count, dw.shape[0], dw.shape[1])
+
+
+cdef tuple _dims(const Py_ssize_t* shape, int ndim):
+    return tuple([shape[k] for k in range(ndim)])
+
+
+cdef int _check_rnn(Seq* q, int kind, tuple x_shape, tuple w_shape, tuple r_shape,
+                    tuple b_shape, tuple out_shape, Py_ssize_t ws_size, int act, int rec_act,
+                    int return_seq) except -1:
+    """Fills q from the arrays' shapes after checking them against each other."""
+    if kind != SIMPLE_RNN and kind != LSTM and kind != GRU:
+        raise ValueError(f"kind must be SIMPLE_RNN, LSTM or GRU ({SIMPLE_RNN}, {LSTM}, "
+                         f"{GRU}), got {kind}")
+    _check_seq_acts("rnn", act, rec_act)
+    n, t, f = x_shape
+    u = r_shape[0]
+    if min(n, t, f, u) < 1:
+        raise ValueError(f"x (N, T, F) and r (U, G) must have positive sizes, got {x_shape} "
+                         f"and {r_shape}")
+    g = _gates_of(kind) * u
+    _same("w", w_shape, (f, g))
+    _same("r", r_shape, (u, g))
+    _same("b", b_shape, (2 if kind == GRU else 1, g))
+    _same("out", out_shape, (n, t if return_seq else 1, u))
+    need = rnn_layout(kind, n, t, f, u)[8]
+    if ws_size < need:
+        raise ValueError(f"ws must have at least {need} elements (rnn_layout), got {ws_size}")
+    _seq_init(q, kind, n, t, f, u, act, rec_act, return_seq != 0)
+    return 0
+
+
+def rnn_forward(int kind, const floating[:, :, ::1] x, const floating[:, ::1] w,
+                const floating[:, ::1] r, const floating[:, ::1] b, floating[:, :, ::1] out,
+                floating[::1] ws, int act, int rec_act, int return_seq):
+    """A SimpleRNN / LSTM / GRU (``kind``) over x (N, T, F) from zero states
+    (reference_rnn.rnn_forward); ws receives what the backward reads."""
+    cdef Seq q
+    _check_rnn(&q, kind, _dims(x.shape, 3), _dims(w.shape, 2), _dims(r.shape, 2),
+               _dims(b.shape, 2), _dims(out.shape, 3), ws.shape[0], act, rec_act, return_seq)
+    with nogil:
+        _rnn_fwd(&q, &x[0, 0, 0], &w[0, 0], &r[0, 0], &b[0, 0], &out[0, 0, 0], &ws[0])
+
+
+def rnn_backward(int kind, const floating[:, :, ::1] x, const floating[:, ::1] w,
+                 const floating[:, ::1] r, const floating[:, :, ::1] dout,
+                 floating[:, :, ::1] dx, floating[:, ::1] dw, floating[:, ::1] dr,
+                 floating[:, ::1] db, floating[::1] ws, int act, int rec_act, int return_seq,
+                 int need_dx):
+    """Gradients of rnn_forward (after it, with the same ws; reference_rnn.rnn_backward):
+    dw, dr, db and, when ``need_dx``, dx."""
+    cdef Seq q
+    _check_rnn(&q, kind, _dims(x.shape, 3), _dims(dw.shape, 2), _dims(dr.shape, 2),
+               _dims(db.shape, 2), _dims(dout.shape, 3), ws.shape[0], act, rec_act,
+               return_seq)
+    _same("w", _dims(w.shape, 2), _dims(dw.shape, 2))
+    _same("r", _dims(r.shape, 2), _dims(dr.shape, 2))
+    _same("dx", _dims(dx.shape, 3), _dims(x.shape, 3))
+    with nogil:
+        _rnn_bwd(&q, &w[0, 0], &r[0, 0], &dout[0, 0, 0], &dx[0, 0, 0], &dw[0, 0], &dr[0, 0],
+                 &db[0, 0], &ws[0], need_dx != 0)

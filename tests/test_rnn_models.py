@@ -4,6 +4,10 @@ backends that do not run the kinds, and no allocation per step."""
 
 from __future__ import annotations
 
+import gc
+import re
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -248,18 +252,29 @@ def test_save_and_load_keep_the_predictions(backend, tmp_path):
     np.testing.assert_array_equal(again.predict(xs, verbose=0), stacked.predict(xs, verbose=0))
 
 
-def test_backends_without_the_kinds_refuse_them_at_build():
-    from fastnn.kernels import codes as C
+def test_backends_without_the_kinds_refuse_them_at_build(monkeypatch):
+    """cuda.KINDS leaves the sequence kinds out: a model holding one is refused at build,
+    naming the layer and the backends that run it (cython among them), also without
+    numba-cuda (a stand-in module with cuda's KINDS)."""
+    import types
 
-    for name in ("cython", "cuda"):
-        if fastnn.backend.why_unavailable(name) is not None:
-            continue
-        kinds = fastnn.backend.load(name).KINDS
-        assert not kinds & {C.EMBEDDING, C.SIMPLE_RNN, C.LSTM, C.GRU}
-        model = fastnn.Sequential([LSTM(3, input_shape=(T, F)), Dense(1)], backend=name)
-        with pytest.raises(ValueError, match=rf"the {name} backend cannot run layer 'lstm' "
-                           r"\(LSTM\); the numba, numpy backends run it"):  # fmt: skip
-            model.build((T, F))
+    from fastnn.kernels import codes as C
+    from fastnn.kernels import reference as ref
+    from tests.test_conv import _cuda_kinds
+
+    kinds = _cuda_kinds()
+    assert not kinds & {C.EMBEDDING, C.SIMPLE_RNN, C.LSTM, C.GRU}
+    stand_in = types.ModuleType("cuda_kinds")
+    stand_in.__dict__.update(vars(ref))
+    stand_in.KINDS = kinds
+    monkeypatch.setitem(fastnn.backend.MODULES, "cuda_kinds", "cuda_kinds")
+    monkeypatch.setitem(fastnn.backend._loaded, "cuda_kinds", stand_in)
+    runners = [n for n in ("cython", "numba", "numpy") if fastnn.backend.runs_kinds(n, [C.LSTM])]
+    assert "numpy" in runners and ("cython" in runners) == ("cython" in SEQ_BACKENDS)
+    model = fastnn.Sequential([LSTM(3, input_shape=(T, F)), Dense(1)], backend="cuda_kinds")
+    with pytest.raises(ValueError, match=rf"cannot run layer 'lstm\w*' \(LSTM\); the "
+                       rf"{', '.join(runners)} backends run it"):  # fmt: skip
+        model.build((T, F))
 
 
 @pytest.mark.skipif("numba" not in SEQ_BACKENDS, reason="numba backend not available")
@@ -304,15 +319,82 @@ def test_an_automatic_backend_choice_takes_one_that_runs_the_layers(monkeypatch)
     assert mlp.backend_name == B.get_backend()  # the first that loads, as before
 
 
-def test_the_cython_plan_check_rejects_sequence_rows_before_any_loop():
-    if fastnn.backend.why_unavailable("cython") is not None:
-        pytest.skip("cython backend not built")
+def _cython_stack_call(name, mutate):
+    """forward_stack and backward_stack of the cython backend on a model's plan after
+    ``mutate(layers)``: the plan check's error."""
     cy = fastnn.backend.load("cython")
-    model, (x, y) = _model("stacked", "numpy", "float32")
-    model.build((T, F))
+    model, (x, y) = _model(name, "numpy", "float32")
+    model.build((T,) if name == "embedding_lstm" else (T, F))
     eng = model._engine
     ws = eng.workspace(N, 1)
-    with pytest.raises(ValueError, match="not run by the cython backend"):
-        cy.forward_stack(np.zeros((N, T * F), np.float32), ws.plan.args,
-                         (eng.params, eng.grads, np.zeros((2, eng.n_params), np.float32),
-                          eng.nontrain), ws.work, 0, 0, 0)  # fmt: skip
+    layers = ws.plan.args[0].copy()
+    mutate(layers)
+    plan = (layers, *ws.plan.args[1:])
+    net = (eng.params, eng.grads, np.zeros((2, eng.n_params), np.float32), eng.nontrain)
+    xb = np.zeros((N, T if name == "embedding_lstm" else T * F), np.float32)
+    with pytest.raises(ValueError) as err:
+        cy.forward_stack(xb, plan, net, ws.work, 0, 0, 0)
+    return str(err.value)
+
+
+def _set(l, col, value):
+    def mutate(layers):
+        layers[l, col] = value
+
+    return mutate
+
+
+@pytest.mark.skipif("cython" not in SEQ_BACKENDS, reason="cython backend not built")
+def test_the_cython_plan_check_rejects_malformed_sequence_rows_before_any_loop():
+    from fastnn.kernels import codes as C
+
+    big = 1 << 40
+    # stacked: LSTM(4, seq) 0, Dropout 1, GRU(5, seq) 2, SimpleRNN(3) 3, Dense 4
+    cases = [
+        ("stacked", _set(0, C.P_W0, big), "kernel \\(W0\\)"),
+        ("stacked", _set(0, C.P_W1, -5), "recurrent kernel \\(W1\\)"),
+        ("stacked", _set(2, C.P_W2, big), "bias \\(W2\\)"),
+        ("stacked", _set(0, C.P_SAVE_OFF, big), "workspace"),
+        ("stacked", _set(3, C.P_IN1, 1 << 30), "."),  # T larger than the input read
+        ("stacked", _set(2, C.P_UNITS, 9), "recurrent row maps"),
+        ("stacked", _set(0, C.P_RETURN_SEQ, 2), "recurrent row maps"),
+        ("stacked", _set(3, C.P_REC_ACT, C.SOFTMAX), "recurrent activation code"),
+        ("stacked", _set(0, C.P_ACT, C.ELU), "activation code"),
+        ("embedding_lstm", _set(0, C.P_VOCAB, big), "embeddings \\(W0\\)"),
+        ("embedding_lstm", _set(0, C.P_VOCAB, 0), "input_dim"),
+        ("embedding_lstm", _set(0, C.P_OUT1, T + 1), "Embedding row maps"),
+        ("embedding_lstm", _set(1, C.P_SAVE_OFF, -1), "workspace"),
+    ]
+    for name, mutate, match in cases:
+        msg = _cython_stack_call(name, mutate)
+        assert re.search(match, msg), (match, msg)
+        assert "layer " in msg
+
+
+@pytest.mark.skipif("cython" not in SEQ_BACKENDS, reason="cython backend not built")
+def test_cython_sequence_epoch_allocates_nothing_per_step():
+    """tracemalloc: a 24-epoch fit of an Embedding -> LSTM -> GRU -> Dense model keeps and
+    peaks at what a 3-epoch fit does (1050 more steps: 16 bytes each would show)."""
+    model = fastnn.Sequential([Embedding(V, 4, input_shape=(T,)), LSTM(5, return_sequences=True),
+                               GRU(3), Dense(1, activation="sigmoid")], seed=0,
+                              backend="cython")  # fmt: skip
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, size=(200, T)), rng.integers(0, 2, size=(200, 1))
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)  # workspaces
+
+    def memory(epochs):
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            model.fit(x, y, epochs=epochs, batch_size=4, verbose=0)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return current - base, peak - base
+
+    short, long = memory(3), memory(24)
+    assert 16 * 21 * 50 > 2 * 8192
+    assert abs(long[0] - short[0]) < 8192, (short, long)
+    assert abs(long[1] - short[1]) < 8192, (short, long)
