@@ -1132,27 +1132,26 @@ cdef void _maxpool_2x2_fwd(const floating* x, floating* argmax, floating* out,
 
 cdef void _maxpool_2x2_bwd(const floating* argmax, const floating* dout, floating* dx,
                            const Window* g) noexcept nogil:
-    # every position of every window written (dout where the argmax is, else 0): no zeroing
-    # but of an odd last row/column; a corrupted argmax matches no position
-    cdef Py_ssize_t b, oy, ox, ch, i, c = g.c
-    cdef floating* q0
-    cdef floating* q2
-    cdef floating a, d, zero = 0, one = 1, two = 2, three = 3
+    # each window zeroed (two runs of 2C), then dout stored at its argmax: no division, no
+    # data-dependent branch (comparing the argmax with each position compiles to branches
+    # that random data mispredicts); an argmax outside the window is skipped, and an odd
+    # last row/column zeroed first
+    cdef Py_ssize_t b, oy, ox, ch, i, p, c = g.c, row = g.w * g.c
+    cdef floating* q
     if 2 * g.ho < g.h or 2 * g.wo < g.w:
         memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
     for b in range(g.n):
         for oy in range(g.ho):
             for ox in range(g.wo):
-                q0 = dx + ((b * g.h + 2 * oy) * g.w + 2 * ox) * c
-                q2 = q0 + g.w * c
+                q = dx + ((b * g.h + 2 * oy) * g.w + 2 * ox) * c
                 i = ((b * g.ho + oy) * g.wo + ox) * c
+                for ch in range(2 * c):
+                    q[ch] = 0
+                    q[row + ch] = 0
                 for ch in range(c):
-                    a = argmax[i + ch]
-                    d = dout[i + ch]
-                    q0[ch] = d if a == zero else zero
-                    q0[c + ch] = d if a == one else zero
-                    q2[ch] = d if a == two else zero
-                    q2[c + ch] = d if a == three else zero
+                    p = <Py_ssize_t>argmax[i + ch]
+                    if 0 <= p < 4:
+                        q[(p >> 1) * row + (p & 1) * c + ch] = dout[i + ch]
 
 
 cdef void _maxpool_fwd(const floating* x, floating* argmax, floating* out,

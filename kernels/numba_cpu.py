@@ -1560,24 +1560,26 @@ def _maxpool_2x2_forward(x, argmax, out):
 
 @_jit
 def _maxpool_2x2_backward(argmax, dout, dx):
-    """maxpool2d_backward of 2x2 windows at stride 2: every window position written (dout
-    at the argmax, else 0), an odd last row/column zeroed; a bad argmax matches none."""
+    """maxpool2d_backward of 2x2 windows at stride 2: each window zeroed, then dout stored
+    at its argmax (no division, no data-dependent branch); an argmax outside the window is
+    skipped, an odd last row/column zeroed first."""
     n, h, w, c = dx.shape
     ho, wo = dout.shape[1], dout.shape[2]
-    t = dx.dtype.type
-    zero, one, two, three = t(0), t(1), t(2), t(3)
+    zero = dx.dtype.type(0)
     if 2 * ho < h or 2 * wo < w:
         _zero_images(dx)
     for b in range(n):
         for oy in range(ho):
             for ox in range(wo):
                 iy, ix = 2 * oy, 2 * ox
+                for dy in range(2):
+                    for dxx in range(2):
+                        for ch in range(c):
+                            dx[b, iy + dy, ix + dxx, ch] = zero
                 for ch in range(c):
-                    a, d = argmax[b, oy, ox, ch], dout[b, oy, ox, ch]
-                    dx[b, iy, ix, ch] = d if a == zero else zero
-                    dx[b, iy, ix + 1, ch] = d if a == one else zero
-                    dx[b, iy + 1, ix, ch] = d if a == two else zero
-                    dx[b, iy + 1, ix + 1, ch] = d if a == three else zero
+                    p = np.int64(argmax[b, oy, ox, ch])
+                    if 0 <= p < 4:
+                        dx[b, iy + (p >> 1), ix + (p & 1), ch] = dout[b, oy, ox, ch]
 
 
 @_jit
