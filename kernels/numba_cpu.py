@@ -1383,15 +1383,121 @@ def _zero_images(a):
         flat[k] = zero
 
 
+# A convolution of one input channel is a skinny GEMM (K = KH*KW, F small) whose im2col
+# copies runs of KW values: a direct loop is faster (as in the cython backend).  Image by
+# image, x is zero-padded to the (HO+KH-1, WP = WO+KW-1) grid of every window position in
+# the columns' scratch; at stride 1 the outputs (oy, ox) lie at j = oy*WP + ox of a flat
+# run of L = (HO-1)*WP + WO and window position (ky, kx) reads the padded image at
+# j + ky*WP + kx: one long axpy (forward) or dot (dw) per (ky, kx, f).
+
+
+@_jit
+def _direct_c1(c, sh, sw, f, ho, wo, kh, kw, cols):
+    """Whether the direct one-channel loop runs (reference.cols_are_scratch and room)."""
+    return c == 1 and sh == 1 and sw == 1 and (ho + kh - 1 + f * ho) * (wo + kw - 1) <= cols.size
+
+
+@_jit
+def _c1_pad(x, b, xp, hp, wp, pad_top, pad_left):
+    """Image b of x (N, H, W, 1) zero-padded into the flat xp (hp*wp,)."""
+    h, w = x.shape[1], x.shape[2]
+    zero = xp.dtype.type(0)
+    for j in range(hp * wp):
+        xp[j] = zero
+    for iy in range(h):
+        base = (iy + pad_top) * wp + pad_left
+        for ix in range(w):
+            xp[base + ix] = x[b, iy, ix, 0]
+
+
+@_jit
+def _dot_run(x, xo, y, yo, n):
+    """sum x[xo + j] * y[yo + j] over j < n in eight interleaved partial sums (independent
+    add chains; nothing allocated)."""
+    t = x.dtype.type
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = t(0)
+    n8 = n - n % 8
+    for j in range(0, n8, 8):
+        a, c = xo + j, yo + j
+        s0 += x[a] * y[c]
+        s1 += x[a + 1] * y[c + 1]
+        s2 += x[a + 2] * y[c + 2]
+        s3 += x[a + 3] * y[c + 3]
+        s4 += x[a + 4] * y[c + 4]
+        s5 += x[a + 5] * y[c + 5]
+        s6 += x[a + 6] * y[c + 6]
+        s7 += x[a + 7] * y[c + 7]
+    for j in range(n8, n):
+        s0 += x[xo + j] * y[yo + j]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@_jit
+def _conv_c1_forward(x, w, cols, out, pad_top, pad_left):
+    """out = conv(x, w) (no bias, no activation) for one input channel at stride 1."""
+    n = x.shape[0]
+    kh, kw, f = w.shape[0], w.shape[1], w.shape[3]
+    ho, wo = out.shape[1], out.shape[2]
+    wp, hp = wo + kw - 1, ho + kh - 1
+    plane, run = ho * wp, (ho - 1) * wp + wo
+    flat = cols.reshape(cols.size)
+    xp, t = flat[: hp * wp], flat[hp * wp : hp * wp + f * plane]
+    zero = cols.dtype.type(0)
+    for b in range(n):
+        _c1_pad(x, b, xp, hp, wp, pad_top, pad_left)
+        for j in range(f * plane):
+            t[j] = zero
+        for ky in range(kh):
+            for kx in range(kw):
+                off = ky * wp + kx
+                for ff in range(f):
+                    wv, base = w[ky, kx, 0, ff], ff * plane
+                    for j in range(run):
+                        t[base + j] += xp[off + j] * wv
+        for oy in range(ho):
+            for ox in range(wo):
+                for ff in range(f):
+                    out[b, oy, ox, ff] = t[ff * plane + oy * wp + ox]
+
+
+@_jit
+def _conv_c1_dw(x, dz, cols, dw, pad_top, pad_left):
+    """dw[ky, kx, 0, f] = sum over (b, oy, ox) of xpadded[oy + ky, ox + kx] dz[b, oy, ox, f]."""
+    n = x.shape[0]
+    kh, kw, f = dw.shape[0], dw.shape[1], dw.shape[3]
+    ho, wo = dz.shape[1], dz.shape[2]
+    wp, hp = wo + kw - 1, ho + kh - 1
+    plane, run = ho * wp, (ho - 1) * wp + wo
+    flat = cols.reshape(cols.size)
+    xp, d = flat[: hp * wp], flat[hp * wp : hp * wp + f * plane]
+    zero = cols.dtype.type(0)
+    _zero_images(dw)
+    for b in range(n):
+        _c1_pad(x, b, xp, hp, wp, pad_top, pad_left)
+        for j in range(f * plane):
+            d[j] = zero  # zeros between the rows
+        for oy in range(ho):
+            for ox in range(wo):
+                for ff in range(f):
+                    d[ff * plane + oy * wp + ox] = dz[b, oy, ox, ff]
+        for ky in range(kh):
+            for kx in range(kw):
+                for ff in range(f):
+                    dw[ky, kx, 0, ff] += _dot_run(xp, ky * wp + kx, d, ff * plane, run)
+
+
 @_jit
 def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
     """See reference.conv2d_forward: im2col, one GEMM into the NHWC output, one bias +
-    activation pass."""
+    activation pass (or the direct one-channel loop, then that pass)."""
     kh, kw, c, f = w.shape
     n, ho, wo = out.shape[0], out.shape[1], out.shape[2]
-    _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
     flat = out.reshape((n * ho * wo, f))
-    _gemm(cols, w.reshape((kh * kw * c, f)), flat, 0, 0)
+    if _direct_c1(c, sh, sw, f, ho, wo, kh, kw, cols):
+        _conv_c1_forward(x, w, cols, out, pad_top, pad_left)
+    else:
+        _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
+        _gemm(cols, w.reshape((kh * kw * c, f)), flat, 0, 0)
     if b.shape[0] > 0:
         _bias_act(flat, b, act, alpha)
     else:
@@ -1402,7 +1508,8 @@ def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
 def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad_top, pad_left,
                     need_dx):  # fmt: skip
     """See reference.conv2d_backward: one derivative (+ bias gradient) pass, dw as one
-    GEMM, then dcols = dz @ w.T over the saved columns and col2im."""
+    GEMM (or the direct one-channel loop), then dcols = dz @ w.T over the saved columns
+    and col2im."""
     kh, kw, c, f = w.shape
     n, ho, wo = y.shape[0], y.shape[1], y.shape[2]
     m, k = n * ho * wo, kh * kw * c
@@ -1410,6 +1517,12 @@ def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad
     has_b = db.shape[0] > 0
     _act_backward(y.reshape((m, f)), dout.reshape((m, f)), dz2, db if has_b else dz2[0], act,
                   alpha, has_b)  # fmt: skip
+    direct = _direct_c1(c, sh, sw, f, ho, wo, kh, kw, cols)
+    if direct and not need_dx:
+        _conv_c1_dw(x, dz, cols, dw, pad_top, pad_left)
+        return
+    if direct:  # the direct forward did not save the columns
+        _im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
     _gemm(cols, dz2, dw.reshape((k, f)), 1, 0)
     if need_dx:
         _gemm(dz2, w.reshape((k, f)), cols, 0, 1)
@@ -1417,10 +1530,66 @@ def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad
 
 
 @_jit
+def _pool_2x2(h, w, ho, wo, kh, kw, sh, sw, pad_top, pad_left):
+    """2x2 windows at stride 2, each inside the image (an odd last row/column left over)."""
+    square = kh == 2 and kw == 2 and sh == 2 and sw == 2
+    return square and pad_top == 0 and pad_left == 0 and 2 * ho <= h and 2 * wo <= w
+
+
+@_jit
+def _maxpool_2x2_forward(x, argmax, out):
+    """maxpool2d_forward of 2x2 windows at stride 2: the same first maximum, by selects."""
+    n, c = x.shape[0], x.shape[3]
+    t = out.dtype.type
+    one, two, three = t(1), t(2), t(3)
+    for b in range(n):
+        for oy in range(out.shape[1]):
+            for ox in range(out.shape[2]):
+                iy, ix = 2 * oy, 2 * ox
+                for ch in range(c):
+                    m, a = x[b, iy, ix, ch], t(0)
+                    v = x[b, iy, ix + 1, ch]
+                    a, m = (one, v) if v > m else (a, m)
+                    v = x[b, iy + 1, ix, ch]
+                    a, m = (two, v) if v > m else (a, m)
+                    v = x[b, iy + 1, ix + 1, ch]
+                    a, m = (three, v) if v > m else (a, m)
+                    out[b, oy, ox, ch] = m
+                    argmax[b, oy, ox, ch] = a
+
+
+@_jit
+def _maxpool_2x2_backward(argmax, dout, dx):
+    """maxpool2d_backward of 2x2 windows at stride 2: each window zeroed, then dout stored
+    at its argmax (no division, no data-dependent branch); an argmax outside the window is
+    skipped, an odd last row/column zeroed first."""
+    n, h, w, c = dx.shape
+    ho, wo = dout.shape[1], dout.shape[2]
+    zero = dx.dtype.type(0)
+    if 2 * ho < h or 2 * wo < w:
+        _zero_images(dx)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                iy, ix = 2 * oy, 2 * ox
+                for dy in range(2):
+                    for dxx in range(2):
+                        for ch in range(c):
+                            dx[b, iy + dy, ix + dxx, ch] = zero
+                for ch in range(c):
+                    p = np.int64(argmax[b, oy, ox, ch])
+                    if 0 <= p < 4:
+                        dx[b, iy + (p >> 1), ix + (p & 1), ch] = dout[b, oy, ox, ch]
+
+
+@_jit
 def maxpool2d_forward(x, argmax, out, kh, kw, sh, sw, pad_top, pad_left):
     """See reference.maxpool2d_forward (the first maximum in (ky, kx) order)."""
     n, h, w, c = x.shape
     ho, wo = out.shape[1], out.shape[2]
+    if _pool_2x2(h, w, ho, wo, kh, kw, sh, sw, pad_top, pad_left):
+        _maxpool_2x2_forward(x, argmax, out)
+        return
     for b in range(n):
         for oy in range(ho):
             ky0, ky1 = _span(oy, sh, pad_top, kh, h)
@@ -1449,6 +1618,9 @@ def maxpool2d_backward(argmax, dout, dx, kh, kw, sh, sw, pad_top, pad_left):
     skipped, never written)."""
     n, h, w, c = dx.shape
     ho, wo = dout.shape[1], dout.shape[2]
+    if _pool_2x2(h, w, ho, wo, kh, kw, sh, sw, pad_top, pad_left):
+        _maxpool_2x2_backward(argmax, dout, dx)
+        return
     _zero_images(dx)
     for b in range(n):
         for oy in range(ho):

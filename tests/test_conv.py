@@ -42,6 +42,14 @@ GEOMETRIES = [
     (2, 7, 7, 2, 3, 3, 3, 2, 2, "valid"),
     (2, 6, 7, 3, 2, 5, 1, 3, 2, "same"),
     (2, 5, 5, 3, 2, 1, 1, 2, 2, "valid"),
+    # one input channel at stride 1 (the compiled direct loop): valid and same, odd sizes,
+    # KH != KW; 2x2 windows at stride 2 over odd and even sizes
+    (2, 8, 7, 1, 4, 3, 3, 1, 1, "valid"),
+    (1, 5, 6, 1, 6, 3, 5, 1, 1, "same"),
+    (2, 6, 7, 1, 4, 4, 2, 1, 1, "same"),
+    (3, 7, 9, 1, 3, 2, 2, 2, 2, "valid"),
+    (2, 6, 6, 4, 3, 2, 2, 2, 2, "valid"),
+    (2, 5, 7, 3, 2, 2, 2, 2, 2, "same"),
 ]
 geometries = pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "-".join(map(str, g)))
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
@@ -90,6 +98,8 @@ def test_conv2d_matches_reference(mod, geom, dtype, bias):
         for name, g, e in zip(names, got, want):
             if name == "dx" and not need_dx:
                 continue  # not written
+            if name.startswith("cols") and ref.cols_are_scratch(c, sh, sw):
+                continue  # the direct one-channel loop's scratch
             k = {"out": kh * kw * c, "dw": n * ho * wo, "dx": kh * kw * f, "db": n * ho * wo}
             assert_close(g, e, dtype, k=k.get(name, 1), scale=4.0, what=name)
         for a, k in zip((x, wt, b, dout), kept):
@@ -199,6 +209,21 @@ def test_whole_cnn_backward_matches_finite_differences():
         assert result.passed and result.checked > 50, result
 
 
+def _cnn_one_channel(backend, dtype, seed=0):
+    """One-channel convolutions, the second needing dx (direct loops in the compiled
+    backends), and 2x2 max pooling at stride 2 over an odd size."""
+    return fastnn.Sequential(
+        [
+            Conv2D(1, 3, padding="same", activation="relu", input_shape=(7, 9, 1)),
+            Conv2D(3, (3, 5), activation="relu"),
+            MaxPooling2D(2),
+            Flatten(),
+            Dense(3, activation="softmax"),
+        ],
+        dtype=dtype, backend=backend, seed=seed,
+    )  # fmt: skip
+
+
 def _train(make, backend, dtype, x, y):
     model = make(backend, dtype)
     model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
@@ -216,7 +241,8 @@ def test_cnn_training_matches_reference(backend, dtype):
     if backend == "numba" and dtype == "float32":
         pytest.skip("numba runs the float64 models here (one compile for the file)")
     rng = np.random.default_rng(4)
-    for make, shape in ((_cnn, (9, 8, 2)), (_cnn_global_avg, (6, 7, 1))):
+    models = ((_cnn, (9, 8, 2)), (_cnn_global_avg, (6, 7, 1)), (_cnn_one_channel, (7, 9, 1)))
+    for make, shape in models:
         x, y = rng.standard_normal((10, *shape)), rng.integers(0, 3, 10)
         want = _train(make, "numpy", "float64", x, y)
         got = _train(make, backend, dtype, x, y)
