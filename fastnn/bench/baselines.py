@@ -232,6 +232,18 @@ def _torch_adam(torch, params, hp):
     return torch.optim.Adam(params, fused=True, **kwargs), "fused"
 
 
+def torch_epoch(impl, X, Y, batch_size: int, rng) -> float:
+    """One shuffled epoch of a PyTorch baseline's ``train_step`` over tensors built once
+    (``impl.tensors``), indexing batches on the torch side; the mean loss."""
+    Xt, Yt = impl.tensors(X, Y)
+    order = impl.torch.from_numpy(rng.permutation(len(X)))
+    total = 0.0
+    for start in range(0, len(X), batch_size):
+        idx = order[start : start + batch_size]
+        total += impl.train_step(Xt[idx], Yt[idx]) * len(idx)
+    return total / len(X)
+
+
 class TorchMLP:
     """The same MLP in PyTorch eager mode: nn.Sequential, CrossEntropyLoss, Adam."""
 
@@ -298,13 +310,7 @@ class TorchMLP:
         return loss.item()
 
     def train_epoch(self, X, Y, batch_size: int, rng) -> float:
-        Xt, Yt = self.tensors(X, Y)
-        order = self.torch.from_numpy(rng.permutation(len(X)))
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            idx = order[start : start + batch_size]
-            total += self.train_step(Xt[idx], Yt[idx]) * len(idx)
-        return total / len(X)
+        return torch_epoch(self, X, Y, batch_size, rng)
 
 
 # ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .baselines import ADAM, _torch_adam, step_epoch
+from .baselines import ADAM, _torch_adam, step_epoch, torch_epoch
 
 #: name -> (cell, timesteps, features, units, outputs, batch size, vocabulary or None)
 RNN_NETWORKS = {
@@ -158,13 +158,7 @@ class TorchRNN:
         return loss.item()
 
     def train_epoch(self, X, Y, batch_size: int, rng) -> float:
-        Xt, Yt = self.tensors(X, Y)
-        order = self.torch.from_numpy(rng.permutation(len(X)))
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            idx = order[start : start + batch_size]
-            total += self.train_step(Xt[idx], Yt[idx]) * len(idx)
-        return total / len(X)
+        return torch_epoch(self, X, Y, batch_size, rng)
 
 
 # ---------------------------------------------------------------------------------------
