@@ -76,7 +76,19 @@ def test_bench_isolated_workers(tmp_path, capsys):
 def test_bench_rejects_bad_settings(capsys):
     assert main(["bench", "--quick", "--threads", "0"]) == 2
     assert "--threads" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--epoch", "--epoch-samples", "0"]) == 2
+    assert "--epoch-samples" in capsys.readouterr().err
     assert main(["bench", "--quick", "--backends", "nope"]) == 2
+
+
+def test_bench_epoch_samples(tmp_path):
+    args = ["bench", "--quick", "--networks", "d", "--threads", "1", "--backends", "numpy"]
+    args += ["--baselines", "numpy", "--epoch", "--epoch-samples", "100", "--out", str(tmp_path)]
+    assert main(args) == 0
+    records = json.loads((tmp_path / "bench.json").read_text())["results"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all(r["samples"] == 100 for r in epochs)
+    assert all(r["samples"] == 32 for r in records if r["kind"] == "step")
 
 
 def test_format_table_ratios():

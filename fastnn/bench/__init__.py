@@ -80,6 +80,12 @@ def add_parser(sub) -> None:
         "--epoch-repeats", type=int, default=None, help="interleaved epoch rounds (default 3)"
     )
     p.add_argument(
+        "--epoch-samples",
+        type=int,
+        default=None,
+        help=f"samples of the timed epoch (default {EPOCH_SAMPLES}; --quick: 8 batches)",
+    )
+    p.add_argument(
         "--backends",
         nargs="+",
         default=None,
@@ -715,6 +721,9 @@ def _settings(args) -> dict:
     epoch_repeats = args.epoch_repeats if args.epoch_repeats is not None else (1 if quick else 3)
     if repeats < 1 or epoch_repeats < 1:
         raise ValueError("--repeats and --epoch-repeats must be >= 1")
+    epoch_samples = getattr(args, "epoch_samples", None)
+    if epoch_samples is not None and epoch_samples < 1:
+        raise ValueError(f"--epoch-samples must be >= 1, got {epoch_samples}")
     threads = args.threads or ([1] if quick else _threads_default())
     if any(t < 1 for t in threads):
         raise ValueError(f"--threads must be positive, got {threads}")
@@ -727,7 +736,16 @@ def _settings(args) -> dict:
         "networks": list(dict.fromkeys(networks)),
         "target_s": 0.005 if quick else 0.2,
         "epoch_batches": 8 if quick else None,
+        "epoch_samples": epoch_samples,
     }
+
+
+def _epoch_samples(cfg: dict, batch: int) -> int:
+    """Samples of a timed epoch: --epoch-samples, else 8 batches with --quick, else
+    EPOCH_SAMPLES."""
+    if cfg["epoch_samples"]:
+        return cfg["epoch_samples"]
+    return batch * cfg["epoch_batches"] if cfg["epoch_batches"] else EPOCH_SAMPLES
 
 
 def _row(net, threads, rounds) -> dict:
@@ -750,6 +768,7 @@ def _records(kind, net, threads, used, rounds, samples, unit) -> list[dict]:
                 "threads_used": used,
                 f"median_{unit}": med,
                 f"rounds_{unit}": vals,
+                "samples": samples,
                 "samples_per_s": samples / (med * seconds),
             }
         )
@@ -806,7 +825,7 @@ def run(args) -> dict:
                     step_rows.append(_row(net, threads, rounds))
                     records += _records("step", net, threads, used, rounds, batch, "us")
                     if args.epoch:
-                        n = batch * cfg["epoch_batches"] if cfg["epoch_batches"] else EPOCH_SAMPLES
+                        n = _epoch_samples(cfg, batch)
                         e_rounds = measure_epochs(runners, n, cfg["epoch_repeats"])
                         epoch_rows.append(_row(net, threads, e_rounds))
                         records += _records("epoch", net, threads, used, e_rounds, n, "s")
