@@ -184,6 +184,11 @@ ACTIVATIONS = {
     "sigmoid": C.SIGMOID,
     "tanh": C.TANH,
     "softmax": C.SOFTMAX,
+    "elu": C.ELU,
+    "selu": C.SELU,
+    "gelu": C.GELU,
+    "silu": C.SILU,
+    "softplus": C.SOFTPLUS,
 }
 ACT_SIZE = (1024, 1024)
 
@@ -208,11 +213,14 @@ def test_activation_forward(benchmark, name, act):
 @pytest.mark.parametrize("act", ("relu", *ACTIVATIONS))
 @pytest.mark.parametrize("name", BACKENDS)
 def test_activation_backward(benchmark, name, act):
-    """dx = dout * act'(from the output y)."""
+    """dx = dout * act'(from the output y; from the input x for gelu and silu)."""
     k = _module(name)
     code = C.RELU if act == "relu" else ACTIVATIONS[act]
     y = np.empty(ACT_SIZE, DTYPE)
-    backend.load("numpy").activation_forward(_act_data(), y, code, 0.2)
+    if code in C.INPUT_ACTS:
+        y[...] = _act_data()
+    else:
+        backend.load("numpy").activation_forward(_act_data(), y, code, 0.2)
     dout = np.random.default_rng(6).standard_normal(ACT_SIZE).astype(DTYPE)
     dx = np.empty_like(y)
     benchmark.group = f"kernel activation_backward {act} 1024x1024"
@@ -245,7 +253,12 @@ def _loss_args(loss):
         return p.astype(DTYPE), np.eye(c, dtype=DTYPE)[rng.integers(0, c, n)], sw, dz
     if loss == "binary_crossentropy":
         return (1 / (1 + np.exp(-z))).astype(DTYPE), bits, sw, dz
-    return z, rng.standard_normal((n, c)).astype(DTYPE), sw, dz  # mse, mae
+    if loss in ("kl_divergence", "poisson"):  # probabilities against probabilities
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        q = rng.random((n, c))
+        return p.astype(DTYPE), (q / q.sum(axis=1, keepdims=True)).astype(DTYPE), sw, dz
+    return z, rng.standard_normal((n, c)).astype(DTYPE), sw, dz  # mse, mae, huber
 
 
 LOSSES = (
@@ -255,6 +268,9 @@ LOSSES = (
     "binary_crossentropy",
     "mean_squared_error",
     "mean_absolute_error",
+    "huber",
+    "kl_divergence",
+    "poisson",
 )
 
 
@@ -279,6 +295,18 @@ OPTIMIZERS = {
     "nesterov": lambda k, p, g, s: (k.momentum_update, p, g, s, 1e-2, 0.9, True),
     "adagrad": lambda k, p, g, s: (k.adagrad_update, p, g, s, 1e-2, 1e-7),
     "rmsprop": lambda k, p, g, s: (k.rmsprop_update, p, g, s, 1e-3, 0.9, 1e-7),
+    "nadam": lambda k, p, g, s: (
+        k.nadam_update,
+        p,
+        g,
+        s,
+        np.zeros_like(s),
+        1e-3,
+        0.9,
+        0.999,
+        1e-7,
+        10,
+    ),
 }
 
 
@@ -293,9 +321,91 @@ def test_optimizer_update(benchmark, name, opt, size):
     fn, *args = OPTIMIZERS[opt](k, p, g, state)
     benchmark.group = f"kernel {opt}_update {size}"
     _run(benchmark, fn, *args)
-    moved = (3 if opt == "sgd" else 5) * n * np.dtype(DTYPE).itemsize
+    moved = {"sgd": 3, "nadam": 7}.get(opt, 5) * n * np.dtype(DTYPE).itemsize
     _info(benchmark, name, params=n, bytes_moved=moved)
     _rate(benchmark, "gb_per_s", moved / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# Gradient clipping of a flat gradient in place (Keras's clipnorm per weight,
+# global_clipnorm, clipvalue); repeated calls on the clipped gradient run the same passes
+
+CLIPS = {
+    "clipnorm": C.H_CLIPNORM,
+    "global_clipnorm": C.H_GLOBAL_CLIPNORM,
+    "clipvalue": C.H_CLIPVALUE,
+}
+
+
+def _clip_args(clip, n):
+    """(grads, layers, hyper): Adam's hyper with one clip entry set; two weights in layers."""
+    hyper = np.zeros(C.HYPER_LEN[C.ADAM] + C.N_CLIP)
+    hyper[: C.HYPER_LEN[C.ADAM]] = (1e-3, 0.9, 0.999, 1e-7, 0.0)
+    hyper[C.HYPER_LEN[C.ADAM] + CLIPS[clip]] = 1.0
+    layers = np.full((1, C.P_COLS), -1, np.int64)
+    layers[0, C.P_W0], layers[0, C.P_W1] = 0, n // 2
+    grads = np.random.default_rng(8).standard_normal(n).astype(DTYPE)
+    return grads, layers, hyper
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_clip_gradients(benchmark, name, clip):
+    """One clipping pass over 1M float32 gradient entries (two weights for clipnorm)."""
+    k = _module(name)
+    n = ADAM_SIZES["1M"]
+    grads, layers, hyper = _clip_args(clip, n)
+    benchmark.group = f"kernel clip_gradients {clip} 1M"
+    _run(benchmark, k.clip_gradients, grads, layers, C.ADAM, hyper)
+    _info(benchmark, name, params=n)
+    _rate(benchmark, "gb_per_s", 2.0 * grads.nbytes / 1e9)
+
+
+# ---------------------------------------------------------------------------------------
+# BatchNormalization (training forward with the moving statistics, backward with dx), R x C
+
+BN_SIZES = {"64x256": (64, 256), "4096x64": (4096, 64)}
+
+
+def _bn_data(r, c):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((r, c)).astype(DTYPE)
+    gamma, beta = rng.random(c).astype(DTYPE) + 0.5, rng.standard_normal(c).astype(DTYPE)
+    return x, gamma, beta
+
+
+@pytest.mark.parametrize("size", BN_SIZES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batchnorm_forward(benchmark, name, size):
+    """Batch mean and variance (float64 sums), moving statistics, out = xhat * gamma + beta."""
+    k = _module(name)
+    r, c = BN_SIZES[size]
+    x, gamma, beta = _bn_data(r, c)
+    mean, var = np.zeros(c, DTYPE), np.ones(c, DTYPE)
+    saved, out, acc = np.empty((2, c), DTYPE), np.empty_like(x), np.empty((2, c))
+    benchmark.group = f"kernel batchnorm_forward {size}"
+    args = (x, gamma, beta, mean, var, saved, out, acc, 1, 0.99, 1e-3)
+    _run(benchmark, k.batchnorm_forward, *args)
+    _info(benchmark, name, shape=size)
+    _rate(benchmark, "gb_per_s", 3.0 * x.nbytes / 1e9)  # reads x twice, writes out
+
+
+@pytest.mark.parametrize("size", BN_SIZES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_batchnorm_backward(benchmark, name, size):
+    """dgamma, dbeta (float64 sums) and dx from the saved mean and inverse deviation."""
+    k = _module(name)
+    r, c = BN_SIZES[size]
+    x, gamma, beta = _bn_data(r, c)
+    saved, acc = np.empty((2, c), DTYPE), np.empty((2, c))
+    mean, var = np.zeros(c, DTYPE), np.ones(c, DTYPE)
+    k.batchnorm_forward(x, gamma, beta, mean, var, saved, np.empty_like(x), acc, 1, 0.99, 1e-3)
+    dout = np.random.default_rng(10).standard_normal((r, c)).astype(DTYPE)
+    dx, dgamma, dbeta = np.empty_like(x), np.empty_like(gamma), np.empty_like(beta)
+    benchmark.group = f"kernel batchnorm_backward {size}"
+    _run(benchmark, k.batchnorm_backward, x, gamma, saved, dout, dx, dgamma, dbeta, acc, 1)
+    _info(benchmark, name, shape=size)
+    _rate(benchmark, "gb_per_s", 5.0 * x.nbytes / 1e9)  # x, dout twice each; writes dx
 
 
 # ---------------------------------------------------------------------------------------
