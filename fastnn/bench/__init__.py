@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from .baselines import CNN, NETWORKS, network_label, network_sizes, synthetic_data
+from .baselines import NETWORKS, network_label, network_sizes, synthetic_data
 from .rnn import RNN_NETWORKS, make_rnn_impls, rnn_batch_size, rnn_data, rnn_label
 
 #: fastnn backends benchmarked by default (the compiled CPU ones that load).
@@ -296,12 +296,8 @@ def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
     """name -> object with train_step/train_epoch, all starting from the same weights."""
     from . import baselines as B
 
-    if net in B.CNN:
-        from .cnn import make_cnn_impls
-
-        return make_cnn_impls(net, backends, baselines, seed)
-    if net in RNN_NETWORKS:
-        return make_rnn_impls(net, backends, baselines, seed)
+    if net in B.CNN or net in RNN_NETWORKS:
+        return _layered_impls(net, backends, baselines, seed)
 
     sizes = network_sizes(net)
     bn = net in B.BATCHNORM
@@ -316,6 +312,28 @@ def make_impls(net: str, backends, baselines, seed: int = 0) -> dict:
         impls["torch"] = B.TorchMLP(sizes, seed, weights=weights, batchnorm=bn)
     if "jax" in baselines:
         impls["jax"] = B.JaxMLP(sizes, seed, weights=weights, batchnorm=bn)
+    return impls
+
+
+def _layered_impls(net: str, backends, baselines, seed: int) -> dict:
+    """make_impls of the convolutional and recurrent networks (JAX from fastnn.bench.jax_nets)."""
+    from . import baselines as B
+
+    others = [b for b in baselines if b != "jax"]
+    if net in B.CNN:
+        from .cnn import fastnn_cnn, make_cnn_impls
+
+        impls = make_cnn_impls(net, backends, others, seed)
+        weights = fastnn_cnn(net, "numpy", seed).get_weights() if "jax" in baselines else None
+    else:
+        from .rnn import rnn_weights
+
+        impls = make_rnn_impls(net, backends, others, seed)
+        weights = rnn_weights(net, seed) if "jax" in baselines else None
+    if weights is not None:
+        from .jax_nets import JaxCNN, JaxRNN
+
+        impls["jax"] = (JaxCNN if net in B.CNN else JaxRNN)(net, weights)
     return impls
 
 
@@ -804,10 +822,7 @@ def run(args) -> dict:
     for net in cfg["networks"]:
         batch = batch_size_of(net)
         impls = {} if args.isolate else make_impls(net, backends, mods)
-        # the CNNs and RNNs have no JAX baseline (fastnn.bench.cnn, fastnn.bench.rnn)
-        names = [f"fastnn-{be}" for be in backends] + [
-            m for m in mods if not ((net in CNN or net in RNN_NETWORKS) and m == "jax")
-        ]
+        names = [f"fastnn-{be}" for be in backends] + list(mods)
         for threads in cfg["threads"]:
             if args.isolate:
                 runners = start_workers(names, net, threads)
