@@ -621,28 +621,42 @@ cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                        const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                        floating* c, Py_ssize_t ldc) noexcept nogil:
     """Column-major C (m, n) = op(A) op(B), beta = 0."""
+    _gemm_beta(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, 0)
+
+
+cdef inline void _gemm_beta(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                            const floating* a, Py_ssize_t lda, const floating* b,
+                            Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
+                            floating beta) noexcept nogil:
+    """Column-major C (m, n) = op(A) op(B) + beta C (beta 0: C is only written)."""
     cdef int im = <int>m, jn = <int>n, ik = <int>k
     cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     cdef int64_t lm = m, ln = n, lk = k, llda = lda, lldb = ldb, lldc = ldc
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1
+    cdef Py_ssize_t j, i
     if m <= 0 or n <= 0:
         return
     if k <= 0:
-        memset(c, 0, m * n * sizeof(floating))
+        if beta == 0:
+            memset(c, 0, m * n * sizeof(floating))
+        elif beta != 1:
+            for j in range(n):
+                for i in range(m):
+                    c[j * ldc + i] *= beta
         return
     if floating is float:
         if _sgemm64 != NULL:
-            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &zero,
+            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &beta,
                      c, &lldc)
         else:
-            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &zero, c,
+            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &beta, c,
                   &ildc)
     else:
         if _dgemm64 != NULL:
             _dgemm64(&ta, &tb, &lm, &ln, &lk, &one, <double*>a, &llda, <double*>b, &lldb,
-                     &zero, c, &lldc)
+                     &beta, c, &lldc)
         else:
-            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &zero,
+            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &beta,
                   c, &ildc)
 
 
@@ -1385,30 +1399,27 @@ cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
             out[j] = d[j]
 
 
-cdef void _simple_step(const Seq* q, floating* z, floating* h, const floating* tmp) noexcept nogil:
-    cdef Py_ssize_t i, j, u = q.u
+cdef void _simple_step(const Seq* q, floating* z, floating* h) noexcept nogil:
+    """z (the step's pre-activations, h_prev @ R included) = act(z), copied to h."""
+    cdef Py_ssize_t i, u = q.u
     for i in range(q.n):
-        for j in range(u):
-            z[i * u + j] += tmp[i * u + j]
         _seg_act(z + i * u, u, q.act)
         memcpy(h + i * u, z + i * u, u * sizeof(floating))
 
 
-cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev, floating* hs,
-                     const floating* tmp) noexcept nogil:
-    """Gates i, f, c, o of one step (saved after their activations), then c and h (the
-    cell states of the step follow cprev by N*U, as its hidden states hs)."""
+cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev,
+                     floating* hs) noexcept nogil:
+    """Gates i, f, c, o of one step (zs: their pre-activations, h_prev @ R included; saved
+    after their activations), then c and h (the cell states of the step follow cprev by
+    N*U, as its hidden states hs)."""
     cdef Py_ssize_t i, j, u = q.u
     cdef floating* z
     cdef floating* c
     cdef floating* h
     cdef const floating* cp
-    cdef const floating* tr
     for i in range(q.n):
-        z, tr = zs + i * 4 * u, tmp + i * 4 * u
+        z = zs + i * 4 * u
         cp, c, h = cprev + i * u, cprev + (q.n + i) * u, hs + i * u
-        for j in range(4 * u):
-            z[j] += tr[j]
         _seg_act(z, 2 * u, q.rec_act)
         _seg_act(z + 2 * u, u, q.act)
         _seg_act(z + 3 * u, u, q.rec_act)
@@ -1473,15 +1484,20 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
     if q.kind == LSTM:
         memset(ws + q.o[3], 0, n * u * sizeof(floating))
     for s in range(t):
-        if s > 0:
+        # SimpleRNN and LSTM: h_prev @ R added to the step's projection by the GEMM itself
+        # (beta 1); the first step's h_prev is zero
+        if s > 0 and q.kind == GRU:
             _gemm(c'N', c'N', g, n, u, r, g, hs + s * n * u, u, tmp, g)
-        else:
+        elif s > 0:
+            _gemm_beta(c'N', c'N', g, n, u, r, g, hs + s * n * u, u, ws + q.o[1] + s * n * g,
+                       g, 1)
+        elif q.kind == GRU:
             memset(tmp, 0, n * g * sizeof(floating))
         if q.kind == SIMPLE_RNN:
-            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u, tmp)
+            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u)
         elif q.kind == LSTM:
             _lstm_step(q, ws + q.o[1] + s * n * g, ws + q.o[3] + s * n * u,
-                       hs + (s + 1) * n * u, tmp)
+                       hs + (s + 1) * n * u)
         else:
             _gru_step(q, ws + q.o[1] + s * n * g, ws + q.o[4] + s * n * g, hs + s * n * u, tmp,
                       b + g)
@@ -1496,10 +1512,9 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
 cdef void _lstm_step_back(const Seq* q, floating* zs, const floating* cprev, floating* dh,
                           floating* dc, floating* tmp) noexcept nogil:
     """Pre-activation gradients of one step in place of its gates; dc becomes dL/dc of the
-    step before.  Row scratch (tmp): [act(c), dL/dc, dc * g, dc * i]; dh's row is free
-    after use (the GEMM through R overwrites it)."""
+    step before.  Row scratch (tmp): [act(c) * dh, dL/dc, dc * g, dc * i]; dh's row is
+    free after use (the GEMM through R overwrites it)."""
     cdef Py_ssize_t i, j, u = q.u
-    cdef floating dct
     cdef floating* z
     cdef floating* sc
     cdef floating* d
@@ -1512,13 +1527,20 @@ cdef void _lstm_step_back(const Seq* q, floating* zs, const floating* cprev, flo
         memcpy(sc, c, u * sizeof(floating))
         _seg_act(sc, u, q.act)
         _dact_mul(sc + u, sc, d, u, q.act)
+        # one store per loop: GCC vectorises a loop whose stores may alias its loads only
+        # after a run-time overlap check, and gives up (scalar code) past a few of them
         for j in range(u):
-            dct = dcr[j] + sc[u + j] * z[3 * u + j]
+            sc[u + j] = dcr[j] + sc[u + j] * z[3 * u + j]  # dL/dc of this step
+        for j in range(u):
             sc[j] *= d[j]
-            sc[2 * u + j] = dct * z[2 * u + j]
-            sc[3 * u + j] = dct * z[j]
-            dcr[j] = dct * z[u + j]
-            d[j] = dct * cp[j]
+        for j in range(u):
+            sc[2 * u + j] = sc[u + j] * z[2 * u + j]
+        for j in range(u):
+            sc[3 * u + j] = sc[u + j] * z[j]
+        for j in range(u):
+            dcr[j] = sc[u + j] * z[u + j]
+        for j in range(u):
+            d[j] = sc[u + j] * cp[j]
         _dact_mul(z, z, sc + 2 * u, u, q.rec_act)
         _dact_mul(z + u, z + u, d, u, q.rec_act)
         _dact_mul(z + 2 * u, z + 2 * u, sc + 3 * u, u, q.act)
@@ -1542,11 +1564,14 @@ cdef void _gru_step_back(const Seq* q, floating* zs, floating* recs, const float
         hp, d = hprev + i * u, dh + i * u
         for j in range(u):
             sc[j] = d[j] * (one - z[j])
+        for j in range(u):
             sc[u + j] = d[j] * (hp[j] - z[2 * u + j])
         _dact_mul(z + 2 * u, z + 2 * u, sc, u, q.act)
-        for j in range(u):
+        for j in range(u):  # one store per loop, as in _lstm_step_back
             sc[2 * u + j] = z[2 * u + j] * hr[2 * u + j]
+        for j in range(u):
             hr[2 * u + j] = z[2 * u + j] * z[u + j]
+        for j in range(u):
             d[j] *= z[j]
         _dact_mul(z + u, z + u, sc + 2 * u, u, q.rec_act)
         _dact_mul(z, z, sc + u, u, q.rec_act)
@@ -1594,10 +1619,8 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
             _gru_step_back(q, zs, drec + s * n * g, hs + s * n * u, dh, tmp)
         # dh = dz @ R^T with R^T stored row-major: OpenBLAS's untransposed GEMM is ~40%
         # faster here than the transposed one on R
-        if s > 0 and q.kind == GRU:
-            _gemm(c'N', c'N', u, n, g, rt, u, drec + s * n * g, g, tmp, u)
-            for i in range(n * u):
-                dh[i] += tmp[i]
+        if s > 0 and q.kind == GRU:  # dh (its direct part) += drec @ R^T
+            _gemm_beta(c'N', c'N', u, n, g, rt, u, drec + s * n * g, g, dh, u, 1)
         elif s > 0:
             _gemm(c'N', c'N', u, n, g, rt, u, zs, g, dh, u)
     _rnn_weight_grads(q, dw, dr, db, ws)
@@ -1610,13 +1633,14 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
 
 cdef void _rnn_weight_grads(const Seq* q, floating* dw, floating* dr, floating* db,
                             floating* ws) noexcept nogil:
-    """dw = xt^T dz, dr = h_prev^T drec (one GEMM each), db the column sums."""
-    cdef Py_ssize_t k, j, rows = q.t * q.n, g = q.g
+    """dw = xt^T dz, dr = h_prev^T drec (one GEMM each; the first step, whose h_prev is
+    zero, left out of dr's), db the column sums."""
+    cdef Py_ssize_t k, j, n = q.n, rows = q.t * q.n, g = q.g
     cdef bint gru = q.kind == GRU
     cdef const floating* dz = ws + q.o[1]
     cdef const floating* drec = ws + q.o[4] if gru else dz
     _gemm(c'N', c'T', g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
-    _gemm(c'N', c'T', g, q.u, rows, drec, g, ws + q.o[2], q.u, dr, g)
+    _gemm(c'N', c'T', g, q.u, rows - n, drec + n * g, g, ws + q.o[2] + n * q.u, q.u, dr, g)
     memset(db, 0, (2 * g if gru else g) * sizeof(floating))
     for k in range(rows):
         for j in range(g):

@@ -97,7 +97,7 @@ def test_embedding_reference_gathers_and_scatters():
 
 @pytest.mark.parametrize("backend_name", SEQ_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 4, 5), (4, 1, 3, 9)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 4, 5), (4, 1, 3, 9), (5, 7, 6, 19)])
 @pytest.mark.parametrize("name", list(RNN_KINDS))
 def test_kernels_match_the_reference(name, shape, dtype, backend_name):
     mod = backend.load(backend_name)
