@@ -1658,19 +1658,34 @@ cdef void _rnn_weight_grads(const Seq* q, floating* dw, floating* dr, floating* 
                             floating* ws) noexcept nogil:
     """dw = xt^T dz, dr = h_prev^T drec (one GEMM each; the first step, whose h_prev is
     zero, left out of dr's), db the column sums."""
-    cdef Py_ssize_t k, j, n = q.n, rows = q.t * q.n, g = q.g
+    cdef Py_ssize_t n = q.n, rows = q.t * q.n, g = q.g
     cdef bint gru = q.kind == GRU
     cdef const floating* dz = ws + q.o[1]
     cdef const floating* drec = ws + q.o[4] if gru else dz
     _gemm(c'N', c'T', g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
     _gemm(c'N', c'T', g, q.u, rows - n, drec + n * g, g, ws + q.o[2] + n * q.u, q.u, dr, g)
-    memset(db, 0, (2 * g if gru else g) * sizeof(floating))
-    for k in range(rows):
-        for j in range(g):
-            db[j] += dz[k * g + j]
-        if gru:
-            for j in range(g):
-                db[g + j] += drec[k * g + j]
+    _col_sums(dz, rows, g, db)
+    if gru:
+        _col_sums(drec, rows, g, db + g)
+
+
+cdef void _col_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
+                    floating* out) noexcept nogil:
+    """out = the column sums of a (rows, cols), four rows per pass over out (a pass per row
+    is bound by out's loads and stores)."""
+    cdef Py_ssize_t k = 0, j
+    cdef const floating* a0
+    memset(out, 0, cols * sizeof(floating))
+    while k + 4 <= rows:
+        a0 = a + k * cols
+        for j in range(cols):
+            out[j] += (a0[j] + a0[cols + j]) + (a0[2 * cols + j] + a0[3 * cols + j])
+        k += 4
+    while k < rows:
+        a0 = a + k * cols
+        for j in range(cols):
+            out[j] += a0[j]
+        k += 1
 
 
 # ---------------------------------------------------------------------------------------
