@@ -1461,24 +1461,48 @@ cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
 # matrix kernel, which reads the operands in place; larger ones pay for packing both, which
 # a recurrent step repeats for the same R every step.  Measured on (N, U) @ (U, G) steps:
 # 64x64 @ 64x256 as 2 halves of the batch 24.0 -> 21.1 us, 32x128 @ 128x512 as 4 quarters
-# 54 -> 42 us.
+# 54 -> 42 us.  The GEMMs over all timesteps (1792 rows of 28 features into 192 or 256
+# gates) gain less, and only in blocks of ~100 rows or more: the projection 212 -> 192 us,
+# dw 229 -> 198 us (GRU(64)); blocks of 15 or 32 rows (LSTM(128)) took as long or longer.
 cdef double SMALL_GEMM = 1e6
+cdef Py_ssize_t MIN_ROW_BLOCK = 96
 
 
-cdef void _step_gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                     Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
-                     Py_ssize_t ldc, floating beta) noexcept nogil:
-    """Column-major C (m, n) = A B + beta C (no transposes) as blocks of the n columns (the
-    batch rows of a step), halved until a block's product is small (SMALL_GEMM)."""
-    cdef Py_ssize_t parts = 1, cols, j0
-    while parts < n and <double>((n + parts - 1) // parts) * m * k > SMALL_GEMM:
+cdef Py_ssize_t _small_block(Py_ssize_t n, double mk, Py_ssize_t least) noexcept nogil:
+    """The size of the blocks of n (n halved until a block times mk is small, SMALL_GEMM);
+    n itself when that is less than ``least``."""
+    cdef Py_ssize_t parts = 1, block
+    while parts < n and <double>((n + parts - 1) // parts) * mk > SMALL_GEMM:
         parts *= 2
-    cols = (n + parts - 1) // parts
-    j0 = 0
+    block = (n + parts - 1) // parts
+    return block if block >= least else n
+
+
+cdef void _gemm_cols(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                     Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                     Py_ssize_t ldc, floating beta, Py_ssize_t least) noexcept nogil:
+    """Column-major C (m, n) = A B + beta C (no transposes) in blocks of the n columns (the
+    batch rows of a step, the rows of all steps) small enough for the small kernel
+    (_small_block with ``least``)."""
+    cdef Py_ssize_t cols = _small_block(n, <double>m * k, least), j0 = 0
     while j0 < n:
         _gemm_beta(c'N', c'N', m, min(cols, n - j0), k, a, lda, b + j0 * ldb, ldb,
                    c + j0 * ldc, ldc, beta)
         j0 += cols
+
+
+cdef void _gemm_nt_sum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                       Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                       Py_ssize_t ldc) noexcept nogil:
+    """Column-major C (m, n) = A B^T, the sum over k in blocks of at least MIN_ROW_BLOCK
+    (the rows of all steps) small enough for the small kernel, added up by beta 1."""
+    cdef Py_ssize_t block = _small_block(k, <double>m * n, MIN_ROW_BLOCK), k0 = 0
+    if k <= 0:
+        _gemm(c'N', c'T', m, n, k, a, lda, b, ldb, c, ldc)
+    while k0 < k:
+        _gemm_beta(c'N', c'T', m, n, min(block, k - k0), a + k0 * lda, lda, b + k0 * ldb,
+                   ldb, c, ldc, 0 if k0 == 0 else 1)
+        k0 += block
 
 
 cdef void _rnn_project(const Seq* q, const floating* x, const floating* w, const floating* b,
@@ -1490,7 +1514,7 @@ cdef void _rnn_project(const Seq* q, const floating* x, const floating* w, const
     for s in range(t):
         for i in range(n):
             memcpy(xt + (s * n + i) * f, x + (i * t + s) * f, f * sizeof(floating))
-    _gemm(c'N', c'N', g, t * n, f, w, g, xt, f, gates, g)
+    _gemm_cols(g, t * n, f, w, g, xt, f, gates, g, 0, MIN_ROW_BLOCK)
     for i in range(t * n):
         for j in range(g):
             gates[i * g + j] += b[j]
@@ -1511,9 +1535,9 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
         # SimpleRNN and LSTM: h_prev @ R added to the step's projection by the GEMM itself
         # (beta 1); the first step's h_prev is zero
         if s > 0 and q.kind == GRU:
-            _step_gemm(g, n, u, r, g, hs + s * n * u, u, tmp, g, 0)
+            _gemm_cols(g, n, u, r, g, hs + s * n * u, u, tmp, g, 0, 1)
         elif s > 0:
-            _step_gemm(g, n, u, r, g, hs + s * n * u, u, ws + q.o[1] + s * n * g, g, 1)
+            _gemm_cols(g, n, u, r, g, hs + s * n * u, u, ws + q.o[1] + s * n * g, g, 1, 1)
         elif q.kind == GRU:
             memset(tmp, 0, n * g * sizeof(floating))
         if q.kind == SIMPLE_RNN:
@@ -1643,9 +1667,9 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
         # dh = dz @ R^T with R^T stored row-major: OpenBLAS's untransposed GEMM is ~40%
         # faster here than the transposed one on R
         if s > 0 and q.kind == GRU:  # dh (its direct part) += drec @ R^T
-            _step_gemm(u, n, g, rt, u, drec + s * n * g, g, dh, u, 1)
+            _gemm_cols(u, n, g, rt, u, drec + s * n * g, g, dh, u, 1, 1)
         elif s > 0:
-            _step_gemm(u, n, g, rt, u, zs, g, dh, u, 0)
+            _gemm_cols(u, n, g, rt, u, zs, g, dh, u, 0, 1)
     _rnn_weight_grads(q, dw, dr, db, ws)
     if need_dx:
         _gemm(c'T', c'N', f, t * n, g, w, g, gates, g, ws + q.o[0], f)
@@ -1656,14 +1680,14 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
 
 cdef void _rnn_weight_grads(const Seq* q, floating* dw, floating* dr, floating* db,
                             floating* ws) noexcept nogil:
-    """dw = xt^T dz, dr = h_prev^T drec (one GEMM each; the first step, whose h_prev is
-    zero, left out of dr's), db the column sums."""
+    """dw = xt^T dz, dr = h_prev^T drec (sums over the rows of all steps, _gemm_nt_sum; the
+    first step, whose h_prev is zero, left out of dr's), db the column sums."""
     cdef Py_ssize_t n = q.n, rows = q.t * q.n, g = q.g
     cdef bint gru = q.kind == GRU
     cdef const floating* dz = ws + q.o[1]
     cdef const floating* drec = ws + q.o[4] if gru else dz
-    _gemm(c'N', c'T', g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
-    _gemm(c'N', c'T', g, q.u, rows - n, drec + n * g, g, ws + q.o[2] + n * q.u, q.u, dr, g)
+    _gemm_nt_sum(g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
+    _gemm_nt_sum(g, q.u, rows - n, drec + n * g, g, ws + q.o[2] + n * q.u, q.u, dr, g)
     _col_sums(dz, rows, g, db)
     if gru:
         _col_sums(drec, rows, g, db + g)
