@@ -1378,6 +1378,26 @@ cdef inline void _seg_act(floating* a, Py_ssize_t count, int code) noexcept nogi
             a[j] = a[j] if a[j] > 0 else 0
 
 
+cdef inline void _seg_add_act(floating* a, const floating* b, Py_ssize_t count,
+                              int code) noexcept nogil:
+    """a = act(a + b) in place, one pass (b: the gates' bias)."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if code == TANH:
+        for j in range(count):
+            a[j] = _tanh(a[j] + b[j])
+    elif code == SIGMOID:
+        for j in range(count):
+            a[j] = _gate_sigmoid(a[j] + b[j])
+    elif code == RELU:
+        for j in range(count):
+            v = a[j] + b[j]
+            a[j] = v if v > 0 else 0
+    else:
+        for j in range(count):
+            a[j] += b[j]
+
+
 cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
                            Py_ssize_t count, int code) noexcept nogil:
     """out = d * act'(z) from the output y = act(z); out may alias y or d."""
@@ -1399,17 +1419,18 @@ cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
             out[j] = d[j]
 
 
-cdef void _simple_step(const Seq* q, floating* z, floating* h) noexcept nogil:
-    """z (the step's pre-activations, h_prev @ R included) = act(z), copied to h."""
+cdef void _simple_step(const Seq* q, floating* z, floating* h,
+                       const floating* b) noexcept nogil:
+    """z (the step's x @ W + h_prev @ R) = act(z + b), copied to h."""
     cdef Py_ssize_t i, u = q.u
     for i in range(q.n):
-        _seg_act(z + i * u, u, q.act)
+        _seg_add_act(z + i * u, b, u, q.act)
         memcpy(h + i * u, z + i * u, u * sizeof(floating))
 
 
-cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev,
-                     floating* hs) noexcept nogil:
-    """Gates i, f, c, o of one step (zs: their pre-activations, h_prev @ R included; saved
+cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev, floating* hs,
+                     const floating* b) noexcept nogil:
+    """Gates i, f, c, o of one step (zs: x @ W + h_prev @ R, the bias b added here; saved
     after their activations), then c and h (the cell states of the step follow cprev by
     N*U, as its hidden states hs)."""
     cdef Py_ssize_t i, j, u = q.u
@@ -1420,9 +1441,9 @@ cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev,
     for i in range(q.n):
         z = zs + i * 4 * u
         cp, c, h = cprev + i * u, cprev + (q.n + i) * u, hs + i * u
-        _seg_act(z, 2 * u, q.rec_act)
-        _seg_act(z + 2 * u, u, q.act)
-        _seg_act(z + 3 * u, u, q.rec_act)
+        _seg_add_act(z, b, 2 * u, q.rec_act)
+        _seg_add_act(z + 2 * u, b + 2 * u, u, q.act)
+        _seg_add_act(z + 3 * u, b + 3 * u, u, q.rec_act)
         for j in range(u):
             c[j] = z[u + j] * cp[j] + z[j] * z[2 * u + j]
             h[j] = c[j]
@@ -1432,9 +1453,9 @@ cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev,
 
 
 cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
-                    const floating* tmp, const floating* b1) noexcept nogil:
-    """Gates z, r, h of one step (saved after their activations; recs keeps h @ R + b_rec),
-    then h (after hprev by N*U)."""
+                    const floating* tmp, const floating* b0, const floating* b1) noexcept nogil:
+    """Gates z, r, h of one step (zs: x @ W, the input bias b0 added here; saved after
+    their activations; recs keeps h @ R + b1), then h (after hprev by N*U)."""
     cdef Py_ssize_t i, j, u = q.u
     cdef floating one = 1
     cdef floating* z
@@ -1448,10 +1469,10 @@ cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
         for j in range(3 * u):
             hr[j] = tr[j] + b1[j]
         for j in range(2 * u):
-            z[j] += hr[j]
+            z[j] = (z[j] + b0[j]) + hr[j]
         _seg_act(z, 2 * u, q.rec_act)
         for j in range(u):
-            z[2 * u + j] += z[u + j] * hr[2 * u + j]
+            z[2 * u + j] = (z[2 * u + j] + b0[2 * u + j]) + z[u + j] * hr[2 * u + j]
         _seg_act(z + 2 * u, u, q.act)
         for j in range(u):
             h[j] = z[j] * hp[j] + (one - z[j]) * z[2 * u + j]
@@ -1505,19 +1526,17 @@ cdef void _gemm_nt_sum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating*
         k0 += block
 
 
-cdef void _rnn_project(const Seq* q, const floating* x, const floating* w, const floating* b,
+cdef void _rnn_project(const Seq* q, const floating* x, const floating* w,
                        floating* ws) noexcept nogil:
-    """xt = x time-major; gates = xt @ w + b[0] (every timestep in one GEMM)."""
-    cdef Py_ssize_t s, i, j, n = q.n, t = q.t, f = q.f, g = q.g
+    """xt = x time-major; gates = xt @ w (every timestep in one GEMM, or blocks of rows:
+    _gemm_cols); the steps add the bias in their gate pass."""
+    cdef Py_ssize_t s, i, n = q.n, t = q.t, f = q.f, g = q.g
     cdef floating* xt = ws + q.o[0]
     cdef floating* gates = ws + q.o[1]
     for s in range(t):
         for i in range(n):
             memcpy(xt + (s * n + i) * f, x + (i * t + s) * f, f * sizeof(floating))
     _gemm_cols(g, t * n, f, w, g, xt, f, gates, g, 0, MIN_ROW_BLOCK)
-    for i in range(t * n):
-        for j in range(g):
-            gates[i * g + j] += b[j]
 
 
 cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const floating* r,
@@ -1527,7 +1546,7 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
     cdef Py_ssize_t s, i, n = q.n, t = q.t, u = q.u, g = q.g
     cdef floating* hs = ws + q.o[2]
     cdef floating* tmp = ws + q.o[5]
-    _rnn_project(q, x, w, b, ws)
+    _rnn_project(q, x, w, ws)
     memset(hs, 0, n * u * sizeof(floating))
     if q.kind == LSTM:
         memset(ws + q.o[3], 0, n * u * sizeof(floating))
@@ -1541,13 +1560,13 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
         elif q.kind == GRU:
             memset(tmp, 0, n * g * sizeof(floating))
         if q.kind == SIMPLE_RNN:
-            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u)
+            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u, b)
         elif q.kind == LSTM:
             _lstm_step(q, ws + q.o[1] + s * n * g, ws + q.o[3] + s * n * u,
-                       hs + (s + 1) * n * u)
+                       hs + (s + 1) * n * u, b)
         else:
             _gru_step(q, ws + q.o[1] + s * n * g, ws + q.o[4] + s * n * g, hs + s * n * u, tmp,
-                      b + g)
+                      b, b + g)
     for i in range(n):
         if q.ret:
             for s in range(t):
