@@ -621,28 +621,42 @@ cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                        const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                        floating* c, Py_ssize_t ldc) noexcept nogil:
     """Column-major C (m, n) = op(A) op(B), beta = 0."""
+    _gemm_beta(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, 0)
+
+
+cdef inline void _gemm_beta(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                            const floating* a, Py_ssize_t lda, const floating* b,
+                            Py_ssize_t ldb, floating* c, Py_ssize_t ldc,
+                            floating beta) noexcept nogil:
+    """Column-major C (m, n) = op(A) op(B) + beta C (beta 0: C is only written)."""
     cdef int im = <int>m, jn = <int>n, ik = <int>k
     cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     cdef int64_t lm = m, ln = n, lk = k, llda = lda, lldb = ldb, lldc = ldc
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1
+    cdef Py_ssize_t j, i
     if m <= 0 or n <= 0:
         return
     if k <= 0:
-        memset(c, 0, m * n * sizeof(floating))
+        if beta == 0:
+            memset(c, 0, m * n * sizeof(floating))
+        elif beta != 1:
+            for j in range(n):
+                for i in range(m):
+                    c[j * ldc + i] *= beta
         return
     if floating is float:
         if _sgemm64 != NULL:
-            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &zero,
+            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &beta,
                      c, &lldc)
         else:
-            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &zero, c,
+            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &beta, c,
                   &ildc)
     else:
         if _dgemm64 != NULL:
             _dgemm64(&ta, &tb, &lm, &ln, &lk, &one, <double*>a, &llda, <double*>b, &lldb,
-                     &zero, c, &lldc)
+                     &beta, c, &lldc)
         else:
-            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &zero,
+            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &beta,
                   c, &ildc)
 
 
@@ -1364,6 +1378,26 @@ cdef inline void _seg_act(floating* a, Py_ssize_t count, int code) noexcept nogi
             a[j] = a[j] if a[j] > 0 else 0
 
 
+cdef inline void _seg_add_act(floating* a, const floating* b, Py_ssize_t count,
+                              int code) noexcept nogil:
+    """a = act(a + b) in place, one pass (b: the gates' bias)."""
+    cdef Py_ssize_t j
+    cdef floating v
+    if code == TANH:
+        for j in range(count):
+            a[j] = _tanh(a[j] + b[j])
+    elif code == SIGMOID:
+        for j in range(count):
+            a[j] = _gate_sigmoid(a[j] + b[j])
+    elif code == RELU:
+        for j in range(count):
+            v = a[j] + b[j]
+            a[j] = v if v > 0 else 0
+    else:
+        for j in range(count):
+            a[j] += b[j]
+
+
 cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
                            Py_ssize_t count, int code) noexcept nogil:
     """out = d * act'(z) from the output y = act(z); out may alias y or d."""
@@ -1385,33 +1419,31 @@ cdef inline void _dact_mul(floating* out, const floating* y, const floating* d,
             out[j] = d[j]
 
 
-cdef void _simple_step(const Seq* q, floating* z, floating* h, const floating* tmp) noexcept nogil:
-    cdef Py_ssize_t i, j, u = q.u
+cdef void _simple_step(const Seq* q, floating* z, floating* h,
+                       const floating* b) noexcept nogil:
+    """z (the step's x @ W + h_prev @ R) = act(z + b), copied to h."""
+    cdef Py_ssize_t i, u = q.u
     for i in range(q.n):
-        for j in range(u):
-            z[i * u + j] += tmp[i * u + j]
-        _seg_act(z + i * u, u, q.act)
+        _seg_add_act(z + i * u, b, u, q.act)
         memcpy(h + i * u, z + i * u, u * sizeof(floating))
 
 
 cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev, floating* hs,
-                     const floating* tmp) noexcept nogil:
-    """Gates i, f, c, o of one step (saved after their activations), then c and h (the
-    cell states of the step follow cprev by N*U, as its hidden states hs)."""
+                     const floating* b) noexcept nogil:
+    """Gates i, f, c, o of one step (zs: x @ W + h_prev @ R, the bias b added here; saved
+    after their activations), then c and h (the cell states of the step follow cprev by
+    N*U, as its hidden states hs)."""
     cdef Py_ssize_t i, j, u = q.u
     cdef floating* z
     cdef floating* c
     cdef floating* h
     cdef const floating* cp
-    cdef const floating* tr
     for i in range(q.n):
-        z, tr = zs + i * 4 * u, tmp + i * 4 * u
+        z = zs + i * 4 * u
         cp, c, h = cprev + i * u, cprev + (q.n + i) * u, hs + i * u
-        for j in range(4 * u):
-            z[j] += tr[j]
-        _seg_act(z, 2 * u, q.rec_act)
-        _seg_act(z + 2 * u, u, q.act)
-        _seg_act(z + 3 * u, u, q.rec_act)
+        _seg_add_act(z, b, 2 * u, q.rec_act)
+        _seg_add_act(z + 2 * u, b + 2 * u, u, q.act)
+        _seg_add_act(z + 3 * u, b + 3 * u, u, q.rec_act)
         for j in range(u):
             c[j] = z[u + j] * cp[j] + z[j] * z[2 * u + j]
             h[j] = c[j]
@@ -1421,9 +1453,9 @@ cdef void _lstm_step(const Seq* q, floating* zs, floating* cprev, floating* hs,
 
 
 cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
-                    const floating* tmp, const floating* b1) noexcept nogil:
-    """Gates z, r, h of one step (saved after their activations; recs keeps h @ R + b_rec),
-    then h (after hprev by N*U)."""
+                    const floating* tmp, const floating* b0, const floating* b1) noexcept nogil:
+    """Gates z, r, h of one step (zs: x @ W, the input bias b0 added here; saved after
+    their activations; recs keeps h @ R + b1), then h (after hprev by N*U)."""
     cdef Py_ssize_t i, j, u = q.u
     cdef floating one = 1
     cdef floating* z
@@ -1437,28 +1469,74 @@ cdef void _gru_step(const Seq* q, floating* zs, floating* recs, floating* hprev,
         for j in range(3 * u):
             hr[j] = tr[j] + b1[j]
         for j in range(2 * u):
-            z[j] += hr[j]
+            z[j] = (z[j] + b0[j]) + hr[j]
         _seg_act(z, 2 * u, q.rec_act)
         for j in range(u):
-            z[2 * u + j] += z[u + j] * hr[2 * u + j]
+            z[2 * u + j] = (z[2 * u + j] + b0[2 * u + j]) + z[u + j] * hr[2 * u + j]
         _seg_act(z + 2 * u, u, q.act)
         for j in range(u):
             h[j] = z[j] * hp[j] + (one - z[j]) * z[2 * u + j]
 
 
-cdef void _rnn_project(const Seq* q, const floating* x, const floating* w, const floating* b,
+# OpenBLAS (0.3.x, SkylakeX kernels) multiplies products of m * n * k <= 1e6 with its small
+# matrix kernel, which reads the operands in place; larger ones pay for packing both, which
+# a recurrent step repeats for the same R every step.  Measured on (N, U) @ (U, G) steps:
+# 64x64 @ 64x256 as 2 halves of the batch 24.0 -> 21.1 us, 32x128 @ 128x512 as 4 quarters
+# 54 -> 42 us.  The GEMMs over all timesteps (1792 rows of 28 features into 192 or 256
+# gates) gain less, and only in blocks of ~100 rows or more: the projection 212 -> 192 us,
+# dw 229 -> 198 us (GRU(64)); blocks of 15 or 32 rows (LSTM(128)) took as long or longer.
+cdef double SMALL_GEMM = 1e6
+cdef Py_ssize_t MIN_ROW_BLOCK = 96
+
+
+cdef Py_ssize_t _small_block(Py_ssize_t n, double mk, Py_ssize_t least) noexcept nogil:
+    """The size of the blocks of n (n halved until a block times mk is small, SMALL_GEMM);
+    n itself when that is less than ``least``."""
+    cdef Py_ssize_t parts = 1, block
+    while parts < n and <double>((n + parts - 1) // parts) * mk > SMALL_GEMM:
+        parts *= 2
+    block = (n + parts - 1) // parts
+    return block if block >= least else n
+
+
+cdef void _gemm_cols(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                     Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                     Py_ssize_t ldc, floating beta, Py_ssize_t least) noexcept nogil:
+    """Column-major C (m, n) = A B + beta C (no transposes) in blocks of the n columns (the
+    batch rows of a step, the rows of all steps) small enough for the small kernel
+    (_small_block with ``least``)."""
+    cdef Py_ssize_t cols = _small_block(n, <double>m * k, least), j0 = 0
+    while j0 < n:
+        _gemm_beta(c'N', c'N', m, min(cols, n - j0), k, a, lda, b + j0 * ldb, ldb,
+                   c + j0 * ldc, ldc, beta)
+        j0 += cols
+
+
+cdef void _gemm_nt_sum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                       Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                       Py_ssize_t ldc) noexcept nogil:
+    """Column-major C (m, n) = A B^T, the sum over k in blocks of at least MIN_ROW_BLOCK
+    (the rows of all steps) small enough for the small kernel, added up by beta 1."""
+    cdef Py_ssize_t block = _small_block(k, <double>m * n, MIN_ROW_BLOCK), k0 = 0
+    if k <= 0:
+        _gemm(c'N', c'T', m, n, k, a, lda, b, ldb, c, ldc)
+    while k0 < k:
+        _gemm_beta(c'N', c'T', m, n, min(block, k - k0), a + k0 * lda, lda, b + k0 * ldb,
+                   ldb, c, ldc, 0 if k0 == 0 else 1)
+        k0 += block
+
+
+cdef void _rnn_project(const Seq* q, const floating* x, const floating* w,
                        floating* ws) noexcept nogil:
-    """xt = x time-major; gates = xt @ w + b[0] (every timestep in one GEMM)."""
-    cdef Py_ssize_t s, i, j, n = q.n, t = q.t, f = q.f, g = q.g
+    """xt = x time-major; gates = xt @ w (every timestep in one GEMM, or blocks of rows:
+    _gemm_cols); the steps add the bias in their gate pass."""
+    cdef Py_ssize_t s, i, n = q.n, t = q.t, f = q.f, g = q.g
     cdef floating* xt = ws + q.o[0]
     cdef floating* gates = ws + q.o[1]
     for s in range(t):
         for i in range(n):
             memcpy(xt + (s * n + i) * f, x + (i * t + s) * f, f * sizeof(floating))
-    _gemm(c'N', c'N', g, t * n, f, w, g, xt, f, gates, g)
-    for i in range(t * n):
-        for j in range(g):
-            gates[i * g + j] += b[j]
+    _gemm_cols(g, t * n, f, w, g, xt, f, gates, g, 0, MIN_ROW_BLOCK)
 
 
 cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const floating* r,
@@ -1468,23 +1546,27 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
     cdef Py_ssize_t s, i, n = q.n, t = q.t, u = q.u, g = q.g
     cdef floating* hs = ws + q.o[2]
     cdef floating* tmp = ws + q.o[5]
-    _rnn_project(q, x, w, b, ws)
+    _rnn_project(q, x, w, ws)
     memset(hs, 0, n * u * sizeof(floating))
     if q.kind == LSTM:
         memset(ws + q.o[3], 0, n * u * sizeof(floating))
     for s in range(t):
-        if s > 0:
-            _gemm(c'N', c'N', g, n, u, r, g, hs + s * n * u, u, tmp, g)
-        else:
+        # SimpleRNN and LSTM: h_prev @ R added to the step's projection by the GEMM itself
+        # (beta 1); the first step's h_prev is zero
+        if s > 0 and q.kind == GRU:
+            _gemm_cols(g, n, u, r, g, hs + s * n * u, u, tmp, g, 0, 1)
+        elif s > 0:
+            _gemm_cols(g, n, u, r, g, hs + s * n * u, u, ws + q.o[1] + s * n * g, g, 1, 1)
+        elif q.kind == GRU:
             memset(tmp, 0, n * g * sizeof(floating))
         if q.kind == SIMPLE_RNN:
-            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u, tmp)
+            _simple_step(q, ws + q.o[1] + s * n * g, hs + (s + 1) * n * u, b)
         elif q.kind == LSTM:
             _lstm_step(q, ws + q.o[1] + s * n * g, ws + q.o[3] + s * n * u,
-                       hs + (s + 1) * n * u, tmp)
+                       hs + (s + 1) * n * u, b)
         else:
             _gru_step(q, ws + q.o[1] + s * n * g, ws + q.o[4] + s * n * g, hs + s * n * u, tmp,
-                      b + g)
+                      b, b + g)
     for i in range(n):
         if q.ret:
             for s in range(t):
@@ -1496,10 +1578,9 @@ cdef void _rnn_fwd(const Seq* q, const floating* x, const floating* w, const flo
 cdef void _lstm_step_back(const Seq* q, floating* zs, const floating* cprev, floating* dh,
                           floating* dc, floating* tmp) noexcept nogil:
     """Pre-activation gradients of one step in place of its gates; dc becomes dL/dc of the
-    step before.  Row scratch (tmp): [act(c), dL/dc, dc * g, dc * i]; dh's row is free
-    after use (the GEMM through R overwrites it)."""
+    step before.  Row scratch (tmp): [act(c) * dh, dL/dc, dc * g, dc * i]; dh's row is
+    free after use (the GEMM through R overwrites it)."""
     cdef Py_ssize_t i, j, u = q.u
-    cdef floating dct
     cdef floating* z
     cdef floating* sc
     cdef floating* d
@@ -1512,13 +1593,20 @@ cdef void _lstm_step_back(const Seq* q, floating* zs, const floating* cprev, flo
         memcpy(sc, c, u * sizeof(floating))
         _seg_act(sc, u, q.act)
         _dact_mul(sc + u, sc, d, u, q.act)
+        # one store per loop: GCC vectorises a loop whose stores may alias its loads only
+        # after a run-time overlap check, and gives up (scalar code) past a few of them
         for j in range(u):
-            dct = dcr[j] + sc[u + j] * z[3 * u + j]
+            sc[u + j] = dcr[j] + sc[u + j] * z[3 * u + j]  # dL/dc of this step
+        for j in range(u):
             sc[j] *= d[j]
-            sc[2 * u + j] = dct * z[2 * u + j]
-            sc[3 * u + j] = dct * z[j]
-            dcr[j] = dct * z[u + j]
-            d[j] = dct * cp[j]
+        for j in range(u):
+            sc[2 * u + j] = sc[u + j] * z[2 * u + j]
+        for j in range(u):
+            sc[3 * u + j] = sc[u + j] * z[j]
+        for j in range(u):
+            dcr[j] = sc[u + j] * z[u + j]
+        for j in range(u):
+            d[j] = sc[u + j] * cp[j]
         _dact_mul(z, z, sc + 2 * u, u, q.rec_act)
         _dact_mul(z + u, z + u, d, u, q.rec_act)
         _dact_mul(z + 2 * u, z + 2 * u, sc + 3 * u, u, q.act)
@@ -1542,11 +1630,14 @@ cdef void _gru_step_back(const Seq* q, floating* zs, floating* recs, const float
         hp, d = hprev + i * u, dh + i * u
         for j in range(u):
             sc[j] = d[j] * (one - z[j])
+        for j in range(u):
             sc[u + j] = d[j] * (hp[j] - z[2 * u + j])
         _dact_mul(z + 2 * u, z + 2 * u, sc, u, q.act)
-        for j in range(u):
+        for j in range(u):  # one store per loop, as in _lstm_step_back
             sc[2 * u + j] = z[2 * u + j] * hr[2 * u + j]
+        for j in range(u):
             hr[2 * u + j] = z[2 * u + j] * z[u + j]
+        for j in range(u):
             d[j] *= z[j]
         _dact_mul(z + u, z + u, sc + 2 * u, u, q.rec_act)
         _dact_mul(z, z, sc + u, u, q.rec_act)
@@ -1594,12 +1685,10 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
             _gru_step_back(q, zs, drec + s * n * g, hs + s * n * u, dh, tmp)
         # dh = dz @ R^T with R^T stored row-major: OpenBLAS's untransposed GEMM is ~40%
         # faster here than the transposed one on R
-        if s > 0 and q.kind == GRU:
-            _gemm(c'N', c'N', u, n, g, rt, u, drec + s * n * g, g, tmp, u)
-            for i in range(n * u):
-                dh[i] += tmp[i]
+        if s > 0 and q.kind == GRU:  # dh (its direct part) += drec @ R^T
+            _gemm_cols(u, n, g, rt, u, drec + s * n * g, g, dh, u, 1, 1)
         elif s > 0:
-            _gemm(c'N', c'N', u, n, g, rt, u, zs, g, dh, u)
+            _gemm_cols(u, n, g, rt, u, zs, g, dh, u, 0, 1)
     _rnn_weight_grads(q, dw, dr, db, ws)
     if need_dx:
         _gemm(c'T', c'N', f, t * n, g, w, g, gates, g, ws + q.o[0], f)
@@ -1610,20 +1699,36 @@ cdef void _rnn_bwd(const Seq* q, const floating* w, const floating* r, const flo
 
 cdef void _rnn_weight_grads(const Seq* q, floating* dw, floating* dr, floating* db,
                             floating* ws) noexcept nogil:
-    """dw = xt^T dz, dr = h_prev^T drec (one GEMM each), db the column sums."""
-    cdef Py_ssize_t k, j, rows = q.t * q.n, g = q.g
+    """dw = xt^T dz, dr = h_prev^T drec (sums over the rows of all steps, _gemm_nt_sum; the
+    first step, whose h_prev is zero, left out of dr's), db the column sums."""
+    cdef Py_ssize_t n = q.n, rows = q.t * q.n, g = q.g
     cdef bint gru = q.kind == GRU
     cdef const floating* dz = ws + q.o[1]
     cdef const floating* drec = ws + q.o[4] if gru else dz
-    _gemm(c'N', c'T', g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
-    _gemm(c'N', c'T', g, q.u, rows, drec, g, ws + q.o[2], q.u, dr, g)
-    memset(db, 0, (2 * g if gru else g) * sizeof(floating))
-    for k in range(rows):
-        for j in range(g):
-            db[j] += dz[k * g + j]
-        if gru:
-            for j in range(g):
-                db[g + j] += drec[k * g + j]
+    _gemm_nt_sum(g, q.f, rows, dz, g, ws + q.o[0], q.f, dw, g)
+    _gemm_nt_sum(g, q.u, rows - n, drec + n * g, g, ws + q.o[2] + n * q.u, q.u, dr, g)
+    _col_sums(dz, rows, g, db)
+    if gru:
+        _col_sums(drec, rows, g, db + g)
+
+
+cdef void _col_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
+                    floating* out) noexcept nogil:
+    """out = the column sums of a (rows, cols), four rows per pass over out (a pass per row
+    is bound by out's loads and stores)."""
+    cdef Py_ssize_t k = 0, j
+    cdef const floating* a0
+    memset(out, 0, cols * sizeof(floating))
+    while k + 4 <= rows:
+        a0 = a + k * cols
+        for j in range(cols):
+            out[j] += (a0[j] + a0[cols + j]) + (a0[2 * cols + j] + a0[3 * cols + j])
+        k += 4
+    while k < rows:
+        a0 = a + k * cols
+        for j in range(cols):
+            out[j] += a0[j]
+        k += 1
 
 
 # ---------------------------------------------------------------------------------------

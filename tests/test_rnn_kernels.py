@@ -12,6 +12,11 @@ from fastnn.kernels import reference as ref
 from tests.kernel_cases import assert_close
 
 RNN_KINDS = {"simple_rnn": C.SIMPLE_RNN, "lstm": C.LSTM, "gru": C.GRU}
+#: (N, T, F, U); (37, 3, 5, 100) takes the steps' GEMMs in blocks of the batch (N * G * U >
+#: 1e6 for LSTM and GRU: 2 blocks of 19 and 18 rows), (1, 2, 2, 520) not though large (N =
+#: 1); (7, 33, 30, 40) the LSTM's GEMMs over all steps in blocks of 116 and 99 rows
+RNN_SHAPES = [(1, 1, 1, 1), (3, 5, 4, 5), (4, 1, 3, 9), (5, 7, 6, 19), (37, 3, 5, 100),
+              (1, 2, 2, 520), (7, 33, 30, 40)]  # fmt: skip
 #: compiled backends that run the sequence kinds (those whose KINDS, if any, include them)
 SEQ_BACKENDS = [
     name
@@ -97,7 +102,7 @@ def test_embedding_reference_gathers_and_scatters():
 
 @pytest.mark.parametrize("backend_name", SEQ_BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 5, 4, 5), (4, 1, 3, 9)])
+@pytest.mark.parametrize("shape", RNN_SHAPES)
 @pytest.mark.parametrize("name", list(RNN_KINDS))
 def test_kernels_match_the_reference(name, shape, dtype, backend_name):
     mod = backend.load(backend_name)
