@@ -4,10 +4,19 @@ Every rank holds the same arrays and, after the start, the same weights and opti
 state.  Per step each rank gathers its contiguous shard of the global batch, runs the
 compiled forward, loss and backward on it with its gradients scaled by shard rows / global
 rows (the kernels' batch loss is sum sw * loss / N of the batch's N), and one in-place
-Allreduce of the flat gradient buffer sums them: the update every rank then applies is the
-single-process update of that global batch.  A small Allreduce of the step's statistics
-(loss, metric sums, an error flag) goes first, so a rank that fails makes every rank raise
-at the same step instead of leaving the others in the gradient Allreduce.
+reduce-scatter of the flat gradient buffer gives each rank the sums of its segment of the
+parameters.  Each rank runs the optimizer over its segment only (its slice of the
+optimizer state is kept in a buffer of its own), then an allgather of the parameters
+gives every rank the whole updated vector: the single-process update of that global batch,
+each entry computed once, on one rank.  With gradient clipping (which needs whole
+gradients) the gradients are summed in full and every rank runs the whole update.  A small
+Allreduce of the step's statistics (loss, metric sums, an error flag) goes first, so a rank
+that fails makes every rank raise at the same step instead of leaving the others in the
+gradient sum.
+
+The engine's optimizer state is brought up to date (an allgather of the slices) wherever
+it may be read: at the end of each epoch, before an error is raised, and after every step
+when any rank has per-batch callbacks.
 """
 
 from __future__ import annotations
@@ -88,6 +97,11 @@ def _raise_first(dp, err, messages) -> None:
     raise RankError(f"rank {failed[0]} of the data-parallel fit raised {messages[failed[0]]}")
 
 
+#: Whether each rank updates only its segment of the parameters (then an allgather); False:
+#: every rank sums the whole gradient and runs the whole update (as with clipping).
+SHARD_UPDATE = True
+
+
 def broadcast_start(dp, model) -> None:
     """Rank 0's weights, optimizer state and step, shuffle and dropout seeds on every rank."""
     eng = model._engine
@@ -103,8 +117,9 @@ def broadcast_start(dp, model) -> None:
 
 class DataParallelEpochs:
     """Epochs over prepared arrays, each global batch split over the ranks of ``dp``: one
-    compiled forward/backward per shard, two sums over the ranks (the step's statistics,
-    then the gradients) and one optimizer update per step."""
+    compiled forward/backward per shard, the step's statistics summed over the ranks, the
+    gradients reduce-scattered, the optimizer update of this rank's segment and an
+    allgather of the parameters per step."""
 
     def __init__(self, dp, model, data, batch_size, shuffle, verbose, cbs):
         self.dp, self.model, (self.X, self.Y, self.SW) = dp, model, data
@@ -126,7 +141,17 @@ class DataParallelEpochs:
         self.part = np.zeros(model._new_stats().size + 1)
         eng = model._engine
         self.grads = eng.grads[: eng.n_train]
+        self.params = eng.params[: eng.n_train]
         broadcast_start(dp, model)
+        self.sharded = SHARD_UPDATE and not model.optimizer.clipping
+        #: this rank's segment of the parameters, and its slice of the optimizer state
+        self.lo, self.hi = dp.segment(eng.n_train) if self.sharded else (0, eng.n_train)
+        self.state = eng.state
+        if self.sharded:
+            self.state = np.ascontiguousarray(eng.state[:, self.lo : self.hi])
+        # the ranks agree: a callback that only rank 0 has still needs the other ranks
+        hooks = bool(self.batch_begin or self.batch_end)
+        self.sync_each_step = self.sharded and any(dp.gather_all(hooks))
 
     def run(self, epoch, epochs):
         """Trains one epoch; returns its global logs (raises _Stop, NonFiniteLossError or
@@ -147,6 +172,7 @@ class DataParallelEpochs:
         finally:
             if bar is not None:
                 bar.close()
+        self._gather_state()
         self._check_weights(epoch)
         return model._logs(stats)
 
@@ -162,12 +188,19 @@ class DataParallelEpochs:
             err, part[-1] = exc, 1.0
         dp.sum_(part)
         if part[-1]:
+            self._gather_state()
             _raise_first(dp, err, dp.gather_all(None if err is None else _describe(err)))
         loss = part[codes.STAT_LOSS] / len(rows)
         if not np.isfinite(loss):
+            self._gather_state()
             _fit_events._non_finite(model, self.cbs, epoch, b, float(loss), "loss")
-        dp.sum_(self.grads)
-        self._update()
+        if self.sharded:
+            self._update(dp.reduce_scatter(self.grads))
+            dp.allgather_(self.params)
+        else:
+            self._update(self._clipped(dp.sum_(self.grads)))
+        if self.sync_each_step:
+            self._gather_state()
         stats += part[:-1]
         if self.batch_end:
             logs = model._logs(stats)
@@ -215,15 +248,39 @@ class DataParallelEpochs:
         out = self.ws.acts[off : off + n * width].reshape(n, width)
         return out, self.ws.gbuf[doff : doff + n * width].reshape(n, width)
 
-    def _update(self):
-        """The optimizer step over the summed gradients (the same on every rank)."""
-        model = self.model
-        eng, opt = model._engine, model.optimizer
+    def _clipped(self, grads):
+        """``grads`` (the whole summed gradient) clipped in place as the optimizer asks."""
+        opt = self.model.optimizer
+        if opt.clipping:
+            self.model._kernels.clip_gradients(grads, self.plan.layers, opt.code,
+                                               self._hyper())  # fmt: skip
+        return grads
+
+    def _hyper(self):
+        opt = self.model.optimizer
         hyper = opt._train_hyper()
         hyper[0] = opt._train_rates(1)[0]
-        model._kernels.optimizer_update(eng.params[: eng.n_train], self.grads, eng.state,
-                                        opt.code, hyper, opt.iterations + 1)  # fmt: skip
+        return hyper
+
+    def _update(self, grads):
+        """The optimizer step of this rank's segment [lo, hi) of the parameters over
+        ``grads``, the summed gradients of that segment."""
+        model, opt = self.model, self.model.optimizer
+        if self.hi > self.lo:
+            params = self.params[self.lo : self.hi]
+            model._kernels.optimizer_update(params, grads, self.state, opt.code, self._hyper(),
+                                            opt.iterations + 1)  # fmt: skip
         opt.iterations += 1
+
+    def _gather_state(self):
+        """The engine's optimizer state made whole: this rank's slice, then every rank's
+        (an allgather of each row; every rank must call it at the same point)."""
+        state = self.model._engine.state
+        if state is self.state:
+            return
+        state[:, self.lo : self.hi] = self.state
+        for row in state[: self.model.optimizer.slots]:
+            self.dp.allgather_(row)
 
     def _check_weights(self, epoch):
         eng = self.model._engine

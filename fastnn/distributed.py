@@ -101,13 +101,65 @@ class DataParallel:
         is on one machine, a reduction through shared memory (:class:`SharedSum`)."""
         if self.size == 1:
             return buf
-        if buf.nbytes >= SHARED_SUM_MIN_BYTES and self._shared_ok():
-            key = (buf.size, buf.dtype.str)
-            if key not in self._shared:
-                self._shared[key] = SharedSum(self.comm, self._MPI, buf.size, buf.dtype)
-            return self._shared[key].sum_(buf)
+        shared = self._shared_for(buf)
+        if shared is not None:
+            return shared.sum_(buf)
         self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
         return buf
+
+    def segment(self, size: int) -> tuple[int, int]:
+        """[start, stop) of this rank's segment of a buffer of ``size`` entries: the part
+        :meth:`reduce_scatter` sums and :meth:`allgather_` sends from this rank."""
+        return shard_bounds(size, self.size, self.rank)
+
+    def reduce_scatter(self, buf: np.ndarray) -> np.ndarray:
+        """The sums over the ranks of this rank's :meth:`segment` of the contiguous ``buf``
+        (each rank gets its own segment's sums only: half the traffic of :meth:`sum_` on
+        two ranks).  Returns them as a contiguous array: a view of ``buf`` (shared memory)
+        or a kept buffer (MPI's ``Reduce_scatter``), valid until the next call; the rest
+        of ``buf`` is left unspecified.  The segment's bits are those :meth:`sum_` gives."""
+        if self.size == 1:
+            return buf
+        shared = self._shared_for(buf)
+        if shared is not None:
+            return shared.reduce_scatter(buf)
+        counts = self._counts(buf.size)
+        key = ("scatter", buf.size, buf.dtype.str)
+        if key not in self._shared:
+            self._shared[key] = np.empty(counts[self.rank], buf.dtype)
+        out = self._shared[key]
+        self.comm.Reduce_scatter(buf, out, counts, op=self._MPI.SUM)
+        return out
+
+    def allgather_(self, buf: np.ndarray) -> np.ndarray:
+        """Every rank's :meth:`segment` of the contiguous ``buf`` on every rank, in place
+        (the inverse of :meth:`reduce_scatter`: each rank sends its own segment); returns
+        ``buf``."""
+        if self.size == 1:
+            return buf
+        shared = self._shared_for(buf)
+        if shared is not None:
+            return shared.allgather_(buf)
+        counts = self._counts(buf.size)
+        displs = [shard_bounds(buf.size, self.size, q)[0] for q in range(self.size)]
+        self.comm.Allgatherv(self._MPI.IN_PLACE, [buf, counts, displs, self._type(buf)])
+        return buf
+
+    def _counts(self, size: int) -> list[int]:
+        return [hi - lo for lo, hi in (shard_bounds(size, self.size, q) for q in range(self.size))]
+
+    def _type(self, buf: np.ndarray):
+        return self._MPI.FLOAT if buf.dtype == np.float32 else self._MPI.DOUBLE
+
+    def _shared_for(self, buf: np.ndarray):
+        """The :class:`SharedSum` that sums buffers like ``buf``, or None when ``buf`` goes
+        through MPI's collectives (small, or ranks on several machines)."""
+        if buf.nbytes < SHARED_SUM_MIN_BYTES or not self._shared_ok():
+            return None
+        key = (buf.size, buf.dtype.str)
+        if key not in self._shared:
+            self._shared[key] = SharedSum(self.comm, self._MPI, buf.size, buf.dtype)
+        return self._shared[key]
 
     def _shared_ok(self) -> bool:
         """Whether every rank runs on this machine and none has FASTNN_MPI_SHARED=0 (the
@@ -145,10 +197,15 @@ class SharedSum:
     """In-place sums of (size,) buffers over the ranks of one machine through an MPI
     shared-memory window: one slot per rank, each buffer cut into one segment per rank.
 
-    Each rank copies the segments of the others into its slot; after a barrier rank r adds
-    the other ranks' copies of segment r to its own, in rank order, and publishes the sum
-    in its slot; after a second barrier every rank copies the other segments' sums.  A third
-    barrier keeps the next call from overwriting a slot that is still being read."""
+    :meth:`reduce_scatter`: each rank copies the segments of the others into its slot;
+    after a barrier rank r adds the other ranks' copies of segment r to its own, in rank
+    order.  :meth:`allgather_`: each rank publishes its segment in its slot; after a
+    barrier every rank copies the other segments.  :meth:`sum_` is the two in turn.
+
+    One barrier per call is enough when the calls alternate (a reduce-scatter, then an
+    allgather, ...): a call writes regions of the slot that the other kind reads, and the
+    previous call of its own kind, whose readers might still be at work, is behind the
+    barrier of the call in between.  Two calls of one kind in a row put a barrier first."""
 
     def __init__(self, comm, MPI, size: int, dtype):
         self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
@@ -159,8 +216,16 @@ class SharedSum:
             mem, _ = self.window.Shared_query(q)
             self.slots.append(np.frombuffer(mem, dtype, size))
         self.segments = [shard_bounds(size, self.ranks, q) for q in range(self.ranks)]
+        self._last = "allgather"  # as if an allgather had run: a reduce-scatter may follow
 
-    def sum_(self, buf: np.ndarray) -> np.ndarray:
+    def _start(self, kind: str) -> None:
+        if self._last == kind:  # another rank may still read what this call overwrites
+            self.comm.Barrier()
+        self._last = kind
+
+    def reduce_scatter(self, buf: np.ndarray) -> np.ndarray:
+        """The sums of this rank's segment, in place in ``buf`` (a view of it)."""
+        self._start("reduce_scatter")
         mine, r = self.slots[self.rank], self.rank
         for q, (lo, hi) in enumerate(self.segments):
             if q != r:
@@ -171,13 +236,23 @@ class SharedSum:
         for q in range(self.ranks):
             if q != r:  # one rank sums each segment: every rank gets the same bits
                 np.add(own, self.slots[q][lo:hi], out=own)
-        mine[lo:hi] = own
+        return own
+
+    def allgather_(self, buf: np.ndarray) -> np.ndarray:
+        """Every rank's segment of ``buf``, in place."""
+        self._start("allgather")
+        r = self.rank
+        lo, hi = self.segments[r]
+        self.slots[r][lo:hi] = buf[lo:hi]
         self.comm.Barrier()
         for q, (lo, hi) in enumerate(self.segments):
             if q != r:
                 buf[lo:hi] = self.slots[q][lo:hi]
-        self.comm.Barrier()
         return buf
+
+    def sum_(self, buf: np.ndarray) -> np.ndarray:
+        self.reduce_scatter(buf)
+        return self.allgather_(buf)
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
