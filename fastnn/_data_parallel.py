@@ -14,6 +14,12 @@ Allreduce of the step's statistics (loss, metric sums, an error flag) goes first
 that fails makes every rank raise at the same step instead of leaving the others in the
 gradient sum.
 
+Between the ranks of one machine (and without per-batch callbacks) the step runs in MPI
+shared memory (:class:`fastnn.distributed.SharedTraining`): during an epoch the engine's
+parameters are one vector every rank reads and the gradients a vector per rank that the
+others read, so the reduce-scatter is a barrier and an addition, and the allgather a
+barrier.  The model's own parameter vector is brought up to date at the end of the epoch.
+
 The engine's optimizer state is brought up to date (an allgather of the slices) wherever
 it may be read: at the end of each epoch, before an error is raised, and after every step
 when any rank has per-batch callbacks.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _fit_events
+from ._checks import _all_finite
 from .distributed import RankError
 from .kernels import codes
 
@@ -150,8 +157,14 @@ class DataParallelEpochs:
         if self.sharded:
             self.state = np.ascontiguousarray(eng.state[:, self.lo : self.hi])
         # the ranks agree: a callback that only rank 0 has still needs the other ranks
-        hooks = bool(self.batch_begin or self.batch_end)
-        self.sync_each_step = self.sharded and any(dp.gather_all(hooks))
+        hooks = any(dp.gather_all(bool(self.batch_begin or self.batch_end)))
+        self.sync_each_step = self.sharded and hooks
+        #: the step in shared memory (None: the collectives of dp); per-batch callbacks may
+        #: read or set the weights: they see the model's own vector, updated every step
+        self.shared = None
+        if self.sharded and not hooks:
+            self.shared = dp.shared_training(eng.n_params, eng.n_train, eng.dtype)
+        self.own = eng.params, eng.grads
 
     def run(self, epoch, epochs):
         """Trains one epoch; returns its global logs (raises _Stop, NonFiniteLossError or
@@ -162,6 +175,7 @@ class DataParallelEpochs:
         stats = model._new_stats()
         bar = _fit_events._progress(self.verbose, self.steps, epoch, epochs)
         try:
+            self._enter_shared()
             for b in range(self.steps):
                 self._step(order[b * self.bs : (b + 1) * self.bs], b, stats, epoch)
                 if bar is not None:
@@ -170,6 +184,7 @@ class DataParallelEpochs:
                 if model.stop_training:
                     break
         finally:
+            self._leave_shared()
             if bar is not None:
                 bar.close()
         self._gather_state()
@@ -194,7 +209,10 @@ class DataParallelEpochs:
         if not np.isfinite(loss):
             self._gather_state()
             _fit_events._non_finite(model, self.cbs, epoch, b, float(loss), "loss")
-        if self.sharded:
+        if self.shared is not None:
+            self._update(self.shared.reduce_scatter())
+            self.shared.publish()
+        elif self.sharded:
             self._update(dp.reduce_scatter(self.grads))
             dp.allgather_(self.params)
         else:
@@ -206,6 +224,25 @@ class DataParallelEpochs:
             logs = model._logs(stats)
             for hook in self.batch_end:
                 hook(b, logs)
+
+    def _enter_shared(self):
+        """The engine trains on the shared parameters and this rank's shared gradients."""
+        if self.shared is None:
+            return
+        eng, shared = self.model._engine, self.shared
+        shared.load(eng.params)
+        eng.params, eng.grads = shared.params, shared.grads
+        self.params, self.grads = shared.params[: eng.n_train], shared.grads[: eng.n_train]
+
+    def _leave_shared(self):
+        """The model's own parameters (updated) and gradients back in the engine."""
+        if self.shared is None:
+            return
+        eng, (params, grads) = self.model._engine, self.own
+        if eng.params is self.shared.params:
+            np.copyto(params, self.shared.params)
+        eng.params, eng.grads = params, grads
+        self.params, self.grads = params[: eng.n_train], grads[: eng.n_train]
 
     def _shard_gradients(self, rows, part):
         """This rank's shard of the batch ``rows``: forward, loss, backward, its metric
@@ -284,7 +321,7 @@ class DataParallelEpochs:
 
     def _check_weights(self, epoch):
         eng = self.model._engine
-        if not all(np.isfinite(a).all() for a in (eng.params, eng.state, eng.nontrain)):
+        if not all(_all_finite(a) for a in (eng.params, eng.state, eng.nontrain)):
             _fit_events._non_finite(
                 self.model, self.cbs, epoch, self.steps - 1, float("nan"), "weights"
             )

@@ -145,6 +145,19 @@ class DataParallel:
         self.comm.Allgatherv(self._MPI.IN_PLACE, [buf, counts, displs, self._type(buf)])
         return buf
 
+    def shared_training(self, n_params: int, n_train: int, dtype):
+        """A :class:`SharedTraining` for parameters of ``n_params`` entries (the first
+        ``n_train`` trained) when every rank runs on this machine and shared memory is on
+        (as for :meth:`sum_` of a buffer of ``n_train`` entries), else None.  Every rank
+        must call it."""
+        nbytes = n_train * np.dtype(dtype).itemsize
+        if self.size == 1 or nbytes < SHARED_SUM_MIN_BYTES or not self._shared_ok():
+            return None
+        key = ("training", n_params, n_train, np.dtype(dtype).str)
+        if key not in self._shared:
+            self._shared[key] = SharedTraining(self.comm, self._MPI, n_params, n_train, dtype)
+        return self._shared[key]
+
     def _counts(self, size: int) -> list[int]:
         return [hi - lo for lo, hi in (shard_bounds(size, self.size, q) for q in range(self.size))]
 
@@ -253,6 +266,71 @@ class SharedSum:
     def sum_(self, buf: np.ndarray) -> np.ndarray:
         self.reduce_scatter(buf)
         return self.allgather_(buf)
+
+
+class SharedTraining:
+    """The parameters and gradients of a data-parallel step in MPI shared memory, for ranks
+    on one machine: one parameter vector that every rank reads (and each rank updates its
+    segment of), and one gradient vector per rank, which the backward writes directly.
+
+    A step is: the backward into :attr:`grads`; :meth:`reduce_scatter` (a barrier, then
+    this rank adds the other ranks' gradients of its segment to its own, in rank order: the
+    bits :meth:`SharedSum.sum_` gives); the update of this rank's segment of
+    :attr:`params`; :meth:`publish` (a barrier: every update is done before any rank's
+    next forward).  No copies: the gradients and parameters never leave shared memory.
+
+    Attributes
+    ----------
+    params : numpy.ndarray
+        (n_params,) the parameters, the same memory on every rank.
+    grads : numpy.ndarray
+        (n_params,) this rank's gradients.
+    lo, hi : int
+        This rank's segment of the first ``n_train`` entries.
+    """
+
+    def __init__(self, comm, MPI, n_params: int, n_train: int, dtype):
+        self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
+        dtype = np.dtype(dtype)
+        size = n_params * dtype.itemsize
+        # the parameters: rank 0's memory; the gradients: a slot of every rank's
+        self._windows = [MPI.Win.Allocate_shared(size if self.rank == 0 else 0, dtype.itemsize,
+                                                 comm=comm),
+                         MPI.Win.Allocate_shared(size, dtype.itemsize, comm=comm)]  # fmt: skip
+        self.params = self._view(0, 0, dtype, n_params)
+        self.slots = [self._view(1, q, dtype, n_params) for q in range(self.ranks)]
+        self.grads = self.slots[self.rank]
+        self.lo, self.hi = shard_bounds(n_train, self.ranks, self.rank)
+        self.loaded = shard_bounds(n_params, self.ranks, self.rank)
+
+    def _view(self, window, owner, dtype, size):
+        """(size,) of rank ``owner``'s memory in window number ``window``."""
+        mem, _ = self._windows[window].Shared_query(owner)
+        return np.frombuffer(mem, dtype, size)
+
+    def load(self, params: np.ndarray) -> None:
+        """Copies ``params`` (the same on every rank) into :attr:`params`, each rank its
+        segment, between barriers (no rank still reads the previous contents)."""
+        self.comm.Barrier()
+        lo, hi = self.loaded
+        self.params[lo:hi] = params[lo:hi]
+        self.comm.Barrier()
+
+    def reduce_scatter(self) -> np.ndarray:
+        """The sums over the ranks of this rank's segment of the gradients (a view of
+        :attr:`grads`), once every rank has its gradients."""
+        self.comm.Barrier()
+        lo, hi = self.lo, self.hi
+        own = self.grads[lo:hi]
+        for q in range(self.ranks):
+            if q != self.rank:
+                np.add(own, self.slots[q][lo:hi], out=own)
+        return own
+
+    def publish(self) -> None:
+        """Waits until every rank has updated its segment of :attr:`params` (and read the
+        others' gradients: the next backward may overwrite them)."""
+        self.comm.Barrier()
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
