@@ -39,7 +39,7 @@ def _model(name, backend):
 
 
 COLLECTIVES = {"sum_": ("stats", "sum"), "reduce_scatter": ("scatter",), "allgather_": ("gather",)}
-SHARED_STEP = {"reduce_scatter": "scatter", "publish": "gather"}
+SHARED_STEP = {"sum_stats": "stats", "reduce_scatter": "scatter", "publish": "gather"}
 
 
 def _timed_collectives(dp, spent):
@@ -63,9 +63,9 @@ def _timed_collectives(dp, spent):
     for name, key in SHARED_STEP.items():
         inner = getattr(SharedTraining, name)
 
-        def timed_step(self, _inner=inner, _key=key):
+        def timed_step(self, *a, _inner=inner, _key=key):
             t0 = time.perf_counter()
-            out = _inner(self)
+            out = _inner(self, *a)
             spent[_key].append(time.perf_counter() - t0)
             return out
 

@@ -17,8 +17,9 @@ gradient sum.
 Between the ranks of one machine (and without per-batch callbacks) the step runs in MPI
 shared memory (:class:`fastnn.distributed.SharedTraining`): during an epoch the engine's
 parameters are one vector every rank reads and the gradients a vector per rank that the
-others read, so the reduce-scatter is a barrier and an addition, and the allgather a
-barrier.  The model's own parameter vector is brought up to date at the end of the epoch.
+others read, so the reduce-scatter is an addition after the barrier at which the ranks
+sum their statistics, and the allgather a barrier.  The model's own parameter vector is
+brought up to date at the end of the epoch.
 
 The engine's optimizer state is brought up to date (an allgather of the slices) wherever
 it may be read: at the end of each epoch, before an error is raised, and after every step
@@ -163,7 +164,8 @@ class DataParallelEpochs:
         #: read or set the weights: they see the model's own vector, updated every step
         self.shared = None
         if self.sharded and not hooks:
-            self.shared = dp.shared_training(eng.n_params, eng.n_train, eng.dtype)
+            self.shared = dp.shared_training(eng.n_params, eng.n_train, eng.dtype,
+                                             self.part.size)  # fmt: skip
         self.own = eng.params, eng.grads
 
     def run(self, epoch, epochs):
@@ -201,7 +203,10 @@ class DataParallelEpochs:
             self._shard_gradients(rows, part)
         except Exception as exc:  # every rank raises it after the statistics' Allreduce
             err, part[-1] = exc, 1.0
-        dp.sum_(part)
+        if self.shared is not None:  # also waits until every rank has its gradients
+            self.shared.sum_stats(part)
+        else:
+            dp.sum_(part)
         if part[-1]:
             self._gather_state()
             _raise_first(dp, err, dp.gather_all(None if err is None else _describe(err)))

@@ -145,17 +145,18 @@ class DataParallel:
         self.comm.Allgatherv(self._MPI.IN_PLACE, [buf, counts, displs, self._type(buf)])
         return buf
 
-    def shared_training(self, n_params: int, n_train: int, dtype):
+    def shared_training(self, n_params: int, n_train: int, dtype, n_stats: int):
         """A :class:`SharedTraining` for parameters of ``n_params`` entries (the first
-        ``n_train`` trained) when every rank runs on this machine and shared memory is on
-        (as for :meth:`sum_` of a buffer of ``n_train`` entries), else None.  Every rank
-        must call it."""
+        ``n_train`` trained) and float64 statistics of ``n_stats`` entries when every rank
+        runs on this machine and shared memory is on (as for :meth:`sum_` of a buffer of
+        ``n_train`` entries), else None.  Every rank must call it."""
         nbytes = n_train * np.dtype(dtype).itemsize
         if self.size == 1 or nbytes < SHARED_SUM_MIN_BYTES or not self._shared_ok():
             return None
-        key = ("training", n_params, n_train, np.dtype(dtype).str)
+        key = ("training", n_params, n_train, np.dtype(dtype).str, n_stats)
         if key not in self._shared:
-            self._shared[key] = SharedTraining(self.comm, self._MPI, n_params, n_train, dtype)
+            self._shared[key] = SharedTraining(self.comm, self._MPI, n_params, n_train, dtype,
+                                               n_stats)  # fmt: skip
         return self._shared[key]
 
     def _counts(self, size: int) -> list[int]:
@@ -273,8 +274,9 @@ class SharedTraining:
     on one machine: one parameter vector that every rank reads (and each rank updates its
     segment of), and one gradient vector per rank, which the backward writes directly.
 
-    A step is: the backward into :attr:`grads`; :meth:`reduce_scatter` (a barrier, then
-    this rank adds the other ranks' gradients of its segment to its own, in rank order: the
+    A step is: the backward into :attr:`grads`; :meth:`sum_stats` (a barrier: every rank
+    has its gradients and its statistics, which are summed); :meth:`reduce_scatter` (this
+    rank adds the other ranks' gradients of its segment to its own, in rank order: the
     bits :meth:`SharedSum.sum_` gives); the update of this rank's segment of
     :attr:`params`; :meth:`publish` (a barrier: every update is done before any rank's
     next forward).  No copies: the gradients and parameters never leave shared memory.
@@ -289,17 +291,20 @@ class SharedTraining:
         This rank's segment of the first ``n_train`` entries.
     """
 
-    def __init__(self, comm, MPI, n_params: int, n_train: int, dtype):
+    def __init__(self, comm, MPI, n_params: int, n_train: int, dtype, n_stats: int):
         self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
         dtype = np.dtype(dtype)
-        size = n_params * dtype.itemsize
-        # the parameters: rank 0's memory; the gradients: a slot of every rank's
-        self._windows = [MPI.Win.Allocate_shared(size if self.rank == 0 else 0, dtype.itemsize,
-                                                 comm=comm),
-                         MPI.Win.Allocate_shared(size, dtype.itemsize, comm=comm)]  # fmt: skip
+        size, first = n_params * dtype.itemsize, self.rank == 0
+        # the parameters and every rank's statistics: rank 0's memory; the gradients: a
+        # slot of every rank's
+        self._windows = [MPI.Win.Allocate_shared(size if first else 0, dtype.itemsize, comm=comm),
+                         MPI.Win.Allocate_shared(size, dtype.itemsize, comm=comm),
+                         MPI.Win.Allocate_shared(8 * n_stats * self.ranks if first else 0, 8,
+                                                 comm=comm)]  # fmt: skip
         self.params = self._view(0, 0, dtype, n_params)
         self.slots = [self._view(1, q, dtype, n_params) for q in range(self.ranks)]
         self.grads = self.slots[self.rank]
+        self.stats = self._view(2, 0, np.float64, n_stats * self.ranks).reshape(self.ranks, -1)
         self.lo, self.hi = shard_bounds(n_train, self.ranks, self.rank)
         self.loaded = shard_bounds(n_params, self.ranks, self.rank)
 
@@ -316,10 +321,19 @@ class SharedTraining:
         self.params[lo:hi] = params[lo:hi]
         self.comm.Barrier()
 
+    def sum_stats(self, part: np.ndarray) -> np.ndarray:
+        """Sums the float64 ``part`` over the ranks in place (in rank order: the same bits
+        everywhere) once every rank has it, and its gradients; returns it."""
+        self.stats[self.rank] = part
+        self.comm.Barrier()
+        np.copyto(part, self.stats[0])
+        for q in range(1, self.ranks):
+            part += self.stats[q]
+        return part
+
     def reduce_scatter(self) -> np.ndarray:
         """The sums over the ranks of this rank's segment of the gradients (a view of
-        :attr:`grads`), once every rank has its gradients."""
-        self.comm.Barrier()
+        :attr:`grads`); after :meth:`sum_stats`."""
         lo, hi = self.lo, self.hi
         own = self.grads[lo:hi]
         for q in range(self.ranks):
