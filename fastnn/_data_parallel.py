@@ -31,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _fit_events
-from ._checks import _all_finite
-from .distributed import RankError
+from ._checks import NonFiniteLossError, _all_finite
+from .distributed import RankError, raised_on_every_rank
 from .kernels import codes
 
 
@@ -70,10 +70,10 @@ def agree(dp, prepare, settings):
     _raise_first(dp, err, [e for e, _ in everyone])
     if any(s != everyone[0][1] for _, s in everyone):
         listed = "; ".join(f"rank {r}: x {s[0]}, y {s[1]}" for r, (_, s) in enumerate(everyone))
-        raise ValueError(
+        raise raised_on_every_rank(ValueError(
             "data-parallel fit needs the same x and y (and validation data) on every rank, "
             f"got arrays of different shapes: {listed}"
-        )
+        ))  # fmt: skip
     _same_settings(dp, settings)
     return result
 
@@ -83,11 +83,11 @@ def _same_settings(dp, settings) -> None:
     for rank, theirs in enumerate(everyone):
         for key, value in theirs.items():
             if value != everyone[0][key]:
-                raise ValueError(
+                raise raised_on_every_rank(ValueError(
                     f"data-parallel fit needs the same {key} on every rank (or the ranks "
                     f"would wait for each other forever), got {everyone[0][key]!r} on rank 0 "
                     f"and {value!r} on rank {rank}"
-                )
+                ))  # fmt: skip
 
 
 def _describe(err) -> str:
@@ -101,8 +101,10 @@ def _raise_first(dp, err, messages) -> None:
     if not failed:
         return
     if err is not None:
-        raise err
-    raise RankError(f"rank {failed[0]} of the data-parallel fit raised {messages[failed[0]]}")
+        raise raised_on_every_rank(err)
+    raise raised_on_every_rank(
+        RankError(f"rank {failed[0]} of the data-parallel fit raised {messages[failed[0]]}")
+    )
 
 
 #: Whether each rank updates only its segment of the parameters (then an allgather); False:
@@ -121,6 +123,16 @@ def broadcast_start(dp, model) -> None:
     )
     model._shuffle_rng.bit_generator.state = rng_state
     model._dropout_seed, model.optimizer.iterations = seed, it
+
+
+def _non_finite(*args) -> None:
+    """_fit_events._non_finite, whose NonFiniteLossError every rank raises (the loss and
+    the weights are the same on every rank)."""
+    try:
+        _fit_events._non_finite(*args)
+    except NonFiniteLossError as exc:
+        raised_on_every_rank(exc)
+        raise
 
 
 class DataParallelEpochs:
@@ -213,7 +225,7 @@ class DataParallelEpochs:
         loss = part[codes.STAT_LOSS] / len(rows)
         if not np.isfinite(loss):
             self._gather_state()
-            _fit_events._non_finite(model, self.cbs, epoch, b, float(loss), "loss")
+            _non_finite(model, self.cbs, epoch, b, float(loss), "loss")
         if self.shared is not None:
             self._update(self.shared.reduce_scatter())
             self.shared.publish()
@@ -327,6 +339,4 @@ class DataParallelEpochs:
     def _check_weights(self, epoch):
         eng = self.model._engine
         if not all(_all_finite(a) for a in (eng.params, eng.state, eng.nontrain)):
-            _fit_events._non_finite(
-                self.model, self.cbs, epoch, self.steps - 1, float("nan"), "weights"
-            )
+            _non_finite(self.model, self.cbs, epoch, self.steps - 1, float("nan"), "weights")

@@ -355,9 +355,18 @@ def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
+def raised_on_every_rank(exc: BaseException) -> BaseException:
+    """Marks ``exc`` as raised by every rank at the same point of the fit (after a
+    collective that told every rank): uncaught, it ends each rank normally, with its
+    message, rather than aborting MPI, which could kill a rank before it printed its own."""
+    exc._fastnn_every_rank = True
+    return exc
+
+
 def _abort_on_uncaught(comm) -> None:
     """An exception nobody catches on one rank aborts every rank (instead of the others
-    waiting forever in their next collective)."""
+    waiting forever in their next collective), unless every rank raises it
+    (:func:`raised_on_every_rank`)."""
     previous = sys.excepthook
     if getattr(previous, "_fastnn_abort", False):
         return
@@ -365,7 +374,8 @@ def _abort_on_uncaught(comm) -> None:
     def hook(kind, value, tb):
         previous(kind, value, tb)
         sys.stderr.flush()
-        comm.Abort(1)
+        if not getattr(value, "_fastnn_every_rank", False):
+            comm.Abort(1)
 
     hook._fastnn_abort = True
     sys.excepthook = hook
