@@ -269,6 +269,11 @@ class SharedSum:
         return self.allgather_(buf)
 
 
+#: bytes a shared slot is rounded up to, so that every rank's slot starts on a page (as
+#: the engine's own buffers do: aligned loads and stores in the kernels)
+PAGE = 4096
+
+
 class SharedTraining:
     """The parameters and gradients of a data-parallel step in MPI shared memory, for ranks
     on one machine: one parameter vector that every rank reads (and each rank updates its
@@ -294,7 +299,8 @@ class SharedTraining:
     def __init__(self, comm, MPI, n_params: int, n_train: int, dtype, n_stats: int):
         self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
         dtype = np.dtype(dtype)
-        size, first = n_params * dtype.itemsize, self.rank == 0
+        first = self.rank == 0
+        size = -(-n_params * dtype.itemsize // PAGE) * PAGE  # each rank's slot page-aligned
         # the parameters and every rank's statistics: rank 0's memory; the gradients: a
         # slot of every rank's
         self._windows = [MPI.Win.Allocate_shared(size if first else 0, dtype.itemsize, comm=comm),
