@@ -3,7 +3,8 @@ tests/mpi_worker.py MODE OUT [BACKEND [L2 [SHARED [OPTIMIZER]]]]`` (or without m
 MODE single: the same fit in one process).  Each rank writes OUT.<rank> (JSON: per-epoch
 logs, final weights and optimizer state, the evaluation).  MODE replicated: every rank
 runs the whole optimizer update rather than its segment; MODE batchstate (or single with
-OPTIMIZER ending in "+batchstate"): rank 0 records the optimizer state after every batch."""
+OPTIMIZER ending in "+batchstate"): rank 0 records the optimizer state after every batch;
+OPTIMIZER ending in "+twice": the epochs in two fits (the second from the first's end)."""
 
 from __future__ import annotations
 
@@ -153,8 +154,12 @@ def main(mode, out, backend="cython", l2="0", shared="default", optimizer="adam"
         ]
         verbose = 2  # fmt: skip
     epochs = EPOCHS + 1 if mode == "epochs" and dp.rank == 1 else EPOCHS
+    first = 0
+    if extra == "twice":  # a second fit starts from the first's weights and state
+        m.fit(x, y, sample_weight=sw, epochs=epochs - 1, batch_size=BATCH, verbose=0)
+        first = epochs - 1
     hist = m.fit(x, y, sample_weight=sw, epochs=epochs, batch_size=BATCH, verbose=verbose,
-                 callbacks=callbacks)  # fmt: skip
+                 callbacks=callbacks, initial_epoch=first)  # fmt: skip
     if mode == "files":
         m.save(f"{out}.save.{dp.rank}.fnn")
     result = {

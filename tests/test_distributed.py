@@ -109,6 +109,7 @@ def _assert_same_state(single, rank0, rank1):
         ("adam", 3, "all"),  # unequal segments of the parameters (55, 54, 54)
         ("adam", 3, "default"),  # MPI's Reduce_scatter and Allgatherv
         ("nadam", 2, "all"),
+        ("adam+twice", 2, "all"),  # a second fit: the shared buffers are reused
         ("nesterov", 2, "default"),
         ("sgd", 2, "all"),
         ("rmsprop", 2, "all"),
