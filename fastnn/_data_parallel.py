@@ -166,9 +166,6 @@ class DataParallelEpochs:
         self.sharded = SHARD_UPDATE and not model.optimizer.clipping
         #: this rank's segment of the parameters, and its slice of the optimizer state
         self.lo, self.hi = dp.segment(eng.n_train) if self.sharded else (0, eng.n_train)
-        self.state = eng.state
-        if self.sharded:
-            self.state = np.ascontiguousarray(eng.state[:, self.lo : self.hi])
         # the ranks agree: a callback that only rank 0 has still needs the other ranks
         hooks = any(dp.gather_all(bool(self.batch_begin or self.batch_end)))
         self.sync_each_step = self.sharded and hooks
@@ -177,8 +174,9 @@ class DataParallelEpochs:
         self.shared = None
         if self.sharded and not hooks:
             self.shared = dp.shared_training(eng.n_params, eng.n_train, eng.dtype,
-                                             self.part.size)  # fmt: skip
+                                             self.part.size, eng.state.shape[0])  # fmt: skip
         self.own = eng.params, eng.grads
+        self.state = self._state_slice()
 
     def run(self, epoch, epochs):
         """Trains one epoch; returns its global logs (raises _Stop, NonFiniteLossError or
@@ -241,6 +239,17 @@ class DataParallelEpochs:
             logs = model._logs(stats)
             for hook in self.batch_end:
                 hook(b, logs)
+
+    def _state_slice(self):
+        """The optimizer state this rank updates: its slice [lo, hi) of the engine's (a
+        copy), or the engine's whole state when every rank runs the whole update."""
+        state = self.model._engine.state
+        if self.shared is not None:
+            np.copyto(self.shared.state, state[:, self.lo : self.hi])
+            return self.shared.state
+        if self.sharded:
+            return np.ascontiguousarray(state[:, self.lo : self.hi])
+        return state
 
     def _enter_shared(self):
         """The engine trains on the shared parameters and this rank's shared gradients."""
@@ -331,6 +340,9 @@ class DataParallelEpochs:
         (an allgather of each row; every rank must call it at the same point)."""
         state = self.model._engine.state
         if state is self.state:
+            return
+        if self.shared is not None:
+            self.shared.gather_state(state)
             return
         state[:, self.lo : self.hi] = self.state
         for row in state[: self.model.optimizer.slots]:

@@ -145,18 +145,20 @@ class DataParallel:
         self.comm.Allgatherv(self._MPI.IN_PLACE, [buf, counts, displs, self._type(buf)])
         return buf
 
-    def shared_training(self, n_params: int, n_train: int, dtype, n_stats: int):
+    def shared_training(self, n_params: int, n_train: int, dtype, n_stats: int,
+                        state_rows: int):  # fmt: skip
         """A :class:`SharedTraining` for parameters of ``n_params`` entries (the first
-        ``n_train`` trained) and float64 statistics of ``n_stats`` entries when every rank
-        runs on this machine and shared memory is on (as for :meth:`sum_` of a buffer of
-        ``n_train`` entries), else None.  Every rank must call it."""
+        ``n_train`` trained), float64 statistics of ``n_stats`` entries and an optimizer
+        state of ``state_rows`` rows when every rank runs on this machine and shared memory
+        is on (as for :meth:`sum_` of a buffer of ``n_train`` entries), else None.  Every
+        rank must call it."""
         nbytes = n_train * np.dtype(dtype).itemsize
         if self.size == 1 or nbytes < SHARED_SUM_MIN_BYTES or not self._shared_ok():
             return None
-        key = ("training", n_params, n_train, np.dtype(dtype).str, n_stats)
+        key = ("training", n_params, n_train, np.dtype(dtype).str, n_stats, state_rows)
         if key not in self._shared:
             self._shared[key] = SharedTraining(self.comm, self._MPI, n_params, n_train, dtype,
-                                               n_stats)  # fmt: skip
+                                               n_stats, state_rows)  # fmt: skip
         return self._shared[key]
 
     def _counts(self, size: int) -> list[int]:
@@ -285,6 +287,8 @@ class SharedTraining:
     bits :meth:`SharedSum.sum_` gives); the update of this rank's segment of
     :attr:`params`; :meth:`publish` (a barrier: every update is done before any rank's
     next forward).  No copies: the gradients and parameters never leave shared memory.
+    Each rank's slice of the optimizer state is a block of shared memory too, which
+    :meth:`gather_state` copies into a whole state without a barrier.
 
     Attributes
     ----------
@@ -292,26 +296,35 @@ class SharedTraining:
         (n_params,) the parameters, the same memory on every rank.
     grads : numpy.ndarray
         (n_params,) this rank's gradients.
+    state : numpy.ndarray
+        (state_rows, hi - lo) this rank's slice of the optimizer state.
     lo, hi : int
         This rank's segment of the first ``n_train`` entries.
     """
 
-    def __init__(self, comm, MPI, n_params: int, n_train: int, dtype, n_stats: int):
+    def __init__(self, comm, MPI, n_params: int, n_train: int, dtype, n_stats: int,
+                 state_rows: int):  # fmt: skip
         self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
         dtype = np.dtype(dtype)
         first = self.rank == 0
-        size = -(-n_params * dtype.itemsize // PAGE) * PAGE  # each rank's slot page-aligned
-        # the parameters and every rank's statistics: rank 0's memory; the gradients: a
-        # slot of every rank's
+        size = _pages(n_params * dtype.itemsize)  # each rank's slot page-aligned
+        self.segments = [shard_bounds(n_train, self.ranks, q) for q in range(self.ranks)]
+        self.lo, self.hi = self.segments[self.rank]
+        block = _pages(state_rows * (self.hi - self.lo) * dtype.itemsize)
+        # the parameters and every rank's statistics: rank 0's memory; the gradients and
+        # the state's slices: a slot of every rank's
         self._windows = [MPI.Win.Allocate_shared(size if first else 0, dtype.itemsize, comm=comm),
                          MPI.Win.Allocate_shared(size, dtype.itemsize, comm=comm),
                          MPI.Win.Allocate_shared(8 * n_stats * self.ranks if first else 0, 8,
-                                                 comm=comm)]  # fmt: skip
+                                                 comm=comm),
+                         MPI.Win.Allocate_shared(block, dtype.itemsize, comm=comm)]  # fmt: skip
         self.params = self._view(0, 0, dtype, n_params)
         self.slots = [self._view(1, q, dtype, n_params) for q in range(self.ranks)]
         self.grads = self.slots[self.rank]
         self.stats = self._view(2, 0, np.float64, n_stats * self.ranks).reshape(self.ranks, -1)
-        self.lo, self.hi = shard_bounds(n_train, self.ranks, self.rank)
+        self.states = [self._view(3, q, dtype, state_rows * (hi - lo)).reshape(state_rows, -1)
+                       for q, (lo, hi) in enumerate(self.segments)]  # fmt: skip
+        self.state = self.states[self.rank]
         self.loaded = shard_bounds(n_params, self.ranks, self.rank)
 
     def _view(self, window, owner, dtype, size):
@@ -347,10 +360,20 @@ class SharedTraining:
                 np.add(own, self.slots[q][lo:hi], out=own)
         return own
 
+    def gather_state(self, state: np.ndarray) -> None:
+        """Every rank's slice of the optimizer state into ``state`` (state_rows, n_train),
+        after a :meth:`publish` (no rank is updating its slice)."""
+        for (lo, hi), block in zip(self.segments, self.states):
+            state[:, lo:hi] = block
+
     def publish(self) -> None:
         """Waits until every rank has updated its segment of :attr:`params` (and read the
         others' gradients: the next backward may overwrite them)."""
         self.comm.Barrier()
+
+
+def _pages(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:
