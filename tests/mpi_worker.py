@@ -121,6 +121,8 @@ def main(mode, out, backend="cython", l2="0", shared="default", optimizer="adam"
     set_distribution(dp)
     if shared == "all":  # every buffer, the gradients too, through shared memory
         fastnn.distributed.SHARED_SUM_MIN_BYTES = 0
+    if shared in ("all", "sharded"):  # "sharded": MPI's reduce-scatter and allgather
+        data_parallel.SHARD_UPDATE_MIN_BYTES = 0
     if mode == "sums":
         return check_sums(dp, out)
     if mode == "replicated":
