@@ -196,6 +196,7 @@ class DataParallelEpochs:
         bar = _fit_events._progress(self.verbose, self.steps, epoch, epochs)
         try:
             self._enter_shared()
+            self._load_state()
             for b in range(self.steps):
                 self._step(order[b * self.bs : (b + 1) * self.bs], b, stats, epoch)
                 if bar is not None:
@@ -249,15 +250,24 @@ class DataParallelEpochs:
                 hook(b, logs)
 
     def _state_slice(self):
-        """The optimizer state this rank updates: its slice [lo, hi) of the engine's (a
-        copy), or the engine's whole state when every rank runs the whole update."""
+        """The optimizer state this rank updates: a buffer for its slice [lo, hi) of the
+        engine's (filled by :meth:`_load_state`), or the engine's whole state when every
+        rank runs the whole update."""
         state = self.model._engine.state
         if self.shared is not None:
-            np.copyto(self.shared.state, state[:, self.lo : self.hi])
             return self.shared.state
         if self.sharded:
-            return np.ascontiguousarray(state[:, self.lo : self.hi])
+            return np.empty((state.shape[0], self.hi - self.lo), state.dtype)
         return state
+
+    def _load_state(self):
+        """This rank's slice of the engine's optimizer state into its buffer, at the start
+        of every epoch (a callback between epochs may have set the state; the engine's is
+        whole after every epoch).  In shared memory after :meth:`_enter_shared`, whose
+        barriers keep it from overwriting a slice another rank is still gathering."""
+        state = self.model._engine.state
+        if state is not self.state:
+            np.copyto(self.state, state[:, self.lo : self.hi])
 
     def _enter_shared(self):
         """The engine trains on the shared parameters and this rank's shared gradients."""
