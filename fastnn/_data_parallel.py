@@ -220,7 +220,7 @@ class DataParallelEpochs:
             for hook in self.batch_begin:
                 hook(b, {})
             self._shard_gradients(rows, part)
-        except Exception as exc:  # every rank raises it after the statistics' Allreduce
+        except Exception as exc:  # every rank raises it after the statistics' sum
             err, part[-1] = exc, 1.0
         if self.shared is not None:  # also waits until every rank has its gradients
             self.shared.sum_stats(part)
@@ -338,6 +338,7 @@ class DataParallelEpochs:
         return grads
 
     def _hyper(self):
+        """The optimizer's hyper-parameters with the rate of the coming step."""
         opt = self.model.optimizer
         hyper = opt._train_hyper()
         hyper[0] = opt._train_rates(1)[0]
