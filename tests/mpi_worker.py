@@ -4,7 +4,8 @@ MODE single: the same fit in one process).  Each rank writes OUT.<rank> (JSON: p
 logs, final weights and optimizer state, the evaluation).  MODE replicated: every rank
 runs the whole optimizer update rather than its segment; MODE batchstate (or single with
 OPTIMIZER ending in "+batchstate"): rank 0 records the optimizer state after every batch;
-OPTIMIZER ending in "+twice": the epochs in two fits (the second from the first's end)."""
+OPTIMIZER ending in "+twice": the epochs in two fits (the second from the first's end);
+"+zerostate": a callback zeroes the optimizer state at the end of every epoch."""
 
 from __future__ import annotations
 
@@ -56,6 +57,13 @@ def model(backend, l2=0.0, optimizer="adam"):
     )
     m.compile(OPTIMIZERS[optimizer](), "sparse_categorical_crossentropy", ["accuracy"])
     return m
+
+
+class ZeroStateAtEpochEnd(Callback):
+    """Sets the optimizer state to zeros between epochs (every rank does the same)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model._engine.state[...] = 0
 
 
 class StateAfterBatch(Callback):
@@ -133,6 +141,8 @@ def main(mode, out, backend="cython", l2="0", shared="default", optimizer="adam"
     if (mode == "batchstate" and dp.rank == 0) or extra == "batchstate":
         recorder = StateAfterBatch()  # on rank 0 only: the other ranks must follow anyway
         callbacks = [recorder]
+    if extra == "zerostate":
+        callbacks = [ZeroStateAtEpochEnd()]
     if mode == "shapes" and dp.rank == 1:
         x, y, sw = x[:-1], y[:-1], sw[:-1]
     if mode == "badx" and dp.rank == 1:

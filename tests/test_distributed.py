@@ -111,6 +111,8 @@ def _assert_same_state(single, rank0, rank1):
         ("adam", 2, "default"),  # a small network: one Allreduce, the whole update
         ("nadam", 2, "all"),
         ("adam+twice", 2, "all"),  # a second fit: the shared buffers are reused
+        ("adam+zerostate", 2, "all"),  # the state set between epochs is the one updated
+        ("adam+zerostate", 2, "sharded"),
         ("nesterov", 2, "sharded"),
         ("sgd", 2, "all"),
         ("rmsprop", 2, "all"),
