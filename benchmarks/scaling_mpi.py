@@ -6,7 +6,10 @@ Every rank holds BLAS at one thread (threadpoolctl).  Without mpiexec (one proce
 times the ordinary fit (one compiled call per epoch) and, with ``--loop``, the data-parallel
 per-batch loop on one rank (its Python and per-call overhead, no communication).  Rank 0
 prints one JSON line: the network, ranks, epoch seconds (median and all repeats), the
-Allreduce seconds per step (median over the steps of the timed epochs), BLAS and the load.
+wall milliseconds per step of each collective (median over the steps of the timed epochs:
+the statistics' Allreduce, the gradients' reduce-scatter and the parameters' allgather,
+each with the waiting for the other ranks), the CPU milliseconds of the shard's forward and
+backward and of the optimizer update, BLAS and the load.
 """
 
 from __future__ import annotations
@@ -35,18 +38,38 @@ def _model(name, backend):
     return model
 
 
-def _timed_allreduce(dp, spent):
-    """Wraps dp.sum_ so that the gradient Allreduce's seconds are recorded."""
-    inner = dp.sum_
+COLLECTIVES = {"sum_": ("stats", "sum"), "reduce_scatter": ("scatter",), "allgather_": ("gather",)}
+SHARED_STEP = {"sum_stats": "stats", "reduce_scatter": "scatter", "publish": "gather"}
 
-    def timed(buf):
-        t0 = time.perf_counter()
-        out = inner(buf)
-        if buf.size > 64:  # the gradients, not the statistics
-            spent.append(time.perf_counter() - t0)
-        return out
 
-    dp.sum_ = timed
+def _timed_collectives(dp, spent):
+    """Wraps dp's collectives so that their wall seconds are recorded in ``spent`` (sum_:
+    the statistics' under "stats", a gradient's under "sum"; the optimizer state's
+    allgather at the end of an epoch is left out)."""
+    for name, keys in COLLECTIVES.items():
+        inner = getattr(dp, name)
+
+        def timed(buf, _inner=inner, _keys=keys):
+            t0 = time.perf_counter()
+            out = _inner(buf)
+            key = _keys[0] if buf.size <= 64 or len(_keys) == 1 else _keys[1]
+            if not (key == "gather" and buf.base is not None and buf.base.ndim == 2):
+                spent[key].append(time.perf_counter() - t0)
+            return out
+
+        setattr(dp, name, timed)
+    from fastnn.distributed import SharedTraining
+
+    for name, key in SHARED_STEP.items():
+        inner = getattr(SharedTraining, name)
+
+        def timed_step(self, *a, _inner=inner, _key=key):
+            t0 = time.perf_counter()
+            out = _inner(self, *a)
+            spent[_key].append(time.perf_counter() - t0)
+            return out
+
+        setattr(SharedTraining, name, timed_step)
 
 
 def _timed_compute(cpu):
@@ -55,6 +78,15 @@ def _timed_compute(cpu):
     costs without waiting for the other ranks."""
     from fastnn._data_parallel import DataParallelEpochs as E
 
+    inner_step = E._step
+
+    def timed_step(self, *a):
+        t0 = time.perf_counter()
+        out = inner_step(self, *a)
+        cpu["step_wall"].append(time.perf_counter() - t0)
+        return out
+
+    E._step = timed_step
     for name, key in (("_shard_gradients", "shard"), ("_update", "update")):
         inner = getattr(E, name)
 
@@ -74,11 +106,16 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--backend", default="cython")
     p.add_argument("--loop", action="store_true", help="one process: the per-batch loop")
+    p.add_argument("--replicated", action="store_true",
+                   help="ranks: every rank runs the whole update (no segments)")  # fmt: skip
+    p.add_argument("--copies", action="store_true",
+                   help="ranks: collectives that copy (no shared parameters)")  # fmt: skip
     p.add_argument("--batch", type=int, default=None, help="global batch (default the network's)")
     args = p.parse_args()
     batch = args.batch or B.NETWORKS[args.network][3]
     x, y = B.synthetic_data(args.steps * batch, B.NETWORKS[args.network][0])
-    dp, spent, cpu = None, [], {"shard": [], "update": []}
+    dp, spent, cpu = None, {k: [] for ks in COLLECTIVES.values() for k in ks}, {}
+    cpu = {"shard": [], "update": [], "step_wall": []}
     if "PMI_RANK" in os.environ or args.loop:
         from fastnn.distributed import DataParallel, set_distribution
 
@@ -86,38 +123,59 @@ def main():
         set_distribution(dp)
         if args.loop:  # the data-parallel loop even on one rank
             _fit._distribution = lambda: dp
-        _timed_allreduce(dp, spent)
+        _timed_collectives(dp, spent)
+        if args.copies:
+            dp.shared_training = lambda *a: None
+        if args.replicated:
+            from fastnn import _data_parallel
+
+            _data_parallel.SHARD_UPDATE = False
         _timed_compute(cpu)
     model = _model(args.network, args.backend)
     with threadpool_limits(1, user_api="blas"):
         model.fit(x, y, epochs=1, batch_size=batch, verbose=0)  # warm-up
-        spent.clear()
-        cpu["shard"].clear()
-        cpu["update"].clear()
-        times, cpu_fit = [], []
+        for kept in (*spent.values(), *cpu.values()):
+            kept.clear()
+        times, cpu_fit, outside = [], [], []
         for _ in range(args.repeats):
             t0, c0 = time.perf_counter(), time.process_time()
+            steps_before = len(cpu["step_wall"])
             model.fit(x, y, epochs=1, batch_size=batch, verbose=0, shuffle=True)
             times.append(time.perf_counter() - t0)
             cpu_fit.append(time.process_time() - c0)
+            outside.append(times[-1] - sum(cpu["step_wall"][steps_before:]))
         blas = sorted({(i.get("internal_api"), i.get("architecture"), i.get("num_threads"))
                        for i in threadpool_info() if i.get("user_api") == "blas"})  # fmt: skip
     if dp is None or dp.is_primary:
         print(json.dumps({
             "network": B.network_label(args.network), "batch": batch,
             "ranks": 1 if dp is None else dp.size,
-            "mode": "dp" if dp is not None else "fit", "steps": args.steps,
+            "mode": _mode(dp, args), "steps": args.steps,
             "epoch_s": float(np.median(times)),
             "step_ms": 1e3 * float(np.median(times)) / args.steps,
             "epochs_s": [round(t, 4) for t in times],
-            "allreduce_ms": 1e3 * float(np.median(spent)) if spent else 0.0,
+            **{f"{k}_ms": _median_ms(v) for k, v in spent.items()},
             # CPU ms per step of the whole fit (with the collectives' busy waiting), and of
             # a rank's shard forward + backward and optimizer step alone
             "cpu_step_ms": 1e3 * float(np.median(cpu_fit)) / args.steps,
-            "cpu_shard_ms": 1e3 * float(np.median(cpu["shard"])) if cpu["shard"] else None,
-            "cpu_update_ms": 1e3 * float(np.median(cpu["update"])) if cpu["update"] else None,
+            "cpu_shard_ms": _median_ms(cpu["shard"]),
+            "cpu_update_ms": _median_ms(cpu["update"]),
+            # wall ms of a whole data-parallel step, and per fit of one epoch what runs
+            # outside the steps (preparing, the state's gather, checks)
+            "step_wall_ms": _median_ms(cpu["step_wall"]),
+            "outside_steps_ms": _median_ms(outside) if cpu["step_wall"] else None,
             "params": model.count_params(), "blas": blas, "load": os.getloadavg()[0],
         }))  # fmt: skip
+
+
+def _mode(dp, args):
+    if dp is None:
+        return "fit"
+    return "dp" + " replicated" * args.replicated + " copies" * args.copies
+
+
+def _median_ms(seconds):
+    return round(1e3 * float(np.median(seconds)), 3) if seconds else None
 
 
 if __name__ == "__main__":

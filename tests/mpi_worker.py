@@ -1,7 +1,11 @@
 """Data-parallel fits for tests/test_distributed.py, run as ``mpiexec -n 2 python
-tests/mpi_worker.py MODE OUT [BACKEND [L2 [SHARED]]]`` (or without mpiexec, MODE single:
-the same fit in one process).  Each rank writes OUT.<rank> (JSON: per-epoch logs, final
-weights, the evaluation)."""
+tests/mpi_worker.py MODE OUT [BACKEND [L2 [SHARED [OPTIMIZER]]]]`` (or without mpiexec,
+MODE single: the same fit in one process).  Each rank writes OUT.<rank> (JSON: per-epoch
+logs, final weights and optimizer state, the evaluation).  MODE replicated: every rank
+runs the whole optimizer update rather than its segment; MODE batchstate (or single with
+OPTIMIZER ending in "+batchstate"): rank 0 records the optimizer state after every batch;
+OPTIMIZER ending in "+twice": the epochs in two fits (the second from the first's end);
+"+zerostate": a callback zeroes the optimizer state at the end of every epoch."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import sys
 import numpy as np
 
 import fastnn
+import fastnn._data_parallel as data_parallel
 from fastnn.callbacks import Callback
 from fastnn.distributed import DataParallel, set_distribution
 
@@ -25,7 +30,20 @@ def data():
     return x, y, sw
 
 
-def model(backend, l2=0.0):
+OPTIMIZERS = {
+    "adam": lambda: fastnn.optimizers.Adam(0.01),
+    "nadam": lambda: fastnn.optimizers.Nadam(0.01),
+    "nesterov": lambda: fastnn.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "sgd": lambda: fastnn.optimizers.SGD(0.05),
+    "rmsprop": lambda: fastnn.optimizers.RMSprop(0.01),
+    "adagrad": lambda: fastnn.optimizers.Adagrad(0.05),
+    "clipnorm": lambda: fastnn.optimizers.Adam(0.01, clipnorm=0.05),
+    "global_clipnorm": lambda: fastnn.optimizers.Adam(0.01, global_clipnorm=0.05),
+    "clipvalue": lambda: fastnn.optimizers.Adam(0.01, clipvalue=0.002),
+}
+
+
+def model(backend, l2=0.0, optimizer="adam"):
     reg = fastnn.regularizers.L2(l2) if l2 else None
     m = fastnn.Sequential(
         [
@@ -37,8 +55,26 @@ def model(backend, l2=0.0):
         seed=3,
         backend=backend,
     )
-    m.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy", ["accuracy"])
+    m.compile(OPTIMIZERS[optimizer](), "sparse_categorical_crossentropy", ["accuracy"])
     return m
+
+
+class ZeroStateAtEpochEnd(Callback):
+    """Sets the optimizer state to zeros between epochs (every rank does the same)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model._engine.state[...] = 0
+
+
+class StateAfterBatch(Callback):
+    """Records the sum of |optimizer state| after every batch (the state must be whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sums = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.sums.append(float(np.abs(self.model._engine.host_state()).sum(dtype=np.float64)))
 
 
 class RaiseAt(Callback):
@@ -87,15 +123,26 @@ def check_sums(dp, out):
         json.dump(found, f)
 
 
-def main(mode, out, backend="cython", l2="0", shared="default"):
+def main(mode, out, backend="cython", l2="0", shared="default", optimizer="adam"):
     x, y, sw = data()
     dp = None if mode == "single" else DataParallel()
     set_distribution(dp)
     if shared == "all":  # every buffer, the gradients too, through shared memory
         fastnn.distributed.SHARED_SUM_MIN_BYTES = 0
+    if shared in ("all", "sharded"):  # "sharded": MPI's reduce-scatter and allgather
+        data_parallel.SHARD_UPDATE_MIN_BYTES = 0
     if mode == "sums":
         return check_sums(dp, out)
-    m, callbacks = model(backend, float(l2)), []
+    if mode == "replicated":
+        data_parallel.SHARD_UPDATE = False
+    optimizer, _, extra = optimizer.partition("+")
+    m, callbacks = model(backend, float(l2), optimizer), []
+    recorder = None
+    if (mode == "batchstate" and dp.rank == 0) or extra == "batchstate":
+        recorder = StateAfterBatch()  # on rank 0 only: the other ranks must follow anyway
+        callbacks = [recorder]
+    if extra == "zerostate":
+        callbacks = [ZeroStateAtEpochEnd()]
     if mode == "shapes" and dp.rank == 1:
         x, y, sw = x[:-1], y[:-1], sw[:-1]
     if mode == "badx" and dp.rank == 1:
@@ -119,13 +166,19 @@ def main(mode, out, backend="cython", l2="0", shared="default"):
         ]
         verbose = 2  # fmt: skip
     epochs = EPOCHS + 1 if mode == "epochs" and dp.rank == 1 else EPOCHS
+    first = 0
+    if extra == "twice":  # a second fit starts from the first's weights and state
+        m.fit(x, y, sample_weight=sw, epochs=epochs - 1, batch_size=BATCH, verbose=0)
+        first = epochs - 1
     hist = m.fit(x, y, sample_weight=sw, epochs=epochs, batch_size=BATCH, verbose=verbose,
-                 callbacks=callbacks)  # fmt: skip
+                 callbacks=callbacks, initial_epoch=first)  # fmt: skip
     if mode == "files":
         m.save(f"{out}.save.{dp.rank}.fnn")
     result = {
         "history": hist.history,
         "weights": [w.tolist() for w in m.get_weights()],
+        "state": m._engine.host_state().tolist(),
+        "state_after_batch": None if recorder is None else recorder.sums,
         "evaluate": m.evaluate(x, y, return_dict=True),
         "predict_rows": int(m.predict(x).shape[0]),
         "ranks": 1 if dp is None else dp.size,

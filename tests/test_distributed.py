@@ -32,9 +32,9 @@ def _env():
     return env
 
 
-def _run(mode, out, backend, ranks=2, timeout=120, l2=0.0, shared="default"):
+def _run(mode, out, backend, ranks=2, timeout=120, l2=0.0, shared="default", optimizer="adam"):
     cmd = [sys.executable, str(HERE / "mpi_worker.py"), mode, str(out), backend, str(l2),
-           shared]  # fmt: skip
+           shared, optimizer]  # fmt: skip
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks), *cmd]
     start = time.perf_counter()
@@ -86,10 +86,78 @@ def test_two_ranks_train_as_one_process(tmp_path, backend, l2, shared):
         assert w == w0  # the ranks hold bit-identical weights
     assert rank0["evaluate"] == rank1["evaluate"]  # every rank the full evaluation
     assert rank1["predict_rows"] == 85
+    _assert_same_state(single, rank0, rank1)
     if shared == "all":  # runs with the same ranks are bit-identical
         proc, _ = _run("parity", tmp_path / "again", backend, l2=l2, shared=shared)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert _load(tmp_path / "again", 0) == rank0
+
+
+def _assert_same_state(single, rank0, rank1):
+    """The optimizer state at the end of the fit: whole on every rank (each rank updates
+    its slice of it), the same bits on both ranks, that of one process to 1e-5 of its
+    scale."""
+    s1, s0 = np.array(single["state"]), np.array(rank0["state"])
+    np.testing.assert_allclose(s0, s1, rtol=0, atol=1e-5 * max(np.abs(s1).max(), 1e-30))
+    assert rank1["state"] == rank0["state"]
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "optimizer, ranks, shared",
+    [
+        ("adam", 3, "all"),  # unequal segments of the parameters (55, 54, 54)
+        ("adam", 3, "sharded"),  # MPI's Reduce_scatter and Allgatherv
+        ("adam", 2, "default"),  # a small network: one Allreduce, the whole update
+        ("nadam", 2, "all"),
+        ("adam+twice", 2, "all"),  # a second fit: the shared buffers are reused
+        ("adam+zerostate", 2, "all"),  # the state set between epochs is the one updated
+        ("adam+zerostate", 2, "sharded"),
+        ("nesterov", 2, "sharded"),
+        ("sgd", 2, "all"),
+        ("rmsprop", 2, "all"),
+        ("adagrad", 2, "sharded"),
+        ("clipnorm", 2, "all"),  # clipping: whole gradients, the whole update on every rank
+        ("global_clipnorm", 2, "sharded"),
+        ("clipvalue", 2, "all"),
+    ],
+)
+def test_each_rank_updates_its_segment_as_one_process_would(tmp_path, optimizer, ranks, shared):
+    """Every optimizer, 2 and 3 ranks: each rank updates its segment of the parameters
+    (and its slice of the optimizer state) and the ranks gather the parameters; the logs,
+    weights and state are those of one process, and the same bits as when every rank runs
+    the whole update.  With gradient clipping every rank clips the whole summed gradient."""
+    one, two, rep = tmp_path / "one", tmp_path / "two", tmp_path / "rep"
+    proc, _ = _run("single", one, "cython", ranks=0, optimizer=optimizer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for mode, out in (("parity", two), ("replicated", rep)):
+        proc, _ = _run(mode, out, "cython", ranks=ranks, shared=shared, optimizer=optimizer)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    single, rank0, last = _load(one, 0), _load(two, 0), _load(two, ranks - 1)
+    assert rank0["ranks"] == ranks
+    for key, values in single["history"].items():
+        np.testing.assert_allclose(rank0["history"][key], values, rtol=1e-5, err_msg=key)
+    for w1, w0 in zip(single["weights"], rank0["weights"]):
+        np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-5 * np.abs(w1).max())
+    assert last["weights"] == rank0["weights"]
+    _assert_same_state(single, rank0, last)
+    replicated = _load(rep, 0)
+    assert (replicated["history"], replicated["weights"], replicated["state"]) == (
+        rank0["history"], rank0["weights"], rank0["state"])  # fmt: skip
+
+
+@needs_mpi
+def test_per_batch_callbacks_see_the_whole_optimizer_state(tmp_path):
+    """A per-batch callback on rank 0 alone (the other ranks still gather the state with it
+    after every step): it reads the optimizer state of one process after every batch."""
+    proc, _ = _run("single", tmp_path / "one", "cython", ranks=0, optimizer="adam+batchstate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = _run("batchstate", tmp_path / "two", "cython", shared="all")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = _load(tmp_path / "one", 0)["state_after_batch"]
+    got = _load(tmp_path / "two", 0)["state_after_batch"]
+    assert len(want) == 15 and len(got) == 15  # 5 batches, 3 epochs
+    np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 @needs_mpi
