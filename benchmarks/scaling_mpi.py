@@ -2,6 +2,8 @@
 
     mpiexec -n K python benchmarks/scaling_mpi.py --network c [--repeats 5] [--steps 24]
 
+``--network`` takes the MLPs (a, c, d, bn) and the CNNs (lenet, convnet: fastnn.bench.cnn).
+
 Every rank holds BLAS at one thread (threadpoolctl).  Without mpiexec (one process) it
 times the ordinary fit (one compiled call per epoch) and, with ``--loop``, the data-parallel
 per-batch loop on one rank (its Python and per-call overhead, no communication).  Rank 0
@@ -28,6 +30,10 @@ from fastnn.bench import baselines as B
 
 
 def _model(name, backend):
+    if name in B.CNN:  # the convolutional benchmark networks (fastnn.bench.cnn)
+        from fastnn.bench.cnn import fastnn_cnn
+
+        return fastnn_cnn(name, backend, seed=0)
     n_in, hidden, n_out, _ = B.NETWORKS[name]
     layers = [fastnn.layers.Input((n_in,))]
     layers += [fastnn.layers.Dense(h, activation="relu") for h in hidden]
@@ -114,6 +120,10 @@ def main():
     args = p.parse_args()
     batch = args.batch or B.NETWORKS[args.network][3]
     x, y = B.synthetic_data(args.steps * batch, B.NETWORKS[args.network][0])
+    if args.network in B.CNN:
+        from fastnn.bench.cnn import IMAGE
+
+        x = x.reshape(len(x), *IMAGE)
     dp, spent, cpu = None, {k: [] for ks in COLLECTIVES.values() for k in ks}, {}
     cpu = {"shard": [], "update": [], "step_wall": []}
     if "PMI_RANK" in os.environ or args.loop:
