@@ -621,28 +621,36 @@ cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t 
                        const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
                        floating* c, Py_ssize_t ldc) noexcept nogil:
     """Column-major C (m, n) = op(A) op(B), beta = 0."""
+    _gemm_beta(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, False)
+
+
+cdef void _gemm_beta(char ta, char tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                     const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
+                     floating* c, Py_ssize_t ldc, bint accumulate) noexcept nogil:
+    """Column-major C (m, n) = op(A) op(B), or C += op(A) op(B) when ``accumulate``."""
     cdef int im = <int>m, jn = <int>n, ik = <int>k
     cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     cdef int64_t lm = m, ln = n, lk = k, llda = lda, lldb = ldb, lldc = ldc
-    cdef floating one = 1, zero = 0
+    cdef floating one = 1, beta = 1 if accumulate else 0
     if m <= 0 or n <= 0:
         return
     if k <= 0:
-        memset(c, 0, m * n * sizeof(floating))
+        if not accumulate:
+            memset(c, 0, m * n * sizeof(floating))
         return
     if floating is float:
         if _sgemm64 != NULL:
-            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &zero,
+            _sgemm64(&ta, &tb, &lm, &ln, &lk, &one, <float*>a, &llda, <float*>b, &lldb, &beta,
                      c, &lldc)
         else:
-            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &zero, c,
+            sgemm(&ta, &tb, &im, &jn, &ik, &one, <float*>a, &ilda, <float*>b, &ildb, &beta, c,
                   &ildc)
     else:
         if _dgemm64 != NULL:
             _dgemm64(&ta, &tb, &lm, &ln, &lk, &one, <double*>a, &llda, <double*>b, &lldb,
-                     &zero, c, &lldc)
+                     &beta, c, &lldc)
         else:
-            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &zero,
+            dgemm(&ta, &tb, &im, &jn, &ik, &one, <double*>a, &ilda, <double*>b, &ildb, &beta,
                   c, &ildc)
 
 
@@ -792,12 +800,18 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
     dx may alias dout.  dout is copied into dx first (when they differ) and every loop
     then reads and writes dx alone, loading before selecting: branch-free loops that GCC
     vectorises whether or not dx aliases dout."""
+    if db != NULL:
+        memset(db, 0, o * sizeof(floating))
+    _act_bwd_acc(y, dout, dx, db, n, o, act, alpha)
+
+
+cdef void _act_bwd_acc(const floating* y, const floating* dout, floating* dx, floating* db,
+                       Py_ssize_t n, Py_ssize_t o, int act, floating alpha) noexcept nogil:
+    """_act_bwd that adds the rows' sum to db (when not NULL) instead of overwriting it."""
     cdef Py_ssize_t i, j
     cdef const floating* yr
     cdef floating* xr
     cdef floating v, d, sf, one = 1, zero = 0
-    if db != NULL:
-        memset(db, 0, o * sizeof(floating))
     if dx != dout:
         memmove(dx, dout, n * o * sizeof(floating))
     if act == LINEAR or act == RELU or act == LEAKY_RELU:
@@ -878,13 +892,15 @@ cdef inline void _span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize
     end[0] = window if size - start > window else size - start
 
 
-cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept nogil:
-    # one image row of a window (kw*c values) is contiguous in x: copied as one run where
-    # the window lies inside the image, position by position at the edges
+cdef void _im2col(const floating* x, floating* cols, const Window* g, Py_ssize_t b0,
+                  Py_ssize_t b1) noexcept nogil:
+    # the columns of images b0 <= b < b1 (at their rows of the whole batch's cols); one
+    # image row of a window (kw*c values) is contiguous in x: copied as one run where the
+    # window lies inside the image, position by position at the edges
     cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
     cdef floating* dst
     cdef const floating* src
-    for b in range(g.n):
+    for b in range(b0, b1):
         for oy in range(g.ho):
             for ky in range(g.kh):
                 iy = oy * g.sh - g.pt + ky
@@ -908,13 +924,15 @@ cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept n
                                 dst[kx * g.c + j] = 0
 
 
-cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept nogil:
-    # the adjoint of _im2col: each window row's run added back where it lies in the image
+cdef void _col2im(const floating* cols, floating* dx, const Window* g, Py_ssize_t b0,
+                  Py_ssize_t b1) noexcept nogil:
+    # the adjoint of _im2col for images b0 <= b < b1: each window row's run added back
+    # where it lies in the image
     cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
     cdef const floating* src
     cdef floating* dst
-    memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
-    for b in range(g.n):
+    memset(dx + b0 * g.h * g.w * g.c, 0, (b1 - b0) * g.h * g.w * g.c * sizeof(floating))
+    for b in range(b0, b1):
         for oy in range(g.ho):
             for ky in range(g.kh):
                 iy = oy * g.sh - g.pt + ky
@@ -934,33 +952,68 @@ cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept 
                                 dst[kx * g.c + j] += src[kx * g.c + j]
 
 
+# The columns of the whole batch do not fit in L2 (convnet's second convolution: 17 MB), so
+# the GEMMs run over blocks of images whose columns do: each block is written and used
+# while it is in cache (forward: im2col then GEMM and epilogue; backward: dz, dw += cols^T
+# dz, dcols = dz w^T over the block's columns, col2im).  Measured on convnet's second
+# convolution (one thread, CPU time): forward 10.2 -> 9.0 ms, backward 19.5 -> 17.0 ms;
+# blocks of 128 KB to 1 MB measured alike.
+cdef enum:
+    CONV_BLOCK_BYTES = 262144
+
+
+cdef inline Py_ssize_t _conv_block(const Window* g, Py_ssize_t itemsize) noexcept nogil:
+    # images per block: columns of about CONV_BLOCK_BYTES, at least one image
+    cdef Py_ssize_t per_image = g.ho * g.wo * g.kh * g.kw * g.c * itemsize
+    return max(1, CONV_BLOCK_BYTES // max(1, per_image))
+
+
 cdef void _conv_fwd(const floating* x, const floating* w, const floating* b, floating* cols,
                     floating* out, const Window* g, int act, floating alpha) noexcept nogil:
     # out (N*HO*WO, F) = act(cols @ w + b): the Dense epilogue on the im2col columns
+    cdef Py_ssize_t b0, b1, rows = g.ho * g.wo, k = g.kh * g.kw * g.c
+    cdef Py_ssize_t block = _conv_block(g, sizeof(floating))
     if _direct_c1(g):
         _conv_c1_fwd(x, w, b, cols, out, g, act, alpha)
         return
-    _im2col(x, cols, g)
-    _dense_fwd(<const floating*>cols, w, b, out, g.n * g.ho * g.wo, g.kh * g.kw * g.c, g.co,
-               act, alpha)
+    b0 = 0
+    while b0 < g.n:
+        b1 = min(b0 + block, g.n)
+        _im2col(x, cols, g, b0, b1)
+        _dense_fwd(<const floating*>cols + b0 * rows * k, w, b, out + b0 * rows * g.co,
+                   (b1 - b0) * rows, k, g.co, act, alpha)
+        b0 = b1
 
 
 cdef void _conv_bwd(const floating* x, const floating* w, const floating* y,
                     const floating* dout, floating* cols, floating* dz, floating* dx,
                     floating* dw, floating* db, const Window* g,
                     int act, floating alpha, bint need_dx) noexcept nogil:
-    # dw from the saved columns, then dcols = dz @ w.T over them (dw is computed first)
+    # block by block: dz, then dw from the saved columns, then dcols = dz @ w.T over them
+    cdef Py_ssize_t b0, b1, r0, nr, rows = g.ho * g.wo, k = g.kh * g.kw * g.c, F = g.co
+    cdef Py_ssize_t block = _conv_block(g, sizeof(floating))
     if _direct_c1(g) and not need_dx and act != SOFTMAX:
         # an elementwise derivative over one long row (rows of F few values run slowly)
         _act_bwd(y, dout, dz, <floating*>NULL, 1, g.n * g.ho * g.wo * g.co, act, alpha)
         _conv_c1_dw(x, <const floating*>dz, cols, dw, db, g)
         return
-    if _direct_c1(g):  # the columns were not saved by the direct forward
-        _im2col(x, cols, g)
-    _dense_bwd(<const floating*>cols, w, y, dout, dz, cols, dw, db, g.n * g.ho * g.wo,
-               g.kh * g.kw * g.c, g.co, act, alpha, need_dx)
-    if need_dx:
-        _col2im(<const floating*>cols, dx, g)
+    if db != NULL:
+        memset(db, 0, F * sizeof(floating))
+    b0 = 0
+    while b0 < g.n:
+        b1 = min(b0 + block, g.n)
+        r0, nr = b0 * rows, (b1 - b0) * rows
+        if _direct_c1(g):  # the columns were not saved by the direct forward
+            _im2col(x, cols, g, b0, b1)
+        _act_bwd_acc(y + r0 * F, dout + r0 * F, dz + r0 * F, db, nr, F, act, alpha)
+        # dw^T (F, k) (+)= dz^T (F, nr) cols (nr, k)
+        _gemm_beta(c'N', c'T', F, k, nr, <const floating*>dz + r0 * F, F,
+                   <const floating*>cols + r0 * k, k, dw, F, b0 > 0)
+        if need_dx:
+            # dcols^T (k, nr) = w (k, F) dz^T (F, nr)
+            _gemm(c'T', c'N', k, nr, F, w, F, <const floating*>dz + r0 * F, F, cols + r0 * k, k)
+            _col2im(<const floating*>cols, dx, g, b0, b1)
+        b0 = b1
 
 
 # A convolution of one input channel is a skinny GEMM (K = KH*KW, F small) that BLAS runs
