@@ -806,12 +806,18 @@ cdef void _act_bwd(const floating* y, const floating* dout, floating* dx, floati
     dx may alias dout.  dout is copied into dx first (when they differ) and every loop
     then reads and writes dx alone, loading before selecting: branch-free loops that GCC
     vectorises whether or not dx aliases dout."""
+    if db != NULL:
+        memset(db, 0, o * sizeof(floating))
+    _act_bwd_acc(y, dout, dx, db, n, o, act, alpha)
+
+
+cdef void _act_bwd_acc(const floating* y, const floating* dout, floating* dx, floating* db,
+                       Py_ssize_t n, Py_ssize_t o, int act, floating alpha) noexcept nogil:
+    """_act_bwd that adds the rows' sum to db (when not NULL) instead of overwriting it."""
     cdef Py_ssize_t i, j
     cdef const floating* yr
     cdef floating* xr
     cdef floating v, d, sf, one = 1, zero = 0
-    if db != NULL:
-        memset(db, 0, o * sizeof(floating))
     if dx != dout:
         memmove(dx, dout, n * o * sizeof(floating))
     if act == LINEAR or act == RELU or act == LEAKY_RELU:
@@ -892,18 +898,20 @@ cdef inline void _span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize
     end[0] = window if size - start > window else size - start
 
 
-cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept nogil:
-    # one image row of a window (kw*c values) is contiguous in x: copied as one run where
-    # the window lies inside the image, position by position at the edges
+cdef void _im2col(const floating* x, floating* cols, const Window* g, Py_ssize_t b0,
+                  Py_ssize_t b1) noexcept nogil:
+    # the columns of images b0 <= b < b1 (image b0's first row at cols); one image row of a
+    # window (kw*c values) is contiguous in x: copied as one run where the window lies
+    # inside the image, position by position at the edges
     cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
     cdef floating* dst
     cdef const floating* src
-    for b in range(g.n):
+    for b in range(b0, b1):
         for oy in range(g.ho):
             for ky in range(g.kh):
                 iy = oy * g.sh - g.pt + ky
                 for ox in range(g.wo):
-                    dst = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    dst = cols + (((b - b0) * g.ho + oy) * g.wo + ox) * k + ky * run
                     ix = ox * g.sw - g.pl
                     if iy < 0 or iy >= g.h:
                         memset(dst, 0, run * sizeof(floating))
@@ -922,20 +930,22 @@ cdef void _im2col(const floating* x, floating* cols, const Window* g) noexcept n
                                 dst[kx * g.c + j] = 0
 
 
-cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept nogil:
-    # the adjoint of _im2col: each window row's run added back where it lies in the image
+cdef void _col2im(const floating* cols, floating* dx, const Window* g, Py_ssize_t b0,
+                  Py_ssize_t b1) noexcept nogil:
+    # the adjoint of _im2col for images b0 <= b < b1 (image b0's first row at cols): each
+    # window row's run added back where it lies in the image
     cdef Py_ssize_t b, oy, ox, ky, kx, iy, ix, j, k = g.kh * g.kw * g.c, run = g.kw * g.c
     cdef const floating* src
     cdef floating* dst
-    memset(dx, 0, g.n * g.h * g.w * g.c * sizeof(floating))
-    for b in range(g.n):
+    memset(dx + b0 * g.h * g.w * g.c, 0, (b1 - b0) * g.h * g.w * g.c * sizeof(floating))
+    for b in range(b0, b1):
         for oy in range(g.ho):
             for ky in range(g.kh):
                 iy = oy * g.sh - g.pt + ky
                 if iy < 0 or iy >= g.h:
                     continue
                 for ox in range(g.wo):
-                    src = cols + ((b * g.ho + oy) * g.wo + ox) * k + ky * run
+                    src = cols + (((b - b0) * g.ho + oy) * g.wo + ox) * k + ky * run
                     ix = ox * g.sw - g.pl
                     dst = dx + ((b * g.h + iy) * g.w + ix) * g.c
                     if ix >= 0 and ix + g.kw <= g.w:
@@ -948,33 +958,81 @@ cdef void _col2im(const floating* cols, floating* dx, const Window* g) noexcept 
                                 dst[kx * g.c + j] += src[kx * g.c + j]
 
 
+# The columns of the whole batch do not fit in L2 (convnet's second convolution: 17 MB), so
+# the GEMMs run over blocks of images whose columns do, in one block-sized buffer at the
+# start of cols that stays in cache: forward im2col then GEMM and epilogue; backward dz,
+# im2col again (cheaper than reading back saved columns), dw += cols^T dz, dcols = dz w^T,
+# col2im.  Measured on convnet's second convolution (one thread, CPU time): forward 10.2 ->
+# 9.0 ms and backward 19.5 -> 17.0 ms in blocks (128 KB to 1 MB alike), and convnet's
+# training step 30.5 -> 28.1 ms with one buffer instead of the whole batch's columns.
+# Whole steps (wall, one thread): lenet (4 images of 60 KB a block) 1.69 ms at 256 KB,
+# 1.90 at 6 images; convnet (139 KB an image) 28.7 ms at one image a block, 27.2 at 5,
+# 27.8 at 9, 40.5 with the whole batch; at two threads too the whole batch was slowest.
+cdef enum:
+    CONV_BLOCK_BYTES = 262144
+    CONV_BLOCK_ROWS = 384
+
+
+cdef inline Py_ssize_t _conv_block(const Window* g, Py_ssize_t itemsize) noexcept nogil:
+    # images per block: columns of about CONV_BLOCK_BYTES, and at least CONV_BLOCK_ROWS
+    # rows (GEMMs of fewer rows run slower) and one image
+    cdef Py_ssize_t rows = max(1, g.ho * g.wo)
+    cdef Py_ssize_t per_image = rows * g.kh * g.kw * g.c * itemsize
+    return max(max(1, CONV_BLOCK_BYTES // max(1, per_image)),
+               (CONV_BLOCK_ROWS + rows - 1) // rows)
+
+
 cdef void _conv_fwd(const floating* x, const floating* w, const floating* b, floating* cols,
                     floating* out, const Window* g, int act, floating alpha) noexcept nogil:
     # out (N*HO*WO, F) = act(cols @ w + b): the Dense epilogue on the im2col columns
+    cdef Py_ssize_t b0, b1, rows = g.ho * g.wo, k = g.kh * g.kw * g.c
+    cdef Py_ssize_t block = _conv_block(g, sizeof(floating))
     if _direct_c1(g):
         _conv_c1_fwd(x, w, b, cols, out, g, act, alpha)
         return
-    _im2col(x, cols, g)
-    _dense_fwd(<const floating*>cols, w, b, out, g.n * g.ho * g.wo, g.kh * g.kw * g.c, g.co,
-               act, alpha)
+    if _direct_c1v(g):
+        _conv_c1v_fwd(x, w, b, cols, out, g, act, alpha)
+        return
+    b0 = 0
+    while b0 < g.n:
+        b1 = min(b0 + block, g.n)
+        _im2col(x, cols, g, b0, b1)
+        _dense_fwd(<const floating*>cols, w, b, out + b0 * rows * g.co, (b1 - b0) * rows, k,
+                   g.co, act, alpha)
+        b0 = b1
 
 
 cdef void _conv_bwd(const floating* x, const floating* w, const floating* y,
                     const floating* dout, floating* cols, floating* dz, floating* dx,
                     floating* dw, floating* db, const Window* g,
                     int act, floating alpha, bint need_dx) noexcept nogil:
-    # dw from the saved columns, then dcols = dz @ w.T over them (dw is computed first)
+    # block by block: dz, the columns, dw, then dcols = dz @ w.T over the columns
+    cdef Py_ssize_t b0, b1, r0, nr, rows = g.ho * g.wo, k = g.kh * g.kw * g.c, F = g.co
+    cdef Py_ssize_t block = _conv_block(g, sizeof(floating))
     if _direct_c1(g) and not need_dx and act != SOFTMAX:
         # an elementwise derivative over one long row (rows of F few values run slowly)
         _act_bwd(y, dout, dz, <floating*>NULL, 1, g.n * g.ho * g.wo * g.co, act, alpha)
         _conv_c1_dw(x, <const floating*>dz, cols, dw, db, g)
         return
-    if _direct_c1(g):  # the columns were not saved by the direct forward
-        _im2col(x, cols, g)
-    _dense_bwd(<const floating*>cols, w, y, dout, dz, cols, dw, db, g.n * g.ho * g.wo,
-               g.kh * g.kw * g.c, g.co, act, alpha, need_dx)
-    if need_dx:
-        _col2im(<const floating*>cols, dx, g)
+    if _direct_c1v(g) and not need_dx:
+        _conv_c1v_bwd(x, y, dout, cols, dz, dw, db, g, act, alpha)
+        return
+    if db != NULL:
+        memset(db, 0, F * sizeof(floating))
+    b0 = 0
+    while b0 < g.n:
+        b1 = min(b0 + block, g.n)
+        r0, nr = b0 * rows, (b1 - b0) * rows
+        _im2col(x, cols, g, b0, b1)
+        _act_bwd_acc(y + r0 * F, dout + r0 * F, dz + r0 * F, db, nr, F, act, alpha)
+        # dw^T (F, k) (+)= dz^T (F, nr) cols (nr, k)
+        _gemm_beta(c'N', c'T', F, k, nr, <const floating*>dz + r0 * F, F,
+                   <const floating*>cols, k, dw, F, b0 > 0)
+        if need_dx:
+            # dcols^T (k, nr) = w (k, F) dz^T (F, nr)
+            _gemm(c'T', c'N', k, nr, F, w, F, <const floating*>dz + r0 * F, F, cols, k)
+            _col2im(<const floating*>cols, dx, g, b0, b1)
+        b0 = b1
 
 
 # A convolution of one input channel is a skinny GEMM (K = KH*KW, F small) that BLAS runs
@@ -985,6 +1043,211 @@ cdef void _conv_bwd(const floating* x, const floating* w, const floating* y,
 # j + ky*WP + kx: one long axpy (forward) or dot (dw) per (ky, kx, f), which vectorise
 # (the WP - WO columns between rows are computed and dropped).  The forward leaves the
 # columns unsaved: the backward reads x again (and builds them when it needs dx).
+
+# The planes of both loops are computed register-blocked (GCC vector extensions, 64-byte
+# vectors that each build splits into what its target has).  Forward: six (or three, or
+# one) filters by two vectors of outputs at a time, twelve accumulators; per window
+# position two loads of the image and six broadcast weights; bias and a piecewise-linear
+# activation applied before the store.  Weight gradient: two window positions by six
+# filters, twelve accumulators over the run; per vector of outputs six loads of dz and two
+# of the image.  The long axpys and dots they replace were bound by loads and stores
+# (forward) and by the latency of one accumulator chain (weight gradient).
+cdef extern from *:
+    """
+    #define FASTNN_C1_FWD(T, IT, SUFFIX, FG, PV)                                         \
+    static void fastnn_c1_planes_##SUFFIX##FG(                                          \
+            const T *xp, Py_ssize_t wp, const T *w, const T *bias, int act, T alpha,     \
+            T *t, Py_ssize_t plane, Py_ssize_t run, Py_ssize_t kh, Py_ssize_t kw,        \
+            Py_ssize_t F, Py_ssize_t f0) {                                               \
+        typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));               \
+        typedef IT IV __attribute__((vector_size(64)));                                  \
+        const Py_ssize_t L = 64 / sizeof(T);                                             \
+        const V zero = {0};                                                              \
+        Py_ssize_t j = 0;                                                                \
+        for (; j + PV * L <= run; j += PV * L) {                                         \
+            V a[FG][PV];                                                                 \
+            for (int g = 0; g < FG; g++)                                                 \
+                for (int p = 0; p < PV; p++)                                             \
+                    a[g][p] = zero;                                                      \
+            for (Py_ssize_t ky = 0; ky < kh; ky++)                                       \
+                for (Py_ssize_t kx = 0; kx < kw; kx++) {                                 \
+                    const T *q = xp + j + ky * wp + kx;                                  \
+                    const T *wk = w + (ky * kw + kx) * F + f0;                           \
+                    V v[PV];                                                             \
+                    for (int p = 0; p < PV; p++)                                         \
+                        v[p] = *(const V *)(q + p * L);                                  \
+                    for (int g = 0; g < FG; g++)                                         \
+                        for (int p = 0; p < PV; p++)                                     \
+                            a[g][p] += v[p] * wk[g];                                     \
+                }                                                                        \
+            for (int g = 0; g < FG; g++)                                                 \
+                for (int p = 0; p < PV; p++) {                                           \
+                    V u = a[g][p] + (bias != NULL ? bias[f0 + g] : (T)0);                \
+                    if (act == 1) {  /* relu as v < 0 ? 0 : v (a NaN stays) */          \
+                        u = (V)((IV)u & ~(IV)(u < zero));                                \
+                    } else if (act == 2) {                                               \
+                        IV m = (IV)(u > zero);                                           \
+                        u = (V)(((IV)u & m) | ((IV)(u * alpha) & ~m));                   \
+                    }                                                                    \
+                    *(V *)(t + (f0 + g) * plane + j + p * L) = u;                        \
+                }                                                                        \
+        }                                                                                \
+        /* then single vectors, the last one ending at run (it recomputes, and stores    \
+           again, outputs of the vector before it); scalars only when run < L */        \
+        for (Py_ssize_t jv = j; jv < run; jv += L) {                                     \
+            Py_ssize_t j1 = jv + L <= run ? jv : run - L;                                \
+            if (j1 < 0) {                                                                \
+                for (Py_ssize_t jj = jv; jj < run; jj++)                                 \
+                    for (int g = 0; g < FG; g++) {                                       \
+                        T s = 0;                                                         \
+                        for (Py_ssize_t ky = 0; ky < kh; ky++)                           \
+                            for (Py_ssize_t kx = 0; kx < kw; kx++)                       \
+                                s += xp[jj + ky * wp + kx] * w[(ky * kw + kx) * F + f0 + g]; \
+                        s = s + (bias != NULL ? bias[f0 + g] : (T)0);                    \
+                        if (act == 1)                                                    \
+                            s = s < (T)0 ? (T)0 : s;                                     \
+                        else if (act == 2)                                               \
+                            s = s > (T)0 ? s : s * alpha;                                \
+                        t[(f0 + g) * plane + jj] = s;                                    \
+                    }                                                                    \
+                break;                                                                   \
+            }                                                                            \
+            V a[FG];                                                                     \
+            for (int g = 0; g < FG; g++)                                                 \
+                a[g] = zero;                                                             \
+            for (Py_ssize_t ky = 0; ky < kh; ky++)                                       \
+                for (Py_ssize_t kx = 0; kx < kw; kx++) {                                 \
+                    V v = *(const V *)(xp + j1 + ky * wp + kx);                          \
+                    const T *wk = w + (ky * kw + kx) * F + f0;                           \
+                    for (int g = 0; g < FG; g++)                                         \
+                        a[g] += v * wk[g];                                               \
+                }                                                                        \
+            for (int g = 0; g < FG; g++) {                                               \
+                V u = a[g] + (bias != NULL ? bias[f0 + g] : (T)0);                       \
+                if (act == 1) {                                                          \
+                    u = (V)((IV)u & ~(IV)(u < zero));                                    \
+                } else if (act == 2) {                                                   \
+                    IV m = (IV)(u > zero);                                               \
+                    u = (V)(((IV)u & m) | ((IV)(u * alpha) & ~m));                       \
+                }                                                                        \
+                *(V *)(t + (f0 + g) * plane + j1) = u;                                   \
+            }                                                                            \
+        }                                                                                \
+    }
+
+    #define FASTNN_C1_DW(T, SUFFIX, FG, TG)                                              \
+    static void fastnn_c1_dw_planes_##SUFFIX##FG##_##TG(                                \
+            const T *xp, Py_ssize_t wp, const T *d, Py_ssize_t plane, Py_ssize_t run,    \
+            Py_ssize_t kw, Py_ssize_t F, Py_ssize_t f0, Py_ssize_t k0, T *dw) {          \
+        typedef T V __attribute__((vector_size(64), aligned(sizeof(T))));               \
+        const Py_ssize_t L = 64 / sizeof(T);                                             \
+        const Py_ssize_t full = run - run % L;                                           \
+        const T *q[TG];                                                                  \
+        V a[TG][FG];                                                                     \
+        for (int k = 0; k < TG; k++) {                                                   \
+            q[k] = xp + ((k0 + k) / kw) * wp + (k0 + k) % kw;                            \
+            for (int g = 0; g < FG; g++)                                                 \
+                a[k][g] = (V){0};                                                        \
+        }                                                                                \
+        for (Py_ssize_t j = 0; j < full; j += L) {                                       \
+            V dv[FG];                                                                    \
+            for (int g = 0; g < FG; g++)                                                 \
+                dv[g] = *(const V *)(d + (f0 + g) * plane + j);                          \
+            for (int k = 0; k < TG; k++) {                                               \
+                V v = *(const V *)(q[k] + j);                                            \
+                for (int g = 0; g < FG; g++)                                             \
+                    a[k][g] += v * dv[g];                                                \
+            }                                                                            \
+        }                                                                                \
+        if (full < run) {  /* the last run - full outputs, zeros in the other lanes */  \
+            V dv[FG];                                                                    \
+            for (int g = 0; g < FG; g++)                                                 \
+                for (Py_ssize_t l = 0; l < L; l++)                                       \
+                    dv[g][l] = full + l < run ? d[(f0 + g) * plane + full + l] : (T)0;   \
+            for (int k = 0; k < TG; k++) {                                               \
+                V v;                                                                     \
+                for (Py_ssize_t l = 0; l < L; l++)                                       \
+                    v[l] = full + l < run ? q[k][full + l] : (T)0;                       \
+                for (int g = 0; g < FG; g++)                                             \
+                    a[k][g] += v * dv[g];                                                \
+            }                                                                            \
+        }                                                                                \
+        for (int k = 0; k < TG; k++)                                                     \
+            for (int g = 0; g < FG; g++) {                                               \
+                T s = 0;                                                                 \
+                for (Py_ssize_t l = 0; l < L; l++)                                       \
+                    s += a[k][g][l];                                                     \
+                dw[(k0 + k) * F + f0 + g] += s;                                          \
+            }                                                                            \
+    }
+
+    #define FASTNN_C1_ALL(T, IT, SUFFIX)                                                 \
+    FASTNN_C1_FWD(T, IT, SUFFIX, 6, 2)                                                   \
+    FASTNN_C1_FWD(T, IT, SUFFIX, 3, 3)                                                   \
+    FASTNN_C1_FWD(T, IT, SUFFIX, 1, 3)                                                   \
+    FASTNN_C1_DW(T, SUFFIX, 6, 2)                                                        \
+    FASTNN_C1_DW(T, SUFFIX, 6, 1)                                                        \
+    FASTNN_C1_DW(T, SUFFIX, 3, 2)                                                        \
+    FASTNN_C1_DW(T, SUFFIX, 3, 1)                                                        \
+    FASTNN_C1_DW(T, SUFFIX, 1, 2)                                                        \
+    FASTNN_C1_DW(T, SUFFIX, 1, 1)                                                        \
+    static void fastnn_c1_planes_##SUFFIX(                                              \
+            const T *xp, Py_ssize_t wp, const T *w, const T *bias, int act, T alpha,     \
+            T *t, Py_ssize_t plane, Py_ssize_t run, Py_ssize_t kh, Py_ssize_t kw,        \
+            Py_ssize_t F) {                                                              \
+        Py_ssize_t f = 0;                                                                \
+        for (; f + 6 <= F; f += 6)                                                       \
+            fastnn_c1_planes_##SUFFIX##6(xp, wp, w, bias, act, alpha, t, plane, run,     \
+                                         kh, kw, F, f);                                  \
+        for (; f + 3 <= F; f += 3)                                                       \
+            fastnn_c1_planes_##SUFFIX##3(xp, wp, w, bias, act, alpha, t, plane, run,     \
+                                         kh, kw, F, f);                                  \
+        for (; f < F; f++)                                                               \
+            fastnn_c1_planes_##SUFFIX##1(xp, wp, w, bias, act, alpha, t, plane, run,     \
+                                         kh, kw, F, f);                                  \
+    }                                                                                    \
+    static void fastnn_c1_dw_planes_##SUFFIX(                                           \
+            const T *xp, Py_ssize_t wp, const T *d, Py_ssize_t plane, Py_ssize_t run,    \
+            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t F, T *dw) {                         \
+        for (Py_ssize_t k = 0; k < kh * kw; k += 2) {                                    \
+            int two = k + 2 <= kh * kw;                                                  \
+            Py_ssize_t f = 0;                                                            \
+            for (; f + 6 <= F; f += 6) {                                                 \
+                if (two) fastnn_c1_dw_planes_##SUFFIX##6_2(xp, wp, d, plane, run, kw,    \
+                                                           F, f, k, dw);                 \
+                else fastnn_c1_dw_planes_##SUFFIX##6_1(xp, wp, d, plane, run, kw, F, f,  \
+                                                       k, dw);                           \
+            }                                                                            \
+            for (; f + 3 <= F; f += 3) {                                                 \
+                if (two) fastnn_c1_dw_planes_##SUFFIX##3_2(xp, wp, d, plane, run, kw,    \
+                                                           F, f, k, dw);                 \
+                else fastnn_c1_dw_planes_##SUFFIX##3_1(xp, wp, d, plane, run, kw, F, f,  \
+                                                       k, dw);                           \
+            }                                                                            \
+            for (; f < F; f++) {                                                         \
+                if (two) fastnn_c1_dw_planes_##SUFFIX##1_2(xp, wp, d, plane, run, kw,    \
+                                                           F, f, k, dw);                 \
+                else fastnn_c1_dw_planes_##SUFFIX##1_1(xp, wp, d, plane, run, kw, F, f,  \
+                                                       k, dw);                           \
+            }                                                                            \
+        }                                                                                \
+    }
+
+    FASTNN_C1_ALL(float, int32_t, f)
+    FASTNN_C1_ALL(double, int64_t, d)
+    """
+    void fastnn_c1_planes_f(const float*, Py_ssize_t, const float*, const float*, int, float,
+                            float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t) noexcept nogil
+    void fastnn_c1_planes_d(const double*, Py_ssize_t, const double*, const double*, int,
+                            double, double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                            Py_ssize_t) noexcept nogil
+    void fastnn_c1_dw_planes_f(const float*, Py_ssize_t, const float*, Py_ssize_t, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void fastnn_c1_dw_planes_d(const double*, Py_ssize_t, const double*, Py_ssize_t,
+                               Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                               double*) noexcept nogil
+
 
 cdef inline bint _direct_c1(const Window* g) noexcept nogil:
     # measured (one thread, AVX-512): 2.6x faster than im2col + GEMM at 6 filters, slower
@@ -1010,29 +1273,8 @@ cdef void _c1_pad(const floating* x, floating* xp, const Window* g) noexcept nog
                 xp[r * wp + j] = x[iy * g.w + j - g.pl]
 
 
-cdef inline void _axpy_run(floating* y, const floating* x, floating a,
-                           Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        y[j] = y[j] + x[j] * a
-
-
-cdef void _c1_bias_act(floating* t, floating bias, Py_ssize_t n, int act,
-                       floating alpha) noexcept nogil:
-    # t = act(t + bias) for LINEAR, RELU or LEAKY_RELU, as fastnn_act_fwd
-    cdef Py_ssize_t j
-    cdef floating v, zero = 0
-    for j in range(n):
-        v = t[j] + bias
-        if act == RELU:
-            v = zero if v < zero else v
-        elif act == LEAKY_RELU:
-            v = v if v > zero else v * alpha
-        t[j] = v
-
-
 cdef floating _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
-    # sixteen interleaved partial sums, as _dot_run
+    # sixteen interleaved partial sums: independent chains that vectorise
     cdef floating lanes[16]
     cdef floating s = 0
     cdef Py_ssize_t j, l, n16 = n - n % 16
@@ -1048,29 +1290,12 @@ cdef floating _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
     return s
 
 
-cdef floating _dot_run(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
-    # sixteen interleaved partial sums: independent chains that vectorise
-    cdef floating lanes[16]
-    cdef floating s = 0
-    cdef Py_ssize_t j, l, n16 = n - n % 16
-    for l in range(16):
-        lanes[l] = 0
-    for j in range(0, n16, 16):
-        for l in range(16):
-            lanes[l] = lanes[l] + x[j + l] * y[j + l]
-    for j in range(n16, n):
-        s = s + x[j] * y[j]
-    for l in range(16):
-        s = s + lanes[l]
-    return s
-
-
 cdef void _conv_c1_fwd(const floating* x, const floating* w, const floating* bias,
                        floating* cols, floating* out, const Window* g, int act,
                        floating alpha) noexcept nogil:
     # out = act(conv(x, w) + bias); bias and a piecewise-linear activation applied to the
     # planes (long runs), any other activation after the transposition into out
-    cdef Py_ssize_t b, k, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
+    cdef Py_ssize_t b, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
     cdef Py_ssize_t plane = g.ho * wp, run = (g.ho - 1) * wp + g.wo
     cdef bint fused = act == LINEAR or act == RELU or act == LEAKY_RELU
     cdef floating* xp = cols
@@ -1078,13 +1303,12 @@ cdef void _conv_c1_fwd(const floating* x, const floating* w, const floating* bia
     cdef floating* o
     for b in range(g.n):
         _c1_pad(x + b * g.h * g.w, xp, g)
-        memset(t, 0, F * plane * sizeof(floating))
-        for k in range(g.kh * g.kw):
-            for f in range(F):
-                _axpy_run(t + f * plane, xp + (k // g.kw) * wp + k % g.kw, w[k * F + f], run)
-        if fused:
-            for f in range(F):
-                _c1_bias_act(t + f * plane, bias[f] if bias != NULL else 0, run, act, alpha)
+        if floating is float:
+            fastnn_c1_planes_f(xp, wp, w, bias if fused else NULL, act if fused else LINEAR,
+                               alpha, t, plane, run, g.kh, g.kw, F)
+        else:
+            fastnn_c1_planes_d(xp, wp, w, bias if fused else NULL, act if fused else LINEAR,
+                               alpha, t, plane, run, g.kh, g.kw, F)
         o = out + b * g.ho * g.wo * F
         for oy in range(g.ho):
             for ox in range(g.wo):
@@ -1098,7 +1322,7 @@ cdef void _conv_c1_dw(const floating* x, const floating* dz, floating* cols, flo
                       floating* db, const Window* g) noexcept nogil:
     # dw[ky, kx, f] = sum over (b, oy, ox) of xpadded[oy + ky, ox + kx] dz[b, oy, ox, f];
     # db[f] (when not NULL) = the sum of dz's plane f
-    cdef Py_ssize_t b, k, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
+    cdef Py_ssize_t b, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
     cdef Py_ssize_t plane = g.ho * wp, run = (g.ho - 1) * wp + g.wo
     cdef floating* xp = cols
     cdef floating* d = cols + (g.ho + g.kh - 1) * wp
@@ -1114,12 +1338,168 @@ cdef void _conv_c1_dw(const floating* x, const floating* dz, floating* cols, flo
             for ox in range(g.wo):
                 for f in range(F):
                     d[f * plane + oy * wp + ox] = dzb[(oy * g.wo + ox) * F + f]
-        for k in range(g.kh * g.kw):
-            for f in range(F):
-                dw[k * F + f] += _dot_run(xp + (k // g.kw) * wp + k % g.kw, d + f * plane, run)
+        if floating is float:
+            fastnn_c1_dw_planes_f(xp, wp, d, plane, run, g.kh, g.kw, F, dw)
+        else:
+            fastnn_c1_dw_planes_d(xp, wp, d, plane, run, g.kh, g.kw, F, dw)
         if db != NULL:
             for f in range(F):
                 db[f] += _sum_run(d + f * plane, run)
+
+
+# From 16 filters (a multiple of 16) the direct loop runs over the filters instead: the F
+# outputs of a pixel are whole SIMD vectors (GCC vector extensions: 64 bytes, split into
+# what the build's target has), eight pixels of a row at a time, so that each window
+# position costs one weight vector and eight broadcasts of the padded image for eight
+# independent multiply-adds.  The weight gradient takes the same shape: eight pixels' dz
+# vectors times each window position's eight inputs added to that position's row of dw.
+# Measured on convnet's first convolution (28x28x1 -> 32 k3, batch 128, one thread, CPU
+# time): forward 2.7 -> 1.0 ms and backward (dz, db, dw) 2.5 -> 1.8 ms against im2col +
+# GEMM.
+cdef extern from *:
+    """
+    #define FASTNN_C1V(T, SUFFIX)                                                       \
+    typedef T fastnn_vec_##SUFFIX __attribute__((vector_size(64), aligned(sizeof(T)))); \
+    static void fastnn_c1v_fwd_##SUFFIX(                                                \
+            const T *xp, Py_ssize_t wp, const T *w, T *out, Py_ssize_t ho,               \
+            Py_ssize_t wo, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t F) {                 \
+        typedef fastnn_vec_##SUFFIX V;                                                   \
+        const Py_ssize_t lanes = 64 / sizeof(T);                                         \
+        for (Py_ssize_t oy = 0; oy < ho; oy++) {                                         \
+            Py_ssize_t ox = 0;                                                           \
+            for (; ox + 8 <= wo; ox += 8) {                                              \
+                for (Py_ssize_t f = 0; f < F; f += lanes) {                              \
+                    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                            \
+                    V a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};                            \
+                    for (Py_ssize_t ky = 0; ky < kh; ky++) {                             \
+                        const T *xr = xp + (oy + ky) * wp + ox;                          \
+                        const T *wr = w + ky * kw * F + f;                               \
+                        for (Py_ssize_t kx = 0; kx < kw; kx++) {                         \
+                            V v = *(const V *)(wr + kx * F);                             \
+                            const T *q = xr + kx;                                        \
+                            a0 += q[0] * v; a1 += q[1] * v; a2 += q[2] * v;              \
+                            a3 += q[3] * v; a4 += q[4] * v; a5 += q[5] * v;              \
+                            a6 += q[6] * v; a7 += q[7] * v;                              \
+                        }                                                                \
+                    }                                                                    \
+                    T *o = out + (oy * wo + ox) * F + f;                                 \
+                    *(V *)o = a0; *(V *)(o + F) = a1; *(V *)(o + 2 * F) = a2;            \
+                    *(V *)(o + 3 * F) = a3; *(V *)(o + 4 * F) = a4;                      \
+                    *(V *)(o + 5 * F) = a5; *(V *)(o + 6 * F) = a6;                      \
+                    *(V *)(o + 7 * F) = a7;                                              \
+                }                                                                        \
+            }                                                                            \
+            for (; ox < wo; ox++) {                                                      \
+                for (Py_ssize_t f = 0; f < F; f += lanes) {                              \
+                    V a0 = {0};                                                          \
+                    for (Py_ssize_t ky = 0; ky < kh; ky++)                               \
+                        for (Py_ssize_t kx = 0; kx < kw; kx++)                           \
+                            a0 += xp[(oy + ky) * wp + ox + kx]                           \
+                                  * *(const V *)(w + (ky * kw + kx) * F + f);            \
+                    *(V *)(out + (oy * wo + ox) * F + f) = a0;                           \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }                                                                                    \
+    static void fastnn_c1v_dw_##SUFFIX(                                                 \
+            const T *xp, Py_ssize_t wp, const T *dz, T *dw, Py_ssize_t ho,               \
+            Py_ssize_t wo, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t F) {                 \
+        typedef fastnn_vec_##SUFFIX V;                                                   \
+        const Py_ssize_t lanes = 64 / sizeof(T);                                         \
+        for (Py_ssize_t oy = 0; oy < ho; oy++) {                                         \
+            Py_ssize_t ox = 0;                                                           \
+            for (; ox + 8 <= wo; ox += 8) {                                              \
+                for (Py_ssize_t f = 0; f < F; f += lanes) {                              \
+                    const T *d = dz + (oy * wo + ox) * F + f;                            \
+                    V d0 = *(const V *)d, d1 = *(const V *)(d + F);                      \
+                    V d2 = *(const V *)(d + 2 * F), d3 = *(const V *)(d + 3 * F);        \
+                    V d4 = *(const V *)(d + 4 * F), d5 = *(const V *)(d + 5 * F);        \
+                    V d6 = *(const V *)(d + 6 * F), d7 = *(const V *)(d + 7 * F);        \
+                    for (Py_ssize_t ky = 0; ky < kh; ky++) {                             \
+                        const T *xr = xp + (oy + ky) * wp + ox;                          \
+                        T *wr = dw + ky * kw * F + f;                                    \
+                        for (Py_ssize_t kx = 0; kx < kw; kx++) {                         \
+                            const T *q = xr + kx;                                        \
+                            V a = q[0] * d0 + q[1] * d1;                                 \
+                            V c = q[2] * d2 + q[3] * d3;                                 \
+                            V e = q[4] * d4 + q[5] * d5;                                 \
+                            V h = q[6] * d6 + q[7] * d7;                                 \
+                            *(V *)(wr + kx * F) += (a + c) + (e + h);                    \
+                        }                                                                \
+                    }                                                                    \
+                }                                                                        \
+            }                                                                            \
+            for (; ox < wo; ox++) {                                                      \
+                for (Py_ssize_t f = 0; f < F; f += lanes) {                              \
+                    V d0 = *(const V *)(dz + (oy * wo + ox) * F + f);                    \
+                    for (Py_ssize_t ky = 0; ky < kh; ky++)                               \
+                        for (Py_ssize_t kx = 0; kx < kw; kx++)                           \
+                            *(V *)(dw + (ky * kw + kx) * F + f)                          \
+                                += xp[(oy + ky) * wp + ox + kx] * d0;                    \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+    }
+
+    FASTNN_C1V(float, f)
+    FASTNN_C1V(double, d)
+    """
+    void fastnn_c1v_fwd_f(const float*, Py_ssize_t, const float*, float*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fastnn_c1v_fwd_d(const double*, Py_ssize_t, const double*, double*, Py_ssize_t,
+                          Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fastnn_c1v_dw_f(const float*, Py_ssize_t, const float*, float*, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fastnn_c1v_dw_d(const double*, Py_ssize_t, const double*, double*, Py_ssize_t,
+                         Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+
+
+cdef inline bint _direct_c1v(const Window* g) noexcept nogil:
+    # the padded image and one image's dw (KH*KW*F) fit in the columns' scratch
+    return (g.c == 1 and g.co % 16 == 0 and g.sh == 1 and g.sw == 1
+            and (g.ho + g.kh - 1) * (g.wo + g.kw - 1) + g.kh * g.kw * g.co
+            <= g.n * g.ho * g.wo * g.kh * g.kw)
+
+
+cdef void _conv_c1v_fwd(const floating* x, const floating* w, const floating* bias,
+                        floating* cols, floating* out, const Window* g, int act,
+                        floating alpha) noexcept nogil:
+    # image by image: pad, convolve into out, then bias and activation while it is in cache
+    cdef Py_ssize_t b, wp = g.wo + g.kw - 1, rows = g.ho * g.wo, F = g.co
+    cdef floating* o
+    for b in range(g.n):
+        _c1_pad(x + b * g.h * g.w, cols, g)
+        o = out + b * rows * F
+        if floating is float:
+            fastnn_c1v_fwd_f(cols, wp, w, o, g.ho, g.wo, g.kh, g.kw, F)
+        else:
+            fastnn_c1v_fwd_d(cols, wp, w, o, g.ho, g.wo, g.kh, g.kw, F)
+        _act_fwd(<const floating*>o, bias, o, rows, F, act, alpha)
+
+
+cdef void _conv_c1v_bwd(const floating* x, const floating* y, const floating* dout,
+                        floating* cols, floating* dz, floating* dw, floating* db,
+                        const Window* g, int act, floating alpha) noexcept nogil:
+    # image by image: dz (and db) while the image's rows are in cache, then its dw into
+    # the scratch after the padded image, added to dw
+    cdef Py_ssize_t b, j, wp = g.wo + g.kw - 1, rows = g.ho * g.wo, F = g.co
+    cdef Py_ssize_t k = g.kh * g.kw * F
+    cdef floating* acc = cols + (g.ho + g.kh - 1) * wp
+    cdef Py_ssize_t r0
+    memset(dw, 0, k * sizeof(floating))
+    if db != NULL:
+        memset(db, 0, F * sizeof(floating))
+    for b in range(g.n):
+        r0 = b * rows * F
+        _act_bwd_acc(y + r0, dout + r0, dz + r0, db, rows, F, act, alpha)
+        _c1_pad(x + b * g.h * g.w, cols, g)
+        memset(acc, 0, k * sizeof(floating))
+        if floating is float:
+            fastnn_c1v_dw_f(cols, wp, dz + r0, acc, g.ho, g.wo, g.kh, g.kw, F)
+        else:
+            fastnn_c1v_dw_d(cols, wp, dz + r0, acc, g.ho, g.wo, g.kh, g.kw, F)
+        for j in range(k):
+            dw[j] += acc[j]
 
 
 cdef inline bint _pool_2x2(const Window* g) noexcept nogil:
@@ -1128,33 +1508,53 @@ cdef inline bint _pool_2x2(const Window* g) noexcept nogil:
             and 2 * g.ho <= g.h and 2 * g.wo <= g.w)
 
 
+# The float selects of the 2x2 forward compiled to branches where the channel loop does not
+# vectorise (fewer than a vector of channels: lenet's six), and branches on the order of
+# random data mispredict: 300 us per call on lenet's first pooling against 70 us when the
+# same data repeats (as in a benchmark of the kernel alone).  The selects are made on the
+# bits (a mask from the comparison), which compile to no branch; the results are the same.
+cdef extern from *:
+    """
+    #define FASTNN_POOL2(T, SUFFIX)                                                      \
+    static void fastnn_maxpool2x2_##SUFFIX(                                             \
+            const T *x, T *argmax, T *out, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w,     \
+            Py_ssize_t c, Py_ssize_t ho, Py_ssize_t wo) {                                \
+        for (Py_ssize_t b = 0; b < n; b++)                                               \
+            for (Py_ssize_t oy = 0; oy < ho; oy++)                                       \
+                for (Py_ssize_t ox = 0; ox < wo; ox++) {                                 \
+                    const T *p0 = x + ((b * h + 2 * oy) * w + 2 * ox) * c;               \
+                    const T *p2 = p0 + w * c;                                            \
+                    Py_ssize_t i = ((b * ho + oy) * wo + ox) * c;                        \
+                    for (Py_ssize_t ch = 0; ch < c; ch++) {                              \
+                        T v0 = p0[ch], v1 = p0[c + ch], v2 = p2[ch], v3 = p2[c + ch];    \
+                        int k1 = v1 > v0;                                                \
+                        T m = v1 > v0 ? v1 : v0;                                         \
+                        int k2 = v2 > m;                                                 \
+                        m = v2 > m ? v2 : m;                                             \
+                        int k3 = v3 > m;                                                 \
+                        m = v3 > m ? v3 : m;                                             \
+                        out[i + ch] = m;                                                 \
+                        argmax[i + ch] = (T)(k3 * 3 + (1 - k3) * (k2 * 2 + (1 - k2) * k1)); \
+                    }                                                                    \
+                }                                                                        \
+    }
+
+    FASTNN_POOL2(float, f)
+    FASTNN_POOL2(double, d)
+    """
+    void fastnn_maxpool2x2_f(const float*, float*, float*, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void fastnn_maxpool2x2_d(const double*, double*, double*, Py_ssize_t, Py_ssize_t,
+                             Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+
+
 cdef void _maxpool_2x2_fwd(const floating* x, floating* argmax, floating* out,
                            const Window* g) noexcept nogil:
-    # the first maximum in the order (0,0) (0,1) (1,0) (1,1) as the general loop, by selects
-    cdef Py_ssize_t b, oy, ox, ch, i, c = g.c
-    cdef const floating* p0
-    cdef const floating* p2
-    cdef floating m, a, v, one = 1, two = 2, three = 3
-    for b in range(g.n):
-        for oy in range(g.ho):
-            for ox in range(g.wo):
-                p0 = x + ((b * g.h + 2 * oy) * g.w + 2 * ox) * c
-                p2 = p0 + g.w * c
-                i = ((b * g.ho + oy) * g.wo + ox) * c
-                for ch in range(c):
-                    m = p0[ch]
-                    a = 0
-                    v = p0[c + ch]
-                    a = one if v > m else a
-                    m = v if v > m else m
-                    v = p2[ch]
-                    a = two if v > m else a
-                    m = v if v > m else m
-                    v = p2[c + ch]
-                    a = three if v > m else a
-                    m = v if v > m else m
-                    out[i + ch] = m
-                    argmax[i + ch] = a
+    # the first maximum in the order (0,0) (0,1) (1,0) (1,1) as the general loop
+    if floating is float:
+        fastnn_maxpool2x2_f(x, argmax, out, g.n, g.h, g.w, g.c, g.ho, g.wo)
+    else:
+        fastnn_maxpool2x2_d(x, argmax, out, g.n, g.h, g.w, g.c, g.ho, g.wo)
 
 
 cdef void _maxpool_2x2_bwd(const floating* argmax, const floating* dout, floating* dx,

@@ -1393,7 +1393,7 @@ def _zero_images(a):
 
 @_jit
 def _direct_c1(c, sh, sw, f, ho, wo, kh, kw, cols):
-    """Whether the direct one-channel loop runs (reference.cols_are_scratch and room)."""
+    """Whether the direct one-channel loop runs (one channel at stride 1, and room)."""
     return c == 1 and sh == 1 and sw == 1 and (ho + kh - 1 + f * ho) * (wo + kw - 1) <= cols.size
 
 

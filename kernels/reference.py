@@ -721,9 +721,9 @@ def col2im(cols, dx, kh, kw, sh, sw, pad_top, pad_left, ho, wo):
 def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
     """out = act(conv(x, w) + b).  x (N, H, W, C), w (KH, KW, C, F), b (F,) or empty (no
     bias), out (N, HO, WO, F); cols (N*HO*WO, KH*KW*C) receives im2col(x), kept for the
-    backward; out = cols @ w.reshape(KH*KW*C, F), already NHWC.  One input channel at
-    stride 1 (``cols_are_scratch``): a compiled backend may convolve directly and use cols
-    as scratch (its contents unspecified); its backward then reads x, not cols."""
+    backward; out = cols @ w.reshape(KH*KW*C, F), already NHWC.  A compiled backend may
+    use cols as scratch (its contents unspecified), convolving directly or im2col block
+    by block; its backward then reads x, not cols."""
     kh, kw, c, f = w.shape
     _, ho, wo, _ = out.shape
     im2col(x, cols, kh, kw, sh, sw, pad_top, pad_left, ho, wo)
@@ -732,12 +732,6 @@ def conv2d_forward(x, w, b, cols, out, act, alpha, sh, sw, pad_top, pad_left):
     if b.shape[0]:
         flat += b
     activation_forward(flat, flat, act, alpha)
-
-
-def cols_are_scratch(c, sh, sw):
-    """Whether a convolution of ``c`` input channels at strides ``(sh, sw)`` may leave its
-    cols unspecified (compiled backends' direct one-channel loop)."""
-    return c == 1 and sh == 1 and sw == 1
 
 
 def conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, act, alpha, sh, sw, pad_top, pad_left,
