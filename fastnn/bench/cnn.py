@@ -13,7 +13,8 @@ Implementations, all from the same weights: fastnn (``train_on_batch`` / ``fit``
 NumPy baseline (fastnn's reference kernels: im2col + ``np.dot``, pooling by window
 slices, Adam in NumPy, run layer by layer from Python: how a careful NumPy user writes a
 CNN), and PyTorch eager (``nn.Conv2d``/``MaxPool2d``/``Linear`` on NCHW tensors, the
-natural torch model, with fused Adam where this torch has it).  No JAX baseline here.
+natural torch model, with fused Adam where this torch has it).  JAX, where installed:
+``fastnn.bench.jax_nets``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ cross-entropy on 80 tokens, batch 32.  Every implementation starts from the same
 (Keras layout and initializers) and trains with Adam (PyTorch's formula, lr 1e-3,
 epsilon 1e-7; PyTorch's fused Adam where it has one).  The NumPy baseline is the
 reference kernels (``fastnn.kernels.reference_rnn``: per-step NumPy expressions with their
-temporaries) with a NumPy Adam.
+temporaries) with a NumPy Adam.  JAX, where installed: ``fastnn.bench.jax_nets``.
 """
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ class NumpyRNN:
 
 
 def make_rnn_impls(name: str, backends, baselines, seed: int = 0) -> dict:
-    """name -> implementation, all from the same weights (JAX: not implemented here)."""
+    """name -> implementation, all from the same weights (JAX: fastnn.bench.jax_nets)."""
     weights = rnn_weights(name, seed)
     impls = {f"fastnn-{be}": FastnnRNN(name, be, seed, weights) for be in backends}
     if "numpy" in baselines:
