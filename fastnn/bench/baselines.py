@@ -325,6 +325,21 @@ def jax_available() -> bool:
     return True
 
 
+def jax_adam(jnp, params, m, v, t, grads, hp=ADAM):
+    """One Adam step (PyTorch's formula) over lists of JAX arrays, inside a jitted step:
+    the new (params, m, v, t)."""
+    lr, b1, b2, eps = hp["lr"], hp["beta_1"], hp["beta_2"], hp["epsilon"]
+    t = t + 1
+    step_size = lr / (1 - b1**t)
+    bc2_sqrt = jnp.sqrt(1 - b2**t)
+    m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
+    v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
+    params = [
+        p - step_size * mi / (jnp.sqrt(vi) / bc2_sqrt + eps) for p, mi, vi in zip(params, m, v)
+    ]
+    return params, m, v, t
+
+
 class JaxMLP:
     """The same MLP in JAX: loss, gradients and Adam in one ``jax.jit``-compiled step."""
 
@@ -344,7 +359,6 @@ class JaxMLP:
         self.t = jnp.zeros((), jnp.float32)
         hidden = sizes[1:-1] if batchnorm else []
         self.moving = [f(w) for w in hidden for f in (jnp.zeros, jnp.ones)]
-        lr, b1, b2, eps = hp["lr"], hp["beta_1"], hp["beta_2"], hp["epsilon"]
         layout = layer_slots(len(weights), batchnorm)
 
         def loss_fn(params, x, y):
@@ -363,15 +377,7 @@ class JaxMLP:
         def step(params, m, v, t, moving, x, y):
             (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
             moving = [mo * BN_MOMENTUM + st * (1 - BN_MOMENTUM) for mo, st in zip(moving, stats)]
-            t = t + 1
-            step_size = lr / (1 - b1**t)
-            bc2_sqrt = jnp.sqrt(1 - b2**t)
-            m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-            v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-            params = [
-                p - step_size * mi / (jnp.sqrt(vi) / bc2_sqrt + eps)
-                for p, mi, vi in zip(params, m, v)
-            ]
+            params, m, v, t = jax_adam(jnp, params, m, v, t, grads, hp)
             return params, m, v, t, moving, loss
 
         self._step = jax.jit(step, donate_argnums=(0, 1, 2, 4))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .baselines import ADAM, step_epoch
+from .baselines import jax_adam, step_epoch
 from .cnn import CNNS, IMAGE
 from .rnn import RNN_NETWORKS
 
@@ -33,20 +33,10 @@ class _JaxAdamNet:
         self.m = [jnp.zeros_like(p) for p in self.params]
         self.v = [jnp.zeros_like(p) for p in self.params]
         self.t = jnp.zeros((), jnp.float32)
-        lr, b1, b2, eps = ADAM["lr"], ADAM["beta_1"], ADAM["beta_2"], ADAM["epsilon"]
 
         def step(params, m, v, t, x, y):
             loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-            t = t + 1
-            step_size = lr / (1 - b1**t)
-            bc2_sqrt = jnp.sqrt(1 - b2**t)
-            m = [b1 * mi + (1 - b1) * g for mi, g in zip(m, grads)]
-            v = [b2 * vi + (1 - b2) * g * g for vi, g in zip(v, grads)]
-            params = [
-                p - step_size * mi / (jnp.sqrt(vi) / bc2_sqrt + eps)
-                for p, mi, vi in zip(params, m, v)
-            ]
-            return params, m, v, t, loss
+            return (*jax_adam(jnp, params, m, v, t, grads), loss)
 
         self._step = jax.jit(step, donate_argnums=(0, 1, 2))
 
