@@ -14,9 +14,11 @@ from tests.kernel_cases import assert_close
 RNN_KINDS = {"simple_rnn": C.SIMPLE_RNN, "lstm": C.LSTM, "gru": C.GRU}
 #: (N, T, F, U); (37, 3, 5, 100) takes the steps' GEMMs in blocks of the batch (N * G * U >
 #: 1e6 for LSTM and GRU: 2 blocks of 19 and 18 rows), (1, 2, 2, 520) not though large (N =
-#: 1); (7, 33, 30, 40) the LSTM's GEMMs over all steps in blocks of 116 and 99 rows
+#: 1); (7, 33, 30, 40) the LSTM's GEMMs over all steps in blocks of 116 and 99 rows;
+#: (20, 9, 3, 64) dR over the 160 rows of steps 2..9 in blocks of fewer than 96 rows (80
+#: for GRU, 40 for LSTM), (37, 3, 5, 100) dR in one GEMM (blocks would hold 19 rows)
 RNN_SHAPES = [(1, 1, 1, 1), (3, 5, 4, 5), (4, 1, 3, 9), (5, 7, 6, 19), (37, 3, 5, 100),
-              (1, 2, 2, 520), (7, 33, 30, 40)]  # fmt: skip
+              (1, 2, 2, 520), (7, 33, 30, 40), (20, 9, 3, 64)]  # fmt: skip
 #: compiled backends that run the sequence kinds (those whose KINDS, if any, include them)
 SEQ_BACKENDS = [
     name
