@@ -117,6 +117,7 @@ def main():
     p.add_argument("--copies", action="store_true",
                    help="ranks: collectives that copy (no shared parameters)")  # fmt: skip
     p.add_argument("--batch", type=int, default=None, help="global batch (default the network's)")
+    p.add_argument("--all-ranks", action="store_true", help="every rank prints its line")
     args = p.parse_args()
     batch = args.batch or B.NETWORKS[args.network][3]
     x, y = B.synthetic_data(args.steps * batch, B.NETWORKS[args.network][0])
@@ -156,8 +157,9 @@ def main():
             outside.append(times[-1] - sum(cpu["step_wall"][steps_before:]))
         blas = sorted({(i.get("internal_api"), i.get("architecture"), i.get("num_threads"))
                        for i in threadpool_info() if i.get("user_api") == "blas"})  # fmt: skip
-    if dp is None or dp.is_primary:
+    if dp is None or dp.is_primary or args.all_ranks:
         print(json.dumps({
+            "rank": 0 if dp is None else dp.rank,
             "network": B.network_label(args.network), "batch": batch,
             "ranks": 1 if dp is None else dp.size,
             "mode": _mode(dp, args), "steps": args.steps,
