@@ -201,6 +201,30 @@ def test_dense_backward(mod, dtype, shape, act, alias, need_dx):
         np.testing.assert_array_equal(dx, sentinel)
 
 
+#: Dense shapes (n, inputs, outputs) for the GEMMs in small-matrix blocks (_dense_xw/_dense_dw
+#: in _cython.pyx: blocks with rows x the other two sizes <= 1e6, at least 4 batch rows and
+#: 16 input rows): (66, 500, 130) blocks both, with a shorter last block (9 batch rows, 63
+#: inputs); (64, 784, 256) is the MNIST network's first layer (4 and 49, no remainder);
+#: (512, 300, 300) blocks x w only (dw blocks would be 2 rows); (64, 1000, 300) blocks dw only
+#: (x w blocks would be 1 row); (40, 30, 20) blocks neither (one GEMM under the limit).
+BLOCK_SHAPES = ((66, 500, 130), (64, 784, 256), (512, 300, 300), (64, 1000, 300), (40, 30, 20))
+
+
+@dtypes
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_forward_blocked(mod, dtype, shape):
+    """The Dense GEMM in blocks of rows, at shapes that select it and shapes that do not."""
+    test_dense_forward(mod, dtype, shape, C.RELU)
+
+
+@dtypes
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("need_dx", [1, 0], ids=["need_dx", "no_dx"])
+def test_dense_backward_blocked(mod, dtype, shape, need_dx):
+    """dw in blocks of input rows, at shapes that select it and shapes that do not."""
+    test_dense_backward(mod, dtype, shape, C.RELU, False, need_dx)
+
+
 @dtypes
 @shapes
 @pytest.mark.parametrize("blas", ["scipy", "numpy"])
