@@ -16,6 +16,7 @@ Set FASTNN_SIMD_BUILDS=0 to build the baseline only.  None of these flags allows
 contraction or reassociation, so every build computes bit-identical results.
 """
 
+import hashlib
 import os
 import platform
 import sys
@@ -37,16 +38,25 @@ class OptionalBuildExt(build_ext):
     """Builds extensions but never fails the install because of them."""
 
     def run(self):
+        self._built = []
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure
             self._warn(exc)
+        # after the copy into the source tree of an in-place (editable) build: the digest
+        # goes beside the extension that is imported
+        for name in self._built:
+            path = self.get_ext_fullpath(name)
+            if os.path.exists(path):
+                _write_source_digest(path)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
             self._warn(exc, ext.name)
+            return
+        self._built.append(ext.name)
 
     @staticmethod
     def _warn(exc, name="fastnn.kernels._cython"):
@@ -59,6 +69,16 @@ class OptionalBuildExt(build_ext):
             f"WARNING: fastnn's Cython extension {name} was not built ({exc}); {fallback}.",
             file=sys.stderr,
         )
+
+
+def _write_source_digest(ext_path: str) -> None:
+    """<extension>.sha256 beside a built extension: the SHA-256 of the _cython.pyx it was
+    built from.  fastnn.backend refuses an in-place build whose source changed since (a
+    failed rebuild leaves the previous extension behind)."""
+    with open(PYX, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    with open(ext_path + ".sha256", "w", encoding="ascii") as f:
+        f.write(digest + "\n")
 
 
 def _openmp():

@@ -10,6 +10,7 @@ training path of the model it runs.  Once warm the two run at the same speed.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from types import ModuleType
@@ -74,13 +75,42 @@ def load(name: str) -> ModuleType:
 def _import(name: str) -> ModuleType:
     """The module of backend ``name``: for cython the widest SIMD build this CPU runs (a
     build that is missing or fails to import is skipped), else the baseline build."""
-    if name == "cython":
-        for simd in cython_simd_candidates():
-            try:
-                return importlib.import_module(f"{MODULES[name]}_{simd}")
-            except ImportError:
-                continue
-    return importlib.import_module(MODULES[name])
+    if name != "cython":
+        return importlib.import_module(MODULES[name])
+    for simd in cython_simd_candidates():
+        try:
+            module = importlib.import_module(f"{MODULES[name]}_{simd}")
+        except ImportError:
+            continue
+        break
+    else:
+        module = importlib.import_module(MODULES[name])
+    stale = stale_build(module)
+    if stale is not None:
+        raise RuntimeError(stale)
+    return module
+
+
+def stale_build(module) -> str | None:
+    """Why the compiled ``module`` is stale, or None: in an in-place (editable) build, the
+    ``_cython.pyx`` beside it differs from the one it was built from (the SHA-256 setup.py
+    wrote beside it; a rebuild that failed to translate leaves the previous build behind).
+    None where there is no source or no digest to compare (an installed wheel)."""
+    path = getattr(module, "__file__", None) or ""
+    source = os.path.join(os.path.dirname(path), "_cython.pyx")
+    digest_file = path + ".sha256"
+    if not (os.path.isfile(source) and os.path.isfile(digest_file)):
+        return None
+    with open(digest_file, encoding="ascii") as f:
+        built = f.read().strip()
+    with open(source, "rb") as f:
+        current = hashlib.sha256(f.read()).hexdigest()
+    if built == current:
+        return None
+    return (
+        f"{os.path.basename(path)} was built from another version of {source}; "
+        "rebuild it: pip install -e . (the numba backend runs meanwhile)"
+    )
 
 
 def cython_simd_candidates() -> list[str]:

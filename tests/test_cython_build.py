@@ -8,6 +8,7 @@ Manual equivalent of ``test_builds_without_openmp`` (about 30 s of compiler time
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -52,15 +54,34 @@ def test_cython_backend_loads_with_every_op():
 
 
 @needs_extension
-def test_extension_is_not_older_than_its_source():
-    """An editable install does not rebuild by itself after a .pyx edit."""
+def test_extension_was_built_from_its_source():
+    """An editable install does not rebuild by itself after a .pyx edit: the extension that
+    loads carries the digest of the source it was built from, and it is this source."""
     so = Path(backend.load("cython").__file__)
     pyx = so.parent / "_cython.pyx"
     if not pyx.exists():
         pytest.skip("installed without its .pyx source")
-    assert so.stat().st_mtime >= pyx.stat().st_mtime, (
-        f"{so.name} is older than {pyx.name}: rebuild it with `pip install -e .`"
-    )
+    assert Path(f"{so}.sha256").is_file(), f"{so.name} has no digest: rebuild (pip install -e .)"
+    assert backend.stale_build(backend.load("cython")) is None
+
+
+def test_stale_build_is_refused(tmp_path):
+    """An in-place build whose _cython.pyx changed since it was built (a failed rebuild
+    leaves it behind) is refused with a message that says to rebuild; without a source or
+    a digest beside it (an installed wheel) nothing is compared."""
+    so = tmp_path / "_cython_avx512.so"
+    so.write_bytes(b"")
+    module = SimpleNamespace(__file__=str(so))
+    pyx = tmp_path / "_cython.pyx"
+    pyx.write_text("# kernels v1\n")
+    assert backend.stale_build(module) is None  # no digest
+    Path(f"{so}.sha256").write_text(hashlib.sha256(pyx.read_bytes()).hexdigest() + "\n")
+    assert backend.stale_build(module) is None  # built from this source
+    pyx.write_text("# kernels v2\n")
+    why = backend.stale_build(module)
+    assert why is not None and "_cython_avx512.so" in why and "pip install -e ." in why
+    pyx.unlink()
+    assert backend.stale_build(module) is None  # no source beside it
 
 
 _PARITY = textwrap.dedent(
@@ -98,7 +119,7 @@ def test_builds_without_openmp(tmp_path):
     shutil.copytree(
         ROOT / "kernels",
         src / "kernels",
-        ignore=shutil.ignore_patterns("*.so", "*.pyd", "_cython*.c", "__pycache__"),
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "*.sha256", "_cython*.c", "__pycache__"),
     )
     env = dict(os.environ, FASTNN_NO_OPENMP="1", FASTNN_SIMD_BUILDS="0")  # baseline only
     build = subprocess.run(
@@ -111,6 +132,9 @@ def test_builds_without_openmp(tmp_path):
     )
     assert build.returncode == 0 and built, f"build failed:\n{log[-4000:]}"
     assert "-fopenmp" not in log and "WARNING: fastnn's Cython" not in log, log[-4000:]
+    # the digest of the source it was built from, which fastnn.backend compares
+    digest = Path(f"{built[0]}.sha256").read_text().strip()
+    assert digest == hashlib.sha256((src / "kernels" / "_cython.pyx").read_bytes()).hexdigest()
 
     # a package `fastnn` whose `kernels` is the copy: the import cannot reach the checkout
     pkg = tmp_path / "pkg" / "fastnn"
