@@ -65,6 +65,12 @@ GEOMETRIES = [
     (5, 14, 14, 6, 16, 5, 5, 1, 1, "valid"),
     (5, 13, 15, 6, 7, 5, 5, 1, 1, "same"),
     (4, 14, 14, 6, 16, 5, 5, 1, 1, "valid"),
+    # several input channels, filters a multiple of 16 at stride 1 (the direct loop; dx
+    # from dcols and col2im): same padding with rows of 11 pixels, KH != KW with rows of 5;
+    # beside them C*F above the direct loop's limit (im2col + GEMM)
+    (2, 9, 11, 3, 16, 3, 3, 1, 1, "same"),
+    (3, 6, 7, 2, 32, 2, 3, 1, 1, "valid"),
+    (2, 5, 5, 17, 16, 3, 3, 1, 1, "same"),
 ]
 geometries = pytest.mark.parametrize("geom", GEOMETRIES, ids=lambda g: "-".join(map(str, g)))
 dtypes = pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
