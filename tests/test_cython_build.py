@@ -272,7 +272,45 @@ def _simd_outputs(mod, dtype) -> list:
         out += [y, dx]
     dropped = np.empty_like(x)
     mod.dropout_forward(x, dropped, 0.3, 12345)
-    return out + [dropped]
+    return out + [dropped] + _simd_pool_outputs(mod, dtype) + _simd_conv_outputs(mod, dtype)
+
+
+def _simd_pool_outputs(mod, dtype) -> list:
+    """2x2 max pooling (the AVX-512 build's masked vectors of channels) on ties and NaNs,
+    and its backward with argmax entries outside the window or not whole."""
+    out, rng = [], rng_for("simd-pool")
+    for c in (1, 6, 11):
+        x = rng.integers(-2, 3, (3, 6, 7, c)).astype(dtype)  # ties
+        x[rng.random(x.shape) < 0.05] = np.nan
+        argmax, pooled = np.empty((2, 3, 3, 3, c), dtype)
+        mod.maxpool2d_forward(x, argmax, pooled, 2, 2, 2, 2, 0, 0)
+        argmax.flat[::5] = 7.0
+        argmax.flat[1::7] = 1.5
+        argmax.flat[2::11] = -1.0
+        dx = np.full_like(x, 9.0)
+        mod.maxpool2d_backward(argmax, rng.standard_normal(pooled.shape).astype(dtype), dx,
+                               2, 2, 2, 2, 0, 0)  # fmt: skip
+        out += [argmax, pooled, dx]
+    return out
+
+
+def _simd_conv_outputs(mod, dtype) -> list:
+    """Convolutions of the direct loops (one channel; six channels into 16 filters with
+    dx) forward and backward."""
+    out, rng = [], rng_for("simd-conv")
+    for n, h, c, f, k, pad in ((2, 9, 1, 16, 3, 1), (3, 10, 6, 16, 5, 0)):
+        ho = h + 2 * pad - k + 1
+        x = rng.standard_normal((n, h, h, c)).astype(dtype)
+        w = rng.standard_normal((k, k, c, f)).astype(dtype)
+        b = rng.standard_normal(f).astype(dtype)
+        y = np.empty((n, ho, ho, f), dtype)
+        cols = np.zeros((n * ho * ho, k * k * c), dtype)
+        mod.conv2d_forward(x, w, b, cols, y, C.RELU, 0.0, 1, 1, pad, pad)
+        dz, dx, dw, db = np.empty_like(y), np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        dout = rng.standard_normal(y.shape).astype(dtype)
+        mod.conv2d_backward(x, w, y, dout, cols, dz, dx, dw, db, C.RELU, 0.0, 1, 1, pad, pad, 1)
+        out += [y, dz, dx, dw, db]
+    return out
 
 
 @needs_extension
