@@ -1414,10 +1414,11 @@ cdef void _conv_c1_dw(const floating* x, const floating* dz, floating* cols, flo
     memset(dw, 0, g.kh * g.kw * F * sizeof(floating))
     if db != NULL:
         memset(db, 0, F * sizeof(floating))
+    # the zeros between the rows, once: every image writes the same other entries
+    memset(d, 0, F * plane * sizeof(floating))
     for b in range(g.n):
         _c1_pad(x + b * g.h * g.w, xp, g)
         dzb = dz + b * g.ho * g.wo * F
-        memset(d, 0, F * plane * sizeof(floating))  # zeros between the rows
         for oy in range(g.ho):
             for ox in range(g.wo):
                 for f in range(F):
