@@ -307,12 +307,10 @@ class SharedTraining:
         self.comm, self.rank, self.ranks = comm, comm.Get_rank(), comm.Get_size()
         dtype = np.dtype(dtype)
         first = self.rank == 0
-        # each rank's slot page-aligned, and a page more: the views start where the streams
-        # of the update do not alias (see _stagger)
-        size = _pages(n_params * dtype.itemsize) + PAGE
+        size = _pages(n_params * dtype.itemsize)  # each rank's slot page-aligned
         self.segments = [shard_bounds(n_train, self.ranks, q) for q in range(self.ranks)]
         self.lo, self.hi = self.segments[self.rank]
-        block = _pages(state_rows * (self.hi - self.lo) * dtype.itemsize) + PAGE
+        block = _pages(state_rows * (self.hi - self.lo) * dtype.itemsize)
         # the parameters and every rank's statistics: rank 0's memory; the gradients and
         # the state's slices: a slot of every rank's
         self._windows = [MPI.Win.Allocate_shared(size if first else 0, dtype.itemsize, comm=comm),
@@ -320,39 +318,19 @@ class SharedTraining:
                          MPI.Win.Allocate_shared(8 * n_stats * self.ranks if first else 0, 8,
                                                  comm=comm),
                          MPI.Win.Allocate_shared(block, dtype.itemsize, comm=comm)]  # fmt: skip
-        self.params = self._view(0, 0, dtype, n_params, 0)
-        # every rank's gradients at its own distance from the parameters, the same for all
-        # segments (both are indexed alike)
-        at = self._address(self.params)
-        self.slots = [self._view(1, q, dtype, n_params, at + GRAD_STAGGER[q % 3])
-                      for q in range(self.ranks)]  # fmt: skip
+        self.params = self._view(0, 0, dtype, n_params)
+        self.slots = [self._view(1, q, dtype, n_params) for q in range(self.ranks)]
         self.grads = self.slots[self.rank]
-        self.stats = self._view(2, 0, np.float64, n_stats * self.ranks, None)
-        self.stats = self.stats.reshape(self.ranks, -1)
-        # this rank's state slice where its update's moments do not alias the segment's
-        # parameters and gradients; the other ranks' slices as they placed them
-        itemsize, n_seg = dtype.itemsize, self.hi - self.lo
-        at_seg = at + self.lo * itemsize
-        own = [GRAD_STAGGER[q % 3] for q in range(min(self.ranks, 3))]
-        state_at = at_seg + _stagger(own, (n_seg * itemsize) if state_rows > 1 else 0)
-        placed = comm.allgather(state_at % PAGE)
-        self.states = [self._view(3, q, dtype, state_rows * (hi - lo), placed[q])
-                       .reshape(state_rows, -1)
+        self.stats = self._view(2, 0, np.float64, n_stats * self.ranks).reshape(self.ranks, -1)
+        self.states = [self._view(3, q, dtype, state_rows * (hi - lo)).reshape(state_rows, -1)
                        for q, (lo, hi) in enumerate(self.segments)]  # fmt: skip
         self.state = self.states[self.rank]
         self.loaded = shard_bounds(n_params, self.ranks, self.rank)
 
-    @staticmethod
-    def _address(view: np.ndarray) -> int:
-        return view.__array_interface__["data"][0]
-
-    def _view(self, window, owner, dtype, size, at):
-        """(size,) of rank ``owner``'s memory in window number ``window``, from the first
-        address congruent to ``at`` modulo a page (None: from the window's start)."""
+    def _view(self, window, owner, dtype, size):
+        """(size,) of rank ``owner``'s memory in window number ``window``."""
         mem, _ = self._windows[window].Shared_query(owner)
-        view = np.frombuffer(mem, np.uint8)
-        skip = 0 if at is None else (at - self._address(view)) % PAGE
-        return view[skip : skip + size * np.dtype(dtype).itemsize].view(dtype)
+        return np.frombuffer(mem, dtype, size)
 
     def load(self, params: np.ndarray) -> None:
         """Copies ``params`` (the same on every rank) into :attr:`params`, each rank its
@@ -396,29 +374,6 @@ class SharedTraining:
 
 def _pages(nbytes: int) -> int:
     return -(-nbytes // PAGE) * PAGE
-
-
-# A load whose address agrees in its low 12 bits with an earlier store still in flight
-# waits for it (4 KiB aliasing).  The update streams the parameters, its gradients and the
-# state's rows (loads, then stores) at the same index: placed at the same offset in their
-# pages, each iteration's loads trail the last iteration's stores of another stream by a
-# few bytes.  Measured (Adam over 931,845 float32 entries, one thread, data in cache):
-# 0.52-0.68 ms with the streams 0-20 bytes apart, 0.38-0.41 ms a kilobyte or more apart.
-#: the gradients' distance from the parameters, in bytes modulo a page, by rank % 3
-GRAD_STAGGER = (1024, 3072, 512)
-
-
-def _stagger(taken, row_bytes: int) -> int:
-    """The offset (bytes modulo a page, from the parameters' at 0) for the state's first row
-    farthest from the parameters (0), the gradients (``taken``) and, for its second row
-    ``row_bytes`` further on, from those too."""
-    fixed = [0, *taken]
-
-    def spread(at):
-        rows = [at, (at + row_bytes) % PAGE] if row_bytes else [at]
-        return min(min((a - b) % PAGE, (b - a) % PAGE) for a in rows for b in fixed)
-
-    return max(range(0, PAGE, 64), key=spread)
 
 
 def shard_bounds(rows: int, size: int, rank: int) -> tuple[int, int]:

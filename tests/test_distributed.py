@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastnn.distributed import GRAD_STAGGER, PAGE, _stagger, shard_bounds
+from fastnn.distributed import shard_bounds
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,19 +56,6 @@ def test_shards_are_contiguous_and_cover_the_batch():
             assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:]))
             lengths = [hi - lo for lo, hi in bounds]
             assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
-
-
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_shared_update_streams_are_kept_apart_in_their_pages(ranks):
-    """The state rows of a rank's update are placed a quarter of a page or more from the
-    parameters and every rank's gradients (modulo a page: 4 KiB aliasing), whatever the
-    segment's length."""
-    taken = [0, *GRAD_STAGGER[:ranks]]
-    for row_bytes in [0, *range(4, PAGE, 4)]:
-        at = _stagger(taken[1:], row_bytes)
-        rows = [at, (at + row_bytes) % PAGE] if row_bytes else [at]
-        gap = min(min((a - b) % PAGE, (b - a) % PAGE) for a in rows for b in taken)
-        assert gap >= 256, (row_bytes, at, gap)
 
 
 @needs_mpi
