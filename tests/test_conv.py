@@ -247,6 +247,22 @@ def _cnn_one_channel(backend, dtype, seed=0):
     )  # fmt: skip
 
 
+def _cnn_direct(backend, dtype, seed=0):
+    """Sixteen filters over two and over sixteen channels at stride 1 (the compiled
+    backends' direct loop over the filters; the second needs dx), and 2x2 max pooling of
+    sixteen channels (two vectors of eight in the AVX-512 build)."""
+    return fastnn.Sequential(
+        [
+            Conv2D(16, 3, padding="same", activation="relu", input_shape=(7, 9, 2)),
+            Conv2D(16, 3, activation="tanh"),
+            MaxPooling2D(2),
+            Flatten(),
+            Dense(3, activation="softmax"),
+        ],
+        dtype=dtype, backend=backend, seed=seed,
+    )  # fmt: skip
+
+
 def _train(make, backend, dtype, x, y):
     model = make(backend, dtype)
     model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
@@ -264,7 +280,8 @@ def test_cnn_training_matches_reference(backend, dtype):
     if backend == "numba" and dtype == "float32":
         pytest.skip("numba runs the float64 models here (one compile for the file)")
     rng = np.random.default_rng(4)
-    models = ((_cnn, (9, 8, 2)), (_cnn_global_avg, (6, 7, 1)), (_cnn_one_channel, (7, 9, 1)))
+    models = ((_cnn, (9, 8, 2)), (_cnn_global_avg, (6, 7, 1)), (_cnn_one_channel, (7, 9, 1)),
+              (_cnn_direct, (7, 9, 2)))  # fmt: skip
     for make, shape in models:
         x, y = rng.standard_normal((10, *shape)), rng.integers(0, 3, 10)
         want = _train(make, "numpy", "float64", x, y)
