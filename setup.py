@@ -16,9 +16,9 @@ Set FASTNN_SIMD_BUILDS=0 to build the baseline only.  None of these flags allows
 contraction or reassociation, so every build computes bit-identical results.
 """
 
-import hashlib
 import os
 import platform
+import runpy
 import sys
 
 from setuptools import setup
@@ -72,11 +72,11 @@ class OptionalBuildExt(build_ext):
 
 
 def _write_source_digest(ext_path: str) -> None:
-    """<extension>.sha256 beside a built extension: the SHA-256 of the _cython.pyx it was
-    built from.  fastnn.backend refuses an in-place build whose source changed since (a
-    failed rebuild leaves the previous extension behind)."""
-    with open(PYX, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    """<extension>.sha256 beside a built extension: the digest of the kernels' source it was
+    built from (kernels/_digest.py: _cython.pyx and its _cy_*.pxi).  fastnn.backend refuses
+    an in-place build whose source changed since (a failed rebuild leaves the previous
+    extension behind)."""
+    digest = runpy.run_path(os.path.join("kernels", "_digest.py"))["source_digest"]("kernels")
     with open(ext_path + ".sha256", "w", encoding="ascii") as f:
         f.write(digest + "\n")
 

@@ -10,7 +10,6 @@ training path of the model it runs.  Once warm the two run at the same speed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from types import ModuleType
@@ -93,22 +92,28 @@ def _import(name: str) -> ModuleType:
 
 def stale_build(module) -> str | None:
     """Why the compiled ``module`` is stale, or None: in an in-place (editable) build, the
-    ``_cython.pyx`` beside it differs from the one it was built from (the SHA-256 setup.py
-    wrote beside it; a rebuild that failed to translate leaves the previous build behind).
-    None where there is no source or no digest to compare (an installed wheel)."""
+    kernels' source beside it (``_cython.pyx`` and its ``_cy_*.pxi``) differs from the one
+    it was built from (the digest setup.py wrote beside it; a rebuild that failed to
+    translate leaves the previous build behind).  None where there is no source or no
+    digest to compare (an installed wheel)."""
+    from .kernels._digest import source_digest
+
     path = getattr(module, "__file__", None) or ""
-    source = os.path.join(os.path.dirname(path), "_cython.pyx")
+    directory = os.path.dirname(path)
+    source = os.path.join(directory, "_cython.pyx")
     digest_file = path + ".sha256"
-    if not (os.path.isfile(source) and os.path.isfile(digest_file)):
+    if not os.path.isfile(digest_file):
+        return None
+    current = source_digest(directory)
+    if current is None:
         return None
     with open(digest_file, encoding="ascii") as f:
         built = f.read().strip()
-    with open(source, "rb") as f:
-        current = hashlib.sha256(f.read()).hexdigest()
     if built == current:
         return None
     return (
-        f"{os.path.basename(path)} was built from another version of {source}; "
+        f"{os.path.basename(path)} was built from another version of {source} (or of the "
+        "_cy_*.pxi it includes); "
         "rebuild it: pip install -e . (the numba backend runs meanwhile)"
     )
 

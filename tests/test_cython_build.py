@@ -25,6 +25,7 @@ import pytest
 from fastnn import backend
 from fastnn.kernels import codes as C
 from fastnn.kernels import reference as ref
+from fastnn.kernels._digest import source_digest
 from tests.kernel_cases import mixed_stack, mlp3, rng_for, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,15 @@ def test_stale_build_is_refused(tmp_path):
     pyx.write_text("# kernels v2\n")
     why = backend.stale_build(module)
     assert why is not None and "_cython_avx512.so" in why and "pip install -e ." in why
+    Path(f"{so}.sha256").write_text(source_digest(str(tmp_path)) + "\n")
+    assert backend.stale_build(module) is None
+    include = tmp_path / "_cy_part.pxi"  # an included file is part of the source
+    include.write_text("# part v1\n")
+    assert backend.stale_build(module) is not None
+    Path(f"{so}.sha256").write_text(source_digest(str(tmp_path)) + "\n")
+    assert backend.stale_build(module) is None
+    include.write_text("# part v2\n")
+    assert backend.stale_build(module) is not None
     pyx.unlink()
     assert backend.stale_build(module) is None  # no source beside it
 
@@ -134,7 +144,7 @@ def test_builds_without_openmp(tmp_path):
     assert "-fopenmp" not in log and "WARNING: fastnn's Cython" not in log, log[-4000:]
     # the digest of the source it was built from, which fastnn.backend compares
     digest = Path(f"{built[0]}.sha256").read_text().strip()
-    assert digest == hashlib.sha256((src / "kernels" / "_cython.pyx").read_bytes()).hexdigest()
+    assert digest == source_digest(str(src / "kernels"))
 
     # a package `fastnn` whose `kernels` is the copy: the import cannot reach the checkout
     pkg = tmp_path / "pkg" / "fastnn"
