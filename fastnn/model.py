@@ -26,9 +26,10 @@ from ._checks import (  # noqa: F401 - NonFiniteLossError is public here
 )
 from ._engine import Engine
 from ._fit import as_numpy, check_x, fit_loop, is_batch_source, split_batch
+from ._inputs import class_weights, shape_mismatch, to_samples
 from .kernels import codes
 from .layers import Dropout, Embedding, Flatten, Input, Layer, float_dtype
-from .layers.base import check_name, check_weight_list, sample_shape, size_of, unique_name
+from .layers.base import check_name, check_weight_list, sample_shape, unique_name
 
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
 #: step takes tens of milliseconds and first-call costs are lost in it
@@ -36,53 +37,6 @@ WARM_UP_MAX_BYTES = 64 << 20
 
 #: Backends whose kernels are compiled code: no NumPy floating-point warnings to silence.
 _NO_FP_WARNINGS = frozenset({"numba", "cython"})
-
-
-def _to_samples(x, arg, dtype, shape, flat_ok):
-    """x (N, *shape) as a C-contiguous (N, size) array of ``dtype``, checked once per call
-    (never per batch).  With ``flat_ok`` (a model starting with Flatten) samples may also
-    come flattened already; ``shape`` None accepts any 1 to 3 axes per sample."""
-    x = as_array(x, arg)
-    if x.ndim >= 1 and x.shape[0] == 0:
-        raise ValueError(f"{arg} must have at least one sample, got shape {x.shape} (empty)")
-    if x.ndim == 1:
-        raise ValueError(
-            f"{arg} must be 2-D (samples, features), got shape {x.shape}; "
-            "reshape a single feature with x.reshape(-1, 1)"
-        )
-    got = tuple(x.shape[1:])
-    if 0 in got:
-        raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")
-    if shape is None:
-        if len(got) > 3:
-            raise ValueError(
-                f"{arg} must have 1 to 3 axes per sample, got shape {x.shape}; declare the "
-                "input with Input(shape=...) and reshape the data to it"
-            )
-    elif got != tuple(shape) and not (flat_ok and got == (size_of(shape),)):
-        raise ValueError(_shape_mismatch(arg, x.shape, shape))
-    # one conversion per call (never per batch): any float/int dtype or memory layout in,
-    # C-contiguous model dtype out, so the kernels see one signature per dtype
-    out = as_float(x.reshape(x.shape[0], -1), dtype)
-    check_finite(out, arg, x)
-    return out, got
-
-
-def _shape_mismatch(arg, got, shape) -> str:
-    if len(shape) == 1 and len(got) == 2:
-        return (
-            f"{arg} must have {shape[0]} features per sample to match the model's input, got "
-            f"{got[1]} ({arg} shape {got})"
-        )
-    msg = (
-        f"{arg} must have samples of shape {tuple(shape)} to match the model's input, got "
-        f"shape {got}"
-    )
-    if tuple(got[1:]) + (1,) == tuple(shape):
-        msg += f"; add the channel axis: {arg}[..., None]"
-    elif len(shape) == 1 and size_of(got[1:]) == shape[0]:
-        msg += f"; flatten the samples: {arg}.reshape(len({arg}), -1)"
-    return msg
 
 
 def _compiled_metrics(metrics, loss) -> _metrics.MetricSet:
@@ -494,7 +448,7 @@ class Sequential:
             check_finite(x, arg)
             return x
         shape = self.input_shape if self._maybe_build() else None
-        x, sample = _to_samples(x, arg, self.dtype, shape, self._flat_inputs_ok())
+        x, sample = to_samples(x, arg, self.dtype, shape, self._flat_inputs_ok())
         if shape is None:
             self.build(sample)
         return x
@@ -512,7 +466,7 @@ class Sequential:
         if shape is None:
             self.build(ids.shape[1:])
         elif ids.shape[1:] != tuple(shape):
-            raise ValueError(_shape_mismatch(arg, ids.shape, shape))
+            raise ValueError(shape_mismatch(arg, ids.shape, shape))
         return layer.encode_ids(ids, self.dtype, arg)
 
     def _prepare(self, x, y, sample_weight=None, class_weight=None, arg="x", y_arg="y"):
@@ -537,38 +491,8 @@ class Sequential:
         sw_arg = "sample_weight" if y_arg == "y" else f"{y_arg[:-1]}sample_weight"
         sw = _losses.sample_weights(sample_weight, x.shape[0], self.dtype, sw_arg)
         if class_weight is not None:
-            sw = sw * self._class_weights(class_weight, y_arr, plan)
+            sw = sw * class_weights(class_weight, y_arr, plan.target, self.output_dim)
         return x, y_enc, np.ascontiguousarray(sw, dtype=self.dtype)
-
-    def _class_weights(self, class_weight, y, plan):
-        if not isinstance(class_weight, dict):
-            raise TypeError(
-                f"class_weight must be a dict {{class: weight}}, got {type(class_weight).__name__}"
-            )
-        for cls, w in class_weight.items():
-            if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)):
-                raise TypeError(
-                    f"class_weight keys must be int class indices, got {type(cls).__name__} {cls!r}"
-                )
-            if isinstance(w, bool) or not isinstance(w, (int, float, np.integer, np.floating)):
-                raise TypeError(
-                    f"class_weight[{cls}] must be a number, got {type(w).__name__} {w!r}"
-                )
-        if plan.target == "sparse" or plan.target == "sparse_onehot":
-            labels = np.asarray(y).reshape(len(y), -1)[:, 0].astype(np.int64)
-        elif self.output_dim == 1:
-            labels = (np.asarray(y).reshape(len(y), -1)[:, 0] > 0.5).astype(np.int64)
-        else:
-            labels = np.argmax(np.asarray(y).reshape(len(y), -1), axis=1)
-        table = np.ones(max(int(labels.max()) + 1, self.output_dim, 2), dtype=np.float64)
-        for cls, w in class_weight.items():
-            if not 0 <= int(cls) < table.size or not np.isfinite(w) or w < 0:
-                raise ValueError(
-                    f"class_weight must map classes in [0, {table.size - 1}] to finite weights "
-                    f">= 0, got {{{cls!r}: {w!r}}}"
-                )
-            table[int(cls)] = w
-        return table[labels]
 
     # -- training ---------------------------------------------------------------------
     def fit(
