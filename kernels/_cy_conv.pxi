@@ -16,6 +16,23 @@ cdef inline void _span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize
     end[0] = window if size - start > window else size - start
 
 
+cdef const floating* _cv_padded(const floating* x, floating* xp, const Window* g) noexcept nogil:
+    # one image x (H, W, C), zero-padded into xp (HO+KH-1, WP, C) with x at row pt, column
+    # pl, for the direct loops at stride 1; x itself where it is that grid already (valid
+    # padding)
+    cdef Py_ssize_t r, iy, wp = g.wo + g.kw - 1, C = g.c
+    cdef Py_ssize_t lo = g.pl, hi = g.pl + g.w if g.pl + g.w < wp else wp
+    if g.pt == 0 and g.pl == 0 and g.h == g.ho + g.kh - 1 and g.w == wp:
+        return x
+    memset(xp, 0, (g.ho + g.kh - 1) * wp * C * sizeof(floating))
+    for r in range(g.ho + g.kh - 1):
+        iy = r - g.pt
+        if 0 <= iy < g.h and hi > lo:
+            memcpy(xp + (r * wp + lo) * C, x + (iy * g.w + lo - g.pl) * C,
+                   (hi - lo) * C * sizeof(floating))
+    return xp
+
+
 cdef void _im2col(const floating* x, floating* cols, const Window* g, Py_ssize_t b0,
                   Py_ssize_t b1) noexcept nogil:
     # the columns of images b0 <= b < b1 (image b0's first row at cols); one image row of a

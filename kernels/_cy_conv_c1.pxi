@@ -226,18 +226,6 @@ cdef inline Py_ssize_t _c1_scratch(const Window* g) noexcept nogil:
     return (g.ho + g.kh - 1 + g.co * g.ho) * (g.wo + g.kw - 1)
 
 
-cdef void _c1_pad(const floating* x, floating* xp, const Window* g) noexcept nogil:
-    # one image x (H, W) zero-padded into xp (HO+KH-1, WP); x at row pt, column pl
-    cdef Py_ssize_t r, iy, j, wp = g.wo + g.kw - 1
-    cdef Py_ssize_t lo = g.pl, hi = g.pl + g.w if g.pl + g.w < wp else wp
-    memset(xp, 0, (g.ho + g.kh - 1) * wp * sizeof(floating))
-    for r in range(g.ho + g.kh - 1):
-        iy = r - g.pt
-        if 0 <= iy < g.h:
-            for j in range(lo, hi):
-                xp[r * wp + j] = x[iy * g.w + j - g.pl]
-
-
 cdef floating _sum_run(const floating* x, Py_ssize_t n) noexcept nogil:
     # sixteen interleaved partial sums: independent chains that vectorise
     cdef floating lanes[16]
@@ -263,11 +251,11 @@ cdef void _conv_c1_fwd(const floating* x, const floating* w, const floating* bia
     cdef Py_ssize_t b, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
     cdef Py_ssize_t plane = g.ho * wp, run = (g.ho - 1) * wp + g.wo
     cdef bint fused = act == LINEAR or act == RELU or act == LEAKY_RELU
-    cdef floating* xp = cols
+    cdef const floating* xp
     cdef floating* t = cols + (g.ho + g.kh - 1) * wp
     cdef floating* o
     for b in range(g.n):
-        _c1_pad(x + b * g.h * g.w, xp, g)
+        xp = _cv_padded(x + b * g.h * g.w, cols, g)
         if floating is float:
             fastnn_c1_planes_f(xp, wp, w, bias if fused else NULL, act if fused else LINEAR,
                                alpha, t, plane, run, g.kh, g.kw, F)
@@ -289,7 +277,7 @@ cdef void _conv_c1_dw(const floating* x, const floating* dz, floating* cols, flo
     # db[f] (when not NULL) = the sum of dz's plane f
     cdef Py_ssize_t b, f, oy, ox, F = g.co, wp = g.wo + g.kw - 1
     cdef Py_ssize_t plane = g.ho * wp, run = (g.ho - 1) * wp + g.wo
-    cdef floating* xp = cols
+    cdef const floating* xp
     cdef floating* d = cols + (g.ho + g.kh - 1) * wp
     cdef const floating* dzb
     memset(dw, 0, g.kh * g.kw * F * sizeof(floating))
@@ -298,7 +286,7 @@ cdef void _conv_c1_dw(const floating* x, const floating* dz, floating* cols, flo
     # the zeros between the rows, once: every image writes the same other entries
     memset(d, 0, F * plane * sizeof(floating))
     for b in range(g.n):
-        _c1_pad(x + b * g.h * g.w, xp, g)
+        xp = _cv_padded(x + b * g.h * g.w, cols, g)
         dzb = dz + b * g.ho * g.wo * F
         for oy in range(g.ho):
             for ox in range(g.wo):

@@ -222,22 +222,6 @@ cdef inline bint _direct_cv(const Window* g) noexcept nogil:
             <= g.n * g.ho * g.wo * g.kh * g.kw * g.c)
 
 
-cdef const floating* _cv_padded(const floating* x, floating* xp, const Window* g) noexcept nogil:
-    # one image x (H, W, C), zero-padded into xp (HO+KH-1, WP, C) with x at row pt, column
-    # pl; x itself where it is that grid already (valid padding at stride 1)
-    cdef Py_ssize_t r, iy, wp = g.wo + g.kw - 1, C = g.c
-    cdef Py_ssize_t lo = g.pl, hi = g.pl + g.w if g.pl + g.w < wp else wp
-    if g.pt == 0 and g.pl == 0 and g.h == g.ho + g.kh - 1 and g.w == wp:
-        return x
-    memset(xp, 0, (g.ho + g.kh - 1) * wp * C * sizeof(floating))
-    for r in range(g.ho + g.kh - 1):
-        iy = r - g.pt
-        if 0 <= iy < g.h and hi > lo:
-            memcpy(xp + (r * wp + lo) * C, x + (iy * g.w + lo - g.pl) * C,
-                   (hi - lo) * C * sizeof(floating))
-    return xp
-
-
 cdef void _conv_cv_fwd(const floating* x, const floating* w, const floating* bias,
                        floating* cols, floating* out, const Window* g, int act,
                        floating alpha) noexcept nogil:
