@@ -329,10 +329,11 @@ cdef double _eval(const Plan* pl, const Net* b, const floating* x, const floatin
 
 
 cdef inline Py_ssize_t _bucket(double p, Py_ssize_t k) noexcept nogil:
-    """The number of Keras's AUC thresholds (-eps, j / (k - 1), 1 + eps) below p."""
+    """The number of Keras's AUC thresholds (-eps, j / (k - 1), 1 + eps) below p clipped to
+    [0, 1] (reference._bucket); 0 for NaN."""
     cdef double q
     cdef Py_ssize_t inner
-    if p < 0:
+    if p != p:
         return 0
     q = ceil(p * (k - 1)) - 1
     inner = 0 if q < 0 else (k - 2 if q > k - 2 else <Py_ssize_t>q)

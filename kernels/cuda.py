@@ -1023,8 +1023,8 @@ def _build(F):  # noqa: C901 - one namespace of kernels
                     p = D(out[r, j])
                     if logits:
                         p = 1.0 / (1.0 + math.exp(-p))
-                    b = 0
-                    if p >= 0:
+                    b = 0  # NaN; p below 0 counts as 0 (reference._bucket)
+                    if p == p:
                         q = math.ceil(p * (k - 1)) - 1
                         b = 1 + min(max(I64(q), 0), k - 2)
                     side = 0 if y[r, j] > HALF else k

@@ -2042,7 +2042,7 @@ def _top_k_hit(out, i, label, k):
 @_jit
 def _bucket(p, k):
     """reference._bucket for one probability."""
-    if p < 0:
+    if p != p:
         return 0
     inner = np.int64(np.ceil(p * (k - 1))) - 1
     return 1 + min(max(inner, 0), k - 2)

@@ -1161,9 +1161,11 @@ def eval_step(batch, plan, net, work, loss):
 
 def _bucket(p, k):
     """The number of thresholds j / (k - 1), j = 1..k-2, and -eps below p (Keras's AUC
-    thresholds, the last one 1 + eps), for p in [0, 1]: p's bucket in 0..k-1."""
-    inner = np.clip(np.ceil(p * (k - 1)) - 1, 0, k - 2)
-    return np.where(p < 0, 0, 1 + inner.astype(np.int64))
+    thresholds, the last one 1 + eps): p's bucket in 1..k-1, p clipped to [0, 1] first as
+    Keras does (a linear output or a logit below 0 counts as 0); 0 for NaN."""
+    nan = np.isnan(p)
+    inner = np.clip(np.ceil(np.where(nan, 0, p) * (k - 1)) - 1, 0, k - 2)
+    return np.where(nan, 0, 1 + inner.astype(np.int64))
 
 
 def batch_stats(out, y, metrics, thresholds, stats):

@@ -349,6 +349,24 @@ def test_binary_metrics_match_their_definitions(backend, logits):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_auc_clips_outputs_outside_0_1_as_keras_does(backend):
+    """A linear output's AUC (values far outside [0, 1]): the ROC AUC of the outputs
+    clipped to [0, 1], as Keras's AUC computes it (once 0.18 where 0.76 was right)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 1))
+    y = (x[:, 0] + rng.normal(size=200) > 0).astype(np.float64)
+    model = fastnn.Sequential([Input(shape=(1,)), Dense(1)], backend=backend, dtype="float64")
+    model.set_weights([np.array([[3.0]]), np.array([0.5])])  # outputs in about [-7, 7]
+    model.compile("sgd", "mse", metrics=["AUC"])
+    auc = model.evaluate(x, y, return_dict=True)["AUC"]
+    clipped = np.clip(model.predict(x)[:, 0], 0, 1)
+    assert auc == pytest.approx(roc_auc_score(y, clipped), abs=5e-3)
+    assert 0.7 < auc < 0.8
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_class_metrics_and_their_names(backend, tmp_path):
     x, y = _data(n=120)
     model = fastnn.Sequential([Input(shape=(6,)), Dense(3, activation="softmax")], seed=0,

@@ -552,6 +552,8 @@ def test_batch_stats_every_metric_kind(mod, dtype, shape, logits):
     out.flat[0] = 0.0 if logits else 0.5
     if not logits and out.size > 2:
         out.flat[1], out.flat[2] = 1.0, 2 / 9  # a threshold of 10 buckets exactly
+    if not logits and out.size > 4:
+        out.flat[3], out.flat[4] = -0.3, 1.7  # outside [0, 1]: counted as 0 and 1
     out = out.astype(dtype)
     onehot = np.eye(c, dtype=dtype)[rng.integers(0, c, n)]
     labels = np.argmax(onehot, axis=1)[:, None].astype(dtype)
