@@ -8,6 +8,7 @@ compiled call per batch, which is the same update as the arrays' path for the sa
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -16,6 +17,7 @@ from . import callbacks as _callbacks
 from ._checks import _batch_size, _check_bool, check_int
 from ._fit_events import _non_finite, _progress, _Stop
 from .kernels import codes
+from .losses import sample_weights
 
 #: Progress-bar updates per epoch with verbose=1 (each update is one compiled call).
 PROGRESS_UPDATES = 20
@@ -80,14 +82,16 @@ def _split(model, x, y, sample_weight, class_weight, validation_split, validatio
     X, Y, SW = model._prepare(x, y, sample_weight, class_weight)
     val = _validation_arrays(model, validation_data)
     if val is None and validation_split:
-        n_val = int(len(X) * validation_split)
-        if n_val == 0 or n_val == len(X):
+        cut = int(math.floor(len(X) * (1.0 - validation_split)))  # Keras's split point
+        if cut == 0 or cut == len(X):
             raise ValueError(
-                f"validation_split={validation_split} leaves {n_val} of {len(X)} samples for "
-                "validation; it must leave at least one sample on each side"
+                f"validation_split={validation_split} leaves {len(X) - cut} of {len(X)} "
+                "samples for validation; it must leave at least one sample on each side"
             )
-        cut = len(X) - n_val
-        val = (X[cut:], Y[cut:], SW[cut:])
+        val_sw = SW
+        if class_weight is not None:  # class weights weigh the training samples only
+            val_sw = sample_weights(sample_weight, len(X), model.dtype, "sample_weight")
+        val = (X[cut:], Y[cut:], np.ascontiguousarray(val_sw[cut:]))
         X, Y, SW = X[:cut], Y[:cut], SW[:cut]
     return (X, Y, SW), val
 

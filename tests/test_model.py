@@ -409,6 +409,27 @@ def test_fit_with_validation_data_and_split_keys():
     assert hist.history["val_accuracy"][-1] == pytest.approx(val_acc, abs=1e-9)
 
 
+def test_validation_split_cuts_where_keras_does_and_leaves_class_weight_to_training():
+    """The split point is floor(n * (1 - validation_split)) (0.29 of 100 leaves 71 samples
+    to train on, not 72); class_weight weighs the training samples only, so val_loss is
+    the plain loss of the validation samples."""
+    x, y = _blobs(n=100, seed=3)
+    for split, train_rows in ((0.29, 71), (0.57, 43), (0.58, 42), (0.25, 75)):
+        model = _mlp()
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        hist = model.fit(x, y, epochs=1, batch_size=1, validation_split=split, verbose=0)
+        assert hist.params["steps"] == train_rows
+    model = _mlp()
+    model.compile(optimizer=SGD(1e-12), loss="sparse_categorical_crossentropy")
+    weights = {0: 1.0, 1: 3.0, 2: 0.5}
+    hist = model.fit(x, y, epochs=1, batch_size=10, validation_split=0.2, shuffle=False,
+                     verbose=0, class_weight=weights)  # fmt: skip
+    plain = model.evaluate(x[80:], y[80:])
+    weighted = model.evaluate(x[80:], y[80:], sample_weight=np.array([1.0, 3.0, 0.5])[y[80:]])
+    assert hist.history["val_loss"][0] == pytest.approx(plain, rel=1e-6)
+    assert abs(plain - weighted) > 1e-3
+
+
 def test_validation_split_takes_the_last_fraction_before_shuffling():
     x, y = _blobs(n=100, seed=7)
     cut = 75
