@@ -225,6 +225,7 @@ class EarlyStopping(_Monitor):
             return
         if self.restore_best_weights and self.best_weights is None:
             self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch
         self.wait += 1
         if math.isfinite(current) and self._improved(current, self.best):
             self.best = current
@@ -232,8 +233,8 @@ class EarlyStopping(_Monitor):
             if self.restore_best_weights:
                 self.best_weights = self.model.get_weights()
             if self.baseline is None or self._improved(current, self.baseline):
-                self.wait = 0
-                return
+                self.wait = 0  # patience restarts only below the baseline
+            return  # and no epoch that improved stops training, as in Keras 3
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True

@@ -132,7 +132,11 @@ def test_early_stopping_baseline():
     script = Scripted("loss", [0.9, 0.8, 0.7, 0.6, 0.5])
     es = cb.EarlyStopping(monitor="loss", patience=2, baseline=0.55)
     hist = _model().fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
-    assert len(hist.epoch) == 2  # improving, but not past the baseline within 2 epochs
+    assert len(hist.epoch) == 5  # as in Keras 3: an epoch that improves never stops it
+    script = Scripted("loss", [0.9, 0.8, 0.85, 0.6, 0.5])
+    es = cb.EarlyStopping(monitor="loss", patience=2, baseline=0.55)
+    hist = _model().fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
+    assert len(hist.epoch) == 3  # improving, but not past the baseline within 2 epochs
     script = Scripted("loss", [0.9, 0.5, 0.6, 0.7, 0.8])
     es = cb.EarlyStopping(monitor="loss", patience=2, baseline=0.55)
     hist = _model().fit(x, y, epochs=5, verbose=0, callbacks=[script, es])
