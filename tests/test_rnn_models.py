@@ -212,6 +212,13 @@ def test_layer_argument_errors():
         GRU(3, reset_after=False)
     with pytest.raises(TypeError, match="return_sequences"):
         LSTM(3, return_sequences=1)
+    # Keras's third (SimpleRNN) and fourth (LSTM, GRU) positional argument is use_bias: the
+    # arguments after the activations are keyword-only, not read as return_sequences
+    with pytest.raises(TypeError, match="positional"):
+        SimpleRNN(4, "tanh", True)
+    for kind in (LSTM, GRU):
+        with pytest.raises(TypeError, match="positional"):
+            kind(4, "tanh", "sigmoid", True)
     with pytest.raises(ValueError, match="input_dim"):
         Embedding(0, 3)
     with pytest.raises(ValueError, match=r"\(N, timesteps, features\)"):

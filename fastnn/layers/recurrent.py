@@ -138,14 +138,16 @@ class SimpleRNN(_Recurrent):
     activation : str
         tanh (default), relu, sigmoid or linear.
     return_sequences : bool
-        Return every hidden state (N, T, U) rather than the last one (N, U).
+        Return every hidden state (N, T, U) rather than the last one (N, U).  This and the
+        arguments after it are keyword-only (Keras's positional order puts ``use_bias``
+        here, which fastnn does not take).
     kernel_initializer, recurrent_initializer, bias_initializer : str or callable
         Keras's defaults: glorot_uniform, orthogonal, zeros.
     """
 
     kind = codes.SIMPLE_RNN
 
-    def __init__(self, units: int, activation: str = "tanh", return_sequences: bool = False,
+    def __init__(self, units: int, activation: str = "tanh", *, return_sequences: bool = False,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", name: str | None = None,
                  input_shape=None):  # fmt: skip
@@ -180,7 +182,7 @@ class LSTM(_Recurrent):
     gates = 4
 
     def __init__(self, units: int, activation: str = "tanh",
-                 recurrent_activation: str = "sigmoid", return_sequences: bool = False,
+                 recurrent_activation: str = "sigmoid", *, return_sequences: bool = False,
                  unit_forget_bias: bool = True, kernel_initializer="glorot_uniform",
                  recurrent_initializer="orthogonal", bias_initializer="zeros",
                  name: str | None = None, input_shape=None):  # fmt: skip
@@ -233,7 +235,7 @@ class GRU(_Recurrent):
     gates = 3
 
     def __init__(self, units: int, activation: str = "tanh",
-                 recurrent_activation: str = "sigmoid", return_sequences: bool = False,
+                 recurrent_activation: str = "sigmoid", *, return_sequences: bool = False,
                  reset_after: bool = True, kernel_initializer="glorot_uniform",
                  recurrent_initializer="orthogonal", bias_initializer="zeros",
                  name: str | None = None, input_shape=None):  # fmt: skip
