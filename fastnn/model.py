@@ -635,8 +635,11 @@ class Sequential:
         """A zeroed statistics vector: the fixed entries and every metric's slots."""
         return self._metric_set.zeros()
 
-    def train_on_batch(self, x, y, sample_weight=None, class_weight=None) -> float:
-        """One optimizer step on the batch (x, y); returns its loss."""
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None,
+                       return_dict: bool = False):  # fmt: skip
+        """One optimizer step on the batch (x, y); returns the batch's loss as a float
+        without metrics, else a list [loss, metrics...] in compile order, or a dict with
+        ``return_dict`` (as :meth:`evaluate`, as Keras 3)."""
         x, y, sw = self._prepare(x, y, sample_weight, class_weight)
         order = np.arange(x.shape[0], dtype=np.int64)
         snap = self._snapshot(reuse=True)
@@ -651,7 +654,7 @@ class Sequential:
                 "updated: lower the learning rate or check the data scale",
                 loss=loss,
             )
-        return loss
+        return _returned(self._logs(stats), return_dict)
 
     # -- recovery from non-finite training ----------------------------------------------
     def _snapshot(self, reuse: bool = False):
@@ -717,10 +720,7 @@ class Sequential:
         logs = self._logs(stats)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
-        if return_dict:
-            return logs
-        values = list(logs.values())
-        return values[0] if len(values) == 1 else values
+        return _returned(logs, return_dict)
 
     def _evaluate_batches(self, source, steps=None) -> np.ndarray:
         """The summed statistics of an iterable's batches, each one compiled call."""
@@ -959,6 +959,15 @@ class Sequential:
         if self._input is not None:
             config["input"] = self._input.get_config()
         return config
+
+
+def _returned(logs: dict, return_dict: bool):
+    """``logs`` as evaluate and train_on_batch return them: the dict, the loss alone, or
+    the list [loss, metrics...]."""
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values
 
 
 def _bytes(size: int) -> str:

@@ -513,6 +513,25 @@ def test_train_on_batch_returns_the_loss_and_updates_weights():
     assert model.train_on_batch(x, y) < loss
 
 
+def test_train_on_batch_returns_the_metrics_as_keras_3_does():
+    """[loss, metrics...] with metrics compiled, or a dict with return_dict: each call
+    the values of its own batch (the weights before its update), as evaluate gives them."""
+    x, y = _blobs(n=20, seed=9)
+    model = _mlp(seed=3, dtype="float64")
+    model.compile(optimizer=SGD(0.1), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", "sparse_top_k_categorical_accuracy"])  # fmt: skip
+    for return_dict in (False, True):
+        expected = model.evaluate(x[:12], y[:12], return_dict=return_dict)
+        got = model.train_on_batch(x[:12], y[:12], return_dict=return_dict)
+        assert type(got) is type(expected)
+        values = got.values() if return_dict else got
+        want = expected.values() if return_dict else expected
+        assert list(values) == pytest.approx(list(want), rel=1e-12)
+    assert set(got) == {"loss", "accuracy", "sparse_top_k_categorical_accuracy"}
+    loss, accuracy, top_k = model.train_on_batch(x, y)
+    assert 0 <= accuracy <= 1 and top_k == 1.0 and loss > 0
+
+
 # ---------------------------------------------------------------------------------------
 # Seeds
 
