@@ -182,30 +182,47 @@ def _replay(model, snap, X, Y, SW, rows, bs):
 
 
 class ArrayEpochs:
-    """Epochs over prepared arrays: each a compiled call per chunk of batches."""
+    """Epochs over prepared arrays: each a compiled call per chunk of batches.
 
-    def __init__(self, model, data, batch_size, shuffle, verbose, cbs):
+    With ``steps_per_epoch`` an epoch is that many batches of a pass over the (shuffled)
+    samples, the next epoch going on where it stopped, as Keras 3's iterator does: the
+    epoch that reaches the end of the pass is shorter, and the next one starts a new
+    (reshuffled) pass."""
+
+    def __init__(self, model, data, batch_size, shuffle, verbose, cbs, steps_per_epoch=None):
         self.model, (self.X, self.Y, self.SW) = model, data
         self.n = len(self.X)
         self.bs = min(batch_size, self.n)
         self.shuffle, self.verbose, self.cbs = shuffle, verbose, cbs
-        self.steps = -(-self.n // self.bs)
+        self.per_pass = -(-self.n // self.bs)
+        self.steps = steps_per_epoch or self.per_pass
         self.batch_begin = cbs.overriding("on_train_batch_begin")
         self.batch_end = cbs.overriding("on_train_batch_end")
-        self.chunks = _epoch_chunks(self.steps, verbose, bool(self.batch_begin or self.batch_end))
         self.train = model._trainer(self.X, self.Y, self.SW, self.bs)  # warms its workspace
+        self._pass, self._next = None, 0  # the pass's sample order, its next batch
+
+    def _epoch_rows(self):
+        """This epoch's samples, in order: the next ``steps`` batches of the pass."""
+        if self._pass is None or self._next >= self.per_pass:
+            order = self.model._shuffle_rng.permutation(self.n) if self.shuffle else None
+            self._pass = np.arange(self.n) if order is None else order
+            self._pass, self._next = self._pass.astype(np.int64), 0
+        first, stop = self._next, min(self._next + self.steps, self.per_pass)
+        self._next = stop
+        return self._pass[first * self.bs : stop * self.bs]
 
     def run(self, epoch, epochs):
         """Trains one epoch; returns its logs (raises _Stop or NonFiniteLossError)."""
         model = self.model
-        order = model._shuffle_rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        order = order.astype(np.int64)
+        order = self._epoch_rows()
+        steps = -(-len(order) // self.bs)
+        chunks = _epoch_chunks(steps, self.verbose, bool(self.batch_begin or self.batch_end))
         stats = model._new_stats()
-        bar = _progress(self.verbose, self.steps, epoch, epochs)
+        bar = _progress(self.verbose, steps, epoch, epochs)
         snap = model._snapshot(reuse=True)  # replay point should a step go non-finite
         start = 0
         try:
-            for size in self.chunks:
+            for size in chunks:
                 self._chunk(order, start, size, stats, snap, epoch)
                 start += size * self.bs
                 if bar is not None:
@@ -240,6 +257,9 @@ class ArrayEpochs:
 # Training on an iterable of batches: one compiled call per batch
 
 
+_NO_BATCH = object()
+
+
 class BatchEpochs:
     """Epochs over an iterable of (x, y[, sample_weight]) batches."""
 
@@ -248,13 +268,15 @@ class BatchEpochs:
         self.class_weight, self.verbose, self.cbs = class_weight, verbose, cbs
         self._iterator = None
         self.exhausted = False
+        #: a source that gives a new pass each time it is iterated (not its own iterator)
+        self.reiterable = iter(source) is not source
 
     def _batches(self):
-        """This epoch's iterator: a fresh one of a re-iterable source (a DataLoader), else
-        the one iterator of a generator, continued."""
-        it = iter(self.source)
-        if it is not self.source or self._iterator is None:
-            self._iterator = it
+        """This epoch's iterator: the one iterator of a generator, continued; of a
+        re-iterable source (a DataLoader) a fresh one each epoch, or with
+        ``steps_per_epoch`` the previous epoch's, continued until it runs out (Keras 3)."""
+        if self._iterator is None or (self.steps is None and self.reiterable):
+            self._iterator = iter(self.source)
         return self._iterator
 
     def run(self, epoch, epochs):
@@ -267,10 +289,19 @@ class BatchEpochs:
                 try:
                     batch = next(it)
                 except StopIteration:
-                    self._ran_out(b)
-                    if b == 0:  # nothing left for this epoch: training ends before it
-                        raise _Stop(model._logs(stats)) from None
-                    break
+                    if not (self.reiterable and self.steps is not None):
+                        self._ran_out(b)
+                        if b == 0:  # nothing left for this epoch: training ends before it
+                            raise _Stop(model._logs(stats)) from None
+                        break
+                    self._iterator = it = iter(self.source)  # a new pass
+                    if b > 0:
+                        break  # this epoch ends early, as in Keras 3; the next one goes on
+                    batch = next(it, _NO_BATCH)
+                    if batch is _NO_BATCH:
+                        raise ValueError(
+                            "the training batches are empty: the iterable yielded no batch"
+                        ) from None
                 self._one(batch, b, stats, epoch)
                 b += 1
                 if bar is not None:
@@ -322,14 +353,77 @@ class BatchEpochs:
 # The loop
 
 
-def _validation(model, val, validation_data, validation_steps):
-    """The epoch's validation logs (prefixed val_), from arrays or an iterable."""
-    if val is not None:
-        vx, vy, vsw = val
-        stats = model._run(vx, vy, vsw, np.arange(len(vx), dtype=np.int64), min(len(vx), 1024))
-    else:
-        stats = model._evaluate_batches(validation_data, validation_steps)
-    return model._logs(stats, prefix="val_")
+class _Validation:
+    """Each epoch's validation logs (prefixed val_): all the validation arrays, or with
+    ``steps`` the next ``steps`` batches of ``batch_size`` of them; all the batches of an
+    iterable, or with ``steps`` the next ``steps`` of them.  Like Keras 3's iterator the
+    batches go on from one validation to the next, a validation that reaches the end of
+    the data is shorter, and the next one starts over (the one iterator of a generator is
+    simply continued)."""
+
+    def __init__(self, model, val, source, steps, batch_size):
+        self.model, self.val, self.source, self.steps = model, val, source, steps
+        self.bs = batch_size
+        self._next, self._iterator = 0, None
+
+    def logs(self):
+        model = self.model
+        if self.val is not None:
+            vx, vy, vsw = self.val
+            if self.steps is None:
+                rows = np.arange(len(vx), dtype=np.int64)
+                stats = model._run(vx, vy, vsw, rows, min(len(vx), 1024))
+            else:
+                stats = model._run(vx, vy, vsw, self._rows(len(vx)), min(self.bs, len(vx)))
+        elif self.steps is None:
+            stats = model._evaluate_batches(self.source, None)
+        else:
+            stats = self._continued()
+        return model._logs(stats, prefix="val_")
+
+    def _rows(self, n):
+        per_pass = -(-n // self.bs)
+        if self._next >= per_pass:
+            self._next = 0
+        first, stop = self._next, min(self._next + self.steps, per_pass)
+        self._next = stop
+        return np.arange(first * self.bs, min(stop * self.bs, n), dtype=np.int64)
+
+    def _continued(self):
+        reiterable = iter(self.source) is not self.source
+        if self._iterator is None:
+            self._iterator = iter(self.source)
+        counted = _Counted(self._iterator)
+        try:
+            stats = self.model._evaluate_batches(counted, self.steps)
+        except ValueError:
+            if counted.n or not reiterable:
+                raise
+            self._iterator = iter(self.source)  # the pass ended with the last validation
+            counted = _Counted(self._iterator)
+            stats = self.model._evaluate_batches(counted, self.steps)
+        if reiterable and counted.ended:
+            self._iterator = None  # a new pass next time
+        return stats
+
+
+class _Counted:
+    """An iterator's items, counted (``n``), and whether it ran out (``ended``)."""
+
+    def __init__(self, iterator):
+        self._it, self.n, self.ended = iterator, 0, False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            item = next(self._it)
+        except StopIteration:
+            self.ended = True
+            raise
+        self.n += 1
+        return item
 
 
 def _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val):
@@ -382,6 +476,11 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
         if validation_data is not None and not is_batch_source(validation_data):
             val = _validation_arrays(model, validation_data)
     elif dp is not None:
+        if steps is not None:
+            raise ValueError(
+                "steps_per_epoch is not supported by a data-parallel fit of arrays (every "
+                f"epoch is a whole pass over them), got {steps}; call set_distribution(None)"
+            )
         source = _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs,
                                        (sample_weight, class_weight, validation_split,
                                         validation_data), (epochs, initial_epoch))  # fmt: skip
@@ -389,11 +488,17 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     else:
         data, val = _split(model, x, y, sample_weight, class_weight, validation_split,
                            validation_data)  # fmt: skip
-        source = ArrayEpochs(model, data, _batch_size(batch_size, 32), shuffle, verbose, cbs)
+        default = -(-len(data[0]) // steps) if steps else 32  # Keras 3's batch for steps
+        source = ArrayEpochs(model, data, _batch_size(batch_size, default), shuffle, verbose,
+                             cbs, steps)  # fmt: skip
         n_steps = source.steps
     cbs.set_params({"epochs": epochs, "steps": n_steps, "verbose": verbose})
-    return _epochs(model, source, cbs, history, val, validation_data, validation_steps,
-                   validation_freq, initial_epoch, epochs, verbose)  # fmt: skip
+    validation = None
+    if val is not None or validation_data is not None:
+        validation = _Validation(model, val, validation_data, validation_steps,
+                                 _batch_size(batch_size, 32))  # fmt: skip
+    return _epochs(model, source, cbs, history, validation, validation_freq, initial_epoch,
+                   epochs, verbose)  # fmt: skip
 
 
 def _distribution():
@@ -421,13 +526,13 @@ def _data_parallel_epochs(dp, model, x, y, batch_size, shuffle, verbose, cbs, re
     return source
 
 
-def _epochs(model, source, cbs, history, val, validation_data, validation_steps,
-            validation_freq, initial_epoch, epochs, verbose):  # fmt: skip
+def _epochs(model, source, cbs, history, validation, validation_freq, initial_epoch, epochs,
+            verbose):  # fmt: skip
     model.stop_training = False
     model.history = history
     cbs.call("on_train_begin", {})
     logs: dict = {}
-    has_val = val is not None or validation_data is not None
+    has_val = validation is not None
     for epoch in range(initial_epoch, epochs):
         cbs.call("on_epoch_begin", epoch, {})
         try:
@@ -436,7 +541,7 @@ def _epochs(model, source, cbs, history, val, validation_data, validation_steps,
             logs = stop.logs
             break
         if has_val and (epoch + 1) % validation_freq == 0:
-            logs.update(_validation(model, val, validation_data, validation_steps))
+            logs.update(validation.logs())
         cbs.call("on_epoch_end", epoch, logs)
         bar_shown = verbose == 1 and getattr(source, "steps", None) is not None
         _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val)

@@ -520,13 +520,23 @@ class Sequential:
         x, y : arrays, or x an iterable of batches
             Arrays (x of shape (N, *input_shape)); or x a generator, a PyTorch
             ``DataLoader`` or any iterable of ``(x, y)`` / ``(x, y, sample_weight)`` batches
-            (then y is None, ``batch_size`` and ``shuffle`` do not apply, and
-            ``steps_per_epoch`` batches make an epoch: all of them by default).
+            (then y is None and ``batch_size`` and ``shuffle`` do not apply).
+        steps_per_epoch : int, optional
+            Batches per epoch (default: a whole pass over the data).  As in Keras 3 each
+            epoch goes on where the previous one stopped: the epoch that reaches the end
+            of the data (of a shuffled pass over arrays, of a re-iterable source such as
+            a ``DataLoader``) is shorter and the next one starts a new pass; a generator
+            that runs out ends training with a warning.  With arrays and no
+            ``batch_size`` the batch is ceil(N / steps_per_epoch).
         validation_split : float
-            Takes the *last* fraction of the samples, before shuffling, as Keras does.
+            Takes the *last* fraction of the samples, before shuffling, as Keras does
+            (floor(N * (1 - validation_split)) samples train); ``class_weight`` weighs the
+            training samples only.
         validation_data : tuple or iterable, optional
-            ``(x_val, y_val[, sample_weight_val])`` or an iterable of such batches
-            (``validation_steps`` of them per validation).
+            ``(x_val, y_val[, sample_weight_val])`` or an iterable of such batches.
+        validation_steps : int, optional
+            Batches per validation (of ``batch_size`` validation samples with arrays);
+            they go on from one validation to the next as ``steps_per_epoch`` does.
         validation_freq : int
             Validates after every ``validation_freq``-th epoch.
         verbose : {0, 1, 2}

@@ -251,6 +251,59 @@ def _batches(x, y, bs, epochs=1):
             yield x[start : start + bs], y[start : start + bs]
 
 
+class _Recorded:
+    """A re-iterable source of batches (as a DataLoader) that records which it gave."""
+
+    def __init__(self, x, y, bs):
+        self.batches = [(x[s : s + bs], y[s : s + bs]) for s in range(0, len(x), bs)]
+        self.given = []
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            self.given.append(i)
+            yield batch
+
+
+def test_steps_per_epoch_on_arrays_goes_on_through_the_data_as_keras_3():
+    """Arrays, 5 batches, steps_per_epoch=2: epochs of batches 0-1, 2-3, then 4 alone (the
+    end of the pass), the weights of one pass over the 5 batches; without batch_size the
+    batch is ceil(n / steps_per_epoch)."""
+    x, y = _data(n=50)
+    model = _pipeline_model()
+    hist = model.fit(x, y, batch_size=10, epochs=3, steps_per_epoch=2, shuffle=False,
+                     verbose=0)  # fmt: skip
+    assert hist.params["steps"] == 2 and len(hist.epoch) == 3
+    assert model.optimizer.iterations == 5
+    once = _pipeline_model()
+    once.fit(_batches(x, y, 10), epochs=1, verbose=0)
+    for a, b in zip(model.get_weights(), once.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    model = _pipeline_model()
+    model.fit(x, y, epochs=2, steps_per_epoch=2, verbose=0)
+    assert model.optimizer.iterations == 4  # batches of 25
+
+
+def test_steps_per_epoch_continues_a_reiterable_source_and_its_validation():
+    """A re-iterable source (a DataLoader) with steps_per_epoch: each epoch goes on where
+    the last one stopped (the epoch that ends the pass is shorter, the next starts a new
+    pass), for the training batches and for validation_steps; validation arrays with
+    validation_steps go on the same way in batches of batch_size."""
+    x, y = _data(n=50)
+    train, val = _Recorded(x, y, 10), _Recorded(x[:30], y[:30], 10)
+    model = _pipeline_model()
+    model.fit(train, epochs=4, steps_per_epoch=2, validation_data=val, validation_steps=2,
+              verbose=0)  # fmt: skip
+    assert train.given == [0, 1, 2, 3, 4, 0, 1]
+    assert val.given == [0, 1, 2, 0, 1, 2]
+    assert model.optimizer.iterations == 7
+    model = _pipeline_model()
+    model.compile(fastnn.optimizers.SGD(1e-12), "sparse_categorical_crossentropy")
+    hist = model.fit(x, y, batch_size=10, epochs=3, validation_data=(x[:30], y[:30]),
+                     validation_steps=2, verbose=0)  # fmt: skip
+    expected = [model.evaluate(x[a:b], y[a:b]) for a, b in ((0, 20), (20, 30), (0, 20))]
+    np.testing.assert_allclose(hist.history["val_loss"], expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_fit_on_a_generator_equals_fit_on_arrays(backend):
     """The same batches in the same order: the same steps (dropout masks and rates follow
