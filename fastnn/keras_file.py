@@ -15,6 +15,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -367,11 +368,27 @@ def load_keras(path, model_class, backend: str | None = None):
                 )
             config = json.loads(zf.read("config.json"))
             weights_bytes = zf.read("model.weights.h5")
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{where!r} is not a Keras .keras file: {exc}") from None
-    model = _model_from_keras(config, model_class, backend)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError,
+            json.JSONDecodeError, UnicodeDecodeError) as exc:  # fmt: skip
+        raise ValueError(f"{where!r} is not a readable Keras .keras file: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where!r}: config.json holds {type(config).__name__}, not a model")
+    try:
+        model = _model_from_keras(config, model_class, backend)
+    except (KeyError, AttributeError, TypeError) as exc:  # a damaged or foreign config
+        raise ValueError(f"{where!r}: config.json is not a model fastnn reads: {exc!r}") from None
     if not model._maybe_build():
         raise ValueError(f"{where!r}: the model has no input shape (no InputLayer)")
-    with h5py.File(io.BytesIO(weights_bytes), "r") as h5:
-        model.set_weights(_read_weights(h5, model))
+    try:
+        h5 = h5py.File(io.BytesIO(weights_bytes), "r")
+    except OSError as exc:
+        raise ValueError(f"{where!r}: model.weights.h5 is not an HDF5 file: {exc}") from None
+    with h5:
+        try:
+            weights = _read_weights(h5, model)
+        except (KeyError, OSError) as exc:
+            raise ValueError(f"{where!r}: model.weights.h5 is damaged: {exc!r}") from None
+    model.set_weights(weights)
     return model

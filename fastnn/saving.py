@@ -253,7 +253,7 @@ def _open_zip(path, what):
         raise FileNotFoundError(f"no such {what}: {path!r}")
     try:
         return zipfile.ZipFile(path, "r")
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, NotImplementedError, EOFError):
         raise ValueError(
             f"{path!r} is not a {what} (not a zip archive: truncated, damaged or another kind "
             "of file)"

@@ -185,3 +185,47 @@ def test_h5_model_names_are_refused_and_fnn_is_fastnn(tmp_path):
     with pytest.raises(ValueError, match="lacks config.json"):
         os.replace(tmp_path / "m.fnn", tmp_path / "m2.keras")
         fastnn.load_model(tmp_path / "m2.keras")
+
+
+def _rewritten(src, dst, members):
+    """A copy of the zip ``src`` at ``dst`` with ``members`` (name -> bytes) replaced."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            zout.writestr(name, members.get(name, zin.read(name)))
+    return dst
+
+
+def test_damaged_keras_files_are_refused_with_a_value_error(tmp_path):
+    """A .keras zip whose members are damaged: a ValueError naming the file, never the
+    exception of the zip, JSON or HDF5 reader underneath."""
+    pytest.importorskip("h5py")
+    model = fastnn.Sequential([fastnn.Input((4,)), L.Dense(2)], backend="numpy")
+    good = tmp_path / "ok.keras"
+    model.save(good)
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(good) as zf:
+        config = json.loads(zf.read("config.json"))
+    del config["config"]["layers"][-1]["config"]["units"]
+    cases = {
+        "h5": {"model.weights.h5": b"x" * 100},
+        "list": {"config.json": b"[]"},
+        "json": {"config.json": b"{not json"},
+        "units": {"config.json": json.dumps(config).encode()},
+    }
+    for name, members in cases.items():
+        bad = _rewritten(good, tmp_path / f"{name}.keras", members)
+        with pytest.raises(ValueError, match=name + r"\.keras"):
+            fastnn.load_model(bad, backend="numpy")
+    data = bytearray(good.read_bytes())  # bytes flipped all over the archive
+    for offset in range(0, len(data), 7):
+        flipped = bytearray(data)
+        flipped[offset : offset + 8] = bytes(b ^ 0x5A for b in flipped[offset : offset + 8])
+        (tmp_path / "flip.keras").write_bytes(bytes(flipped))
+        try:
+            fastnn.load_model(tmp_path / "flip.keras", backend="numpy")
+        except ValueError:
+            pass
