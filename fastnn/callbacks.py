@@ -319,8 +319,7 @@ def _optimizer_of(model, who):
 
 
 def _current_lr(opt) -> float:
-    lr = opt.learning_rate
-    return float(opt.lr_at(opt.iterations)) if callable(lr) else float(lr)
+    return float(opt.learning_rate)
 
 
 def _set_lr(opt, value, who) -> float:
@@ -407,7 +406,7 @@ class ReduceLROnPlateau(_Monitor):
     def on_train_begin(self, logs=None):
         self._reset()
         opt = _optimizer_of(self.model, "ReduceLROnPlateau")
-        if callable(opt.learning_rate):
+        if opt.schedule is not None:
             raise ValueError(
                 "ReduceLROnPlateau needs an optimizer with a constant learning_rate, not a schedule"
             )

@@ -127,15 +127,8 @@ class Optimizer:
 
     def __init__(self, learning_rate: float | Callable = 0.001, clipnorm=None, clipvalue=None,
                  global_clipnorm=None):  # fmt: skip
-        if isinstance(learning_rate, type):
-            raise TypeError(
-                f"learning_rate must be a positive number or a schedule instance, got the "
-                f"class {learning_rate.__name__}"
-            )
-        if callable(learning_rate):
-            self.learning_rate = learning_rate
-        else:
-            self.learning_rate = _number(learning_rate, "learning_rate", 0.0, low_open=True)
+        self.iterations = 0
+        self.learning_rate = learning_rate
         self.clipnorm, self.clipvalue, self.global_clipnorm = _clip_options(
             clipnorm, clipvalue, global_clipnorm
         )
@@ -145,14 +138,38 @@ class Optimizer:
         self._kept_hyper: tuple = (None, np.empty(0))
 
     @property
+    def learning_rate(self) -> float:
+        """The rate of the next step: the number given, or the schedule's rate at
+        :attr:`iterations` (as Keras 3; the schedule itself is :attr:`schedule`).  Set it
+        to a positive number or a schedule."""
+        return self.lr_at(self.iterations)
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        if isinstance(value, type):
+            raise TypeError(
+                f"learning_rate must be a positive number or a schedule instance, got the "
+                f"class {value.__name__}"
+            )
+        if not callable(value):
+            value = _number(value, "learning_rate", 0.0, low_open=True)
+        self._learning_rate = value
+
+    @property
+    def schedule(self):
+        """The learning-rate schedule (a callable step -> rate), or None for a constant
+        rate."""
+        return self._learning_rate if callable(self._learning_rate) else None
+
+    @property
     def slots(self) -> int:
         """Number of state arrays per parameter array."""
         return codes.STATE_SLOTS[self.code]
 
     def lr_at(self, iteration: int) -> float:
         """The learning rate used by step number ``iteration`` (0-based)."""
-        if callable(self.learning_rate):
-            lr = self.learning_rate(iteration)
+        if callable(self._learning_rate):
+            lr = self._learning_rate(iteration)
             if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
                 raise TypeError(
                     f"learning_rate schedule must return a number, got {type(lr).__name__} "
@@ -165,12 +182,12 @@ class Optimizer:
                     f"{iteration}"
                 )
             return lr
-        return self.learning_rate
+        return self._learning_rate
 
     def lrs(self, start: int, count: int) -> np.ndarray:
         """Rates of steps start .. start+count-1 as a float64 array."""
-        if not callable(self.learning_rate):
-            return np.full(count, self.learning_rate)
+        if not callable(self._learning_rate):
+            return np.full(count, self._learning_rate)
         return np.array([self.lr_at(start + i) for i in range(count)], dtype=np.float64)
 
     def hyper(self) -> np.ndarray:
@@ -201,7 +218,7 @@ class Optimizer:
     def _train_rates(self, count: int) -> np.ndarray:
         """The rates of the next ``count`` steps (a constant rate: a kept array of at least
         ``count`` entries)."""
-        lr = self.learning_rate
+        lr = self._learning_rate
         if callable(lr):
             return self.lrs(self.iterations, count)
         rate, kept = self._kept_rates
@@ -225,7 +242,7 @@ class Optimizer:
         return np.zeros((max(self.slots, 1), *shape), dtype=dtype)
 
     def get_config(self) -> dict:
-        lr = self.learning_rate
+        lr = self._learning_rate
         cfg = lr.get_config() if hasattr(lr, "get_config") else None
         lr_entry = {"schedule": type(lr).__name__, "config": cfg} if callable(lr) else lr
         clip = {

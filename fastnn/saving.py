@@ -115,10 +115,9 @@ def _array_spec(array) -> dict:
 def _learning_rate_config(optimizer):
     from . import schedules
 
-    lr = optimizer.learning_rate
-    if callable(lr):
-        return schedules.serialize(lr)
-    return float(lr)
+    if optimizer.schedule is not None:
+        return schedules.serialize(optimizer.schedule)
+    return float(optimizer.learning_rate)
 
 
 def _compile_config(model):

@@ -152,3 +152,24 @@ def test_zero_rate_after_boundary_freezes_weights():
     m.fit(x, y, epochs=2, batch_size=8, verbose=0)
     for a, b in zip(after_first, m.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_learning_rate_reads_as_the_current_rate_of_a_schedule():
+    """As in Keras 3, ``optimizer.learning_rate`` is the rate of the next step (a float a
+    logging callback can print), the schedule itself ``optimizer.schedule``; assigning a
+    number or another schedule replaces it."""
+    sch = schedules.ExponentialDecay(0.5, decay_steps=3, decay_rate=0.5)
+    model = fastnn.Sequential([fastnn.Input((4,)), Dense(3, activation="softmax")],
+                              backend="numpy")  # fmt: skip
+    model.compile(optimizer=optimizers.SGD(sch), loss="sparse_categorical_crossentropy")
+    model.fit(np.random.rand(40, 4), np.arange(40) % 3, epochs=3, batch_size=10, verbose=0)
+    opt = model.optimizer
+    assert opt.iterations == 12 and opt.schedule is sch
+    assert float(opt.learning_rate) == pytest.approx(0.5 * 0.5 ** (12 / 3))
+    assert opt.get_config()["learning_rate"]["schedule"] == "ExponentialDecay"
+    opt.learning_rate = 0.25
+    assert opt.schedule is None and opt.learning_rate == 0.25
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        opt.learning_rate = -1.0
+    opt.learning_rate = sch
+    assert opt.schedule is sch
