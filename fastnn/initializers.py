@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ._names import lookup
+from ._names import foreign_object_hint, lookup
 
 
 def _fans(shape):
@@ -72,6 +72,12 @@ _INITS: dict[str, Callable] = {
 
 def get(init: str | Callable, arg: str) -> Callable:
     """The initialiser for a name, or ``init`` itself if it is callable(shape, rng)."""
+    hint = foreign_object_hint(init, instead="")
+    if hint:  # a Keras initializer is callable too, but as (shape, dtype)
+        raise TypeError(
+            f"{arg} must be a name or a callable (shape, rng) -> array, got "
+            f"{type(init).__name__}{hint}"
+        )
     if callable(init):
         return init
     return lookup(_INITS, arg, init)

@@ -3,6 +3,7 @@ kernel runs; non-finite training stops with NonFiniteLossError and the last good
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -483,3 +484,19 @@ def test_overflowing_training_step_warns_about_nothing(backend):
         warnings.simplefilter("error")
         with pytest.raises(fastnn.NonFiniteLossError):
             m.train_on_batch(x[:8], y[:8] * 1e30)
+
+
+def test_objects_of_keras_get_a_message_that_says_what_to_pass():
+    """Porting with ``import fastnn as keras`` mixes in a Keras object now and then: the
+    TypeError says it is another library's and which name to pass instead."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    pytest.importorskip("torch")
+    keras = pytest.importorskip("keras")
+    model = fastnn.Sequential([fastnn.Input((4,)), fastnn.layers.Dense(1, activation="sigmoid")],
+                              backend="numpy")  # fmt: skip
+    with pytest.raises(TypeError, match="another library's object.*'adam'"):
+        model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    with pytest.raises(TypeError, match="'binary_crossentropy'"):
+        model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
+    with pytest.raises(TypeError, match="kernel_initializer.*'he_normal'"):
+        fastnn.layers.Dense(3, kernel_initializer=keras.initializers.HeNormal(seed=1))
