@@ -352,7 +352,9 @@ class Sequential:
             return (activation if isinstance(activation, str) else "linear"), layer
         return None
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None) -> None:
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+                jit_compile="auto", auto_scale_loss=True) -> None:  # fmt: skip
         """Chooses the optimizer, the loss and the metrics.
 
         Parameters
@@ -367,6 +369,11 @@ class Sequential:
             "accuracy" or "acc" (classification losses), "mae" or "mean_absolute_error",
             "mse" or "mean_squared_error".  Each is logged under the name given
             (``metrics=["acc"]`` gives ``acc`` and ``val_acc``).
+        loss_weights, weighted_metrics : None
+            Keras's; not supported (a ValueError says so when given).
+        run_eagerly, steps_per_execution, jit_compile, auto_scale_loss
+            Accepted for Keras scripts and ignored: fastnn always runs compiled epochs
+            in the model's dtype.
 
         Raises
         ------
@@ -378,6 +385,13 @@ class Sequential:
             raise ValueError(
                 "loss must be given, e.g. loss='sparse_categorical_crossentropy', got None"
             )
+        for name, value in (("loss_weights", loss_weights),
+                            ("weighted_metrics", weighted_metrics)):  # fmt: skip
+            if value is not None:
+                raise ValueError(
+                    f"{name} is not supported by fastnn (one output, one loss; weigh samples "
+                    f"with fit's sample_weight or class_weight), got {value!r}"
+                )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
         self._check_backend_codes(optimizer, loss)

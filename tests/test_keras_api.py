@@ -496,3 +496,14 @@ def test_weights_files_load_into_any_model_of_the_same_structure(tmp_path):
     target.load_weights(tmp_path / "w.weights.npz")
     for a, b in zip(source.get_weights(), target.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_compile_takes_keras_3_execution_options_and_refuses_loss_weights():
+    model = _pipeline_model()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  run_eagerly=True, jit_compile=False, steps_per_execution=4,
+                  auto_scale_loss=False)  # fmt: skip
+    assert model.metrics == ["accuracy"]
+    for name in ("loss_weights", "weighted_metrics"):
+        with pytest.raises(ValueError, match=f"{name} is not supported"):
+            model.compile("adam", "sparse_categorical_crossentropy", **{name: [1.0]})
