@@ -42,11 +42,40 @@ class Callback:
 
     def wants_batches(self) -> bool:
         """Whether this callback overrides a per-batch hook."""
-        cls = type(self)
-        return any(
-            getattr(cls, hook) is not getattr(Callback, hook)
-            for hook in ("on_train_batch_begin", "on_train_batch_end")
-        )
+        return any(_overrides(self, hook) for hook in ("on_train_batch_begin",
+                                                         "on_train_batch_end"))  # fmt: skip
+
+
+def _overrides(callback, hook: str) -> bool:
+    """Whether ``callback``'s ``hook`` is its class's or its own (LambdaCallback's), not the
+    base class's that does nothing."""
+    fn = getattr(callback, hook)
+    return getattr(fn, "__func__", fn) is not getattr(Callback, hook)
+
+
+class LambdaCallback(Callback):
+    """A callback made of functions, as Keras's: each one given is called as that hook,
+    ``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)``,
+    ``on_train_begin(logs)``, ``on_train_end(logs)``, ``on_train_batch_begin(batch, logs)``,
+    ``on_train_batch_end(batch, logs)`` (also spelled ``on_batch_begin``/``on_batch_end``).
+    A per-batch function makes ``fit`` call back after every batch."""
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None,
+                 on_batch_begin=None, on_batch_end=None):  # fmt: skip
+        super().__init__()
+        hooks = {
+            "on_epoch_begin": on_epoch_begin, "on_epoch_end": on_epoch_end,
+            "on_train_begin": on_train_begin, "on_train_end": on_train_end,
+            "on_train_batch_begin": on_train_batch_begin or on_batch_begin,
+            "on_train_batch_end": on_train_batch_end or on_batch_end,
+        }  # fmt: skip
+        for name, fn in hooks.items():
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function, got {type(fn).__name__} {fn!r}")
+            setattr(self, name, fn)
 
 
 class History(Callback):
@@ -89,8 +118,7 @@ class CallbackList:
     def overriding(self, hook: str) -> list:
         """The bound ``hook`` of each callback whose class overrides it, in order: the
         per-batch loop calls only these (the base class's hooks do nothing)."""
-        base = getattr(Callback, hook)
-        return [getattr(cb, hook) for cb in self.callbacks if getattr(type(cb), hook) is not base]
+        return [getattr(cb, hook) for cb in self.callbacks if _overrides(cb, hook)]
 
     @property
     def handles_nan(self) -> bool:

@@ -451,3 +451,20 @@ def test_missing_monitor_warning_names_the_cause():
         _model().fit(x, y, epochs=1, verbose=0, callbacks=[cb.ReduceLROnPlateau("acc")])
     msg = str(record[0].message)
     assert "pass validation data" not in msg and "did you mean 'accuracy'?" in msg
+
+
+def test_lambda_callback_calls_its_functions_as_the_hooks():
+    x, y = _data()
+    seen = []
+    lam = cb.LambdaCallback(
+        on_train_begin=lambda logs: seen.append("begin"),
+        on_epoch_end=lambda epoch, logs: seen.append(("epoch", epoch, sorted(logs))),
+        on_batch_end=lambda batch, logs: seen.append(("batch", batch)),
+        on_train_end=lambda logs: seen.append("end"),
+    )
+    _model().fit(x, y, epochs=2, batch_size=len(x) // 2 + 1, verbose=0, callbacks=[lam])
+    assert seen[0] == "begin" and seen[-1] == "end"
+    assert [s for s in seen if s[0] == "batch"] == [("batch", 0), ("batch", 1)] * 2
+    assert [s[:2] for s in seen if s[0] == "epoch"] == [("epoch", 0), ("epoch", 1)]
+    with pytest.raises(TypeError, match="on_epoch_end must be a function"):
+        cb.LambdaCallback(on_epoch_end=3)
