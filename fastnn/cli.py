@@ -67,8 +67,18 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {value}")
     return value
 
 
@@ -163,7 +173,7 @@ def _add_train(sub):
     )
     p.add_argument("--lr", type=_positive_float, default=d["lr"], help="learning rate")
     p.add_argument("--backend", default=None, help=BACKEND_HELP)
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of weights, split, shuffle")
+    p.add_argument("--seed", type=_seed, default=d["seed"], help="seed of weights, split, shuffle")
     p.add_argument(
         "--verbose", type=int, choices=(0, 1, 2), default=2, help="0 silent, 1 bar, 2 a line/epoch"
     )
@@ -197,7 +207,7 @@ def _add_evaluate(sub):
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=None,
         help="seed of the train/test split (default: the seed fastnn train recorded, else "
         "the model's seed)",
@@ -807,6 +817,10 @@ def main(argv=None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"fastnn {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # NonFiniteLossError: the run diverged, not a usage error
+        message = " ".join(str(exc).split())
+        print(f"fastnn {args.command}: training diverged: {message}", file=sys.stderr)
+        return 1
     return 0
 
 

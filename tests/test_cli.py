@@ -170,10 +170,22 @@ def test_library_errors_are_one_line(tmp_path, capsys):
 
 
 def test_bad_argument_values_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["train", "--epochs", "0"])
-    assert exc.value.code == 2
-    assert "positive integer" in capsys.readouterr().err
+    seed = "seed in [0, 2**32)"
+    for argv, message in ((["train", "--epochs", "0"], "positive integer"),
+                          (["train", "--lr", "inf"], "positive finite number"),
+                          (["train", "--seed", "-1"], seed),
+                          (["evaluate", "m.fnn", "--seed", "-3"], seed)):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_diverging_run_ends_with_one_line_and_status_1(capsys):
+    code, _, err = _run(capsys, "train", "--epochs", "2", "--optimizer", "sgd", "--lr", "1e38",
+                        "--verbose", "0", *BACKEND)  # fmt: skip
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("fastnn train: training diverged: ")
 
 
 def test_unknown_dataset_in_a_subprocess_prints_one_line_no_traceback(tmp_path):
