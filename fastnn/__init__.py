@@ -18,6 +18,7 @@ from . import (
     models,
     optimizers,
     regularizers,
+    saving,
     schedules,
     utils,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "models",
     "optimizers",
     "regularizers",
+    "saving",
     "schedules",
     "set_backend",
     "utils",

@@ -555,3 +555,10 @@ def load_weights(model, path) -> None:
             raise
         raise ValueError(f"{where!r} is not a valid weights file: {exc}") from None
     model.set_weights(weights)
+
+
+def load_model(path, backend: str | None = None, compile: bool = True):
+    """:func:`fastnn.load_model` under Keras 3's other name (``keras.saving.load_model``)."""
+    from .models import load_model as load
+
+    return load(path, backend=backend, compile=compile)

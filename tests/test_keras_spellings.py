@@ -143,3 +143,17 @@ SPELLINGS = {
 @pytest.mark.parametrize("spelling", sorted(SPELLINGS))
 def test_keras_spelling(spelling):
     assert SPELLINGS[spelling]()
+
+
+def test_keras_3_other_names_of_layers_and_load_model(tmp_path):
+    layers = keras.layers
+
+    assert (layers.MaxPool2D, layers.AvgPool2D, layers.Convolution2D) == (
+        layers.MaxPooling2D, layers.AveragePooling2D, layers.Conv2D)  # fmt: skip
+    assert (layers.GlobalAvgPool2D, layers.GlobalMaxPool2D) == (
+        layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D)  # fmt: skip
+    model = keras.Sequential([keras.Input((4,)), layers.Dense(2)], backend="numpy")
+    model.save(tmp_path / "m.fnn")
+    loaded = keras.saving.load_model(tmp_path / "m.fnn", backend="numpy")
+    x = np.ones((3, 4), np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))

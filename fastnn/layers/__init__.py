@@ -35,6 +35,13 @@ from .pooling import (
 )
 from .recurrent import GRU, LSTM, SimpleRNN
 
+# Keras 3's other names of the same classes
+Convolution2D = Conv2D
+MaxPool2D = MaxPooling2D
+AvgPool2D = AveragePooling2D
+GlobalAvgPool2D = GlobalAveragePooling2D
+GlobalMaxPool2D = GlobalMaxPooling2D
+
 LAYER_CLASSES = {
     cls.__name__: cls
     for cls in (
@@ -63,6 +70,11 @@ LAYER_CLASSES = {
 __all__ = [
     "Activation",
     "AveragePooling2D",
+    "AvgPool2D",
+    "Convolution2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
+    "MaxPool2D",
     "BatchNormalization",
     "Conv2D",
     "Dense",
