@@ -35,6 +35,10 @@ def lookup(table: dict, arg: str, value: object):
             f"{arg} must be a string name, got {type(value).__name__}{foreign_object_hint(value)}"
         )
     key = value.strip().lower()
-    if key not in table:
-        raise unknown_name_error(arg, value, table)
-    return table[key]
+    if key in table:
+        return table[key]
+    # Keras's class names: "SparseCategoricalCrossentropy", "MeanSquaredError"
+    compact = {name.replace("_", ""): entry for name, entry in table.items()}
+    if key.replace("_", "") in compact:
+        return compact[key.replace("_", "")]
+    raise unknown_name_error(arg, value, table)

@@ -157,3 +157,18 @@ def test_keras_3_other_names_of_layers_and_load_model(tmp_path):
     loaded = keras.saving.load_model(tmp_path / "m.fnn", backend="numpy")
     x = np.ones((3, 4), np.float32)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_class_names_of_losses_and_metrics_are_names_too():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")],
+                             backend="numpy")  # fmt: skip
+    metrics = ["SparseCategoricalAccuracy", "SparseTopKCategoricalAccuracy"]
+    model.compile(optimizer="Adam", loss="SparseCategoricalCrossentropy", metrics=metrics)
+    assert type(model.loss).__name__ == "SparseCategoricalCrossentropy"
+    x, y = np.random.default_rng(0).normal(size=(12, 4)), np.arange(12) % 3
+    logs = model.evaluate(x, y, return_dict=True)
+    assert set(logs) == {"loss", "SparseCategoricalAccuracy", "SparseTopKCategoricalAccuracy"}
+    model.compile(optimizer="sgd", loss="MeanSquaredError",
+                  metrics=["MeanAbsoluteError", "RootMeanSquaredError"])  # fmt: skip
+    with pytest.raises(ValueError, match="Did you mean"):
+        model.compile(optimizer="sgd", loss="MeanSquaredErrors")
