@@ -473,6 +473,8 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
             raise ValueError("validation_split needs arrays: pass validation_data instead")
         source = BatchEpochs(model, x, steps, class_weight, verbose, cbs)
         val, n_steps = None, steps
+        if n_steps is None and source.reiterable and hasattr(x, "__len__"):
+            n_steps = len(x)  # a DataLoader's batches, as Keras reports them
         if validation_data is not None and not is_batch_source(validation_data):
             val = _validation_arrays(model, validation_data)
     elif dp is not None:

@@ -258,6 +258,9 @@ class _Recorded:
         self.batches = [(x[s : s + bs], y[s : s + bs]) for s in range(0, len(x), bs)]
         self.given = []
 
+    def __len__(self):
+        return len(self.batches)
+
     def __iter__(self):
         for i, batch in enumerate(self.batches):
             self.given.append(i)
@@ -302,6 +305,8 @@ def test_steps_per_epoch_continues_a_reiterable_source_and_its_validation():
                      validation_steps=2, verbose=0)  # fmt: skip
     expected = [model.evaluate(x[a:b], y[a:b]) for a, b in ((0, 20), (20, 30), (0, 20))]
     np.testing.assert_allclose(hist.history["val_loss"], expected, rtol=1e-6)
+    hist = model.fit(_Recorded(x, y, 10), epochs=1, verbose=0)  # sized, as a DataLoader
+    assert hist.params["steps"] == 5
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
