@@ -366,19 +366,24 @@ class _Validation:
         self.bs = batch_size
         self._next, self._iterator = 0, None
 
-    def logs(self):
+    def logs(self, cbs):
+        """The validation's logs, between ``cbs``'s on_test_begin and on_test_end (which
+        is given the logs without the val_ prefix, as in Keras)."""
         model = self.model
+        cbs.call("on_test_begin", {})
         if self.val is not None:
             vx, vy, vsw = self.val
             if self.steps is None:
                 rows = np.arange(len(vx), dtype=np.int64)
-                stats = model._run(vx, vy, vsw, rows, min(len(vx), 1024))
+                stats = model._evaluate_rows(vx, vy, vsw, rows, min(len(vx), 1024), cbs)
             else:
-                stats = model._run(vx, vy, vsw, self._rows(len(vx)), min(self.bs, len(vx)))
+                stats = model._evaluate_rows(vx, vy, vsw, self._rows(len(vx)),
+                                             min(self.bs, len(vx)), cbs)  # fmt: skip
         elif self.steps is None:
-            stats = model._evaluate_batches(self.source, None)
+            stats = model._evaluate_batches(self.source, None, cbs)
         else:
-            stats = self._continued()
+            stats = self._continued(cbs)
+        cbs.call("on_test_end", model._logs(stats))
         return model._logs(stats, prefix="val_")
 
     def _rows(self, n):
@@ -389,19 +394,19 @@ class _Validation:
         self._next = stop
         return np.arange(first * self.bs, min(stop * self.bs, n), dtype=np.int64)
 
-    def _continued(self):
+    def _continued(self, cbs):
         reiterable = iter(self.source) is not self.source
         if self._iterator is None:
             self._iterator = iter(self.source)
         counted = _Counted(self._iterator)
         try:
-            stats = self.model._evaluate_batches(counted, self.steps)
+            stats = self.model._evaluate_batches(counted, self.steps, cbs)
         except ValueError:
             if counted.n or not reiterable:
                 raise
             self._iterator = iter(self.source)  # the pass ended with the last validation
             counted = _Counted(self._iterator)
-            stats = self.model._evaluate_batches(counted, self.steps)
+            stats = self.model._evaluate_batches(counted, self.steps, cbs)
         if reiterable and counted.ended:
             self._iterator = None  # a new pass next time
         return stats
@@ -543,7 +548,7 @@ def _epochs(model, source, cbs, history, validation, validation_freq, initial_ep
             logs = stop.logs
             break
         if has_val and (epoch + 1) % validation_freq == 0:
-            logs.update(validation.logs())
+            logs.update(validation.logs(cbs))
         cbs.call("on_epoch_end", epoch, logs)
         bar_shown = verbose == 1 and getattr(source, "steps", None) is not None
         _print_epoch(verbose, bar_shown, epoch, epochs, logs, has_val)

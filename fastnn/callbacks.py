@@ -39,6 +39,14 @@ class Callback:
     def on_epoch_end(self, epoch, logs=None): ...
     def on_train_batch_begin(self, batch, logs=None): ...
     def on_train_batch_end(self, batch, logs=None): ...
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_test_batch_begin(self, batch, logs=None): ...
+    def on_test_batch_end(self, batch, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+    def on_predict_batch_begin(self, batch, logs=None): ...
+    def on_predict_batch_end(self, batch, logs=None): ...
 
     def wants_batches(self) -> bool:
         """Whether this callback overrides a per-batch hook."""
@@ -78,6 +86,17 @@ class LambdaCallback(Callback):
             setattr(self, name, fn)
 
 
+def for_inference(model, callbacks):
+    """The :class:`CallbackList` of ``evaluate``'s or ``predict``'s ``callbacks`` (a list of
+    Callback instances or None), or None when there are none."""
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple, type(None))):
+        raise TypeError(
+            "callbacks must be a list of Callback instances, got "
+            f"{type(callbacks).__name__}; wrap a single callback in a list"
+        )
+    return CallbackList(list(callbacks), model, {}) if callbacks else None
+
+
 class History(Callback):
     """Records the logs of every epoch: ``history.history["loss"]`` is a list per epoch."""
 
@@ -110,6 +129,10 @@ class CallbackList:
     def set_params(self, params: dict) -> None:
         for cb in self.callbacks:
             cb.set_params(params)
+
+    def batch_hooks(self, kind: str) -> tuple[list, list]:
+        """The overridden ``on_{kind}_batch_begin`` and ``_end`` hooks ("test", "predict")."""
+        return self.overriding(f"on_{kind}_batch_begin"), self.overriding(f"on_{kind}_batch_end")
 
     def call(self, hook: str, *args) -> None:
         for cb in self.callbacks:

@@ -468,3 +468,50 @@ def test_lambda_callback_calls_its_functions_as_the_hooks():
     assert [s[:2] for s in seen if s[0] == "epoch"] == [("epoch", 0), ("epoch", 1)]
     with pytest.raises(TypeError, match="on_epoch_end must be a function"):
         cb.LambdaCallback(on_epoch_end=3)
+
+
+class _Recorder(cb.Callback):
+    """Records the test and predict hooks it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def on_test_begin(self, logs=None):
+        self.calls.append("test_begin")
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.calls.append(("test_batch", batch, sorted(logs)))
+
+    def on_test_end(self, logs=None):
+        self.calls.append(("test_end", sorted(logs)))
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.calls.append(("predict_batch", batch, logs["outputs"].shape))
+
+    def on_predict_end(self, logs=None):
+        self.calls.append("predict_end")
+
+
+def test_test_and_predict_hooks_run_in_fit_evaluate_and_predict():
+    """As in Keras: fit's validation calls on_test_begin, the per-batch test hooks and
+    on_test_end (with the logs unprefixed); evaluate and predict take callbacks."""
+    x, y = _data(n=40)
+    model, rec = _model(), _Recorder()
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=1, batch_size=20, validation_data=(x[:8], y[:8]), verbose=0,
+              callbacks=[rec])  # fmt: skip
+    assert rec.calls == ["test_begin", ("test_batch", 0, ["accuracy", "loss"]),
+                         ("test_end", ["accuracy", "loss"])]  # fmt: skip
+    rec.calls = []
+    logs = model.evaluate(x, y, batch_size=16, callbacks=[rec], return_dict=True)
+    assert rec.calls[0] == "test_begin" and rec.calls[-1] == ("test_end", sorted(logs))
+    assert [c[1] for c in rec.calls[1:-1]] == [0, 1, 2]
+    whole = model.evaluate(x, y, batch_size=16, return_dict=True)  # one compiled call
+    assert logs == pytest.approx(whole, rel=1e-6)
+    rec.calls = []
+    model.predict(x, batch_size=32, callbacks=[rec])
+    assert rec.calls == [("predict_batch", 0, (32, 2)), ("predict_batch", 1, (8, 2)),
+                         "predict_end"]  # fmt: skip
+    with pytest.raises(TypeError, match="list of Callback"):
+        model.evaluate(x, y, callbacks=rec)
