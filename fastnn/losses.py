@@ -25,11 +25,35 @@ class StackLoss:
     target: str  # "sparse" (N, 1) indices, "onehot" (N, C), "dense" (N, C) values
 
 
+#: Keras 3's loss options with the one value fastnn computes (their defaults); ``name``
+#: and ``dtype`` are accepted and have no effect (the logs say "loss"; the model's dtype
+#: is the loss's).
+_KERAS_OPTIONS = {"reduction": "sum_over_batch_size", "label_smoothing": 0.0, "axis": -1,
+                  "ignore_class": None}  # fmt: skip
+
+
 class Loss:
-    """Base class.  ``from_logits`` (cross-entropies): predictions are logits."""
+    """Base class.  ``from_logits`` (cross-entropies): predictions are logits.
+
+    Keras 3's options are accepted with the value fastnn computes: ``reduction=
+    "sum_over_batch_size"``, ``label_smoothing=0``, ``axis=-1``, ``ignore_class=None``
+    (another value is a ValueError), ``name`` and ``dtype`` (no effect)."""
 
     name = "loss"
     from_logits = False
+
+    def __init__(self, **keras_options):
+        cls = type(self).__name__
+        for key, value in keras_options.items():
+            if key in ("name", "dtype"):
+                continue
+            if key not in _KERAS_OPTIONS:
+                raise TypeError(f"{cls}() got an unexpected keyword argument {key!r}")
+            if value != _KERAS_OPTIONS[key]:
+                raise ValueError(
+                    f"{cls}: {key}={value!r} is not supported; fastnn computes Keras's "
+                    f"default {key}={_KERAS_OPTIONS[key]!r}"
+                )
 
     def get_config(self) -> dict:
         return {"from_logits": self.from_logits} if hasattr(self, "_has_logits") else {}
@@ -143,7 +167,8 @@ class Huber(Loss):
 
     name = "huber"
 
-    def __init__(self, delta: float = 1.0):
+    def __init__(self, delta: float = 1.0, **keras_options):
+        super().__init__(**keras_options)
         if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)):
             raise TypeError(f"delta must be a number, got {type(delta).__name__} {delta!r}")
         if float(delta) != codes.HUBER_DELTA:
@@ -197,7 +222,8 @@ class _CrossEntropy(Loss):
     _prob_code = codes.CATEGORICAL_CE
     _target = "onehot"
 
-    def __init__(self, from_logits: bool = False):
+    def __init__(self, from_logits: bool = False, **keras_options):
+        super().__init__(**keras_options)
         if not isinstance(from_logits, (bool, np.bool_)):
             raise TypeError(
                 f"from_logits must be True or False, got {type(from_logits).__name__} "

@@ -172,3 +172,17 @@ def test_class_names_of_losses_and_metrics_are_names_too():
                   metrics=["MeanAbsoluteError", "RootMeanSquaredError"])  # fmt: skip
     with pytest.raises(ValueError, match="Did you mean"):
         model.compile(optimizer="sgd", loss="MeanSquaredErrors")
+
+
+def test_loss_options_of_keras_3_take_their_defaults_and_refuse_the_rest():
+    bce = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.0,
+                                          reduction="sum_over_batch_size", name="bce")  # fmt: skip
+    assert bce.from_logits
+    keras.losses.SparseCategoricalCrossentropy(ignore_class=None, name="scce", dtype=None)
+    keras.losses.MeanSquaredError(reduction="sum_over_batch_size", name="mse")
+    with pytest.raises(ValueError, match="label_smoothing=0.1 is not supported"):
+        keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    with pytest.raises(ValueError, match="reduction='sum' is not supported"):
+        keras.losses.MeanAbsoluteError(reduction="sum")
+    with pytest.raises(TypeError, match="BinaryCrossentropy.. got an unexpected keyword"):
+        keras.losses.BinaryCrossentropy(smoothing=0.1)
