@@ -8,6 +8,7 @@ compiled call per batch, which is the same update as the arrays' path for the sa
 
 from __future__ import annotations
 
+import collections.abc
 import math
 import warnings
 
@@ -260,6 +261,13 @@ class ArrayEpochs:
 _NO_BATCH = object()
 
 
+def _reiterable(source) -> bool:
+    """Whether iterating ``source`` starts a new pass (a DataLoader, a list of batches)
+    rather than continuing the one pass of an iterator (a generator); asked without
+    iterating it (a DataLoader's iterator would start its workers)."""
+    return not isinstance(source, collections.abc.Iterator)
+
+
 class BatchEpochs:
     """Epochs over an iterable of (x, y[, sample_weight]) batches."""
 
@@ -269,7 +277,7 @@ class BatchEpochs:
         self._iterator = None
         self.exhausted = False
         #: a source that gives a new pass each time it is iterated (not its own iterator)
-        self.reiterable = iter(source) is not source
+        self.reiterable = _reiterable(source)
 
     def _batches(self):
         """This epoch's iterator: the one iterator of a generator, continued; of a
@@ -395,7 +403,7 @@ class _Validation:
         return np.arange(first * self.bs, min(stop * self.bs, n), dtype=np.int64)
 
     def _continued(self, cbs):
-        reiterable = iter(self.source) is not self.source
+        reiterable = _reiterable(self.source)
         if self._iterator is None:
             self._iterator = iter(self.source)
         counted = _Counted(self._iterator)
