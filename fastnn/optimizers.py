@@ -127,7 +127,6 @@ class Optimizer:
 
     def __init__(self, learning_rate: float | Callable = 0.001, clipnorm=None, clipvalue=None,
                  global_clipnorm=None):  # fmt: skip
-        self.iterations = 0
         self.learning_rate = learning_rate
         self.clipnorm, self.clipvalue, self.global_clipnorm = _clip_options(
             clipnorm, clipvalue, global_clipnorm
