@@ -155,6 +155,7 @@ class Sequential:
                 f"layers must be distinct objects, got layer {layer.name!r} twice; "
                 "create a new layer instead"
             )
+        _check_unshared(layer, self)
         if self.layers and layer.declared_input_shape is not None:
             raise ValueError(
                 f"only the first layer may declare an input shape, got input_shape="
@@ -218,6 +219,8 @@ class Sequential:
                 "flattened features)"
             )
         self._check_backend_kinds()
+        for layer in self.layers:  # added to two models before either was built
+            _check_unshared(layer, self)
         self._engine = Engine(self.layers, shape, self.dtype, self._kernels)
         for layer in self.layers:
             layer._model = self
@@ -1039,6 +1042,19 @@ class Sequential:
         if self._input is not None:
             config["input"] = self._input.get_config()
         return config
+
+
+def _check_unshared(layer, model) -> None:
+    """A ValueError when ``layer`` already belongs to another built model: its weights are
+    views into that model's buffers, so it cannot be shared (Keras's shared layers)."""
+    owner = layer._model
+    if owner is not None and owner is not model:
+        raise ValueError(
+            f"layer {layer.name!r} already belongs to model {owner.name!r}: a fastnn layer's "
+            "weights live in one model's buffers, so layers cannot be shared between models; "
+            "build the new model from new layers and copy the weights with "
+            "new_layer.set_weights(old_layer.get_weights())"
+        )
 
 
 def _returned(logs: dict, return_dict: bool):

@@ -866,3 +866,22 @@ def test_numba_epoch_allocates_nothing_per_step():
     many = allocations(model, np.tile(x, (4, 1)), np.tile(y, 4))  # 800 steps
     assert many == few
     assert few[0] < 200  # per call (argument unboxing), not per step
+
+
+def test_a_layer_of_a_built_model_cannot_join_another_model():
+    """Sharing would leave the first model computing with weights its get_weights no
+    longer shows (Keras's shared layers are not supported): refused, with the fix."""
+    x = np.ones((2, 4), np.float32)
+    first = fastnn.Sequential([Dense(3, input_dim=4), Dense(1)], seed=0, backend="numpy")
+    first.predict(x)
+    with pytest.raises(ValueError, match="already belongs to model .*set_weights"):
+        fastnn.Sequential(first.layers + [Dense(1)], backend="numpy")
+    shared = Dense(2, input_dim=4)
+    a = fastnn.Sequential([shared], backend="numpy")
+    b = fastnn.Sequential([shared], backend="numpy")  # neither built yet
+    a.predict(x)
+    with pytest.raises(ValueError, match="already belongs"):
+        b.predict(x)
+    copy = fastnn.Sequential([Dense(3, input_dim=4), Dense(1)], seed=1, backend="numpy")
+    copy.set_weights(first.get_weights())
+    np.testing.assert_array_equal(copy.predict(x), first.predict(x))
