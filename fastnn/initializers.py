@@ -70,8 +70,44 @@ _INITS: dict[str, Callable] = {
 }
 
 
+#: How a config names an initialiser that was a Python callable (it cannot hold one).
+CALLABLE_PREFIX = "callable:"
+
+
+def config_name(init: str | Callable) -> str:
+    """An initialiser as a layer's config holds it: its name, or for a callable
+    ``"callable:<its name>"``, which :func:`get` turns into an initialiser that refuses to
+    run (the weights must come from elsewhere: a file, ``set_weights``)."""
+    if isinstance(init, str):
+        return init
+    return CALLABLE_PREFIX + getattr(init, "__qualname__", type(init).__name__)
+
+
+def without_callables(config: dict, replacement: str = "zeros") -> dict:
+    """A layer config with :func:`config_name`'s callable entries replaced (for a layer
+    whose weights are loaded right after it is built)."""
+    return {key: replacement if isinstance(value, str) and value.startswith(CALLABLE_PREFIX)
+            else value for key, value in config.items()}  # fmt: skip
+
+
+class _NotInConfig:
+    """The initialiser of a config entry that was a callable: raises when called."""
+
+    def __init__(self, name: str, arg: str):
+        self.name, self.arg = name, arg
+
+    def __call__(self, shape, rng):
+        name = self.name.removeprefix(CALLABLE_PREFIX)
+        raise ValueError(
+            f"{self.arg} was the Python callable {name}, which a config cannot hold: pass "
+            f"{self.arg}=... to the layer again, or load the weights (load_model restores them)"
+        )
+
+
 def get(init: str | Callable, arg: str) -> Callable:
     """The initialiser for a name, or ``init`` itself if it is callable(shape, rng)."""
+    if isinstance(init, str) and init.startswith(CALLABLE_PREFIX):
+        return _NotInConfig(init, arg)
     hint = foreign_object_hint(init, instead="")
     if hint:  # a Keras initializer is callable too, but as (shape, dtype)
         raise TypeError(

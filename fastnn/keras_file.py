@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 
+from . import initializers
 from .layers import LAYER_CLASSES, Input
 from .layers.base import snake_case
 
@@ -117,7 +118,9 @@ def _keras_regularizer(value):
 
 def _keras_layer_config(layer, dtype: str) -> dict:
     fastnn_only = _FASTNN_ONLY - ({"input_dim"} if type(layer).__name__ == "Embedding" else set())
-    config = {k: v for k, v in layer.get_config().items() if k not in fastnn_only}
+    # a callable initializer (which a config only names) becomes zeros: the weights follow
+    config = initializers.without_callables(layer.get_config())
+    config = {k: v for k, v in config.items() if k not in fastnn_only}
     alpha = layer.get_config().get("alpha", 0.2)
     if layer.get_config().get("activation") == "leaky_relu" and alpha != 0.2:
         raise ValueError(

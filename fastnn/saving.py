@@ -31,7 +31,7 @@ import zlib
 
 import numpy as np
 
-from . import keras_file, metrics
+from . import initializers, keras_file, metrics
 from .keras_file import keras_paths
 
 FORMAT = "fastnn.model"
@@ -325,7 +325,17 @@ def _read_config(zf):
 
 
 def _rebuild(config, model_class, backend):
-    return model_class.from_config(config["model"], backend=backend)
+    """The model of the file's config; an initializer that was a Python callable (which
+    the config names only) becomes zeros: the file's weights overwrite it."""
+    model = config["model"]
+    if isinstance(model, dict) and isinstance(model.get("layers"), list):
+        layers = [
+            {**entry, "config": initializers.without_callables(entry["config"])}
+            if isinstance(entry, dict) and isinstance(entry.get("config"), dict) else entry
+            for entry in model["layers"]
+        ]  # fmt: skip
+        model = {**model, "layers": layers}
+    return model_class.from_config(model, backend=backend)
 
 
 def _compile(model, cc):

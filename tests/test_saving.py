@@ -502,3 +502,29 @@ def test_metadata_must_be_a_json_dict(tmp_path, saved):
         with pytest.raises(TypeError, match="metadata must be a dict"):
             model.save(tmp_path / "m.fnn")
         assert not (tmp_path / "m.fnn").exists()
+
+
+def test_a_callable_initializer_is_named_in_the_config_and_never_silently_replaced(tmp_path):
+    """A config cannot hold a Python callable: from_config without weights refuses to
+    initialise that weight (it was silently glorot_uniform, even for a bias); a model
+    file, whose weights follow, loads with the same predictions."""
+    from fastnn.layers import BatchNormalization, Dense
+
+    def half(shape, rng):
+        return np.full(shape, 0.5)
+
+    model = fastnn.Sequential([Dense(3, input_dim=2, kernel_initializer=half,
+                                     bias_initializer=half),
+                               BatchNormalization(gamma_initializer=half)],
+                              seed=0, backend="numpy")  # fmt: skip
+    config = model.get_config()
+    dense, bn = (entry["config"] for entry in config["layers"])
+    assert dense["bias_initializer"].startswith("callable:") and "half" in dense["bias_initializer"]
+    assert bn["gamma_initializer"] == dense["kernel_initializer"]
+    with pytest.raises(ValueError, match="kernel_initializer was the Python callable .*half"):
+        fastnn.Sequential.from_config(config, backend="numpy")
+    x = np.ones((4, 2), np.float32)
+    for path in (tmp_path / "m.fnn", tmp_path / "m.keras"):
+        model.save(path)
+        np.testing.assert_array_equal(fastnn.load_model(path, backend="numpy").predict(x),
+                                      model.predict(x))  # fmt: skip

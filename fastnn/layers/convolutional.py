@@ -160,7 +160,7 @@ class Conv2D(Layer):
         return rows * oh * ow * self._columns, 0  # the im2col columns
 
     def get_config(self):
-        init = [n if isinstance(n, str) else "glorot_uniform" for n in self._init_names]
+        init = [initializers.config_name(n) for n in self._init_names]
         reg = self.kernel_regularizer.get_config() if self.kernel_regularizer else None
         return {
             **super().get_config(),

@@ -136,7 +136,7 @@ class Dense(Layer):
         return self._grads.get("bias")
 
     def get_config(self):
-        init = [n if isinstance(n, str) else "glorot_uniform" for n in self._init_names]
+        init = [initializers.config_name(n) for n in self._init_names]
         reg = self.kernel_regularizer.get_config() if self.kernel_regularizer else None
         config = {
             **({"trainable": False} if not self.trainable else {}),

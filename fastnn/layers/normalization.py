@@ -80,7 +80,7 @@ class BatchNormalization(Layer):
         args = ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
                 "moving_variance_initializer")  # fmt: skip
         self._inits = {a: initializers.get(n, a) for a, n in zip(args, names)}
-        self._init_names = {a: (n if isinstance(n, str) else None) for a, n in zip(args, names)}
+        self._init_names = {a: initializers.config_name(n) for a, n in zip(args, names)}
 
     def weight_specs(self):
         c = (self.input_shape[-1],)
@@ -112,9 +112,7 @@ class BatchNormalization(Layer):
             "center": self.center,
             "scale": self.scale,
         }
-        for arg, name in self._init_names.items():
-            if name is not None:
-                config[arg] = name
+        config.update(self._init_names)
         return config
 
     # -- low-level API ----------------------------------------------------------------

@@ -50,7 +50,7 @@ class _Recurrent(Layer):
                  "recurrent_initializer": recurrent_initializer,
                  "bias_initializer": bias_initializer}  # fmt: skip
         self._inits = {a: initializers.get(v, a) for a, v in inits.items()}
-        self._init_names = {a: v for a, v in inits.items() if isinstance(v, str)}
+        self._init_names = {a: initializers.config_name(v) for a, v in inits.items()}
 
     def _check_input_shape(self, shape):
         if len(shape) != 2:
