@@ -150,8 +150,10 @@ def _check_layer(layer, x, eps, rtol, atol, max_checks, rng):
         return value + (layer.penalty() if hasattr(layer, "penalty") else 0.0)
 
     loss()
-    thetas = [x, *layer.trainable_weights]
-    grads = [layer.backward(r).copy(), *(g.copy() for g in getattr(layer, "grads", []))]
+    dx = layer.backward(r)
+    thetas, grads = list(layer.trainable_weights), [g.copy() for g in getattr(layer, "grads", [])]
+    if dx is not None:  # None: an input with no gradient (Embedding's token ids)
+        thetas, grads = [x, *thetas], [dx.copy(), *grads]
     analytic, numeric = [], []
     for theta, grad in zip(thetas, grads):
         idx = _indices(theta.size, max_checks, rng)

@@ -515,3 +515,10 @@ def test_loss_object_gradient_matches_finite_differences(loss, kind):
     assert grad.shape == pred.shape
     numeric = numeric_grad(lambda: loss(y, pred, sample_weight=sw, backend="numpy"), pred)
     assert_grad(grad, numeric)
+
+
+def test_gradcheck_embedding_layer_checks_its_table():
+    """Token ids have no gradient (backward returns None): the table's is checked."""
+    ids = np.random.default_rng(0).integers(0, 6, (3, 4)).astype(np.float64)
+    res = fastnn.gradcheck(fastnn.layers.Embedding(6, 3), ids)
+    assert res.passed and res.checked > 0
