@@ -46,8 +46,18 @@ def _checked_pair(i, p, g) -> tuple[np.ndarray, np.ndarray]:
             f"got {type(p).__name__} {getattr(p, 'dtype', '')}"
         )
     if not p.flags.c_contiguous or not p.flags.writeable:
-        raise ValueError(f"params[{i}] must be C-contiguous and writeable")
-    if not isinstance(g, np.ndarray) or g.shape != p.shape or g.dtype != p.dtype:
+        raise ValueError(
+            f"params[{i}] must be C-contiguous and writeable, got an array that is "
+            f"{'' if p.flags.c_contiguous else 'not '}C-contiguous and "
+            f"{'' if p.flags.writeable else 'not '}writeable"
+        )
+    if not isinstance(g, np.ndarray):
+        raise TypeError(
+            f"grads[{i}] must be a NumPy array like params[{i}] (shape {p.shape}, dtype "
+            f"{p.dtype}), got {type(g).__name__}"
+            + (" (leave a parameter without a gradient out of params)" if g is None else "")
+        )
+    if g.shape != p.shape or g.dtype != p.dtype:
         raise ValueError(
             f"grads[{i}] must match params[{i}] (shape {p.shape}, dtype {p.dtype}), got "
             f"shape {getattr(g, 'shape', None)}, dtype {getattr(g, 'dtype', None)}"

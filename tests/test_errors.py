@@ -239,6 +239,18 @@ CASES = [
         "grads[0] must match params[0]",
     ),
     (
+        "optimizer-step-grad-none",
+        lambda: optimizers.SGD().step([np.ones(3)], [None]),
+        TypeError,
+        ("grads[0] must be a NumPy array", "got NoneType (leave a parameter"),
+    ),
+    (
+        "optimizer-step-read-only-params",
+        lambda: optimizers.SGD().step(np.ones(3)[::2], np.ones(2)),
+        ValueError,
+        "got an array that is not C-contiguous and writeable",
+    ),
+    (
         "loss-from-logits-type",
         lambda: losses.CategoricalCrossentropy(from_logits="yes"),
         TypeError,
