@@ -993,6 +993,16 @@ class Sequential:
         return self.evaluate(x, y, batch_size=n, sample_weight=sample_weight,
                              return_dict=return_dict)  # fmt: skip
 
+    def __reduce__(self):
+        """Pickling, ``copy.copy`` and ``copy.deepcopy`` go through fastnn's model file: the
+        copy is what :func:`fastnn.load_model` gives (architecture, weights, optimizer
+        state, compile settings, metadata); a model not built yet, through its config."""
+        from . import saving
+
+        if not self._maybe_build():
+            return (Sequential.from_config, (self.get_config(), self.backend_name))
+        return (saving.from_bytes, (saving.to_bytes(self), self.backend_name))
+
     def to_json(self, **kwargs) -> str:
         """The architecture as JSON (``fastnn.models.model_from_json`` rebuilds it)."""
         import json

@@ -1,4 +1,5 @@
-"""Keras's ``keras.models`` spellings: ``Sequential``, ``load_model``, ``model_from_json``."""
+"""Keras's ``keras.models`` spellings: ``Sequential``, ``load_model``, ``model_from_json``,
+``clone_model``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ import json
 from . import saving
 from .model import Sequential
 
-__all__ = ["Sequential", "load_model", "model_from_json"]
+__all__ = ["Sequential", "clone_model", "load_model", "model_from_json"]
+
+
+def clone_model(model: Sequential, backend: str | None = None) -> Sequential:
+    """A new model with ``model``'s architecture and newly initialised weights, not
+    compiled (Keras's ``clone_model``); ``clone.set_weights(model.get_weights())`` copies
+    the weights, ``copy.deepcopy(model)`` copies everything."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"model must be a fastnn Sequential, got {type(model).__name__}")
+    return Sequential.from_config(model.get_config(), backend=backend or model.backend_name)
 
 
 def model_from_json(json_string: str, backend: str | None = None) -> Sequential:

@@ -572,3 +572,23 @@ def load_model(path, backend: str | None = None, compile: bool = True):
     from .models import load_model as load
 
     return load(path, backend=backend, compile=compile)
+
+
+def to_bytes(model) -> bytes:
+    """The bytes of ``model`` as a ``.fnn`` file (what pickling a model carries)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.fnn")
+        save_model(model, path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def from_bytes(data: bytes, backend: str | None = None):
+    """The model of :func:`to_bytes`'s ``data``, as :func:`fastnn.load_model` reads it."""
+    from .model import Sequential
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.fnn")
+        with open(path, "wb") as f:
+            f.write(data)
+        return read_model(path, Sequential, backend=backend)

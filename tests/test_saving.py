@@ -528,3 +528,26 @@ def test_a_callable_initializer_is_named_in_the_config_and_never_silently_replac
         model.save(path)
         np.testing.assert_array_equal(fastnn.load_model(path, backend="numpy").predict(x),
                                       model.predict(x))  # fmt: skip
+
+
+def test_deepcopy_and_pickle_copy_the_whole_model_and_clone_model_the_architecture():
+    import copy
+    import pickle
+
+    from fastnn.layers import Dense
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    y = np.arange(16) % 3
+    layers = [Dense(5, input_dim=4, activation="relu"), Dense(3, activation="softmax")]
+    model = fastnn.Sequential(layers, seed=0, backend="numpy")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        np.testing.assert_array_equal(twin.predict(x), model.predict(x))
+        assert twin.optimizer.iterations == model.optimizer.iterations
+        twin.fit(x, y, epochs=1, batch_size=4, shuffle=False, verbose=0)  # its own weights
+        assert not np.array_equal(twin.predict(x), model.predict(x))
+    clone = fastnn.models.clone_model(model)
+    assert clone.get_config() == model.get_config() and clone.optimizer is None
+    unbuilt = fastnn.Sequential([Dense(2)], backend="numpy")
+    assert copy.deepcopy(unbuilt).get_config() == unbuilt.get_config()
