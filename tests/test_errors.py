@@ -512,3 +512,21 @@ def test_objects_of_keras_get_a_message_that_says_what_to_pass():
         model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy())
     with pytest.raises(TypeError, match="kernel_initializer.*'he_normal'"):
         fastnn.layers.Dense(3, kernel_initializer=keras.initializers.HeNormal(seed=1))
+
+
+def test_flatten_and_reshape_backward_check_dout_as_other_layers():
+    from fastnn.layers import Flatten, Reshape
+
+    for layer, x in ((Flatten(), np.ones((2, 2, 2), np.float32)),
+                     (Reshape((4,)), np.ones((3, 2, 2), np.float32))):  # fmt: skip
+        with pytest.raises(RuntimeError, match="call forward"):
+            layer.backward(np.ones((2, 4)))
+        out = layer.forward(x)
+        dx = layer.backward(np.ones(out.shape, np.float64))
+        assert dx.shape == x.shape and dx.dtype == np.float32
+        with pytest.raises(ValueError, match="shape of the last forward output"):
+            layer.backward(np.ones((out.shape[0] + 1, *out.shape[1:])))
+        with pytest.raises(ValueError, match="dout must be finite"):
+            layer.backward(np.full(out.shape, np.nan))
+        with pytest.raises((TypeError, ValueError), match="dout"):
+            layer.backward("abcd")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers, regularizers
+from .._checks import as_array, check_finite
 from ..kernels import codes
 from .base import (
     Layer,
@@ -359,6 +360,23 @@ class Softmax(Activation):
         return {**Layer.get_config(self), "axis": -1}
 
 
+def _view_backward(layer, dout):
+    """dL/dx of a view layer (Flatten, Reshape): ``dout`` checked as other layers check
+    it (the last forward's output shape, the layer's dtype, finite), given the input's
+    shape."""
+    rows = getattr(layer, "_view_rows", None)
+    if rows is None:
+        raise RuntimeError(f"call forward() on layer {layer.name!r} before backward()")
+    dout = as_array(dout, "dout")
+    expected = (rows, *layer.compute_output_shape(layer.input_shape))
+    if dout.shape != expected:
+        raise ValueError(f"dout must have the shape of the last forward output {expected}, "
+                         f"got {dout.shape}")  # fmt: skip
+    dout = np.ascontiguousarray(dout, dtype=layer.dtype)
+    check_finite(dout, "dout")
+    return dout.reshape(rows, *layer.input_shape)
+
+
 class Flatten(Layer):
     """Flattens each sample to one axis in C order ((H, W, C) order for images); a view of
     its input, allowed anywhere in a model (no copy, no compiled work)."""
@@ -371,13 +389,11 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         x = self._check_input(x)
+        self._view_rows = x.shape[0]
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        if self.input_shape is None:
-            raise RuntimeError(f"call forward() on layer {self.name!r} before backward()")
-        dout = np.asarray(dout)
-        return dout.reshape(dout.shape[0], *self.input_shape)
+        return _view_backward(self, dout)
 
 
 class Reshape(Layer):
@@ -421,13 +437,11 @@ class Reshape(Layer):
 
     def forward(self, x, training=False):
         x = self._check_input(x)
+        self._view_rows = x.shape[0]
         return x.reshape(x.shape[0], *self.output_shape)
 
     def backward(self, dout):
-        if self.input_shape is None:
-            raise RuntimeError(f"call forward() on layer {self.name!r} before backward()")
-        dout = np.asarray(dout)
-        return dout.reshape(dout.shape[0], *self.input_shape)
+        return _view_backward(self, dout)
 
 
 class Input:
