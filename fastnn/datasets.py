@@ -17,12 +17,33 @@ import zlib
 
 import numpy as np
 
+from ._checks import _check_bool, check_int
+from .layers.base import number
+
+
+def _seed(seed) -> int:
+    """``seed`` checked: an int in [0, 2**32) (what NumPy and scikit-learn take)."""
+    seed = check_int(seed, "seed", 0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed}")
+    return seed
+
 
 def _split(x, y, test_size, seed, stratify):
     from sklearn.model_selection import train_test_split
 
+    seed = _seed(seed)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.number)):
+        raise TypeError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
     if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
+        raise ValueError(f"test_size must be a fraction in (0, 1), got {test_size!r}")
+    n_test = int(np.ceil(test_size * len(x)))
+    classes = len(np.unique(y)) if stratify else 1
+    if min(n_test, len(x) - n_test) < classes:
+        raise ValueError(
+            f"{len(x)} samples with test_size={test_size} leave {len(x) - n_test} to train "
+            f"and {n_test} to test; each split needs at least {classes} (one per class)"
+        )
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=test_size, random_state=seed, stratify=y if stratify else None
     )
@@ -80,7 +101,7 @@ def load_digits(test_size: float = 0.2, seed: int = 0, normalize: bool = True,
     """
     images = _images_flag(images)
     x, y = _sklearn("load_digits")
-    x = x.astype(np.float32) / (16.0 if normalize else 1.0)
+    x = x.astype(np.float32) / (16.0 if _check_bool(normalize, "normalize") else 1.0)
     (xtr, ytr), (xte, yte) = _split(x, y.astype(np.int64), test_size, seed, True)
     if images:
         xtr, xte = xtr.reshape(-1, 8, 8, 1), xte.reshape(-1, 8, 8, 1)
@@ -108,7 +129,7 @@ def load_iris(test_size: float = 0.2, seed: int = 0, standardize: bool = True):
     """
     x, y = _sklearn("load_iris")
     (xtr, ytr), (xte, yte) = _split(x.astype(np.float32), y.astype(np.int64), test_size, seed, True)
-    if standardize:
+    if _check_bool(standardize, "standardize"):
         xtr, xte = _standardize(xtr, xte)
     return (xtr, ytr), (xte, yte)
 
@@ -134,7 +155,7 @@ def load_breast_cancer(test_size: float = 0.2, seed: int = 0, standardize: bool 
     """
     x, y = _sklearn("load_breast_cancer")
     (xtr, ytr), (xte, yte) = _split(x.astype(np.float32), y.astype(np.int64), test_size, seed, True)
-    if standardize:
+    if _check_bool(standardize, "standardize"):
         xtr, xte = _standardize(xtr, xte)
     return (xtr, ytr), (xte, yte)
 
@@ -176,7 +197,7 @@ def load_diabetes(
     (xtr, ytr), (xte, yte) = _split(
         x.astype(np.float32), y.astype(np.float32), test_size, seed, False
     )
-    if standardize:
+    if _check_bool(standardize, "standardize"):
         xtr, xte = _standardize(xtr, xte)
     if standardize_target:
         mean, std = ytr.mean(), ytr.std()
@@ -206,6 +227,8 @@ def make_linear_regression(
     (x_train, y_train), (x_test, y_test) : tuple of tuple of ndarray
         x float32 (N, 1): raw values in [-1, 1] (no scaling); y float32 (N,): raw targets.
     """
+    n_samples, seed = check_int(n_samples, "n_samples", 2), _seed(seed)
+    noise = number(noise, "noise", 0.0)
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n_samples, 1)).astype(np.float32)
     y = (2 * x[:, 0] + 1 + rng.normal(0, noise, size=n_samples)).astype(np.float32)
@@ -240,6 +263,9 @@ def make_spirals(
         x float32 (N, 2): raw coordinates, radius at most 1 (no scaling); y int64 labels
         0..n_classes-1.
     """
+    n_classes, seed = check_int(n_classes, "n_classes", 2), _seed(seed)
+    n_samples = check_int(n_samples, "n_samples", 2 * n_classes)
+    noise = number(noise, "noise", 0.0)
     rng = np.random.default_rng(seed)
     per = n_samples // n_classes
     xs, ys = [], []
@@ -477,7 +503,7 @@ def iterate_batches(x, y=None, batch_size: int = 32, shuffle: bool = False, seed
     n = len(x)
     if y is not None and len(y) != n:
         raise ValueError(f"x and y must have the same number of samples, got {n} and {len(y)}")
-    order = np.random.default_rng(seed).permutation(n) if shuffle else None
+    order = np.random.default_rng(seed).permutation(n) if _check_bool(shuffle, "shuffle") else None
     for start in range(0, n, batch_size):
         sl = (
             slice(start, start + batch_size) if order is None else order[start : start + batch_size]

@@ -4,6 +4,7 @@ kernel runs; non-finite training stops with NonFiniteLossError and the last good
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -530,3 +531,25 @@ def test_flatten_and_reshape_backward_check_dout_as_other_layers():
             layer.backward(np.full(out.shape, np.nan))
         with pytest.raises((TypeError, ValueError), match="dout"):
             layer.backward("abcd")
+
+
+def test_dataset_loaders_check_their_arguments():
+    from fastnn import datasets
+
+    cases = [
+        (lambda: datasets.load_digits(seed="a"), TypeError, "seed must be an int"),
+        (lambda: datasets.load_iris(seed=-1), ValueError, "seed must be an int >= 0"),
+        (lambda: datasets.load_digits(test_size=100), ValueError, "test_size must be a fraction"),
+        (lambda: datasets.load_digits(normalize="yes"), TypeError, "normalize must be True"),
+        (lambda: datasets.load_iris(standardize=0), TypeError, "standardize must be True"),
+        (lambda: datasets.make_linear_regression(noise=-1), ValueError, "noise must be >= 0"),
+        (lambda: datasets.make_spirals(n_classes=0), ValueError, "n_classes must be an int"),
+        (lambda: datasets.make_spirals(n_classes=1), ValueError, "n_classes must be an int >= 2"),
+        (lambda: datasets.make_spirals(n_samples=10), ValueError, "each split needs at least 3"),
+        (lambda: datasets.iterate_batches(np.ones((4, 2)), shuffle="yes"), TypeError, "shuffle"),
+    ]
+    for call, exc, text in cases:
+        with pytest.raises(exc, match=re.escape(text)):
+            result = call()
+            if hasattr(result, "__next__"):
+                next(result)
