@@ -21,7 +21,8 @@ def clone_model(model: Sequential, backend: str | None = None) -> Sequential:
 
 
 def model_from_json(json_string: str, backend: str | None = None) -> Sequential:
-    """The model ``model.to_json()`` describes, with fresh weights."""
+    """The model ``model.to_json()`` describes (fastnn's or Keras 3's), with fresh
+    weights."""
     if not isinstance(json_string, str):
         raise TypeError(f"json_string must be a str, got {type(json_string).__name__}")
     try:
@@ -30,6 +31,10 @@ def model_from_json(json_string: str, backend: str | None = None) -> Sequential:
         raise ValueError(f"json_string is not valid JSON ({exc})") from None
     if not isinstance(spec, dict) or spec.get("class_name") != "Sequential":
         raise ValueError("json_string must describe a Sequential model (model.to_json())")
+    if str(spec.get("module", "")).startswith("keras"):  # Keras's model.to_json()
+        from .keras_file import _model_from_keras
+
+        return _model_from_keras(spec, Sequential, backend)
     return Sequential.from_config(spec.get("config"), backend=backend)
 
 

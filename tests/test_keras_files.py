@@ -229,3 +229,17 @@ def test_damaged_keras_files_are_refused_with_a_value_error(tmp_path):
             fastnn.load_model(tmp_path / "flip.keras", backend="numpy")
         except ValueError:
             pass
+
+
+def test_model_from_json_reads_a_keras_models_json():
+    """Keras 3's model.to_json() (the architecture alone) builds the same fastnn model: with
+    the Keras model's weights set, the same predictions."""
+    layers = [keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.2),
+              keras.layers.Dense(3, activation="softmax")]  # fmt: skip
+    km = keras.Sequential([keras.Input((6,)), *layers])
+    _perturb(km)
+    fm = fastnn.models.model_from_json(km.to_json(), backend="numpy")
+    assert [type(layer).__name__ for layer in fm.layers] == ["Dense", "Dropout", "Dense"]
+    fm.set_weights(km.get_weights())
+    x = RNG.normal(size=(5, 6)).astype("float32")
+    np.testing.assert_allclose(fm.predict(x), km.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
