@@ -54,6 +54,14 @@ def _orthogonal(shape, rng):
     return q.reshape(shape)
 
 
+def _identity(shape, rng):
+    """Keras's Identity (gain 1): the identity matrix of a 2-D shape (rectangular: ones on
+    the main diagonal)."""
+    if len(shape) != 2:
+        raise ValueError(f"the identity initializer needs a 2-D weight, got shape {shape}")
+    return np.eye(*shape)
+
+
 _INITS: dict[str, Callable] = {
     "glorot_uniform": _variance_scaling(1.0, "fan_avg", "uniform"),
     "glorot_normal": _variance_scaling(1.0, "fan_avg", "normal"),
@@ -66,7 +74,13 @@ _INITS: dict[str, Callable] = {
     "random_normal": lambda shape, rng: rng.normal(0.0, 0.05, size=shape),
     "random_uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
     "uniform": lambda shape, rng: rng.uniform(-0.05, 0.05, size=shape),
+    "normal": lambda shape, rng: rng.normal(0.0, 0.05, size=shape),
+    "truncated_normal": lambda shape, rng: _truncated_normal(rng, shape, 0.05),
+    "variance_scaling": _variance_scaling(1.0, "fan_in", "truncated_normal"),
     "orthogonal": _orthogonal,
+    "identity": _identity,
+    "one": lambda shape, rng: np.ones(shape),
+    "zero": lambda shape, rng: np.zeros(shape),
 }
 
 

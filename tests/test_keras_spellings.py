@@ -186,3 +186,22 @@ def test_loss_options_of_keras_3_take_their_defaults_and_refuse_the_rest():
         keras.losses.MeanAbsoluteError(reduction="sum")
     with pytest.raises(TypeError, match="BinaryCrossentropy.. got an unexpected keyword"):
         keras.losses.BinaryCrossentropy(smoothing=0.1)
+
+
+def test_keras_initializer_aliases():
+    """normal, truncated_normal, variance_scaling (fan_in, truncated), identity, one, zero
+    with Keras's parameters (stddev 0.05; truncation at 2 stddev)."""
+    rng = np.random.default_rng(0)
+    from fastnn.initializers import get
+
+    w = get("normal", "x")((400, 300), rng)
+    assert abs(w.std() - 0.05) < 0.002
+    w = get("truncated_normal", "x")((400, 300), rng)
+    assert np.abs(w).max() <= 0.1 and abs(w.std() - 0.05 * 0.8796) < 0.002
+    w = get("variance_scaling", "x")((400, 300), rng)
+    limit = 2 * np.sqrt(1 / 400) / 0.8796
+    assert abs(w.std() - np.sqrt(1 / 400)) < 0.002 and np.abs(w).max() <= limit
+    np.testing.assert_array_equal(get("identity", "x")((3, 4), rng), np.eye(3, 4))
+    assert get("one", "x")((2,), rng).tolist() == [1, 1] and get("zero", "x")((1,), rng)[0] == 0
+    with pytest.raises(ValueError, match="2-D"):
+        get("identity", "x")((3, 3, 3), rng)
