@@ -17,10 +17,10 @@ def to_samples(x, arg, dtype, shape, flat_ok):
     if x.ndim >= 1 and x.shape[0] == 0:
         raise ValueError(f"{arg} must have at least one sample, got shape {x.shape} (empty)")
     if x.ndim == 1:
-        raise ValueError(
-            f"{arg} must be 2-D (samples, features), got shape {x.shape}; "
-            "reshape a single feature with x.reshape(-1, 1)"
-        )
+        one_sample = shape is not None and x.shape == tuple(shape) and x.size > 1
+        hint = ("one sample: x.reshape(1, -1)" if one_sample
+                else "a single feature per sample: x.reshape(-1, 1)")  # fmt: skip
+        raise ValueError(f"{arg} must be 2-D (samples, features), got shape {x.shape}; for {hint}")
     got = tuple(x.shape[1:])
     if 0 in got:
         raise ValueError(f"{arg} must have at least one feature, got shape {x.shape}")

@@ -123,8 +123,10 @@ class Loss:
         return self._run(y_true, y_pred, sample_weight, backend)[0]
 
     def gradient(self, y_true, y_pred, sample_weight=None, backend: str | None = None):
-        """dL/dy_pred, same shape as ``y_pred`` (as a 2-D array)."""
-        return self._run(y_true, y_pred, sample_weight, backend)[1]
+        """dL/dy_pred, of ``y_pred``'s shape ((N,) or (N, C))."""
+        grad = self._run(y_true, y_pred, sample_weight, backend)[1]
+        shape = np.shape(y_pred)
+        return grad.reshape(shape) if len(shape) == 1 else grad
 
     def __repr__(self):
         return f"{type(self).__name__}({self.get_config()})"

@@ -553,3 +553,13 @@ def test_dataset_loaders_check_their_arguments():
             result = call()
             if hasattr(result, "__next__"):
                 next(result)
+
+
+def test_a_one_dimensional_x_gets_the_reshape_that_fits_and_a_1d_gradient_keeps_its_shape():
+    model = fastnn.Sequential([fastnn.Input((5,)), Dense(1)], backend="numpy")
+    with pytest.raises(ValueError, match=re.escape("one sample: x.reshape(1, -1)")):
+        model.predict(np.ones(5))
+    with pytest.raises(ValueError, match=re.escape("per sample: x.reshape(-1, 1)")):
+        model.predict(np.ones(7))
+    grad = losses.MeanSquaredError().gradient(np.zeros(4), np.ones(4), backend="numpy")
+    assert grad.shape == (4,) and np.allclose(grad, 2 / 4)
