@@ -205,3 +205,10 @@ def test_keras_initializer_aliases():
     assert get("one", "x")((2,), rng).tolist() == [1, 1] and get("zero", "x")((1,), rng)[0] == 0
     with pytest.raises(ValueError, match="2-D"):
         get("identity", "x")((3, 3, 3), rng)
+
+
+def test_normalization_takes_scalar_statistics_as_keras():
+    layer = keras.layers.Normalization(mean=2.0, variance=4.0)
+    model = keras.Sequential([keras.Input((3,)), layer], backend="numpy")
+    out = model.predict(np.full((2, 3), 6.0))
+    np.testing.assert_allclose(out, 2.0)

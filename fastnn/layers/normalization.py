@@ -160,6 +160,13 @@ class BatchNormalization(Layer):
         return buf["dx"]
 
 
+def _values(value, arg) -> np.ndarray:
+    """A statistic given as a number (Keras takes scalars) or an array, as float64 (k,)."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        value = [value]
+    return np.asarray(as_array(value, arg), dtype=np.float64).reshape(-1)
+
+
 class Normalization(Layer):
     """Standardises the last axis with fixed statistics: ``(x - mean) / max(sqrt(variance),
     1e-7)`` (Keras' Normalization).  The statistics come from :meth:`adapt` (or from
@@ -185,8 +192,7 @@ class Normalization(Layer):
             raise ValueError("give both mean and variance, or neither (then call adapt())")
         self._given = None
         if mean is not None:
-            mean = np.asarray(as_array(mean, "mean"), dtype=np.float64).reshape(-1)
-            variance = np.asarray(as_array(variance, "variance"), dtype=np.float64).reshape(-1)
+            mean, variance = _values(mean, "mean"), _values(variance, "variance")
             check_finite(mean, "mean")
             check_finite(variance, "variance")
             if variance.size and variance.min() < 0:
