@@ -510,8 +510,11 @@ def fit_loop(model, x, y, epochs, batch_size, verbose, callbacks, validation_spl
     cbs.set_params({"epochs": epochs, "steps": n_steps, "verbose": verbose})
     validation = None
     if val is not None or validation_data is not None:
+        # without batch_size, Keras 3 splits validation arrays into validation_steps batches
+        whole = val is not None and validation_steps
+        default = -(-len(val[0]) // validation_steps) if whole else 32
         validation = _Validation(model, val, validation_data, validation_steps,
-                                 _batch_size(batch_size, 32))  # fmt: skip
+                                 _batch_size(batch_size, default))  # fmt: skip
     return _epochs(model, source, cbs, history, validation, validation_freq, initial_epoch,
                    epochs, verbose)  # fmt: skip
 

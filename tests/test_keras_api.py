@@ -307,6 +307,11 @@ def test_steps_per_epoch_continues_a_reiterable_source_and_its_validation():
     np.testing.assert_allclose(hist.history["val_loss"], expected, rtol=1e-6)
     hist = model.fit(_Recorded(x, y, 10), epochs=1, verbose=0)  # sized, as a DataLoader
     assert hist.params["steps"] == 5
+    # no batch_size: the validation arrays in validation_steps batches, all of them each time
+    hist = model.fit(x, y, epochs=2, validation_data=(x[:30], y[:30]), validation_steps=2,
+                     verbose=0)  # fmt: skip
+    whole = model.evaluate(x[:30], y[:30])
+    np.testing.assert_allclose(hist.history["val_loss"], [whole, whole], rtol=1e-6)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
