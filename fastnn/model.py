@@ -794,22 +794,29 @@ class Sequential(Inference):
         load_weights(self, path)
 
     # -- display ----------------------------------------------------------------------
-    def summary(self, print_fn=print) -> None:
-        """Prints each layer's name and type, output shape and weight count, then the total,
-        trainable and non-trainable counts (as Keras does)."""
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None) -> None:  # fmt: skip
+        """Prints each layer's name and type, output shape and weight count (and with
+        ``show_trainable`` whether it trains), then the total, trainable and non-trainable
+        counts, as Keras does.  ``print_fn`` (default print) takes the text;
+        ``line_length``, ``positions``, ``expand_nested`` and ``layer_range`` (Keras's
+        layout options) are accepted and do not change the table."""
+        print_fn = print if print_fn is None else print_fn
         built = self._maybe_build()
-        rows = [("Layer (type)", "Output Shape", "Param #")]
+        rows = [("Layer (type)", "Output Shape", "Param #", "Trainable")]
         for layer in self.layers:
             shape = f"(None, {', '.join(map(str, layer.output_shape))})" if built else "?"
             if built and len(layer.output_shape) == 1:
                 shape = f"(None, {layer.output_shape[0]})"
             count = f"{layer.count_params():,}" if built else "?"
-            rows.append((f"{layer.name} ({type(layer).__name__})", shape, count))
-        widths = [max(32, *(len(r[0]) + 2 for r in rows)), 24, 12]
+            trains = "Y" if layer.trainable else "N"
+            rows.append((f"{layer.name} ({type(layer).__name__})", shape, count, trains))
+        widths = [max(32, *(len(r[0]) + 2 for r in rows)), 24, 12, 11 if show_trainable else 0]
         rule = "-" * sum(widths)
         lines = [f'Model: "{self.name}"', rule]
-        for i, (desc, shape, count) in enumerate(rows):
-            lines.append(f"{desc:<{widths[0]}}{shape:<{widths[1]}}{count:>{widths[2]}}")
+        for i, (desc, shape, count, trains) in enumerate(rows):
+            extra = f"{trains:>{widths[3]}}" if show_trainable else ""
+            lines.append(f"{desc:<{widths[0]}}{shape:<{widths[1]}}{count:>{widths[2]}}{extra}")
             if i == 0:
                 lines.append("=" * sum(widths))
         lines.append(rule)

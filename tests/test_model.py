@@ -160,6 +160,13 @@ def test_summary_lists_layers_and_parameter_counts():
     assert model.count_params() == 6 * 16 + 16 + 16 * 8 + 8 + 8 * 3 + 3
     for layer, n in zip(model.layers, (112, 136, 27)):
         assert re.search(rf"{layer.name} \(Dense\)\s+\(None, {layer.units}\)\s+{n}\b", text)
+    assert "Trainable" not in lines[0].split("\n")[2]  # the header: Keras's three columns
+    model.layers[1].trainable = False
+    lines = []
+    model.summary(line_length=80, show_trainable=True, print_fn=lines.append)
+    header, *_ = (row for row in lines[0].split("\n") if row.startswith("Layer (type)"))
+    assert header.rstrip().endswith("Trainable")
+    assert re.search(r"dense_1 \(Dense\)\s+\(None, 8\)\s+136\s+N$", lines[0], re.M)
 
 
 # ---------------------------------------------------------------------------------------
