@@ -563,3 +563,11 @@ def test_a_one_dimensional_x_gets_the_reshape_that_fits_and_a_1d_gradient_keeps_
         model.predict(np.ones(7))
     grad = losses.MeanSquaredError().gradient(np.zeros(4), np.ones(4), backend="numpy")
     assert grad.shape == (4,) and np.allclose(grad, 2 / 4)
+
+
+def test_training_flag_of_the_low_level_forward_must_be_a_bool():
+    from fastnn.layers import BatchNormalization
+
+    for layer in (Dropout(0.5), BatchNormalization()):
+        with pytest.raises(TypeError, match="training must be True or False"):
+            layer.forward(np.ones((4, 3), np.float32), training="yes")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activations, initializers, regularizers
-from .._checks import as_array, check_finite
+from .._checks import _check_bool, as_array, check_finite
 from ..kernels import codes
 from .base import (
     Layer,
@@ -250,7 +250,7 @@ class Dropout(_Elementwise):
     def forward(self, x, training=False):
         x = self._check_input(x)
         buf = self._buffers(x.shape[0])
-        self._active = bool(training) and self.rate > 0
+        self._active = _check_bool(training, "training") and self.rate > 0
         if self._active:
             self._calls += 1
             self._step_seed = (self.seed or 0) * 1000003 + self._calls

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import initializers
-from .._checks import as_array, check_finite
+from .._checks import _check_bool, as_array, check_finite
 from ..kernels import codes
 from .base import Layer, WeightSpec, number
 
@@ -133,6 +133,7 @@ class BatchNormalization(Layer):
         x = self._check_input(x)
         buf = self._buffers(x.shape[0])
         rows, c = self._rows(self.input_shape, x.shape[0])
+        training = _check_bool(training, "training")
         self._kernels.batchnorm_forward(
             x.reshape(rows, c), self._weight("gamma"), self._weight("beta"),
             self._values["moving_mean"], self._values["moving_variance"], buf["saved"],
