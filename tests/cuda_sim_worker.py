@@ -334,7 +334,13 @@ def check_batch_stats(cu):
         cu.batch_stats(out, y, table.astype(np.int64), thr, s1)
         ref.batch_stats(out, y, table.astype(np.int64), thr, s2)
         _close(f"batch_stats table {table[:, 0]}", s1, s2, 1e-9, 1e-9)
-    return "4 accuracy modes, top-k, confusion, histogram"
+    wide = out * 3 - 1  # outputs outside [0, 1]: the histogram counts them as 0 and 1
+    table = np.array([[C.M_HISTOGRAM, 6, 5, 0]], np.int64)
+    s1, s2 = np.zeros(16), np.zeros(16)
+    cu.batch_stats(wide, binary, table, np.full(1, 0.5), s1)
+    ref.batch_stats(wide, binary, table, np.full(1, 0.5), s2)
+    _close("batch_stats histogram outside [0, 1]", s1, s2, 1e-9, 1e-9)
+    return "4 accuracy modes, top-k, confusion, histogram (also of outputs outside [0, 1])"
 
 
 # ---------------------------------------------------------------------------------------
