@@ -118,7 +118,8 @@ class Engine:
 
     def plan_for(self, rows: int):
         if rows not in self._plans:
-            self._plans[rows] = build_plan(self.layers, self.offsets, self.input_shape, rows)
+            self._plans[rows] = build_plan(self.layers, self.offsets, self.input_shape, rows,
+                                           self.trainable_flags)  # fmt: skip
         return self._plans[rows]
 
     def workspace(self, rows: int, n_targets: int) -> Workspace:

@@ -80,19 +80,34 @@ def _check_input_act(layer, act: int) -> None:
         )
 
 
-def build_plan(layers, offsets, input_shape, rows: int) -> Plan:
+def _fields(layer, trainable: bool):
+    """``layer.plan_fields()`` as if ``layer.trainable`` were ``trainable``."""
+    now = layer.trainable
+    layer.trainable = trainable
+    try:
+        return layer.plan_fields()
+    finally:
+        layer.trainable = now
+
+
+def build_plan(layers, offsets, input_shape, rows: int, trainable=None) -> Plan:
     """The plan of built ``layers`` (each with ``offsets``: weight name -> offset in params or
-    nontrain) on samples of ``input_shape``, for batches of up to ``rows`` samples."""
-    table, ftable, names = [], [], []
+    nontrain) on samples of ``input_shape``, for batches of up to ``rows`` samples.
+
+    ``trainable``: the layers' trainable flags the offsets were laid out for (default:
+    their flags now); a flag changed since then takes effect when the model is laid out
+    again (at compile), not in a plan for a new batch size."""
+    trainable = [layer.trainable for layer in layers] if trainable is None else list(trainable)
+    table, ftable, names, flags = [], [], [], []
     shape, in_off, acts, acc = tuple(input_shape), -1, 0, 0
-    for layer, offs in zip(layers, offsets):
+    for layer, offs, layer_trainable in zip(layers, offsets, trainable):
         out_shape = tuple(layer.output_shape)
         if layer.kind is None:  # a view: the next layer reads the same memory
             shape = out_shape
             continue
         row = np.full(codes.P_COLS, -1, dtype=np.int64)
         frow = np.zeros(codes.F_COLS, dtype=np.float64)
-        act, floats, ints = layer.plan_fields()
+        act, floats, ints = _fields(layer, bool(layer_trainable))
         _check_input_act(layer, act)
         row[codes.P_KIND], row[codes.P_ACT] = layer.kind, act
         row[codes.P_IN0 : codes.P_IN2 + 1] = _padded(shape)
@@ -114,22 +129,25 @@ def build_plan(layers, offsets, input_shape, rows: int) -> Plan:
         table.append(row)
         ftable.append(frow)
         names.append(layer.name)
+        flags.append(bool(layer_trainable))
         in_off, shape = row[codes.P_OUT_OFF], out_shape
     if not table:
         raise ValueError(
             "the model has no layer that computes anything (only Input/Flatten): add a Dense layer"
         )
     layers_t = np.array(table, dtype=np.int64)
-    gbuf = _plan_backward(layers_t, [lay for lay in layers if lay.kind is not None], rows)
+    computing = [lay for lay in layers if lay.kind is not None]
+    gbuf = _plan_backward(layers_t, computing, flags, rows)
     kinds = codes.kinds_marker({int(k) for k in layers_t[:, codes.P_KIND]})
     return Plan(layers_t, np.array(ftable), kinds, rows, max(acts, 1), gbuf, max(acc, 1),
                 tuple(names))  # fmt: skip
 
 
-def _plan_backward(table, computing, rows) -> int:
+def _plan_backward(table, computing, trainable, rows) -> int:
     """Fills P_BACKWARD, P_DOUT_OFF and P_DX_OFF: the backward runs from the last layer down
-    to the first one with trainable weights (which writes no dx); the gradient flows through
-    the two halves of gbuf in turn.  Returns the size gbuf needs."""
+    to the first one with trainable weights (which writes no dx) through every layer between,
+    frozen ones included (a frozen BatchNormalization's is that of inference mode); the
+    gradient flows through the two halves of gbuf in turn.  Returns the size gbuf needs."""
     n = len(table)
     sizes = [
         max(_size(r[codes.P_IN0 : codes.P_IN2 + 1]), _size(r[codes.P_OUT0 : codes.P_OUT2 + 1]))
@@ -139,8 +157,8 @@ def _plan_backward(table, computing, rows) -> int:
     first = next(
         (
             i
-            for i, layer in enumerate(computing)
-            if layer.trainable and any(s.trainable for s in layer.weight_specs())
+            for i, (layer, flag) in enumerate(zip(computing, trainable))
+            if flag and any(s.trainable for s in layer.weight_specs())
         ),
         n,
     )
@@ -155,11 +173,4 @@ def _plan_backward(table, computing, rows) -> int:
         if l > first:
             table[l, codes.P_DX_OFF] = half - cur
         cur = half - cur
-        frozen_bn = table[l, codes.P_KIND] == codes.BATCHNORM and table[l, codes.P_FROZEN]
-        if frozen_bn and l > first:
-            raise ValueError(
-                f"layer {computing[l].name!r} is a frozen BatchNormalization (inference mode) "
-                "after a trainable layer: back-propagating through it is not supported; freeze "
-                "the layers before it too, or keep it trainable"
-            )
     return 2 * half

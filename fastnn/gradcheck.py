@@ -78,8 +78,9 @@ def gradcheck(
     ----------
     target : Sequential (compiled) or Layer
         For a model the loss is the compiled loss (with regularisation; dropout masks are
-        fixed by the seed); for a layer it is ``sum(layer(x) * R)`` with a random R, and the
-        gradients of the weights and of x are both checked.
+        fixed by the seed) and its trainable weights are checked; for a layer it is
+        ``sum(layer(x) * R)`` with a random R, and the gradients of the weights and of x
+        are both checked.
     x, y : arrays
         Inputs and targets (y is not used for a layer).
     eps : float
@@ -126,7 +127,7 @@ def _check_model(model, x, y, sample_weight, eps, rtol, atol, max_checks, rng):
 
     loss_value()
     ref.backward_stack(X, plan.args, net, work, 7, 1)
-    idx = _indices(params.size, max_checks, rng)
+    idx = _indices(eng.n_train, max_checks, rng)  # frozen layers' weights get no gradient
     return _compare(grads[idx], _numeric(loss, params, idx, eps), rtol, atol)
 
 

@@ -533,6 +533,28 @@ def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, int need_d
                     need_dx != 0)
 
 
+def batchnorm_inference_backward(gamma, saved, dout, dx):
+    """dL/dx of batchnorm_forward in inference mode from saved = [mean, inv_std]: dx =
+    dout * gamma * inv_std.  gamma (C,) or empty (absent); dout, dx (R, C) (may alias)."""
+    cdef Py_ssize_t[2] ss, sd, sdx
+    cdef Py_ssize_t isz = _float_size(dout, "dout")
+    cdef char* d_ = _data(dout, "dout", F_KIND, isz, 2, False, sd)
+    cdef Py_ssize_t r = sd[0], c = sd[1]
+    cdef char* g_ = _weight(gamma, "gamma", isz, c, False)
+    cdef char* s_ = _data(saved, "saved", F_KIND, isz, 2, False, ss)
+    cdef char* dx_ = _data(dx, "dx", F_KIND, isz, 2, True, sdx)
+    _same2("saved", ss, 2, c)
+    _same2("dx", sdx, r, c)
+    if isz == 4:
+        with nogil:
+            _bn_inf_bwd(<const float*>g_, <const float*>s_, <const float*>d_, <float*>dx_, r,
+                        c)
+    else:
+        with nogil:
+            _bn_inf_bwd(<const double*>g_, <const double*>s_, <const double*>d_,
+                        <double*>dx_, r, c)
+
+
 def normalization_forward(x, mean, variance, out):
     """out = (x - mean) / max(sqrt(variance), NORM_EPS) per column.  x, out (R, C) (may
     alias); mean, variance (C,)."""

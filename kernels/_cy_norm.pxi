@@ -130,6 +130,29 @@ cdef void _bn_bwd(const floating* x, const floating* gamma, const floating* save
         j0 += m
 
 
+cdef void _bn_inf_bwd(const floating* gamma, const floating* saved, const floating* dout,
+                      floating* dx, Py_ssize_t r, Py_ssize_t c) noexcept nogil:
+    """batchnorm_inference_backward: dx = dout * gamma * inv_std, inv_std = saved[1];
+    gamma NULL when absent.  dx may alias dout."""
+    cdef Py_ssize_t i, j, j0, m
+    cdef const floating* inv = saved + c
+    cdef const floating* dr
+    cdef floating* xo
+    cdef floating one = 1
+    cdef floating coef[NORM_BLOCK]
+    j0 = 0
+    while j0 < c:
+        m = min(<Py_ssize_t>NORM_BLOCK, c - j0)
+        for j in range(m):
+            coef[j] = inv[j0 + j] * (gamma[j0 + j] if gamma != NULL else one)
+        for i in range(r):
+            dr = dout + i * c + j0
+            xo = dx + i * c + j0
+            for j in range(m):
+                xo[j] = dr[j] * coef[j]
+        j0 += m
+
+
 cdef void _norm(const floating* x, const floating* mean, const floating* var, floating* out,
                 Py_ssize_t r, Py_ssize_t c) noexcept nogil:
     """normalization_forward: out = (x - mean) / max(sqrt(var), NORM_EPS); with mean NULL,

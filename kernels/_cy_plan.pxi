@@ -143,6 +143,8 @@ cdef double _layer_bwd(const Plan* pl, const Net* b, Py_ssize_t l, const floatin
                    _at(grads, row[P_W1]), r, w, wo, act, <floating>f[F_ALPHA], need_dx)
         if l1 != 0 or l2 != 0:
             return _l1l2(params + row[P_W0], grads + row[P_W0], w * wo, l1, l2)
+    elif kind == BATCHNORM and row[P_ARG0] != 0:  # frozen: inference mode
+        _bn_inf_bwd(_at(params, row[P_W0]), acts + row[P_SAVE_OFF], g, dx, r, w)
     elif kind == BATCHNORM:
         _bn_bwd(inp, _at(params, row[P_W0]), acts + row[P_SAVE_OFF], g, dx,
                 _at(grads, row[P_W0]), _at(grads, row[P_W1]), b.acc + row[P_ACC_OFF], r, w,

@@ -886,6 +886,17 @@ def _build(F):  # noqa: C901 - one namespace of kernels
             dx[r, c] = coef * (rf * dout[r, c] - F(acc[0, c]) - xh * F(acc[1, c]))
 
     @cuda.jit
+    def bn_inference_dx(saved, gamma, dout, dx, has_gamma):
+        """dx = dout * gamma * inv_std (inference mode: constant statistics); may alias
+        dout."""
+        n, nc = dout.shape
+        for i in range(cuda.grid(1), n * nc, cuda.gridsize(1)):
+            r = i // nc
+            c = i - r * nc
+            coef = saved[1, c] * gamma[c] if has_gamma else saved[1, c] * ONE
+            dx[r, c] = dout[r, c] * coef
+
+    @cuda.jit
     def normalize(x, mean, variance, out, centered):
         """out = (x - mean (if centered)) / max(sqrt(variance), NORM_EPS); may alias x."""
         n, nc = x.shape
@@ -1062,7 +1073,7 @@ _KERNEL_NAMES = (
     "gemm_bias_act", "gemm_tn", "gemm_nt", "act_forward", "act_backward", "dropout",
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
     "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias", "col_moments", "col_grad_sums",
-    "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "normalize",
+    "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "bn_inference_dx", "normalize",
     "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "metric_sums",
     "flag_nonfinite",
 )  # fmt: skip
@@ -1121,6 +1132,7 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "bn_apply": (a2, a2, a1, a1, a2, i, i),
         "bn_grad_sums": (d1, i, d2, a1, a1, i, i),
         "bn_dx": (a2, a2, a1, a2, d2, a2, i),
+        "bn_inference_dx": (a2, a1, a2, a2, i),
         "normalize": (a2, a1, a1, a2, i),
         "sgd": (a1, a1, f, d1),
         "momentum": (a1, a1, a1, f, f, i, d1),
@@ -1406,6 +1418,14 @@ def _bn_bwd_d(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
                                          dx, int(gamma is not None))  # fmt: skip
 
 
+def _bn_inf_bwd_d(gamma, saved, dout, dx):
+    """Device BatchNormalization backward in inference mode; gamma: None when absent."""
+    grid, block = _ew(dout.shape[0] * dout.shape[1])
+    _launch(_k(dout.dtype), "bn_inference_dx", grid, block)(
+        saved, _row(saved, 0) if gamma is None else gamma, dout, dx, int(gamma is not None)
+    )
+
+
 def _norm_d(x, mean, variance, out, centered):
     grid, block = _ew(x.shape[0] * x.shape[1])
     _launch(_k(x.dtype), "normalize", grid, block)(x, mean, variance, out, int(centered))
@@ -1568,6 +1588,9 @@ def _backward_d(x, rows, net, work, seed, step, sacc, accumulate, row0=0):
                 _act_fwd_d(g, dx, C.LINEAR, 0.0)
         elif kind == C.ACTIVATION:
             _act_bwd_d(out, g, dx, row.act, row.alpha)
+        elif kind == C.BATCHNORM and row.frozen:  # inference mode: statistics are constants
+            _bn_inf_bwd_d(_opt_view(params, row.w0, width),
+                          _view(acts, row.save_off, (2, width)), g, dx)  # fmt: skip
         elif kind == C.BATCHNORM:
             _bn_bwd_d(
                 inp, _opt_view(params, row.w0, width), _view(acts, row.save_off, (2, width)), g,
@@ -1856,6 +1879,14 @@ def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
     _bn_bwd_d(st(x), _opt_arg(st, gamma), st(saved), st(dout), st(dx, True),
               _opt_arg(st, dgamma, True), _opt_arg(st, dbeta, True), st(acc, True),
               need_dx)  # fmt: skip
+    st.finish()
+
+
+def batchnorm_inference_backward(gamma, saved, dout, dx):
+    """dL/dx of batchnorm_forward in inference mode from saved = [mean, inv_std]: dx =
+    dout * gamma * inv_std; gamma may be empty (absent); dx may alias dout."""
+    st = _Stage()
+    _bn_inf_bwd_d(_opt_arg(st, gamma), st(saved), st(dout), st(dx, True))
     st.finish()
 
 

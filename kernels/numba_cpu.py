@@ -1281,6 +1281,18 @@ def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
 
 
 @_jit
+def batchnorm_inference_backward(gamma, saved, dout, dx):
+    """See reference.batchnorm_inference_backward (dx may alias dout)."""
+    r, c = dout.shape
+    one = dout.dtype.type(1)
+    scale = gamma.shape[0] > 0
+    for i in range(r):
+        for j in range(c):
+            coef = saved[1, j] * gamma[j] if scale else saved[1, j] * one
+            dx[i, j] = dout[i, j] * coef
+
+
+@_jit
 def _norm_divisor(variance, j):
     """max(sqrt(variance[j]), NORM_EPS) in the array's dtype (NaN stays NaN)."""
     t = variance.dtype.type
@@ -1745,6 +1757,10 @@ def _norm_backward(present, kind, inp, g, dx, need_dx, row, params, grads, nontr
     if present is None:
         return False
     c = inp.shape[1]
+    if kind == _BATCHNORM and row[_P_FROZEN] != 0:  # inference mode: statistics are constants
+        batchnorm_inference_backward(_vec(params, row[_P_W0], c),
+                                     _mat(acts, row[_P_SAVE_OFF], 2, c), g, dx)  # fmt: skip
+        return True
     if kind == _BATCHNORM:
         batchnorm_backward(
             inp, _vec(params, row[_P_W0], c), _mat(acts, row[_P_SAVE_OFF], 2, c), g, dx,

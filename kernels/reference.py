@@ -49,10 +49,11 @@ OPS = (
     "mean_absolute_error", "huber", "kl_divergence", "poisson", "loss_grad", "l1l2_penalty",
     "sgd_update", "momentum_update", "adagrad_update", "rmsprop_update", "adam_update",
     "nadam_update", "clip_gradients",
-    "optimizer_update", "batchnorm_forward", "batchnorm_backward", "normalization_forward",
-    "normalization_backward", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-    "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward", "forward_stack",
-    "backward_stack", "train_step", "eval_step", "batch_stats", "run_epoch",
+    "optimizer_update", "batchnorm_forward", "batchnorm_backward",
+    "batchnorm_inference_backward", "normalization_forward", "normalization_backward",
+    "conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "avgpool2d_forward", "avgpool2d_backward", "forward_stack", "backward_stack",
+    "train_step", "eval_step", "batch_stats", "run_epoch",
 )  # fmt: skip
 #: The kernels of the sequence kinds (Embedding, SimpleRNN, LSTM, GRU): every backend that
 #: runs those kinds defines them (the cython and cuda backends do not: see their KINDS).
@@ -659,6 +660,17 @@ def batchnorm_backward(x, gamma, saved, dout, dx, dgamma, dbeta, acc, need_dx):
         np.copyto(dx, coef * (t(r) * dout - sum_dy - xhat * sum_dyx), casting="same_kind")
 
 
+def batchnorm_inference_backward(gamma, saved, dout, dx):
+    """dL/dx of batchnorm_forward in inference mode (a frozen layer, as Keras runs it),
+    from saved = [mean, inv_std] of that forward: dx = dout * gamma * inv_std.
+
+    gamma (C,) or empty (scale off: 1); dout, dx (R, C) (may alias).  The statistics are
+    constants there: no gradient reaches gamma, beta or them."""
+    t = dout.dtype.type
+    coef = saved[1] * gamma if gamma.shape[0] else saved[1] * t(1)
+    np.copyto(dx, dout * coef, casting="same_kind")
+
+
 def normalization_forward(x, mean, variance, out):
     """out = (x - mean) / max(sqrt(variance), NORM_EPS) per column (Keras' Normalization).
 
@@ -1025,6 +1037,9 @@ def layer_backward(l, x, plan, net, work, n, seed, step, row0=0):
             dx[...] = g
     elif kind == C.ACTIVATION:
         activation_backward(inp if act in C.INPUT_ACTS else out, g, dx, act, f[C.F_ALPHA])
+    elif kind == C.BATCHNORM and row[C.P_FROZEN]:  # inference mode: statistics are constants
+        gamma = _vec(params, int(row[C.P_W0]), width)
+        batchnorm_inference_backward(gamma, _mat(acts, int(row[C.P_SAVE_OFF]), 2, width), g, dx)
     elif kind == C.BATCHNORM:
         w0, w1 = int(row[C.P_W0]), int(row[C.P_W1])
         batchnorm_backward(

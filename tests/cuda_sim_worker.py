@@ -406,6 +406,26 @@ def check_batchnorm_backward(cu):
     return f"13x9, gamma/beta absent, need_dx 0/1, in place; max abs err {worst:.2e}"
 
 
+def check_batchnorm_inference_backward(cu):
+    rng = _rng(20)
+    worst = 0.0
+    for scale, dtype in ((True, F32), (False, F32), (True, np.float64)):
+        x, gamma, beta, mm, mv = _bn_inputs(rng, dtype=dtype)
+        saved = np.zeros((2, 9), dtype)
+        ref.batchnorm_forward(x, gamma, beta, mm, mv, saved, np.zeros_like(x),
+                              np.zeros((2, 9)), 0, 0.99, 1e-3)  # fmt: skip
+        g = gamma if scale else np.zeros(0, dtype)
+        args = [g, saved, _randn(rng, 13, 9, dtype=dtype), np.full_like(x, 7.0)]
+        _, _, a_cu, a_ref = _both("batchnorm_inference_backward", cu, args, [3])
+        label = f"bn_inference_bwd scale={scale} {np.dtype(dtype)}"
+        worst = max(worst, _cmp_outputs(label, a_cu, a_ref, [3], dtype, 2))
+    d1, d2 = args[2].copy(), args[2].copy()  # dx aliasing dout
+    cu.batchnorm_inference_backward(gamma, saved, d1, d1)
+    ref.batchnorm_inference_backward(gamma, saved, d2, d2)
+    _close("bn_inference_bwd in place", d1, d2, *_tol(np.float64, 2))
+    return f"13x9, gamma absent, f32/f64, in place; max abs err {worst:.2e}"
+
+
 def check_normalization(cu):
     rng = _rng(19)
     x = _randn(rng, 7, 9, scale=3.0)
@@ -453,6 +473,15 @@ def norm_layers():
     return (2, 4), [Normalization(), Dense(5, activation="tanh"),
                     BatchNormalization(momentum=0.9, center=False), Normalization(),
                     Activation("leaky_relu"), Flatten(), Dropout(0.2), Dense(3)]  # fmt: skip
+
+
+def frozen_bn_layers():
+    """4 -> Dense(5, tanh) -> frozen BatchNormalization (inference mode) -> Dense(3)."""
+    from fastnn.layers import BatchNormalization, Dense
+
+    frozen = BatchNormalization()
+    frozen.trainable = False
+    return (4,), [Dense(5, activation="tanh"), frozen, Dense(3)]
 
 
 def bn_layers():
@@ -513,7 +542,7 @@ class Net:
 
 def check_stack_forward_backward(cu):
     worst = 0.0
-    for make in (mlp_layers, norm_layers):
+    for make in (mlp_layers, norm_layers, frozen_bn_layers):
         rng = _rng(12)
         n = 3
         base = Net(make, n)
@@ -536,8 +565,9 @@ def check_stack_forward_backward(cu):
         cu.forward_stack(x, a2.plan, a2.net, a2.work, 0, 0, 0)
         ref.forward_stack(x, b2.plan, b2.net, b2.work, 0, 0, 0)
         worst = max(worst, a2.compare(f"{make.__name__} inference", b2, ("acts", "nontrain")))
-    return (f"mlp (dense/dropout/dense, l1, l2) and norm (normalization, bn, activation, "
-            f"flatten, dropout on (2, 4) samples): max abs err {worst:.2e}")  # fmt: skip
+    return (f"mlp (dense/dropout/dense, l1, l2), norm (normalization, bn, activation, "
+            f"flatten, dropout on (2, 4) samples) and a frozen bn after a dense: max abs err "
+            f"{worst:.2e}")  # fmt: skip
 
 
 def check_stack_row0(cu):

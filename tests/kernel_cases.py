@@ -97,7 +97,7 @@ def _spec_layer(kind, width, act, a, l1, l2):
     """A layer for a spec row (kind, width, act, a, l1, l2): ``a`` is the leaky slope of
     Dense/Activation, the rate of Dropout and the momentum of BatchNormalization (whose
     ``l1``/``l2`` are its epsilon and ``center and scale`` flags: 1 both, 2 gamma only, 3 beta
-    only, 4 neither)."""
+    only, 4 neither; negative: the layer is frozen, inference mode)."""
     from fastnn import layers as L
     from fastnn.activations import NAMES
     from fastnn.regularizers import L1L2
@@ -110,9 +110,11 @@ def _spec_layer(kind, width, act, a, l1, l2):
     if kind == C.ACTIVATION:
         return L.Activation(NAMES[act], alpha=a)
     if kind == C.BATCHNORM:
-        flags = int(l2) or 1
-        return L.BatchNormalization(momentum=a, epsilon=l1, scale=flags in (1, 2),
-                                    center=flags in (1, 3))  # fmt: skip
+        flags = abs(int(l2)) or 1
+        layer = L.BatchNormalization(momentum=a, epsilon=l1, scale=flags in (1, 2),
+                                     center=flags in (1, 3))  # fmt: skip
+        layer.trainable = l2 >= 0
+        return layer
     if kind == C.NORMALIZATION:
         return L.Normalization()
     raise ValueError(kind)
@@ -300,6 +302,21 @@ def norm_stack(dtype, rng, n=11, n_in=5, loss=C.SOFTMAX_CE):
     return Stack(spec, n_in, n, dtype, rng, loss=loss)
 
 
+def frozen_norm_stack(dtype, rng, n=11, n_in=5, loss=C.SOFTMAX_CE):
+    """Dense tanh, a frozen BatchNormalization (inference mode: the gradient flows through
+    it to the Dense, its weights get none), relu Activation, Dense, a frozen
+    BatchNormalization without gamma, Dense with the loss's output activation."""
+    spec = [
+        (C.DENSE, 8, C.TANH, 0.0, 0.0, 0.0),
+        (C.BATCHNORM, 8, C.LINEAR, 0.9, 1e-3, -1),
+        (C.ACTIVATION, 8, C.RELU, 0.0, 0.0, 0.0),
+        (C.DENSE, 6, C.LINEAR, 0.0, 0.0, 1e-3),
+        (C.BATCHNORM, 6, C.LINEAR, 0.99, 1e-2, -3),
+        (C.DENSE, 4, OUTPUT_ACT[loss], 0.0, 0.0, 0.0),
+    ]
+    return Stack(spec, n_in, n, dtype, rng, loss=loss)
+
+
 def smooth_stack(dtype, rng, loss=C.HUBER, n=12, n_in=5):
     """Dense gelu (its pre-activation saved), Activation elu, Dense silu, Activation selu,
     Activation gelu (reading its input), Dense with the loss's output activation: the
@@ -366,6 +383,7 @@ __all__ = [
     "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
     "Buffers", "acc_mode_for", "loss_args", "metrics_for", "assert_close", "compiled_backends",
-    "make_targets", "mixed_stack", "mlp3", "norm_stack", "smooth_stack", "ref", "rng_for",
+    "frozen_norm_stack", "make_targets", "mixed_stack", "mlp3", "norm_stack", "smooth_stack",
+    "ref", "rng_for",
     "tolerance", "train_steps",
 ]  # fmt: skip

@@ -5,7 +5,8 @@ logs, final weights and optimizer state, the evaluation).  MODE replicated: ever
 runs the whole optimizer update rather than its segment; MODE batchstate (or single with
 OPTIMIZER ending in "+batchstate"): rank 0 records the optimizer state after every batch;
 OPTIMIZER ending in "+twice": the epochs in two fits (the second from the first's end);
-"+zerostate": a callback zeroes the optimizer state at the end of every epoch."""
+"+zerostate": a callback zeroes the optimizer state at the end of every epoch; "+frozenbn":
+the model has a frozen BatchNormalization (inference mode) between its Dense layers."""
 
 from __future__ import annotations
 
@@ -55,6 +56,25 @@ def model(backend, l2=0.0, optimizer="adam"):
         seed=3,
         backend=backend,
     )
+    m.compile(OPTIMIZERS[optimizer](), "sparse_categorical_crossentropy", ["accuracy"])
+    return m
+
+
+def frozen_bn_model(backend, optimizer="adam"):
+    """Dense -> frozen BatchNormalization with set statistics -> relu -> Dense: no batch
+    statistics, so every shard normalises as the whole batch would."""
+    L = fastnn.layers
+    m = fastnn.Sequential(
+        [L.Input((6,)), L.Dense(16), L.BatchNormalization(), L.Activation("relu"),
+         L.Dense(3, activation="softmax")],
+        seed=3, backend=backend,
+    )  # fmt: skip
+    m.build((6,))
+    rng = np.random.default_rng(4)
+    bn = m.layers[1]
+    bn.set_weights([rng.uniform(0.5, 1.5, 16), rng.normal(0, 0.3, 16), rng.normal(0, 0.5, 16),
+                    rng.uniform(0.5, 2.0, 16)])  # fmt: skip
+    bn.trainable = False
     m.compile(OPTIMIZERS[optimizer](), "sparse_categorical_crossentropy", ["accuracy"])
     return m
 
@@ -136,7 +156,10 @@ def main(mode, out, backend="cython", l2="0", shared="default", optimizer="adam"
     if mode == "replicated":
         data_parallel.SHARD_UPDATE = False
     optimizer, _, extra = optimizer.partition("+")
-    m, callbacks = model(backend, float(l2), optimizer), []
+    if extra == "frozenbn":
+        m, callbacks = frozen_bn_model(backend, optimizer), []
+    else:
+        m, callbacks = model(backend, float(l2), optimizer), []
     recorder = None
     if (mode == "batchstate" and dp.rank == 0) or extra == "batchstate":
         recorder = StateAfterBatch()  # on rank 0 only: the other ranks must follow anyway

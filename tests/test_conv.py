@@ -358,6 +358,56 @@ def test_three_adam_steps_match_pytorch(backend):
         np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_frozen_batchnorm_after_conv_steps_match_pytorch(backend):
+    """Conv2D -> frozen BatchNormalization (inference mode over the channels of NHWC, set
+    gamma, beta and moving statistics) -> MaxPooling2D -> Flatten -> Dense(softmax), three
+    Adam steps in float64 == torch's conv2d -> batch_norm with the running statistics and
+    constant affine weights: losses and weights; the normalisation's four are unchanged."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((5, 7, 8, 2)), rng.integers(0, 3, 5)
+    model = fastnn.Sequential(
+        [Conv2D(4, 3, activation="relu", input_shape=(7, 8, 2)),
+         BatchNormalization(epsilon=1e-2), MaxPooling2D(2), Flatten(),
+         Dense(3, activation="softmax")],
+        dtype="float64", backend=backend, seed=2,
+    )  # fmt: skip
+    k1, b1, *_, k2, b2 = model.get_weights()
+    stats = [rng.uniform(0.5, 1.5, 4), rng.normal(size=4) * 0.3, rng.normal(size=4) * 0.5,
+             rng.uniform(0.2, 2.0, 4)]  # fmt: skip
+    model.layers[1].set_weights(stats)
+    model.layers[1].trainable = False
+    model.compile(fastnn.optimizers.Adam(0.01, epsilon=1e-7), "sparse_categorical_crossentropy")
+    params = [torch.tensor(a, requires_grad=True)
+              for a in (k1.transpose(3, 2, 0, 1), b1, k2.T, b2)]  # fmt: skip
+    fixed = [torch.tensor(a) for a in stats]
+    opt = torch.optim.Adam(params, lr=0.01, betas=(0.9, 0.999), eps=1e-7)
+    xt, yt = torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(y)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        h = F.relu(F.conv2d(xt, params[0], params[1]))
+        h = F.batch_norm(h, fixed[2], fixed[3], fixed[0], fixed[1], training=False, eps=1e-2)
+        h = F.max_pool2d(h, 2)
+        logits = h.permute(0, 2, 3, 1).reshape(5, -1) @ params[2].T + params[3]
+        loss = F.cross_entropy(logits, yt)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    hist = model.fit(x, y, epochs=3, batch_size=5, shuffle=False, verbose=0)
+    np.testing.assert_allclose(hist.history["loss"], losses, rtol=1e-9)
+    got = model.get_weights()
+    want = [p.detach().numpy() for p in params]
+    for g, e in zip([got[0], got[1], got[6], got[7]],
+                    [want[0].transpose(2, 3, 1, 0), want[1], want[2].T, want[3]]):  # fmt: skip
+        np.testing.assert_allclose(g, e, rtol=1e-8, atol=1e-10)
+    for g, e in zip(got[2:6], stats):
+        np.testing.assert_array_equal(g, e)
+    assert not np.allclose(got[0], k1)  # the gradient reached the convolution
+
+
 # -- the model around the kinds ------------------------------------------------------------
 
 

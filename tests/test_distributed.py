@@ -120,6 +120,7 @@ def _assert_same_state(single, rank0, rank1):
         ("clipnorm", 2, "all"),  # clipping: whole gradients, the whole update on every rank
         ("global_clipnorm", 2, "sharded"),
         ("clipvalue", 2, "all"),
+        ("adam+frozenbn", 2, "all"),  # a frozen BatchNormalization: no batch statistics
     ],
 )
 def test_each_rank_updates_its_segment_as_one_process_would(tmp_path, optimizer, ranks, shared):

@@ -180,14 +180,52 @@ def test_a_frozen_batchnorm_runs_in_inference_mode():
     for a, b in zip(model.layers[0].get_weights(), moving):
         np.testing.assert_array_equal(a, b)  # statistics and affine weights untouched
     assert loss == pytest.approx(model.evaluate(x, y), rel=0.05)  # the same normalisation
-    after_dense = fastnn.Sequential(
+
+
+def _dense_bn_model(backend):
+    return fastnn.Sequential(
         [Input(shape=(6,)), Dense(4), BatchNormalization(), Activation("relu"),
          Dense(3, activation="softmax")],
-        backend="numpy",
+        seed=0, backend=backend,
     )  # fmt: skip
-    after_dense.layers[1].trainable = False
-    with pytest.raises(ValueError, match="frozen BatchNormalization"):
-        after_dense.compile("adam", "sparse_categorical_crossentropy")
+
+
+def _changed(before, after):
+    return [not np.array_equal(a, b) for a, b in zip(before, after)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_frozen_batchnorm_after_a_trainable_layer_passes_the_gradient_on(backend):
+    x, y = _data()
+    model = _dense_bn_model(backend)
+    model.layers[1].trainable = False
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = model.get_weights()
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0)
+    assert _changed(before, model.get_weights()) == [True, True] + [False] * 4 + [True, True]
+
+
+def test_freezing_a_batchnorm_takes_effect_at_compile():
+    """As every trainable change: a fit before the next compile (even with a new batch
+    size) trains the layer as compiled; after compile it runs in inference mode; unfrozen
+    and compiled again it trains."""
+    x, y = _data()
+    model = _dense_bn_model("numpy")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    bn = model.layers[1]
+    bn.trainable = False
+    before = bn.get_weights()
+    model.fit(x, y, epochs=1, batch_size=10, verbose=0)  # a plan for a new batch size
+    assert _changed(before, bn.get_weights()) == [True] * 4
+    model.compile("adam", "sparse_categorical_crossentropy")
+    before = bn.get_weights()
+    model.fit(x, y, epochs=1, batch_size=12, verbose=0)
+    assert _changed(before, bn.get_weights()) == [False] * 4
+    bn.trainable = True
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=12, verbose=0)
+    assert _changed(before, bn.get_weights()) == [True] * 4
 
 
 # -- activation layers and Reshape -------------------------------------------------------

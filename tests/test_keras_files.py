@@ -243,3 +243,39 @@ def test_model_from_json_reads_a_keras_models_json():
     fm.set_weights(km.get_weights())
     x = RNG.normal(size=(5, 6)).astype("float32")
     np.testing.assert_allclose(fm.predict(x), km.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", [b for b in fastnn.backend.available() if b != "cuda"])
+def test_a_frozen_batchnorm_after_dense_trains_as_in_keras(backend, tmp_path):
+    """A Keras model with a frozen BatchNormalization after a Dense (inference mode in fit,
+    the gradient through the moving statistics), saved by Keras and loaded by fastnn
+    (trainable = False kept): three SGD steps give Keras's losses and weights, and the
+    normalisation's four weights stay as they were in both."""
+    model = keras.Sequential([
+        keras.Input((6,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+        keras.layers.Activation("relu"), keras.layers.Dense(3, activation="softmax"),
+    ])  # fmt: skip
+    rng = np.random.default_rng(7)
+    model.set_weights([  # moderate logits: no probability reaches Keras's 1e-7 clip
+        rng.normal(0, 0.4, (6, 8)), rng.normal(0, 0.1, 8), rng.uniform(0.5, 1.5, 8),
+        rng.normal(0, 0.3, 8), rng.normal(0, 0.5, 8), rng.uniform(0.5, 2.0, 8),
+        rng.normal(0, 0.4, (8, 3)), rng.normal(0, 0.1, 3),
+    ])  # fmt: skip
+    model.layers[1].trainable = False
+    model.save(tmp_path / "frozen.keras")
+    loaded = fastnn.load_model(tmp_path / "frozen.keras", backend=backend)
+    assert [layer.trainable for layer in loaded.layers] == [True, False, True, True]
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    loaded.compile(fastnn.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    frozen = [np.array(w) for w in model.layers[1].get_weights()]
+    for _ in range(3):
+        x = rng.normal(1.0, 2.0, (16, 6)).astype("float32")
+        y = rng.integers(0, 3, 16)
+        want = float(model.train_on_batch(x, y))
+        assert loaded.train_on_batch(x, y) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    for got, want in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(got, np.array(want), rtol=1e-4, atol=1e-5)
+    for got, keras_w, start in zip(loaded.layers[1].get_weights(),
+                                   model.layers[1].get_weights(), frozen):  # fmt: skip
+        np.testing.assert_array_equal(got, start)
+        np.testing.assert_array_equal(np.array(keras_w), start)

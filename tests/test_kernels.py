@@ -38,6 +38,7 @@ from tests.kernel_cases import (
     acc_mode_for,
     assert_close,
     compiled_backends,
+    frozen_norm_stack,
     loss_args,
     make_targets,
     metrics_for,
@@ -667,6 +668,35 @@ def test_batchnorm_backward(mod, dtype, shape, flags):
 
 @dtypes
 @shapes
+@BN_FLAGS
+def test_batchnorm_inference_backward(mod, dtype, shape, flags):
+    """A frozen layer's gradient, dout * gamma / sqrt(moving_var + eps), from the saved
+    statistics of an inference-mode forward; dx may alias dout."""
+    r, _, c = shape
+    rng = rng_for("bnib", shape, flags)
+    x, gamma, beta, mm, mv = _bn_case(dtype, shape, flags, rng)
+    saved = np.zeros((2, c), dtype)
+    ref.batchnorm_forward(x, gamma, beta, mm, mv, saved, np.zeros((r, c), dtype),
+                          np.zeros((2, c)), 0, 0.9, 1e-3)  # fmt: skip
+    dout = rng.standard_normal((r, c)).astype(dtype)
+    want = dout * (gamma if gamma.size else 1) / np.sqrt(mv.astype(np.float64) + 1e-3)
+    for alias in (False, True):
+        results = []
+        for module in (ref, mod):
+            d = dout.copy()
+            dx = d if alias else np.full((r, c), 7, dtype)
+            inputs = [gamma, saved] if alias else [gamma, saved, d]
+            copies = _copies(*inputs)
+            module.batchnorm_inference_backward(gamma, saved, d, dx)
+            _assert_unchanged(inputs, copies)
+            results.append(dx)
+        assert results[1].dtype == dtype
+        assert_close(results[1], results[0], dtype, k=2, what=f"dx ({alias=})")
+        assert_close(results[0], want, dtype, k=4, what="reference dx vs the formula")
+
+
+@dtypes
+@shapes
 @pytest.mark.parametrize("inplace", [False, True], ids=["out", "inplace"])
 def test_normalization_forward_backward(mod, dtype, shape, inplace):
     r, _, c = shape
@@ -711,6 +741,7 @@ STACKS = {
     "mlp3": lambda dtype, rng: mlp3(C.SOFTMAX_CE, dtype, rng),
     "mixed": mixed_stack,
     "norm": norm_stack,
+    "frozen_norm": frozen_norm_stack,
 }
 
 
@@ -733,7 +764,7 @@ def test_forward_stack(mod, dtype, stack, training):
 
 
 @dtypes
-@pytest.mark.parametrize("stack", ["mixed", "norm"])
+@pytest.mark.parametrize("stack", ["mixed", "norm", "frozen_norm"])
 def test_backward_stack(mod, dtype, stack):
     s = STACKS[stack](dtype, rng_for("bwd", stack))
     results = []
@@ -783,7 +814,7 @@ def test_train_step_logits_out(mod, dtype, loss):
 
 
 @dtypes
-@pytest.mark.parametrize("stack", ["mixed", "norm"])
+@pytest.mark.parametrize("stack", ["mixed", "norm", "frozen_norm"])
 @pytest.mark.parametrize("opt", OPTIMIZERS, ids=OPT_NAMES.get)
 def test_train_step_every_kind(mod, dtype, stack, opt):
     s64 = STACKS[stack](np.float64, rng_for("kinds-train", stack, opt))

@@ -417,6 +417,134 @@ def test_batchnorm_mlp_steps_match_pytorch(backend, dtype):
         np.testing.assert_allclose(g, w, **tol, err_msg=f"weight {i}")
 
 
+def _frozen_bn_case(rng, d, h, c):
+    """Weights of Dense(h) -> BatchNormalization -> relu -> Dense(c): non-trivial gamma,
+    beta and moving statistics (a pretrained block)."""
+    return [rng.normal(size=(d, h)) * 0.5, rng.normal(size=h) * 0.1,
+            rng.uniform(0.5, 1.5, h), rng.normal(size=h) * 0.3, rng.normal(size=h),
+            rng.uniform(0.5, 3.0, h), rng.normal(size=(h, c)) * 0.5,
+            rng.normal(size=c) * 0.1]  # fmt: skip
+
+
+def _frozen_bn_mlp(backend, dtype, weights, d, h, c):
+    model = fastnn.Sequential(
+        [Input(shape=(d,)), Dense(h), BatchNormalization(momentum=0.9, epsilon=1e-2),
+         Activation("relu"), Dense(c, activation="softmax")],
+        backend=backend, dtype=dtype,
+    )  # fmt: skip
+    model.set_weights(weights)
+    model.layers[1].trainable = False
+    model.compile(fastnn.optimizers.Adam(0.01, epsilon=1e-7), "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_frozen_batchnorm_after_dense_steps_match_pytorch(backend, dtype):
+    """Three Adam steps of Input -> Dense -> frozen BatchNormalization -> relu ->
+    Dense(softmax) == torch's Linear -> BatchNorm1d in eval() with weight and bias not
+    requiring gradients -> ReLU -> Linear (Keras 3 runs a frozen BatchNormalization in
+    inference mode, also in fit): the losses, the Dense weights (the gradient flows through
+    the normalisation with the moving statistics) and the four BatchNormalization weights,
+    unchanged; on every backend == the reference backend."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    n, d, h, c, eps = 16, 7, 9, 4, 1e-2
+    xs = [rng.normal(size=(n, d)) * 2 + 1 for _ in range(3)]
+    ys = [rng.integers(0, c, n) for _ in range(3)]
+    weights = _frozen_bn_case(rng, d, h, c)
+    model = _frozen_bn_mlp(backend, dtype, weights, d, h, c)
+    reference = _frozen_bn_mlp("numpy", dtype, weights, d, h, c)
+    assert model._engine.n_train == d * h + h + h * c + c
+    tdtype = torch.float32 if dtype == "float32" else torch.float64
+    lin1, bn, lin2 = (torch.nn.Linear(d, h), torch.nn.BatchNorm1d(h, eps=eps, momentum=0.1),
+                      torch.nn.Linear(h, c))  # fmt: skip
+    net = torch.nn.Sequential(lin1, bn, torch.nn.ReLU(), lin2).to(tdtype)
+    with torch.no_grad():
+        for p, w in ((lin1.weight, weights[0].T), (lin1.bias, weights[1]),
+                     (bn.weight, weights[2]), (bn.bias, weights[3]),
+                     (bn.running_mean, weights[4]), (bn.running_var, weights[5]),
+                     (lin2.weight, weights[6].T), (lin2.bias, weights[7])):  # fmt: skip
+            p.copy_(torch.tensor(w))
+    bn.weight.requires_grad_(False)
+    bn.bias.requires_grad_(False)
+    net.eval()
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=0.01, eps=1e-7)
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-9, atol=1e-11)
+    for x, y in zip(xs, ys):
+        loss = model.train_on_batch(x, y)
+        assert loss == reference.train_on_batch(x, y) or backend != "numpy"
+        opt.zero_grad()
+        want = torch.nn.functional.cross_entropy(net(torch.tensor(x, dtype=tdtype)),
+                                                 torch.tensor(y))  # fmt: skip
+        want.backward()
+        opt.step()
+        assert loss == pytest.approx(want.item(), rel=tol["rtol"], abs=tol["atol"])
+    got = model.get_weights()
+    with torch.no_grad():
+        want_w = [w.double().numpy() for w in (lin1.weight.T, lin1.bias, bn.weight, bn.bias,
+                  bn.running_mean, bn.running_var, lin2.weight.T, lin2.bias)]  # fmt: skip
+    for i, (g, w, r) in enumerate(zip(got, want_w, reference.get_weights())):
+        np.testing.assert_allclose(g, w, **tol, err_msg=f"weight {i} vs torch")
+        np.testing.assert_allclose(g, r, **tol, err_msg=f"weight {i} vs the reference")
+    for i in (2, 3, 4, 5):  # gamma, beta, moving mean and variance: untouched
+        np.testing.assert_array_equal(got[i], np.asarray(weights[i], dtype))
+    assert not np.allclose(got[1], weights[1])  # the gradient reached the Dense before it
+
+
+def test_frozen_batchnorm_gradients_match_finite_differences():
+    """The whole model's gradients through frozen BatchNormalizations (with and without
+    gamma) and a frozen layer's low-level backward, == central differences (float64)."""
+    model = fastnn.Sequential(
+        [Input(shape=(5,)), Dense(6, activation="tanh"), BatchNormalization(),
+         Activation("relu"), Dense(4), BatchNormalization(scale=False),
+         Dense(3, activation="softmax")],
+        seed=3, backend="numpy", dtype="float64",
+    )  # fmt: skip
+    model.build((5,))
+    rng = np.random.default_rng(6)
+    for i in (1, 4):
+        layer = model.layers[i]
+        c = layer.input_shape[-1]
+        layer.set_weights([rng.uniform(0.5, 1.5, c) for _ in layer.get_weights()])
+        layer.trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x = rng.normal(size=(11, 5))
+    result = gradcheck(model, x, np.arange(11) % 3)
+    assert result.passed and result.checked == model._engine.n_train, result
+    layer = BatchNormalization(epsilon=0.1)
+    layer.build((4,), "float64", backend="numpy")
+    layer.set_weights([np.linspace(0.5, 2, 4), np.linspace(-1, 1, 4), np.linspace(-2, 2, 4),
+                       np.linspace(0.2, 3, 4)])  # fmt: skip
+    layer.trainable = False
+    result = gradcheck(layer, rng.normal(size=(7, 4)) * 3 + 2)
+    assert result.passed and result.checked > 0, result
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_frozen_batchnorm_low_level_api_runs_in_inference_mode(backend):
+    """A frozen layer's forward uses the moving statistics even with training=True (and
+    leaves them), its backward is dout * gamma / sqrt(moving_variance + epsilon)."""
+    layer = BatchNormalization(momentum=0.9, epsilon=1e-2)
+    x = np.random.default_rng(4).normal(size=(10, 3)).astype(np.float32) * 3
+    layer.build((3,), "float32", backend=backend)
+    weights = [np.array([0.5, 1.0, 2.0]), np.array([0.1, -0.2, 0.3]), np.array([1.0, -1, 0]),
+               np.array([0.5, 2.0, 4.0])]  # fmt: skip
+    layer.set_weights(weights)
+    layer.trainable = False
+    out = layer.forward(x, training=True).copy()
+    scale = weights[0] / np.sqrt(weights[3] + 1e-2)
+    np.testing.assert_allclose(out, (x - weights[2]) * scale + weights[1], rtol=1e-5, atol=1e-5)
+    for got, want in zip(layer.get_weights(), weights):
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    dout = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+    np.testing.assert_allclose(layer.backward(dout), dout * scale, rtol=1e-6, atol=1e-6)
+    layer.trainable = True
+    layer.forward(x, training=False)
+    with pytest.raises(RuntimeError, match="training=True"):
+        layer.backward(dout)
+
+
 def test_a_batchnorm_output_counts_as_logits_for_the_loss_check():
     """compile's loss/output check sees what the last layer that changes its input emits:
     after a BatchNormalization, unbounded values, whatever the Dense before it applied."""

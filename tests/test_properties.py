@@ -419,9 +419,13 @@ def test_batchnorm_kernels(backend, r, c, dtype, seed, scale, training, flags):
     for k, what in ((6, "out"), (5, "saved"), (3, "moving_mean"), (4, "moving_var")):
         assert np.isfinite(g_arr[k]).all(), what
         close(g_arr[k], r_arr[k], dtype, factor=tol, what=what)
-    if not training:
-        return
     dout = rand(seed + 1, (r, c), dtype)
+    if not training:  # a frozen layer's gradient: dx only, from the moving statistics
+        arrays = [gamma, r_arr[5], dout, empty((r, c), dtype)]
+        _, r_arr, _, g_arr = run(backend, "batchnorm_inference_backward", arrays, [], 3)
+        assert np.isfinite(g_arr[3]).all(), "dx"
+        close(g_arr[3], r_arr[3], dtype, factor=4.0, what="dx")
+        return
     arrays = [x, gamma, r_arr[5], dout, empty((r, c), dtype), empty(gamma.shape, dtype),
               empty(beta.shape, dtype), empty((2, c), np.float64)]  # fmt: skip
     _, r_arr, _, g_arr = run(backend, "batchnorm_backward", arrays, [1], 4)

@@ -130,29 +130,43 @@ class BatchNormalization(Layer):
         return buf
 
     def forward(self, x, training=False):
+        """Normalises ``x``: with batch statistics (and updating the moving ones) when
+        ``training`` and the layer is trainable; with the moving statistics otherwise (a
+        frozen layer runs in inference mode, as in Keras)."""
         x = self._check_input(x)
         buf = self._buffers(x.shape[0])
         rows, c = self._rows(self.input_shape, x.shape[0])
-        training = _check_bool(training, "training")
+        training = _check_bool(training, "training") and self.trainable
         self._kernels.batchnorm_forward(
             x.reshape(rows, c), self._weight("gamma"), self._weight("beta"),
             self._values["moving_mean"], self._values["moving_variance"], buf["saved"],
-            buf["out"].reshape(rows, c), buf["acc"], int(bool(training)), self.momentum,
+            buf["out"].reshape(rows, c), buf["acc"], int(training), self.momentum,
             self.epsilon,
         )  # fmt: skip
-        self._x, self._trained = x, bool(training)
+        self._x, self._trained = x, training
         return buf["out"]
 
     def backward(self, dout):
+        """dL/dx for ``dout`` = dL/d(output) of the last forward; after a training forward
+        also the gradients of gamma and beta (:attr:`grads`).  A frozen layer's gradient
+        is that of inference mode, ``dout * gamma / sqrt(moving_variance + epsilon)``,
+        and its weights get none."""
         dout = self._check_dout(dout)
-        if not self._trained:
-            raise RuntimeError(
-                f"layer {self.name!r}: backward() follows forward(x, training=True) (the "
-                "gradient through batch statistics)"
-            )
         n = self._x.shape[0]
         buf = self._cache[n]
         rows, c = self._rows(self.input_shape, n)
+        if not self._trained and not self.trainable:
+            self._kernels.batchnorm_inference_backward(
+                self._weight("gamma"), buf["saved"], dout.reshape(rows, c),
+                buf["dx"].reshape(rows, c),
+            )  # fmt: skip
+            return buf["dx"]
+        if not self._trained:
+            raise RuntimeError(
+                f"layer {self.name!r}: backward() follows forward(x, training=True) (the "
+                "gradient through batch statistics), or the layer is frozen "
+                "(trainable = False: the gradient of inference mode)"
+            )
         self._kernels.batchnorm_backward(
             self._x.reshape(rows, c), self._weight("gamma"), buf["saved"],
             dout.reshape(rows, c), buf["dx"].reshape(rows, c), self._grad("gamma"),
