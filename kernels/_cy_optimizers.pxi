@@ -149,6 +149,63 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssi
                       step_size, eps)
 
 
+cdef void _amsgrad(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
+                   Py_ssize_t count, double lr, double beta_1, double beta_2, double epsilon,
+                   double weight_decay, int64_t step) noexcept nogil:
+    """Adam / AdamW with amsgrad (reference.amsgrad_update), in _adam's single-division
+    form."""
+    cdef double bc2 = sqrt(1 - pow(beta_2, <double>step))
+    cdef floating decay = <floating>(1 - lr * weight_decay)
+    cdef floating step_size = <floating>(lr / (1 - pow(beta_1, <double>step)) * bc2)
+    cdef floating eps = <floating>(epsilon * bc2)
+    cdef floating b1 = <floating>beta_1, c1 = <floating>(1 - beta_1)
+    cdef floating b2 = <floating>beta_2, c2 = <floating>(1 - beta_2), gk, mk, vk, xk
+    cdef Py_ssize_t k
+    for k in range(count):
+        gk = g[k]
+        mk = m[k] * b1 + c1 * gk
+        vk = v[k] * b2 + c2 * gk * gk
+        xk = vmax[k]
+        if vk > xk:
+            xk = vk
+        m[k] = mk
+        v[k] = vk
+        vmax[k] = xk
+        p[k] = p[k] * decay - step_size * mk / (_sqrt(xk) + eps)
+
+
+cdef void _rmsprop_mc(floating* p, const floating* g, floating* sq, floating* buf,
+                      floating* mean, Py_ssize_t count, double lr, double rho, double epsilon,
+                      double momentum, bint centered) noexcept nogil:
+    """RMSprop with momentum and/or centering (reference.rmsprop_mc_update)."""
+    cdef floating a = <floating>lr, r = <floating>rho, r1 = <floating>(1 - rho)
+    cdef floating eps = <floating>epsilon, mu = <floating>momentum, gk, sk, ck, avg, bk
+    cdef bint with_momentum = momentum > 0
+    cdef Py_ssize_t k
+    for k in range(count):
+        gk = g[k]
+        sk = sq[k] * r + r1 * gk * gk
+        sq[k] = sk
+        if centered:
+            ck = mean[k] * r + r1 * gk
+            mean[k] = ck
+            sk = sk - ck * ck
+        avg = _sqrt(sk) + eps
+        if with_momentum:
+            bk = buf[k] * mu + gk / avg
+            buf[k] = bk
+            p[k] = p[k] - a * bk
+        else:
+            p[k] = p[k] - a * gk / avg
+
+
+cdef void _scale(floating* p, Py_ssize_t count, double factor) noexcept nogil:
+    """p *= factor (the decoupled weight decay before an update)."""
+    cdef floating f = <floating>factor
+    cdef Py_ssize_t k
+    for k in range(count):
+        p[k] = p[k] * f
+
 cdef double _nadam_u_product(double beta_1, int64_t step) noexcept nogil:
     cdef double prod = 1.0, decay = 1.0
     cdef int64_t i
@@ -182,7 +239,11 @@ cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ss
 
 
 cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssize_t count,
-               int code, const double* hyper, int64_t step) noexcept nogil:
+               int code, const double* hyper, int64_t step, double weight_decay) noexcept nogil:
+    """One update; ``weight_decay`` (hyper's optional entry, _clip_of) scales the parameters
+    by 1 - lr * weight_decay first (0: off; ADAM and AMSGRAD decay in their own loop)."""
+    if weight_decay != 0:
+        _scale(params, count, 1 - hyper[0] * weight_decay)
     if code == SGD:
         _sgd(params, grads, count, hyper[0])
     elif code == MOMENTUM:
@@ -195,6 +256,12 @@ cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssiz
     elif code == NADAM:
         _nadam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
                hyper[3], step)
+    elif code == AMSGRAD:
+        _amsgrad(params, grads, state, state + count, state + 2 * count, count, hyper[0],
+                 hyper[1], hyper[2], hyper[3], hyper[4], step)
+    elif code == RMSPROP_MC:
+        _rmsprop_mc(params, grads, state, state + count, state + 2 * count, count, hyper[0],
+                    hyper[1], hyper[2], hyper[3], hyper[4] != 0)
     else:
         _adam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
               hyper[3], hyper[4], step)
