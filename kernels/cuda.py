@@ -1104,8 +1104,8 @@ _KERNEL_NAMES = (
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
     "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias", "col_moments", "col_grad_sums",
     "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "normalize",
-    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "metric_sums",
-    "flag_nonfinite",
+    "sgd", "momentum", "adagrad", "rmsprop", "adam", "amsgrad", "rmsprop_mc", "scale",
+    "batch_stats", "metric_sums", "flag_nonfinite",
 )  # fmt: skip
 
 _KERNELS: dict = {}
@@ -1168,6 +1168,9 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "adagrad": (a1, a1, a1, f, f, d1),
         "rmsprop": (a1, a1, a1, f, f, f, f, d1),
         "adam": (a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
+        "amsgrad": (a1, a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
+        "rmsprop_mc": (a1, a1, a1, a1, a1, f, f, f, f, f, i, d1),
+        "scale": (a1, f, d1),
         "batch_stats": (a2, a2, d1, i),
         "metric_sums": (a2, a2, d1, i, i, i, i, f),
         "flag_nonfinite": (a1, d1),
