@@ -120,6 +120,8 @@ def _assert_same_state(single, rank0, rank1):
         ("clipnorm", 2, "all"),  # clipping: whole gradients, the whole update on every rank
         ("global_clipnorm", 2, "sharded"),
         ("clipvalue", 2, "all"),
+        ("amsgrad", 3, "sharded"),  # three state slots, sliced by segment
+        ("rmsprop_mc", 2, "all"),  # three slots and the weight decay entry
     ],
 )
 def test_each_rank_updates_its_segment_as_one_process_would(tmp_path, optimizer, ranks, shared):
