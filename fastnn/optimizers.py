@@ -189,7 +189,7 @@ gradient_accumulation_steps
         self.clipnorm, self.clipvalue, self.global_clipnorm = _clip_options(
             clipnorm, clipvalue, global_clipnorm
         )
-        self.weight_decay = _weight_decay(weight_decay)
+        self.weight_decay = weight_decay
         _check_keras_defaults({
             "use_ema": use_ema, "ema_momentum": ema_momentum,
             "ema_overwrite_frequency": ema_overwrite_frequency,
@@ -222,6 +222,15 @@ gradient_accumulation_steps
         if not callable(value):
             value = _number(value, "learning_rate", 0.0, low_open=True)
         self._learning_rate = value
+
+    @property
+    def weight_decay(self) -> float | None:
+        """Keras 3's decoupled weight decay (None: off); set it to None or a number >= 0."""
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value) -> None:
+        self._weight_decay = _weight_decay(value)
 
     @property
     def schedule(self):

@@ -715,3 +715,14 @@ def test_weight_decay_uses_each_steps_scheduled_rate(backend):
         lr = 0.1 / (t + 1)
         want = want - want * 0.5 * lr - lr * g
     np.testing.assert_allclose(p, want, rtol=1e-14)
+
+
+def test_weight_decay_set_later_is_checked_and_used():
+    opt = SGD(learning_rate=0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.weight_decay = -0.5
+    opt.weight_decay = 0.5
+    assert list(opt.hyper()) == [0.1, 0.0, 0.0, 0.0, 0.5]
+    p = np.ones(2)
+    opt.step(p, np.zeros(2), backend="numpy")
+    np.testing.assert_allclose(p, 0.95, rtol=1e-15)
