@@ -38,6 +38,40 @@ def _number(value, arg, low=None, high=None, low_open=False):
     return value
 
 
+def _flag(value, arg) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{arg} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _weight_decay(value):
+    """None (no decay) or a number >= 0 (Keras 3's decoupled decay)."""
+    return None if value is None else _number(value, "weight_decay", 0.0)
+
+
+#: Keras 3's base-optimizer options fastnn accepts at their Keras defaults only.
+_KERAS_DEFAULTS = {
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+def _check_keras_defaults(given: dict) -> None:
+    for arg, value in given.items():
+        default = _KERAS_DEFAULTS[arg]
+        same = value is None if default is None else (
+            not isinstance(value, str) and value is not None and value == default
+        )  # fmt: skip
+        if not same:
+            raise ValueError(
+                f"{arg}={value!r} is not implemented by fastnn: only Keras's default "
+                f"{arg}={default!r} is accepted"
+            )
+
+
 def _checked_pair(i, p, g) -> tuple[np.ndarray, np.ndarray]:
     """params[i] and grads[i] as flat views for an update, or the error naming them."""
     if not isinstance(p, np.ndarray) or p.dtype not in (np.float32, np.float64):
@@ -114,6 +148,12 @@ class Optimizer:
     learning_rate : float or callable
         A positive number, or a schedule: a callable step -> rate (see
         :mod:`fastnn.schedules`), evaluated once per step.
+    weight_decay : float, optional
+        Keras 3's decoupled weight decay: before each update every trainable weight is
+        scaled by ``1 - learning_rate * weight_decay`` (Keras: ``p -= p * weight_decay *
+        lr``), with the rate of that step.  None or 0: off.  (PyTorch's ``SGD``, ``Adagrad``
+        and ``RMSprop`` ``weight_decay`` adds an L2 term to the gradient instead.)  Every
+        trainable weight decays: Keras's ``exclude_from_weight_decay`` is not supported.
     clipnorm, clipvalue, global_clipnorm : float, optional
         Keras's gradient clipping (at most one may be set): each weight's gradient scaled
         to an L2 norm of at most ``clipnorm``; every gradient entry clipped to
@@ -122,6 +162,12 @@ class Optimizer:
         regularisation gradients are added; a gradient whose norm is not finite becomes
         NaN (and fit stops with NonFiniteLossError).  In direct use (:meth:`step`) a
         "weight" is each array passed and the global norm spans one call's arrays.
+    use_ema, ema_momentum, ema_overwrite_frequency, loss_scale_factor, \
+gradient_accumulation_steps
+        Keras 3's options, accepted at Keras's defaults only (False, 0.99, None, None,
+        None): fastnn does not implement them, and any other value is a ValueError.
+    name : str, optional
+        The optimizer's name (default the class's: "adam", "sgd", ...).
 
     Attributes
     ----------
@@ -136,11 +182,24 @@ class Optimizer:
     name = "optimizer"
 
     def __init__(self, learning_rate: float | Callable = 0.001, clipnorm=None, clipvalue=None,
-                 global_clipnorm=None):  # fmt: skip
+                 global_clipnorm=None, weight_decay=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, name: str | None = None):  # fmt: skip
         self.learning_rate = learning_rate
         self.clipnorm, self.clipvalue, self.global_clipnorm = _clip_options(
             clipnorm, clipvalue, global_clipnorm
         )
+        self.weight_decay = weight_decay
+        _check_keras_defaults({
+            "use_ema": use_ema, "ema_momentum": ema_momentum,
+            "ema_overwrite_frequency": ema_overwrite_frequency,
+            "loss_scale_factor": loss_scale_factor,
+            "gradient_accumulation_steps": gradient_accumulation_steps,
+        })  # fmt: skip
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"name must be a non-empty str, got {name!r}")
+            self.name = name
         self.iterations = 0
         self._state: dict[int, _ParamState] = {}  # id(array) -> state, in direct use
         self._kept_rates: tuple = (None, np.empty(0))
@@ -163,6 +222,15 @@ class Optimizer:
         if not callable(value):
             value = _number(value, "learning_rate", 0.0, low_open=True)
         self._learning_rate = value
+
+    @property
+    def weight_decay(self) -> float | None:
+        """Keras 3's decoupled weight decay (None: off); set it to None or a number >= 0."""
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value) -> None:
+        self._weight_decay = _weight_decay(value)
 
     @property
     def schedule(self):
@@ -211,16 +279,23 @@ class Optimizer:
         """Whether one of clipnorm, clipvalue, global_clipnorm is set."""
         return any(v is not None for v in (self.clipnorm, self.clipvalue, self.global_clipnorm))
 
+    def _decay_entry(self) -> float:
+        """The weight decay of hyper's optional entry (codes.H_WEIGHT_DECAY); 0 for the codes
+        whose own entries carry it (codes.OWN_DECAY)."""
+        return 0.0 if self.code in codes.OWN_DECAY else (self.weight_decay or 0.0)
+
     def _tail(self) -> list[float]:
-        """hyper after the rate: the optimizer's entries, then (when clipping) the three
-        clip entries at codes.H_* (0: off)."""
-        if not self.clipping:
+        """hyper after the rate: the optimizer's entries, then (when clipping or decaying)
+        the three clip entries at codes.H_* (0: off), then (when decaying) the weight
+        decay entry at codes.H_WEIGHT_DECAY."""
+        decay = self._decay_entry()
+        if not self.clipping and not decay:
             return self._extra()
         clip = [0.0] * codes.N_CLIP
         clip[codes.H_CLIPNORM] = self.clipnorm or 0.0
         clip[codes.H_CLIPVALUE] = self.clipvalue or 0.0
         clip[codes.H_GLOBAL_CLIPNORM] = self.global_clipnorm or 0.0
-        return [*self._extra(), *clip]
+        return [*self._extra(), *clip, *([decay] if decay else [])]
 
     # Training calls pass these kept arrays (no NumPy call per batch); kernels only read the
     # rates and set hyper[0] from them themselves.
@@ -259,7 +334,9 @@ class Optimizer:
             for name in ("clipnorm", "clipvalue", "global_clipnorm")
             if getattr(self, name) is not None
         }
-        return {"learning_rate": lr_entry, **self._config(), **clip}
+        decay = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
+        named = {} if self.name == type(self).name else {"name": self.name}
+        return {"learning_rate": lr_entry, **self._config(), **decay, **clip, **named}
 
     def _config(self) -> dict:
         return {}
@@ -325,7 +402,7 @@ class Optimizer:
         for entry in entries:
             t = 0 if entry is None else entry.steps
             if t not in hypers:
-                hypers[t] = np.array([self.lr_at(t), *self._extra()], dtype=np.float64)
+                hypers[t] = np.array([self.lr_at(t), *self._tail()], dtype=np.float64)
         for p, entry, (p_flat, g_flat) in zip(params, entries, flat):
             if entry is None:
                 entry = self._new_entry(p)
@@ -391,15 +468,20 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent, with optional (Nesterov) momentum (PyTorch's form:
-    buf = momentum*buf + g; p -= lr*buf, or lr*(g + momentum*buf) with nesterov)."""
+    buf = momentum*buf + g; p -= lr*buf, or lr*(g + momentum*buf) with nesterov).
+
+    ``weight_decay`` is Keras 3's decoupled decay (see :class:`Optimizer`), not PyTorch's
+    L2 term.  Other keyword arguments: :class:`Optimizer`'s.
+    """
 
     name = "sgd"
 
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
-                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
-        super().__init__(
-            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 **kwargs):  # fmt: skip
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, weight_decay=weight_decay,
+                         **kwargs)  # fmt: skip
         self.momentum = _number(momentum, "momentum", 0.0, 1.0)
         if not isinstance(nesterov, bool):
             raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
@@ -417,16 +499,18 @@ class SGD(Optimizer):
 
 class Adagrad(Optimizer):
     """acc += g^2; p -= lr * g / (sqrt(acc) + epsilon); acc starts at
-    ``initial_accumulator_value``."""
+    ``initial_accumulator_value``.  Other keyword arguments (``weight_decay``, clipping):
+    :class:`Optimizer`'s."""
 
     name = "adagrad"
     code = codes.ADAGRAD
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
-                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
-        super().__init__(
-            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 **kwargs):  # fmt: skip
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, weight_decay=weight_decay,
+                         **kwargs)  # fmt: skip
         self.initial_accumulator_value = _number(
             initial_accumulator_value, "initial_accumulator_value", 0.0
         )
@@ -446,87 +530,115 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """sq = rho*sq + (1-rho)*g^2; p -= lr * g / (sqrt(sq) + epsilon)."""
+    """sq = rho*sq + (1-rho)*g^2; p -= lr * g / (sqrt(sq) + epsilon) (PyTorch's epsilon
+    placement; Keras adds epsilon inside the square root).
+
+    Parameters
+    ----------
+    momentum : float
+        In [0, 1).  With momentum > 0, PyTorch's buffer buf = momentum*buf + g / avg and
+        p -= lr * buf.  Keras's buffer holds lr * g / avg: with a constant rate the two
+        agree, with a schedule Keras's keeps the rates of past steps.
+    centered : bool
+        Divide by an estimate of the gradient's standard deviation: avg = sqrt(sq -
+        mean^2) + epsilon with mean = rho*mean + (1-rho)*g (PyTorch's and Keras's).
+
+    Other keyword arguments (``weight_decay``, clipping): :class:`Optimizer`'s.
+    """
 
     name = "rmsprop"
-    code = codes.RMSPROP
 
-    def __init__(
-        self,
-        learning_rate=0.001,
-        rho=0.9,
-        epsilon=1e-7,
-        clipnorm=None,
-        clipvalue=None,
-        global_clipnorm=None,
-    ):
-        super().__init__(
-            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, momentum=0.0,
+                 centered=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, **kwargs):  # fmt: skip
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, weight_decay=weight_decay,
+                         **kwargs)  # fmt: skip
         self.rho = _number(rho, "rho", 0.0, 1.0)
         self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
+        self.momentum = _number(momentum, "momentum", 0.0, 1.0)
+        self.centered = _flag(centered, "centered")
+        plain = self.momentum == 0 and not self.centered
+        self.code = codes.RMSPROP if plain else codes.RMSPROP_MC
 
     def _extra(self):
-        return [self.rho, self.epsilon]
+        if self.code == codes.RMSPROP:
+            return [self.rho, self.epsilon]
+        return [self.rho, self.epsilon, self.momentum, float(self.centered)]
 
     def _config(self):
-        return {"rho": self.rho, "epsilon": self.epsilon}
+        return {"rho": self.rho, "momentum": self.momentum, "epsilon": self.epsilon,
+                "centered": self.centered}  # fmt: skip
 
 
 class Adam(Optimizer):
-    """Adam with bias correction (PyTorch's formula, epsilon added to the square root)."""
+    """Adam with bias correction (PyTorch's formula, epsilon added to the square root).
+
+    Parameters
+    ----------
+    amsgrad : bool
+        Keep the running maximum of the second moment and divide by it: p -= lr_t * m /
+        (sqrt(max_v) / sqrt(1 - beta_2^t) + epsilon), PyTorch's amsgrad (Keras's v_hat is
+        the same maximum; Keras adds epsilon after folding the bias corrections into the
+        rate, as for plain Adam).
+
+    Other keyword arguments (``weight_decay``, clipping): :class:`Optimizer`'s.
+    """
 
     name = "adam"
-    code = codes.ADAM
-    weight_decay = 0.0
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
-        super().__init__(
-            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
+                 amsgrad=False, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, **kwargs):  # fmt: skip
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, weight_decay=weight_decay,
+                         **kwargs)  # fmt: skip
         self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
         self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
         # epsilon > 0: with 0, a parameter whose gradient is 0 would get 0/0 = NaN
         self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)
+        self.amsgrad = _flag(amsgrad, "amsgrad")
+        self.code = codes.AMSGRAD if self.amsgrad else codes.ADAM
 
     def _extra(self):
-        return [self.beta_1, self.beta_2, self.epsilon, self.weight_decay]
+        return [self.beta_1, self.beta_2, self.epsilon, self.weight_decay or 0.0]
 
     def _config(self):
-        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+        return {"beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon,
+                "amsgrad": self.amsgrad}  # fmt: skip
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay: p -= lr * weight_decay * p before the Adam step."""
+    """Adam with decoupled weight decay: p -= lr * weight_decay * p before the Adam step
+    (``weight_decay`` a number >= 0, default 0.004)."""
 
     name = "adamw"
 
     def __init__(
         self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-        clipnorm=None, clipvalue=None, global_clipnorm=None,
+        amsgrad=False, clipnorm=None, clipvalue=None, global_clipnorm=None, **kwargs,
     ):  # fmt: skip
-        super().__init__(learning_rate, beta_1, beta_2, epsilon, clipnorm=clipnorm,
-                         clipvalue=clipvalue, global_clipnorm=global_clipnorm)  # fmt: skip
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad=amsgrad,
+                         clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, **kwargs)  # fmt: skip
         self.weight_decay = _number(weight_decay, "weight_decay", 0.0)
-
-    def _config(self):
-        return {**super()._config(), "weight_decay": self.weight_decay}
 
 
 class Nadam(Optimizer):
     """Adam with Nesterov momentum, Keras 3's formula (Dozat's momentum schedule
     u_t = beta_1 * (1 - 0.5 * 0.96**t)); PyTorch's ``NAdam`` with ``momentum_decay=1.0``
-    computes the same (its default 0.004 decays the momentum far more slowly)."""
+    computes the same (its default 0.004 decays the momentum far more slowly).  Other
+    keyword arguments (``weight_decay``, clipping): :class:`Optimizer`'s."""
 
     name = "nadam"
     code = codes.NADAM
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 clipnorm=None, clipvalue=None, global_clipnorm=None):  # fmt: skip
-        super().__init__(
-            learning_rate, clipnorm=clipnorm, clipvalue=clipvalue, global_clipnorm=global_clipnorm
-        )
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 **kwargs):  # fmt: skip
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, weight_decay=weight_decay,
+                         **kwargs)  # fmt: skip
         self.beta_1 = _number(beta_1, "beta_1", 0.0, 1.0)
         self.beta_2 = _number(beta_2, "beta_2", 0.0, 1.0)
         self.epsilon = _number(epsilon, "epsilon", 0.0, low_open=True)

@@ -443,12 +443,13 @@ def optimizer_update(params, grads, state, int opt_code, hyper, int64_t step):
     cdef const double* h_ = <const double*>_data(hyper, "hyper", F_KIND, 8, 1, False, sh)
     _same_len("grads", sg[0], sp[0])
     _check_opt(opt_code, sp[0], ss[0], ss[1], sh[0])
+    cdef double wd = _clip_of(opt_code, h_, sh[0]).weight_decay
     if isz == 4:
         with nogil:
-            _opt(<float*>p_, <const float*>g_, <float*>s_, sp[0], opt_code, h_, step)
+            _opt(<float*>p_, <const float*>g_, <float*>s_, sp[0], opt_code, h_, step, wd)
     else:
         with nogil:
-            _opt(<double*>p_, <const double*>g_, <double*>s_, sp[0], opt_code, h_, step)
+            _opt(<double*>p_, <const double*>g_, <double*>s_, sp[0], opt_code, h_, step, wd)
 
 
 cdef char* _weight(object a, str name, Py_ssize_t isz, Py_ssize_t c,

@@ -92,6 +92,20 @@ cdef extern from *:
             v[k] = vk;                                                                   \
             p[k] = p[k] * decay - step_size * mk / (SQRT(vk) + eps);                     \
         }                                                                                \
+    }                                                                                    \
+    static FASTNN_CLONES void fastnn_amsgrad_##SUFFIX(                                   \
+            T *p, const T *g, T *m, T *v, T *vmax, Py_ssize_t count, T decay, T b1,      \
+            T c1, T b2, T c2, T step_size, T eps) {                                      \
+        for (Py_ssize_t k = 0; k < count; k++) {                                         \
+            T gk = g[k];                                                                 \
+            T mk = m[k] * b1 + c1 * gk;                                                  \
+            T vk = v[k] * b2 + c2 * gk * gk;                                             \
+            T xk = vk > vmax[k] ? vk : vmax[k];                                          \
+            m[k] = mk;                                                                   \
+            v[k] = vk;                                                                   \
+            vmax[k] = xk;                                                                \
+            p[k] = p[k] * decay - step_size * mk / (SQRT(xk) + eps);                     \
+        }                                                                                \
     }
 
     FASTNN_UPDATES(float, f, sqrtf)
@@ -108,6 +122,10 @@ cdef extern from *:
                        float, float, float, float) noexcept nogil
     void fastnn_adam_d(double*, const double*, double*, double*, Py_ssize_t, double, double,
                        double, double, double, double, double) noexcept nogil
+    void fastnn_amsgrad_f(float*, const float*, float*, float*, float*, Py_ssize_t, float,
+                          float, float, float, float, float, float) noexcept nogil
+    void fastnn_amsgrad_d(double*, const double*, double*, double*, double*, Py_ssize_t,
+                          double, double, double, double, double, double, double) noexcept nogil
 
 
 cdef void _adagrad(floating* p, const floating* g, floating* acc, Py_ssize_t count, double lr,
@@ -149,6 +167,69 @@ cdef void _adam(floating* p, const floating* g, floating* m, floating* v, Py_ssi
                       step_size, eps)
 
 
+cdef void _amsgrad(floating* p, const floating* g, floating* m, floating* v, floating* vmax,
+                   Py_ssize_t count, double lr, double beta_1, double beta_2, double epsilon,
+                   double weight_decay, int64_t step) noexcept nogil:
+    """Adam / AdamW with amsgrad (reference.amsgrad_update), in _adam's single-division
+    form."""
+    cdef double decay = 1 - lr * weight_decay
+    cdef double bc2 = sqrt(1 - pow(beta_2, <double>step))
+    cdef double step_size = lr / (1 - pow(beta_1, <double>step)) * bc2
+    cdef double eps = epsilon * bc2
+    if floating is float:
+        fastnn_amsgrad_f(p, g, m, v, vmax, count, <float>decay, <float>beta_1,
+                         <float>(1 - beta_1), <float>beta_2, <float>(1 - beta_2),
+                         <float>step_size, <float>eps)
+    else:
+        fastnn_amsgrad_d(p, g, m, v, vmax, count, decay, beta_1, 1 - beta_1, beta_2,
+                         1 - beta_2, step_size, eps)
+
+
+cdef void _rmsprop_mc(floating* p, const floating* g, floating* sq, floating* buf,
+                      floating* mean, Py_ssize_t count, double lr, double rho, double epsilon,
+                      double momentum, bint centered) noexcept nogil:
+    """RMSprop with momentum and/or centering (reference.rmsprop_mc_update): one loop per
+    combination of the options, each without branches so that it vectorises."""
+    cdef floating a = <floating>lr, r = <floating>rho, r1 = <floating>(1 - rho)
+    cdef floating eps = <floating>epsilon, mu = <floating>momentum, gk, sk, ck, bk
+    cdef Py_ssize_t k
+    if not centered and momentum == 0:
+        _rmsprop(p, g, sq, count, lr, rho, epsilon)
+    elif centered and momentum > 0:
+        for k in range(count):
+            gk = g[k]
+            sk = sq[k] * r + r1 * gk * gk
+            ck = mean[k] * r + r1 * gk
+            sq[k] = sk
+            mean[k] = ck
+            bk = buf[k] * mu + gk / (_sqrt(sk - ck * ck) + eps)
+            buf[k] = bk
+            p[k] = p[k] - a * bk
+    elif centered:
+        for k in range(count):
+            gk = g[k]
+            sk = sq[k] * r + r1 * gk * gk
+            ck = mean[k] * r + r1 * gk
+            sq[k] = sk
+            mean[k] = ck
+            p[k] = p[k] - a * gk / (_sqrt(sk - ck * ck) + eps)
+    else:
+        for k in range(count):
+            gk = g[k]
+            sk = sq[k] * r + r1 * gk * gk
+            sq[k] = sk
+            bk = buf[k] * mu + gk / (_sqrt(sk) + eps)
+            buf[k] = bk
+            p[k] = p[k] - a * bk
+
+
+cdef void _scale(floating* p, Py_ssize_t count, double factor) noexcept nogil:
+    """p *= factor (the decoupled weight decay before an update)."""
+    cdef floating f = <floating>factor
+    cdef Py_ssize_t k
+    for k in range(count):
+        p[k] = p[k] * f
+
 cdef double _nadam_u_product(double beta_1, int64_t step) noexcept nogil:
     cdef double prod = 1.0, decay = 1.0
     cdef int64_t i
@@ -182,7 +263,11 @@ cdef void _nadam(floating* p, const floating* g, floating* m, floating* v, Py_ss
 
 
 cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssize_t count,
-               int code, const double* hyper, int64_t step) noexcept nogil:
+               int code, const double* hyper, int64_t step, double weight_decay) noexcept nogil:
+    """One update; ``weight_decay`` (hyper's optional entry, _clip_of) scales the parameters
+    by 1 - lr * weight_decay first (0: off; ADAM and AMSGRAD decay in their own loop)."""
+    if weight_decay != 0:
+        _scale(params, count, 1 - hyper[0] * weight_decay)
     if code == SGD:
         _sgd(params, grads, count, hyper[0])
     elif code == MOMENTUM:
@@ -195,6 +280,12 @@ cdef void _opt(floating* params, const floating* grads, floating* state, Py_ssiz
     elif code == NADAM:
         _nadam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
                hyper[3], step)
+    elif code == AMSGRAD:
+        _amsgrad(params, grads, state, state + count, state + 2 * count, count, hyper[0],
+                 hyper[1], hyper[2], hyper[3], hyper[4], step)
+    elif code == RMSPROP_MC:
+        _rmsprop_mc(params, grads, state, state + count, state + 2 * count, count, hyper[0],
+                    hyper[1], hyper[2], hyper[3], hyper[4] != 0)
     else:
         _adam(params, grads, state, state + count, count, hyper[0], hyper[1], hyper[2],
               hyper[3], hyper[4], step)

@@ -231,13 +231,16 @@ cdef enum:
 cdef struct Clip:
     int mode
     double limit
+    double weight_decay  # hyper's optional decay entry (codes.H_WEIGHT_DECAY; 0: off)
 
 
 cdef Clip _clip_of(int opt_code, const double* hyper, Py_ssize_t n_hyper) noexcept:
     """The clipping hyper's clip entries ask for (codes.H_*; opt_code already checked)."""
     cdef Clip c
     cdef Py_ssize_t base = HYPER_LEN[opt_code]
-    c.mode, c.limit = CLIP_NONE, 0.0
+    c.mode, c.limit, c.weight_decay = CLIP_NONE, 0.0, 0.0
+    if n_hyper > base + 3 and opt_code != ADAM and opt_code != AMSGRAD:
+        c.weight_decay = hyper[base + 3]
     if n_hyper >= base + 3:
         if hyper[base] > 0:
             c.mode, c.limit = CLIP_NORM, hyper[base]
@@ -317,7 +320,7 @@ cdef double _train(const Plan* pl, const Net* b, const floating* x, const floati
     if isfinite(loss):
         _clip_grads(pl, <floating*>b.grads, b.state_cols, clip)
         _opt(<floating*>b.params, <const floating*>b.grads, <floating*>b.state, b.state_cols,
-             opt_code, hyper, step)  # the trainable prefix: frozen weights follow
+             opt_code, hyper, step, clip.weight_decay)  # the trainable prefix
     return loss
 
 

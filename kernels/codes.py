@@ -135,18 +135,27 @@ ADAGRAD = 2  # [lr, epsilon]
 RMSPROP = 3  # [lr, rho, epsilon]
 ADAM = 4  # [lr, beta_1, beta_2, epsilon, weight_decay]  (weight_decay > 0: AdamW)
 NADAM = 5  # [lr, beta_1, beta_2, epsilon]  (Keras 3's Nadam)
-N_OPTS = 6
+AMSGRAD = 6  # [lr, beta_1, beta_2, epsilon, weight_decay]  (Adam's; state m, v, max v)
+RMSPROP_MC = 7  # [lr, rho, epsilon, momentum, centered]  (state sq, momentum buf, mean g)
+N_OPTS = 8
 
 # Number of optimizer state slots, by optimizer code
-STATE_SLOTS = (0, 1, 1, 1, 2, 2)
+STATE_SLOTS = (0, 1, 1, 1, 2, 2, 3, 3)
 #: Length of each optimizer's own entries of the hyper vector (above), by code
-HYPER_LEN = (1, 3, 2, 3, 5, 4)
+HYPER_LEN = (1, 3, 2, 3, 5, 4, 5, 5)
 # Gradient clipping (Keras's clipnorm, clipvalue, global_clipnorm): three optional entries
 # after the optimizer's own, at HYPER_LEN[code] + H_CLIP*; absent (a shorter vector) or 0
 # means off.  train_step applies the first one set (at most one is, as Keras requires) to
 # the gradient of the trainable prefix before the update.
 H_CLIPNORM, H_CLIPVALUE, H_GLOBAL_CLIPNORM = 0, 1, 2
 N_CLIP = 3
+# Keras 3's decoupled weight decay of the optimizers whose own entries have none (all but
+# ADAM and AMSGRAD): an optional entry after the clip entries, at HYPER_LEN[code] +
+# H_WEIGHT_DECAY; absent or 0 means off.  optimizer_update first scales the parameters by
+# 1 - lr * weight_decay (Keras: p -= p * weight_decay * lr), then steps.
+H_WEIGHT_DECAY = N_CLIP
+#: The codes whose own entries carry the weight decay (fused into their update loop).
+OWN_DECAY = (ADAM, AMSGRAD)
 
 # Metrics accumulated by batch_stats: a metrics table (M, M_COLS) int64, one row per metric
 # [kind, slot (its first entry in stats), k, from_logits], and a (M,) float64 threshold per

@@ -964,6 +964,47 @@ def _build(F):  # noqa: C901 - one namespace of kernels
             v[i] = vi
             p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) / bc2 + eps)
 
+    @cuda.jit
+    def amsgrad(p, g, m, v, vmax, decay, b1, one_m_b1, b2, one_m_b2, step_size, bc2, eps, guard):
+        if not math.isfinite(guard[0]):
+            return
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            gi = g[i]
+            mi = m[i] * b1 + one_m_b1 * gi
+            vi = v[i] * b2 + one_m_b2 * gi * gi
+            xi = max(vmax[i], vi)
+            m[i] = mi
+            v[i] = vi
+            vmax[i] = xi
+            p[i] = p[i] * decay - step_size * mi / (math.sqrt(xi) / bc2 + eps)
+
+    @cuda.jit
+    def rmsprop_mc(p, g, sq, buf, mean, lr, rho, one_m_rho, eps, mom, centered, guard):
+        if not math.isfinite(guard[0]):
+            return
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            gi = g[i]
+            s = sq[i] * rho + one_m_rho * gi * gi
+            sq[i] = s
+            if centered:
+                c = mean[i] * rho + one_m_rho * gi
+                mean[i] = c
+                s = s - c * c
+            avg = math.sqrt(s) + eps
+            if mom > 0:
+                b = buf[i] * mom + gi / avg
+                buf[i] = b
+                p[i] -= lr * b
+            else:
+                p[i] -= lr * gi / avg
+
+    @cuda.jit
+    def scale(p, factor, guard):
+        if not math.isfinite(guard[0]):
+            return
+        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+            p[i] = p[i] * factor
+
     # -- metrics (one block) ---------------------------------------------------------
 
     @cuda.jit
@@ -1074,8 +1115,8 @@ _KERNEL_NAMES = (
     "softmax_rows", "softmax_back_rows", "softmax_xent_rows", "sparse_xent_rows",
     "pointwise_loss", "l1l2", "reduce_to", "act_grad_bias", "col_moments", "col_grad_sums",
     "bn_stats", "bn_apply", "bn_grad_sums", "bn_dx", "bn_inference_dx", "normalize",
-    "sgd", "momentum", "adagrad", "rmsprop", "adam", "batch_stats", "metric_sums",
-    "flag_nonfinite",
+    "sgd", "momentum", "adagrad", "rmsprop", "adam", "amsgrad", "rmsprop_mc", "scale",
+    "batch_stats", "metric_sums", "flag_nonfinite",
 )  # fmt: skip
 
 _KERNELS: dict = {}
@@ -1139,6 +1180,9 @@ def kernel_signatures(dtype=np.float32, label_dtype=None):
         "adagrad": (a1, a1, a1, f, f, d1),
         "rmsprop": (a1, a1, a1, f, f, f, f, d1),
         "adam": (a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
+        "amsgrad": (a1, a1, a1, a1, a1, f, f, f, f, f, f, f, f, d1),
+        "rmsprop_mc": (a1, a1, a1, a1, a1, f, f, f, f, f, i, d1),
+        "scale": (a1, f, d1),
         "batch_stats": (a2, a2, d1, i),
         "metric_sums": (a2, a2, d1, i, i, i, i, f),
         "flag_nonfinite": (a1, d1),
@@ -1198,7 +1242,7 @@ def _ft(a):
 #: at build (activations) or compile (losses, optimizers), naming the backends that run them.
 ACTS = frozenset({C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX})
 LOSSES = frozenset(range(C.SOFTMAX_CE, C.MAE + 1))
-OPTS = frozenset({C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM})
+OPTS = frozenset({C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM, C.AMSGRAD, C.RMSPROP_MC})
 _CPU_ONLY = "; the cython, numba and numpy backends run it"
 #: Gradient clipping (hyper's clip entries) has no CUDA kernels.
 CLIPPING = False
@@ -1327,7 +1371,14 @@ def _l1l2_d(w, dw, l1, l2, acc, slot, accumulate, write_grad=True):
 
 
 _OPT_KERNELS = {C.SGD: "sgd", C.MOMENTUM: "momentum", C.ADAGRAD: "adagrad",
-                C.RMSPROP: "rmsprop", C.ADAM: "adam"}  # fmt: skip
+                C.RMSPROP: "rmsprop", C.ADAM: "adam", C.AMSGRAD: "amsgrad",
+                C.RMSPROP_MC: "rmsprop_mc"}  # fmt: skip
+
+
+def _weight_decay_of(opt_code, hyper):
+    """reference.weight_decay_of (hyper: host floats)."""
+    i = C.HYPER_LEN[opt_code] + C.H_WEIGHT_DECAY
+    return 0.0 if opt_code in C.OWN_DECAY or len(hyper) <= i else float(hyper[i])
 
 
 def _optimizer_d(params, grads, rows, opt_code, hyper, step, guard):
@@ -1339,6 +1390,9 @@ def _optimizer_d(params, grads, rows, opt_code, hyper, step, guard):
     grid, block = _ew(params.shape[0])
     if opt_code not in _OPT_KERNELS:
         raise ValueError(f"unknown optimizer code {opt_code}")
+    wd = _weight_decay_of(opt_code, hyper)
+    if wd:
+        _launch(k, "scale", grid, block)(params, t(1 - float(hyper[0]) * wd), guard)
     go = _launch(k, _OPT_KERNELS[opt_code], grid, block)
     if opt_code == C.SGD:
         go(params, grads, t(hyper[0]), guard)
@@ -1349,13 +1403,18 @@ def _optimizer_d(params, grads, rows, opt_code, hyper, step, guard):
     elif opt_code == C.RMSPROP:
         lr, rho, eps = (float(v) for v in hyper[:3])
         go(params, grads, rows[0], t(lr), t(rho), t(1 - rho), t(eps), guard)
+    elif opt_code == C.RMSPROP_MC:
+        lr, rho, eps, mom = (float(v) for v in hyper[:4])
+        go(params, grads, rows[0], rows[1], rows[2], t(lr), t(rho), t(1 - rho), t(eps), t(mom),
+           int(hyper[4] != 0), guard)  # fmt: skip
     else:
         lr, b1, b2, eps, wd = (float(v) for v in hyper[:5])
         decay = 1 - lr * wd if wd else 1.0  # multiplying by exactly 1 changes nothing
         step_size = lr / (1 - b1**step)
         bc2 = math.sqrt(1 - b2**step)
-        go(params, grads, rows[0], rows[1], t(decay), t(b1), t(1 - b1), t(b2), t(1 - b2),
-           t(step_size), t(bc2), t(eps), guard)  # fmt: skip
+        rows = rows[:3] if opt_code == C.AMSGRAD else rows[:2]
+        go(params, grads, *rows, t(decay), t(b1), t(1 - b1), t(b2), t(1 - b2), t(step_size),
+           t(bc2), t(eps), guard)  # fmt: skip
 
 
 def _state_rows(state, opt_code):

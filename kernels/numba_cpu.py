@@ -190,6 +190,8 @@ _STAT_LOSS, _STAT_CORRECT, _STAT_ABS, _STAT_SQ, _STAT_ROWS, _STAT_NONFINITE = (
 _PROB_EPS = C.PROB_EPS
 _HUBER, _KL_DIVERGENCE, _POISSON, _HUBER_DELTA = C.HUBER, C.KL_DIVERGENCE, C.POISSON, C.HUBER_DELTA
 _NADAM, _NADAM_DECAY, _NADAM_STEPS = C.NADAM, 0.96, 1000
+_AMSGRAD, _RMSPROP_MC, _H_WEIGHT_DECAY = C.AMSGRAD, C.RMSPROP_MC, C.H_WEIGHT_DECAY
+_N_OPTS = C.N_OPTS
 _HYPER_LEN, _N_CLIP, _P_W2 = C.HYPER_LEN, C.N_CLIP, C.P_W2
 _H_CLIPNORM, _H_CLIPVALUE, _H_GLOBAL_CLIPNORM = C.H_CLIPNORM, C.H_CLIPVALUE, C.H_GLOBAL_CLIPNORM
 
@@ -1077,6 +1079,59 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
 
 
 @_jit
+def amsgrad_update(p, g, m, v, vmax, lr, beta_1, beta_2, epsilon, weight_decay, step):
+    """See reference.amsgrad_update (adam_update's single-division form)."""
+    t = p.dtype.type
+    decay = t(1 - lr * weight_decay) if weight_decay else t(1)
+    b1, c1, b2, c2 = t(beta_1), t(1 - beta_1), t(beta_2), t(1 - beta_2)
+    bc2 = math.sqrt(1 - math.pow(beta_2, np.float64(step)))
+    step_size = t(lr / (1 - math.pow(beta_1, np.float64(step))) * bc2)
+    eps = t(epsilon * bc2)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        mk = m[k] * b1 + c1 * gk
+        vk = v[k] * b2 + c2 * gk * gk
+        xk = max(vmax[k], vk)
+        m[k] = mk
+        v[k] = vk
+        vmax[k] = xk
+        p[k] = p[k] * decay - step_size * mk / (np.sqrt(xk) + eps)
+
+
+@_jit
+def rmsprop_mc_update(p, g, sq, buf, mean, lr, rho, epsilon, momentum, centered):
+    """See reference.rmsprop_mc_update (one fused pass)."""
+    t = p.dtype.type
+    a, r, r1, eps, mu = t(lr), t(rho), t(1 - rho), t(epsilon), t(momentum)
+    for k in range(p.shape[0]):
+        gk = g[k]
+        sk = sq[k] * r + r1 * gk * gk
+        sq[k] = sk
+        if centered:
+            ck = mean[k] * r + r1 * gk
+            mean[k] = ck
+            sk = sk - ck * ck
+        avg = np.sqrt(sk) + eps
+        if momentum > 0:
+            bk = buf[k] * mu + gk / avg
+            buf[k] = bk
+            p[k] -= a * bk
+        else:
+            p[k] -= a * gk / avg
+
+
+@_jit
+def _weight_decay(params, opt_code, hyper):
+    """reference.weight_decay_of applied: params *= 1 - lr * weight_decay when set."""
+    i = _HYPER_LEN[opt_code] + _H_WEIGHT_DECAY
+    if opt_code == _ADAM or opt_code == _AMSGRAD or hyper.shape[0] <= i or hyper[i] == 0:
+        return
+    f = params.dtype.type(1 - hyper[0] * hyper[i])
+    for k in range(params.shape[0]):
+        params[k] = params[k] * f
+
+
+@_jit
 def _nadam_u_product(beta_1, step):
     """reference.nadam_u_product (the same float64 operations)."""
     prod, decay = 1.0, 1.0
@@ -1190,6 +1245,9 @@ def clip_gradients(grads, layers, opt_code, hyper):
 @_jit
 def optimizer_update(params, grads, state, opt_code, hyper, step):
     """See reference.optimizer_update."""
+    if opt_code < 0 or opt_code >= _N_OPTS:
+        raise ValueError("unknown optimizer code")
+    _weight_decay(params, opt_code, hyper)
     if opt_code == _SGD:
         sgd_update(params, grads, hyper[0])
     elif opt_code == _MOMENTUM:
@@ -1204,6 +1262,12 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
     elif opt_code == _NADAM:
         nadam_update(params, grads, state[0], state[1], hyper[0], hyper[1], hyper[2],
                      hyper[3], np.int64(step))  # fmt: skip
+    elif opt_code == _AMSGRAD:
+        amsgrad_update(params, grads, state[0], state[1], state[2], hyper[0], hyper[1],
+                       hyper[2], hyper[3], hyper[4], np.int64(step))  # fmt: skip
+    elif opt_code == _RMSPROP_MC:
+        rmsprop_mc_update(params, grads, state[0], state[1], state[2], hyper[0], hyper[1],
+                          hyper[2], hyper[3], hyper[4] != 0)  # fmt: skip
     else:
         raise ValueError("unknown optimizer code")
 

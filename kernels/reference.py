@@ -499,6 +499,55 @@ def adam_update(p, g, m, v, lr, beta_1, beta_2, epsilon, weight_decay, step):
     p -= t(step_size) * m / (np.sqrt(v) / t(bc2_sqrt) + t(epsilon))
 
 
+def amsgrad_update(p, g, m, v, vmax, lr, beta_1, beta_2, epsilon, weight_decay, step):
+    """Adam / AdamW with amsgrad (PyTorch's formulas), ``step`` = t >= 1: as adam_update,
+    then vmax = max(vmax, v) and p -= (lr / (1-b1^t)) * m / (sqrt(vmax) / sqrt(1-b2^t) +
+    epsilon)."""
+    t = p.dtype.type
+    if weight_decay:
+        p *= t(1 - lr * weight_decay)
+    m *= t(beta_1)
+    m += t(1 - beta_1) * g
+    v *= t(beta_2)
+    v += t(1 - beta_2) * g * g
+    np.maximum(vmax, v, out=vmax)
+    step_size = lr / (1 - beta_1**step)
+    bc2_sqrt = np.sqrt(1 - beta_2**step)
+    p -= t(step_size) * m / (np.sqrt(vmax) / t(bc2_sqrt) + t(epsilon))
+
+
+def rmsprop_mc_update(p, g, sq, buf, mean, lr, rho, epsilon, momentum, centered):
+    """RMSprop with momentum and/or centering (PyTorch's formulas): sq = rho*sq +
+    (1-rho)*g^2; centered: mean = rho*mean + (1-rho)*g, avg = sqrt(sq - mean^2) + epsilon,
+    else avg = sqrt(sq) + epsilon; momentum > 0: buf = momentum*buf + g/avg, p -= lr*buf,
+    else p -= lr * g / avg."""
+    t = p.dtype.type
+    sq *= t(rho)
+    sq += t(1 - rho) * g * g
+    if centered:
+        mean *= t(rho)
+        mean += t(1 - rho) * g
+        avg = np.sqrt(sq - mean * mean) + t(epsilon)
+    else:
+        avg = np.sqrt(sq) + t(epsilon)
+    if momentum > 0:
+        buf *= t(momentum)
+        buf += g / avg
+        p -= t(lr) * buf
+    else:
+        p -= t(lr) * g / avg
+
+
+def weight_decay_of(opt_code, hyper):
+    """The decoupled weight decay in hyper's optional entry (codes.H_WEIGHT_DECAY after the
+    clip entries; 0 when absent, and for the codes of codes.OWN_DECAY, which decay in their
+    own update)."""
+    i = C.HYPER_LEN[opt_code] + C.H_WEIGHT_DECAY
+    if opt_code in C.OWN_DECAY or hyper.shape[0] <= i:
+        return 0.0
+    return float(hyper[i])
+
+
 #: Keras's Nadam momentum schedule: u_t = beta_1 (1 - 0.5 * 0.96**t)
 NADAM_DECAY = 0.96
 #: Beyond this step 1 - 0.5 * 0.96**t rounds to 1.0 in float64: the product stops there.
@@ -572,7 +621,14 @@ def clip_gradients(grads, layers, opt_code, hyper):
 def optimizer_update(params, grads, state, opt_code, hyper, step):
     """One optimizer step over the flat buffers.  params, grads (P,); state (S, P) with S =
     codes.STATE_SLOTS[opt_code] (at least 1 row); hyper float64 as in ``codes`` (its clip
-    entries are not read here: train_step clips with ``clip_gradients`` first)."""
+    entries are not read here: train_step clips with ``clip_gradients`` first).  With a
+    weight decay entry (``weight_decay_of``) the parameters are first scaled by
+    1 - lr * weight_decay (Keras 3's decoupled decay)."""
+    if not 0 <= opt_code < C.N_OPTS:
+        raise ValueError(f"unknown optimizer code {opt_code}")
+    weight_decay = weight_decay_of(opt_code, hyper)
+    if weight_decay:
+        params *= params.dtype.type(1 - hyper[0] * weight_decay)
     if opt_code == C.SGD:
         sgd_update(params, grads, hyper[0])
     elif opt_code == C.MOMENTUM:
@@ -585,6 +641,11 @@ def optimizer_update(params, grads, state, opt_code, hyper, step):
         adam_update(params, grads, state[0], state[1], *hyper[:5], step)
     elif opt_code == C.NADAM:
         nadam_update(params, grads, state[0], state[1], *hyper[:4], step)
+    elif opt_code == C.AMSGRAD:
+        amsgrad_update(params, grads, state[0], state[1], state[2], *hyper[:5], step)
+    elif opt_code == C.RMSPROP_MC:
+        rmsprop_mc_update(params, grads, state[0], state[1], state[2], hyper[0], hyper[1],
+                          hyper[2], hyper[3], hyper[4] != 0)  # fmt: skip
     else:
         raise ValueError(f"unknown optimizer code {opt_code}")
 

@@ -295,14 +295,21 @@ def check_optimizers(cu):
     for fn, args, outs in cases:
         _, _, a_cu, a_ref = _both(fn, cu, args, outs)
         _cmp_outputs(fn, a_cu, a_ref, outs, F32)
-    hyper = {C.SGD: [0.1], C.MOMENTUM: [0.1, 0.9, 1], C.ADAGRAD: [0.1, 1e-7],
-             C.RMSPROP: [0.01, 0.9, 1e-7], C.ADAM: [1e-3, 0.9, 0.999, 1e-8, 0.01]}  # fmt: skip
-    for code, h in hyper.items():
+    off = [0.0] * C.N_CLIP  # the clip entries before the weight decay entry
+    hyper = [(C.SGD, [0.1]), (C.MOMENTUM, [0.1, 0.9, 1]), (C.ADAGRAD, [0.1, 1e-7]),
+             (C.RMSPROP, [0.01, 0.9, 1e-7]), (C.ADAM, [1e-3, 0.9, 0.999, 1e-8, 0.01]),
+             (C.AMSGRAD, [1e-3, 0.9, 0.999, 1e-8, 0.01]),
+             (C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.5, 1]), (C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.5, 0]),
+             (C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.0, 1, *off, 0.2]),
+             (C.SGD, [0.1, *off, 0.2]), (C.MOMENTUM, [0.1, 0.9, 0, *off, 0.2])]  # fmt: skip
+    for code, h in hyper:
         state = np.abs(_randn(rng, max(1, C.STATE_SLOTS[code]), n))
+        if code == C.RMSPROP_MC:  # a mean gradient with mean^2 <= sq: sqrt(sq - mean^2) real
+            state[2] = 0.5 * np.sqrt(state[0])
         args = [p, g, state, code, np.array(h, np.float64), 2]
         _, _, a_cu, a_ref = _both("optimizer_update", cu, args, [0, 2])
         _cmp_outputs(f"optimizer_update {code}", a_cu, a_ref, [0, 2], F32)
-    return "5 update kernels + optimizer_update for every code"
+    return "5 update kernels + optimizer_update for every code, weight decay"
 
 
 def _metric_table(mode, threshold=0.5):
@@ -513,7 +520,7 @@ class Net:
         self.params = (rng.standard_normal(n_params) * 0.5).astype(dtype)
         self.nontrain = (np.abs(rng.standard_normal(n_nontrain)) + 0.5).astype(dtype)
         self.grads = np.zeros(n_params, dtype)
-        self.state = np.zeros((2, n_params), dtype)
+        self.state = np.zeros((3, n_params), dtype)  # up to AMSGRAD's / RMSPROP_MC's 3 slots
         self.acts = np.zeros(plan.acts_size, dtype)
         self.gbuf = np.zeros(plan.gbuf_size, dtype)
         self.acc = np.zeros(plan.acc_size)
@@ -700,7 +707,9 @@ def _train(mod, dtype, steps, make=mlp_layers, loss_code=C.SPARSE_SOFTMAX_CE, op
     else:
         y = _randn(rng, n, 3, dtype=dtype)
     sw = np.ones(n, dtype)
-    hyper = {C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.0], C.MOMENTUM: [0.05, 0.9, 1]}[opt]
+    hyper = {C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.0], C.MOMENTUM: [0.05, 0.9, 1],
+             C.AMSGRAD: [0.01, 0.9, 0.999, 1e-7, 0.1],
+             C.RMSPROP_MC: [0.01, 0.9, 1e-7, 0.5, 1, 0.0, 0.0, 0.0, 0.1]}[opt]  # fmt: skip
     hyper = np.array(hyper)
     losses = []
     for step in range(1, steps + 1):
@@ -716,6 +725,17 @@ def check_train_step(cu):
     _close("train_step losses", l1, l2, 1e-4, 1e-7)
     err = n1.compare("train_step", n2, ("params", "state", "acts"), rtol=1e-4, atol=1e-6)
     return f"2 steps 4-5-3 (relu, dropout, softmax CE, Adam): max abs err {err:.2e}"
+
+
+def check_train_step_new_optimizers(cu):
+    errs = []
+    for opt in (C.AMSGRAD, C.RMSPROP_MC):
+        l1, n1 = _train(cu, F32, 2, opt=opt)
+        l2, n2 = _train(ref, F32, 2, opt=opt)
+        _close(f"train_step {opt} losses", l1, l2, 1e-4, 1e-7)
+        errs.append(n1.compare(f"train_step {opt}", n2, ("params", "state"), rtol=1e-4,
+                               atol=1e-6))  # fmt: skip
+    return f"2 steps 4-5-3, AdamW amsgrad / RMSprop momentum centered decay: {max(errs):.2e}"
 
 
 def check_train_step_norm(cu):

@@ -17,12 +17,14 @@ DTYPES = (np.float32, np.float64)
 ACTS = (C.LINEAR, C.RELU, C.LEAKY_RELU, C.SIGMOID, C.TANH, C.SOFTMAX)
 LOSSES = (C.SOFTMAX_CE, C.SPARSE_SOFTMAX_CE, C.SIGMOID_BCE, C.CATEGORICAL_CE, C.BINARY_CE,
           C.MSE, C.MAE)  # fmt: skip
-OPTIMIZERS = (C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM)
+OPTIMIZERS = (C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.ADAM, C.AMSGRAD, C.RMSPROP_MC)
 ACT_NAMES = dict(zip(ACTS, ("linear", "relu", "leaky_relu", "sigmoid", "tanh", "softmax")))
 LOSS_NAMES = dict(
     zip(LOSSES, ("softmax_ce", "sparse_ce", "sigmoid_bce", "cce", "bce", "mse", "mae"))
 )
-OPT_NAMES = dict(zip(OPTIMIZERS, ("sgd", "momentum", "adagrad", "rmsprop", "adam")))
+OPT_NAMES = dict(
+    zip(OPTIMIZERS, ("sgd", "momentum", "adagrad", "rmsprop", "adam", "amsgrad", "rmsprop_mc"))
+)
 ACC_NAMES = {C.ACC_NONE: "acc_none", C.ACC_SPARSE: "acc_sparse",
              C.ACC_CATEGORICAL: "acc_categorical", C.ACC_BINARY: "acc_binary"}  # fmt: skip
 #: (N, I, O) shapes that catch tail and edge bugs.
@@ -36,7 +38,19 @@ HYPER = {
     C.RMSPROP: [0.01, 0.9, 1e-7],
     C.ADAM: [0.01, 0.9, 0.999, 1e-7, 0.01],
     C.NADAM: [0.01, 0.9, 0.999, 1e-7],
+    C.AMSGRAD: [0.01, 0.9, 0.999, 1e-7, 0.01],
+    C.RMSPROP_MC: [0.01, 0.9, 1e-7, 0.5, 1.0],  # momentum and centered
 }
+
+
+def decayed_hyper(opt, weight_decay):
+    """HYPER[opt] with Keras 3's decoupled weight decay: the own entry of codes.OWN_DECAY,
+    else the optional entry after the (off) clip entries."""
+    hyper = list(HYPER[opt])
+    if opt in C.OWN_DECAY:
+        hyper[4] = weight_decay
+        return hyper
+    return [*hyper, *[0.0] * C.N_CLIP, weight_decay]
 
 
 def compiled_backends() -> list[str]:
@@ -332,11 +346,11 @@ def smooth_stack(dtype, rng, loss=C.HUBER, n=12, n_in=5):
     return Stack(spec, n_in, n, dtype, rng, loss=loss)
 
 
-def train_steps(module, stack, loss, opt, steps, logits_out=0, seed=11):
-    """Runs ``steps`` train_step calls of ``module`` on ``stack``; returns the final
-    (params, grads, state, nontrain, acts, gbuf, losses)."""
+def train_steps(module, stack, loss, opt, steps, logits_out=0, seed=11, hyper=None):
+    """Runs ``steps`` train_step calls of ``module`` on ``stack`` (``hyper`` default
+    HYPER[opt]); returns the final (params, grads, state, nontrain, acts, gbuf, losses)."""
     b = stack.buffers(n_state=max(1, C.STATE_SLOTS[opt]))
-    hyper = np.array(HYPER[opt], dtype=np.float64)
+    hyper = np.array(HYPER[opt] if hyper is None else hyper, dtype=np.float64)
     losses = []
     for step in range(1, steps + 1):
         losses.append(
@@ -382,6 +396,7 @@ __all__ = [
     "LOSS_NAMES",
     "OPT_NAMES",
     "ACTS", "DTYPES", "HYPER", "LOSSES", "OPTIMIZERS", "OUTPUT_ACT", "SHAPES", "Stack",
+    "decayed_hyper",
     "Buffers", "acc_mode_for", "loss_args", "metrics_for", "assert_close", "compiled_backends",
     "frozen_norm_stack", "make_targets", "mixed_stack", "mlp3", "norm_stack", "smooth_stack",
     "ref", "rng_for",

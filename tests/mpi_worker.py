@@ -41,6 +41,10 @@ OPTIMIZERS = {
     "clipnorm": lambda: fastnn.optimizers.Adam(0.01, clipnorm=0.05),
     "global_clipnorm": lambda: fastnn.optimizers.Adam(0.01, global_clipnorm=0.05),
     "clipvalue": lambda: fastnn.optimizers.Adam(0.01, clipvalue=0.002),
+    "amsgrad": lambda: fastnn.optimizers.AdamW(0.01, amsgrad=True),
+    "rmsprop_mc": lambda: fastnn.optimizers.RMSprop(
+        0.01, momentum=0.5, centered=True, weight_decay=0.01
+    ),
 }
 
 

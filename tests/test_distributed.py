@@ -121,6 +121,8 @@ def _assert_same_state(single, rank0, rank1):
         ("global_clipnorm", 2, "sharded"),
         ("clipvalue", 2, "all"),
         ("adam+frozenbn", 2, "all"),  # a frozen BatchNormalization: no batch statistics
+        ("amsgrad", 3, "sharded"),  # three state slots, sliced by segment
+        ("rmsprop_mc", 2, "all"),  # three slots and the weight decay entry
     ],
 )
 def test_each_rank_updates_its_segment_as_one_process_would(tmp_path, optimizer, ranks, shared):

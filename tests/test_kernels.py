@@ -38,6 +38,7 @@ from tests.kernel_cases import (
     acc_mode_for,
     assert_close,
     compiled_backends,
+    decayed_hyper,
     frozen_norm_stack,
     loss_args,
     make_targets,
@@ -474,6 +475,19 @@ OPT_CASES = [
     ("rmsprop_update", C.RMSPROP, [0.01, 0.9, 1e-7]),
     ("adam_update", C.ADAM, [0.01, 0.9, 0.999, 1e-7, 0.0]),
     ("adam_update", C.ADAM, [0.01, 0.9, 0.999, 1e-7, 0.05]),
+    # through optimizer_update only: amsgrad, RMSprop's momentum / centered, Keras 3's
+    # decoupled weight decay in the entry after the clip entries
+    (None, C.AMSGRAD, [0.01, 0.9, 0.999, 1e-7, 0.0]),
+    (None, C.AMSGRAD, [0.01, 0.8, 0.99, 1e-7, 0.05]),
+    (None, C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.6, 0.0]),
+    (None, C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.0, 1.0]),
+    (None, C.RMSPROP_MC, [0.01, 0.8, 1e-7, 0.6, 1.0]),
+    (None, C.SGD, [0.05, 0.0, 0.0, 0.0, 0.3]),
+    (None, C.MOMENTUM, [0.05, 0.9, 1, 0.0, 0.0, 0.0, 0.3]),
+    (None, C.ADAGRAD, [0.05, 1e-7, 0.0, 0.0, 0.0, 0.3]),
+    (None, C.RMSPROP, [0.01, 0.9, 1e-7, 0.0, 0.0, 0.0, 0.3]),
+    (None, C.RMSPROP_MC, [0.01, 0.9, 1e-7, 0.6, 1.0, 0.0, 0.0, 0.0, 0.3]),
+    (None, C.NADAM, [0.01, 0.9, 0.999, 1e-7, 0.0, 0.0, 0.0, 0.3]),
 ]
 
 
@@ -492,10 +506,14 @@ def _opt_call(module, name, code, hyper, p, g, state, step, direct):
 
 @dtypes
 @pytest.mark.parametrize("size", [1, 7, 1000])
-@pytest.mark.parametrize("case", OPT_CASES, ids=lambda c: f"{c[0]}-{c[2][-1]}")
+@pytest.mark.parametrize(
+    "case", OPT_CASES, ids=lambda c: f"{c[0] or OPT_NAMES.get(c[1], c[1])}-{len(c[2])}-{c[2][-1]}"
+)
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "optimizer_update"])
 def test_optimizer_updates(mod, dtype, size, case, direct):
     name, code, hyper = case
+    if name is None and direct:
+        pytest.skip("no update function of its own: optimizer_update only")
     rng = rng_for("opt", size, name)
     p0 = rng.standard_normal(size).astype(dtype)
     grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]
@@ -801,6 +819,43 @@ def test_train_step(mod, dtype, loss, opt):
     got = train_steps(mod, s, loss, opt, 3)
     _assert_unchanged(inputs, copies)
     _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
+
+
+@dtypes
+@pytest.mark.parametrize(
+    "opt", [C.SGD, C.MOMENTUM, C.RMSPROP_MC, C.AMSGRAD, C.NADAM], ids=lambda o: str(o)
+)
+def test_train_step_weight_decay(mod, dtype, opt):
+    """Keras 3's decoupled weight decay inside the compiled step == the reference, and the
+    reference == a step without decay on parameters scaled by 1 - lr * weight_decay."""
+    loss = C.MSE
+    s, s64 = _stack_case(loss, opt, dtype, 0)
+    hyper = decayed_hyper(opt, 0.5)
+    exp = train_steps(ref, s, loss, opt, 3, hyper=hyper)
+    exp64 = train_steps(ref, s64, loss, opt, 3, hyper=hyper)
+    got = train_steps(mod, s, loss, opt, 3, hyper=hyper)
+    _compare_runs(got, exp, exp64, dtype, STEP_NAMES)
+    plain = train_steps(ref, s64, loss, opt, 3)
+    assert not np.allclose(plain[0], exp64[0])  # the decay changed the parameters
+
+
+def test_reference_weight_decay_is_a_scaling_before_the_update():
+    rng = rng_for("decay")
+    p0, g = rng.standard_normal(9), rng.standard_normal(9)
+    for opt in (C.SGD, C.MOMENTUM, C.ADAGRAD, C.RMSPROP, C.NADAM, C.RMSPROP_MC, C.ADAM,
+                C.AMSGRAD):  # fmt: skip
+        state = np.full((max(1, C.STATE_SLOTS[opt]), 9), 0.1)
+        want_state = state.copy()
+        lr = HYPER[opt][0]
+        want = p0 * (1 - lr * 0.2)
+        plain = list(HYPER[opt])
+        if opt in C.OWN_DECAY:
+            plain[4] = 0.0
+        ref.optimizer_update(want, g, want_state, opt, np.array(plain), 2)
+        p, got_state = p0.copy(), state.copy()
+        ref.optimizer_update(p, g, got_state, opt, np.array(decayed_hyper(opt, 0.2)), 2)
+        np.testing.assert_allclose(p, want, rtol=1e-14, atol=1e-15, err_msg=str(opt))
+        np.testing.assert_allclose(got_state, want_state, rtol=1e-14, err_msg=str(opt))
 
 
 @dtypes

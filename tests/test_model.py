@@ -599,6 +599,9 @@ STEP_OPTIMIZERS = {
     "rmsprop": lambda: RMSprop(0.01),
     "adam": lambda: Adam(0.01),
     "adamw": lambda: AdamW(0.01, weight_decay=0.05),
+    "sgd_decay": lambda: SGD(0.1, weight_decay=0.05),
+    "amsgrad_decay": lambda: Adam(0.01, amsgrad=True, weight_decay=0.05),
+    "rmsprop_mc_decay": lambda: RMSprop(0.01, momentum=0.5, centered=True, weight_decay=0.05),
 }
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
+from fastnn.kernels import codes as C
+from fastnn.optimizers import SGD, Adagrad, Adam, AdamW, Nadam, RMSprop
 
 CPU_BACKENDS = [b for b in fastnn.backend.available() if b != "cuda"]
 DTYPES = [np.float32, np.float64]
@@ -65,6 +66,67 @@ def hand_adam(lr, beta_1, beta_2, epsilon, weight_decay=0.0):
     return step
 
 
+def hand_amsgrad(lr, beta_1, beta_2, epsilon, weight_decay=0.0):
+    """PyTorch's Adam(amsgrad=True): the running maximum of v in the denominator."""
+
+    def step(p, g, state, t):
+        p = p * (1 - lr * weight_decay)
+        m = beta_1 * state.get("m", np.zeros_like(p)) + (1 - beta_1) * g
+        v = beta_2 * state.get("v", np.zeros_like(p)) + (1 - beta_2) * g * g
+        vmax = np.maximum(state.get("vmax", np.zeros_like(p)), v)
+        state["m"], state["v"], state["vmax"] = m, v, vmax
+        denom = np.sqrt(vmax) / np.sqrt(1 - beta_2**t) + epsilon
+        return p - lr / (1 - beta_1**t) * m / denom
+
+    return step
+
+
+def hand_rmsprop_mc(lr, rho, epsilon, momentum, centered):
+    """PyTorch's RMSprop(momentum, centered)."""
+
+    def step(p, g, state, t):
+        sq = rho * state.get("sq", np.zeros_like(p)) + (1 - rho) * g * g
+        state["sq"] = sq
+        if centered:
+            mean = rho * state.get("mean", np.zeros_like(p)) + (1 - rho) * g
+            state["mean"] = mean
+            avg = np.sqrt(sq - mean * mean) + epsilon
+        else:
+            avg = np.sqrt(sq) + epsilon
+        if momentum > 0:
+            buf = momentum * state.get("buf", np.zeros_like(p)) + g / avg
+            state["buf"] = buf
+            return p - lr * buf
+        return p - lr * g / avg
+
+    return step
+
+
+def hand_decayed(lr, weight_decay, update):
+    """Keras 3's decoupled weight decay, p -= p * weight_decay * lr, then ``update``."""
+
+    def step(p, g, state, t):
+        return update(p - p * weight_decay * lr, g, state, t)
+
+    return step
+
+
+def hand_nadam(lr, beta_1, beta_2, epsilon):
+    """Keras 3's Nadam."""
+
+    def step(p, g, state, t):
+        u_t = beta_1 * (1 - 0.5 * 0.96**t)
+        u_next = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+        prod = state.get("prod", 1.0) * u_t
+        m = beta_1 * state.get("m", np.zeros_like(p)) + (1 - beta_1) * g
+        v = beta_2 * state.get("v", np.zeros_like(p)) + (1 - beta_2) * g * g
+        state["m"], state["v"], state["prod"] = m, v, prod
+        m_hat = u_next * m / (1 - prod * u_next) + (1 - u_t) * g / (1 - prod)
+        return p - lr * m_hat / (np.sqrt(v / (1 - beta_2**t)) + epsilon)
+
+    return step
+
+
 CASES = {
     "sgd": (lambda: SGD(learning_rate=0.1), hand_sgd(0.1)),
     "momentum": (
@@ -90,6 +152,58 @@ CASES = {
     "adamw": (
         lambda: AdamW(learning_rate=0.01, weight_decay=0.1, beta_1=0.85, beta_2=0.995),
         hand_adam(0.01, 0.85, 0.995, 1e-7, 0.1),
+    ),
+    "adam_amsgrad": (
+        lambda: Adam(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-6, amsgrad=True),
+        hand_amsgrad(0.01, 0.8, 0.99, 1e-6),
+    ),
+    "adamw_amsgrad": (
+        lambda: AdamW(learning_rate=0.01, weight_decay=0.1, beta_2=0.99, amsgrad=True),
+        hand_amsgrad(0.01, 0.9, 0.99, 1e-7, 0.1),
+    ),
+    "rmsprop_momentum": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, epsilon=1e-6, momentum=0.7),
+        hand_rmsprop_mc(0.01, 0.8, 1e-6, 0.7, False),
+    ),
+    "rmsprop_centered": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, epsilon=1e-6, centered=True),
+        hand_rmsprop_mc(0.01, 0.8, 1e-6, 0.0, True),
+    ),
+    "rmsprop_momentum_centered": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, momentum=0.5, centered=True),
+        hand_rmsprop_mc(0.01, 0.8, 1e-7, 0.5, True),
+    ),
+    "sgd_decay": (
+        lambda: SGD(learning_rate=0.1, weight_decay=0.3),
+        hand_decayed(0.1, 0.3, hand_sgd(0.1)),
+    ),
+    "momentum_decay": (
+        lambda: SGD(learning_rate=0.05, momentum=0.9, weight_decay=0.2),
+        hand_decayed(0.05, 0.2, hand_momentum(0.05, 0.9, False)),
+    ),
+    "adagrad_decay": (
+        lambda: Adagrad(learning_rate=0.1, epsilon=1e-6, weight_decay=0.2),
+        hand_decayed(0.1, 0.2, hand_adagrad(0.1, 0.1, 1e-6)),
+    ),
+    "rmsprop_decay": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, epsilon=1e-6, weight_decay=0.5),
+        hand_decayed(0.01, 0.5, hand_rmsprop(0.01, 0.8, 1e-6)),
+    ),
+    "rmsprop_centered_decay": (
+        lambda: RMSprop(learning_rate=0.01, centered=True, momentum=0.3, weight_decay=0.5),
+        hand_decayed(0.01, 0.5, hand_rmsprop_mc(0.01, 0.9, 1e-7, 0.3, True)),
+    ),
+    "adam_decay": (
+        lambda: Adam(learning_rate=0.01, beta_1=0.8, epsilon=1e-6, weight_decay=0.1),
+        hand_adam(0.01, 0.8, 0.999, 1e-6, 0.1),
+    ),
+    "nadam_decay": (
+        lambda: Nadam(learning_rate=0.01, epsilon=1e-6, weight_decay=0.1),
+        hand_decayed(0.01, 0.1, hand_nadam(0.01, 0.9, 0.999, 1e-6)),
+    ),
+    "sgd_decay_clipped": (
+        lambda: SGD(learning_rate=0.1, weight_decay=0.3, clipvalue=100.0),
+        hand_decayed(0.1, 0.3, hand_sgd(0.1)),
     ),
 }
 
@@ -368,7 +482,7 @@ def test_keras_defaults():
         0.999,
         1e-7,
     )
-    assert adam.weight_decay == 0.0
+    assert adam.weight_decay is None and adam.amsgrad is False
     adamw = AdamW()
     assert (adamw.learning_rate, adamw.weight_decay, adamw.beta_1, adamw.beta_2) == (
         0.001,
@@ -381,6 +495,10 @@ def test_keras_defaults():
     assert (ada.learning_rate, ada.initial_accumulator_value, ada.epsilon) == (0.001, 0.1, 1e-7)
     rms = RMSprop()
     assert (rms.learning_rate, rms.rho, rms.epsilon) == (0.001, 0.9, 1e-7)
+    assert (rms.momentum, rms.centered, rms.weight_decay) == (0.0, False, None)
+    assert (sgd.weight_decay, ada.weight_decay, Nadam().weight_decay) == (None, None, None)
+    # no option given: the plain kernels and their state
+    assert (adam.code, rms.code, adam.slots, rms.slots) == (C.ADAM, C.RMSPROP, 2, 1)
 
 
 @pytest.mark.parametrize(
@@ -422,6 +540,12 @@ CONVERGE = {
     "adam": (lambda: Adam(learning_rate=0.05), 750, 1e-6),
     # decoupled weight decay pulls the fixed point slightly towards 0
     "adamw": (lambda: AdamW(learning_rate=0.05, weight_decay=1e-4), 750, 1e-3),
+    "amsgrad": (lambda: Adam(learning_rate=0.05, amsgrad=True), 750, 1e-6),
+    "rmsprop_momentum_centered": (
+        lambda: RMSprop(learning_rate=lambda t: 0.02 * 0.99**t, momentum=0.5, centered=True),
+        750,
+        1e-5,
+    ),
 }
 
 
@@ -477,6 +601,22 @@ BAD = [
     (Adagrad, {"epsilon": True}, TypeError, "epsilon"),
     (RMSprop, {"rho": 1.5}, ValueError, "rho"),
     (RMSprop, {"epsilon": -1.0}, ValueError, "epsilon"),
+    (RMSprop, {"momentum": 1.0}, ValueError, "momentum"),
+    (RMSprop, {"momentum": -0.1}, ValueError, "momentum"),
+    (RMSprop, {"momentum": "0.9"}, TypeError, "momentum"),
+    (RMSprop, {"centered": 1}, TypeError, "centered"),
+    (Adam, {"amsgrad": "yes"}, TypeError, "amsgrad"),
+    (AdamW, {"amsgrad": None}, TypeError, "amsgrad"),
+    (SGD, {"weight_decay": -1e-4}, ValueError, "weight_decay"),
+    (Adam, {"weight_decay": "0.1"}, TypeError, "weight_decay"),
+    (Nadam, {"weight_decay": float("nan")}, ValueError, "weight_decay"),
+    (Adagrad, {"use_ema": True}, ValueError, "use_ema.*not implemented"),
+    (Adam, {"ema_momentum": 0.9}, ValueError, "ema_momentum.*not implemented"),
+    (SGD, {"ema_overwrite_frequency": 10}, ValueError, "ema_overwrite_frequency"),
+    (RMSprop, {"loss_scale_factor": 128.0}, ValueError, "loss_scale_factor"),
+    (Nadam, {"gradient_accumulation_steps": 4}, ValueError, "gradient_accumulation_steps"),
+    (Adam, {"name": 3}, TypeError, "name"),
+    (Adam, {"nesterov": True}, TypeError, "nesterov"),
 ]
 
 
@@ -510,3 +650,79 @@ def test_training_rates_and_hyper_parameters_follow_changes():
     sched = SGD(learning_rate=schedule)
     sched.iterations = 5
     np.testing.assert_allclose(sched._train_rates(2), [schedule(5), schedule(6)])
+
+
+# ---------------------------------------------------------------------------------------
+# Keras 3's options: weight_decay, amsgrad, RMSprop's momentum and centered
+
+
+NEW_OPTIONS = [
+    (SGD, {"weight_decay": 1e-4}),
+    (SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}),
+    (Adagrad, {"weight_decay": 0.01}),
+    (RMSprop, {"momentum": 0.9}),
+    (RMSprop, {"centered": True, "weight_decay": 0.01}),
+    (Adam, {"amsgrad": True, "weight_decay": 0.02}),
+    (AdamW, {"amsgrad": True, "clipnorm": 1.0}),
+    (Nadam, {"weight_decay": 0.01, "name": "my_nadam"}),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs", NEW_OPTIONS, ids=[c.__name__ for c, _ in NEW_OPTIONS])
+def test_new_options_round_trip_through_the_config(cls, kwargs):
+    opt = cls(**kwargs)
+    cfg = opt.get_config()
+    for key, value in kwargs.items():
+        assert cfg[key] == value
+    again = cls(**cfg)
+    assert again.get_config() == cfg and again.code == opt.code and again.name == opt.name
+    np.testing.assert_array_equal(again.hyper(), opt.hyper())
+
+
+def test_options_select_codes_state_and_hyper_layout():
+    assert Adam(amsgrad=True).code == C.AMSGRAD and Adam(amsgrad=True).slots == 3
+    assert AdamW(amsgrad=True).code == C.AMSGRAD
+    for kw in ({"momentum": 0.5}, {"centered": True}, {"momentum": 0.5, "centered": True}):
+        opt = RMSprop(**kw)
+        assert opt.code == C.RMSPROP_MC and opt.slots == 3
+        assert list(opt.hyper()) == [0.001, 0.9, 1e-7, kw.get("momentum", 0.0),
+                                     float(kw.get("centered", False))]  # fmt: skip
+    # the decay of the codes without an entry of their own follows the clip entries
+    h = SGD(learning_rate=0.1, weight_decay=0.25).hyper()
+    assert list(h) == [0.1, 0.0, 0.0, 0.0, 0.25]
+    assert len(h) == C.HYPER_LEN[C.SGD] + C.H_WEIGHT_DECAY + 1
+    h = Adam(weight_decay=0.25).hyper()
+    assert list(h) == [0.001, 0.9, 0.999, 1e-7, 0.25]  # Adam's own entry
+    assert list(SGD(weight_decay=0.0).hyper()) == [0.01]  # 0: off, no entry
+    assert SGD(weight_decay=0.0).get_config()["weight_decay"] == 0.0
+
+
+def test_keras_base_options_at_their_defaults_are_accepted():
+    opt = Adam(use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None,
+               loss_scale_factor=None, gradient_accumulation_steps=None, name="adam_1")  # fmt: skip
+    assert opt.name == "adam_1" and Adam().name == "adam"
+    assert opt.get_config()["name"] == "adam_1" and "name" not in Adam().get_config()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_weight_decay_uses_each_steps_scheduled_rate(backend):
+    opt = SGD(learning_rate=lambda t: 0.1 / (t + 1), weight_decay=0.5)
+    p = np.ones(3)
+    want = np.ones(3)
+    for t in range(3):
+        g = np.full(3, 0.2)
+        opt.step(p, g, backend=backend)
+        lr = 0.1 / (t + 1)
+        want = want - want * 0.5 * lr - lr * g
+    np.testing.assert_allclose(p, want, rtol=1e-14)
+
+
+def test_weight_decay_set_later_is_checked_and_used():
+    opt = SGD(learning_rate=0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        opt.weight_decay = -0.5
+    opt.weight_decay = 0.5
+    assert list(opt.hyper()) == [0.1, 0.0, 0.0, 0.0, 0.5]
+    p = np.ones(2)
+    opt.step(p, np.zeros(2), backend="numpy")
+    np.testing.assert_allclose(p, 0.95, rtol=1e-15)

@@ -134,8 +134,23 @@ def _resume_matches(tmp_path, make, x, y, fit_kw, backend=BACKEND):
             schedules.CosineDecay(0.001, 30, warmup_target=0.02, warmup_steps=5)
         ),  # fmt: skip
         lambda: optimizers.SGD(schedules.PiecewiseConstantDecay([10, 20], [0.1, 0.05, 0.01])),
+        lambda: optimizers.AdamW(0.01, amsgrad=True, name="adamw_ams"),
+        lambda: optimizers.RMSprop(0.005, momentum=0.5, centered=True, weight_decay=0.01),
+        lambda: optimizers.SGD(0.05, weight_decay=0.01),
     ],
-    ids=["adam", "adamw", "nesterov", "sgd", "rmsprop", "adagrad", "cosine", "piecewise"],
+    ids=[
+        "adam",
+        "adamw",
+        "nesterov",
+        "sgd",
+        "rmsprop",
+        "adagrad",
+        "cosine",
+        "piecewise",
+        "amsgrad",
+        "rmsprop_mc",
+        "sgd_decay",
+    ],  # fmt: skip
 )
 def test_save_load_fit_is_bit_identical_to_never_stopping(tmp_path, optimizer):
     x, y = _data()

@@ -56,6 +56,28 @@ OPTIMIZERS = {
         lambda: AdamW(learning_rate=0.01, weight_decay=0.004, beta_1=0.9, beta_2=0.999),
         lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.9, 0.999), eps=1e-7, weight_decay=0.004),
     ),
+    "amsgrad": (
+        lambda: Adam(learning_rate=0.01, beta_2=0.99, amsgrad=True),
+        lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.99), eps=1e-7, amsgrad=True),
+    ),
+    "adamw_amsgrad": (
+        lambda: AdamW(learning_rate=0.01, weight_decay=0.1, amsgrad=True),
+        lambda p: torch.optim.AdamW(p, lr=0.01, eps=1e-7, weight_decay=0.1, amsgrad=True),
+    ),
+    "rmsprop_momentum": (
+        lambda: RMSprop(learning_rate=0.01, momentum=0.9),
+        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-7, momentum=0.9),
+    ),
+    "rmsprop_centered": (
+        lambda: RMSprop(learning_rate=0.01, rho=0.8, centered=True),
+        lambda p: torch.optim.RMSprop(p, lr=0.01, alpha=0.8, eps=1e-7, centered=True),
+    ),
+    "rmsprop_momentum_centered": (
+        lambda: RMSprop(learning_rate=0.01, momentum=0.5, centered=True),
+        lambda p: torch.optim.RMSprop(
+            p, lr=0.01, alpha=0.9, eps=1e-7, momentum=0.5, centered=True
+        ),  # fmt: skip
+    ),
 }
 
 
