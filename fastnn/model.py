@@ -153,7 +153,8 @@ class Sequential(Inference):
         ------
         TypeError, ValueError
             For a non-layer, a second Input, a layer already in this or another model, a
-            repeated name, an input shape declared after the first layer, or a layer that
+            repeated name, an input shape declared after the first layer, an Embedding after
+            the first layer, or a layer that
             cannot take the previous layer's output.  The model is unchanged then.
         """
         if isinstance(layer, Input):
@@ -187,6 +188,8 @@ class Sequential(Inference):
                 f"layer names must be unique in a model, got {layer.name!r} twice (model files "
                 "store weights by layer name); pass name=... to one of them"
             )
+        if isinstance(layer, Embedding) and self.layers:
+            raise ValueError(_embedding_first(layer, len(self.layers)))
         shape = self._shape_for(layer)
         if shape is not None:
             layer.build(shape, self.dtype, self._init_rng, self.backend_name)
@@ -301,10 +304,7 @@ class Sequential(Inference):
         current = shape
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Embedding) and i > 0:
-                raise ValueError(
-                    f"an Embedding layer must be the model's first layer (it reads token ids), "
-                    f"got {layer.name!r} at position {i}"
-                )
+                raise ValueError(_embedding_first(layer, i))
             layer.build(current, self.dtype, self._init_rng, self.backend_name)
             current = layer.output_shape
         if len(current) != 1:
@@ -1038,6 +1038,13 @@ def _check_unshared(layer, model) -> None:
             "build the new model from new layers and copy the weights with "
             "new_layer.set_weights(old_layer.get_weights())"
         )
+
+
+def _embedding_first(layer, position: int) -> str:
+    return (
+        f"an Embedding layer must be the model's first layer (it reads token ids), got "
+        f"{layer.name!r} at position {position}"
+    )
 
 
 def _bytes(size: int) -> str:
