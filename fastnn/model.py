@@ -154,8 +154,8 @@ class Sequential(Inference):
         TypeError, ValueError
             For a non-layer, a second Input, a layer already in this or another model, a
             repeated name, an input shape declared after the first layer, an Embedding after
-            the first layer, or a layer that
-            cannot take the previous layer's output.  The model is unchanged then.
+            the first layer, or a layer that cannot take the previous layer's output.  The
+            model is unchanged then.
         """
         if isinstance(layer, Input):
             if self.layers or self._input is not None:
