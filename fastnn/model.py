@@ -28,7 +28,7 @@ from ._inference import Inference, returned
 from ._inputs import class_weights, shape_mismatch, to_samples
 from .kernels import codes
 from .layers import Dropout, Embedding, Flatten, Input, Layer, float_dtype
-from .layers.base import check_name, check_weight_list, sample_shape, unique_name
+from .layers.base import check_name, check_weight_list, sample_shape, size_of, unique_name
 
 #: largest parameters + optimizer state copied for a workspace's warm-up step; above it a
 #: step takes tens of milliseconds and first-call costs are lost in it
@@ -128,14 +128,35 @@ class Sequential(Inference):
         seq = np.random.SeedSequence(seed)
         self._init_rng, self._shuffle_rng = (np.random.default_rng(s) for s in seq.spawn(2))
         self._dropout_seed = int(seq.generate_state(1, dtype=np.uint32)[0])
-        for layer in layers or []:
-            self.add(layer)
+        #: optimizer state of the weights kept when add/pop dropped the engine
+        self._carried: dict | None = None
+        #: add/pop changed the layers since compile: its checks run again before training
+        self._recheck = False
+        try:
+            for layer in layers or []:
+                self.add(layer)
+        except Exception:
+            for layer in self.layers:  # a model that failed to construct owns no layer
+                if layer._model is self:
+                    layer._model = None
+            raise
 
     # -- structure --------------------------------------------------------------------
     def add(self, layer) -> None:
-        """Appends a layer (an :class:`fastnn.Input` only first)."""
-        if self._engine is not None:
-            raise RuntimeError("cannot add layers to a model that is already built")
+        """Appends a layer (an :class:`fastnn.Input` only first).
+
+        When the input shape is known (an ``Input``, ``input_shape=`` on the first layer,
+        or a model already built) the layer's weights are created at once, as in Keras 3;
+        the other layers keep theirs, and their optimizer state in a compiled model.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a non-layer, a second Input, a layer already in this or another model, a
+            repeated name, an input shape declared after the first layer, an Embedding after
+            the first layer, or a layer that cannot take the previous layer's output.  The
+            model is unchanged then.
+        """
         if isinstance(layer, Input):
             if self.layers or self._input is not None:
                 raise ValueError("Input must be the first element of the model")
@@ -167,7 +188,86 @@ class Sequential(Inference):
                 f"layer names must be unique in a model, got {layer.name!r} twice (model files "
                 "store weights by layer name); pass name=... to one of them"
             )
+        if isinstance(layer, Embedding) and self.layers:
+            raise ValueError(_embedding_first(layer, len(self.layers)))
+        shape = self._shape_for(layer)
+        if shape is not None:
+            layer.build(shape, self.dtype, self._init_rng, self.backend_name)
+            layer._model = self
+        self._layers_changing()
         self.layers.append(layer)
+
+    def pop(self) -> Layer:
+        """Removes the last layer and returns it, as Keras 3's ``pop``: the other layers
+        keep their weights and optimizer state, and the layer keeps its weights (its own
+        copies, so that it may join another model).
+
+        Raises
+        ------
+        IndexError
+            If the model has no layers (an ``Input`` alone is not a layer), as in Keras.
+        """
+        if not self.layers:
+            raise IndexError(
+                f"pop from a model with no layers: model {self.name!r} has none to remove"
+            )
+        self._layers_changing()
+        layer = self.layers.pop()
+        if not self.layers and self._input is None and layer.declared_input_shape:
+            self._input = Input(layer.declared_input_shape)  # Keras keeps its InputLayer
+        if layer._model is self:
+            layer._detach()
+        return layer
+
+    def _shape_for(self, layer) -> tuple | None:
+        """The per-sample shape ``layer`` receives when appended, if it is known."""
+        if not self.layers:
+            return self._declared_input_shape() or layer.declared_input_shape
+        last = self.layers[-1]
+        return last.output_shape if last._model is self and last.built else None
+
+    def _layers_changing(self) -> None:
+        """Before add/pop changes the layers: the engine goes (it is built again, for the
+        new stack, at the next use), keeping the optimizer state of every trainable weight
+        for :meth:`_carry_state`; compile's checks run again before the next training."""
+        eng = self._engine
+        if self.optimizer is not None:
+            self._recheck = True
+            self._plan = None
+        if eng is None:
+            return
+        eng.pull()  # the layers' weight views hold the current values
+        if eng.state is not None and self._carried is None:
+            state = eng.host_state()
+            self._carried = {
+                id(layer): (layer, {
+                    spec.name: np.array(state[:, offs[spec.name]:offs[spec.name]
+                                              + size_of(spec.shape)], copy=True)
+                    for spec in layer.weight_specs() if spec.trainable
+                })
+                for layer, offs, trains in zip(eng.layers, eng.offsets, eng.trainable_flags)
+                if trains
+            }  # fmt: skip
+        self._engine = None
+        self._snap_buf = None
+
+    def _carry_state(self) -> None:
+        """Optimizer state for a new engine after add/pop: what the kept trainable weights
+        had, fresh (``init_state``) for the new ones."""
+        carried, self._carried = self._carried, None
+        eng = self._engine
+        if carried is None or self.optimizer is None:
+            return
+        state = self.optimizer.init_state((eng.n_train,), self.dtype)
+        for layer, offs in zip(self.layers, eng.offsets):
+            layer_state = carried.get(id(layer), (None, {}))
+            if layer_state[0] is not layer or not layer.trainable:
+                continue
+            for spec in layer.weight_specs():
+                old = layer_state[1].get(spec.name)
+                if old is not None and old.shape == (state.shape[0], size_of(spec.shape)):
+                    state[:, offs[spec.name] : offs[spec.name] + old.shape[1]] = old
+        eng.set_state(state)
 
     def _declared_input_shape(self) -> tuple | None:
         if self._input is not None:
@@ -204,10 +304,7 @@ class Sequential(Inference):
         current = shape
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Embedding) and i > 0:
-                raise ValueError(
-                    f"an Embedding layer must be the model's first layer (it reads token ids), "
-                    f"got {layer.name!r} at position {i}"
-                )
+                raise ValueError(_embedding_first(layer, i))
             layer.build(current, self.dtype, self._init_rng, self.backend_name)
             current = layer.output_shape
         if len(current) != 1:
@@ -222,6 +319,7 @@ class Sequential(Inference):
         self._engine = Engine(self.layers, shape, self.dtype, self._kernels)
         for layer in self.layers:
             layer._model = self
+        self._carry_state()
 
     def _backend_for_kinds(self) -> None:
         """With an automatically chosen backend that does not run one of the layers (the
@@ -396,22 +494,28 @@ class Sequential(Inference):
                 )
         optimizer = _optimizers.get(optimizer)
         loss = _losses.get(loss)
-        self._check_backend_codes(optimizer, loss)
-        output = self._output_activation()
-        if output is not None:
-            activation, layer = output
-            loss.check_output(activation, layer.name, type(layer).__name__)
+        self._check_fits(optimizer, loss)
         metric_set = _compiled_metrics(metrics, loss)
         self._relayout_if_trainable_changed()
         self.optimizer = optimizer
         self.loss = loss
         self._metric_set = metric_set
-        self._plan = None
+        self._plan = self._carried = None
+        self._recheck = False
         if self._engine is not None:
             self._engine.state = None
         if self._maybe_build():  # weights, tables and optimizer state before the first fit
             self._metric_args(self._stack_plan())  # a metric that does not fit fails now
             self._snapshot(reuse=True)  # allocates the snapshot buffers fit reuses
+
+    def _check_fits(self, optimizer, loss) -> None:
+        """A ValueError when the backend cannot run ``optimizer`` or ``loss``, or ``loss``
+        does not fit the output activation."""
+        self._check_backend_codes(optimizer, loss)
+        output = self._output_activation()
+        if output is not None:
+            activation, layer = output
+            loss.check_output(activation, layer.name, type(layer).__name__)
 
     @property
     def metrics(self) -> list[str]:
@@ -429,6 +533,9 @@ class Sequential(Inference):
         if self.optimizer is None:
             raise RuntimeError("call compile() before training or evaluating the model")
         if self._plan is None:
+            if self._recheck:  # add/pop since compile: the output layer may differ
+                self._check_fits(self.optimizer, self.loss)
+                self._recheck = False
             self._plan = self.loss.plan(self._output_act_code())
         if self._engine.state is None:
             self._engine.init_state(self.optimizer)
@@ -931,6 +1038,13 @@ def _check_unshared(layer, model) -> None:
             "build the new model from new layers and copy the weights with "
             "new_layer.set_weights(old_layer.get_weights())"
         )
+
+
+def _embedding_first(layer, position: int) -> str:
+    return (
+        f"an Embedding layer must be the model's first layer (it reads token ids), got "
+        f"{layer.name!r} at position {position}"
+    )
 
 
 def _bytes(size: int) -> str:

@@ -684,6 +684,35 @@ def check_refuses_keras_codes(cu):
     return msgs[0] + " / " + msgs[-1]
 
 
+def check_model_pop_add(cu):
+    """A model on the cuda backend: pop and add back of its output layer after a step
+    keeps the device weights, moving statistics and Adam state (the next step equals
+    the untouched model's); a new layer then trains from fresh state."""
+    import fastnn
+    from fastnn.layers import BatchNormalization, Dense
+
+    rng = _rng(14)
+    x, y = _randn(rng, 6, 4), rng.integers(0, 3, 6)
+
+    def model():
+        m = fastnn.Sequential([Dense(5, activation="relu", input_dim=4), BatchNormalization(),
+                               Dense(3, activation="softmax")], seed=2, backend="cuda")  # fmt: skip
+        m.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        m.train_on_batch(x, y)
+        return m
+
+    straight, edited = model(), model()
+    edited.add(edited.pop())
+    for m in (straight, edited):
+        m.train_on_batch(x, y)
+    for i, (a, b) in enumerate(zip(edited.get_weights(), straight.get_weights())):
+        _close(f"pop/add weight {i}", a, b, 0, 0)
+    edited.add(Dense(2, activation="softmax"))
+    loss = edited.train_on_batch(x, y % 2)
+    assert np.isfinite(loss), loss
+    return f"{len(straight.get_weights())} arrays equal after pop/add, then a step with a new layer"
+
+
 def _refused(call):
     try:
         call()

@@ -886,7 +886,11 @@ def test_a_layer_of_a_built_model_cannot_join_another_model():
     first.predict(x)
     with pytest.raises(ValueError, match="already belongs to model .*set_weights"):
         fastnn.Sequential(first.layers + [Dense(1)], backend="numpy")
-    shared = Dense(2, input_dim=4)
+    shaped = Dense(2, input_dim=4)
+    fastnn.Sequential([shaped], backend="numpy")  # built at construction: owns the layer
+    with pytest.raises(ValueError, match="already belongs"):
+        fastnn.Sequential([shaped], backend="numpy")
+    shared = Dense(2)
     a = fastnn.Sequential([shared], backend="numpy")
     b = fastnn.Sequential([shared], backend="numpy")  # neither built yet
     a.predict(x)

@@ -223,9 +223,12 @@ def test_layer_argument_errors():
         Embedding(0, 3)
     with pytest.raises(ValueError, match=r"\(N, timesteps, features\)"):
         fastnn.Sequential([LSTM(3, input_shape=(4,)), Dense(1)], backend="numpy").build((4,))
-    model = fastnn.Sequential([Dense(3, input_shape=(4, 2)), Embedding(5, 2)], backend="numpy")
     with pytest.raises(ValueError, match="Embedding layer must be the model's first layer"):
-        model.build((4, 2))
+        fastnn.Sequential([Dense(3, input_shape=(4, 2)), Embedding(5, 2)], backend="numpy")
+    model = fastnn.Sequential([Dense(3)], backend="numpy")  # not built: refused at add too
+    with pytest.raises(ValueError, match="Embedding layer must be the model's first layer"):
+        model.add(Embedding(5, 2))
+    assert len(model.layers) == 1
 
 
 def test_weight_layouts_and_initializers_follow_keras():

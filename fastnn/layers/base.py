@@ -290,8 +290,16 @@ class Layer:
 
         self._edit_weights(write)
 
-    #: the model whose buffers hold this layer's weights (set when the model is built)
+    #: the model whose buffers hold this layer's weights (set when the model builds it)
     _model = None
+
+    def _detach(self) -> None:
+        """Leaves its model (``Sequential.pop``): the weights become the layer's own
+        copies instead of views into the model's buffers."""
+        self._values = {k: np.array(v, copy=True) for k, v in self._values.items()}
+        self._grads = {k: np.array(v, copy=True) for k, v in self._grads.items()}
+        self._cache = {}
+        self._model = None
 
     def _edit_weights(self, edit) -> None:
         """Runs ``edit`` (which writes into the weight views) so that the model, if any,
