@@ -51,7 +51,8 @@ def check_supported(dp, model) -> None:
             raise ValueError(
                 f"data-parallel fit does not synchronise batch statistics: layer "
                 f"{layer.name!r} (BatchNormalization) would normalise each rank's shard "
-                "alone; freeze it (layer.trainable = False) or use LayerNormalization"
+                "alone; freeze it (layer.trainable = False: inference mode, its moving "
+                "statistics) or train this model in one process"
             )
 
 

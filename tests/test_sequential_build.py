@@ -113,6 +113,24 @@ def test_layer_weight_edits_before_the_first_use_reach_the_model():
     np.testing.assert_array_equal(model.predict(np.eye(3, dtype=np.float32), verbose=0), kernel)
 
 
+def test_weight_views_taken_at_construction_are_the_weights_the_model_trains():
+    """layer.kernel / layer.weights right after construction are views into the model's
+    buffers: a write reaches the model, and after fit they hold the trained values (they
+    were the layer's own arrays, copied once into the model at its first use)."""
+    model = fastnn.Sequential([Input((3,)), Dense(2), Dense(1)], seed=0)
+    kernel, out_weights = model.layers[0].kernel, model.layers[1].weights
+    kernel[...] = 0.5
+    np.testing.assert_array_equal(model.get_weights()[0], np.full((3, 2), 0.5, np.float32))
+    model.compile("adam", "mse")
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    model.fit(x, x[:, :1], epochs=2, batch_size=4, verbose=0)
+    trained = model.get_weights()
+    assert not np.array_equal(trained[0], np.full((3, 2), 0.5, np.float32))
+    np.testing.assert_array_equal(kernel, trained[0])
+    np.testing.assert_array_equal(out_weights[0], trained[2])
+    np.testing.assert_array_equal(model.layers[0].dkernel.shape, (3, 2))
+
+
 def test_a_model_that_fails_to_construct_owns_no_layer():
     dense = Dense(4)
     with pytest.raises(ValueError):

@@ -245,30 +245,47 @@ class Layer:
         """Shapes of the layer's weights, in get_weights order."""
         return [tuple(s.shape) for s in self.weight_specs()] if self.built else []
 
+    def _live(self, grads: bool = False) -> dict:
+        """The weights (or gradients) by name.  A layer of a model that has not made its
+        flat buffers yet has them made first when the model can build, so that a view
+        handed out now is the weight the model trains, not an array it copies once."""
+        model = self._model
+        if model is not None and model._engine is None:
+            try:
+                model._maybe_build()
+            except (ValueError, TypeError):
+                pass  # an unfinished stack (e.g. no flat output yet): the layer's own arrays
+        return self._grads if grads else self._values
+
     @property
     def weights(self) -> list[np.ndarray]:
         """Every weight, trainable first (views: writing into them changes the layer)."""
-        return [self._values[s.name] for s in self.weight_specs()] if self.built else []
+        if not self.built:
+            return []
+        values = self._live()
+        return [values[s.name] for s in self.weight_specs()]
 
     @property
     def trainable_weights(self) -> list[np.ndarray]:
         """The weights the optimizer updates (none while the layer is frozen)."""
         if not (self.built and self.trainable):
             return []
-        return [self._values[s.name] for s in self.weight_specs() if s.trainable]
+        values = self._live()
+        return [values[s.name] for s in self.weight_specs() if s.trainable]
 
     @property
     def non_trainable_weights(self) -> list[np.ndarray]:
         """The other weights (all of them while the layer is frozen)."""
         if not self.built:
             return []
-        specs = self.weight_specs()
-        return [self._values[s.name] for s in specs if not (s.trainable and self.trainable)]
+        specs, values = self.weight_specs(), self._live()
+        return [values[s.name] for s in specs if not (s.trainable and self.trainable)]
 
     @property
     def grads(self) -> list[np.ndarray]:
         """Gradients of the trainable weights from the last backward."""
-        return [self._grads[s.name] for s in self.weight_specs() if s.trainable]
+        grads = self._live(grads=True)
+        return [grads[s.name] for s in self.weight_specs() if s.trainable]
 
     def count_params(self) -> int:
         return sum(size_of(s.shape) for s in self.weight_specs()) if self.built else 0

@@ -116,12 +116,12 @@ class Dense(Layer):
 
     @property
     def kernel(self):
-        return self._values.get("kernel")
+        return self._live().get("kernel")
 
     @property
     def bias(self):
         """The bias, or None without one (use_bias=False)."""
-        return self._values.get("bias")
+        return self._live().get("bias")
 
     def _bias_arg(self, grads=False):
         """The kernels' bias (or its gradient) argument: empty without a bias."""
@@ -130,11 +130,11 @@ class Dense(Layer):
 
     @property
     def dkernel(self):
-        return self._grads.get("kernel")
+        return self._live(grads=True).get("kernel")
 
     @property
     def dbias(self):
-        return self._grads.get("bias")
+        return self._live(grads=True).get("bias")
 
     def get_config(self):
         init = [initializers.config_name(n) for n in self._init_names]
